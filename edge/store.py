@@ -1,0 +1,177 @@
+"""The edge's SQLite store: one file holds every run's telemetry, forecasts and decisions.
+
+The dashboard (``picogrid.web``) reads the same file; the schema below is the contract
+between them. Sign convention everywhere: power into the DC bus is positive, so PV and
+grid import are positive, loads are negative, storage is positive when discharging.
+
+Writes come from the edge's tick thread only; each tick is one transaction, so a reader
+never sees half a tick. WAL mode lets the dashboard read while the edge writes.
+"""
+
+import json
+import sqlite3
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,          -- unix time [s]
+    profile TEXT NOT NULL,             -- 'lab' or 'site'
+    scenario TEXT NOT NULL,            -- which real day, e.g. '2010-06-14'
+    n_ticks INTEGER NOT NULL,
+    tick_s REAL NOT NULL,              -- tick duration [s]
+    status TEXT NOT NULL DEFAULT 'running',  -- running | finished | failed
+    config_json TEXT NOT NULL DEFAULT '{}',
+    summary_json TEXT                  -- filled at the end of the day
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    run_id INTEGER NOT NULL, t_s REAL NOT NULL, tick INTEGER NOT NULL,
+    board TEXT NOT NULL, role TEXT NOT NULL, seq INTEGER NOT NULL,
+    v_bus_v REAL, v_port_v REAL, i_port_a REAL, p_bus_w REAL, p_port_w REAL,
+    energy_bus_j REAL, setpoint_w REAL, flags INTEGER
+);
+CREATE INDEX IF NOT EXISTS telemetry_run_tick ON telemetry(run_id, tick);
+-- One row per tick and policy: 'mpc' is what the bench measured, 'naive' and 'oracle'
+-- are the baselines computed on the same day's true data. Mean powers over the tick [W].
+CREATE TABLE IF NOT EXISTS dispatch (
+    run_id INTEGER NOT NULL, policy TEXT NOT NULL, tick INTEGER NOT NULL,
+    pv_w REAL, storage_w REAL, grid_w REAL,
+    load1_w REAL, load2_w REAL, load3_w REAL,
+    pv_available_w REAL, load1_demand_w REAL, load2_demand_w REAL, load3_demand_w REAL,
+    storage_energy_j REAL, bus_voltage_v REAL,
+    import_price_per_j REAL, export_price_per_j REAL,
+    cost REAL,                         -- import cost - export revenue of the tick [price unit]
+    balance_residual_j REAL,           -- sum of bus-side energies minus bus-capacitor change [J]
+    PRIMARY KEY (run_id, policy, tick)
+);
+CREATE TABLE IF NOT EXISTS forecast (
+    run_id INTEGER NOT NULL, tick INTEGER NOT NULL, series TEXT NOT NULL,
+    quantile REAL NOT NULL, values_json TEXT NOT NULL   -- horizon-long list
+);
+CREATE TABLE IF NOT EXISTS decision (
+    run_id INTEGER NOT NULL, tick INTEGER NOT NULL, t_s REAL NOT NULL,
+    status TEXT NOT NULL,              -- solver status, or 'fallback:<reason>'
+    solve_time_s REAL, objective REAL, forecast_source TEXT,
+    setpoints_json TEXT NOT NULL,      -- {board: value_w}
+    plan_json TEXT,                    -- first horizon steps of the plan
+    reason TEXT,
+    PRIMARY KEY (run_id, tick)
+);
+CREATE TABLE IF NOT EXISTS setpoint (
+    run_id INTEGER NOT NULL, tick INTEGER NOT NULL, board TEXT NOT NULL,
+    seq INTEGER NOT NULL, mode INTEGER NOT NULL, value_w REAL NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL
+);
+CREATE TABLE IF NOT EXISTS event (
+    run_id INTEGER NOT NULL, t_s REAL NOT NULL, board TEXT, kind TEXT NOT NULL, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS board (
+    run_id INTEGER NOT NULL, board TEXT NOT NULL, role TEXT, board_id INTEGER,
+    firmware_version TEXT, link TEXT, last_seen_s REAL,
+    frames_ok INTEGER DEFAULT 0, crc_errors INTEGER DEFAULT 0, failsafe_events INTEGER DEFAULT 0,
+    PRIMARY KEY (run_id, board)
+);
+"""
+
+DISPATCH_COLUMNS = (
+    "pv_w", "storage_w", "grid_w", "load1_w", "load2_w", "load3_w",
+    "pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+    "storage_energy_j", "bus_voltage_v", "import_price_per_j", "export_price_per_j",
+    "cost", "balance_residual_j",
+)
+
+
+def connect(path):
+    """Open (and create if needed) the store at ``path``; returns a ``sqlite3.Connection``."""
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class Store:
+    """Writer for one run. All methods take SI values; see the schema for units."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.conn = connect(self.path)
+        self.run_id = None
+
+    def start_run(self, profile, scenario, n_ticks, tick_s, config):
+        cur = self.conn.execute(
+            "INSERT INTO run (started_at, profile, scenario, n_ticks, tick_s, config_json)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), profile, scenario, n_ticks, tick_s, json.dumps(config)),
+        )
+        self.conn.commit()
+        self.run_id = cur.lastrowid
+        return self.run_id
+
+    def finish_run(self, summary, status="finished"):
+        self.conn.execute(
+            "UPDATE run SET status=?, summary_json=? WHERE id=?",
+            (status, json.dumps(summary), self.run_id),
+        )
+        self.conn.commit()
+
+    def telemetry(self, t_s, tick, board, role, seq, values):
+        """``values``: mapping with the telemetry columns (v_bus_v … flags)."""
+        self.conn.execute(
+            "INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (self.run_id, t_s, tick, board, role, seq, values["v_bus_v"], values["v_port_v"],
+             values["i_port_a"], values["p_bus_w"], values["p_port_w"], values["energy_bus_j"],
+             values["setpoint_w"], values["flags"]),
+        )
+
+    def dispatch(self, policy, tick, row):
+        """``row``: mapping with any of ``DISPATCH_COLUMNS``; missing ones are NULL."""
+        cols = [c for c in DISPATCH_COLUMNS if c in row]
+        self.conn.execute(
+            "INSERT OR REPLACE INTO dispatch (run_id, policy, tick, %s) VALUES (?,?,?,%s)"
+            % (", ".join(cols), ", ".join("?" * len(cols))),
+            [self.run_id, policy, tick] + [row[c] for c in cols],
+        )
+
+    def forecast(self, tick, series, quantile, values):
+        self.conn.execute(
+            "INSERT INTO forecast VALUES (?,?,?,?,?)",
+            (self.run_id, tick, series, quantile, json.dumps([round(float(v), 6) for v in values])),
+        )
+
+    def decision(self, tick, t_s, status, solve_time_s, objective, forecast_source,
+                 setpoints, plan=None, reason=None):
+        self.conn.execute(
+            "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (self.run_id, tick, t_s, status, solve_time_s, objective, forecast_source,
+             json.dumps(setpoints), json.dumps(plan) if plan is not None else None, reason),
+        )
+
+    def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s):
+        self.conn.execute(
+            "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?)",
+            (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s),
+        )
+
+    def event(self, t_s, board, kind, detail=""):
+        self.conn.execute(
+            "INSERT INTO event VALUES (?,?,?,?,?)", (self.run_id, t_s, board, kind, detail)
+        )
+
+    def board(self, name, **fields):
+        """Upsert the board row; ``fields`` are columns of the ``board`` table."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO board (run_id, board) VALUES (?, ?)", (self.run_id, name)
+        )
+        if fields:
+            sets = ", ".join("%s=?" % k for k in fields)
+            self.conn.execute(
+                "UPDATE board SET %s WHERE run_id=? AND board=?" % sets,
+                list(fields.values()) + [self.run_id, name],
+            )
+
+    def commit(self):
+        self.conn.commit()
+
+    def close(self):
+        self.conn.close()
