@@ -1,0 +1,404 @@
+"""Baselines for the MPC and the day simulator that scores every policy on the same true data.
+
+- :func:`naive_step`: the rule-based policy (PV → loads → storage → grid; deficit: storage →
+  grid → shed the lowest value-of-lost-load first). No prices. Also the MPC's fallback.
+- :func:`solve_oracle`: the perfect-foresight optimum of the same model as the MPC over the
+  whole day, solved exactly as a linear programme with HiGHS (``scipy.optimize.linprog``),
+  without the MPC's tiny quadratic regularisation: a simplex/IPM vertex solution is exact to
+  ~1e-9, so the oracle is a true lower bound and not an ADMM-tolerance approximation.
+- :func:`simulate_policy`, :func:`day_cost`, :func:`savings_capture`: closed-loop day
+  simulation and the figure of merit of DESIGN.md §4,
+  ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)``.
+
+The cost every policy is scored on is the MPC/oracle objective evaluated on what really
+happened: import cost − export revenue + value of lost load × shed energy + cycling cost −
+terminal value of the energy left at the end of the day. With this one cost the oracle is
+a lower bound for any policy.
+
+Sign convention: power into the DC bus is positive (storage + discharge, grid + import);
+served/demand powers of loads are positive numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+from .optimize import Decision, build_model, validate_inputs
+
+log = logging.getLogger(__name__)
+
+
+def _storage_headroom(e_j, cfg):
+    """Largest (charge, discharge) bus powers [W] the storage can take this step."""
+    if not np.isfinite(e_j):  # unknown state of charge: leave the storage idle
+        return 0.0, 0.0
+    ch = min(cfg.p_ch_max_w, max(cfg.e_max_j - e_j, 0.0) / (cfg.eta_ch * cfg.dt_s))
+    dis = min(cfg.p_dis_max_w, max(e_j - cfg.e_min_j, 0.0) * cfg.eta_dis / cfg.dt_s)
+    return ch, dis
+
+
+def _shed(served_w, deficit_w, voll_per_j):
+    """Reduce ``served_w`` by ``deficit_w`` [W], lowest value of lost load first; returns the rest."""
+    for k in np.argsort(np.asarray(voll_per_j), kind="stable"):
+        cut = min(served_w[k], deficit_w)
+        served_w[k] -= cut
+        deficit_w -= cut
+    return deficit_w
+
+
+def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
+    """One step of the rule-based policy (no prices, no forecasts).
+
+    Surplus: PV → loads → storage charge (power and energy limits) → export (limit) → curtail.
+    Deficit: storage discharge → import (limit) → shed loads, lowest ``voll_per_j`` first.
+
+    Parameters
+    ----------
+    e_j : float
+        Stored energy now [J]; if not finite the storage is left idle.
+    pv_w : float
+        Available PV power [W].
+    demand_w : array, shape [L]
+        Demand per load [W].
+    cfg : MpcConfig
+        Limits, efficiencies, ``dt_s`` and ``voll_per_j`` (``horizon`` is ignored).
+    p_imp_max_w, p_exp_max_w : float or None
+        Grid limits now [W] (0 = outage); ``None`` uses the config.
+
+    Returns
+    -------
+    Decision
+        ``status='naive'``, ``objective=nan``, one-step ``plan``.
+
+    Raises
+    ------
+    ValueError
+        If ``demand_w`` does not have ``cfg.n_loads`` values.
+    """
+    t0 = time.perf_counter()
+    demand = np.maximum(np.asarray(demand_w, dtype=float).ravel(), 0.0)
+    if demand.shape != (cfg.n_loads,):
+        raise ValueError(f"demand_w must have shape ({cfg.n_loads},), got {demand.shape}")
+    imp_max = cfg.p_imp_max_w if p_imp_max_w is None else max(float(p_imp_max_w), 0.0)
+    exp_max = cfg.p_exp_max_w if p_exp_max_w is None else max(float(p_exp_max_w), 0.0)
+    pv = max(float(pv_w), 0.0)
+    ch_room, dis_room = _storage_headroom(e_j, cfg)
+    served = demand.copy()
+    net = pv - demand.sum()
+    ch = dis = imp = exp = 0.0
+    if net >= 0:
+        ch = min(net, ch_room)
+        exp = min(net - ch, exp_max)
+        pv -= net - ch - exp  # curtail what nobody can take
+    else:
+        deficit = -net
+        dis = min(deficit, dis_room)
+        imp = min(deficit - dis, imp_max)
+        _shed(served, deficit - dis - imp, cfg.voll_per_j)
+    plan = {"p_ch": np.array([ch]), "p_dis": np.array([dis]), "p_imp": np.array([imp]),
+            "p_exp": np.array([exp]), "p_pv": np.array([pv]), "p_load": served[None, :]}
+    return Decision(status="naive", solve_time_s=time.perf_counter() - t0, iterations=0,
+                    objective=float("nan"), p_storage_w=dis - ch, p_grid_w=imp - exp, pv_cap_w=pv,
+                    load_served_w=served, plan=plan)
+
+
+def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
+                 p_imp_max_w=None, p_exp_max_w=None):
+    """Perfect-foresight optimum of the MPC model over the whole day, solved exactly.
+
+    The same model as :class:`picogrid.edge.optimize.MpcController` (built by
+    :func:`~picogrid.edge.optimize.build_model` with ``horizon = T``) without the quadratic
+    regularisation, as an LP solved by HiGHS through ``scipy.optimize.linprog``.
+
+    Parameters
+    ----------
+    cfg : MpcConfig
+        Model parameters; ``horizon`` is replaced by the day length ``T``.
+    e0_j : float
+        Stored energy at the start of the day [J].
+    pv_avail_w : array [T]; demand_w : array [T, L]; import_price_per_j, export_price_per_j : array [T]
+        True data of the day [W, W, price/J].
+    p_imp_max_w, p_exp_max_w : array [T] or None
+        Grid limits [W]; ``None`` uses the config.
+
+    Returns
+    -------
+    Decision
+        ``status='solved'``; ``plan`` covers the whole day; ``objective`` is the exact optimum.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatch or non-finite data.
+    RuntimeError
+        If HiGHS does not report an optimal solution (cannot happen for finite data: the
+        energy bounds are soft, so the LP is always feasible and bounded).
+    """
+    t0 = time.perf_counter()
+    pv = np.asarray(pv_avail_w, dtype=float)
+    day_cfg = cfg.replace(horizon=int(pv.shape[0]))
+    data = validate_inputs(day_cfg, pv, demand_w, import_price_per_j, export_price_per_j,
+                           p_imp_max_w, p_exp_max_w)
+    if not all(np.all(np.isfinite(a)) for a in data) or not np.isfinite(e0_j):
+        raise ValueError("solve_oracle needs finite data")
+    pv, demand, c_imp, c_exp, imp_max, exp_max = data
+    model = build_model(day_cfg)
+    q, lo, hi = model.vectors(float(e0_j), np.maximum(pv, 0), np.maximum(demand, 0), c_imp, c_exp,
+                              np.maximum(imp_max, 0), np.maximum(exp_max, 0))
+    # Identity rows of the OSQP form become variable bounds; the rest equality/inequality rows.
+    A = model.A.tocsr()
+    is_bound = np.zeros(model.m, bool)
+    bounds_lo = np.full(model.n, -np.inf)
+    bounds_hi = np.full(model.n, np.inf)
+    for name, rows in model.rows.blocks.items():
+        if name.startswith("bound_"):
+            cols = model.cols[name[len("bound_"):]].ravel()
+            is_bound[rows.ravel()] = True
+            bounds_lo[cols], bounds_hi[cols] = lo[rows.ravel()], hi[rows.ravel()]
+    eq = ~is_bound & (lo == hi)
+    ineq = ~is_bound & ~eq
+    A_ub = sp.vstack([A[ineq], -A[ineq]]).tocsr()
+    b_ub = np.concatenate([hi[ineq], -lo[ineq]])
+    finite = np.isfinite(b_ub)
+    res = linprog(q, A_ub=A_ub[finite], b_ub=b_ub[finite], A_eq=A[eq], b_eq=lo[eq],
+                  bounds=np.column_stack([bounds_lo, bounds_hi]), method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"oracle LP not solved: {res.message}")
+    x = np.clip(res.x, bounds_lo, bounds_hi)
+    plan = model.unscale(x, float(e0_j))
+    objective, terms = model.objective_terms(plan, demand, c_imp, c_exp)
+    return Decision(status="solved", solve_time_s=time.perf_counter() - t0, iterations=int(res.nit),
+                    objective=objective, p_storage_w=float(plan["p_dis"][0] - plan["p_ch"][0]),
+                    p_grid_w=float(plan["p_imp"][0] - plan["p_exp"][0]),
+                    pv_cap_w=float(plan["p_pv"][0]), load_served_w=plan["p_load"][0].copy(),
+                    plan=plan, objective_terms=terms)
+
+
+@dataclass
+class DayTruth:
+    """What really happens over a day of ``T`` steps (or a forecast of it).
+
+    Attributes
+    ----------
+    pv_avail_w : ndarray [T]  available PV power [W]
+    demand_w : ndarray [T, L]  demand per load [W]
+    import_price_per_j, export_price_per_j : ndarray [T]  [price/J]
+    e0_j : float  stored energy at the start [J]
+    p_imp_max_w, p_exp_max_w : ndarray [T] or None  grid limits [W] (``None``: config limits)
+    """
+
+    pv_avail_w: np.ndarray
+    demand_w: np.ndarray
+    import_price_per_j: np.ndarray
+    export_price_per_j: np.ndarray
+    e0_j: float
+    p_imp_max_w: np.ndarray | None = None
+    p_exp_max_w: np.ndarray | None = None
+
+    @property
+    def n_steps(self):
+        return int(np.asarray(self.pv_avail_w).shape[0])
+
+    def limits(self, cfg):
+        """Grid limits as [T] arrays [W], config values where not given."""
+        t = self.n_steps
+        imp = np.full(t, cfg.p_imp_max_w) if self.p_imp_max_w is None else np.asarray(self.p_imp_max_w, float)
+        exp = np.full(t, cfg.p_exp_max_w) if self.p_exp_max_w is None else np.asarray(self.p_exp_max_w, float)
+        return imp, exp
+
+    def window(self, t, n, cfg):
+        """Data for steps ``t .. t+n-1`` as keyword arguments of ``MpcController.solve``.
+
+        Past the end of the day the last step's values are repeated (the horizon does not
+        shrink, so the controller keeps its fixed problem size).
+        """
+        idx = np.minimum(np.arange(t, t + n), self.n_steps - 1)
+        imp, exp = self.limits(cfg)
+        return {"pv_avail_w": np.asarray(self.pv_avail_w, float)[idx],
+                "demand_w": np.asarray(self.demand_w, float).reshape(self.n_steps, -1)[idx],
+                "import_price_per_j": np.asarray(self.import_price_per_j, float)[idx],
+                "export_price_per_j": np.asarray(self.export_price_per_j, float)[idx],
+                "p_imp_max_w": imp[idx], "p_exp_max_w": exp[idx]}
+
+
+@dataclass
+class DayResult:
+    """Realised dispatch of one policy over a day (bus sign convention, [W] per step, [J]).
+
+    ``load_served_w`` is [T, L]; ``e_j`` is [T+1]; ``costs`` holds the terms of the objective
+    evaluated on the realised flows and ``costs['total']``; ``statuses`` the decision statuses.
+    """
+
+    pv_w: np.ndarray
+    storage_w: np.ndarray
+    grid_w: np.ndarray
+    load_served_w: np.ndarray
+    e_j: np.ndarray
+    costs: dict
+    statuses: list = field(default_factory=list)
+
+    @property
+    def total_cost(self):
+        return self.costs["total"]
+
+
+def plant_step(decision, e_j, pv_avail_w, demand_w, cfg, p_imp_max_w, p_exp_max_w):
+    """Apply one decision to the true conditions of one step.
+
+    The boards follow their setpoints within physics: PV gives ``min(cap, available)``, each load
+    takes ``min(setpoint, demand)``, storage follows its setpoint clipped to its power and energy
+    limits, and the grid board takes the residual. Where the residual exceeds the grid limit
+    (e.g. outage), storage absorbs it within its limits, then the lowest-value loads are shed
+    (deficit) or PV is curtailed (surplus).
+
+    Returns
+    -------
+    tuple
+        ``(pv_w, storage_w, grid_w, served_w[L], e_next_j)`` with storage + discharge and grid
+        + import [W], energy [J].
+    """
+    pv = min(max(decision.pv_cap_w, 0.0), pv_avail_w)
+    served = np.minimum(np.maximum(np.asarray(decision.load_served_w, float), 0.0), demand_w)
+    ch_room, dis_room = _storage_headroom(e_j, cfg)
+    storage = float(np.clip(decision.p_storage_w, -ch_room, dis_room))
+    grid = served.sum() - pv - storage
+    if grid > p_imp_max_w:
+        extra = min(grid - p_imp_max_w, dis_room - max(storage, 0.0))
+        storage += extra
+        rest = _shed(served, grid - p_imp_max_w - extra, cfg.voll_per_j)
+        if rest > 1e-12:  # nothing left to cut: the bus cannot be balanced (should not happen)
+            log.warning("plant deficit of %.3g W left unbalanced", rest)
+    elif grid < -p_exp_max_w:
+        surplus = -p_exp_max_w - grid
+        extra = min(surplus, ch_room + min(storage, 0.0))
+        storage -= extra
+        pv -= min(surplus - extra, pv)
+    grid = served.sum() - pv - storage
+    ch, dis = max(-storage, 0.0), max(storage, 0.0)
+    e_next = e_j + cfg.dt_s * (cfg.eta_ch * ch - dis / cfg.eta_dis)
+    return pv, storage, grid, served, e_next
+
+
+def day_cost(grid_w, import_price_per_j, export_price_per_j, dt_s):
+    """Energy bill of a day [price units]: import energy × import price − export energy × export price.
+
+    Parameters
+    ----------
+    grid_w : array [T]  grid power, + import [W]
+    import_price_per_j, export_price_per_j : array [T]  [price/J]
+    dt_s : float  step duration [s]
+    """
+    grid = np.asarray(grid_w, float)
+    return float(dt_s * np.sum(np.asarray(import_price_per_j) * np.maximum(grid, 0.0)
+                               - np.asarray(export_price_per_j) * np.maximum(-grid, 0.0)))
+
+
+def simulate_policy(policy_fn, truth, cfg):
+    """Run a policy in closed loop over the true day.
+
+    Parameters
+    ----------
+    policy_fn : callable ``(t, e_j) -> Decision``
+        Decides the setpoints of step ``t`` given the measured stored energy [J].
+    truth : DayTruth
+        The day's true data.
+    cfg : MpcConfig
+        Plant limits, efficiencies, ``dt_s``, value of lost load, cycling and terminal values.
+
+    Returns
+    -------
+    DayResult
+        Realised flows and ``costs`` (``import_cost, export_revenue, shedding_cost,
+        cycling_cost, terminal_value, total``; total = import − export + shedding + cycling −
+        terminal), the same cost the oracle minimises.
+    """
+    n = truth.n_steps
+    nl = cfg.n_loads
+    demand = np.asarray(truth.demand_w, float).reshape(n, nl)
+    pv_avail = np.asarray(truth.pv_avail_w, float)
+    imp_max, exp_max = truth.limits(cfg)
+    out = {k: np.zeros(n) for k in ("pv", "storage", "grid")}
+    served = np.zeros((n, nl))
+    e = np.zeros(n + 1)
+    e[0] = truth.e0_j
+    statuses = []
+    for t in range(n):
+        d = policy_fn(t, e[t])
+        statuses.append(d.status)
+        out["pv"][t], out["storage"][t], out["grid"][t], served[t], e[t + 1] = plant_step(
+            d, e[t], pv_avail[t], demand[t], cfg, imp_max[t], exp_max[t])
+    dt = cfg.dt_s
+    c_imp, c_exp = np.asarray(truth.import_price_per_j, float), np.asarray(truth.export_price_per_j, float)
+    costs = {
+        "import_cost": float(dt * np.sum(c_imp * np.maximum(out["grid"], 0))),
+        "export_revenue": float(dt * np.sum(c_exp * np.maximum(-out["grid"], 0))),
+        "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * (demand - served))),
+        "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(out["storage"]))),
+        "terminal_value": float(cfg.terminal_value_per_j * e[-1]),
+    }
+    costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
+                      + costs["cycling_cost"] - costs["terminal_value"])
+    return DayResult(out["pv"], out["storage"], out["grid"], served, e, costs, statuses)
+
+
+def naive_policy(truth, cfg):
+    """``policy_fn`` for :func:`simulate_policy` running :func:`naive_step` on the true step data."""
+    imp_max, exp_max = truth.limits(cfg)
+    demand = np.asarray(truth.demand_w, float).reshape(truth.n_steps, cfg.n_loads)
+
+    def policy(t, e_j):
+        return naive_step(e_j, truth.pv_avail_w[t], demand[t], cfg, imp_max[t], exp_max[t])
+
+    return policy
+
+
+def oracle_policy(oracle):
+    """``policy_fn`` replaying a :func:`solve_oracle` plan step by step."""
+    plan = oracle.plan
+
+    def policy(t, e_j):
+        return Decision(status="oracle", solve_time_s=0.0, iterations=0, objective=oracle.objective,
+                        p_storage_w=float(plan["p_dis"][t] - plan["p_ch"][t]),
+                        p_grid_w=float(plan["p_imp"][t] - plan["p_exp"][t]),
+                        pv_cap_w=float(plan["p_pv"][t]), load_served_w=plan["p_load"][t].copy())
+
+    return policy
+
+
+def mpc_policy(controller, forecast):
+    """``policy_fn`` running an :class:`~picogrid.edge.optimize.MpcController` on forecasts.
+
+    Parameters
+    ----------
+    controller : MpcController
+    forecast : DayTruth or callable ``t -> dict``
+        A ``DayTruth`` is used as a perfect/fixed forecast through :meth:`DayTruth.window`
+        (padded past the day's end by repeating the last values); a callable returns the
+        keyword arguments of ``controller.solve`` (except ``e0_j``) for step ``t``.
+    """
+    n = controller.config.horizon
+
+    def policy(t, e_j):
+        window = forecast.window(t, n, controller.config) if isinstance(forecast, DayTruth) else forecast(t)
+        return controller.solve(e_j, **window)
+
+    return policy
+
+
+def savings_capture(cost_naive, cost_mpc, cost_oracle):
+    """Share of the naive → oracle saving the MPC achieves (DESIGN.md §4).
+
+    ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)``; 1 = as good as perfect
+    foresight, 0 = no better than naive, < 0 = worse than naive. Returns ``nan`` when the
+    oracle saves nothing (``cost_naive − cost_oracle`` ≤ 1e-12 in magnitude).
+    """
+    gap = cost_naive - cost_oracle
+    if abs(gap) <= 1e-12:
+        return float("nan")
+    return float((cost_naive - cost_mpc) / gap)
