@@ -1,0 +1,184 @@
+"""JSON API under /api and the Server-Sent Events stream the page keeps itself live with.
+
+Routes
+------
+GET /api/runs                          headers of all runs, newest first
+GET /api/latest                        latest run's header, bus voltage, boards, last decision
+GET /api/run/<id>/dispatch?policy=mpc  one policy's dispatch as columns (W, J, price/J)
+GET /api/run/<id>/summary              end-of-day summary with units, cost per policy
+GET /api/stream                        SSE: an event ``tick`` whenever something new is stored
+"""
+
+import json
+import logging
+import time
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from . import queries
+from .db import get_db, open_readonly, snapshot
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _conn_or_none():
+    conn = get_db()
+    if conn is None or not queries.has_schema(conn):
+        return None
+    return conn
+
+
+@bp.errorhandler(400)
+@bp.errorhandler(404)
+def _json_error(error):
+    return jsonify(error=error.description), error.code
+
+
+@bp.route("/runs")
+def runs():
+    conn = _conn_or_none()
+    return jsonify(runs=[] if conn is None else queries.list_runs(conn))
+
+
+@bp.route("/latest")
+def latest():
+    conn = _conn_or_none()
+    if conn is None:
+        return jsonify(run=None, bus_voltage_v=None, boards=[], decision=None)
+    with snapshot(conn):
+        return jsonify(queries.latest_state(conn))
+
+
+def _known_run(conn, run_id):
+    if conn is None or queries.run_header(conn, run_id) is None:
+        abort(404, description="no run %d in the store" % run_id)
+
+
+@bp.route("/run/<int:run_id>/dispatch")
+def dispatch(run_id):
+    policy = request.args.get("policy", queries.LIVE_POLICY)
+    try:
+        queries.check_policy(policy)
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    conn = _conn_or_none()
+    _known_run(conn, run_id)
+    return jsonify(run_id=run_id, policy=policy, **queries.dispatch_series(conn, run_id, policy))
+
+
+@bp.route("/run/<int:run_id>/summary")
+def summary(run_id):
+    conn = _conn_or_none()
+    _known_run(conn, run_id)
+    with snapshot(conn):
+        return jsonify(queries.run_summary(conn, run_id))
+
+
+def parse_since(text):
+    """Parse an SSE event id ``'<run_id>:<tick>'`` (tick may be empty) -> (run_id, tick).
+
+    Returns (None, None) for an empty or malformed id: the client then gets everything.
+    """
+    if not text:
+        return None, None
+    run_part, _, tick_part = text.partition(":")
+    try:
+        return int(run_part), (int(tick_part) if tick_part else None)
+    except ValueError:
+        return None, None
+
+
+def _sse(event, data, event_id):
+    return "id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event, json.dumps(data, separators=(",", ":")))
+
+
+@bp.route("/stream")
+def stream():
+    """SSE stream: an event ``tick`` each time a new tick, decision, status or summary is stored.
+
+    Event data: ``{"latest": <as /api/latest>, "reset": bool, "dispatch": <columns of the
+    'mpc' ticks the client has not seen>}``; ``reset`` means a different run, so the client
+    replaces rather than appends. The event id ``'<run_id>:<tick>'`` is what EventSource sends
+    back as Last-Event-ID when it reconnects; ``?since=`` does the same for a first connect.
+    The first event describes the current state (or that the edge has not started).
+    """
+    since = request.headers.get("Last-Event-ID") or request.args.get("since", "")
+    known_run, known_tick = parse_since(since)
+    config = current_app.config
+    return Response(
+        _events(config["DATABASE"], known_run, known_tick, config["SSE_POLL_S"],
+                config["SSE_KEEPALIVE_S"], config["SSE_MAX_S"],
+                current_app.extensions["picogrid_stop"]),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _events(path, known_run, known_tick, poll_s, keepalive_s, max_s, stop):
+    """Generator behind /api/stream; polls the store every ``poll_s`` seconds.
+
+    Bounded three ways: the server closes it when a write to a gone client fails (the
+    keep-alive comment guarantees a write every ``keepalive_s``), it ends after ``max_s``,
+    and it ends when the app's stop event is set. It owns its own read-only connection
+    because it outlives the request's ``g`` handle.
+    """
+    conn = None
+    sent_key = _UNSENT
+    started = last_write = time.monotonic()
+    try:
+        yield "retry: 2000\n\n"
+        while not stop.is_set() and time.monotonic() - started < max_s:
+            if conn is None:
+                conn = open_readonly(path)  # stays None until the edge creates the file
+            key, event = _poll(conn, sent_key, known_run, known_tick)
+            now = time.monotonic()
+            if event is not None:
+                sent_key, last_write = key, now
+                run = event["latest"]["run"]
+                known_run = run["id"] if run else None
+                known_tick = run["latest_tick"] if run else None
+                yield _sse("tick", event, "" if run is None else "%s:%s" % (
+                    known_run, "" if known_tick is None else known_tick))
+            elif now - last_write >= keepalive_s:
+                last_write = now
+                yield ": keep-alive\n\n"
+            stop.wait(poll_s)
+    finally:
+        if conn is not None:
+            conn.close()
+        log.debug("SSE stream closed")
+
+
+_UNSENT = object()  # differs from every change key, so the first poll always sends
+
+
+def _poll(conn, sent_key, known_run, known_tick):
+    """(change key, event or None): an event only when the key differs from ``sent_key``.
+
+    Reads in one snapshot, and returns before the caller yields, so no read transaction
+    stays open while a slow client is being written to.
+    """
+    if conn is None:
+        return None, (None if sent_key is None else _WAITING)
+    with snapshot(conn):
+        key = queries.change_key(conn) if queries.has_schema(conn) else None
+        if key == sent_key:
+            return key, None
+        if key is None:
+            return None, _WAITING
+        state = queries.latest_state(conn)
+        run = state["run"]
+        reset = run["id"] != known_run
+        return key, {
+            "latest": state,
+            "reset": reset,
+            "dispatch": queries.dispatch_series(
+                conn, run["id"], queries.LIVE_POLICY, after_tick=None if reset else known_tick
+            ),
+        }
+
+
+_WAITING = {"latest": {"run": None, "bus_voltage_v": None, "boards": [], "decision": None},
+            "reset": True, "dispatch": None}
