@@ -1,0 +1,136 @@
+# One board's behaviour on the link: hello, telemetry, setpoints and acks, the setpoint
+# watchdog (failsafe, DESIGN.md §3), and energy metering. Cooperative asyncio tasks after
+# micropython-async: the control task is the only one that touches the power stage.
+import asyncio
+import time
+
+import protocol as P
+
+_FLAG_FAILSAFE = 1
+FIRMWARE_VERSION = "0.1.0"
+_CAP_MPPT = 1
+_CAP_ISLAND = 2
+
+
+def _finite(x):
+    return x == x and -1e9 < x < 1e9
+
+
+class Board:
+    def __init__(self, cfg, hal, role, link):
+        self.cfg = cfg
+        self.hal = hal
+        self.role = role
+        self.link = link
+        self.board_id = int(cfg["board_id"])
+        self.key = bytes.fromhex(cfg["key_hex"]) if cfg.get("key_hex") else None
+        self.decoder = P.Decoder(key=self.key)
+        self.seq = 0
+        self.meas = [0.0, 0.0, 0.0, 0.0]
+        self.energy_bus_j = 0.0
+        self.failsafe = False
+        self.boot_nonce = int.from_bytes(_urandom(4), "little")
+        self._last_setpoint_ms = time.ticks_ms()
+        self.healthy = True
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, msg_type, payload):
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        self.link.write(P.encode_frame(msg_type, self.board_id, self.seq, payload, self.key))
+
+    def send_hello(self):
+        caps = _CAP_MPPT if self.cfg["role"] == "pv" else _CAP_ISLAND if self.cfg["role"] == "storage" else 0
+        self.send(P.MSG_HELLO, P.pack_hello(self.cfg["role"], FIRMWARE_VERSION, caps, self.boot_nonce))
+
+    def send_telemetry(self):
+        m = self.meas
+        flags = self.role.flags | (_FLAG_FAILSAFE if self.failsafe else 0)
+        self.send(P.MSG_TELEMETRY, P.pack_telemetry(
+            time.ticks_ms() & 0xFFFFFFFF, m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
+            self.energy_bus_j, self.role.setpoint_w, flags))
+
+    def event(self, code, detail):
+        self.send(P.MSG_EVENT, P.pack_event(code, detail))
+
+    # -- receiving --------------------------------------------------------------
+    def handle(self, msg_type, board_id, seq, payload):
+        if board_id != self.board_id:
+            return
+        if msg_type == P.MSG_SETPOINT:
+            self.on_setpoint(seq, payload)
+        elif msg_type == P.MSG_HELLO:
+            self.send_hello()        # the edge asks who is on this link
+        elif msg_type == P.MSG_HEARTBEAT:
+            self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(time.ticks_ms() & 0xFFFFFFFF))
+
+    def on_setpoint(self, seq, payload):
+        try:
+            tick, mode, value = P.unpack_setpoint(payload)
+        except P.ProtocolError:
+            self.send(P.MSG_ACK, P.pack_ack(seq, P.ACK_REJECTED))
+            return
+        if not _finite(value) or mode > P.MODE_ISLAND:
+            self.send(P.MSG_ACK, P.pack_ack(seq, P.ACK_REJECTED))
+            return
+        status = self.role.setpoint(mode, value)
+        self._last_setpoint_ms = time.ticks_ms()
+        if self.failsafe:
+            self.failsafe = False
+            self.event(P.EV_FAILSAFE_EXIT, "setpoint tick %d" % tick)
+        self.send(P.MSG_ACK, P.pack_ack(seq, status))
+        self.send_telemetry()        # a snapshot at the tick boundary for the edge's metering
+
+    def enter_failsafe(self, why):
+        self.role.failsafe()
+        self.failsafe = True
+        self.event(P.EV_FAILSAFE_ENTER, why)
+
+    # -- tasks ------------------------------------------------------------------
+    async def control_loop(self):
+        period = self.cfg["loop_period_ms"]
+        wd_ms = self.cfg["watchdog_ms"]
+        last = time.ticks_ms()
+        m = self.meas
+        while True:
+            await asyncio.sleep_ms(period)
+            now = time.ticks_ms()
+            dt_s = time.ticks_diff(now, last) / 1000.0
+            last = now
+            fresh = self.hal.measure(m)
+            # meter the bus-side energy with the power of the last interval
+            self.energy_bus_j += m[2] * m[3] * dt_s
+            if not self.failsafe and time.ticks_diff(now, self._last_setpoint_ms) > wd_ms:
+                self.enter_failsafe("no setpoint for %d ms" % wd_ms)
+            self.hal.set_current_ref(self.role.step(m[0], m[1], m[2], m[3], dt_s))
+            if fresh:
+                self.hal.feed_watchdog()   # only the healthy loop feeds it
+
+    async def link_loop(self):
+        while True:
+            data = self.link.read()
+            if data:
+                for frame in self.decoder.feed(bytes(data)):
+                    self.handle(*frame)
+            await asyncio.sleep_ms(2)
+
+    async def telemetry_loop(self):
+        period = self.cfg["telemetry_period_ms"]
+        while True:
+            self.send_telemetry()
+            await asyncio.sleep_ms(period)
+
+    async def run(self):
+        self.send_hello()
+        self.enter_failsafe("boot")    # safe until the edge speaks
+        asyncio.create_task(self.link_loop())
+        asyncio.create_task(self.telemetry_loop())
+        await self.control_loop()
+
+
+def _urandom(n):
+    try:
+        import os
+        return os.urandom(n)
+    except (ImportError, AttributeError):
+        import random
+        return bytes(random.getrandbits(8) for _ in range(n))

@@ -1,0 +1,88 @@
+# Control laws shared by the roles: PI with anti-windup, perturb-and-observe MPPT, and an
+# integral power tracker. Pure arithmetic on floats: no I/O, no allocation per call, so the
+# same code runs in the 1 kHz loop on the RP2040 and under the unix port in the HIL bench.
+# References: Astrom & Hagglund, "Advanced PID Control" (2006) §3.5 (anti-windup by
+# conditional integration); Femia et al., IEEE Trans. Power Electron. 20(4), 2005 (P&O).
+
+
+def clamp(x, lo, hi):
+    return lo if x < lo else hi if x > hi else x
+
+
+class PI:
+    """u = kp*e + ki*integral(e); the integral stops while the output saturates."""
+
+    def __init__(self, kp, ki, out_min, out_max):
+        self.kp = kp
+        self.ki = ki
+        self.out_min = out_min
+        self.out_max = out_max
+        self.integral = 0.0
+
+    def reset(self, integral=0.0):
+        self.integral = clamp(integral, self.out_min, self.out_max)
+
+    def step(self, error, dt_s):
+        trial = self.integral + self.ki * error * dt_s
+        u = self.kp * error + trial
+        if self.out_min < u < self.out_max:
+            self.integral = trial
+            return u
+        # saturated: keep the integral only if it moves the output back inside
+        if (u >= self.out_max and error < 0) or (u <= self.out_min and error > 0):
+            self.integral = trial
+        return clamp(self.kp * error + self.integral, self.out_min, self.out_max)
+
+
+class PerturbObserve:
+    """Perturb-and-observe MPPT on the PV voltage reference.
+
+    Every ``every`` calls it compares port power with the previous sample and keeps or
+    reverses the direction of the voltage step. Perturbing the voltage, not the current,
+    keeps the operating point off the steep current-source side of the I-V curve, where a
+    current step past the photocurrent collapses the array voltage.
+    """
+
+    def __init__(self, step_v, v_min_v, v_max_v, every=5):
+        self.step_v = step_v
+        self.v_min_v = v_min_v
+        self.v_max_v = v_max_v
+        self.every = every
+        self.v_ref = v_max_v
+        self._count = 0
+        self._last_p = 0.0
+        self._dir = -1.0
+
+    def step(self, power_w):
+        self._count += 1
+        if self._count < self.every:
+            return self.v_ref
+        self._count = 0
+        if power_w < self._last_p:
+            self._dir = -self._dir
+        self._last_p = power_w
+        self.v_ref = clamp(self.v_ref + self._dir * self.step_v, self.v_min_v, self.v_max_v)
+        return self.v_ref
+
+    def back_off(self):
+        """Move right of the MPP, towards open circuit (curtailment, over-voltage)."""
+        self._count = 0
+        self.v_ref = clamp(self.v_ref + self.step_v, self.v_min_v, self.v_max_v)
+        self._dir = 1.0
+        self._last_p = 0.0
+
+
+class PowerTracker:
+    """Integral loop from a power error to a current reference: di = gain * e / v."""
+
+    def __init__(self, gain, i_min_a, i_max_a):
+        self.gain = gain
+        self.i_min_a = i_min_a
+        self.i_max_a = i_max_a
+        self.i_ref = 0.0
+
+    def step(self, target_w, measured_w, voltage_v):
+        v = voltage_v if voltage_v > 1.0 else 1.0
+        self.i_ref = clamp(self.i_ref + self.gain * (target_w - measured_w) / v,
+                           self.i_min_a, self.i_max_a)
+        return self.i_ref

@@ -1,0 +1,60 @@
+# RP2040 hardware layer: ADC voltage dividers, two INA219s (port side, bus side), one
+# 100 kHz PWM channel driving the power stage's current reference, and the hardware
+# watchdog. Pins and calibration come from board.json ("pins", "calibration").
+import machine
+import time
+
+from ina219 import INA219
+
+_PWM_HZ = 100000
+_ADC_FULL_SCALE_V = 3.3
+
+
+class Rp2040Hal:
+    """Same methods as hal_sim.SimHal: measure(out), set_current_ref(i_a), feed_watchdog()."""
+
+    def __init__(self, cfg):
+        pins = cfg["pins"]
+        cal = cfg["calibration"]
+        self._adc_port = machine.ADC(machine.Pin(pins["adc_port"]))
+        self._adc_bus = machine.ADC(machine.Pin(pins["adc_bus"]))
+        # volts per ADC count, including the divider ratio and a measured gain trim
+        self._k_port = _ADC_FULL_SCALE_V / 65535 * cal["divider_port"]
+        self._k_bus = _ADC_FULL_SCALE_V / 65535 * cal["divider_bus"]
+        self._off_port = cal.get("offset_port_v", 0.0)
+        self._off_bus = cal.get("offset_bus_v", 0.0)
+        i2c = machine.I2C(0, sda=machine.Pin(pins["sda"]), scl=machine.Pin(pins["scl"]), freq=400000)
+        self._ina_port = INA219(i2c, pins.get("ina_port_addr", 0x40), cal["shunt_port_ohm"])
+        self._ina_bus = INA219(i2c, pins.get("ina_bus_addr", 0x41), cal["shunt_bus_ohm"])
+        self._pwm = machine.PWM(machine.Pin(pins["pwm"]))
+        self._pwm.freq(_PWM_HZ)
+        self._lo, self._hi = cfg["current_range_a"]
+        self.set_current_ref(0.0)
+        self._wdt = machine.WDT(timeout=cfg.get("hw_watchdog_ms", 2000))
+        self.misses = 0
+
+    def duty_for(self, i_a):
+        d = int((i_a - self._lo) / (self._hi - self._lo) * 65535 + 0.5)
+        return 0 if d < 0 else 65535 if d > 65535 else d
+
+    def set_current_ref(self, i_a):
+        self._pwm.duty_u16(self.duty_for(i_a))
+
+    def measure(self, out):
+        out[0] = self._adc_port.read_u16() * self._k_port + self._off_port
+        out[1] = self._ina_port.current_a()
+        out[2] = self._adc_bus.read_u16() * self._k_bus + self._off_bus
+        out[3] = self._ina_bus.current_a()
+        return True
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def feed_watchdog(self):
+        self._wdt.feed()
+
+    def deinit(self):
+        self.set_current_ref(0.0)
+        self._pwm.deinit()
+        self._ina_port.deinit()
+        self._ina_bus.deinit()

@@ -1,0 +1,65 @@
+# Simulation hardware layer: the same methods as hal_rp2040, but the sensors and the PWM
+# live in the HIL plant simulator (hil/plant_server.py), one UDP datagram per loop on
+# loopback. The control code cannot tell the two apart.
+import socket
+import struct
+import time
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_ROLES = ("pv", "storage", "grid", "load1", "load2", "load3")
+_WIRE_VERSION = const(1)
+_TIMEOUT_S = 0.05
+
+
+class SimHal:
+    """Sensors and power stage of one virtual board.
+
+    measure(out) fills ``out`` with [v_port_v, i_port_a, v_bus_v, i_bus_a] and returns
+    True when the plant answered; set_current_ref(i_a) sets the power stage's current
+    reference through the 16-bit PWM duty, scaled by the board's current_range_a.
+    """
+
+    def __init__(self, cfg):
+        sim = cfg["sim"]
+        self._addr = socket.getaddrinfo("127.0.0.1", sim["plant_port"])[0][-1]
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.settimeout(_TIMEOUT_S)
+        self._role_index = _ROLES.index(cfg["role"])
+        self._lo, self._hi = cfg["current_range_a"]
+        self._duty = self.duty_for(0.0)
+        self._req = bytearray(4)
+        self.misses = 0
+
+    def duty_for(self, i_a):
+        d = int((i_a - self._lo) / (self._hi - self._lo) * 65535 + 0.5)
+        return 0 if d < 0 else 65535 if d > 65535 else d
+
+    def set_current_ref(self, i_a):
+        self._duty = self.duty_for(i_a)
+
+    def measure(self, out):
+        struct.pack_into("<BBH", self._req, 0, _WIRE_VERSION, self._role_index, self._duty)
+        try:
+            self._sock.sendto(self._req, self._addr)
+            data = self._sock.recv(32)
+        except OSError:
+            self.misses += 1
+            return False
+        vals = struct.unpack("<4f", data)
+        for k in range(4):
+            out[k] = vals[k]
+        return True
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def feed_watchdog(self):
+        pass
+
+    def deinit(self):
+        self._sock.close()

@@ -1,0 +1,56 @@
+# Entry point on every board: read board.json, build the hardware layer, the role and the
+# link, then run the board's tasks. A crash is reported as a fault event; on the RP2040 the
+# hardware watchdog then resets the board because nothing feeds it any more.
+import asyncio
+import sys
+
+import config
+
+
+def _make_hal(cfg):
+    if cfg["hal"] == "sim":
+        from hal_sim import SimHal
+        return SimHal(cfg)
+    from hal_rp2040 import Rp2040Hal
+    return Rp2040Hal(cfg)
+
+
+def _make_link(cfg):
+    if cfg["link"]["type"] == "serial":
+        from link_serial import SerialLink
+        return SerialLink()
+    raise config.ConfigError("unsupported link type: " + str(cfg["link"]["type"]))
+
+
+def run(path="board.json"):
+    import roles
+    from board import Board
+    import protocol as P
+
+    cfg = config.load(path)
+    hal = _make_hal(cfg)
+    link = _make_link(cfg)
+    board = Board(cfg, hal, roles.make(cfg), link)
+
+    def on_error(loop, context):
+        exc = context.get("exception")
+        board.event(P.EV_FAULT, "task error: %r" % (exc,))
+        board.healthy = False
+
+    loop = asyncio.get_event_loop()
+    loop.set_exception_handler(on_error)
+    try:
+        asyncio.run(board.run())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:   # report, then let the watchdog / launcher restart us
+        board.event(P.EV_FAULT, "fatal: %r" % (exc,))
+        raise
+    finally:
+        hal.set_current_ref(0.0)
+        hal.deinit()
+        asyncio.new_event_loop()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1] if len(sys.argv) > 1 else "board.json")

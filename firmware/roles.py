@@ -1,0 +1,197 @@
+# Role state machines: what each board does with its measurements and the edge's setpoint.
+# One class per role, all with the same methods, so board.py never branches on the role:
+#   setpoint(mode, value) -> ack status   apply a validated setpoint from the edge
+#   failsafe()                            go to the role's safe state (DESIGN.md §3)
+#   step(v_port, i_port, v_bus, i_bus, dt_s) -> current reference [A]
+# Measurements: port voltage [V] and current [A] (+ out of the port element for sources,
+# + into the LED for loads), bus voltage [V], bus-side current [A] (+ into the bus).
+from control import PI, PerturbObserve, PowerTracker, clamp
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_MODE_NORMAL = const(0)
+_MODE_SHED = const(1)
+_MODE_ISLAND = const(2)
+_ACK_OK = const(0)
+_ACK_REJECTED = const(1)
+_ACK_LIMITED = const(2)
+_FLAG_LIMITED = const(2)
+_FLAG_ISLANDED = const(8)
+_FLAG_SHED = const(16)
+
+
+class _Role:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        lim = cfg["limits"]
+        self.i_min_a, self.i_max_a = cfg["current_range_a"]
+        self.v_bus_ref_v = lim.get("bus_voltage_v", 7.0)
+        self.v_bus_max_v = lim.get("bus_voltage_max_v", self.v_bus_ref_v * 1.1)
+        self.setpoint_w = 0.0
+        self.flags = 0
+
+    def _bounded(self, value, lo, hi):
+        """Clamp a setpoint to the board's own limits; report whether it was clamped."""
+        v = clamp(value, lo, hi)
+        return v, (_ACK_LIMITED if v != value else _ACK_OK)
+
+
+class PvRole(_Role):
+    """MPPT with an optional power cap (curtailment); backs off on bus over-voltage.
+
+    The outer P&O loop moves the PV voltage reference; an inner integral loop sets the
+    stage's current so the array sits at that voltage (more current, lower voltage).
+    """
+
+    def __init__(self, cfg):
+        _Role.__init__(self, cfg)
+        g = cfg["gains"]
+        lim = cfg["limits"]
+        self.mppt = PerturbObserve(g.get("mppt_step_v", 0.04), lim.get("voltage_min_v", 1.0),
+                                   lim.get("voltage_max_v", 5.0), g.get("mppt_every", 5))
+        self.k_v = g.get("voltage_gain_a_per_v", 0.03)
+        self.di_max = g.get("current_slew_a", 0.03)
+        self.i_ref = 0.0
+        self.cap_w = None
+        self.setpoint_w = -1.0   # -1 on the wire = no cap
+
+    def setpoint(self, mode, value):
+        if value < 0:
+            self.cap_w, self.setpoint_w = None, -1.0
+            return _ACK_OK
+        self.cap_w, status = self._bounded(value, 0.0, self.cfg["limits"].get("power_max_w", 5.0))
+        self.setpoint_w = self.cap_w
+        return status
+
+    def failsafe(self):
+        self.cap_w, self.setpoint_w = None, -1.0
+
+    def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        p_bus = v_bus * i_bus
+        self.flags = 0
+        if v_bus > self.v_bus_max_v or (self.cap_w is not None and p_bus > self.cap_w):
+            self.mppt.back_off()
+            self.flags = _FLAG_LIMITED
+        else:
+            self.mppt.step(v_port * i_port)
+        di = clamp(self.k_v * (v_port - self.mppt.v_ref), -self.di_max, self.di_max)
+        self.i_ref = clamp(self.i_ref + di, 0.0, self.i_max_a)
+        return self.i_ref
+
+
+class StorageRole(_Role):
+    """Tracks a bus-side power setpoint (+ discharge) inside voltage/current limits.
+
+    Islanded (mode ISLAND, or the bus far below its band with no grid holding it) it
+    regulates the bus voltage itself with a PI loop, as the grid board would.
+    """
+
+    def __init__(self, cfg):
+        _Role.__init__(self, cfg)
+        g = cfg["gains"]
+        lim = cfg["limits"]
+        self.v_min_v = lim.get("voltage_min_v", 2.0)
+        self.v_max_v = lim.get("voltage_max_v", 13.5)
+        self.p_max_w = lim.get("power_max_w", 3.0)
+        self.tracker = PowerTracker(g.get("track_gain", 0.2), self.i_min_a, self.i_max_a)
+        self.pi = PI(g.get("kp", 2.0), g.get("ki", 16.0), self.i_min_a, self.i_max_a)
+        self.islanded = False
+
+    def setpoint(self, mode, value):
+        self.islanded = mode == _MODE_ISLAND
+        if self.islanded:
+            self.pi.reset(self.tracker.i_ref)
+        self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
+        return status
+
+    def failsafe(self):
+        self.setpoint_w = 0.0
+        self.islanded = False
+
+    def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        self.flags = _FLAG_ISLANDED if self.islanded else 0
+        # the band check catches a lost grid before the edge has told us
+        if self.islanded or v_bus < self.v_bus_ref_v * 0.93:
+            i = self.pi.step(self.v_bus_ref_v - v_bus, dt_s)
+            self.tracker.i_ref = i
+        else:
+            self.pi.reset(self.tracker.i_ref)
+            i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
+        # voltage limits: no discharge when empty, no charge when full
+        if (v_port <= self.v_min_v and i > 0) or (v_port >= self.v_max_v and i < 0):
+            i = 0.0
+            self.tracker.i_ref = 0.0
+            self.flags |= _FLAG_LIMITED
+        return i
+
+
+class GridRole(_Role):
+    """Holds the bus at its reference with a PI loop; the port power is import (+)."""
+
+    def __init__(self, cfg):
+        _Role.__init__(self, cfg)
+        g = cfg["gains"]
+        self.pi = PI(g.get("kp", 2.0), g.get("ki", 16.0), self.i_min_a, self.i_max_a)
+        self.setpoint_w = self.v_bus_ref_v
+
+    def setpoint(self, mode, value):
+        ref, status = self._bounded(value, self.v_bus_ref_v * 0.95, self.v_bus_ref_v * 1.05)
+        self.setpoint_w = ref
+        return status
+
+    def failsafe(self):
+        self.setpoint_w = self.v_bus_ref_v
+
+    def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        self.flags = 0 if v_port > 1.0 else _FLAG_ISLANDED
+        return self.pi.step(self.setpoint_w - v_bus, dt_s)
+
+
+class LoadRole(_Role):
+    """LED driver following a served-power setpoint [W]; shed turns it off."""
+
+    def __init__(self, cfg):
+        _Role.__init__(self, cfg)
+        g = cfg["gains"]
+        self.p_max_w = cfg["limits"].get("power_max_w", 1.0)
+        self.tracker = PowerTracker(g.get("track_gain", 0.2), 0.0, self.i_max_a)
+        self.shed = False
+
+    def setpoint(self, mode, value):
+        self.shed = mode == _MODE_SHED
+        if self.shed:
+            self.setpoint_w = 0.0
+            return _ACK_OK
+        self.setpoint_w, status = self._bounded(value, 0.0, self.p_max_w)
+        return status
+
+    def failsafe(self):
+        # critical loads stay on, the others are shed (DESIGN.md §3)
+        if self.cfg["priority"] == "critical":
+            self.shed = False
+            self.setpoint_w = self.cfg["limits"].get("failsafe_power_w", self.p_max_w)
+        else:
+            self.shed = True
+            self.setpoint_w = 0.0
+
+    def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        self.flags = _FLAG_SHED if self.shed else 0
+        if self.shed:
+            self.tracker.i_ref = 0.0
+            return 0.0
+        return self.tracker.step(self.setpoint_w, -v_bus * i_bus, v_port)
+
+
+def make(cfg):
+    role = cfg["role"]
+    if role == "pv":
+        return PvRole(cfg)
+    if role == "storage":
+        return StorageRole(cfg)
+    if role == "grid":
+        return GridRole(cfg)
+    return LoadRole(cfg)

