@@ -15,10 +15,14 @@ IEEE/ACM Trans. Networking 7(2), 1999; RFC 2104 (HMAC); FIPS 180-4 (SHA-256);
 CRC-32/ISO-HDLC as in ``binascii.crc32`` (IEEE 802.3 polynomial).
 """
 
-import binascii
 import hashlib
 import math
 import struct
+
+try:
+    from binascii import crc32 as _crc32
+except ImportError:  # MicroPython builds without MICROPY_PY_BINASCII_CRC32
+    _crc32 = None
 
 try:
     from micropython import const
@@ -85,6 +89,20 @@ _TELEM_FMT = "<I7fH"
 _TELEM_LEN = const(34)
 _SETPT_FMT = "<IBf"
 _SETPT_LEN = const(9)
+
+
+def _crc32_py(data):
+    """Bitwise CRC-32/ISO-HDLC (reflected poly 0xEDB88320), for builds without binascii.crc32."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+if _crc32 is None:
+    _crc32 = _crc32_py
 
 
 class ProtocolError(ValueError):
@@ -458,7 +476,7 @@ def encode_frame(msg_type, board_id, seq, payload, key=None):
     body = struct.pack(_HDR_FMT, PROTOCOL_VERSION, msg_type, board_id, flags, seq) + payload
     if key is not None:
         body += _Hmac(key).digest(body)[:TAG_LEN]
-    body += struct.pack("<I", binascii.crc32(body) & _U32_MAX)
+    body += struct.pack("<I", _crc32(body) & _U32_MAX)
     return cobs_encode(body) + b"\x00"
 
 
@@ -562,7 +580,7 @@ class Decoder:
             self.framing_errors += 1
             return None
         m -= CRC_LEN
-        if binascii.crc32(self._omv[:m]) & _U32_MAX != struct.unpack_from("<I", out, m)[0]:
+        if _crc32(self._omv[:m]) & _U32_MAX != struct.unpack_from("<I", out, m)[0]:
             self.crc_errors += 1
             return None
         version, msg_type, board_id, flags, seq = struct.unpack_from(_HDR_FMT, out, 0)

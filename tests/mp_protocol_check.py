@@ -82,7 +82,7 @@ for name, fn in bad_inputs:
         raised = repr(e)
     emit({"bad_input": name, "raised": raised})
 
-emit({"crc_check": binascii.crc32(b"123456789")})
+emit({"crc_check": binascii.crc32(b"123456789"), "crc_py": p._crc32_py(b"123456789")})
 for k_hex, msg in (("0b" * 20, b"Hi There"),
                    ("aa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First")):
     emit({"hmac_key": k_hex, "msg_hex": hx(msg),
