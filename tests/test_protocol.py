@@ -127,6 +127,16 @@ def test_protocol_md_and_json_agree():
         assert (not_auth is None) == v["authenticated"]
 
 
+def test_protocol_md_constants_match_code():
+    text = SPEC_PATH.read_text(encoding="utf-8")
+    named = re.findall(r"`([A-Z][A-Z0-9_]+)` *= *(\d+)", text)
+    named += [(n, v) for v, n in re.findall(r"^\| (\d+) \| `(MSG_[A-Z]+)`", text, re.M)]
+    assert len({n for n, _ in named}) >= 25
+    for name, value in named:
+        assert getattr(p, name) == int(value), name
+    assert "PROTOCOL_VERSION = %d" % p.PROTOCOL_VERSION in text
+
+
 # ------------------------------------------------------------------ vectors, MicroPython
 def _micropython():
     found = shutil.which("micropython")
