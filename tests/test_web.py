@@ -6,6 +6,8 @@ its own making.
 """
 
 import json
+import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ from picogrid.edge.store import DISPATCH_COLUMNS, Store
 from picogrid.web import create_app
 from picogrid.web.api import parse_since
 from picogrid.web.server import start_background
+from werkzeug.serving import make_server
 from picogrid.web.units import split_unit
 
 BOARDS = (("pv", "pv"), ("storage", "storage"), ("grid", "grid"),
@@ -324,6 +327,26 @@ def test_stream_keeps_alive_and_ends_by_itself(db_path, day):
     assert time.monotonic() - started < 3.0
     assert body.count("event: tick") == 1
     assert body.count(": keep-alive") >= 3
+
+
+def test_stream_ends_when_the_client_disconnects(db_path, day, caplog):
+    app = create_app({"DATABASE": str(db_path), "SSE_POLL_S": 0.02, "SSE_KEEPALIVE_S": 0.1,
+                      "SSE_MAX_S": 60.0})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    caplog.set_level(logging.DEBUG, logger="picogrid.web.api")
+    try:
+        stream = urllib.request.urlopen("http://127.0.0.1:%d/api/stream" % server.server_port, timeout=5)
+        assert stream.readline() == b"retry: 2000\n"
+        stream.close()  # the client goes away; the next keep-alive write must fail
+        deadline = time.monotonic() + 3.0
+        while "SSE stream closed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "SSE stream closed" in caplog.text
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,11 +3,18 @@
 import logging
 import threading
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import create_app
 
 log = logging.getLogger(__name__)
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Request lines at DEBUG: the page fetches on every tick, INFO would flood the demo's console."""
+
+    def log_request(self, code="-", size="-"):
+        log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
 
 def start_background(db_path, host="127.0.0.1", port=0):
@@ -34,7 +41,7 @@ def start_background(db_path, host="127.0.0.1", port=0):
         When the address cannot be bound (port in use, unknown host).
     """
     app = create_app({"DATABASE": str(db_path)})
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietRequestHandler)
     url = "http://%s:%d/" % (_url_host(host), server.server_port)
     thread = threading.Thread(target=server.serve_forever, name="picogrid-web", daemon=True)
     thread.start()
