@@ -1,15 +1,175 @@
-"""The ``picogrid`` console command."""
+"""The ``picogrid`` console command: one entry point for the lab's jobs.
+
+    picogrid demo [--exit]        a real day on the HIL bench with the edge and the dashboard
+    picogrid hil                  only the bench: plant + six boards, prints their ports
+    picogrid train                train the forecasters and export them to ONNX
+    picogrid web --db FILE        the dashboard over an existing store
+"""
 
 import argparse
+import logging
+import pathlib
 import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_RUN_DIR = REPO / "var" / "demo"
+
+
+def _summary_lines(s):
+    """The end-of-day summary as aligned text lines."""
+    def f(key, unit="", scale=1.0, fmt="%10.2f"):
+        v = s.get(key)
+        return (fmt % (v * scale) if v is not None else "%10s" % "-") + (" " + unit if unit else "")
+
+    lines = ["", "Day summary (measured on the bench; baselines on the same day's data)", ""]
+    lines.append("  load    served [J]   shed [J]")
+    for l in ("load1", "load2", "load3"):
+        lines.append("  %-6s %s %s" % (l, f(l + "_served_energy_j"), f(l + "_shed_energy_j")))
+    lines += [
+        "",
+        "  grid import        %s J" % f("import_energy_j"),
+        "  grid export        %s J" % f("export_energy_j"),
+        "  PV used/available  %s / %s J" % (f("pv_energy_j"), f("pv_available_energy_j")),
+        "  storage throughput %s J" % f("storage_throughput_j"),
+        "",
+        "  cost [cents]        total (bill + shedding + cycling)   bill (import - export)",
+        "    MPC (measured)    %s %30s" % (f("cost_mpc"), f("bill_mpc")),
+        "    naive rule        %s %30s" % (f("cost_naive"), f("bill_naive")),
+        "    perfect foresight %s %30s" % (f("cost_oracle"), f("bill_oracle")),
+        "  savings capture     %s %%" % f("savings_capture", scale=100.0, fmt="%10.1f"),
+        "",
+        "  MPC solve time p50 %s ms, p99 %s ms (%d solved, %d fallback ticks)" % (
+            f("solve_time_p50_ms", fmt="%.3f"), f("solve_time_p99_ms", fmt="%.3f"),
+            s.get("ticks_solved", 0), s.get("ticks_fallback", 0)),
+        "  bus energy balance: max |residual| %s J over %d metered ticks" % (
+            f("balance_residual_max_j", fmt="%.3f"), s.get("ticks_metered", 0)),
+    ]
+    return lines
+
+
+def cmd_demo(args):
+    from picogrid.hil.day import Day, load_site
+    from picogrid.web.server import start_background
+
+    site = load_site(args.site, tick_s=args.tick_s)
+    run_dir = pathlib.Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    db = run_dir / "picogrid.sqlite"
+    if db.exists():
+        for suffix in ("", "-wal", "-shm"):
+            pathlib.Path(str(db) + suffix).unlink(missing_ok=True)
+    print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
+    day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db)
+    url, stop_web = start_background(str(db), port=args.port)
+    print("Dashboard (live): %s" % url, flush=True)
+    print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
+    n = int(site["bench"]["n_ticks"])
+    t_start = time.time()
+    try:
+        with day:
+            print("Bench up: six MicroPython boards on %s" % ", ".join(day.bench.ports.values()), flush=True)
+
+            def progress(k):
+                d = day.runner.statuses[-1]
+                print("  tick %2d/%d  %-18s solve %.2f ms" % (k + 1, n, d, 1e3 * day.runner.solve_times_s[-1]),
+                      flush=True)
+
+            summary = day.run(progress)
+        for line in _summary_lines(summary):
+            print(line)
+        plot = run_dir / "dispatch.png"
+        try:
+            from picogrid.hil.plot import plot_day
+            plot_day(db, plot)
+            print("\n  dispatch chart: %s" % plot)
+        except ImportError as exc:
+            print("\n  (no plot: %s)" % exc)
+        print("  day took %.0f s; dashboard: %s" % (time.time() - t_start, url), flush=True)
+        if not args.exit:
+            print("Dashboard keeps serving; Ctrl-C to stop.", flush=True)
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_web()
+    return 0
+
+
+def cmd_hil(args):
+    from picogrid.hil.bench import Bench
+    from picogrid.hil.day import load_site
+
+    site = load_site(args.site)
+    run_dir = pathlib.Path(args.run_dir)
+    with Bench(site, run_dir, time.time(), float(site["bench"]["tick_s"]), [args.sun]) as bench:
+        for name, port in bench.ports.items():
+            print("%-8s %s" % (name, port))
+        print("Bench running (sun %.0f %%); Ctrl-C to stop." % (100 * args.sun), flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_train(args):
+    from picogrid.models import train
+    return train.main(args.rest)
+
+
+def cmd_web(args):
+    from picogrid.web.server import start_background
+    url, stop = start_background(args.db, port=args.port)
+    print("Dashboard: %s (Ctrl-C to stop)" % url, flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        stop()
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="picogrid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="a real day on the HIL bench with the edge and the dashboard")
+    p.add_argument("--exit", action="store_true", help="exit after the summary (for scripts and CI)")
+    p.add_argument("--day", default="2013-07-16", help="real day to replay (YYYY-MM-DD, 2012..2013)")
+    p.add_argument("--ticks", type=int, default=None, help="run only the first N ticks")
+    p.add_argument("--tick-s", type=float, default=None, help="tick duration [s] (site default 2.5)")
+    p.add_argument("--site", default=None, help="site TOML (default: edge/sites/lab.toml)")
+    p.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR))
+    p.add_argument("--port", type=int, default=8050, help="dashboard port (0 = any free port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("hil", help="start the plant and six virtual boards only")
+    p.add_argument("--site", default=None)
+    p.add_argument("--run-dir", default=str(REPO / "var" / "hil"))
+    p.add_argument("--sun", type=float, default=0.8, help="PV availability 0..1")
+    p.set_defaults(func=cmd_hil)
+
+    p = sub.add_parser("train", help="train the forecasters and export ONNX (see models/train.py)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("web", help="serve the dashboard over a store")
+    p.add_argument("--db", required=True)
+    p.add_argument("--port", type=int, default=8050)
+    p.set_defaults(func=cmd_web)
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="picogrid")
-    parser.add_subparsers(dest="command")
-    args = parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""The edge's view of its boards: identity, latest telemetry, health, acks and events.
+
+Frames arrive on the links' reader threads (:mod:`picogrid.edge.links`); the tick thread
+reads consistent copies through :meth:`Fleet.snapshot`. A board that stops talking is
+reported as stale and the others keep running: nothing here blocks on one board.
+"""
+
+import collections
+import logging
+import threading
+import time
+
+from picogrid.firmware import protocol as P
+
+log = logging.getLogger(__name__)
+
+
+class BoardState:
+    """What the edge knows of one board. Times are the edge clock [s]."""
+
+    def __init__(self, name, board_id):
+        self.name = name
+        self.board_id = board_id
+        self.role = None
+        self.firmware_version = None
+        self.capabilities = 0
+        self.boot_nonce = None
+        self.telemetry = None          # dict of protocol.TELEMETRY_FIELDS
+        self.last_seen_s = None
+        self.seq_out = 0
+        self.acks = {}                 # seq -> (status, t_s)
+        self.snapshot = None           # telemetry right after the latest ack (tick boundary)
+        self._expect_snapshot = False
+        self.failsafe_events = 0
+        self.link = None
+
+    @property
+    def failsafe(self):
+        return bool(self.telemetry and self.telemetry["flags"] & P.FLAG_FAILSAFE)
+
+
+class Fleet:
+    """All boards of a site, keyed by name.
+
+    Parameters
+    ----------
+    boards : mapping name -> board_id
+    clock : callable returning the time [s]; injected so tests can control it
+    """
+
+    def __init__(self, boards, clock=time.time):
+        self.clock = clock
+        self.boards = {name: BoardState(name, bid) for name, bid in boards.items()}
+        self._by_id = {bid: name for name, bid in boards.items()}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.telemetry_log = []        # (t_s, name, role, seq, telemetry dict), drained by the edge
+        self.events = collections.deque(maxlen=1000)   # (t_s, name, kind, detail)
+        self.foreign_frames = 0
+
+    def attach(self, name, link):
+        self.boards[name].link = link
+
+    # -- receiving (link threads) --------------------------------------------------
+    def on_frame(self, link_name, msg_type, board_id, seq, payload):
+        now = self.clock()
+        name = self._by_id.get(board_id)
+        if name != link_name:
+            # a board on the wrong port, or a corrupted id that passed the CRC: never trust it
+            with self._lock:
+                self.foreign_frames += 1
+            return
+        b = self.boards[name]
+        try:
+            self._dispatch(b, now, msg_type, seq, payload)
+        except P.ProtocolError as exc:
+            with self._lock:
+                self.events.append((now, name, "bad_payload", str(exc)))
+
+    def _dispatch(self, b, now, msg_type, seq, payload):
+        with self._cond:
+            b.last_seen_s = now
+            if msg_type == P.MSG_TELEMETRY:
+                t = dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(payload)))
+                b.telemetry = t
+                self.telemetry_log.append((now, b.name, b.role, seq, t))
+                if b._expect_snapshot:
+                    b.snapshot = (now, t)
+                    b._expect_snapshot = False
+            elif msg_type == P.MSG_ACK:
+                acked, status = P.unpack_ack(payload)
+                b.acks[acked] = (status, now)
+                b._expect_snapshot = True
+            elif msg_type == P.MSG_HELLO:
+                b.role, b.firmware_version, b.capabilities, b.boot_nonce = P.unpack_hello(payload)
+                self.events.append((now, b.name, "hello", "%s fw %s" % (b.role, b.firmware_version)))
+            elif msg_type == P.MSG_EVENT:
+                code, detail = P.unpack_event(payload)
+                kind = _EVENT_NAMES.get(code, "event_%d" % code)
+                if code == P.EV_FAILSAFE_ENTER:
+                    b.failsafe_events += 1
+                self.events.append((now, b.name, kind, detail))
+                log.info("board %s: %s %s", b.name, kind, detail)
+            self._cond.notify_all()
+
+    # -- sending (tick thread) -----------------------------------------------------
+    def request_hello(self):
+        for b in self.boards.values():
+            if b.link is not None:
+                b.seq_out += 1
+                b.link.send(P.MSG_HELLO, b.board_id, b.seq_out, b"")
+
+    def send_setpoint(self, name, tick, mode, value):
+        """Send a setpoint; returns its sequence number (None if the board has no link)."""
+        b = self.boards[name]
+        if b.link is None:
+            return None
+        b.seq_out += 1
+        with self._lock:
+            b.snapshot = None
+        b.link.send(P.MSG_SETPOINT, b.board_id, b.seq_out, P.pack_setpoint(tick, mode, value))
+        return b.seq_out
+
+    def wait_acks(self, sent, timeout_s):
+        """Wait until every board in ``sent`` (name -> seq) acked and sent its snapshot.
+
+        Returns name -> (status, ack_time_s) for the boards that answered in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                done = {n: self.boards[n].acks[s] for n, s in sent.items()
+                        if s is not None and s in self.boards[n].acks and self.boards[n].snapshot}
+                left = deadline - time.monotonic()
+                if len(done) == len([s for s in sent.values() if s is not None]) or left <= 0:
+                    return done
+                self._cond.wait(left)
+
+    # -- reading (tick thread) -----------------------------------------------------
+    def snapshot(self):
+        """A consistent copy: name -> dict(telemetry, last_seen_s, snapshot, failsafe)."""
+        with self._lock:
+            return {n: {"telemetry": dict(b.telemetry) if b.telemetry else None,
+                        "last_seen_s": b.last_seen_s, "snapshot": b.snapshot,
+                        "failsafe": b.failsafe, "role": b.role,
+                        "firmware_version": b.firmware_version}
+                    for n, b in self.boards.items()}
+
+    def drain_telemetry(self):
+        with self._lock:
+            rows, self.telemetry_log = self.telemetry_log, []
+        return rows
+
+    def drain_events(self):
+        with self._lock:
+            rows = list(self.events)
+            self.events.clear()
+        return rows
+
+    def stale(self, max_age_s):
+        """Names of boards not heard from within ``max_age_s`` (never heard counts as stale)."""
+        now = self.clock()
+        with self._lock:
+            return [n for n, b in self.boards.items()
+                    if b.last_seen_s is None or now - b.last_seen_s > max_age_s]
+
+
+_EVENT_NAMES = {P.EV_BOOT: "boot", P.EV_FAILSAFE_ENTER: "failsafe_enter",
+                P.EV_FAILSAFE_EXIT: "failsafe_exit", P.EV_LIMIT: "limit", P.EV_FAULT: "fault",
+                P.EV_DECODE_ERROR: "decode_error"}

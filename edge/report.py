@@ -1,0 +1,106 @@
+"""End-of-day report: what the bench measured under MPC against the baselines on the same day.
+
+The naive rule (PV -> loads -> storage -> grid, no prices) and the perfect-foresight
+optimum are computed on the day's true data with the optimiser's own model
+(:mod:`picogrid.edge.policies`), from the storage energy the bench started with. The MPC's
+figures are the bench's measurements (board energy counters), costed with the same terms:
+import cost - export revenue + value of lost load x shed energy + cycling cost.
+"""
+
+import numpy as np
+
+from picogrid.edge import policies
+from picogrid.edge.signals import LOADS
+
+
+def measured_costs(rows, cfg):
+    """Cost terms of the measured day; ``rows`` are the 'mpc' dispatch rows of the store."""
+    dt = cfg.dt_s
+    grid = np.array([r["grid_w"] or 0.0 for r in rows])
+    imp = np.array([r["import_price_per_j"] for r in rows])
+    exp = np.array([r["export_price_per_j"] for r in rows])
+    demand = np.array([[r[l + "_demand_w"] for l in LOADS] for r in rows])
+    served = np.array([[-(r[l + "_w"] or 0.0) for l in LOADS] for r in rows])
+    storage = np.array([r["storage_w"] or 0.0 for r in rows])
+    shed = np.maximum(demand - served, 0.0)
+    costs = {
+        "import_cost": float(dt * np.sum(imp * np.maximum(grid, 0))),
+        "export_revenue": float(dt * np.sum(exp * np.maximum(-grid, 0))),
+        "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * shed)),
+        "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(storage))),
+        "terminal_value": float(cfg.terminal_value_per_j * (rows[-1]["storage_energy_j"] or 0.0)),
+    }
+    costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
+                      + costs["cycling_cost"] - costs["terminal_value"])
+    return costs
+
+
+def baselines(truth, cfg, e0_j):
+    """Naive and perfect-foresight results (``policies.DayResult``) on the day's true data."""
+    n = len(truth["pv_available_w"])
+    demand = np.stack([truth[l + "_demand_w"] for l in LOADS], axis=1)
+    day = policies.DayTruth(pv_avail_w=truth["pv_available_w"], demand_w=demand,
+                            import_price_per_j=truth["import_price_per_j"],
+                            export_price_per_j=truth["export_price_per_j"], e0_j=e0_j)
+    day_cfg = cfg.replace(horizon=n)
+    naive = policies.simulate_policy(policies.naive_policy(day, day_cfg), day, day_cfg)
+    oracle_plan = policies.solve_oracle(day_cfg, e0_j, day.pv_avail_w, demand,
+                                        day.import_price_per_j, day.export_price_per_j)
+    oracle = policies.simulate_policy(policies.oracle_policy(oracle_plan), day, day_cfg)
+    return naive, oracle
+
+
+def baseline_rows(result, truth):
+    """Dispatch rows (store schema) of a simulated policy, for the dashboard."""
+    rows = []
+    for t in range(len(result.grid_w)):
+        row = {"pv_w": result.pv_w[t], "storage_w": result.storage_w[t], "grid_w": result.grid_w[t],
+               "storage_energy_j": result.e_j[t + 1],
+               "pv_available_w": truth["pv_available_w"][t],
+               "import_price_per_j": truth["import_price_per_j"][t],
+               "export_price_per_j": truth["export_price_per_j"][t]}
+        for k, l in enumerate(LOADS):
+            row[l + "_w"] = -result.load_served_w[t, k]
+            row[l + "_demand_w"] = truth[l + "_demand_w"][t]
+        g = result.grid_w[t]
+        row["cost"] = g * (truth["import_price_per_j"][t] if g >= 0 else truth["export_price_per_j"][t])
+        rows.append({k: float(v) for k, v in row.items()})
+    return rows
+
+
+def summary(rows, truth, cfg, e0_j, solve_times_s, statuses, fleet_snapshot=None):
+    """The end-of-day summary: energies [J], costs [price units], solve times [ms].
+
+    Returns (summary dict with unit-suffixed keys, naive DayResult, oracle DayResult).
+    """
+    dt = cfg.dt_s
+    naive, oracle = baselines(truth, cfg, e0_j)
+    mpc = measured_costs(rows, cfg)
+    s = {}
+    for l in LOADS:
+        served = sum(-(r[l + "_w"] or 0.0) for r in rows) * dt
+        demand = sum(r[l + "_demand_w"] for r in rows) * dt
+        s[l + "_served_energy_j"] = served
+        s[l + "_shed_energy_j"] = max(demand - served, 0.0)
+    grid = np.array([r["grid_w"] or 0.0 for r in rows])
+    s["import_energy_j"] = float(dt * np.maximum(grid, 0).sum())
+    s["export_energy_j"] = float(dt * np.maximum(-grid, 0).sum())
+    s["pv_energy_j"] = float(dt * sum(r["pv_w"] or 0.0 for r in rows))
+    s["pv_available_energy_j"] = float(dt * np.sum(truth["pv_available_w"]))
+    s["storage_throughput_j"] = float(dt * sum(abs(r["storage_w"] or 0.0) for r in rows))
+    s["cost_mpc"] = mpc["total"]
+    s["bill_mpc"] = mpc["import_cost"] - mpc["export_revenue"]
+    s["cost_naive"] = naive.costs["total"]
+    s["bill_naive"] = naive.costs["import_cost"] - naive.costs["export_revenue"]
+    s["cost_oracle"] = oracle.costs["total"]
+    s["bill_oracle"] = oracle.costs["import_cost"] - oracle.costs["export_revenue"]
+    s["savings_capture"] = policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_oracle"])
+    ms = 1e3 * np.asarray(solve_times_s)
+    s["solve_time_p50_ms"] = float(np.percentile(ms, 50))
+    s["solve_time_p99_ms"] = float(np.percentile(ms, 99))
+    s["ticks_solved"] = sum(1 for st in statuses if st.startswith("solved"))
+    s["ticks_fallback"] = sum(1 for st in statuses if not st.startswith("solved"))
+    res = [abs(r["balance_residual_j"]) for r in rows if r["balance_residual_j"] is not None]
+    s["balance_residual_max_j"] = max(res) if res else float("nan")
+    s["ticks_metered"] = len(res)
+    return s, naive, oracle

@@ -1,0 +1,255 @@
+"""The edge's tick scheduler: read -> estimate -> forecast -> optimise -> dispatch -> persist.
+
+One :meth:`EdgeRunner.tick` per tick of the day. Each stage is a separate component with
+declared inputs (after OpenEMS's controllers); a stage that fails is logged and replaced by
+its safe rule (seasonal-naive forecast, rule-based dispatch) so the tick always ends with
+setpoints. Time comes from the injected ``clock``/``sleep`` pair.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from picogrid.edge import dispatch, estimate, metering
+from picogrid.edge.optimize import MpcConfig, MpcController
+from picogrid.edge.policies import naive_step
+from picogrid.edge.signals import LOADS
+
+log = logging.getLogger(__name__)
+
+_ACK_TIMEOUT_S = 0.5
+_FORECAST_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+                    "import_price_per_j")
+
+
+def mpc_config(site):
+    """Flatten the site file into an :class:`MpcConfig` (units as in ``edge/sites/lab.toml``)."""
+    b, st, g, ld = site["bench"], site["storage"], site["grid"], site["loads"]
+    voll = ld["voll_per_j"]
+    priorities = [site["boards"][name].get("priority", "normal") for name in LOADS]
+    return MpcConfig(
+        horizon=int(b["horizon"]), dt_s=float(b["tick_s"]),
+        e_min_j=estimate.energy_from_voltage_j(st["voltage_min_v"], st["capacitance_f"]),
+        e_max_j=estimate.energy_from_voltage_j(st["voltage_max_v"], st["capacitance_f"]),
+        p_ch_max_w=st["power_max_w"], p_dis_max_w=st["power_max_w"],
+        eta_ch=st["efficiency"], eta_dis=st["efficiency"],
+        p_imp_max_w=g["import_max_w"], p_exp_max_w=g["export_max_w"], n_loads=len(LOADS),
+        voll_per_j=tuple(float(voll[p]) for p in priorities),
+        cycle_cost_per_j=site["optimizer"]["cycle_cost_per_j"],
+        terminal_value_per_j=site["optimizer"]["terminal_value_per_j"])
+
+
+class EdgeRunner:
+    """Runs one day of ticks against a fleet of boards.
+
+    Parameters
+    ----------
+    site : dict, parsed site TOML
+    source : picogrid.edge.signals.ScenarioSource
+    fleet : picogrid.edge.fleet.Fleet, with links attached
+    store : picogrid.edge.store.Store, a run already started
+    forecaster : object with ``forecast(history, calendar, clearsky) -> (fc, source)``
+        (``picogrid.edge.forecast.Forecaster``)
+    t0 : float, clock time [s] of tick 0
+    clock, sleep : injected time functions
+    """
+
+    def __init__(self, site, source, fleet, store, forecaster, t0, clock=time.time, sleep=time.sleep):
+        self.site = site
+        self.source = source
+        self.fleet = fleet
+        self.store = store
+        self.forecaster = forecaster
+        self.t0 = t0
+        self.clock, self.sleep = clock, sleep
+        self.cfg = mpc_config(site)
+        self.mpc = MpcController(self.cfg)
+        self.tick_s = float(site["bench"]["tick_s"])
+        self.n_ticks = int(site["bench"]["n_ticks"])
+        self.horizon = self.cfg.horizon
+        self.v_ref = float(site["bench"]["bus_voltage_v"])
+        self.c_bus = float(site["bench"]["bus_capacitance_f"])
+        self.prev_snapshot = None       # name -> telemetry at the previous tick boundary
+        self.solve_times_s = []
+        self.statuses = []
+        self.e0_j = None
+        self.measured = []              # per tick: dict of measured energies and prices
+        self.last_setpoints = None
+
+    # -- stages ----------------------------------------------------------------------
+    def observe(self):
+        snap = self.fleet.snapshot()
+        st = snap["storage"]["telemetry"]
+        e_j = None
+        if st is not None:
+            e_j = estimate.storage_energy_j(st["v_port_v"], st["i_port_a"],
+                                            self.site["storage"]["capacitance_f"],
+                                            self.site["storage"]["esr_ohm"])
+        grid = snap["grid"]["telemetry"]
+        from picogrid.firmware import protocol as P
+        islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED)
+        return snap, e_j, islanded
+
+    def forecast(self, k):
+        day_ticks = self.source.n_ticks
+        hist_len = 2 * day_ticks
+        history = self.source.history(k, hist_len)
+        calendar = self.source.calendar(k)
+        clearsky = self.source.clearsky(k, self.horizon)
+        try:
+            fc, src = self.forecaster.forecast(history, calendar, clearsky)
+        except Exception as exc:   # forecaster broken: same tick yesterday, said so
+            log.exception("forecaster failed at tick %d", k)
+            fc = {s: {q: history[s][-day_ticks:][np.arange(self.horizon) % day_ticks]
+                      for q in (0.1, 0.5, 0.9)} for s in _FORECAST_SERIES}
+            src = {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
+        return fc, src
+
+    def optimise(self, k, e_j, fc, islanded):
+        demand_now, imp_now, exp_now = self.source.now(k)
+        n = self.horizon
+        pv = np.maximum(np.asarray(fc["pv_available_w"][0.5][:n], float), 0.0)
+        demand = np.stack([np.maximum(np.asarray(fc[l + "_demand_w"][0.5][:n], float), 0.0)
+                           for l in LOADS], axis=1)
+        demand[0] = demand_now          # the feed tells the demand to serve now
+        imp = np.asarray(fc["import_price_per_j"][0.5][:n], float).copy()
+        imp[0] = imp_now
+        # export = import less the fixed grid fee, which the current prices reveal
+        exp = imp - (imp_now - exp_now)
+        limits = np.zeros(n) if islanded else None
+        try:
+            decision = self.mpc.solve(e_j, pv, demand, imp, exp, limits, limits)
+        except Exception as exc:
+            log.exception("optimiser failed at tick %d", k)
+            decision = naive_step(e_j, pv[0], demand[0], self.cfg,
+                                  0.0 if islanded else None, 0.0 if islanded else None)
+            decision.status = "fallback:%s" % type(exc).__name__
+        return decision, pv, demand, imp
+
+    def send(self, k, sp):
+        sent = {name: self.fleet.send_setpoint(name, k, mode, value) for name, (mode, value) in sp.items()}
+        t_sent = self.clock()
+        acks = self.fleet.wait_acks(sent, _ACK_TIMEOUT_S)
+        for name, seq in sent.items():
+            ack = acks.get(name)
+            self.store.setpoint(k, name, seq if seq is not None else -1, sp[name][0], sp[name][1],
+                                ack is not None, (ack[1] - t_sent) if ack else None)
+        missing = [n for n in sent if n not in acks]
+        if missing:
+            self.store.event(self.clock() - self.t0, None, "no_ack", "tick %d: %s" % (k, ", ".join(missing)))
+        snap = self.fleet.snapshot()
+        return {n: (s["snapshot"][1] if s["snapshot"] and n in acks else None) for n, s in snap.items()}
+
+    def meter(self, k, boundary):
+        """Record the measured dispatch of tick ``k - 1`` from two tick-boundary snapshots."""
+        prev, self.prev_snapshot = self.prev_snapshot, boundary
+        if prev is None:
+            return
+        t = k - 1
+        energies = metering.tick_energies(prev, boundary)
+        v0 = prev["grid"]["v_bus_v"] if prev.get("grid") else None
+        v1 = boundary["grid"]["v_bus_v"] if boundary.get("grid") else None
+        residual = metering.balance_residual_j(energies, v0, v1, self.c_bus)
+        demand, imp, exp = self.source.now(t)
+        truth = self.source.truth()
+        w = {n: (e / self.tick_s if e is not None else None) for n, e in energies.items()}
+        grid_j = energies.get("grid")
+        cost = metering.grid_cost(grid_j, imp, exp) if grid_j is not None else None
+        st = boundary.get("storage")
+        e_st = (estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.site["storage"]["capacitance_f"],
+                                          self.site["storage"]["esr_ohm"]) if st else None)
+        row = {"pv_w": w.get("pv"), "storage_w": w.get("storage"), "grid_w": w.get("grid"),
+               "load1_w": w.get("load1"), "load2_w": w.get("load2"), "load3_w": w.get("load3"),
+               "pv_available_w": float(truth["pv_available_w"][t]),
+               "load1_demand_w": float(demand[0]), "load2_demand_w": float(demand[1]),
+               "load3_demand_w": float(demand[2]), "storage_energy_j": e_st,
+               "bus_voltage_v": v1, "import_price_per_j": float(imp), "export_price_per_j": float(exp),
+               "cost": cost, "balance_residual_j": residual}
+        self.store.dispatch("mpc", t, row)
+        self.measured.append(row)
+
+    def persist(self, k, t_rel, decision, fc, src, sp):
+        for t_s, name, role, seq, tel in self.fleet.drain_telemetry():
+            self.store.telemetry(t_s - self.t0, k, name, role or name, seq, tel)
+        for t_s, name, kind, detail in self.fleet.drain_events():
+            self.store.event(t_s - self.t0, name, kind, detail)
+        for series, qs in fc.items():
+            for q, values in qs.items():
+                self.store.forecast(k, series, q, values[: self.horizon])
+        plan = {key: np.asarray(v).round(5).tolist() for key, v in decision.plan.items()} if decision.plan else None
+        sources = sorted(set(src.values()))
+        self.store.decision(k, t_rel, decision.status, decision.solve_time_s,
+                            None if np.isnan(decision.objective) else float(decision.objective),
+                            ",".join(sources), {n: v for n, (m, v) in sp.items()}, plan,
+                            reason=_explain(decision, sp))
+        snap = self.fleet.snapshot()
+        for name, s in snap.items():
+            link = self.fleet.boards[name].link
+            errs = link.errors if link is not None else {}
+            self.store.board(name, role=s["role"], board_id=self.fleet.boards[name].board_id,
+                             firmware_version=s["firmware_version"],
+                             link=getattr(link, "kind", None),
+                             last_seen_s=(s["last_seen_s"] - self.t0) if s["last_seen_s"] else None,
+                             frames_ok=errs.get("frames_ok", 0),
+                             crc_errors=errs.get("crc_errors", 0) + errs.get("framing_errors", 0),
+                             failsafe_events=self.fleet.boards[name].failsafe_events)
+        self.store.commit()
+
+    # -- the tick --------------------------------------------------------------------
+    def tick(self, k):
+        t_start = self.clock()
+        snap, e_j, islanded = self.observe()
+        if e_j is None:
+            e_j = self.cfg.e_min_j
+            self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
+        if self.e0_j is None:
+            self.e0_j = e_j
+        fc, src = self.forecast(k)
+        decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded)
+        sp = dispatch.setpoints(decision, float(pv_fc[0]), self.v_ref, islanded)
+        boundary = self.send(k, sp)
+        self.meter(k, boundary)
+        self.solve_times_s.append(decision.solve_time_s)
+        self.statuses.append(decision.status)
+        self.last_setpoints = sp
+        self.persist(k, t_start - self.t0, decision, fc, src, sp)
+        log.info("tick %d/%d: %s in %.2f ms, storage %.1f J, grid %+.2f W", k + 1, self.n_ticks,
+                 decision.status, 1e3 * decision.solve_time_s, e_j, decision.p_grid_w)
+        return decision
+
+    def run_day(self, on_tick=None):
+        """Run every tick at its time, then close the last tick's metering."""
+        for k in range(self.n_ticks):
+            wait = self.t0 + k * self.tick_s - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+            self.tick(k)
+            if on_tick:
+                on_tick(k)
+        wait = self.t0 + self.n_ticks * self.tick_s - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+        # the last boundary: repeat the last setpoints so every board reports its counters
+        self.meter(self.n_ticks, self.send(self.n_ticks, self.last_setpoints))
+        self.store.commit()
+
+
+def _explain(decision, sp):
+    """One plain sentence on what the plan does now, for the operator."""
+    parts = []
+    if decision.p_storage_w > 0.01:
+        parts.append("discharge storage %.2f W" % decision.p_storage_w)
+    elif decision.p_storage_w < -0.01:
+        parts.append("charge storage %.2f W" % -decision.p_storage_w)
+    if decision.p_grid_w > 0.01:
+        parts.append("import %.2f W" % decision.p_grid_w)
+    elif decision.p_grid_w < -0.01:
+        parts.append("export %.2f W" % -decision.p_grid_w)
+    shed = [n for n, (m, v) in sp.items() if n.startswith("load") and m == 1]
+    if shed:
+        parts.append("shed " + ", ".join(shed))
+    if sp["pv"][1] >= 0:
+        parts.append("curtail PV to %.2f W" % sp["pv"][1])
+    head = "" if decision.status.startswith("solved") else "[%s] " % decision.status
+    return head + ("; ".join(parts) if parts else "hold")

@@ -1,0 +1,94 @@
+"""Exogenous signals the edge sees: demand, prices, and PV history, tick by tick.
+
+:class:`ScenarioSource` replays a prepared real-data scenario (``models.scenario``) the way
+the lab market feed serves it (DESIGN.md §2): at tick ``k`` the current demand and prices
+are known, the past is known, the future is not. The forecaster gets only the past.
+
+The scenario is a mapping of column name -> list, one entry per (day, tick), oldest first,
+as written by :func:`save_scenario`; the last ``n_ticks`` rows are the day being run and
+the rows before them are history.
+"""
+
+import json
+
+import numpy as np
+
+LOADS = ("load1", "load2", "load3")
+SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+          "import_price_per_j", "export_price_per_j")
+
+
+def save_scenario(frame, path):
+    """Write a scenario DataFrame (``models.scenario.build_bench_days``) as column JSON."""
+    cols = {c: frame[c].tolist() for c in frame.columns}
+    with open(path, "w") as f:
+        json.dump(cols, f)
+
+
+def load_scenario(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+class ScenarioSource:
+    """Causal view of a scenario.
+
+    Parameters
+    ----------
+    columns : mapping name -> sequence, see module docstring
+    n_ticks : int, ticks per day
+
+    Raises
+    ------
+    ValueError if a required column is missing or the table is shorter than one day.
+    """
+
+    def __init__(self, columns, n_ticks):
+        missing = [c for c in SERIES + ("clearsky_ghi_w_m2", "day", "day_of_year", "weekday", "sun")
+                   if c not in columns]
+        if missing:
+            raise ValueError("scenario lacks columns %s" % missing)
+        self.n_ticks = int(n_ticks)
+        self.cols = {c: np.asarray(v, dtype=float) for c, v in columns.items()
+                     if c not in ("day",) and not c.endswith("_source_day")}
+        self.days = list(columns["day"])
+        n = len(self.days)
+        if n < self.n_ticks or n % self.n_ticks:
+            raise ValueError("scenario has %d rows, not a whole number of %d-tick days" % (n, self.n_ticks))
+        self.offset = n - self.n_ticks     # row of tick 0 of the day being run
+        self.day = self.days[self.offset]
+
+    def _row(self, tick):
+        return self.offset + tick
+
+    def now(self, tick):
+        """Demand per load [W, shape [L]] and prices [c/J] known at ``tick`` (lab feed /demand, /price)."""
+        r = self._row(tick)
+        demand = np.array([self.cols[l + "_demand_w"][r] for l in LOADS])
+        return demand, self.cols["import_price_per_j"][r], self.cols["export_price_per_j"][r]
+
+    def history(self, tick, length):
+        """Past ``length`` values of every series before ``tick`` (oldest first)."""
+        r = self._row(tick)
+        if r - length < 0:
+            raise ValueError("scenario has only %d rows of history before tick %d" % (r, tick))
+        return {s: self.cols[s][r - length:r] for s in SERIES}
+
+    def clearsky(self, tick, horizon):
+        """Clear-sky GHI [W/m2] of the next ``horizon`` ticks: astronomy, not a forecast of actuals.
+
+        Beyond the scenario's last row the same ticks of the last day are repeated.
+        """
+        rows = np.arange(self._row(tick), self._row(tick) + horizon)
+        rows = np.where(rows < len(self.days), rows, rows - self.n_ticks)
+        return self.cols["clearsky_ghi_w_m2"][rows]
+
+    def calendar(self, tick):
+        r = self._row(tick)
+        return {"tick": int(tick), "day_of_year": int(self.cols["day_of_year"][r]),
+                "weekday": int(self.cols["weekday"][r]), "n_ticks": self.n_ticks}
+
+    def truth(self):
+        """The day's actual series (for baselines and evaluation only, never for control)."""
+        sl = slice(self.offset, self.offset + self.n_ticks)
+        return {s: self.cols[s][sl] for s in SERIES + ("sun",)}
