@@ -1,0 +1,165 @@
+"""Run-time forecasts on the edge: ONNX quantile models with a seasonal-naive fallback.
+
+Loads every model card (``<series>.json``) and graph (``<series>.onnx``) of an artefact
+directory (default: the committed ``models/artifacts``), checks each graph's inputs and outputs
+against its card and against :mod:`models.features` at start-up, and then serves P10/P50/P90 of
+the next ``horizon`` ticks per series. A series without a usable model, or whose model raises,
+falls back to seasonal naive (same tick yesterday, all three quantiles equal) and says so in
+:attr:`Forecaster.source` and the log. Model details: ``models/MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..models import features as F
+
+log = logging.getLogger(__name__)
+
+
+def default_artifact_dir() -> Path:
+    """The artefacts committed with the package (``picogrid/models/artifacts``)."""
+    return Path(str(resources.files("picogrid.models").joinpath("artifacts")))
+
+
+def _dims(value_info) -> list:
+    return [d if isinstance(d, int) else None for d in value_info.shape]
+
+
+class Forecaster:
+    """Multi-horizon quantile forecaster for the series of :data:`models.features.SERIES`.
+
+    Parameters
+    ----------
+    artifact_dir : str or pathlib.Path, optional
+        Directory with ``<series>.json`` model cards and their ``.onnx`` graphs. Default
+        :func:`default_artifact_dir`. A missing or empty directory is allowed: every series
+        then uses the seasonal-naive fallback.
+
+    Attributes
+    ----------
+    series : tuple of str
+        Series this forecaster answers for (all of :data:`models.features.SERIES`).
+    horizon : int
+        Forecast steps per call (ticks).
+    models : dict
+        Series -> card of the series that have a validated ONNX model.
+    source : dict
+        Series -> ``'onnx'`` or ``'seasonal_naive:<reason>'`` of the last :meth:`forecast`.
+
+    Raises
+    ------
+    ValueError
+        A card names an unknown series or a missing graph, or a graph's inputs/outputs do
+        not match its card or the feature builder.
+    """
+
+    def __init__(self, artifact_dir=None):
+        self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
+        self.series = F.SERIES
+        self.horizon = F.HORIZON
+        self.models: dict[str, dict] = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self.source: dict[str, str] = {}
+        cards = sorted(self.artifact_dir.glob("*.json")) if self.artifact_dir.is_dir() else []
+        for card_path in cards:
+            card = json.loads(card_path.read_text())
+            series = card.get("series")
+            if series not in F.SERIES:
+                raise ValueError(f"{card_path}: unknown series {series!r}; known {F.SERIES}")
+            onnx_path = self.artifact_dir / card.get("onnx_file", f"{series}.onnx")
+            if not onnx_path.is_file():
+                raise ValueError(f"{card_path}: graph {onnx_path.name} not found")
+            sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            self._validate(card_path, card, sess)
+            self.models[series] = card
+            self._sessions[series] = sess
+        missing = [s for s in F.SERIES if s not in self.models]
+        if missing:
+            log.warning("no ONNX model for %s in %s: seasonal naive", missing, self.artifact_dir)
+
+    @staticmethod
+    def _validate(card_path: Path, card: dict, sess: ort.InferenceSession) -> None:
+        series = card["series"]
+        n_feat = F.n_features(series)
+        if card.get("horizon") != F.HORIZON or card.get("n_lags") != F.N_LAGS:
+            raise ValueError(f"{card_path}: horizon/n_lags {card.get('horizon')}/{card.get('n_lags')} "
+                             f"!= features module {F.HORIZON}/{F.N_LAGS}")
+        names = card["inputs"][0].get("feature_names")
+        if names != F.feature_names(series):
+            raise ValueError(f"{card_path}: feature names differ from models.features.feature_names")
+        expected_in = {"features": [None, n_feat], "start_tick": [None]}
+        got_in = {i.name: _dims(i) for i in sess.get_inputs()}
+        card_in = {i["name"]: i["shape"] for i in card["inputs"]}
+        expected_out = {"quantiles": [None, len(F.QUANTILES), F.HORIZON]}
+        got_out = {o.name: _dims(o) for o in sess.get_outputs()}
+        card_out = {o["name"]: o["shape"] for o in card["outputs"]}
+        for what, exp, got, crd in (("inputs", expected_in, got_in, card_in),
+                                    ("outputs", expected_out, got_out, card_out)):
+            if got != exp or crd != exp:
+                raise ValueError(f"{card_path}: ONNX {what} {got}, card {crd}, expected {exp}")
+
+    def forecast(self, history: dict, calendar: dict, clearsky_ghi_w_m2) -> dict:
+        """P10/P50/P90 of the next :attr:`horizon` ticks for every series.
+
+        Parameters
+        ----------
+        history : dict[str, array]
+            Series -> past tick values, oldest first, last = most recent completed tick;
+            at least ``max(60, n_ticks)`` values. Units: W for PV/loads, c/J for price.
+        calendar : dict
+            ``tick`` (tick of day of the first forecast step, 0..n_ticks-1), ``day_of_year``
+            (1..366), ``weekday`` (0 = Monday), ``n_ticks`` (ticks per day).
+        clearsky_ghi_w_m2 : array [horizon]
+            Clear-sky GHI of the forecast ticks [W/m2].
+
+        Returns
+        -------
+        dict[str, dict[float, numpy.ndarray [horizon]]]
+            Series -> {0.1: P10, 0.5: P50, 0.9: P90}; PV and loads clipped at 0, quantiles
+            sorted. :attr:`source` says where each came from.
+
+        Raises
+        ------
+        ValueError
+            A series missing from ``history``, or a history too short for seasonal naive.
+        """
+        n_ticks = int(calendar.get("n_ticks", 0))
+        out: dict[str, dict[float, np.ndarray]] = {}
+        source: dict[str, str] = {}
+        for series in self.series:
+            if series not in history:
+                raise ValueError(f"history lacks series {series!r}")
+            hist = np.asarray(history[series], dtype=np.float64).ravel()
+            fan, reason = None, None
+            card = self.models.get(series)
+            if card is None:
+                reason = "no model"
+            elif card.get("n_ticks") != n_ticks:
+                reason = f"model trained for n_ticks={card.get('n_ticks')}, calendar has {n_ticks}"
+            else:
+                try:
+                    x = F.build_features(series, hist, calendar, clearsky_ghi_w_m2)
+                    raw = self._sessions[series].run(
+                        ["quantiles"], {"features": x, "start_tick": np.array([calendar["tick"]], np.int64)})[0]
+                    fan = F.postprocess(series, raw[0])
+                    if not np.isfinite(fan).all():
+                        fan, reason = None, "non-finite model output"
+                except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not stop the tick
+                    reason = f"{type(exc).__name__}: {exc}"
+            if fan is None:
+                log.warning("%s: seasonal naive fallback (%s)", series, reason)
+                point = F.seasonal_naive(hist, n_ticks, self.horizon)
+                fan = F.postprocess(series, np.repeat(point[None, :], len(F.QUANTILES), axis=0))
+                source[series] = f"seasonal_naive:{reason}"
+            else:
+                source[series] = "onnx"
+            out[series] = {q: fan[i] for i, q in enumerate(F.QUANTILES)}
+        self.source = source
+        return out
