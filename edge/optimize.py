@@ -71,7 +71,10 @@ class MpcConfig:
     time_limit_s : float
         OSQP wall-clock limit per solve [s] (> 0).
     polish : bool
-        Run OSQP's solution polishing (an active-set refinement; makes LP-like solutions exact).
+        Run OSQP's solution polishing (an active-set refinement). Off by default: on this
+        LP-like problem the active set guessed at real-time tolerances is rarely right, so the
+        polish is rejected and only costs an extra factorisation (measured with
+        tools/bench_mpc.py); it succeeds at tolerances around 1e-7.
     reg_rel : float
         Quadratic regularisation weight relative to the cost of running one full-scale power
         variable for one step at the reference price (dimensionless, >= 0).
@@ -107,7 +110,7 @@ class MpcConfig:
     eps_rel: float = 1e-4
     max_iter: int = 4000
     time_limit_s: float = 0.5
-    polish: bool = True
+    polish: bool = False
     reg_rel: float = 1e-6
     soft_penalty_per_j: float | None = None
     price_ref_per_j: float | None = None
@@ -318,7 +321,7 @@ class QpModel:
         self.A = sp.csc_matrix(
             (np.concatenate(vi), (np.concatenate(ri), np.concatenate(ci))), shape=(rows.size, cols.size))
         # Strictly convex: a tiny weight on every column (upper triangle only, as OSQP wants).
-        self.P = sp.diags(np.full(cols.size, cfg.reg_rel), format="csc")
+        self.P = sp.diags(np.full(cols.size, float(cfg.reg_rel)), format="csc")
         self.x_shift = cols.shift_index()
         self.y_shift = rows.shift_index()
 
