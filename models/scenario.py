@@ -66,7 +66,7 @@ _MAX_LOAD_MISSING_DAY = 0.02  # a load day may miss at most 2 % of its minutes
 class _TickTable:
     """Per-day tick means of a regular series: ``values[day, tick, column]``."""
 
-    def __init__(self, frame: pd.DataFrame, sample_min: int, n_ticks: int):
+    def __init__(self, frame: pd.DataFrame, sample_min: int, n_ticks: int, centred: bool = False):
         if 1440 % n_ticks:
             raise ValueError(f"n_ticks must divide 1440 minutes, got {n_ticks}")
         step = frame.index[1] - frame.index[0]
@@ -76,8 +76,12 @@ class _TickTable:
         last = frame.index[-1].normalize() + pd.Timedelta(days=1)
         grid = pd.date_range(first, last, freq=f"{sample_min}min", inclusive="left")
         arr = frame.reindex(grid).to_numpy(np.float64)
-        # each sample holds over its own interval (interval-start label), never beyond it
+        # each sample holds over its own interval, never beyond it: [label, label + step)
+        # for interval averages, [label - step/2, label + step/2) for instantaneous samples
         minutes = np.repeat(arr, sample_min, axis=0)
+        if centred:
+            half = sample_min // 2
+            minutes = np.concatenate([minutes[half:], np.full((half, arr.shape[1]), np.nan)])
         n_days = len(minutes) // 1440
         per_tick = 1440 // n_ticks
         cube = minutes.reshape(n_days, n_ticks, per_tick, arr.shape[1])
@@ -109,7 +113,7 @@ def _tables(n_ticks: int) -> dict:
     prices = prices.reindex(pd.date_range(prices.index[0], prices.index[-1], freq="1h"))
     tables = {
         "pv": _TickTable(pv, 15, n_ticks),
-        "weather": _TickTable(weather, 30, n_ticks),
+        "weather": _TickTable(weather, 30, n_ticks, centred=True),  # PSM3: instantaneous
         "load": _TickTable(house[list(data.LOAD_COLUMNS)], 1, n_ticks),
         "price": _TickTable(prices, 60, n_ticks),
     }
