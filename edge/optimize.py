@@ -557,13 +557,17 @@ class MpcController:
                          ("p_imp", imp_max), ("p_exp", exp_max), ("p_pv", pv), ("p_load", demand)):
             plan[name] = np.clip(plan[name], 0.0, hi)
         objective, terms = self.model.objective_terms(plan, demand, c_imp, c_exp)
+        # A first-step shortfall within solver tolerance is not a decision to shed or curtail:
+        # snap it, so boards are not told to cut a few mW, and let the grid take the residual.
+        snap_w = 1e-3 * self.model.p_scale_w
+        served = np.where(demand[0] - plan["p_load"][0] < snap_w, demand[0], plan["p_load"][0])
+        pv_cap = float(pv[0]) if pv[0] - plan["p_pv"][0] < snap_w else float(plan["p_pv"][0])
+        p_storage = float(plan["p_dis"][0] - plan["p_ch"][0])
+        p_grid = float(np.clip(served.sum() - pv_cap - p_storage, -exp_max[0], imp_max[0]))
         return Decision(
             status=status, solve_time_s=time.perf_counter() - t0, iterations=int(res.info.iter),
-            objective=objective,
-            p_storage_w=float(plan["p_dis"][0] - plan["p_ch"][0]),
-            p_grid_w=float(plan["p_imp"][0] - plan["p_exp"][0]),
-            pv_cap_w=float(plan["p_pv"][0]), load_served_w=plan["p_load"][0].copy(),
-            plan=plan, objective_terms=terms)
+            objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,
+            load_served_w=served, plan=plan, objective_terms=terms)
 
     def _fallback(self, reason, t0, e0_j, pv, demand, imp_max, exp_max):
         log.warning("MPC fallback to rule-based dispatch: %s", reason)

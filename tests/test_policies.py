@@ -1,0 +1,208 @@
+"""Tests of the baselines and the day simulator (picogrid.edge.policies).
+
+The naive rule table, the perfect-foresight LP against cvxpy/Clarabel, cost accounting
+identities, and the closed-loop figure of merit of DESIGN.md §4 on a small synthetic day.
+"""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from picogrid.edge import policies
+from picogrid.edge.optimize import Decision, MpcConfig, MpcController
+from picogrid.edge.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
+                                    simulate_policy, solve_oracle)
+
+LAB = dict(horizon=60, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
+           eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
+           voll_per_j=[50.0, 20.0, 5.0], cycle_cost_per_j=0.01)
+
+
+def lab_cfg(**over):
+    return MpcConfig.from_dict({**LAB, **over})
+
+
+def synthetic_day(n_steps=120, seed=1):
+    """Half-sine PV, wiggling loads and an evening price peak (lab watts, price/J)."""
+    rng = np.random.default_rng(seed)
+    phase = np.arange(n_steps) / n_steps
+    pv = 4.0 * np.clip(np.sin(np.pi * (phase - 0.2) / 0.5), 0, None) * rng.uniform(0.7, 1.0, n_steps)
+    dem = np.column_stack([0.6 + 0.1 * np.sin(2 * np.pi * phase),
+                           0.5 + 0.4 * np.sin(2 * np.pi * (phase - 0.3)) ** 2,
+                           0.3 + 0.6 * ((phase > 0.7) & (phase < 0.9))]) * rng.uniform(0.9, 1.1, (n_steps, 3))
+    # Peak below the lowest value of lost load (5/J): savings must come from the storage.
+    price = np.where((phase > 0.7) & (phase < 0.9), 4.0, 1.0) * rng.uniform(0.9, 1.1, n_steps)
+    return DayTruth(pv, dem, price, 0.4 * price, e0_j=10.0)
+
+
+# --------------------------------------------------------------------------- naive rule table
+
+@pytest.mark.parametrize("e_j, pv_w, demand_w, imp_max, exp_max, expect", [
+    # surplus 2 W: storage takes it all
+    (20.0, 3.5, [0.5, 0.5, 0.5], 6.0, 6.0, dict(storage=-2.0, grid=0.0, pv=3.5, served=[0.5, 0.5, 0.5])),
+    # surplus 3.5 W: storage at its 3 W limit, 0.5 W exported
+    (20.0, 4.0, [0.2, 0.2, 0.1], 6.0, 6.0, dict(storage=-3.0, grid=-0.5, pv=4.0, served=[0.2, 0.2, 0.1])),
+    # storage nearly full: headroom (45-44.1)/(0.9*2.5) = 0.4 W, rest exported
+    (44.1, 2.0, [0.5, 0.5, 0.0], 6.0, 6.0, dict(storage=-0.4, grid=-0.6, pv=2.0, served=[0.5, 0.5, 0.0])),
+    # storage full, outage: PV curtailed to the loads
+    (45.0, 4.0, [0.5, 0.5, 0.5], 0.0, 0.0, dict(storage=0.0, grid=0.0, pv=1.5, served=[0.5, 0.5, 0.5])),
+    # deficit 2 W: storage discharges it
+    (20.0, 0.0, [1.0, 0.5, 0.5], 6.0, 6.0, dict(storage=2.0, grid=0.0, pv=0.0, served=[1.0, 0.5, 0.5])),
+    # storage nearly empty: (2.5-2)*0.9/2.5 = 0.18 W, rest imported
+    (2.5, 0.0, [1.0, 0.5, 0.5], 6.0, 6.0, dict(storage=0.18, grid=1.82, pv=0.0, served=[1.0, 0.5, 0.5])),
+    # outage, storage empty, 1.2 W PV for 3 W of demand: shed load3 then load2
+    (2.0, 1.2, [1.0, 1.0, 1.0], 0.0, 0.0, dict(storage=0.0, grid=0.0, pv=1.2, served=[1.0, 0.2, 0.0])),
+    # import limit 1 W in deficit: import 1 W, shed lowest value for the rest
+    (2.0, 0.0, [1.0, 0.5, 0.5], 1.0, 6.0, dict(storage=0.0, grid=1.0, pv=0.0, served=[1.0, 0.0, 0.0])),
+])
+def test_naive_rule_table(e_j, pv_w, demand_w, imp_max, exp_max, expect):
+    d = naive_step(e_j, pv_w, demand_w, lab_cfg(), p_imp_max_w=imp_max, p_exp_max_w=exp_max)
+    assert d.status == "naive"
+    assert d.p_storage_w == pytest.approx(expect["storage"], abs=1e-9)
+    assert d.p_grid_w == pytest.approx(expect["grid"], abs=1e-9)
+    assert d.pv_cap_w == pytest.approx(expect["pv"], abs=1e-9)
+    np.testing.assert_allclose(d.load_served_w, expect["served"], atol=1e-9)
+
+
+def test_naive_shedding_follows_voll_not_position():
+    cfg = lab_cfg(voll_per_j=[5.0, 50.0, 20.0])  # load2 critical here
+    d = naive_step(2.0, 0.0, [1.0, 1.0, 1.0], cfg, p_imp_max_w=1.5, p_exp_max_w=0.0)
+    np.testing.assert_allclose(d.load_served_w, [0.0, 1.0, 0.5], atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(e=st.floats(0.0, 50.0), pv=st.floats(0.0, 4.0),
+       dem=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       imp=st.sampled_from([0.0, 0.5, 6.0]), exp=st.sampled_from([0.0, 0.5, 6.0]))
+def test_naive_respects_balance_and_limits(e, pv, dem, imp, exp):
+    cfg = lab_cfg()
+    d = naive_step(e, pv, dem, cfg, p_imp_max_w=imp, p_exp_max_w=exp)
+    assert d.pv_cap_w + d.p_storage_w + d.p_grid_w == pytest.approx(d.load_served_w.sum(), abs=1e-9)
+    assert -exp - 1e-12 <= d.p_grid_w <= imp + 1e-12
+    assert 0 <= d.pv_cap_w <= pv + 1e-12
+    assert np.all(d.load_served_w >= 0) and np.all(d.load_served_w <= np.array(dem) + 1e-12)
+    e_next = e + cfg.dt_s * (cfg.eta_ch * max(-d.p_storage_w, 0) - max(d.p_storage_w, 0) / cfg.eta_dis)
+    # Never pushes the storage further out of its band.
+    assert e_next <= max(e, cfg.e_max_j) + 1e-9 and e_next >= min(e, cfg.e_min_j) - 1e-9
+
+
+# --------------------------------------------------------------------------- oracle
+
+def test_oracle_matches_cvxpy_on_a_day():
+    truth = synthetic_day(48, seed=4)
+    cfg = lab_cfg(terminal_value_per_j=0.5)
+    outage = np.zeros(48)
+    outage[30:36] = 1
+    imp_max = np.where(outage > 0, 0.0, 6.0)
+    oracle = solve_oracle(cfg, 10.0, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+                          truth.export_price_per_j, p_imp_max_w=imp_max, p_exp_max_w=imp_max)
+    n, dt = 48, cfg.dt_s
+    ch, dis, imp, exp, pv = (cp.Variable(n, nonneg=True) for _ in range(5))
+    load = cp.Variable((n, 3), nonneg=True)
+    e = cp.Variable(n + 1)
+    cons = [pv + dis + imp - ch - exp - cp.sum(load, axis=1) == 0, e[0] == 10.0,
+            e[1:] == e[:-1] + dt * (0.9 * ch - dis / 0.9), e[1:] >= 2.0, e[1:] <= 45.0,
+            ch <= 3, dis <= 3, imp <= imp_max, exp <= imp_max, pv <= truth.pv_avail_w,
+            load <= truth.demand_w]
+    voll = np.array([50.0, 20.0, 5.0])
+    cost = (dt * (truth.import_price_per_j @ imp - truth.export_price_per_j @ exp
+                  + cp.sum(cp.multiply(voll[None, :], truth.demand_w - load)) + 0.01 * cp.sum(ch + dis))
+            - 0.5 * e[n])
+    prob = cp.Problem(cp.Minimize(cost), cons)
+    prob.solve(solver=cp.CLARABEL)
+    assert oracle.objective == pytest.approx(prob.value, rel=1e-6, abs=1e-4)
+    assert np.all(oracle.plan["p_imp"][30:36] == 0) and np.all(oracle.plan["p_exp"][30:36] == 0)
+
+
+def test_oracle_replay_costs_its_objective():
+    """Replaying the oracle plan through the plant reproduces the LP objective: one cost model."""
+    truth = synthetic_day(60, seed=2)
+    cfg = lab_cfg(terminal_value_per_j=0.3)
+    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                          truth.import_price_per_j, truth.export_price_per_j)
+    res = simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+    assert res.total_cost == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(res.e_j, oracle.plan["e"], atol=1e-6)
+
+
+def test_oracle_rejects_nan():
+    truth = synthetic_day(10)
+    pv = truth.pv_avail_w.copy()
+    pv[3] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        solve_oracle(lab_cfg(), 10.0, pv, truth.demand_w, truth.import_price_per_j, truth.export_price_per_j)
+
+
+# --------------------------------------------------------------------------- accounting
+
+def test_day_cost_by_hand():
+    # 2 s steps: import 1 W at 3/J = 6; export 2 W at 0.5/J = -2; idle = 0.
+    assert day_cost([1.0, -2.0, 0.0], [3.0, 3.0, 3.0], [0.5, 0.5, 0.5], 2.0) == pytest.approx(4.0)
+
+
+def test_savings_capture_values():
+    assert savings_capture(100.0, 90.0, 80.0) == pytest.approx(0.5)
+    assert savings_capture(100.0, 80.0, 80.0) == pytest.approx(1.0)
+    assert savings_capture(100.0, 110.0, 80.0) == pytest.approx(-0.5)
+    assert np.isnan(savings_capture(100.0, 100.0, 100.0))
+
+
+def test_window_pads_with_last_values():
+    truth = synthetic_day(10)
+    w = truth.window(7, 5, lab_cfg())
+    np.testing.assert_array_equal(w["pv_avail_w"], truth.pv_avail_w[[7, 8, 9, 9, 9]])
+    np.testing.assert_array_equal(w["demand_w"], truth.demand_w[[7, 8, 9, 9, 9]])
+    np.testing.assert_array_equal(w["p_imp_max_w"], np.full(5, 6.0))
+
+
+def test_plant_islands_when_the_decision_is_wrong():
+    """A decision that counts on 2 W of import during an outage: storage covers what it can
+    (its energy limit), then loads are shed lowest value first."""
+    cfg = lab_cfg()
+    d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=1.0,
+                 p_grid_w=2.0, pv_cap_w=0.0, load_served_w=np.array([1.0, 1.0, 1.0]))
+    pv, storage, grid, served, e_next = plant_step(d, 2.5, 0.0, np.array([1.0, 1.0, 1.0]), cfg, 0.0, 0.0)
+    assert grid == pytest.approx(0.0) and pv == 0.0
+    assert storage == pytest.approx(0.18)  # the 0.5 J above e_min over 2.5 s, times eta_dis
+    np.testing.assert_allclose(served, [0.18, 0.0, 0.0], atol=1e-12)
+    assert e_next == pytest.approx(2.0)
+
+
+def test_plant_curtails_surplus_in_an_outage():
+    cfg = lab_cfg()
+    d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=0.0,
+                 p_grid_w=-3.0, pv_cap_w=4.0, load_served_w=np.array([0.5, 0.5, 0.0]))
+    pv, storage, grid, served, e_next = plant_step(d, 45.0, 4.0, np.array([0.5, 0.5, 0.0]), cfg, 0.0, 0.0)
+    assert grid == pytest.approx(0.0) and storage == 0.0 and pv == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- closed loop
+
+def test_mpc_closed_loop_perfect_forecast_captures_savings():
+    """Perfect forecasts, N = 60 over a 120-step day: capture >= 0.95, never worse than naive."""
+    truth = synthetic_day(120, seed=1)
+    cfg = lab_cfg()
+    naive = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                          truth.import_price_per_j, truth.export_price_per_j)
+    mpc = simulate_policy(policies.mpc_policy(MpcController(cfg), truth), truth, cfg)
+    assert all(s == "solved" for s in mpc.statuses)
+    assert oracle.objective <= mpc.total_cost + 1e-9 and oracle.objective <= naive.total_cost + 1e-9
+    assert mpc.total_cost <= naive.total_cost
+    assert naive.total_cost - oracle.objective > 1.0  # the day leaves something to save
+    assert savings_capture(naive.total_cost, mpc.total_cost, oracle.objective) >= 0.95
+
+
+def test_mpc_closed_loop_with_outage_never_worse_than_naive():
+    truth = synthetic_day(90, seed=5)
+    truth.p_imp_max_w = np.where((np.arange(90) >= 60) & (np.arange(90) < 75), 0.0, 6.0)
+    truth.p_exp_max_w = truth.p_imp_max_w.copy()
+    cfg = lab_cfg(horizon=30)
+    naive = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+    mpc = simulate_policy(policies.mpc_policy(MpcController(cfg), truth), truth, cfg)
+    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+                          truth.export_price_per_j, truth.p_imp_max_w, truth.p_exp_max_w)
+    assert np.all(mpc.grid_w[60:75] == 0)
+    assert oracle.objective <= mpc.total_cost + 1e-9 <= naive.total_cost + 1e-9
