@@ -1,0 +1,191 @@
+"""Feature builder, ONNX export and the edge Forecaster (models/features.py, models/train.py,
+edge/forecast.py) on real scenario days."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from picogrid.edge.forecast import Forecaster, default_artifact_dir
+from picogrid.models import features as F
+from picogrid.models import scenario, train
+
+N = F.HORIZON
+
+
+@pytest.fixture(scope="session")
+def days():
+    # three real test days: two of history, forecast from the start of the third
+    return scenario.build_bench_days("2013-07-09", 3)
+
+
+def _inputs(days, start):
+    """History up to tick ``start`` (exclusive), calendar and clear-sky of the next N ticks."""
+    history = {s: days[s].to_numpy()[:start] for s in F.SERIES}
+    row = days.iloc[start]
+    calendar = {"tick": int(row["tick"]), "day_of_year": int(row["day_of_year"]),
+                "weekday": int(row["weekday"]), "n_ticks": 60}
+    return history, calendar, days["clearsky_ghi_w_m2"].to_numpy()[start:start + N]
+
+
+@pytest.fixture(scope="session")
+def forecaster():
+    return Forecaster()
+
+
+def test_loads_committed_artefacts(forecaster):
+    assert forecaster.series == F.SERIES and forecaster.horizon == 60
+    assert set(forecaster.models) == set(F.SERIES)
+    total = sum(p.stat().st_size for p in default_artifact_dir().iterdir())
+    assert total <= 5 * 1024 * 1024
+    for card in forecaster.models.values():
+        assert card["onnx_vs_sklearn_max_abs_diff"] < 1e-4
+        m = card["metrics_test"]
+        assert {"mae", "rmse", "pinball_mean", "coverage_p10_p90"} <= set(m["model"])
+        assert {"mae", "rmse"} <= set(m["seasonal_naive"]) and {"mae", "rmse"} <= set(m["persistence"])
+
+
+def test_forecast_shapes_order_and_bounds(forecaster, days):
+    out = forecaster.forecast(*_inputs(days, 90))
+    assert set(out) == set(F.SERIES)
+    assert forecaster.source == {s: "onnx" for s in F.SERIES}
+    for s, fan in out.items():
+        assert sorted(fan) == [0.1, 0.5, 0.9]
+        assert all(v.shape == (N,) and np.isfinite(v).all() for v in fan.values())
+        assert np.all(fan[0.1] <= fan[0.5]) and np.all(fan[0.5] <= fan[0.9])
+        if s in F.NON_NEGATIVE:
+            assert np.all(fan[0.1] >= 0)
+    # the fan is not degenerate: P90 above P10 on average
+    assert np.mean(out["import_price_per_j"][0.9] - out["import_price_per_j"][0.1]) > 0.05
+
+
+def test_pv_forecast_dark_at_night_and_sunny_by_day(forecaster, days):
+    history, calendar, cs = _inputs(days, 120)  # from midnight of the third day
+    p50 = forecaster.forecast(history, calendar, cs)["pv_available_w"][0.5]
+    night, noon = cs == 0, cs > 0.8 * cs.max()
+    assert p50[night].max() < 0.3 and p50[noon].mean() > 1.0  # [W] on a 4 W bench
+
+
+def test_empty_dir_falls_back_to_seasonal_naive(tmp_path, days):
+    fc = Forecaster(tmp_path)
+    assert fc.models == {}
+    history, calendar, cs = _inputs(days, 100)
+    out = fc.forecast(history, calendar, cs)
+    for s in F.SERIES:
+        assert fc.source[s] == "seasonal_naive:no model"
+        yesterday = days[s].to_numpy()[100 - 60:100]  # same tick yesterday, step by step
+        for q in F.QUANTILES:
+            np.testing.assert_allclose(out[s][q], np.maximum(yesterday, 0) if s in F.NON_NEGATIVE else yesterday)
+
+
+def test_n_ticks_mismatch_falls_back(forecaster, days):
+    history, calendar, cs = _inputs(days, 100)
+    calendar = dict(calendar, n_ticks=30, tick=calendar["tick"] % 30)
+    out = forecaster.forecast(history, calendar, cs)
+    assert all(src.startswith("seasonal_naive:model trained for n_ticks=60") for src in forecaster.source.values())
+    np.testing.assert_allclose(out["load3_demand_w"][0.5][:30], days["load3_demand_w"].to_numpy()[70:100])
+
+
+def _copy_artefacts(dst):
+    for p in default_artifact_dir().iterdir():
+        shutil.copy(p, dst / p.name)
+
+
+def test_shape_mismatch_is_rejected_at_startup(tmp_path):
+    _copy_artefacts(tmp_path)
+    # a load card pointing at the PV graph: 131 features where the card/builder want 71
+    card = json.loads((tmp_path / "load1_demand_w.json").read_text())
+    card["onnx_file"] = "pv_available_w.onnx"
+    (tmp_path / "load1_demand_w.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="inputs"):
+        Forecaster(tmp_path)
+
+
+def test_card_horizon_mismatch_is_rejected(tmp_path):
+    _copy_artefacts(tmp_path)
+    card = json.loads((tmp_path / "load2_demand_w.json").read_text())
+    card["outputs"][0]["shape"] = [None, 3, 48]
+    (tmp_path / "load2_demand_w.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="outputs"):
+        Forecaster(tmp_path)
+
+
+def test_model_that_raises_falls_back(tmp_path, days):
+    _copy_artefacts(tmp_path)
+    # same declared signature as the real load3 graph, but a reshape that fails at run time
+    n = F.n_features("load3_demand_w")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["features", "shape"], ["r"]),
+         helper.make_node("Identity", ["r"], ["quantiles"]),
+         helper.make_node("Identity", ["start_tick"], ["unused"])],
+        "broken",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n]),
+         helper.make_tensor_value_info("start_tick", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, 3, N])],
+        initializer=[helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 3, N])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "load3_demand_w.onnx").write_bytes(model.SerializeToString())
+    fc = Forecaster(tmp_path)
+    history, calendar, cs = _inputs(days, 100)
+    out = fc.forecast(history, calendar, cs)
+    assert fc.source["load3_demand_w"].startswith("seasonal_naive:")
+    assert fc.source["load1_demand_w"] == "onnx"
+    np.testing.assert_allclose(out["load3_demand_w"][0.5], days["load3_demand_w"].to_numpy()[40:100])
+
+
+def test_bad_history_is_a_clear_error(forecaster, days):
+    history, calendar, cs = _inputs(days, 100)
+    del history["load2_demand_w"]
+    with pytest.raises(ValueError, match="load2_demand_w"):
+        forecaster.forecast(history, calendar, cs)
+    history, calendar, cs = _inputs(days, 30)  # 30 ticks: not even seasonal naive
+    with pytest.raises(ValueError, match="n_ticks"):
+        forecaster.forecast(history, calendar, cs)
+
+
+def test_runtime_features_equal_training_windows(days):
+    v = days["pv_available_w"].to_numpy()
+    cs = days["clearsky_ghi_w_m2"].to_numpy()
+    X, Y, tk = F.training_windows("pv_available_w", v, days["tick"], days["day_of_year"], days["weekday"],
+                                  60, cs, starts=[77])
+    history, calendar, cs_h = _inputs(days, 77)
+    x = F.build_features("pv_available_w", history["pv_available_w"], calendar, cs_h)
+    np.testing.assert_array_equal(x, X)
+    np.testing.assert_array_equal(Y[0], v[77:77 + N])
+    assert tk[0] == 17 and x.shape == (1, F.n_features("pv_available_w"))
+
+
+def test_onnx_export_matches_sklearn(days):
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = scenario.build_bench_days("2013-07-01", 8)
+    args = ("pv_available_w", frame["pv_available_w"], frame["tick"], frame["day_of_year"], frame["weekday"],
+            60, frame["clearsky_ghi_w_m2"])
+    X, Y, tk = F.training_windows(*args)
+    pipe = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(X, Y)
+    tables = train.residual_quantile_tables(Y - pipe.predict(X), tk, 60)
+    assert np.all(tables[0] <= tables[1])
+    blob = train.export_onnx(pipe, X.shape[1], tables).SerializeToString()
+    got = train.run_onnx(blob, X, tk)
+    p50 = pipe.predict(X)
+    want = np.stack([p50 + tables[0][tk], p50, p50 + tables[1][tk]], axis=1)
+    assert got.shape == (len(X), 3, N)
+    # float32 graph vs float64 sklearn on values of a few watts
+    assert np.max(np.abs(got - want)) < 1e-4
+
+
+def test_feature_builder_rejects_bad_input(days):
+    history, calendar, cs = _inputs(days, 100)
+    with pytest.raises(ValueError, match="need >= 60"):
+        F.build_features("load1_demand_w", history["load1_demand_w"][:10], calendar)
+    with pytest.raises(ValueError, match="clearsky"):
+        F.build_features("pv_available_w", history["pv_available_w"], calendar, cs[:5])
+    with pytest.raises(ValueError, match="tick"):
+        F.build_features("load1_demand_w", history["load1_demand_w"], dict(calendar, tick=60))
+    with pytest.raises(ValueError, match="unknown series"):
+        F.feature_names("load4_demand_w")
