@@ -260,6 +260,37 @@ def write_model_card_md(cards: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def plot_fans(frame, blobs: dict, day: str, path: Path, n_ticks: int) -> None:
+    """Plot P10-P90 fans, P50, the truth and seasonal naive from midnight of ``day`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = int(np.flatnonzero(frame["day"].to_numpy() == day)[0])
+    row = frame.iloc[start]
+    cal = {"tick": int(row["tick"]), "day_of_year": int(row["day_of_year"]),
+           "weekday": int(row["weekday"]), "n_ticks": n_ticks}
+    cs = frame["clearsky_ghi_w_m2"].to_numpy()[start:start + F.HORIZON]
+    fig, axes = plt.subplots(len(blobs), 1, figsize=(8, 2.2 * len(blobs)), sharex=True)
+    axes = np.atleast_1d(axes)
+    steps = np.arange(F.HORIZON)
+    for ax, (series, blob) in zip(axes, blobs.items()):
+        v = frame[series].to_numpy()
+        x = F.build_features(series, v[:start], cal, cs)
+        fan = F.postprocess(series, run_onnx(blob, x, np.array([cal["tick"]]))[0])
+        ax.fill_between(steps, fan[0], fan[2], alpha=0.3, label="P10-P90")
+        ax.plot(steps, fan[1], label="P50")
+        ax.plot(steps, v[start:start + F.HORIZON], "k.", ms=3, label="actual")
+        ax.plot(steps, F.seasonal_naive(v[:start], n_ticks), "--", lw=0.8, label="seasonal naive")
+        ax.set_ylabel(f"{series}\n[{F.UNITS[series]}]", fontsize=7)
+    axes[0].legend(fontsize=7, ncol=4)
+    axes[-1].set_xlabel(f"tick of {day} (24 min each), forecast issued at midnight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     """``picogrid train``: build the scenario, train every series, write artefacts + cards.
 
@@ -277,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--card-md", type=Path, default=DEFAULT_CARD_MD, help="Markdown model card to write")
     p.add_argument("--series", nargs="+", choices=F.SERIES, default=list(F.SERIES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot-day", default="2013-10-02",
+                   help="test day whose forecast fans go to <out>/forecast_fans.png ('' = no plot)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -288,16 +321,19 @@ def main(argv=None) -> int:
     frame = scenario.build_bench_days(all_days[0], len(all_days), n_ticks=n_ticks)
     windows = _split_starts(frame["day"].to_numpy(), split)
     args.out.mkdir(parents=True, exist_ok=True)
-    cards = []
+    cards, blobs = [], {}
     for series in tqdm(args.series, desc="train", unit="series"):
         blob, card, _ = train_series(series, frame, windows, split, n_ticks, args.seed)
         (args.out / f"{series}.onnx").write_bytes(blob)
         (args.out / f"{series}.json").write_text(json.dumps(card, indent=1) + "\n")
         cards.append(card)
+        blobs[series] = blob
         log.info("%s: test MAE %.4f (seasonal naive %.4f)", series, card["metrics_test"]["model"]["mae"],
                  card["metrics_test"]["seasonal_naive"]["mae"])
     if args.card_md:
         write_model_card_md(cards, args.card_md)
+    if args.plot_day:
+        plot_fans(frame, blobs, args.plot_day, args.out / "forecast_fans.png", n_ticks)
     return 0
 
 
