@@ -172,7 +172,7 @@ def load_household(cache: Path | None = None, refresh: bool = False) -> pd.DataF
     out = _parse_household(_package_file("EnergyData", "data", "householdpower.csv"))
     out.index = out.index.tz_localize(CET_TZ)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     out.to_parquet(tmp)
     tmp.replace(path)  # atomic: parallel test workers never read half a file
     return out

@@ -78,6 +78,7 @@ def export_onnx(pipeline, n_features: int, tables: np.ndarray):
     Inputs ``features`` float32 [batch, n_features] and ``start_tick`` int64 [batch];
     output ``quantiles`` float32 [batch, 3, HORIZON] ordered P10, P50, P90.
     """
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -104,7 +105,6 @@ def export_onnx(pipeline, n_features: int, tables: np.ndarray):
     ])
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, 3, F.HORIZON]))
-    import onnx
     onnx.checker.check_model(model)
     return model
 
