@@ -305,7 +305,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="picogrid train", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="artefact directory (.onnx + .json)")
-    p.add_argument("--card-md", type=Path, default=DEFAULT_CARD_MD, help="Markdown model card to write")
+    p.add_argument("--card-md", default=str(DEFAULT_CARD_MD),
+                   help="Markdown model card to write ('' = do not write)")
     p.add_argument("--series", nargs="+", choices=F.SERIES, default=list(F.SERIES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot-day", default="2013-10-02",
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
         log.info("%s: test MAE %.4f (seasonal naive %.4f)", series, card["metrics_test"]["model"]["mae"],
                  card["metrics_test"]["seasonal_naive"]["mae"])
     if args.card_md:
-        write_model_card_md(cards, args.card_md)
+        write_model_card_md(cards, Path(args.card_md))
     if args.plot_day:
         plot_fans(frame, blobs, args.plot_day, args.out / "forecast_fans.png", n_ticks)
     return 0
