@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 # Time-indexed decision blocks in column order; a new block (e.g. deferrable delivery) is added
 # by appending to the layout in build_model and giving it rows, nothing else changes.
 _POWER_BLOCKS = ("p_ch", "p_dis", "p_imp", "p_exp", "p_pv")
+# Energy-bound violation costs this many times the largest per-J value in the problem. The
+# bound's multiplier is a difference of marginal values of stored energy, at most about
+# 2 x top / (eta_ch * eta_dis), so 10 keeps the L1 penalty exact with margin; a larger factor
+# only slows ADMM down.
+_PENALTY_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,9 @@ class MpcConfig:
     eps_abs, eps_rel : float
         OSQP absolute/relative tolerances (on the internally scaled problem).
     max_iter : int
-        OSQP iteration cap.
+        OSQP iteration cap. This LP-like problem can need a few thousand ADMM iterations
+        from a cold start when prices and values of lost load nearly tie; ``time_limit_s`` bounds
+        the wall time anyway.
     time_limit_s : float
         OSQP wall-clock limit per solve [s] (> 0).
     polish : bool
@@ -108,7 +115,7 @@ class MpcConfig:
     terminal_value_per_j: float = 0.0
     eps_abs: float = 1e-4
     eps_rel: float = 1e-4
-    max_iter: int = 4000
+    max_iter: int = 10000
     time_limit_s: float = 0.5
     polish: bool = False
     reg_rel: float = 1e-6
@@ -340,7 +347,7 @@ class QpModel:
             return cfg.soft_penalty_per_j
         top = max(np.max(np.abs(import_price_per_j)), np.max(np.abs(export_price_per_j)),
                   max(cfg.voll_per_j), cfg.terminal_value_per_j) + 2 * cfg.cycle_cost_per_j
-        return 10.0 * max(top, 1e-9) / (cfg.eta_ch * cfg.eta_dis)
+        return _PENALTY_FACTOR * max(top, 1e-9) / (cfg.eta_ch * cfg.eta_dis)
 
     def vectors(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
                 p_imp_max_w, p_exp_max_w):
