@@ -490,7 +490,7 @@ class MpcController:
         self._y_prev = None
 
     def reset(self):
-        """Forget the previous solution (the next solve starts cold)."""
+        """Forget the previous solution: the next solve starts cold from zero."""
         self._x_prev = self._y_prev = None
 
     def solve(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
@@ -544,6 +544,8 @@ class MpcController:
             if self._x_prev is not None:
                 self._solver.warm_start(x=self._x_prev[self.model.x_shift],
                                         y=self._y_prev[self.model.y_shift])
+            else:  # OSQP would otherwise reuse its last (possibly failed) iterate
+                self._solver.warm_start(x=np.zeros(self.model.n), y=np.zeros(self.model.m))
             res = self._solver.solve(raise_error=False)
         except Exception as exc:  # noqa: BLE001 - any solver failure must still yield a decision
             self.reset()

