@@ -522,6 +522,12 @@ class MpcController:
         ------
         ValueError
             If an array shape does not match ``(N,)`` or ``(N, L)``.
+
+        Notes
+        -----
+        Scalars broadcast over the horizon; negative availabilities/limits are read as 0. The
+        LP cannot forbid simultaneous import and export (that needs integers): with an export
+        price above the import price it will arbitrage up to the grid limits, as the model says.
         """
         t0 = time.perf_counter()
         pv, demand, c_imp, c_exp, imp_max, exp_max = validate_inputs(

@@ -74,7 +74,7 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
     Returns
     -------
     Decision
-        ``status='naive'``, ``objective=nan``, one-step ``plan``.
+        ``status='naive'``, ``objective=nan``, one-step ``plan`` (``e`` has the 2 energies [J]).
 
     Raises
     ------
@@ -101,8 +101,10 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
         dis = min(deficit, dis_room)
         imp = min(deficit - dis, imp_max)
         _shed(served, deficit - dis - imp, cfg.voll_per_j)
+    e_next = e_j + cfg.dt_s * (cfg.eta_ch * ch - dis / cfg.eta_dis)
     plan = {"p_ch": np.array([ch]), "p_dis": np.array([dis]), "p_imp": np.array([imp]),
-            "p_exp": np.array([exp]), "p_pv": np.array([pv]), "p_load": served[None, :]}
+            "p_exp": np.array([exp]), "p_pv": np.array([pv]), "p_load": served[None, :],
+            "e": np.array([e_j, e_next])}
     return Decision(status="naive", solve_time_s=time.perf_counter() - t0, iterations=0,
                     objective=float("nan"), p_storage_w=dis - ch, p_grid_w=imp - exp, pv_cap_w=pv,
                     load_served_w=served, plan=plan)
