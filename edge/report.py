@@ -50,8 +50,8 @@ def baselines(truth, cfg, e0_j):
     return naive, oracle
 
 
-def baseline_rows(result, truth):
-    """Dispatch rows (store schema) of a simulated policy, for the dashboard."""
+def baseline_rows(result, truth, dt_s):
+    """Dispatch rows (store schema) of a simulated policy, for the dashboard; ``dt_s`` [s]."""
     rows = []
     for t in range(len(result.grid_w)):
         row = {"pv_w": result.pv_w[t], "storage_w": result.storage_w[t], "grid_w": result.grid_w[t],
@@ -63,7 +63,7 @@ def baseline_rows(result, truth):
             row[l + "_w"] = -result.load_served_w[t, k]
             row[l + "_demand_w"] = truth[l + "_demand_w"][t]
         g = result.grid_w[t]
-        row["cost"] = g * (truth["import_price_per_j"][t] if g >= 0 else truth["export_price_per_j"][t])
+        row["cost"] = g * dt_s * (truth["import_price_per_j"][t] if g >= 0 else truth["export_price_per_j"][t])
         rows.append({k: float(v) for k, v in row.items()})
     return rows
 

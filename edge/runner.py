@@ -33,7 +33,7 @@ def mpc_config(site):
         e_min_j=estimate.energy_from_voltage_j(st["voltage_min_v"], st["capacitance_f"]),
         e_max_j=estimate.energy_from_voltage_j(st["voltage_max_v"], st["capacitance_f"]),
         p_ch_max_w=st["power_max_w"], p_dis_max_w=st["power_max_w"],
-        eta_ch=st["efficiency"], eta_dis=st["efficiency"],
+        eta_ch=st["efficiency_charge"], eta_dis=st["efficiency_discharge"],
         p_imp_max_w=g["import_max_w"], p_exp_max_w=g["export_max_w"], n_loads=len(LOADS),
         voll_per_j=tuple(float(voll[p]) for p in priorities),
         cycle_cost_per_j=site["optimizer"]["cycle_cost_per_j"],
@@ -49,8 +49,8 @@ class EdgeRunner:
     source : picogrid.edge.signals.ScenarioSource
     fleet : picogrid.edge.fleet.Fleet, with links attached
     store : picogrid.edge.store.Store, a run already started
-    forecaster : object with ``forecast(history, calendar, clearsky) -> (fc, source)``
-        (``picogrid.edge.forecast.Forecaster``)
+    forecaster : object with ``forecast(history, calendar, clearsky) -> fc`` and a ``source``
+        attribute naming where each series came from (``picogrid.edge.forecast.Forecaster``)
     t0 : float, clock time [s] of tick 0
     clock, sleep : injected time functions
     """
@@ -69,6 +69,7 @@ class EdgeRunner:
         self.n_ticks = int(site["bench"]["n_ticks"])
         self.horizon = self.cfg.horizon
         self.v_ref = float(site["bench"]["bus_voltage_v"])
+        self.pv_capability_w = float(site["pv"]["capability_w"])
         self.c_bus = float(site["bench"]["bus_capacitance_f"])
         self.prev_snapshot = None       # name -> telemetry at the previous tick boundary
         self.solve_times_s = []
@@ -98,7 +99,8 @@ class EdgeRunner:
         calendar = self.source.calendar(k)
         clearsky = self.source.clearsky(k, self.horizon)
         try:
-            fc, src = self.forecaster.forecast(history, calendar, clearsky)
+            fc = self.forecaster.forecast(history, calendar, clearsky)
+            src = dict(self.forecaster.source)
         except Exception as exc:   # forecaster broken: same tick yesterday, said so
             log.exception("forecaster failed at tick %d", k)
             fc = {s: {q: history[s][-day_ticks:][np.arange(self.horizon) % day_ticks]
@@ -113,6 +115,7 @@ class EdgeRunner:
         demand = np.stack([np.maximum(np.asarray(fc[l + "_demand_w"][0.5][:n], float), 0.0)
                            for l in LOADS], axis=1)
         demand[0] = demand_now          # the feed tells the demand to serve now
+        pv[0] = self.source.sun_now(k) * self.pv_capability_w   # ... and the sun now
         imp = np.asarray(fc["import_price_per_j"][0.5][:n], float).copy()
         imp[0] = imp_now
         # export = import less the fixed grid fee, which the current prices reveal

@@ -67,6 +67,10 @@ class ScenarioSource:
         demand = np.array([self.cols[l + "_demand_w"][r] for l in LOADS])
         return demand, self.cols["import_price_per_j"][r], self.cols["export_price_per_j"][r]
 
+    def sun_now(self, tick):
+        """PV availability at ``tick`` as a fraction of capability (lab feed /sun, percent / 100)."""
+        return float(self.cols["sun"][self._row(tick)])
+
     def history(self, tick, length):
         """Past ``length`` values of every series before ``tick`` (oldest first)."""
         r = self._row(tick)

@@ -81,6 +81,13 @@ class PowerTracker:
         self.i_max_a = i_max_a
         self.i_ref = 0.0
 
+    def jump(self, target_w, voltage_v, eta, into_bus):
+        """Feed-forward on a new setpoint: the current that gives ``target_w`` at the bus
+        through a stage of efficiency ``eta``; the integral loop then trims the rest."""
+        v = voltage_v if voltage_v > 1.0 else 1.0
+        i = target_w / (eta * v) if (target_w > 0) == into_bus else target_w * eta / v
+        self.i_ref = clamp(i, self.i_min_a, self.i_max_a)
+
     def step(self, target_w, measured_w, voltage_v):
         v = voltage_v if voltage_v > 1.0 else 1.0
         self.i_ref = clamp(self.i_ref + self.gain * (target_w - measured_w) / v,

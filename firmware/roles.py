@@ -33,6 +33,8 @@ class _Role:
         self.v_bus_max_v = lim.get("bus_voltage_max_v", self.v_bus_ref_v * 1.1)
         self.setpoint_w = 0.0
         self.flags = 0
+        self.eta = cfg["gains"].get("stage_efficiency", 0.95)
+        self.v_port_v = 0.0      # last measured port voltage, for setpoint feed-forward
 
     def _bounded(self, value, lo, hi):
         """Clamp a setpoint to the board's own limits; report whether it was clamped."""
@@ -43,19 +45,19 @@ class _Role:
 class PvRole(_Role):
     """MPPT with an optional power cap (curtailment); backs off on bus over-voltage.
 
-    The outer P&O loop moves the PV voltage reference; an inner integral loop sets the
-    stage's current so the array sits at that voltage (more current, lower voltage).
+    The outer P&O loop moves the PV voltage reference; an inner PI loop sets the stage's
+    current so the input capacitor, and with it the array, sits at that voltage (more
+    current, lower voltage).
     """
 
     def __init__(self, cfg):
         _Role.__init__(self, cfg)
         g = cfg["gains"]
         lim = cfg["limits"]
-        self.mppt = PerturbObserve(g.get("mppt_step_v", 0.04), lim.get("voltage_min_v", 1.0),
-                                   lim.get("voltage_max_v", 5.0), g.get("mppt_every", 5))
-        self.k_v = g.get("voltage_gain_a_per_v", 0.03)
-        self.di_max = g.get("current_slew_a", 0.03)
-        self.i_ref = 0.0
+        self.mppt = PerturbObserve(g.get("mppt_step_v", 0.05), lim.get("voltage_min_v", 1.0),
+                                   lim.get("voltage_max_v", 5.0), g.get("mppt_every", 10))
+        # e = v - v_ref: too high a voltage means too little current drawn
+        self.pi = PI(g.get("kp_v", 0.3), g.get("ki_v", 10.0), 0.0, self.i_max_a)
         self.cap_w = None
         self.setpoint_w = -1.0   # -1 on the wire = no cap
 
@@ -78,9 +80,7 @@ class PvRole(_Role):
             self.flags = _FLAG_LIMITED
         else:
             self.mppt.step(v_port * i_port)
-        di = clamp(self.k_v * (v_port - self.mppt.v_ref), -self.di_max, self.di_max)
-        self.i_ref = clamp(self.i_ref + di, 0.0, self.i_max_a)
-        return self.i_ref
+        return self.pi.step(v_port - self.mppt.v_ref, dt_s)
 
 
 class StorageRole(_Role):
@@ -106,6 +106,8 @@ class StorageRole(_Role):
         if self.islanded:
             self.pi.reset(self.tracker.i_ref)
         self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
+        if not self.islanded:
+            self.tracker.jump(self.setpoint_w, self.v_port_v, self.eta, True)
         return status
 
     def failsafe(self):
@@ -113,6 +115,7 @@ class StorageRole(_Role):
         self.islanded = False
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        self.v_port_v = v_port
         self.flags = _FLAG_ISLANDED if self.islanded else 0
         # the band check catches a lost grid before the edge has told us
         if self.islanded or v_bus < self.v_bus_ref_v * 0.93:
@@ -167,6 +170,7 @@ class LoadRole(_Role):
             self.setpoint_w = 0.0
             return _ACK_OK
         self.setpoint_w, status = self._bounded(value, 0.0, self.p_max_w)
+        self.tracker.jump(self.setpoint_w, self.v_port_v, self.eta, False)
         return status
 
     def failsafe(self):
@@ -179,6 +183,7 @@ class LoadRole(_Role):
             self.setpoint_w = 0.0
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
+        self.v_port_v = v_port
         self.flags = _FLAG_SHED if self.shed else 0
         if self.shed:
             self.tracker.i_ref = 0.0

@@ -33,17 +33,22 @@ def load_site(path=None, **overrides):
     path = pathlib.Path(path) if path else SITE_DIR / "lab.toml"
     with open(path, "rb") as f:
         site = tomllib.load(f)
+    unknown = set(overrides) - set(site["bench"])
+    if unknown:
+        raise ValueError("unknown bench settings: %s" % sorted(unknown))
     site["bench"].update({k: v for k, v in overrides.items() if v is not None})
     return site
 
 
-def prepare_scenario(run_dir, day, n_ticks):
+def prepare_scenario(run_dir, day, n_ticks, pv_capability_w):
     """Build (or reuse) the bench-scale scenario of ``day`` with its history; returns its path."""
-    path = pathlib.Path(run_dir) / ("scenario-%s-%d.json" % (day, n_ticks))
+    path = pathlib.Path(run_dir) / ("scenario-%s-%d-%g.json" % (day, n_ticks, pv_capability_w))
     if not path.exists():
         from picogrid.models.scenario import build_bench_days   # pandas: only where data is built
         first = (dt.date.fromisoformat(day) - dt.timedelta(days=HISTORY_DAYS)).isoformat()
-        save_scenario(build_bench_days(first, HISTORY_DAYS + 1, n_ticks=n_ticks), path)
+        frame = build_bench_days(first, HISTORY_DAYS + 1, n_ticks=n_ticks,
+                                 bench={"pv_capability_w": pv_capability_w})
+        save_scenario(frame, path)
     return path
 
 
@@ -68,7 +73,7 @@ class Day:
         self.day = day
         self.db_path = pathlib.Path(db_path) if db_path else self.run_dir / "picogrid.sqlite"
         n_ticks = int(site["bench"]["n_ticks"])
-        scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks))
+        scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
         self.source = ScenarioSource(scenario, n_ticks)
         if n_run_ticks:
             site["bench"]["n_ticks"] = int(n_run_ticks)
@@ -121,7 +126,7 @@ class Day:
         s, naive, oracle = report.summary(rows, truth, self.runner.cfg, self.runner.e0_j,
                                           self.runner.solve_times_s, self.runner.statuses)
         for policy, result in (("naive", naive), ("oracle", oracle)):
-            for t, row in enumerate(report.baseline_rows(result, truth)):
+            for t, row in enumerate(report.baseline_rows(result, truth, self.runner.cfg.dt_s)):
                 self.store.dispatch(policy, t, row)
         alive = self.bench.alive()
         s["boards_alive"] = sum(alive.values())

@@ -7,7 +7,9 @@ current follows that reference with a first-order lag ``tau_s``. Ports:
 
 * ``pv``: a 4-cell PV emulator, single-diode model without series/shunt resistance,
   ``i = isc * sun - i0 * (exp(v / a) - 1)``, with ``a`` fitted so Voc = 5 V at Isc = 0.92 A
-  and the fill factor gives an MPP near 4 W (DESIGN.md §2).
+  and the fill factor gives an MPP near 4 W (DESIGN.md §2), feeding the converter's input
+  capacitor: ``C_in dv/dt = i_pv(v) - i_stage``. The capacitor makes the PV voltage a state
+  the board regulates (voltage-mode MPPT), as on a real converter input.
 * ``storage``: a 0.5 F supercapacitor with 4 ohm ESR, ``E = C v_oc^2 / 2``.
 * ``grid``: a 12 V lab supply behind the grid board; zero when disconnected (outage).
 * ``load1..3``: LED strings, ``v = v_f + r_d * i`` (linearised LED characteristic).
@@ -34,6 +36,7 @@ LAB_PLANT = {
     "pv_isc_a": 0.92,
     "pv_voc_v": 5.0,
     "pv_thermal_voltage_v": 0.125,  # a = n*Ns*Vt for 4 cells, n ~ 1.2 at 25 degC
+    "pv_input_capacitance_f": 0.01,  # converter input bulk capacitance, scaled like the bus's
     "storage_capacitance_f": 0.5,
     "storage_esr_ohm": 4.0,
     "storage_voltage_init_v": 9.0,
@@ -106,6 +109,7 @@ class Plant:
         self.p.update(params or {})
         self.rng = random.Random(seed)
         self.v_bus = self.p["bus_voltage_init_v"]
+        self.v_pv = 0.0
         c = self.p["storage_capacitance_f"]
         self.storage_energy_j = 0.5 * c * self.p["storage_voltage_init_v"] ** 2
         self.sun = 0.0
@@ -134,12 +138,16 @@ class Plant:
     def _port_voltage(self, role, i):
         p = self.p
         if role == "pv":
-            return pv_voltage_v(i, self.sun, p["pv_isc_a"], p["pv_voc_v"], p["pv_thermal_voltage_v"])
+            return self.v_pv
         if role == "storage":
             return self.storage_voc_v() - i * p["storage_esr_ohm"]
         if role == "grid":
             return p["grid_voltage_v"] if self.grid_connected else 0.0
         return p["led_forward_voltage_v"] + p["led_dynamic_resistance_ohm"] * i
+
+    def pv_array_current_a(self):
+        p = self.p
+        return pv_current_a(self.v_pv, self.sun, p["pv_isc_a"], p["pv_voc_v"], p["pv_thermal_voltage_v"])
 
     def storage_voc_v(self):
         return math.sqrt(2.0 * max(self.storage_energy_j, 0.0) / self.p["storage_capacitance_f"])
@@ -148,7 +156,10 @@ class Plant:
         """Physical limits of each port: what the element can actually source or sink."""
         p = self.p
         if role == "pv":
-            return min(max(i, 0.0), p["pv_isc_a"] * self.sun)
+            # an empty input capacitor cannot supply more than the array's current
+            if self.v_pv <= 0.0:
+                return min(max(i, 0.0), self.pv_array_current_a())
+            return max(i, 0.0)
         if role == "storage":
             if i > 0 and self.storage_energy_j <= 1e-6:
                 return 0.0
@@ -183,6 +194,9 @@ class Plant:
             i_ref = self.current_reference_a(role)
             i = self.i_port[role] + alpha * (i_ref - self.i_port[role])
             self.i_port[role] = self._limit_current(role, i)
+        # PV input capacitor: array current in, stage current out
+        c_in = p["pv_input_capacitance_f"]
+        self.v_pv = max(0.0, self.v_pv + (self.pv_array_current_a() - self.i_port["pv"]) * dt_s / c_in)
         self._update_ports()
         # storage energy leaves at the open-circuit voltage; ESR loss is part of it
         voc = self.storage_voc_v()

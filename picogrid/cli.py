@@ -117,7 +117,7 @@ def cmd_hil(args):
 
 def cmd_train(args):
     from picogrid.models import train
-    return train.main(args.rest)
+    return train.main(args.extra)
 
 
 def cmd_web(args):
@@ -154,9 +154,9 @@ def build_parser():
     p.add_argument("--sun", type=float, default=0.8, help="PV availability 0..1")
     p.set_defaults(func=cmd_hil)
 
-    p = sub.add_parser("train", help="train the forecasters and export ONNX (see models/train.py)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="train the forecasters and export ONNX (options: models/train.py)",
+                       add_help=False)
+    p.set_defaults(func=cmd_train, passes_options=True)
 
     p = sub.add_parser("web", help="serve the dashboard over a store")
     p.add_argument("--db", required=True)
@@ -166,7 +166,11 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_options", False):
+        parser.error("unrecognized arguments: %s" % " ".join(extra))
+    args.extra = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return args.func(args)

@@ -1,0 +1,89 @@
+"""Firmware control laws and role logic, under CPython and under the real MicroPython port.
+
+The checks live in tests/fw_control_checks.py; both interpreters run them and must agree
+with the expectations here (and, within float tolerance, with each other).
+"""
+
+import json
+import pathlib
+
+import pytest
+
+from conftest import run_micropython
+
+CHECKS = pathlib.Path(__file__).with_name("fw_control_checks.py")
+
+
+@pytest.fixture(scope="module")
+def cpython_results():
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "firmware"))
+    sys.path.insert(0, str(CHECKS.parent))
+    try:
+        import fw_control_checks
+        return fw_control_checks.run_all()
+    finally:
+        sys.path.pop(0)
+        sys.path.pop(0)
+
+
+@pytest.fixture(scope="module")
+def micropython_results():
+    return json.loads(run_micropython(CHECKS).stdout)
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def results(request, cpython_results, micropython_results):
+    return cpython_results if request.param == "cpython" else micropython_results
+
+
+def test_pi_leaves_saturation_at_once(results):
+    # without anti-windup the integral would be ~50 A and the output stuck at +1
+    assert results["pi_antiwindup"]["after_reversal"] < 1.0
+
+
+def test_mppt_reaches_97_percent_of_mpp(results):
+    m = results["mppt"]
+    assert 3.9 < m["mpp_w"] < 4.2      # the emulator's MPP (DESIGN.md §2: ~4 W)
+    assert m["ratio"] >= 0.97
+
+
+def test_setpoints_are_clamped_and_reported(results):
+    s = results["setpoint_limits"]
+    assert s["load_over"] == 2 and s["load_value"] == 1.0       # ACK_LIMITED
+    assert s["load_ok"] == 0
+    assert s["storage_over"] == 2 and s["storage_value"] == -2.0
+
+
+def test_failsafe_keeps_critical_load_and_sheds_others(results):
+    f = results["failsafe"]
+    assert f["load1"] == [False, 1.0]
+    assert f["load2"] == [True, 0.0]
+    assert f["load3"] == [True, 0.0]
+    assert f["storage"] == 0.0
+
+
+def test_storage_respects_voltage_limits(results):
+    s = results["storage_limits"]
+    assert s["i_empty"] == 0.0 and s["i_full"] == 0.0
+    assert s["flags"] & 2      # FLAG_LIMITED
+
+
+def test_grid_holds_bus_within_5_percent_through_1w_step(results):
+    g = results["grid"]
+    assert g["worst_dev_v"] < 0.05 * 7.0
+    assert abs(g["final_v"] - 7.0) < 0.02
+
+
+def test_bad_configs_are_refused_with_reasons(results):
+    errs = results["config_errors"]
+    assert all(e for e in errs), errs
+    assert "role" in errs[1] and "board_id" in errs[2] and "current_range_a" in errs[3]
+    assert "key" in errs[4]
+
+
+def test_interpreters_agree(cpython_results, micropython_results):
+    # same code, same arithmetic: MicroPython's floats are doubles on the unix port
+    assert micropython_results["setpoint_limits"] == cpython_results["setpoint_limits"]
+    assert micropython_results["failsafe"] == cpython_results["failsafe"]
+    assert micropython_results["mppt"]["settled_w"] == pytest.approx(cpython_results["mppt"]["settled_w"], rel=1e-6)
