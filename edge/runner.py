@@ -52,10 +52,18 @@ class EdgeRunner:
     forecaster : object with ``forecast(history, calendar, clearsky) -> fc`` and a ``source``
         attribute naming where each series came from (``picogrid.edge.forecast.Forecaster``)
     t0 : float, clock time [s] of tick 0
+    policy : 'mpc' (forecast + receding-horizon QP) or 'naive' (the rule-based baseline,
+        run on a second bench so both are measured under the same physics)
+    record : 'all' (telemetry, decisions, forecasts, setpoints, boards) or 'dispatch'
+        (only the measured per-tick dispatch rows, for the comparison bench)
     clock, sleep : injected time functions
     """
 
-    def __init__(self, site, source, fleet, store, forecaster, t0, clock=time.time, sleep=time.sleep):
+    def __init__(self, site, source, fleet, store, forecaster, t0, policy="mpc", record="all",
+                 clock=time.time, sleep=time.sleep):
+        if policy not in ("mpc", "naive") or record not in ("all", "dispatch"):
+            raise ValueError("policy must be mpc|naive and record all|dispatch")
+        self.policy, self.record_all = policy, record == "all"
         self.site = site
         self.source = source
         self.fleet = fleet
@@ -64,7 +72,7 @@ class EdgeRunner:
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
         self.cfg = mpc_config(site)
-        self.mpc = MpcController(self.cfg)
+        self.mpc = MpcController(self.cfg) if policy == "mpc" else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
         self.horizon = self.cfg.horizon
@@ -108,6 +116,13 @@ class EdgeRunner:
             src = {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
         return fc, src
 
+    def decide_naive(self, k, e_j, islanded):
+        """The rule-based baseline: PV -> loads -> storage -> grid on what is known now."""
+        demand_now, _, _ = self.source.now(k)
+        pv_now = self.source.sun_now(k) * self.pv_capability_w
+        lim = 0.0 if islanded else None
+        return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim), pv_now
+
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
         n = self.horizon
@@ -136,10 +151,12 @@ class EdgeRunner:
         acks = self.fleet.wait_acks(sent, _ACK_TIMEOUT_S)
         for name, seq in sent.items():
             ack = acks.get(name)
+            if not self.record_all:
+                continue
             self.store.setpoint(k, name, seq if seq is not None else -1, sp[name][0], sp[name][1],
                                 ack is not None, (ack[1] - t_sent) if ack else None)
         missing = [n for n in sent if n not in acks]
-        if missing:
+        if missing and self.record_all:
             self.store.event(self.clock() - self.t0, None, "no_ack", "tick %d: %s" % (k, ", ".join(missing)))
         snap = self.fleet.snapshot()
         return {n: (s["snapshot"][1] if s["snapshot"] and n in acks else None) for n, s in snap.items()}
@@ -169,10 +186,15 @@ class EdgeRunner:
                "load3_demand_w": float(demand[2]), "storage_energy_j": e_st,
                "bus_voltage_v": v1, "import_price_per_j": float(imp), "export_price_per_j": float(exp),
                "cost": cost, "balance_residual_j": residual}
-        self.store.dispatch("mpc", t, row)
+        self.store.dispatch(self.policy, t, row)
         self.measured.append(row)
 
     def persist(self, k, t_rel, decision, fc, src, sp):
+        if not self.record_all:
+            self.fleet.drain_telemetry()
+            self.fleet.drain_events()
+            self.store.commit()
+            return
         for t_s, name, role, seq, tel in self.fleet.drain_telemetry():
             self.store.telemetry(t_s - self.t0, k, name, role or name, seq, tel)
         for t_s, name, kind, detail in self.fleet.drain_events():
@@ -205,19 +227,25 @@ class EdgeRunner:
         snap, e_j, islanded = self.observe()
         if e_j is None:
             e_j = self.cfg.e_min_j
-            self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
+            if self.record_all:
+                self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
         if self.e0_j is None:
             self.e0_j = e_j
-        fc, src = self.forecast(k)
-        decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded)
-        sp = dispatch.setpoints(decision, float(pv_fc[0]), self.v_ref, islanded)
+        if self.policy == "mpc":
+            fc, src = self.forecast(k)
+            decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded)
+            pv_now = float(pv_fc[0])
+        else:
+            fc, src = {}, {}
+            decision, pv_now = self.decide_naive(k, e_j, islanded)
+        sp = dispatch.setpoints(decision, pv_now, self.v_ref, islanded)
         boundary = self.send(k, sp)
         self.meter(k, boundary)
         self.solve_times_s.append(decision.solve_time_s)
         self.statuses.append(decision.status)
         self.last_setpoints = sp
         self.persist(k, t_start - self.t0, decision, fc, src, sp)
-        log.info("tick %d/%d: %s in %.2f ms, storage %.1f J, grid %+.2f W", k + 1, self.n_ticks,
+        log.info("%s tick %d/%d: %s in %.2f ms, storage %.1f J, grid %+.2f W", self.policy, k + 1, self.n_ticks,
                  decision.status, 1e3 * decision.solve_time_s, e_j, decision.p_grid_w)
         return decision
 

@@ -43,8 +43,12 @@ class PerturbObserve:
     current step past the photocurrent collapses the array voltage.
     """
 
-    def __init__(self, step_v, v_min_v, v_max_v, every=5):
+    def __init__(self, step_v, v_min_v, v_max_v, every=5, p_min_w=0.02, v_restart_v=None):
         self.step_v = step_v
+        self.p_min_w = p_min_w
+        # with no power to compare (night) P&O would drift to one end: wait near the usual
+        # MPP instead (0.8-0.9 Voc for crystalline cells), ready for sunrise
+        self.v_restart_v = v_restart_v if v_restart_v is not None else 0.9 * v_max_v
         self.v_min_v = v_min_v
         self.v_max_v = v_max_v
         self.every = every
@@ -58,6 +62,9 @@ class PerturbObserve:
         if self._count < self.every:
             return self.v_ref
         self._count = 0
+        if power_w < self.p_min_w:
+            self.v_ref, self._dir, self._last_p = self.v_restart_v, -1.0, power_w
+            return self.v_ref
         if power_w < self._last_p:
             self._dir = -self._dir
         self._last_p = power_w

@@ -9,6 +9,7 @@ baselines and the summary (:mod:`picogrid.edge.report`).
 import datetime as dt
 import logging
 import pathlib
+import threading
 import time
 import tomllib
 
@@ -52,8 +53,50 @@ def prepare_scenario(run_dir, day, n_ticks, pv_capability_w):
     return path
 
 
+class _Bench:
+    """One bench (plant + six boards) with the edge's links, fleet and tick runner on it."""
+
+    def __init__(self, site, run_dir, source, t0):
+        b = site["bench"]
+        sun = source.truth()["sun"][: int(b["n_ticks"])]
+        self.bench = Bench(site, run_dir, t0, float(b["tick_s"]), sun).start()
+        self.fleet = Fleet({name: info["id"] for name, info in self.bench.boards.items()})
+        self.links = []
+        for name, port in self.bench.ports.items():
+            link = SerialLink(name, port, self.fleet.on_frame)
+            self.fleet.attach(name, link)
+            self.links.append(link)
+        self.runner = None
+        self.error = None
+
+    def wait_hello(self):
+        self.fleet.request_hello()
+        deadline = time.time() + _HELLO_TIMEOUT_S
+        while time.time() < deadline and any(s["role"] is None for s in self.fleet.snapshot().values()):
+            time.sleep(0.05)
+        missing = [n for n, s in self.fleet.snapshot().items() if s["role"] is None]
+        if missing:
+            log.warning("no hello from %s; running without them", ", ".join(missing))
+
+    def run(self, on_tick=None):
+        try:
+            self.runner.run_day(on_tick)
+        except BaseException as exc:   # reported by Day.run on the main thread
+            self.error = exc
+
+    def stop(self):
+        for link in self.links:
+            link.close()
+        self.bench.stop()
+
+
 class Day:
-    """One day on the bench; use as a context manager so every process is stopped.
+    """One day on two identical benches; use as a context manager so every process stops.
+
+    The MPC runs on the main bench and everything it does is recorded; the naive rule runs
+    at the same time on a second bench (``run_dir/naive-bench``) so both policies are
+    measured under the same physics, sensors and converter losses. The perfect-foresight
+    optimum is computed on the day's true data (it cannot be run: it needs the future).
 
     Parameters
     ----------
@@ -66,7 +109,7 @@ class Day:
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
-                 start_delay_s=3.0, forecaster=None):
+                 start_delay_s=4.0, forecaster=None):
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,67 +122,70 @@ class Day:
             site["bench"]["n_ticks"] = int(n_run_ticks)
         self.start_delay_s = start_delay_s
         self.forecaster = forecaster
-        self.bench = None
-        self.links = []
-        self.store = None
-        self.runner = None
+        self.sides = {}
+        self.stores = []
+
+    @property
+    def bench(self):
+        return self.sides["mpc"].bench
+
+    @property
+    def runner(self):
+        return self.sides["mpc"].runner
 
     def start(self):
         from picogrid.edge.forecast import Forecaster
         b = self.site["bench"]
         t0 = time.time() + self.start_delay_s
-        sun = self.source.truth()["sun"][: int(b["n_ticks"])]
-        self.bench = Bench(self.site, self.run_dir, t0, float(b["tick_s"]), sun).start()
-        fleet = Fleet({name: info["id"] for name, info in self.bench.boards.items()})
-        for name, port in self.bench.ports.items():
-            link = SerialLink(name, port, fleet.on_frame)
-            fleet.attach(name, link)
-            self.links.append(link)
-        fleet.request_hello()
-        deadline = time.time() + _HELLO_TIMEOUT_S
-        while time.time() < deadline and any(s["role"] is None for s in fleet.snapshot().values()):
-            time.sleep(0.05)
-        missing = [n for n, s in fleet.snapshot().items() if s["role"] is None]
-        if missing:
-            log.warning("no hello from %s; running without them", ", ".join(missing))
-        self.store = Store(self.db_path)
-        self.store.start_run(self.site["profile"], self.source.day, int(b["n_ticks"]),
-                             float(b["tick_s"]), {"bench": b, "run_dir": str(self.run_dir)})
-        for name in fleet.boards:
-            self.store.board(name, link="serial")
-        self.store.commit()
-        self.runner = EdgeRunner(self.site, self.source, fleet, self.store,
-                                 self.forecaster or Forecaster(), t0)
+        self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
+        self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
+        for side in self.sides.values():
+            side.wait_hello()
+        store = Store(self.db_path)
+        store.start_run(self.site["profile"], self.source.day, int(b["n_ticks"]), float(b["tick_s"]),
+                        {"bench": b, "run_dir": str(self.run_dir)})
+        for name in self.sides["mpc"].fleet.boards:
+            store.board(name, link="serial")
+        store.commit()
+        naive_store = Store(self.db_path)     # its own connection: it writes from its own thread
+        naive_store.run_id = store.run_id
+        self.stores = [store, naive_store]
+        forecaster = self.forecaster or Forecaster()
+        self.sides["mpc"].runner = EdgeRunner(self.site, self.source, self.sides["mpc"].fleet, store,
+                                              forecaster, t0)
+        self.sides["naive"].runner = EdgeRunner(self.site, self.source, self.sides["naive"].fleet,
+                                                naive_store, None, t0, policy="naive", record="dispatch")
         return self
 
     def run(self, on_tick=None):
-        """Run every tick, then compute baselines and the summary; returns the summary dict."""
-        try:
-            self.runner.run_day(on_tick)
-        except BaseException:
-            self.store.finish_run({}, status="failed")
-            raise
-        rows = [dict(r) for r in self.store.conn.execute(
-            "SELECT * FROM dispatch WHERE run_id=? AND policy='mpc' ORDER BY tick", (self.store.run_id,))]
-        n = len(rows)
+        """Run every tick on both benches, then the oracle and the summary; returns the summary."""
+        store = self.stores[0]
+        naive = threading.Thread(target=self.sides["naive"].run, name="naive-bench", daemon=True)
+        naive.start()
+        self.sides["mpc"].run(on_tick)
+        naive.join()
+        errors = [s.error for s in self.sides.values() if s.error is not None]
+        if errors:
+            store.finish_run({}, status="failed")
+            raise errors[0]
+        rows = {p: [dict(r) for r in store.conn.execute(
+            "SELECT * FROM dispatch WHERE run_id=? AND policy=? ORDER BY tick", (store.run_id, p))]
+            for p in ("mpc", "naive")}
+        n = len(rows["mpc"])
         truth = {k: v[:n] for k, v in self.source.truth().items()}
-        s, naive, oracle = report.summary(rows, truth, self.runner.cfg, self.runner.e0_j,
-                                          self.runner.solve_times_s, self.runner.statuses)
-        for policy, result in (("naive", naive), ("oracle", oracle)):
-            for t, row in enumerate(report.baseline_rows(result, truth, self.runner.cfg.dt_s)):
-                self.store.dispatch(policy, t, row)
-        alive = self.bench.alive()
-        s["boards_alive"] = sum(alive.values())
-        self.store.finish_run(s)
+        s, oracle = report.summary(rows["mpc"], rows["naive"], truth, self.runner.cfg, self.runner.e0_j,
+                                   self.runner.solve_times_s, self.runner.statuses)
+        for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
+            store.dispatch("oracle", t, row)
+        s["boards_alive"] = sum(self.bench.alive().values())
+        store.finish_run(s)
         return s
 
     def stop(self):
-        for link in self.links:
-            link.close()
-        if self.bench:
-            self.bench.stop()
-        if self.store:
-            self.store.close()
+        for side in self.sides.values():
+            side.stop()
+        for store in self.stores:
+            store.close()
 
     def __enter__(self):
         return self.start()

@@ -22,7 +22,8 @@ def _summary_lines(s):
         v = s.get(key)
         return (fmt % (v * scale) if v is not None else "%10s" % "-") + (" " + unit if unit else "")
 
-    lines = ["", "Day summary (measured on the bench; baselines on the same day's data)", ""]
+    lines = ["", "Day summary: MPC and naive rule measured on two identical benches, same day;",
+             "perfect foresight = the optimiser's model solved on the day's true data", ""]
     lines.append("  load    served [J]   shed [J]")
     for l in ("load1", "load2", "load3"):
         lines.append("  %-6s %s %s" % (l, f(l + "_served_energy_j"), f(l + "_shed_energy_j")))
@@ -35,7 +36,8 @@ def _summary_lines(s):
         "",
         "  cost [cents]        total (bill + shedding + cycling)   bill (import - export)",
         "    MPC (measured)    %s %30s" % (f("cost_mpc"), f("bill_mpc")),
-        "    naive rule        %s %30s" % (f("cost_naive"), f("bill_naive")),
+        "    naive (measured)  %s %30s" % (f("cost_naive"), f("bill_naive")),
+        "    naive (model)     %s" % f("cost_naive_model"),
         "    perfect foresight %s %30s" % (f("cost_oracle"), f("bill_oracle")),
         "  savings capture     %s %%" % f("savings_capture", scale=100.0, fmt="%10.1f"),
         "",
