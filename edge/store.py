@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS run (
     summary_json TEXT                  -- filled at the end of the day
 );
 CREATE TABLE IF NOT EXISTS telemetry (
-    run_id INTEGER NOT NULL, t_s REAL NOT NULL, tick INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    t_s REAL NOT NULL,                 -- seconds since the run's tick 0
+    tick INTEGER NOT NULL,
     board TEXT NOT NULL, role TEXT NOT NULL, seq INTEGER NOT NULL,
     v_bus_v REAL, v_port_v REAL, i_port_a REAL, p_bus_w REAL, p_port_w REAL,
     energy_bus_j REAL, setpoint_w REAL, flags INTEGER
@@ -65,9 +67,31 @@ CREATE TABLE IF NOT EXISTS setpoint (
 CREATE TABLE IF NOT EXISTS event (
     run_id INTEGER NOT NULL, t_s REAL NOT NULL, board TEXT, kind TEXT NOT NULL, detail TEXT
 );
+-- Operator commands from the dashboard to the running edge (human in the loop). The web
+-- inserts rows as 'pending'; the edge applies them at its next tick, bounded by the same
+-- limits as the optimiser, and marks them 'applied' (with the value it really used) or
+-- 'rejected' (with the reason).
+CREATE TABLE IF NOT EXISTS command (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,          -- unix time [s]
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- mode | override | clear_override | shed | restore | approve
+    board TEXT,                        -- target board (override, clear_override, shed, restore)
+    value REAL,                        -- override setpoint [W] (grid: bus voltage [V])
+    mode TEXT,                         -- kind='mode': automatic | approve | manual
+    status TEXT NOT NULL DEFAULT 'pending',   -- pending | applied | rejected
+    applied_at REAL,                   -- unix time [s]
+    result TEXT                        -- what the edge did, or why it refused
+);
+-- Who did what, when, from where (written by the web for every control action).
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, t REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
+    detail TEXT, remote_addr TEXT
+);
 CREATE TABLE IF NOT EXISTS board (
     run_id INTEGER NOT NULL, board TEXT NOT NULL, role TEXT, board_id INTEGER,
-    firmware_version TEXT, link TEXT, last_seen_s REAL,
+    firmware_version TEXT, link TEXT,
+    last_seen_s REAL,                  -- seconds since the run's tick 0 (as t_s elsewhere)
     frames_ok INTEGER DEFAULT 0, crc_errors INTEGER DEFAULT 0, failsafe_events INTEGER DEFAULT 0,
     PRIMARY KEY (run_id, board)
 );

@@ -63,7 +63,10 @@ def cmd_demo(args):
             pathlib.Path(str(db) + suffix).unlink(missing_ok=True)
     print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
     day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db)
-    url, stop_web = start_background(str(db), port=args.port)
+    try:
+        url, stop_web = start_background(str(db), port=args.port)
+    except OSError:     # the usual port is taken (another demo?): any free one will do
+        url, stop_web = start_background(str(db), port=0)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
     n = int(site["bench"]["n_ticks"])
