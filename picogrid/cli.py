@@ -2,8 +2,12 @@
 
     picogrid demo [--exit]        a real day on the HIL bench with the edge and the dashboard
     picogrid hil                  only the bench: plant + six boards, prints their ports
-    picogrid train                train the forecasters and export them to ONNX
     picogrid web --db FILE        the dashboard over an existing store
+    picogrid train ...            train the forecasters and export them to ONNX
+    picogrid evaluate ...         policies over many real days; `evaluate forecasts` for models
+    picogrid bench [NAME ...]     benchmarks (tools/bench.py), ratios against in-run baselines
+    picogrid flash ... / boards   flash Picos with mpremote; list attached Picos
+    picogrid screenshots          a PNG of every dashboard page
 """
 
 import argparse
@@ -120,9 +124,25 @@ def cmd_hil(args):
     return 0
 
 
-def cmd_train(args):
-    from picogrid.models import train
-    return train.main(args.extra)
+# Commands whose options belong to the module that does the work: (module, function, help).
+DELEGATED = {
+    "train": ("picogrid.models.train", "main", "train the forecasters and export ONNX"),
+    "evaluate": ("picogrid.edge.evaluate", "main", "policies over many real days ('evaluate forecasts': models)"),
+    "bench": ("picogrid.tools.bench", "main", "run benchmarks (tools/bench.py)"),
+    "flash": ("picogrid.tools.flash", "main", "compile and copy firmware + board config with mpremote"),
+    "boards": ("picogrid.tools.flash", "boards_main", "list attached Picos"),
+    "screenshots": ("picogrid.web.screenshots", "main", "a PNG of every dashboard page"),
+}
+
+
+def cmd_delegated(args):
+    import importlib
+
+    if args.command == "evaluate" and args.extra[:1] == ["forecasts"]:
+        module, func, args.extra = "picogrid.models.evaluate", "main", args.extra[1:]
+    else:
+        module, func, _ = DELEGATED[args.command]
+    return getattr(importlib.import_module(module), func)(args.extra) or 0
 
 
 def cmd_web(args):
@@ -159,9 +179,9 @@ def build_parser():
     p.add_argument("--sun", type=float, default=0.8, help="PV availability 0..1")
     p.set_defaults(func=cmd_hil)
 
-    p = sub.add_parser("train", help="train the forecasters and export ONNX (options: models/train.py)",
-                       add_help=False)
-    p.set_defaults(func=cmd_train, passes_options=True)
+    for name, (_, _, text) in DELEGATED.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.set_defaults(func=cmd_delegated, passes_options=True)
 
     p = sub.add_parser("web", help="serve the dashboard over a store")
     p.add_argument("--db", required=True)
