@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from picogrid.edge import dispatch, estimate, metering
+from picogrid.edge.operator import Operator
 from picogrid.edge.optimize import MpcConfig, MpcController
 from picogrid.edge.policies import naive_step
 from picogrid.edge.signals import LOADS
@@ -85,6 +86,7 @@ class EdgeRunner:
         self.e0_j = None
         self.measured = []              # per tick: dict of measured energies and prices
         self.last_setpoints = None
+        self.operator = Operator(site)
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
@@ -189,7 +191,7 @@ class EdgeRunner:
         self.store.dispatch(self.policy, t, row)
         self.measured.append(row)
 
-    def persist(self, k, t_rel, decision, fc, src, sp):
+    def persist(self, k, t_rel, decision, fc, src, sp, operator_note=""):
         if not self.record_all:
             self.fleet.drain_telemetry()
             self.fleet.drain_events()
@@ -207,7 +209,8 @@ class EdgeRunner:
         self.store.decision(k, t_rel, decision.status, decision.solve_time_s,
                             None if np.isnan(decision.objective) else float(decision.objective),
                             ",".join(sources), {n: v for n, (m, v) in sp.items()}, plan,
-                            reason=_explain(decision, sp))
+                            reason=_explain(decision, sp) + (" [%s]" % operator_note if operator_note else ""),
+                            operator_mode=self.operator.mode)
         snap = self.fleet.snapshot()
         for name, s in snap.items():
             link = self.fleet.boards[name].link
@@ -238,13 +241,22 @@ class EdgeRunner:
         else:
             fc, src = {}, {}
             decision, pv_now = self.decide_naive(k, e_j, islanded)
-        sp = dispatch.setpoints(decision, pv_now, self.v_ref, islanded)
+        planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded)
+        sp, operator_note = planned, ""
+        if self.record_all:     # operator commands are for the bench the dashboard shows
+            try:
+                for cmd, status, text in self.operator.poll(self.store.conn):
+                    self.store.event(t_start - self.t0, cmd["board"], "operator_" + status,
+                                     "%s by %s: %s" % (cmd["kind"], cmd["user"], text))
+                sp, operator_note = self.operator.setpoints(k, planned, self.last_setpoints)
+            except Exception:   # a broken command queue must not stop the tick
+                log.exception("operator commands failed at tick %d", k)
         boundary = self.send(k, sp)
         self.meter(k, boundary)
         self.solve_times_s.append(decision.solve_time_s)
         self.statuses.append(decision.status)
         self.last_setpoints = sp
-        self.persist(k, t_start - self.t0, decision, fc, src, sp)
+        self.persist(k, t_start - self.t0, decision, fc, src, sp, operator_note)
         log.info("%s tick %d/%d: %s in %.2f ms, storage %.1f J, grid %+.2f W", self.policy, k + 1, self.n_ticks,
                  decision.status, 1e3 * decision.solve_time_s, e_j, decision.p_grid_w)
         return decision

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS decision (
     solve_time_s REAL, objective REAL, forecast_source TEXT,
     setpoints_json TEXT NOT NULL,      -- {board: value_w}
     plan_json TEXT,                    -- first horizon steps of the plan
-    reason TEXT,
+    reason TEXT,                       -- the decision in plain words
+    operator_mode TEXT,                -- automatic | approve | manual (edge/operator.py)
     PRIMARY KEY (run_id, tick)
 );
 CREATE TABLE IF NOT EXISTS setpoint (
@@ -164,11 +165,12 @@ class Store:
         )
 
     def decision(self, tick, t_s, status, solve_time_s, objective, forecast_source,
-                 setpoints, plan=None, reason=None):
+                 setpoints, plan=None, reason=None, operator_mode="automatic"):
         self.conn.execute(
-            "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, t_s, status, solve_time_s, objective, forecast_source,
-             json.dumps(setpoints), json.dumps(plan) if plan is not None else None, reason),
+             json.dumps(setpoints), json.dumps(plan) if plan is not None else None, reason,
+             operator_mode),
         )
 
     def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s):
