@@ -4,7 +4,9 @@ Every virtual board is the real firmware (``firmware/``) run by the MicroPython 
 with its stdin/stdout (the board's USB CDC serial) on the master side of a pseudo-terminal.
 The edge opens the slave side (``/dev/pts/N``) with pyserial, exactly as it opens
 ``/dev/ttyACM0`` for a Pico on USB. Each board gets its own folder with the ``board.json``
-that flashing would write (see :func:`board_config`).
+that flashing would write (see :func:`board_config`). With ``link_proxy=True`` a
+:class:`picogrid.hil.faults.LinkProxy` sits between each board's pseudo-terminal and the one
+the edge opens, so that link faults (drop, delay, corrupt) can be injected.
 """
 
 import json
@@ -87,9 +89,10 @@ class Bench:
     tick_s : float [s]
     sun : sequence of float, PV availability per tick (0..1)
     grid_outages : list of [first_tick, last_tick]
+    link_proxy : bool, put a fault-injecting byte proxy on every board's link
     """
 
-    def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=()):
+    def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=(), link_proxy=False):
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.t0, self.tick_s = t0, tick_s
@@ -98,11 +101,14 @@ class Bench:
         self.plant_proc = None
         self.plant_port = None
         self.boards = {}        # name -> dict(proc, master, slave, path, id, dir)
+        self.link_proxy = link_proxy
+        self.proxies = {}       # name -> LinkProxy
 
     @property
     def ports(self):
         """Board name -> pseudo-terminal path the edge opens with pyserial."""
-        return {name: b["path"] for name, b in self.boards.items()}
+        return {name: (self.proxies[name].path if name in self.proxies else b["path"])
+                for name, b in self.boards.items()}
 
     def start(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,9 @@ class Bench:
             master, slave = os.openpty()
             tty.setraw(slave)
             b.update(master=master, slave=slave, path=os.ttyname(slave))
+            if self.link_proxy:
+                from picogrid.hil.faults import LinkProxy
+                self.proxies[name] = LinkProxy(name, slave, seed=b["id"])
         bdir = self.run_dir / "boards" / name
         bdir.mkdir(parents=True, exist_ok=True)
         cfg = board_config(name, b["id"], self.site, self.plant_port)
@@ -169,6 +178,9 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.proxies = {}
         for b in self.boards.values():
             for fd in ("master", "slave"):
                 if fd in b:

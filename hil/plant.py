@@ -122,6 +122,8 @@ class Plant:
         # Fault injection: role -> (bias added to every reading, or None), stuck readings
         self.sensor_bias = {}
         self.sensor_stuck = {}
+        # Fault injection: an unmodelled load drawn straight from the bus [W] (load spike)
+        self.extra_load_w = 0.0
         self._update_ports()
 
     # -- actuation ------------------------------------------------------------------
@@ -205,7 +207,8 @@ class Plant:
         e_max = 0.5 * p["storage_capacitance_f"] * p["storage_voltage_max_v"] ** 2
         self.storage_energy_j = min(max(self.storage_energy_j, 0.0), e_max)
         # bus capacitor: energy balance, so the bench conserves energy exactly
-        e_bus = 0.5 * p["bus_capacitance_f"] * self.v_bus ** 2 + sum(self.p_bus.values()) * dt_s
+        p_net_w = sum(self.p_bus.values()) - (self.extra_load_w if self.v_bus > 0.5 else 0.0)
+        e_bus = 0.5 * p["bus_capacitance_f"] * self.v_bus ** 2 + p_net_w * dt_s
         self.v_bus = math.sqrt(max(2.0 * e_bus / p["bus_capacitance_f"], 0.0))
         self.time_s += dt_s
 
@@ -214,6 +217,11 @@ class Plant:
         n = max(1, int(math.ceil(duration_s / max_step_s)))
         for _ in range(n):
             self.step(duration_s / n)
+
+    def pv_available_w(self):
+        """Maximum power [W] the PV array could give at the present sun (port side)."""
+        p = self.p
+        return pv_mpp(self.sun, p["pv_isc_a"], p["pv_voc_v"], p["pv_thermal_voltage_v"])[0]
 
     def bus_energy_j(self):
         return 0.5 * self.p["bus_capacitance_f"] * self.v_bus ** 2

@@ -9,7 +9,21 @@ with this server per control-loop iteration on loopback:
 The server integrates the physics up to the wall-clock time of every request (and every
 few milliseconds when idle), so the bench runs in real time whatever the boards do. The
 scenario (sun per tick, grid outages) is applied by tick, from a shared start time ``t0``.
-Once per tick it appends the bench's true state to ``truth.jsonl`` for the tests.
+Once per tick it appends the bench's true state to ``truth.jsonl`` for the tests: bus
+voltage at the tick's end and its min/max over the tick, each role's energy into the bus and
+mean power, the PV power available at that sun, and the faults in force.
+
+Control channel (fault injection, :mod:`picogrid.hil.faults`): a datagram that starts with
+``{`` is a JSON command, answered by one JSON datagram ``{"ok": true, ...}`` or
+``{"ok": false, "error": ...}``. Commands (``cmd``):
+
+* ``state``: the true state now, plus bus min/max [V] since the last ``mark``;
+* ``mark``: restart the bus min/max window;
+* ``sensor_bias`` ``role``, ``bias`` (4 numbers added to v_port, i_port, v_bus, i_bus, or null);
+* ``sensor_stuck`` ``role``, ``stuck`` (true: readings frozen at their present value);
+* ``sun`` ``value`` (0..1 overrides the scenario's irradiance, null returns to it);
+* ``grid`` ``connected`` (true/false overrides the scenario's outages, null returns to it);
+* ``extra_load`` ``power_w`` (an unmodelled load drawn from the bus [W], 0 removes it).
 
 Run: ``python -m picogrid.hil.plant_server CONFIG.json`` (written by ``hil.bench``).
 """
@@ -55,23 +69,42 @@ class PlantServer:
         self._truth = open(config["truth_path"], "a") if config.get("truth_path") else None
         self.requests = 0
         self.bad_requests = 0
+        self.commands = 0
+        self.sun_override = None
+        self.grid_override = None
+        self._tick_vmin = self._tick_vmax = self.plant.v_bus
+        self._mark_vmin = self._mark_vmax = self.plant.v_bus
+        self._tick_start_s = None
 
     def tick_at(self, wall_s):
         return int((wall_s - self.cfg["t0"]) // self.cfg["tick_s"])
 
     def _apply_scenario(self, tick):
+        if tick is None:
+            return
         sun = self.cfg.get("sun") or [0.0]
         self.plant.sun = float(sun[min(max(tick, 0), len(sun) - 1)])
+        if self.sun_override is not None:
+            self.plant.sun = self.sun_override
         outages = self.cfg.get("grid_outages") or []
         self.plant.grid_connected = not any(a <= tick <= b for a, b in outages)
+        if self.grid_override is not None:
+            self.plant.grid_connected = self.grid_override
 
     def _write_truth(self, tick):
         if self._truth is None or tick < 0:
             return
-        row = {"tick": tick, "sun": self.plant.sun, "grid_connected": self.plant.grid_connected,
-               "v_bus_v": self.plant.v_bus, "storage_energy_j": self.plant.storage_energy_j,
-               "bus_energy_j": self.plant.bus_energy_j(),
-               "energy_bus_j": {r: self._tick_energy[r] for r in ROLES}}
+        pl = self.plant
+        duration_s = max(pl.time_s - self._tick_start_s, 1e-9)
+        row = {"tick": tick, "sun": pl.sun, "grid_connected": pl.grid_connected,
+               "v_bus_v": pl.v_bus, "v_bus_min_v": self._tick_vmin, "v_bus_max_v": self._tick_vmax,
+               "storage_energy_j": pl.storage_energy_j, "bus_energy_j": pl.bus_energy_j(),
+               "duration_s": duration_s, "pv_available_w": pl.pv_available_w(),
+               "extra_load_w": pl.extra_load_w,
+               "faults": {"sensor_bias": sorted(pl.sensor_bias), "sensor_stuck": sorted(pl.sensor_stuck),
+                          "sun_override": self.sun_override, "grid_override": self.grid_override},
+               "energy_bus_j": {r: self._tick_energy[r] for r in ROLES},
+               "p_bus_w": {r: self._tick_energy[r] / duration_s for r in ROLES}}
         self._truth.write(json.dumps(row) + "\n")
         self._truth.flush()
 
@@ -85,17 +118,99 @@ class PlantServer:
             if self._tick is not None:
                 self._write_truth(self._tick)
             self._tick_energy = {r: 0.0 for r in ROLES}
+            self._tick_vmin = self._tick_vmax = self.plant.v_bus
+            self._tick_start_s = self.plant.time_s
             self._tick = tick
             self._apply_scenario(tick)
         if dt > 0:
             n = max(1, int(dt / 0.001 + 0.999))
             h = dt / n
+            pl = self.plant
             for _ in range(n):
-                self.plant.step(h)
+                pl.step(h)
                 for r in ROLES:
-                    self._tick_energy[r] += self.plant.p_bus[r] * h
+                    self._tick_energy[r] += pl.p_bus[r] * h
+                v = pl.v_bus
+                if v < self._tick_vmin:
+                    self._tick_vmin = v
+                if v > self._tick_vmax:
+                    self._tick_vmax = v
+                if v < self._mark_vmin:
+                    self._mark_vmin = v
+                if v > self._mark_vmax:
+                    self._mark_vmax = v
+
+    # -- control channel (fault injection) ---------------------------------------------
+    def state(self):
+        """The bench's true state now (SI units), for the control channel's ``state``."""
+        pl = self.plant
+        return {"time_s": pl.time_s, "tick": self._tick, "sun": pl.sun,
+                "grid_connected": pl.grid_connected, "v_bus_v": pl.v_bus,
+                "v_bus_min_v": self._mark_vmin, "v_bus_max_v": self._mark_vmax,
+                "v_pv_v": pl.v_pv, "storage_energy_j": pl.storage_energy_j,
+                "pv_available_w": pl.pv_available_w(), "extra_load_w": pl.extra_load_w,
+                "p_bus_w": dict(pl.p_bus), "v_port_v": dict(pl.v_port), "i_port_a": dict(pl.i_port)}
+
+    def command(self, cmd):
+        """Apply one control command (dict); returns the reply dict. Raises ValueError if bad."""
+        if not isinstance(cmd, dict):
+            raise ValueError("a command is a JSON object")
+        name = cmd.get("cmd")
+        pl = self.plant
+        role = cmd.get("role")
+        if name in ("sensor_bias", "sensor_stuck") and role not in ROLES:
+            raise ValueError("unknown role %r" % (role,))
+        if name == "state":
+            return self.state()
+        if name == "mark":
+            self._mark_vmin = self._mark_vmax = pl.v_bus
+        elif name == "sensor_bias":
+            bias = cmd.get("bias")
+            if bias is None:
+                pl.sensor_bias.pop(role, None)
+            elif len(bias) != 4:
+                raise ValueError("bias needs 4 numbers (v_port, i_port, v_bus, i_bus)")
+            else:
+                pl.sensor_bias[role] = tuple(float(b) for b in bias)
+        elif name == "sensor_stuck":
+            if cmd.get("stuck"):
+                pl.sensor_stuck.pop(role, None)
+                pl.sensor_stuck[role] = pl.measure(role)
+            else:
+                pl.sensor_stuck.pop(role, None)
+        elif name == "sun":
+            v = cmd.get("value")
+            if v is not None and not 0.0 <= float(v) <= 1.5:
+                raise ValueError("sun must be within 0..1.5 or null")
+            self.sun_override = None if v is None else float(v)
+            self._apply_scenario(self._tick)
+        elif name == "grid":
+            c = cmd.get("connected")
+            self.grid_override = None if c is None else bool(c)
+            self._apply_scenario(self._tick)
+        elif name == "extra_load":
+            w = float(cmd.get("power_w", 0.0))
+            if not 0.0 <= w <= 10.0:
+                raise ValueError("extra_load power_w must be within 0..10 W")
+            pl.extra_load_w = w
+        else:
+            raise ValueError("unknown command %r" % (name,))
+        log.info("control: %s", json.dumps(cmd))
+        return {}
+
+    def _handle_command(self, data, addr):
+        self.catch_up()
+        try:
+            reply = dict(self.command(json.loads(data.decode("utf-8"))), ok=True)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        self.commands += 1
+        self.sock.sendto(json.dumps(reply).encode("utf-8"), addr)
 
     def handle(self, data, addr):
+        if data[:1] == b"{":
+            self._handle_command(data, addr)
+            return
         try:
             version, role_index, duty = REQUEST.unpack(data)
             if version != PLANT_WIRE_VERSION or role_index >= len(ROLES):
@@ -112,7 +227,7 @@ class PlantServer:
     def serve_forever(self, stop_at=None):
         while stop_at is None or time.time() < stop_at:
             try:
-                data, addr = self.sock.recvfrom(64)
+                data, addr = self.sock.recvfrom(4096)
             except socket.timeout:
                 self.catch_up()
                 continue
