@@ -69,7 +69,7 @@ def baseline_rows(result, truth, dt_s):
     return rows
 
 
-def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses):
+def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_cpu_s=()):
     """The end-of-day summary: energies [J], costs [price units], solve times [ms].
 
     ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches.
@@ -105,6 +105,10 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses):
     ms = 1e3 * np.asarray(solve_times_s)
     s["solve_time_p50_ms"] = float(np.percentile(ms, 50))
     s["solve_time_p99_ms"] = float(np.percentile(ms, 99))
+    if len(solve_cpu_s):
+        cpu = 1e3 * np.asarray(solve_cpu_s)
+        s["solve_cpu_p50_ms"] = float(np.percentile(cpu, 50))
+        s["solve_cpu_p99_ms"] = float(np.percentile(cpu, 99))
     s["ticks_solved"] = sum(1 for st in statuses if st.startswith("solved"))
     s["ticks_fallback"] = sum(1 for st in statuses if not st.startswith("solved"))
     res = [abs(r["balance_residual_j"]) for r in rows if r["balance_residual_j"] is not None]

@@ -82,6 +82,7 @@ class EdgeRunner:
         self.c_bus = float(site["bench"]["bus_capacitance_f"])
         self.prev_snapshot = None       # name -> telemetry at the previous tick boundary
         self.solve_times_s = []
+        self.solve_cpu_s = []
         self.statuses = []
         self.e0_j = None
         self.measured = []              # per tick: dict of measured energies and prices
@@ -236,7 +237,10 @@ class EdgeRunner:
             self.e0_j = e_j
         if self.policy == "mpc":
             fc, src = self.forecast(k)
+            cpu0 = time.thread_time()
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded)
+            # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
+            self.solve_cpu_s.append(time.thread_time() - cpu0)
             pv_now = float(pv_fc[0])
         else:
             fc, src = {}, {}

@@ -174,7 +174,7 @@ class Day:
         n = len(rows["mpc"])
         truth = {k: v[:n] for k, v in self.source.truth().items()}
         s, oracle = report.summary(rows["mpc"], rows["naive"], truth, self.runner.cfg, self.runner.e0_j,
-                                   self.runner.solve_times_s, self.runner.statuses)
+                                   self.runner.solve_times_s, self.runner.statuses, self.runner.solve_cpu_s)
         for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
             store.dispatch("oracle", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())

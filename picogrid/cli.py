@@ -45,8 +45,9 @@ def _summary_lines(s):
         "    perfect foresight %s %30s" % (f("cost_oracle"), f("bill_oracle")),
         "  savings capture     %s %%" % f("savings_capture", scale=100.0, fmt="%10.1f"),
         "",
-        "  MPC solve time p50 %s ms, p99 %s ms (%d solved, %d fallback ticks)" % (
+        "  MPC solve time p50 %s ms, p99 %s ms wall; %s / %s ms CPU (%d solved, %d fallback ticks)" % (
             f("solve_time_p50_ms", fmt="%.3f"), f("solve_time_p99_ms", fmt="%.3f"),
+            f("solve_cpu_p50_ms", fmt="%.3f"), f("solve_cpu_p99_ms", fmt="%.3f"),
             s.get("ticks_solved", 0), s.get("ticks_fallback", 0)),
         "  bus energy balance: max |residual| %s J over %d metered ticks" % (
             f("balance_residual_max_j", fmt="%.3f"), s.get("ticks_metered", 0)),
