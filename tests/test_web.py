@@ -136,13 +136,16 @@ def test_page_renders_header_boards_decision_and_assets(db_path, day):
     client = make_client(db_path)
     html = client.get("/").get_data(as_text=True)
     assert "2010-06-14" in html and ">lab<" in html and ">running<" in html
-    assert '<span id="run-ticks-done">3</span> of <span id="run-n-ticks">60</span>' in html
-    assert '<span id="bus-voltage">7.02</span> V' in html        # mpc tick 2
-    for name, _ in BOARDS:
-        assert "<td>%s</td>" % name in html
-    assert "<td>0x%02X</td>" % telemetry_values(3, 2)["flags"] in html   # load1 at tick 2
+    assert '<span id="run-ticks-done">3</span> <small>of <span id="run-n-ticks">60</span>' in html
+    assert '<span id="bus-voltage">7.02</span> <small>V</small>' in html        # mpc tick 2
+    for i, (name, _) in enumerate(BOARDS):
+        assert 'data-board="%s"' % name in html
+        # p_bus_w of tick 2, and health words from the flag bits (tick 2: 32 + i)
+        assert '<span class="p-bus">%s</span>' % format(telemetry_values(i, 2)["p_bus_w"], ".4g") in html
+    assert "limited" in html and "fault" in html   # load1 flags 0x23, load2 0x24 at tick 2
     assert "solved" in html and "4.4 ms" in html                          # tick 2's solve
-    for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "app.js"):
+    assert "Log in</a> to change the mode" in html and 'id="form-mode"' not in html
+    for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "app.js", "style.css"):
         assert asset in html
         assert client.get("/static/" + asset).status_code == 200
     assert b"MIT License" in client.get("/static/vendor/uplot/LICENSE").data
@@ -214,7 +217,7 @@ def test_finished_run_shows_summary_with_units(db_path, day):
                      "savings_capture": ("savings capture", "", 0.8),
                      "solve_time_max_s": ("solve time max", "s", 0.012),
                      "final_soc": ("final soc", "0-1", 0.55)}
-    html = client.get("/").get_data(as_text=True)
+    html = client.get("/finance").get_data(as_text=True)
     assert "Summary of the day" in html and '<section id="summary-section" >' in html
     assert '<td title="energy_import_j">energy import</td><td>412.5</td><td>J</td>' in html
 

@@ -1,20 +1,37 @@
 """PicoGrid dashboard: a Flask app over the edge's SQLite store (after Flask's tutorial app).
 
 ``create_app()`` builds the app; ``picogrid.web.server.start_background`` serves it from a
-thread for the edge's demo. The app only reads the store (see ``picogrid.web.db``).
+thread for the edge's demo. Viewing reads the store only (``picogrid.web.db``); logged-in
+operators queue commands for the edge (``picogrid.web.control``).
+
+Operator accounts live in the site file (``SITE_CONFIG`` or ``PICOGRID_SITE``, see
+``picogrid.web.site``); make a password hash with::
+
+    flask --app picogrid.web hash-password alice
 """
 
+import logging
 import os
+import secrets
 import threading
 
+import click
 from flask import Flask
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {
     # The edge's store; the PICOGRID_DB environment variable or test_config override it.
     "DATABASE": os.path.join("var", "picogrid.sqlite"),
+    # The site TOML with the [web] users table; PICOGRID_SITE overrides. None: view-only.
+    "SITE_CONFIG": None,
     "SSE_POLL_S": 0.5,         # how often the stream looks for a new tick [s]
     "SSE_KEEPALIVE_S": 10.0,   # comment sent after this much silence, to notice gone clients [s]
     "SSE_MAX_S": 600.0,        # a stream ends after this [s]; EventSource reconnects by itself
+    # Session cookie: never sent on cross-site requests, not readable by scripts.
+    "SESSION_COOKIE_SAMESITE": "Strict",
+    "SESSION_COOKIE_HTTPONLY": True,
+    "PERMANENT_SESSION_LIFETIME": 8 * 3600,   # one lab session [s]
 }
 
 
@@ -25,25 +42,49 @@ def create_app(test_config=None):
     ----------
     test_config : dict, optional
         Overrides of ``DEFAULTS`` (at least ``DATABASE``: path of the edge's SQLite file,
-        which need not exist yet).
+        which need not exist yet; ``SITE_CONFIG``: the site TOML with operator accounts).
 
     Returns
     -------
     flask.Flask
-        With blueprints ``pages`` (HTML at ``/``) and ``api`` (JSON under ``/api``).
+        With blueprints ``pages`` (HTML), ``api`` (JSON under ``/api``) and ``control``
+        (login, commands, audit).
+
+    Raises
+    ------
+    picogrid.web.site.SiteConfigError
+        When the site file is given but cannot be read or its ``[web]`` table is malformed.
     """
+    from . import api, control, db, pages, site
+
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
     if "PICOGRID_DB" in os.environ:
         app.config["DATABASE"] = os.environ["PICOGRID_DB"]
     if test_config is not None:
         app.config.from_mapping(test_config)
+    site_info = site.load(site.site_path(app.config))
+    app.extensions["picogrid_site"] = site_info
+    if not app.config.get("SECRET_KEY"):
+        # A key per process: sessions end when the dashboard restarts, which is acceptable.
+        app.config["SECRET_KEY"] = site_info["secret_key"] or secrets.token_hex(32)
+    if not site_info["users"]:
+        log.info("no operator accounts in the site file: the dashboard is view-only")
     # Set by server.start_background's stop(): open SSE streams end at their next poll.
     app.extensions["picogrid_stop"] = threading.Event()
-
-    from . import api, db, pages
 
     db.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(control.bp)
+    app.cli.add_command(hash_password)
     return app
+
+
+@click.command("hash-password")
+@click.argument("username")
+@click.password_option()
+def hash_password(username, password):
+    """Print a [web] users line with a password hash for USERNAME (paste it into the site file)."""
+    from werkzeug.security import generate_password_hash
+    click.echo("[web]\nusers = { %s = \"%s\" }" % (username, generate_password_hash(password)))

@@ -6,6 +6,10 @@ GET /api/runs                          headers of all runs, newest first
 GET /api/latest                        latest run's header, bus voltage, boards, last decision
 GET /api/run/<id>/dispatch?policy=mpc  one policy's dispatch as columns (W, J, price/J)
 GET /api/run/<id>/summary              end-of-day summary with units, cost per policy
+GET /api/run/<id>/consumption          loads served vs shed, PV used vs curtailed, storage [J]
+GET /api/run/<id>/finance              cost per tick and cumulative per policy, import/export, prices
+GET /api/run/<id>/forecast?series=&tick=&step=   P10/P50/P90 against the actual values
+GET /api/run/<id>/boards               boards with health, and the run's recent events
 GET /api/stream                        SSE: an event ``tick`` whenever something new is stored
 """
 
@@ -32,6 +36,7 @@ def _conn_or_none():
 
 @bp.errorhandler(400)
 @bp.errorhandler(404)
+@bp.errorhandler(503)
 def _json_error(error):
     return jsonify(error=error.description), error.code
 
@@ -74,6 +79,50 @@ def summary(run_id):
     _known_run(conn, run_id)
     with snapshot(conn):
         return jsonify(queries.run_summary(conn, run_id))
+
+
+@bp.route("/run/<int:run_id>/consumption")
+def consumption(run_id):
+    policy = request.args.get("policy", queries.LIVE_POLICY)
+    try:
+        queries.check_policy(policy)
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    conn = _conn_or_none()
+    _known_run(conn, run_id)
+    with snapshot(conn):
+        return jsonify(run_id=run_id, policy=policy, **queries.consumption(conn, run_id, policy))
+
+
+@bp.route("/run/<int:run_id>/finance")
+def finance(run_id):
+    conn = _conn_or_none()
+    _known_run(conn, run_id)
+    with snapshot(conn):
+        return jsonify(run_id=run_id, **queries.finance(conn, run_id))
+
+
+@bp.route("/run/<int:run_id>/forecast")
+def forecast(run_id):
+    series = request.args.get("series", "pv_available_w")
+    try:
+        tick = request.args.get("tick", type=int)
+        step = int(request.args.get("step", 1))
+        conn = _conn_or_none()
+        _known_run(conn, run_id)
+        with snapshot(conn):
+            return jsonify(run_id=run_id, **queries.forecast_fan(conn, run_id, series, tick, step))
+    except ValueError as exc:
+        abort(400, description=str(exc))
+
+
+@bp.route("/run/<int:run_id>/boards")
+def boards(run_id):
+    conn = _conn_or_none()
+    _known_run(conn, run_id)
+    with snapshot(conn):
+        state = queries.latest_state(conn, run_id)
+        return jsonify(run_id=run_id, boards=state["boards"], events=queries.events(conn, run_id))
 
 
 def parse_since(text):

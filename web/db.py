@@ -2,7 +2,9 @@
 
 The edge (``picogrid.edge.store``) owns the file and its schema; the dashboard only reads.
 Opening with ``mode=ro`` makes that a guarantee rather than a habit, and WAL mode on the
-writer's side lets us read while a tick is being written.
+writer's side lets us read while a tick is being written. The one exception is the operator's
+``command`` and ``audit`` rows: :func:`write_control` opens a separate read-write connection
+for them alone, for one short transaction.
 """
 
 import contextlib
@@ -38,6 +40,49 @@ def open_readonly(path):
     )
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def write_control(path, statements):
+    """Run INSERT/UPDATE statements on the ``command``/``audit`` tables in one transaction.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The edge's store; it must exist and hold those tables (the edge creates them).
+    statements : list of (str, tuple)
+        SQL and parameters; each must write ``command`` or ``audit`` only.
+
+    Returns
+    -------
+    list
+        ``lastrowid`` of each statement.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the edge has not created the store (or its control tables) yet.
+    ValueError
+        For a statement that would touch another table.
+    """
+    for sql, _ in statements:
+        words = sql.split()
+        target = words[2] if words[:2] == ["INSERT", "INTO"] else words[1] if words[:1] == ["UPDATE"] else None
+        if target not in ("command", "audit"):
+            raise ValueError("the dashboard writes only command/audit rows, not: %.60s" % sql)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("the edge has not created its store %s yet" % path)
+    # mode=rw: never create the file; the edge owns it and its schema.
+    conn = sqlite3.connect("file:%s?mode=rw" % _uri_path(path), uri=True, timeout=5.0)
+    try:
+        have = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name IN ('command', 'audit')")}
+        if have != {"command", "audit"}:
+            raise FileNotFoundError("the store %s has no command/audit tables yet" % path)
+        with conn:
+            return [conn.execute(sql, args).lastrowid for sql, args in statements]
+    finally:
+        conn.close()
 
 
 def _uri_path(path):

@@ -175,6 +175,7 @@ def latest_state(conn, run_id=None):
     dict
         ``{"run": header or None, "bus_voltage_v": float or None, "boards": [...],
         "decision": dict or None}``; ``run`` is None while the edge has not started a run.
+        Each board also carries ``health``: plain words (see :func:`health`).
     """
     if run_id is None:
         run_id = latest_run_id(conn)
@@ -188,12 +189,12 @@ def latest_state(conn, run_id=None):
             (run_id, LIVE_POLICY, header["latest_tick"]),
         ).fetchone()
         bus_voltage_v = row["bus_voltage_v"]
-    return {
+    return add_health({
         "run": header,
         "bus_voltage_v": bus_voltage_v,
         "boards": boards(conn, run_id),
         "decision": latest_decision(conn, run_id),
-    }
+    })
 
 
 def check_policy(policy):
@@ -334,7 +335,8 @@ def run_summary(conn, run_id):
 def change_key(conn):
     """A value that changes whenever the dashboard has something new to show.
 
-    New run, new live tick, new decision, status change or summary written.
+    New run, new live tick, new decision, status change, summary written, or an operator
+    command queued or answered.
     """
     run_id = latest_run_id(conn)
     if run_id is None:
@@ -346,4 +348,245 @@ def change_key(conn):
     decision_tick = conn.execute(
         "SELECT MAX(tick) FROM decision WHERE run_id=?", (run_id,)
     ).fetchone()[0]
-    return (run_id, ticks_done, latest_tick, decision_tick, run[0], run[1])
+    control = None
+    if _has_table(conn, "command"):   # a queued or answered operator command is news too
+        control = tuple(conn.execute(
+            "SELECT MAX(id), SUM(status != 'pending') FROM command").fetchone())
+    return (run_id, ticks_done, latest_tick, decision_tick, run[0], run[1], control)
+
+
+# --- operator control: commands, mode, audit ------------------------------------------------
+
+def _has_table(conn, name):
+    return conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def commands(conn, limit=50):
+    """The most recent operator commands, newest first (``command`` table rows as dicts)."""
+    if not _has_table(conn, "command"):
+        return []
+    rows = conn.execute("SELECT * FROM command ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+    return [dict(row) for row in rows]
+
+
+def audit_log(conn, limit=50):
+    """The most recent audit rows (who, when [unix s], what, from where), newest first."""
+    if not _has_table(conn, "audit"):
+        return []
+    rows = conn.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+    return [dict(row) for row in rows]
+
+
+def control_state(conn):
+    """The operating mode and the per-board overrides as the edge has applied them.
+
+    Returns
+    -------
+    dict
+        ``mode``: the last applied mode ('automatic' before any); ``pending``: commands not
+        yet taken by the edge, oldest first; ``boards``: {board: {"override": value or None,
+        "shed": bool}} from the last applied override/clear_override and shed/restore.
+    """
+    state = {"mode": "automatic", "pending": [], "boards": {}}
+    if conn is None or not _has_table(conn, "command"):
+        return state
+    row = conn.execute("SELECT mode FROM command WHERE kind='mode' AND status='applied'"
+                       " ORDER BY id DESC LIMIT 1").fetchone()
+    if row is not None:
+        state["mode"] = row["mode"]
+    state["pending"] = [dict(r) for r in conn.execute(
+        "SELECT * FROM command WHERE status='pending' ORDER BY id")]
+    for r in conn.execute("SELECT kind, board, value FROM command WHERE status='applied' AND board"
+                          " IS NOT NULL AND kind IN ('override', 'clear_override', 'shed', 'restore')"
+                          " ORDER BY id"):
+        b = state["boards"].setdefault(r["board"], {"override": None, "shed": False})
+        if r["kind"] == "override":
+            b["override"] = r["value"]
+        elif r["kind"] == "clear_override":
+            b["override"] = None
+        else:
+            b["shed"] = r["kind"] == "shed"
+    return state
+
+
+# --- health, consumption, finance, forecasts, events ---------------------------------------
+
+# Status flag bits of the telemetry frame (firmware/PROTOCOL.md), in plain words.
+FLAG_WORDS = ((1, "failsafe"), (2, "limited"), (4, "fault"), (8, "islanded"), (16, "shed"))
+STALE_TICKS = 2     # a board silent for longer than this many ticks is shown as stale
+FORECAST_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+                   "import_price_per_j")
+
+
+def health(board, now_s, tick_s):
+    """Plain words for a board's state: flag bits set, 'stale', 'no data' or 'ok'.
+
+    Parameters
+    ----------
+    board : dict, an item of :func:`boards`
+    now_s : float or None, the newest telemetry time of the run [s since tick 0]
+    tick_s : float, tick length [s]
+    """
+    tele = board.get("telemetry")
+    if tele is None:
+        return ["no data"]
+    words = [word for bit, word in FLAG_WORDS if (tele["flags"] or 0) & bit]
+    seen = board.get("last_seen_s")
+    if seen is None:
+        seen = tele["t_s"]
+    if now_s is not None and seen is not None and now_s - seen > STALE_TICKS * tick_s:
+        words.append("stale")
+    return words or ["ok"]
+
+
+def add_health(state):
+    """Add ``health`` (list of words) to each board of a :func:`latest_state` result."""
+    run = state["run"]
+    if run is None:
+        return state
+    times = [b["telemetry"]["t_s"] for b in state["boards"] if b["telemetry"]]
+    now_s = max(times) if times else None
+    for b in state["boards"]:
+        b["health"] = health(b, now_s, run["tick_s"])
+    return state
+
+
+def _tick_s(conn, run_id):
+    return conn.execute("SELECT tick_s FROM run WHERE id=?", (run_id,)).fetchone()["tick_s"]
+
+
+def _pos(v):
+    return None if v is None else max(v, 0.0)
+
+
+def consumption(conn, run_id, policy=LIVE_POLICY):
+    """Per-tick and day energies of one policy: loads served vs shed, PV used vs curtailed, storage.
+
+    Returns
+    -------
+    dict
+        Columns aligned on ``tick`` (energies of the tick [J], None where unmeasured):
+        ``<load>_served_j``, ``<load>_shed_j`` (demand not served, >= 0), ``pv_used_j``,
+        ``pv_curtailed_j`` (available not taken, >= 0), ``storage_charge_j``,
+        ``storage_discharge_j`` (bus side), ``storage_energy_j`` (stored, end of tick);
+        ``totals``: name -> day sum [J]; ``tick_s``.
+    """
+    check_policy(policy)
+    dt = _tick_s(conn, run_id)
+    d = dispatch_series(conn, run_id, policy)
+    out = {"tick": d["tick"], "tick_s": dt, "storage_energy_j": d["storage_energy_j"]}
+
+    def col(fn, *names):
+        return [None if any(v is None for v in vs) else fn(*vs) for vs in zip(*(d[n] for n in names))]
+
+    for load in ("load1", "load2", "load3"):
+        out[load + "_served_j"] = col(lambda p: -p * dt, load + "_w")
+        out[load + "_shed_j"] = col(lambda p, dem: max(dem + p, 0.0) * dt, load + "_w", load + "_demand_w")
+    out["pv_used_j"] = col(lambda p: p * dt, "pv_w")
+    out["pv_curtailed_j"] = col(lambda p, av: max(av - p, 0.0) * dt, "pv_w", "pv_available_w")
+    out["storage_discharge_j"] = col(lambda p: max(p, 0.0) * dt, "storage_w")
+    out["storage_charge_j"] = col(lambda p: max(-p, 0.0) * dt, "storage_w")
+    out["totals"] = {k: sum(v for v in out[k] if v is not None) for k in out
+                     if k.endswith("_j") and k != "storage_energy_j"}
+    return out
+
+
+def finance(conn, run_id):
+    """Cost per tick and cumulative per policy, import/export energy and prices.
+
+    Returns
+    -------
+    dict
+        ``tick`` (union of all policies' ticks); ``cost``: policy -> cost per tick [price
+        unit] aligned on ``tick`` (None where missing); ``cumulative``, ``totals`` and
+        ``savings_capture`` as :func:`cost_comparison`; ``import_j`` / ``export_j``: policy ->
+        day energy [J]; ``import_price_per_j`` / ``export_price_per_j`` aligned on ``tick``.
+    """
+    dt = _tick_s(conn, run_id)
+    comp = cost_comparison(conn, run_id)
+    ticks = comp["tick"]
+    out = dict(comp, cost={}, import_j={}, export_j={}, tick_s=dt)
+    prices = {}
+    for policy in POLICIES:
+        rows = {r["tick"]: r for r in conn.execute(
+            "SELECT tick, cost, grid_w, import_price_per_j, export_price_per_j FROM dispatch"
+            " WHERE run_id=? AND policy=?", (run_id, policy))}
+        out["cost"][policy] = [rows[t]["cost"] if t in rows else None for t in ticks]
+        grid = [r["grid_w"] for r in rows.values() if r["grid_w"] is not None]
+        out["import_j"][policy] = sum(max(g, 0.0) for g in grid) * dt if rows else None
+        out["export_j"][policy] = sum(max(-g, 0.0) for g in grid) * dt if rows else None
+        for t, r in rows.items():
+            if r["import_price_per_j"] is not None:
+                prices.setdefault(t, (r["import_price_per_j"], r["export_price_per_j"]))
+    out["import_price_per_j"] = [prices.get(t, (None, None))[0] for t in ticks]
+    out["export_price_per_j"] = [prices.get(t, (None, None))[1] for t in ticks]
+    return out
+
+
+def forecast_fan(conn, run_id, series, tick=None, step=1):
+    """Forecast quantiles against what happened, two ways.
+
+    Parameters
+    ----------
+    series : one of ``FORECAST_SERIES``
+    tick : int, optional
+        The tick whose horizon-long forecast is shown (default: the latest forecast).
+    step : int
+        Lead of the day view [ticks]: the value forecast ``step`` ticks before each tick.
+
+    Returns
+    -------
+    dict
+        ``horizon``: {"issued_tick", "tick": [...], "p10", "p50", "p90", "actual"} for the
+        forecast issued at ``tick``; ``day``: {"tick", "p10", "p50", "p90", "actual"} with the
+        ``step``-ahead forecast of each tick; ``unit``; ``forecast_ticks``: ticks with a forecast.
+        Actuals are the live policy's dispatch column of the same name (None where unknown).
+
+    Raises
+    ------
+    ValueError
+        For an unknown series or a negative step.
+    """
+    if series not in FORECAST_SERIES:
+        raise ValueError("unknown series %r; expected one of %s" % (series, ", ".join(FORECAST_SERIES)))
+    if step < 0:
+        raise ValueError("step must be >= 0, got %d" % step)
+    rows = conn.execute("SELECT tick, quantile, values_json FROM forecast WHERE run_id=? AND series=?"
+                        " ORDER BY tick", (run_id, series)).fetchall()
+    by_tick = {}
+    for r in rows:
+        values = _load_json(r["values_json"], "forecast") or []
+        by_tick.setdefault(r["tick"], {})[round(r["quantile"], 3)] = values
+    actual = {r["tick"]: r[series] for r in conn.execute(
+        "SELECT tick, %s FROM dispatch WHERE run_id=? AND policy=?" % series, (run_id, LIVE_POLICY))}
+    _, unit = split_unit(series)
+    ticks = sorted(by_tick)
+    if tick is None and ticks:
+        tick = ticks[-1]
+    horizon = {"issued_tick": tick, "tick": [], "p10": [], "p50": [], "p90": [], "actual": []}
+    fc = by_tick.get(tick, {})
+    n = max((len(v) for v in fc.values()), default=0)
+    for i in range(n):
+        horizon["tick"].append(tick + i)
+        for q, key in ((0.1, "p10"), (0.5, "p50"), (0.9, "p90")):
+            v = fc.get(q, [])
+            horizon[key].append(v[i] if i < len(v) else None)
+        horizon["actual"].append(actual.get(tick + i))
+    day = {"tick": [], "p10": [], "p50": [], "p90": [], "actual": []}
+    for t in sorted(set(actual) | {k + step for k in ticks}):
+        day["tick"].append(t)
+        fc = by_tick.get(t - step, {})
+        for q, key in ((0.1, "p10"), (0.5, "p50"), (0.9, "p90")):
+            v = fc.get(q, [])
+            day[key].append(v[step] if step < len(v) else None)
+        day["actual"].append(actual.get(t))
+    return {"series": series, "unit": unit, "step": step, "horizon": horizon, "day": day,
+            "forecast_ticks": ticks}
+
+
+def events(conn, run_id, limit=100):
+    """The run's most recent board events (failsafe, fault, no_ack, ...), newest first."""
+    rows = conn.execute("SELECT rowid AS id, t_s, board, kind, detail FROM event WHERE run_id=?"
+                        " ORDER BY rowid DESC LIMIT ?", (run_id, int(limit))).fetchall()
+    return [dict(r) for r in rows]

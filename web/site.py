@@ -1,0 +1,163 @@
+"""The dashboard's view of the site file: operator accounts and the limits commands must respect.
+
+The site TOML the edge runs with (``edge/sites/lab.toml`` layout) gains one table for the web::
+
+    [web]
+    users = { alice = "scrypt:32768:8:1$..." }   # werkzeug password hashes, never plain text
+    secret_key = "..."                           # optional; signs session cookies
+
+Its path comes from the app config key ``SITE_CONFIG`` or the environment variable
+``PICOGRID_SITE``. Password hashes must never be committed: keep the operator's copy of the
+site file outside git (``var/`` and ``secrets/`` are ignored) and make a hash with
+``flask --app picogrid.web hash-password NAME``. Without a site file, or with no users in it,
+the dashboard is view-only: every control request is refused.
+"""
+
+import logging
+import math
+import os
+import pathlib
+import tomllib
+
+log = logging.getLogger(__name__)
+
+MODES = ("automatic", "approve", "manual")
+COMMAND_KINDS = ("mode", "override", "clear_override", "shed", "restore", "approve")
+LOADS = ("load1", "load2", "load3")
+BOARDS = ("pv", "storage", "grid") + LOADS
+# The lab bench's limits (DESIGN.md §2) when the site file names none: the edge bounds every
+# command again with the optimiser's limits, so these only give the operator an early answer.
+_DEFAULT_SITE = pathlib.Path(__file__).resolve().parent.parent / "edge" / "sites" / "lab.toml"
+BUS_BAND = 0.10     # safe bus-voltage band, +-10 % of nominal (DESIGN.md §2)
+
+
+class SiteConfigError(ValueError):
+    """The site file cannot be read or its [web] table is malformed."""
+
+
+def load(path):
+    """Read the site TOML at ``path`` (None: no file) -> dict with ``users``, ``secret_key``, ``limits``.
+
+    Returns
+    -------
+    dict
+        ``users``: {name: werkzeug hash}; ``secret_key``: str or None; ``limits``:
+        {board: (low, high, unit)} the range an override of that board may ask for.
+
+    Raises
+    ------
+    SiteConfigError
+        When the file is missing or unreadable, or ``[web].users`` is not a table of strings.
+    """
+    site = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                site = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SiteConfigError("cannot read the site file %s: %s" % (path, exc)) from exc
+    web = site.get("web", {})
+    users = web.get("users", {})
+    if not isinstance(users, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in users.items()):
+        raise SiteConfigError("[web].users in %s must map user names to password hashes" % path)
+    for name, value in users.items():
+        if ":" not in value:   # werkzeug hashes are 'method:params$salt$hash'
+            raise SiteConfigError("[web].users.%s in %s is not a password hash (use "
+                                  "'flask --app picogrid.web hash-password %s')" % (name, path, name))
+    if "boards" not in site:
+        with open(_DEFAULT_SITE, "rb") as f:
+            defaults = tomllib.load(f)
+        site = {**defaults, **site}
+    return {"users": dict(users), "secret_key": web.get("secret_key"), "limits": _limits(site)}
+
+
+def _limits(site):
+    boards = site.get("boards", {})
+
+    def lim(name, key, default):
+        return float(boards.get(name, {}).get("limits", {}).get(key, default))
+
+    v_bus = float(site.get("bench", {}).get("bus_voltage_v", lim("grid", "bus_voltage_v", 7.0)))
+    p_storage = lim("storage", "power_max_w", site.get("storage", {}).get("power_max_w", 2.0))
+    out = {
+        "pv": (0.0, lim("pv", "power_max_w", 4.5), "W"),          # a PV power cap
+        "storage": (-p_storage, p_storage, "W"),                  # + discharge, - charge
+        "grid": (round(v_bus * (1 - BUS_BAND), 6), round(v_bus * (1 + BUS_BAND), 6), "V"),
+    }
+    for name in LOADS:
+        out[name] = (0.0, lim(name, "power_max_w", 1.0), "W")    # power served
+    return out
+
+
+def check_command(form, limits):
+    """Validate an operator command before it is queued for the edge.
+
+    Parameters
+    ----------
+    form : mapping
+        ``kind`` and, as the kind needs, ``board``, ``value`` (override [W], grid [V];
+        approve: the decision tick), ``mode``.
+    limits : dict, as ``load(...)["limits"]``
+
+    Returns
+    -------
+    dict
+        ``{"kind", "board", "value", "mode"}`` with None for what the kind does not use.
+
+    Raises
+    ------
+    ValueError
+        With a message fit for the operator, for an unknown kind, board or mode, a missing,
+        non-finite or out-of-limits value.
+    """
+    kind = (form.get("kind") or "").strip()
+    if kind not in COMMAND_KINDS:
+        raise ValueError("unknown command %r; expected one of %s" % (kind, ", ".join(COMMAND_KINDS)))
+    out = {"kind": kind, "board": None, "value": None, "mode": None}
+    if kind == "mode":
+        mode = (form.get("mode") or "").strip()
+        if mode not in MODES:
+            raise ValueError("unknown mode %r; expected one of %s" % (mode, ", ".join(MODES)))
+        out["mode"] = mode
+        return out
+    if kind == "approve":
+        out["value"] = float(_integer(form.get("value"), "the tick of the plan to approve"))
+        return out
+    board = (form.get("board") or "").strip()
+    allowed = LOADS if kind in ("shed", "restore") else BOARDS
+    if board not in allowed:
+        raise ValueError("%s needs a board among %s, got %r" % (kind, ", ".join(allowed), board))
+    out["board"] = board
+    if kind == "override":
+        value = _number(form.get("value"), "an override value")
+        low, high, unit = limits[board]
+        if not low <= value <= high:
+            raise ValueError("%s override %g %s is outside its limits %g..%g %s"
+                             % (board, value, unit, low, high, unit))
+        out["value"] = value
+    return out
+
+
+def _number(text, what):
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise ValueError("%s is required" % what)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError("%s must be a number, got %r" % (what, text)) from None
+    if not math.isfinite(value):
+        raise ValueError("%s must be finite, got %r" % (what, text))
+    return value
+
+
+def _integer(text, what):
+    value = _number(text, what)
+    if value != int(value) or value < 0:
+        raise ValueError("%s must be a whole number >= 0, got %r" % (what, text))
+    return int(value)
+
+
+def site_path(config):
+    """The site file path from the app config or ``PICOGRID_SITE`` (None when neither is set)."""
+    return config.get("SITE_CONFIG") or os.environ.get("PICOGRID_SITE") or None
