@@ -114,7 +114,8 @@ def _template_globals():
 @bp.app_errorhandler(401)
 @bp.app_errorhandler(403)
 def _denied(error):
-    if request.path.startswith("/api/") or _wants_json():
+    browser_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
+    if (request.path.startswith("/api/") and not browser_form) or _wants_json():
         return jsonify(error=error.description), error.code
     return render_template("login.html", error=error.description, next=url_for("pages.index")), error.code
 

@@ -17,7 +17,7 @@ class _QuietRequestHandler(WSGIRequestHandler):
         log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
 
-def start_background(db_path, host="127.0.0.1", port=0):
+def start_background(db_path, host="127.0.0.1", port=0, site_config=None):
     """Serve the dashboard over ``db_path`` in a daemon thread.
 
     Parameters
@@ -25,9 +25,13 @@ def start_background(db_path, host="127.0.0.1", port=0):
     db_path : str or os.PathLike
         The edge's SQLite store (it need not exist yet).
     host : str
-        Interface to bind; loopback by default, the dashboard has no authentication.
+        Interface to bind; loopback by default (viewing needs no login, and plain HTTP
+        would carry operator passwords in clear on a network: put TLS in front for that).
     port : int
         TCP port; 0 lets the OS pick a free one.
+    site_config : str or os.PathLike, optional
+        Site TOML with the operators' ``[web].users`` (default: ``PICOGRID_SITE``, else
+        view-only).
 
     Returns
     -------
@@ -40,7 +44,10 @@ def start_background(db_path, host="127.0.0.1", port=0):
     OSError
         When the address cannot be bound (port in use, unknown host).
     """
-    app = create_app({"DATABASE": str(db_path)})
+    config = {"DATABASE": str(db_path)}
+    if site_config is not None:
+        config["SITE_CONFIG"] = str(site_config)
+    app = create_app(config)
     server = make_server(host, port, app, threaded=True, request_handler=_QuietRequestHandler)
     url = "http://%s:%d/" % (_url_host(host), server.server_port)
     thread = threading.Thread(target=server.serve_forever, name="picogrid-web", daemon=True)
