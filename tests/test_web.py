@@ -143,7 +143,7 @@ def test_page_renders_header_boards_decision_and_assets(db_path, day):
     for i, (name, _) in enumerate(BOARDS):
         assert 'data-board="%s"' % name in html
         # p_bus_w of tick 2, and health words from the flag bits (tick 2: 32 + i)
-        assert '<span class="p-bus">%s</span>' % format(telemetry_values(i, 2)["p_bus_w"], ".4g") in html
+        assert '<span class="p-bus">%.2f</span>' % telemetry_values(i, 2)["p_bus_w"] in html
     assert "limited" in html and "fault" in html   # load1 flags 0x23, load2 0x24 at tick 2
     assert "solved" in html and "4.4 ms" in html                          # tick 2's solve
     assert "Log in</a> to change the mode" in html and 'id="form-mode"' not in html

@@ -30,6 +30,12 @@ def format_number(value):
     return str(value)
 
 
+@bp.app_template_filter("watts")
+def format_watts(value):
+    """Bench power to the centiwatt (fixed width on the Live cards), '—' for missing."""
+    return "—" if value is None else "%.2f" % value
+
+
 @bp.app_template_filter("flags")
 def format_flags(value):
     """A board's status flag bits in hex, as the firmware's protocol spec lists them."""

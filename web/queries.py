@@ -540,7 +540,8 @@ def forecast_fan(conn, run_id, series, tick=None, step=1):
     dict
         ``horizon``: {"issued_tick", "tick": [...], "p10", "p50", "p90", "actual"} for the
         forecast issued at ``tick``; ``day``: {"tick", "p10", "p50", "p90", "actual"} with the
-        ``step``-ahead forecast of each tick; ``unit``; ``forecast_ticks``: ticks with a forecast.
+        ``step``-ahead forecast of each tick; ``label`` and ``unit`` of the series;
+        ``forecast_ticks``: ticks with a forecast.
         Actuals are the live policy's dispatch column of the same name (None where unknown).
 
     Raises
@@ -560,7 +561,7 @@ def forecast_fan(conn, run_id, series, tick=None, step=1):
         by_tick.setdefault(r["tick"], {})[round(r["quantile"], 3)] = values
     actual = {r["tick"]: r[series] for r in conn.execute(
         "SELECT tick, %s FROM dispatch WHERE run_id=? AND policy=?" % series, (run_id, LIVE_POLICY))}
-    _, unit = split_unit(series)
+    label, unit = split_unit(series)
     ticks = sorted(by_tick)
     if tick is None and ticks:
         tick = ticks[-1]
@@ -581,7 +582,7 @@ def forecast_fan(conn, run_id, series, tick=None, step=1):
             v = fc.get(q, [])
             day[key].append(v[step] if step < len(v) else None)
         day["actual"].append(actual.get(t))
-    return {"series": series, "unit": unit, "step": step, "horizon": horizon, "day": day,
+    return {"series": series, "label": label, "unit": unit, "step": step, "horizon": horizon, "day": day,
             "forecast_ticks": ticks}
 
 

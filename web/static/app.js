@@ -29,6 +29,10 @@ function fmt(v) {
   if (typeof v !== "number") return String(v);
   return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
 }
+// Bench watts to the centiwatt: readable from the back of the room, steady width.
+function fmtW(v) {
+  return v === null || v === undefined ? "—" : v.toFixed(2);
+}
 function fmtFlags(v) {
   return v === null || v === undefined ? "—" : "0x" + v.toString(16).toUpperCase().padStart(2, "0");
 }
@@ -93,8 +97,8 @@ function plot(id, opts, data) {
   return charts[id];
 }
 
-const TICK_AXIS = { label: "tick" };
-const points = { show: true, size: 7 };
+// Ticks are whole numbers: never label 2.5.
+const TICK_AXIS = { label: "tick", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] };
 const noPath = () => null;
 
 function cumulative(values) {
@@ -132,12 +136,12 @@ function renderLatest(state) {
         if (cls === "card-power") {
           const span = document.createElement("span");
           span.className = "p-bus";
-          span.textContent = fmt(t.p_bus_w);
+          span.textContent = fmtW(t.p_bus_w);
           const unit = document.createElement("small");
           unit.textContent = " W";
           div.append(span, unit);
         } else if (cls === "card-sub") {
-          div.textContent = "setpoint " + fmt(t.setpoint_w) + (b.board === "grid" ? " V" : " W");
+          div.textContent = "setpoint " + fmtW(t.setpoint_w) + (b.board === "grid" ? " V" : " W");
         } else {
           div.textContent = text;
         }
@@ -322,15 +326,16 @@ async function financePage() {
 
 // --- Forecasts ------------------------------------------------------------------------------
 
-function fanChart(id, title, data, unit) {
+function fanChart(id, title, data, label, unit) {
   plot(id, {
     title: title,
-    axes: [TICK_AXIS, { label: page.dataset.series + " [" + unit + "]", size: 80 }],
+    axes: [TICK_AXIS, { label: label + " [" + unit + "]", size: 80 }],
     series: [{ label: "tick" },
       { label: "P10", stroke: "rgba(21,101,192,0.6)", width: 1 },
       { label: "P50", stroke: "#1565c0", width: 3 },
       { label: "P90", stroke: "rgba(21,101,192,0.6)", width: 1 },
-      { label: "actual", stroke: "#c62828", width: 0, paths: noPath, points: points }],
+      { label: "actual", stroke: "#c62828", width: 0, paths: noPath,
+        points: { show: true, size: 9, fill: "#c62828" } }],
     bands: [{ series: [3, 1], fill: "rgba(21,101,192,0.18)" }],
   }, [data.tick, data.p10, data.p50, data.p90, data.actual]);
 }
@@ -340,8 +345,8 @@ async function forecastsPage() {
   const f = await getJSON("/run/" + RUN + "/forecast?series=" + encodeURIComponent(series) + "&step=1");
   const unit = f.unit || "price unit";
   fanChart("chart-horizon", "Forecast issued at tick " + fmt(f.horizon.issued_tick) + " over the horizon",
-    f.horizon, unit);
-  fanChart("chart-day", "One tick ahead, through the day", f.day, unit);
+    f.horizon, f.label, unit);
+  fanChart("chart-day", "One tick ahead, through the day", f.day, f.label, unit);
   let inside = 0, n = 0;
   f.day.actual.forEach((a, i) => {
     if (a === null || f.day.p10[i] === null || f.day.p90[i] === null) return;
