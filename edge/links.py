@@ -2,11 +2,14 @@
 
 A :class:`SerialLink` opens a USB-CDC serial port (``/dev/ttyACM0`` for a Pico, a
 ``/dev/pts/N`` pseudo-terminal for a HIL board) with pyserial and decodes frames on a reader
-thread. Decoded frames go to a callback; corrupt bytes are counted by the decoder
+thread. A :class:`TcpLink` connects to a Pico W (or a HIL board) listening on TCP; its frames
+are authenticated with the board's HMAC key and replays are dropped (PROTOCOL.md §6).
+Decoded frames go to a callback; corrupt bytes are counted by the decoder
 (``picogrid.firmware.protocol.Decoder``) and dropped, never raised.
 """
 
 import logging
+import socket
 import threading
 import time
 
@@ -93,3 +96,131 @@ class SerialLink:
         self._stop.set()
         self._thread.join(timeout=1.0)
         self._serial.close()
+
+
+class TcpLink:
+    """One board over TCP, authenticated; the same interface as :class:`SerialLink`.
+
+    The reader thread (re)connects by itself: a board that reboots or a dropped connection
+    is reported by the fleet through silence meanwhile, and frames sent while disconnected
+    are lost (``send`` returns False), as on an unplugged cable.
+
+    Parameters
+    ----------
+    name : str, board name (for logs)
+    address : str, ``"host:port"`` of the board
+    on_frame : callable(name, msg_type, board_id, seq, payload), called on the reader thread
+    key : bytes, the board's HMAC key (>= 16 bytes)
+    connect_timeout_s : float [s]
+
+    Raises
+    ------
+    ValueError if ``key`` is missing (a TCP link is never unauthenticated) or ``address`` is
+    not ``host:port``.
+    """
+
+    kind = "tcp"
+
+    def __init__(self, name, address, on_frame, key, connect_timeout_s=2.0):
+        if not key:
+            raise ValueError("TCP link %s needs the board's HMAC key" % name)
+        host, sep, port = str(address).rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError("TCP address must be host:port, got %r" % (address,))
+        self.name = name
+        self.port = address
+        self._addr = (host or "127.0.0.1", int(port))
+        self._on_frame = on_frame
+        self._key = key
+        self.decoder = P.Decoder(key=key)
+        self._timeout_s = connect_timeout_s
+        self._sock = None
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.connects = 0
+        self.bytes_in = 0
+        self.last_rx_s = None
+        self._thread = threading.Thread(target=self._read_loop, name="link-" + name, daemon=True)
+        self._thread.start()
+
+    def _connect(self):
+        try:
+            sock = socket.create_connection(self._addr, timeout=self._timeout_s)
+        except OSError as exc:
+            log.debug("link %s: connect to %s failed: %s", self.name, self.port, exc)
+            return None
+        sock.settimeout(_READ_TIMEOUT_S * 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder.reset()   # the board restarts its session for a new connection
+        with self._write_lock:
+            self._sock = sock
+            sock.sendall(b"\x00")    # flush whatever the board had buffered (PROTOCOL.md §1)
+        self.connects += 1
+        log.info("link %s: connected to %s", self.name, self.port)
+        return sock
+
+    def _drop(self):
+        with self._write_lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def _read_loop(self):
+        while not self._stop.is_set():
+            sock = self._sock or self._connect()
+            if sock is None:
+                self._stop.wait(0.2)
+                continue
+            try:
+                data = sock.recv(512)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if not self._stop.is_set():
+                    log.warning("link %s read failed: %s", self.name, exc)
+                self._drop()
+                continue
+            if not data:
+                self._drop()
+                continue
+            self.bytes_in += len(data)
+            self.last_rx_s = time.time()
+            for frame in self.decoder.feed(data):
+                try:
+                    self._on_frame(self.name, *frame)
+                except Exception:   # one bad handler must not kill the link
+                    log.exception("link %s: frame handler failed", self.name)
+
+    def send(self, msg_type, board_id, seq, payload):
+        frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
+        with self._write_lock:
+            if self._sock is None:
+                return False
+            try:
+                self._sock.sendall(frame)
+            except OSError as exc:
+                log.warning("link %s write failed: %s", self.name, exc)
+                return False
+        return True
+
+    def send_raw(self, data):
+        """Write bytes as they are (tests: replayed or forged frames). Returns False if down."""
+        with self._write_lock:
+            if self._sock is None:
+                return False
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                return False
+        return True
+
+    @property
+    def connected(self):
+        return self._sock is not None
+
+    errors = SerialLink.errors
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._drop()

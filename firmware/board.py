@@ -7,13 +7,23 @@ import time
 import protocol as P
 
 _FLAG_FAILSAFE = 1
-FIRMWARE_VERSION = "0.1.0"
+FIRMWARE_VERSION = "0.2.0"
+_DECODE_REPORT_MS = 1000      # at most one decode-error event per second
 _CAP_MPPT = 1
 _CAP_ISLAND = 2
 
 
 def _finite(x):
     return x == x and -1e9 < x < 1e9
+
+
+def _uptime_ms():
+    # ticks_ms() is an opaque type to the stubs; on the boards it is a small int
+    return time.ticks_ms() & 0xFFFFFFFF  # type: ignore[operator]
+
+
+def _decode_errors(d):
+    return d.crc_errors + d.framing_errors + d.auth_errors + d.replay_errors + d.oversize_errors
 
 
 class Board:
@@ -31,6 +41,8 @@ class Board:
         self.failsafe = False
         self.boot_nonce = int.from_bytes(_urandom(4), "little")
         self._last_setpoint_ms = time.ticks_ms()
+        self._errors_reported = 0
+        self._last_report_ms = time.ticks_add(time.ticks_ms(), -_DECODE_REPORT_MS)
         self.healthy = True
 
     # -- sending ----------------------------------------------------------------
@@ -46,7 +58,7 @@ class Board:
         m = self.meas
         flags = self.role.flags | (_FLAG_FAILSAFE if self.failsafe else 0)
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
-            time.ticks_ms() & 0xFFFFFFFF, m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
+            _uptime_ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
             self.energy_bus_j, self.role.setpoint_w, flags))
 
     def event(self, code, detail):
@@ -61,7 +73,7 @@ class Board:
         elif msg_type == P.MSG_HELLO:
             self.send_hello()        # the edge asks who is on this link
         elif msg_type == P.MSG_HEARTBEAT:
-            self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(time.ticks_ms() & 0xFFFFFFFF))
+            self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(_uptime_ms()))
 
     def on_setpoint(self, seq, payload):
         try:
@@ -102,15 +114,31 @@ class Board:
             if not self.failsafe and time.ticks_diff(now, self._last_setpoint_ms) > wd_ms:
                 self.enter_failsafe("no setpoint for %d ms" % wd_ms)
             self.hal.set_current_ref(self.role.step(m[0], m[1], m[2], m[3], dt_s))
-            if fresh:
-                self.hal.feed_watchdog()   # only the healthy loop feeds it
+            if fresh and self.healthy:
+                self.hal.feed_watchdog()   # only the healthy loop feeds it: a dead task stops it
+
+    def report_decode_errors(self):
+        """Tell the edge (rate-limited) that malformed or unauthenticated input arrived."""
+        d = self.decoder
+        n = _decode_errors(d)
+        now = time.ticks_ms()
+        if n > self._errors_reported and time.ticks_diff(now, self._last_report_ms) >= _DECODE_REPORT_MS:
+            self._last_report_ms = now
+            self._errors_reported = n
+            self.event(P.EV_DECODE_ERROR, "crc %d framing %d auth %d replay %d oversize %d" % (
+                d.crc_errors, d.framing_errors, d.auth_errors, d.replay_errors, d.oversize_errors))
 
     async def link_loop(self):
+        new_peer = getattr(self.link, "take_new_peer", None)
         while True:
+            if new_peer is not None and new_peer():
+                self.decoder.reset()        # a new edge session (PROTOCOL.md §5)
+                self.send_hello()
             data = self.link.read()
             if data:
                 for frame in self.decoder.feed(bytes(data)):
                     self.handle(*frame)
+                self.report_decode_errors()
             await asyncio.sleep_ms(2)
 
     async def telemetry_loop(self):

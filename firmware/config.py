@@ -36,7 +36,7 @@ def load(path="board.json"):
 
 
 def validate(raw):
-    cfg = {}
+    cfg = {}  # type: dict
     for k in _DEFAULTS:
         cfg[k] = _DEFAULTS[k]
     for k in raw:
@@ -50,8 +50,13 @@ def validate(raw):
         raise ConfigError("board_id must be 0..255")
     if cfg["priority"] not in PRIORITIES:
         raise ConfigError("unknown priority: " + str(cfg["priority"]))
-    if cfg["link"].get("type") == "tcp" and not cfg.get("key_hex"):
-        raise ConfigError("a TCP link needs key_hex (per-board HMAC key)")
+    if cfg["link"].get("type") == "tcp":
+        if not cfg.get("key_hex") or len(cfg["key_hex"]) < 32:
+            raise ConfigError("a TCP link needs key_hex (per-board HMAC key, >= 16 bytes)")
+        if "port" not in cfg["link"]:
+            raise ConfigError("a TCP link needs link.port")
+        if cfg["hal"] != "sim" and not cfg.get("wifi", {}).get("ssid"):
+            raise ConfigError("a TCP link on a Pico W needs wifi.ssid and wifi.password")
     if "current_range_a" not in cfg:
         raise ConfigError("board config lacks current_range_a (power-stage calibration)")
     cfg.setdefault("name", cfg["role"])

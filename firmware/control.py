@@ -72,10 +72,19 @@ class PerturbObserve:
         return self.v_ref
 
     def back_off(self):
-        """Move right of the MPP, towards open circuit (curtailment, over-voltage)."""
+        """Bus over-voltage: go to open circuit at once (no power drawn), from either side
+        of the MPP; P&O climbs back from there when the bus allows it."""
         self._count = 0
-        self.v_ref = clamp(self.v_ref + self.step_v, self.v_min_v, self.v_max_v)
-        self._dir = 1.0
+        self.v_ref = self.v_max_v
+        self._dir = -1.0
+        self._last_p = 0.0
+
+    def nudge(self, dv_v):
+        """Move the reference by ``dv_v`` [V] away from the MPP; P&O resumes from there,
+        heading back towards the MPP."""
+        self._count = 0
+        self.v_ref = clamp(self.v_ref + dv_v, self.v_min_v, self.v_max_v)
+        self._dir = -1.0 if dv_v > 0 else 1.0
         self._last_p = 0.0
 
 

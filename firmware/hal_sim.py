@@ -8,7 +8,7 @@ import time
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython has no micropython.const
         return x
 
 _ROLES = ("pv", "storage", "grid", "load1", "load2", "load3")

@@ -5,7 +5,7 @@ import struct
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython has no micropython.const
         return x
 
 _REG_CONFIG = const(0x00)

@@ -16,10 +16,16 @@ def _make_hal(cfg):
 
 
 def _make_link(cfg):
-    if cfg["link"]["type"] == "serial":
+    link = cfg["link"]
+    if link["type"] == "serial":
         from link_serial import SerialLink
         return SerialLink()
-    raise config.ConfigError("unsupported link type: " + str(cfg["link"]["type"]))
+    if link["type"] == "tcp":
+        from link_tcp import TcpLink, connect_wifi
+        if cfg["hal"] != "sim":
+            connect_wifi(cfg["wifi"])     # before the hardware watchdog starts (in the HAL)
+        return TcpLink(int(link["port"]), link.get("host", "0.0.0.0"))
+    raise config.ConfigError("unsupported link type: " + str(link["type"]))
 
 
 def run(path="board.json"):
@@ -28,8 +34,8 @@ def run(path="board.json"):
     import protocol as P
 
     cfg = config.load(path)
-    hal = _make_hal(cfg)
     link = _make_link(cfg)
+    hal = _make_hal(cfg)
     board = Board(cfg, hal, roles.make(cfg), link)
 
     def on_error(loop, context):

@@ -22,13 +22,13 @@ import struct
 try:
     from binascii import crc32 as _crc32
 except ImportError:  # MicroPython builds without MICROPY_PY_BINASCII_CRC32
-    _crc32 = None
+    _crc32 = None  # type: ignore[assignment]
 
 try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(value):
+    def const(value):  # type: ignore[misc]  # CPython has no micropython.const
         return value
 
 

@@ -10,7 +10,7 @@ from control import PI, PerturbObserve, PowerTracker, clamp
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython has no micropython.const
         return x
 
 _MODE_NORMAL = const(0)
@@ -47,7 +47,11 @@ class PvRole(_Role):
 
     The outer P&O loop moves the PV voltage reference; an inner PI loop sets the stage's
     current so the input capacitor, and with it the array, sits at that voltage (more
-    current, lower voltage).
+    current, lower voltage). Under a cap the reference slides right of the MPP by an
+    integral law on the power excess (``k_cap`` [V/(W s)]) and holds in a 3 % band below
+    the cap, rather than P&O hunting across it. The reference slides LEFT of the MPP
+    (current-source side), where dP/dV is about Isc (~1 W/V) instead of the several W/V
+    near open circuit, so ADC quantisation (4.8 mV) does not make the capped power jump.
     """
 
     def __init__(self, cfg):
@@ -58,6 +62,7 @@ class PvRole(_Role):
                                    lim.get("voltage_max_v", 5.0), g.get("mppt_every", 10))
         # e = v - v_ref: too high a voltage means too little current drawn
         self.pi = PI(g.get("kp_v", 0.3), g.get("ki_v", 10.0), 0.0, self.i_max_a)
+        self.k_cap = g.get("k_cap", 5.0)
         self.cap_w = None
         self.setpoint_w = -1.0   # -1 on the wire = no cap
 
@@ -74,10 +79,15 @@ class PvRole(_Role):
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         p_bus = v_bus * i_bus
+        cap = self.cap_w
         self.flags = 0
-        if v_bus > self.v_bus_max_v or (self.cap_w is not None and p_bus > self.cap_w):
+        if v_bus > self.v_bus_max_v:
             self.mppt.back_off()
             self.flags = _FLAG_LIMITED
+        elif cap is not None and p_bus > cap * 0.97:
+            self.flags = _FLAG_LIMITED
+            if p_bus > cap:
+                self.mppt.nudge(-self.k_cap * (p_bus - cap) * dt_s)
         else:
             self.mppt.step(v_port * i_port)
         return self.pi.step(v_port - self.mppt.v_ref, dt_s)
@@ -87,7 +97,9 @@ class StorageRole(_Role):
     """Tracks a bus-side power setpoint (+ discharge) inside voltage/current limits.
 
     Islanded (mode ISLAND, or the bus far below its band with no grid holding it) it
-    regulates the bus voltage itself with a PI loop, as the grid board would.
+    regulates the bus voltage itself with a PI loop, as the grid board would. Islanding it
+    detected itself is latched until the edge's next setpoint says which mode to run in, so
+    the board does not toggle between the two loops while it holds the bus at 7 V.
     """
 
     def __init__(self, cfg):
@@ -100,9 +112,11 @@ class StorageRole(_Role):
         self.tracker = PowerTracker(g.get("track_gain", 0.2), self.i_min_a, self.i_max_a)
         self.pi = PI(g.get("kp", 2.0), g.get("ki", 16.0), self.i_min_a, self.i_max_a)
         self.islanded = False
+        self.auto_islanded = False
 
     def setpoint(self, mode, value):
         self.islanded = mode == _MODE_ISLAND
+        self.auto_islanded = False
         if self.islanded:
             self.pi.reset(self.tracker.i_ref)
         self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
@@ -113,12 +127,18 @@ class StorageRole(_Role):
     def failsafe(self):
         self.setpoint_w = 0.0
         self.islanded = False
+        self.tracker.i_ref = 0.0
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         self.v_port_v = v_port
-        self.flags = _FLAG_ISLANDED if self.islanded else 0
         # the band check catches a lost grid before the edge has told us
-        if self.islanded or v_bus < self.v_bus_ref_v * 0.93:
+        if not self.islanded and not self.auto_islanded and v_bus < self.v_bus_ref_v * 0.95:
+            self.auto_islanded = True
+            # stop charging at once: the bus is sagging, every watt counts
+            self.pi.reset(self.tracker.i_ref if self.tracker.i_ref > 0 else 0.0)
+        island = self.islanded or self.auto_islanded
+        self.flags = _FLAG_ISLANDED if island else 0
+        if island:
             i = self.pi.step(self.v_bus_ref_v - v_bus, dt_s)
             self.tracker.i_ref = i
         else:
@@ -150,7 +170,13 @@ class GridRole(_Role):
         self.setpoint_w = self.v_bus_ref_v
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
-        self.flags = 0 if v_port > 1.0 else _FLAG_ISLANDED
+        if v_port <= 1.0:
+            # no supply behind the port: hold the loop at zero so it reconnects bumplessly
+            # instead of with an integral wound up during the outage
+            self.flags = _FLAG_ISLANDED
+            self.pi.reset(0.0)
+            return 0.0
+        self.flags = 0
         return self.pi.step(self.setpoint_w - v_bus, dt_s)
 
 

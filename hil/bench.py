@@ -78,6 +78,13 @@ def board_config(name, board_id, site, plant_port=None):
     return cfg
 
 
+def _free_tcp_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Bench:
     """Start/stop the plant and the six virtual boards.
 
@@ -89,10 +96,14 @@ class Bench:
     tick_s : float [s]
     sun : sequence of float, PV availability per tick (0..1)
     grid_outages : list of [first_tick, last_tick]
-    link_proxy : bool, put a fault-injecting byte proxy on every board's link
+    link_proxy : bool, put a fault-injecting byte proxy on every serial board link
+    tcp_keys : dict name -> bytes or None; these boards use an authenticated TCP link on
+        loopback (as a Pico W would over Wi-Fi) with that HMAC key; :attr:`ports` then gives
+        ``"127.0.0.1:PORT"`` for them
     """
 
-    def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=(), link_proxy=False):
+    def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=(), link_proxy=False,
+                 tcp_keys=None):
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.t0, self.tick_s = t0, tick_s
@@ -103,11 +114,13 @@ class Bench:
         self.boards = {}        # name -> dict(proc, master, slave, path, id, dir)
         self.link_proxy = link_proxy
         self.proxies = {}       # name -> LinkProxy
+        self.tcp_keys = dict(tcp_keys or {})
 
     @property
     def ports(self):
         """Board name -> pseudo-terminal path the edge opens with pyserial."""
-        return {name: (self.proxies[name].path if name in self.proxies else b["path"])
+        return {name: ("127.0.0.1:%d" % b["tcp_port"] if "tcp_port" in b
+                       else self.proxies[name].path if name in self.proxies else b["path"])
                 for name, b in self.boards.items()}
 
     def start(self):
@@ -139,12 +152,17 @@ class Bench:
             master, slave = os.openpty()
             tty.setraw(slave)
             b.update(master=master, slave=slave, path=os.ttyname(slave))
-            if self.link_proxy:
+            if name in self.tcp_keys:
+                b["tcp_port"] = _free_tcp_port()
+            elif self.link_proxy:
                 from picogrid.hil.faults import LinkProxy
                 self.proxies[name] = LinkProxy(name, slave, seed=b["id"])
         bdir = self.run_dir / "boards" / name
         bdir.mkdir(parents=True, exist_ok=True)
         cfg = board_config(name, b["id"], self.site, self.plant_port)
+        if "tcp_port" in b:
+            cfg["link"] = {"type": "tcp", "host": "127.0.0.1", "port": b["tcp_port"]}
+            cfg["key_hex"] = self.tcp_keys[name].hex()
         (bdir / "board.json").write_text(json.dumps(cfg, indent=1))
         # ".frozen" keeps the unix port's built-in asyncio importable
         env = dict(os.environ, MICROPYPATH=".frozen:" + str(FIRMWARE_DIR))

@@ -1,0 +1,113 @@
+# Byte link over TCP for the Pico W (and for boards of the HIL bench that use TCP): the board
+# listens on a port and serves one edge connection at a time; a new connection replaces the
+# old one (the edge restarted). Frames on it are authenticated (HMAC, PROTOCOL.md §6), which
+# board.py enforces by refusing a TCP link without a key (config.py).
+# Wi-Fi bring-up (Pico W, CYW43 through `network.WLAN`) happens once at boot, before the
+# hardware watchdog starts, with a bounded wait: MicroPython docs, "network.WLAN".
+import select
+import socket
+import time
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython has no micropython.const
+        return x
+
+_MAX_READ = const(128)
+_WIFI_TIMEOUT_MS = const(15000)
+
+
+class WifiError(Exception):
+    pass
+
+
+def connect_wifi(wifi):
+    """Join the access point in ``wifi`` ({"ssid", "password"}); returns the board's IP.
+
+    Blocks at most 15 s (boot only, before the event loop and the hardware watchdog start).
+    Raises WifiError if the board has no Wi-Fi or does not get an address in time.
+    """
+    try:
+        import network
+    except ImportError:
+        raise WifiError("this board has no network module (not a Pico W?)")
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if not wlan.isconnected():
+        wlan.connect(wifi["ssid"], wifi["password"])
+        start = time.ticks_ms()
+        while not wlan.isconnected():
+            if time.ticks_diff(time.ticks_ms(), start) > _WIFI_TIMEOUT_MS:
+                raise WifiError("no Wi-Fi connection to %s after %d ms" % (wifi["ssid"], _WIFI_TIMEOUT_MS))
+            time.sleep_ms(100)
+    return wlan.ifconfig()[0]
+
+
+class TcpLink:
+    """Same methods as link_serial.SerialLink: read() -> bytes now, write(data), deinit().
+
+    ``new_peer`` is set when an edge connected since the last call of ``take_new_peer``, so
+    the board can greet it with a HELLO.
+    """
+
+    def __init__(self, port, host="0.0.0.0"):
+        addr = socket.getaddrinfo(host, port)[0][-1]
+        self._srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._srv.bind(addr)
+        self._srv.listen(1)
+        self._srv.setblocking(False)
+        self._conn = None
+        self._poll = select.poll()
+        self._poll.register(self._srv, select.POLLIN)
+        self.new_peer = False
+        self.peers = 0
+
+    def _accept(self):
+        if not self._poll.poll(0):
+            return
+        try:
+            conn, _ = self._srv.accept()
+        except OSError:
+            return
+        self._drop()
+        conn.setblocking(False)
+        self._conn = conn
+        self.new_peer = True
+        self.peers += 1
+
+    def _drop(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def take_new_peer(self):
+        new, self.new_peer = self.new_peer, False
+        return new
+
+    def read(self):
+        """Bytes available now (possibly empty); never blocks."""
+        self._accept()
+        if self._conn is None:
+            return b""
+        try:
+            data = self._conn.recv(_MAX_READ)
+        except OSError:          # EAGAIN: nothing yet
+            return b""
+        if not data:             # the edge closed the connection
+            self._drop()
+            return b""
+        return data
+
+    def write(self, data):
+        if self._conn is None:
+            return
+        try:
+            self._conn.send(data)
+        except OSError:          # peer gone or buffer full: the frame is lost, the edge resyncs
+            self._drop()
+
+    def deinit(self):
+        self._drop()
+        self._srv.close()
