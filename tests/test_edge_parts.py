@@ -1,0 +1,128 @@
+"""The edge's small parts: estimation, metering, dispatch mapping, the scenario source, and
+the serial link + fleet over a real pseudo-terminal with the real codec."""
+
+import os
+import time
+import tty
+
+import numpy as np
+import pytest
+
+from picogrid.edge import dispatch, estimate, metering
+from picogrid.edge.fleet import Fleet
+from picogrid.edge.links import SerialLink
+from picogrid.edge.optimize import Decision
+from picogrid.edge.signals import ScenarioSource
+from picogrid.firmware import protocol as P
+
+
+def test_storage_energy_from_terminal_voltage_and_esr():
+    # 0.5 F at 9 V open circuit = 20.25 J; discharging 0.25 A through 4 ohm drops 1 V
+    assert estimate.storage_energy_j(8.0, 0.25, 0.5, 4.0) == pytest.approx(20.25)
+    assert estimate.storage_energy_j(-1.0, 0.0, 0.5, 4.0) == 0.0
+
+
+def test_balance_residual_and_costs():
+    energies = {"pv": 5.0, "grid": -2.0, "storage": 0.0, "load1": -2.9}
+    # bus capacitor 0.1 F from 7.0 V to 7.1 V stores 0.0705 J: the rest is the residual
+    res = metering.balance_residual_j(energies, 7.0, 7.1, 0.1)
+    assert res == pytest.approx(0.1 - 0.0705)
+    assert metering.balance_residual_j(dict(energies, pv=None), 7.0, 7.1, 0.1) is None
+    assert metering.grid_cost(2.0, 3.0, 0.8) == pytest.approx(6.0)      # import pays 3 c/J
+    assert metering.grid_cost(-2.0, 3.0, 0.8) == pytest.approx(-1.6)    # export earns 0.8 c/J
+
+
+def _decision(pv_cap, storage, served):
+    return Decision(status="solved", solve_time_s=0.0, iterations=1, objective=0.0, p_storage_w=storage,
+                    p_grid_w=0.0, pv_cap_w=pv_cap, load_served_w=np.array(served))
+
+
+@pytest.mark.parametrize("pv_cap, pv_fc, islanded, served, expect", [
+    (2.0, 2.0, False, [0.5, 0.2, 0.0],
+     {"pv": (0, -1.0), "storage": (0, 0.3), "grid": (0, 7.0), "load1": (0, 0.5), "load2": (0, 0.2), "load3": (1, 0.0)}),
+    (1.2, 2.0, False, [0.5, 0.2, 0.1],
+     {"pv": (0, 1.2), "storage": (0, 0.3), "grid": (0, 7.0), "load1": (0, 0.5), "load2": (0, 0.2), "load3": (0, 0.1)}),
+    (2.0, 2.0, True, [0.5, 0.0005, 0.1],
+     {"pv": (0, -1.0), "storage": (2, 0.3), "grid": (0, 7.0), "load1": (0, 0.5), "load2": (1, 0.0), "load3": (0, 0.1)}),
+])
+def test_decision_to_setpoints(pv_cap, pv_fc, islanded, served, expect):
+    sp = dispatch.setpoints(_decision(pv_cap, 0.3, served), pv_fc, 7.0, islanded)
+    assert {k: (m, pytest.approx(v)) for k, (m, v) in sp.items()} == expect
+
+
+def _scenario(n_days=3, n_ticks=4):
+    n = n_days * n_ticks
+    cols = {c: list(np.arange(n, dtype=float) + k) for k, c in enumerate(
+        ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+         "import_price_per_j", "export_price_per_j", "clearsky_ghi_w_m2", "sun"))}
+    cols.update(day=["d%d" % (i // n_ticks) for i in range(n)], day_of_year=[100] * n, weekday=[2] * n)
+    return cols
+
+
+def test_scenario_source_is_causal():
+    src = ScenarioSource(_scenario(), 4)
+    h = src.history(2, 6)
+    # the run day starts at row 8: tick 2 is row 10, so history is rows 4..9
+    assert list(h["pv_available_w"]) == [4, 5, 6, 7, 8, 9]
+    demand, imp, exp = src.now(2)
+    assert list(demand) == [11, 12, 13] and imp == 14 and exp == 15
+    assert len(src.truth()["pv_available_w"]) == 4
+    with pytest.raises(ValueError, match="history"):
+        src.history(0, 9)
+    with pytest.raises(ValueError, match="lacks columns"):
+        ScenarioSource({"day": ["a"] * 4}, 4)
+
+
+@pytest.fixture
+def pty_link():
+    """A SerialLink on the slave side of a real pseudo-terminal; the test plays the board."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    fleet = Fleet({"load1": 4, "load2": 5})
+    link = SerialLink("load1", os.ttyname(slave), fleet.on_frame)
+    fleet.attach("load1", link)
+    yield master, fleet, link
+    link.close()
+    os.close(master)
+    os.close(slave)
+
+
+def _wait(cond, timeout=2.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_fleet_gets_telemetry_and_counts_corruption(pty_link):
+    master, fleet, link = pty_link
+    tel = P.pack_telemetry(1000, 7.0, 3.2, 0.15, -0.5, 0.48, -12.0, 0.5, 0)
+    good = P.encode_frame(P.MSG_TELEMETRY, 4, 1, tel)
+    bad = bytearray(P.encode_frame(P.MSG_TELEMETRY, 4, 2, tel))
+    bad[5] ^= 0x10
+    foreign = P.encode_frame(P.MSG_TELEMETRY, 5, 1, tel)     # load2's id on load1's port
+    os.write(master, b"\x00garbage" + bytes(bad) + foreign + good)
+    assert _wait(lambda: fleet.snapshot()["load1"]["telemetry"] is not None)
+    t = fleet.snapshot()["load1"]["telemetry"]
+    assert t["p_bus_w"] == pytest.approx(-0.5) and t["energy_bus_j"] == pytest.approx(-12.0)
+    assert link.errors["crc_errors"] + link.errors["framing_errors"] >= 1
+    assert fleet.foreign_frames == 1
+    assert fleet.snapshot()["load2"]["telemetry"] is None
+
+
+def test_setpoint_ack_round_trip_and_timeout(pty_link):
+    master, fleet, link = pty_link
+    seq = fleet.send_setpoint("load1", 3, P.MODE_NORMAL, 0.4)
+    dec = P.Decoder()
+    assert _wait(lambda: any(f[0] == P.MSG_SETPOINT for f in dec.feed(os.read(master, 256))))
+    os.write(master, P.encode_frame(P.MSG_ACK, 4, 7, P.pack_ack(seq, P.ACK_OK))
+             + P.encode_frame(P.MSG_TELEMETRY, 4, 8, P.pack_telemetry(1, 7, 3, 0.1, -0.4, 0.38, -1, 0.4, 0)))
+    acks = fleet.wait_acks({"load1": seq}, 2.0)
+    assert acks["load1"][0] == P.ACK_OK
+    assert fleet.snapshot()["load1"]["snapshot"] is not None
+    t0 = time.monotonic()
+    assert fleet.wait_acks({"load1": fleet.send_setpoint("load1", 4, 0, 0.1)}, 0.2) == {}
+    assert time.monotonic() - t0 >= 0.2
+    assert fleet.stale(60.0) == ["load2"]
