@@ -211,7 +211,7 @@ class EdgeRunner:
                             None if np.isnan(decision.objective) else float(decision.objective),
                             ",".join(sources), {n: v for n, (m, v) in sp.items()}, plan,
                             reason=_explain(decision, sp) + (" [%s]" % operator_note if operator_note else ""),
-                            operator_mode=self.operator.mode)
+                            operator_mode=self.operator.mode, details=_details(decision, self.solve_cpu_s))
         snap = self.fleet.snapshot()
         for name, s in snap.items():
             link = self.fleet.boards[name].link
@@ -280,6 +280,14 @@ class EdgeRunner:
         # the last boundary: repeat the last setpoints so every board reports its counters
         self.meter(self.n_ticks, self.send(self.n_ticks, self.last_setpoints))
         self.store.commit()
+
+
+def _details(decision, solve_cpu_s):
+    """The audit part of a decision record: why the optimiser chose what it chose."""
+    terms = {k: float(v) for k, v in (decision.objective_terms or {}).items()}
+    return {"objective_terms": terms, "iterations": int(decision.iterations),
+            "binding": list(getattr(decision, "binding", None) or []),
+            "solve_cpu_s": solve_cpu_s[-1] if solve_cpu_s and decision.iterations else None}
 
 
 def _explain(decision, sp):

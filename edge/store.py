@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS decision (
     plan_json TEXT,                    -- first horizon steps of the plan
     reason TEXT,                       -- the decision in plain words
     operator_mode TEXT,                -- automatic | approve | manual (edge/operator.py)
+    details_json TEXT,                 -- objective terms, binding constraints, iterations, CPU time
     PRIMARY KEY (run_id, tick)
 );
 CREATE TABLE IF NOT EXISTS setpoint (
@@ -165,12 +166,12 @@ class Store:
         )
 
     def decision(self, tick, t_s, status, solve_time_s, objective, forecast_source,
-                 setpoints, plan=None, reason=None, operator_mode="automatic"):
+                 setpoints, plan=None, reason=None, operator_mode="automatic", details=None):
         self.conn.execute(
-            "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, t_s, status, solve_time_s, objective, forecast_source,
              json.dumps(setpoints), json.dumps(plan) if plan is not None else None, reason,
-             operator_mode),
+             operator_mode, json.dumps(details) if details is not None else None),
         )
 
     def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s):
