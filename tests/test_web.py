@@ -374,14 +374,16 @@ def test_start_background_serves_loopback_and_stops(db_path, day):
         # An open SSE stream must not keep the server alive after stop().
         stream = urllib.request.urlopen(url + "api/stream", timeout=5)
         assert stream.readline() == b"retry: 2000\n"
+        first = [stream.readline() for _ in range(4)]   # blank, id, event, data
+        assert b"event: tick\n" in first
     finally:
         started = time.monotonic()
         stop()
         assert time.monotonic() - started < 5.0
     # stop() ends the open stream within a poll (0.5 s), not at the next keep-alive (10 s).
     started = time.monotonic()
-    rest = stream.read()
-    assert time.monotonic() - started < 3.0 and b"event: tick" in rest
+    stream.read()
+    assert time.monotonic() - started < 3.0
     stream.close()
     stop()  # idempotent
     with pytest.raises(urllib.error.URLError):
@@ -646,7 +648,8 @@ def test_login_itself_needs_csrf_and_stays_on_site(db_path, day, site_file):
     ({"kind": "launch"}, "unknown command"),
     ({"kind": "mode", "mode": "turbo"}, "unknown mode"),
     ({"kind": "override", "board": "storage", "value": 2.5}, "outside its limits -2..2 W"),
-    ({"kind": "override", "board": "grid", "value": 9.0}, "outside its limits 6.3..7.7 V"),
+    ({"kind": "override", "board": "grid", "value": 7.5}, "outside its limits 6.65..7.35 V"),
+    ({"kind": "override", "board": "pv", "value": 4.0}, "outside its limits 0..3.87 W"),
     ({"kind": "override", "board": "load1", "value": -0.1}, "outside its limits 0..1 W"),
     ({"kind": "override", "board": "storage", "value": "nan"}, "finite"),
     ({"kind": "override", "board": "storage"}, "required"),
@@ -666,12 +669,13 @@ def test_commands_validated_against_limits(db_path, day, site_file, body, messag
 def test_site_limits_come_from_the_site_file(db_path, day, tmp_path):
     from werkzeug.security import generate_password_hash
     site = tmp_path / "home.toml"
-    site.write_text('[bench]\nbus_voltage_v = 48.0\n[boards.storage]\nlimits = { power_max_w = 5000.0 }\n'
+    site.write_text('[bench]\nbus_voltage_v = 48.0\n[storage]\npower_max_w = 5000.0\n'
                     '[web]\nusers = { bob = "%s" }\n' % generate_password_hash("pw", "pbkdf2:sha256:1000"))
     client = make_client(db_path, SITE_CONFIG=str(site))
     limits = client.get("/api/control").get_json()["limits"]
     assert limits["storage"] == {"min": -5000.0, "max": 5000.0, "unit": "W"}
-    assert limits["grid"] == {"min": pytest.approx(43.2), "max": pytest.approx(52.8), "unit": "V"}
+    assert limits["grid"] == {"min": pytest.approx(45.6), "max": pytest.approx(50.4), "unit": "V"}
+    assert limits["pv"] == {"min": 0.0, "max": 3.87, "unit": "W"}     # from the lab bench
     _, token = log_in(client, "bob", "pw")
     assert client.post("/api/commands", json={"kind": "override", "board": "storage", "value": 4000},
                        headers={"X-CSRF-Token": token}).status_code == 201

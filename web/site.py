@@ -25,10 +25,9 @@ MODES = ("automatic", "approve", "manual")
 COMMAND_KINDS = ("mode", "override", "clear_override", "shed", "restore", "approve")
 LOADS = ("load1", "load2", "load3")
 BOARDS = ("pv", "storage", "grid") + LOADS
-# The lab bench's limits (DESIGN.md §2) when the site file names none: the edge bounds every
-# command again with the optimiser's limits, so these only give the operator an early answer.
+# The lab bench's settings for what the site file does not say. The limits are the edge's own
+# (picogrid.edge.operator.setpoint_bounds); checking here only gives the operator an early answer.
 _DEFAULT_SITE = pathlib.Path(__file__).resolve().parent.parent / "edge" / "sites" / "lab.toml"
-BUS_BAND = 0.10     # safe bus-voltage band, +-10 % of nominal (DESIGN.md §2)
 
 
 class SiteConfigError(ValueError):
@@ -65,29 +64,25 @@ def load(path):
         if ":" not in value:   # werkzeug hashes are 'method:params$salt$hash'
             raise SiteConfigError("[web].users.%s in %s is not a password hash (use "
                                   "'flask --app picogrid.web hash-password %s')" % (name, path, name))
-    if "boards" not in site:
-        with open(_DEFAULT_SITE, "rb") as f:
-            defaults = tomllib.load(f)
-        site = {**defaults, **site}
+    # Tables the file does not give come from the lab bench; a table it gives overrides
+    # the lab's keys one by one.
+    with open(_DEFAULT_SITE, "rb") as f:
+        merged = tomllib.load(f)
+    for key, value in site.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    site = merged
     return {"users": dict(users), "secret_key": web.get("secret_key"), "limits": _limits(site)}
 
 
 def _limits(site):
-    boards = site.get("boards", {})
-
-    def lim(name, key, default):
-        return float(boards.get(name, {}).get("limits", {}).get(key, default))
-
-    v_bus = float(site.get("bench", {}).get("bus_voltage_v", lim("grid", "bus_voltage_v", 7.0)))
-    p_storage = lim("storage", "power_max_w", site.get("storage", {}).get("power_max_w", 2.0))
-    out = {
-        "pv": (0.0, lim("pv", "power_max_w", 4.5), "W"),          # a PV power cap
-        "storage": (-p_storage, p_storage, "W"),                  # + discharge, - charge
-        "grid": (round(v_bus * (1 - BUS_BAND), 6), round(v_bus * (1 + BUS_BAND), 6), "V"),
-    }
-    for name in LOADS:
-        out[name] = (0.0, lim(name, "power_max_w", 1.0), "W")    # power served
-    return out
+    # One source of truth: the edge bounds the same commands with this function.
+    from picogrid.edge.operator import setpoint_bounds
+    units = {"grid": "V"}
+    return {board: (float(lo), float(hi), units.get(board, "W"))
+            for board, (lo, hi) in setpoint_bounds(site).items()}
 
 
 def check_command(form, limits):
