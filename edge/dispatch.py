@@ -2,7 +2,8 @@
 
 pv: a power cap only when the plan curtails, else "no cap" (-1); storage: bus-side power,
 + discharge, in island mode when the grid is lost; grid: the bus voltage reference; loads:
-served power, shed when the plan serves (almost) nothing.
+served power; shed (MODE_SHED) when the plan serves (almost) nothing of a real demand, plain
+0 W when there is no demand to serve.
 """
 
 from picogrid.firmware import protocol as P
@@ -11,7 +12,8 @@ _SHED_BELOW_W = 1e-3
 _CURTAIL_MARGIN_W = 1e-3
 
 
-def setpoints(decision, pv_forecast_w, bus_voltage_ref_v, islanded, loads=("load1", "load2", "load3")):
+def setpoints(decision, pv_forecast_w, bus_voltage_ref_v, islanded, demand_w=None,
+              loads=("load1", "load2", "load3")):
     """Return name -> (mode, value) for every board.
 
     Parameters
@@ -20,13 +22,16 @@ def setpoints(decision, pv_forecast_w, bus_voltage_ref_v, islanded, loads=("load
     pv_forecast_w : float, available PV the plan assumed for this step [W]
     bus_voltage_ref_v : float [V]
     islanded : bool, the grid is lost: storage regulates the bus
+    demand_w : array [L] or None, each load's demand now [W]; None = every load has demand
     """
     out = {}
     curtail = decision.pv_cap_w < pv_forecast_w - _CURTAIL_MARGIN_W
     out["pv"] = (P.MODE_NORMAL, float(decision.pv_cap_w) if curtail else -1.0)
     out["storage"] = (P.MODE_ISLAND if islanded else P.MODE_NORMAL, float(decision.p_storage_w))
     out["grid"] = (P.MODE_NORMAL, float(bus_voltage_ref_v))
-    for name, served in zip(loads, decision.load_served_w):
+    demand = [None] * len(loads) if demand_w is None else [float(d) for d in demand_w]
+    for name, served, wanted in zip(loads, decision.load_served_w, demand):
         served = float(served)
-        out[name] = (P.MODE_SHED, 0.0) if served < _SHED_BELOW_W else (P.MODE_NORMAL, served)
+        shed = served < _SHED_BELOW_W and (wanted is None or wanted >= _SHED_BELOW_W)
+        out[name] = (P.MODE_SHED, 0.0) if shed else (P.MODE_NORMAL, max(served, 0.0))
     return out

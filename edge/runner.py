@@ -245,7 +245,7 @@ class EdgeRunner:
         else:
             fc, src = {}, {}
             decision, pv_now = self.decide_naive(k, e_j, islanded)
-        planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded)
+        planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0])
         sp, operator_note = planned, ""
         if self.record_all:     # operator commands are for the bench the dashboard shows
             try:

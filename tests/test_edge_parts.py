@@ -50,6 +50,12 @@ def test_decision_to_setpoints(pv_cap, pv_fc, islanded, served, expect):
     assert {k: (m, pytest.approx(v)) for k, (m, v) in sp.items()} == expect
 
 
+def test_no_demand_is_not_shedding():
+    sp = dispatch.setpoints(_decision(1.0, 0.0, [0.0, 0.0, 0.2]), 1.0, 7.0, False, demand_w=[0.0, 0.5, 0.2])
+    assert sp["load1"] == (0, 0.0)      # nothing to serve: off, not shed
+    assert sp["load2"] == (1, 0.0)      # demand left unserved: shed
+
+
 def _scenario(n_days=3, n_ticks=4):
     n = n_days * n_ticks
     cols = {c: list(np.arange(n, dtype=float) + k) for k, c in enumerate(
