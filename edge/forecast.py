@@ -23,9 +23,12 @@ from ..models import features as F
 log = logging.getLogger(__name__)
 
 
-def default_artifact_dir() -> Path:
-    """The artefacts committed with the package (``picogrid/models/artifacts``)."""
-    return Path(str(resources.files("picogrid.models").joinpath("artifacts")))
+def default_artifact_dir(profile: str = "lab") -> Path:
+    """The artefacts committed with the package: ``picogrid/models/artifacts`` for the lab
+    profile, ``.../artifacts/<profile>`` for the others."""
+    F.profile_dims(profile)
+    base = Path(str(resources.files("picogrid.models").joinpath("artifacts")))
+    return base if profile == "lab" else base / profile
 
 
 def _dims(value_info) -> list:
@@ -38,14 +41,19 @@ class Forecaster:
     Parameters
     ----------
     artifact_dir : str or pathlib.Path, optional
-        Directory with ``<series>.json`` model cards and their ``.onnx`` graphs. Default
-        :func:`default_artifact_dir`. A missing or empty directory is allowed: every series
-        then uses the seasonal-naive fallback.
+        Directory with ``<series>.json`` model cards and the ``.onnx`` graphs they name.
+        Default :func:`default_artifact_dir` of ``profile``. A missing or empty directory is
+        allowed: every series then uses the seasonal-naive fallback.
+    profile : str, optional
+        ``'lab'`` (60 ticks/day, horizon 60) or ``'site'`` (288 five-minute ticks, horizon
+        288); see :data:`models.features.PROFILES`. Default: the ``profile`` of the cards in
+        ``artifact_dir``, else ``'lab'``.
 
     Attributes
     ----------
     series : tuple of str
         Series this forecaster answers for (all of :data:`models.features.SERIES`).
+    profile : str
     horizon : int
         Forecast steps per call (ticks).
     models : dict
@@ -56,28 +64,46 @@ class Forecaster:
     Raises
     ------
     ValueError
-        A card names an unknown series or a missing graph, or a graph's inputs/outputs do
-        not match its card or the feature builder.
+        Unknown profile; a card of another series or profile, a graph the card names but that
+        is missing, or a graph whose inputs/outputs do not match its card or the feature
+        builder (checked at start-up, so a bad artefact stops the service before its first tick).
     """
 
-    def __init__(self, artifact_dir=None):
-        self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
+    def __init__(self, artifact_dir=None, profile: str | None = None):
+        if artifact_dir is None:
+            artifact_dir = default_artifact_dir(profile or "lab")
+        self.artifact_dir = Path(artifact_dir)
+        cards = {}
+        for series in F.SERIES:   # models are found by name: <series>.json names its graph
+            path = self.artifact_dir / f"{series}.json"
+            if path.is_file():
+                cards[series] = (path, json.loads(path.read_text()))
+        if profile is None:
+            found = {c.get("profile", "lab") for _, c in cards.values()}
+            if len(found) > 1:
+                raise ValueError(f"{self.artifact_dir}: cards of several profiles {sorted(found)}")
+            profile = found.pop() if found else "lab"
+        dims = F.profile_dims(profile)
+        self.profile = profile
+        self.n_ticks = dims["n_ticks"]
         self.series = F.SERIES
-        self.horizon = F.HORIZON
+        self.horizon = dims["horizon"]
         self.models: dict[str, dict] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
         self.source: dict[str, str] = {}
-        cards = sorted(self.artifact_dir.glob("*.json")) if self.artifact_dir.is_dir() else []
-        for card_path in cards:
-            card = json.loads(card_path.read_text())
-            series = card.get("series")
-            if series not in F.SERIES:
-                raise ValueError(f"{card_path}: unknown series {series!r}; known {F.SERIES}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1   # graphs this small run fastest on one thread
+        opts.inter_op_num_threads = 1
+        for series, (card_path, card) in cards.items():
+            if card.get("series") != series:
+                raise ValueError(f"{card_path}: card is for series {card.get('series')!r}, not {series!r}")
+            if card.get("profile", "lab") != profile:
+                raise ValueError(f"{card_path}: card profile {card.get('profile', 'lab')!r} != {profile!r}")
             onnx_path = self.artifact_dir / card.get("onnx_file", f"{series}.onnx")
             if not onnx_path.is_file():
                 raise ValueError(f"{card_path}: graph {onnx_path.name} not found")
-            sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-            self._validate(card_path, card, sess)
+            sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._validate(card_path, card, sess, profile)
             self.models[series] = card
             self._sessions[series] = sess
         missing = [s for s in F.SERIES if s not in self.models]
@@ -85,19 +111,21 @@ class Forecaster:
             log.warning("no ONNX model for %s in %s: seasonal naive", missing, self.artifact_dir)
 
     @staticmethod
-    def _validate(card_path: Path, card: dict, sess: ort.InferenceSession) -> None:
+    def _validate(card_path: Path, card: dict, sess: ort.InferenceSession, profile: str) -> None:
         series = card["series"]
-        n_feat = F.n_features(series)
-        if card.get("horizon") != F.HORIZON or card.get("n_lags") != F.N_LAGS:
-            raise ValueError(f"{card_path}: horizon/n_lags {card.get('horizon')}/{card.get('n_lags')} "
-                             f"!= features module {F.HORIZON}/{F.N_LAGS}")
+        dims = F.profile_dims(profile)
+        n_feat = F.n_features(series, profile)
+        if card.get("horizon") != dims["horizon"] or card.get("n_lags") != dims["n_lags"] \
+                or card.get("n_ticks") != dims["n_ticks"]:
+            raise ValueError(f"{card_path}: horizon/n_lags/n_ticks {card.get('horizon')}/{card.get('n_lags')}/"
+                             f"{card.get('n_ticks')} != profile {profile!r} {dims}")
         names = card["inputs"][0].get("feature_names")
-        if names != F.feature_names(series):
+        if names != F.feature_names(series, profile):
             raise ValueError(f"{card_path}: feature names differ from models.features.feature_names")
         expected_in = {"features": [None, n_feat], "start_tick": [None]}
         got_in = {i.name: _dims(i) for i in sess.get_inputs()}
         card_in = {i["name"]: i["shape"] for i in card["inputs"]}
-        expected_out = {"quantiles": [None, len(F.QUANTILES), F.HORIZON]}
+        expected_out = {"quantiles": [None, len(F.QUANTILES), dims["horizon"]]}
         got_out = {o.name: _dims(o) for o in sess.get_outputs()}
         card_out = {o["name"]: o["shape"] for o in card["outputs"]}
         for what, exp, got, crd in (("inputs", expected_in, got_in, card_in),
@@ -112,7 +140,9 @@ class Forecaster:
         ----------
         history : dict[str, array]
             Series -> past tick values, oldest first, last = most recent completed tick;
-            at least ``max(60, n_ticks)`` values. Units: W for PV/loads, c/J for price.
+            at least ``max(n_lags, n_ticks)`` values. Units: W for PV/loads, c/J for price.
+            Optional past weather ``ghi_w_m2`` [W/m2] and ``temp_air_c`` [degC] (>= n_ticks
+            values) feed the PV model; without them it runs on its no-weather inputs.
         calendar : dict
             ``tick`` (tick of day of the first forecast step, 0..n_ticks-1), ``day_of_year``
             (1..366), ``weekday`` (0 = Monday), ``n_ticks`` (ticks per day).
@@ -145,7 +175,8 @@ class Forecaster:
                 reason = f"model trained for n_ticks={card.get('n_ticks')}, calendar has {n_ticks}"
             else:
                 try:
-                    x = F.build_features(series, hist, calendar, clearsky_ghi_w_m2)
+                    x = F.build_features(series, hist, calendar, clearsky_ghi_w_m2, weather=history,
+                                         profile=self.profile)
                     raw = self._sessions[series].run(
                         ["quantiles"], {"features": x, "start_tick": np.array([calendar["tick"]], np.int64)})[0]
                     fan = F.postprocess(series, raw[0])

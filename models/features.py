@@ -1,12 +1,18 @@
 """Forecast features, shared by training and the edge run time (numpy only, no pandas).
 
-One feature vector per forecast call and series, in this order:
+Two profiles share one feature layout (:data:`PROFILES`): ``lab`` (60 ticks per day, one tick
+= 24 min of a real day, 60-step horizon, the demo's bench) and ``site`` (288 five-minute ticks,
+288-step horizon). One feature vector per forecast call and series, in this order:
 
-1. ``N_LAGS`` lags: the series' last ``N_LAGS`` completed ticks, oldest first [series unit];
+1. ``n_lags`` lags: the series' last ``n_lags`` completed ticks, oldest first [series unit];
 2. calendar of the forecast start (the first tick to forecast): tick-of-day sin/cos,
    day-of-year sin/cos (period 365.25 d), weekday one-hot (Monday = 0) [-];
-3. PV only: clear-sky GHI of the ``HORIZON`` ticks to forecast [W/m2] (deterministic, so a
-   legitimate future input).
+3. PV only: clear-sky GHI of the ``horizon`` ticks to forecast [W/m2] (astronomy, so a
+   legitimate future input);
+4. PV only: PAST weather, never future actuals: a flag (1 = weather given), the mean GHI of
+   the last day and of the last ``n_ticks // 6`` ticks [W/m2] and the mean air temperature of
+   the last day [degC]. When the caller has no weather history the four values are 0 (flag 0);
+   the model is trained with 30 % of its windows masked that way, so it serves both cases.
 """
 
 from __future__ import annotations
@@ -19,8 +25,17 @@ UNITS = {"pv_available_w": "W", "load1_demand_w": "W", "load2_demand_w": "W",
 #: series that cannot be negative (clipped at the output)
 NON_NEGATIVE = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w")
 USES_CLEARSKY = ("pv_available_w",)
-N_LAGS = 60
-HORIZON = 60
+USES_WEATHER = ("pv_available_w",)
+#: past-weather history keys (optional in :func:`build_features`)
+WEATHER_KEYS = ("ghi_w_m2", "temp_air_c")
+WEATHER_NAMES = ("wx_available", "ghi_mean_last_day_w_m2", "ghi_mean_recent_w_m2", "temp_mean_last_day_c")
+#: ticks per day, lags and horizon of each profile
+PROFILES = {
+    "lab": {"n_ticks": 60, "n_lags": 60, "horizon": 60},
+    "site": {"n_ticks": 288, "n_lags": 288, "horizon": 288},
+}
+N_LAGS = PROFILES["lab"]["n_lags"]
+HORIZON = PROFILES["lab"]["horizon"]
 QUANTILES = (0.1, 0.5, 0.9)
 CALENDAR_NAMES = ("tick_sin", "tick_cos", "doy_sin", "doy_cos") + tuple(f"weekday_{d}" for d in range(7))
 
@@ -30,18 +45,34 @@ def _check_series(series: str) -> None:
         raise ValueError(f"unknown series {series!r}; known: {SERIES}")
 
 
-def feature_names(series: str) -> list[str]:
+def profile_dims(profile: str = "lab") -> dict:
+    """``{'n_ticks', 'n_lags', 'horizon'}`` of a profile.
+
+    Raises
+    ------
+    ValueError
+        Unknown profile.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    return dict(PROFILES[profile])
+
+
+def feature_names(series: str, profile: str = "lab") -> list[str]:
     """Names of the feature vector's entries for ``series``, in order."""
     _check_series(series)
-    names = [f"lag_{N_LAGS - i}" for i in range(N_LAGS)] + list(CALENDAR_NAMES)
+    d = profile_dims(profile)
+    names = [f"lag_{d['n_lags'] - i}" for i in range(d["n_lags"])] + list(CALENDAR_NAMES)
     if series in USES_CLEARSKY:
-        names += [f"clearsky_ghi_h{h}" for h in range(HORIZON)]
+        names += [f"clearsky_ghi_h{h}" for h in range(d["horizon"])]
+    if series in USES_WEATHER:
+        names += list(WEATHER_NAMES)
     return names
 
 
-def n_features(series: str) -> int:
+def n_features(series: str, profile: str = "lab") -> int:
     """Length of the feature vector of ``series``."""
-    return len(feature_names(series))
+    return len(feature_names(series, profile))
 
 
 def calendar_features(tick, day_of_year, weekday, n_ticks: int) -> np.ndarray:
@@ -80,36 +111,69 @@ def calendar_features(tick, day_of_year, weekday, n_ticks: int) -> np.ndarray:
     return np.concatenate([np.stack([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], axis=-1), onehot], axis=-1)
 
 
-def build_features(series: str, history, calendar: dict, clearsky_ghi_w_m2=None) -> np.ndarray:
+def weather_features(ghi_w_m2, temp_air_c, n_ticks: int) -> np.ndarray:
+    """Past-weather summary of the ticks before the forecast start.
+
+    Parameters
+    ----------
+    ghi_w_m2 : array [..., >= n_ticks]
+        Past global horizontal irradiance, oldest first [W/m2].
+    temp_air_c : array [..., >= n_ticks]
+        Past air temperature [degC].
+    n_ticks : int
+        Ticks per day.
+
+    Returns
+    -------
+    numpy.ndarray [..., 4], float64
+        flag (1), mean GHI of the last day, of the last ``n_ticks // 6`` ticks, mean
+        temperature of the last day.
+    """
+    g = np.asarray(ghi_w_m2, dtype=np.float64)
+    t = np.asarray(temp_air_c, dtype=np.float64)
+    recent = max(n_ticks // 6, 1)
+    return np.stack([np.ones(g.shape[:-1]), g[..., -n_ticks:].mean(axis=-1), g[..., -recent:].mean(axis=-1),
+                     t[..., -n_ticks:].mean(axis=-1)], axis=-1)
+
+
+def build_features(series: str, history, calendar: dict, clearsky_ghi_w_m2=None, weather=None,
+                   profile: str = "lab") -> np.ndarray:
     """Feature matrix of one forecast call.
 
     Parameters
     ----------
     series : str
         One of :data:`SERIES`.
-    history : array [>= N_LAGS]
+    history : array [>= n_lags]
         Past tick values, oldest first; the last one is the most recent completed tick.
     calendar : dict
         ``tick`` (first tick to forecast), ``day_of_year``, ``weekday``, ``n_ticks``.
-    clearsky_ghi_w_m2 : array [HORIZON], optional
+    clearsky_ghi_w_m2 : array [horizon], optional
         Clear-sky GHI of the forecast ticks [W/m2]; required for PV.
+    weather : dict, optional
+        Past ``ghi_w_m2`` [W/m2] and ``temp_air_c`` [degC], arrays [>= n_ticks] ending at the
+        last completed tick. Absent or non-finite -> the PV weather features are 0, flag 0.
+    profile : str
+        Key of :data:`PROFILES`.
 
     Returns
     -------
-    numpy.ndarray [1, n_features(series)], float32
+    numpy.ndarray [1, n_features(series, profile)], float32
 
     Raises
     ------
     ValueError
-        Unknown series, short or non-finite history, missing calendar keys, bad clear-sky.
+        Unknown series/profile, short or non-finite history, missing calendar keys, bad
+        clear-sky.
     """
     _check_series(series)
+    d = profile_dims(profile)
     hist = np.asarray(history, dtype=np.float64).ravel()
-    if hist.size < N_LAGS:
-        raise ValueError(f"{series}: need >= {N_LAGS} past ticks, got {hist.size}")
-    lags = hist[-N_LAGS:]
+    if hist.size < d["n_lags"]:
+        raise ValueError(f"{series}: need >= {d['n_lags']} past ticks, got {hist.size}")
+    lags = hist[-d["n_lags"]:]
     if not np.isfinite(lags).all():
-        raise ValueError(f"{series}: history has non-finite values in the last {N_LAGS} ticks")
+        raise ValueError(f"{series}: history has non-finite values in the last {d['n_lags']} ticks")
     missing = {"tick", "day_of_year", "weekday", "n_ticks"} - set(calendar)
     if missing:
         raise ValueError(f"calendar lacks {sorted(missing)}")
@@ -117,19 +181,28 @@ def build_features(series: str, history, calendar: dict, clearsky_ghi_w_m2=None)
                                      calendar["weekday"], int(calendar["n_ticks"]))]
     if series in USES_CLEARSKY:
         if clearsky_ghi_w_m2 is None:
-            raise ValueError(f"{series}: clearsky_ghi_w_m2 [{HORIZON}] is required")
+            raise ValueError(f"{series}: clearsky_ghi_w_m2 [{d['horizon']}] is required")
         cs = np.asarray(clearsky_ghi_w_m2, dtype=np.float64).ravel()
-        if cs.size != HORIZON or not np.isfinite(cs).all():
-            raise ValueError(f"clearsky_ghi_w_m2 must be {HORIZON} finite values, got {cs.size}")
+        if cs.size != d["horizon"] or not np.isfinite(cs).all():
+            raise ValueError(f"clearsky_ghi_w_m2 must be {d['horizon']} finite values, got {cs.size}")
         parts.append(cs)
+    if series in USES_WEATHER:
+        wx = np.zeros(len(WEATHER_NAMES))
+        if weather is not None and all(k in weather for k in WEATHER_KEYS):
+            g = np.asarray(weather["ghi_w_m2"], dtype=np.float64).ravel()
+            t = np.asarray(weather["temp_air_c"], dtype=np.float64).ravel()
+            n = d["n_ticks"]
+            if g.size >= n and t.size >= n and np.isfinite(g[-n:]).all() and np.isfinite(t[-n:]).all():
+                wx = weather_features(g, t, n)
+        parts.append(wx)
     return np.concatenate(parts)[None, :].astype(np.float32)
 
 
 def training_windows(series: str, values, tick, day_of_year, weekday, n_ticks: int,
-                     clearsky_ghi_w_m2=None, starts=None):
+                     clearsky_ghi_w_m2=None, starts=None, weather=None, profile: str = "lab"):
     """All (features, target) windows of a contiguous tick series.
 
-    Window ``i`` forecasts ``values[i : i + HORIZON]`` from ``values[i - N_LAGS : i]`` with the
+    Window ``i`` forecasts ``values[i : i + horizon]`` from ``values[i - n_lags : i]`` with the
     calendar of tick ``i`` (exactly what :func:`build_features` builds at run time).
 
     Parameters
@@ -139,23 +212,29 @@ def training_windows(series: str, values, tick, day_of_year, weekday, n_ticks: i
     n_ticks : int
     clearsky_ghi_w_m2 : array [T], optional (required for PV)
     starts : array of int, optional
-        Window starts to use; default every ``i`` in ``N_LAGS .. T - HORIZON``.
+        Window starts to use; default every ``i`` in ``max(n_lags, n_ticks) .. T - horizon``.
+    weather : dict of arrays [T], optional
+        ``ghi_w_m2``, ``temp_air_c``; absent -> PV weather features 0 (flag 0).
+    profile : str
 
     Returns
     -------
     X : numpy.ndarray [M, n_features], float32
-    Y : numpy.ndarray [M, HORIZON], float64
+    Y : numpy.ndarray [M, horizon], float64
     start_tick : numpy.ndarray [M], int64
     """
     _check_series(series)
+    d = profile_dims(profile)
+    n_lags, horizon = d["n_lags"], d["horizon"]
     v = np.asarray(values, dtype=np.float64)
+    first = max(n_lags, n_ticks) if (series in USES_WEATHER and weather is not None) else n_lags
     if starts is None:
-        starts = np.arange(N_LAGS, v.size - HORIZON + 1)
+        starts = np.arange(first, v.size - horizon + 1)
     starts = np.asarray(starts, dtype=np.int64)
-    if starts.size and (starts.min() < N_LAGS or starts.max() > v.size - HORIZON):
+    if starts.size and (starts.min() < first or starts.max() > v.size - horizon):
         raise ValueError("window starts out of range")
-    lag_idx = starts[:, None] + np.arange(-N_LAGS, 0)
-    hor_idx = starts[:, None] + np.arange(HORIZON)
+    lag_idx = starts[:, None] + np.arange(-n_lags, 0)
+    hor_idx = starts[:, None] + np.arange(horizon)
     tk = np.asarray(tick)[starts]
     parts = [v[lag_idx], calendar_features(tk, np.asarray(day_of_year)[starts],
                                            np.asarray(weekday)[starts], n_ticks)]
@@ -163,6 +242,13 @@ def training_windows(series: str, values, tick, day_of_year, weekday, n_ticks: i
         if clearsky_ghi_w_m2 is None:
             raise ValueError(f"{series}: clearsky_ghi_w_m2 is required")
         parts.append(np.asarray(clearsky_ghi_w_m2, dtype=np.float64)[hor_idx])
+    if series in USES_WEATHER:
+        if weather is None:
+            parts.append(np.zeros((starts.size, len(WEATHER_NAMES))))
+        else:
+            past = starts[:, None] + np.arange(-n_ticks, 0)
+            parts.append(weather_features(np.asarray(weather["ghi_w_m2"], np.float64)[past],
+                                          np.asarray(weather["temp_air_c"], np.float64)[past], n_ticks))
     return np.concatenate(parts, axis=1).astype(np.float32), v[hor_idx], tk.astype(np.int64)
 
 
@@ -172,7 +258,7 @@ def postprocess(series: str, quantiles) -> np.ndarray:
 
     Parameters
     ----------
-    quantiles : array [..., len(QUANTILES), HORIZON]
+    quantiles : array [..., len(QUANTILES), horizon]
 
     Returns
     -------
@@ -196,3 +282,17 @@ def seasonal_naive(history, n_ticks: int, horizon: int = HORIZON) -> np.ndarray:
     if n_ticks < 1 or hist.size < n_ticks:
         raise ValueError(f"seasonal naive needs >= n_ticks={n_ticks} past ticks, got {hist.size}")
     return hist[-n_ticks:][np.arange(horizon) % n_ticks]
+
+
+def persistence(history, horizon: int = HORIZON) -> np.ndarray:
+    """Last completed value held over the horizon.
+
+    Raises
+    ------
+    ValueError
+        Empty history.
+    """
+    hist = np.asarray(history, dtype=np.float64).ravel()
+    if hist.size < 1:
+        raise ValueError("persistence needs at least one past tick")
+    return np.full(horizon, hist[-1])

@@ -1,0 +1,398 @@
+"""Client of the lab kit's market feed, with caching, and an online day-profile learner.
+
+The feed (DESIGN.md section 2) publishes one "day" of 60 ticks of 5 s, so a day lasts 300 s:
+day index = ``int(unix_time / 300)``, tick = position in that 300 s window x 60. Endpoints:
+
+=================  =========================================================  ================
+``GET /sun``       ``{"tick": int, "sun": int}``                              percent of PV capability
+``GET /price``     ``{"day", "tick", "sell_price": int, "buy_price": int}``   cents per joule
+``GET /demand``    ``{"day", "tick", "demand": float}``                       watts
+``GET /deferables`` ``[{"start": int, "end": int, "energy": float}, ...]``    ticks, joules
+``GET /yesterday`` 60 x ``{"tick", "demand", "sell_price", "buy_price"}``     as above
+=================  =========================================================  ================
+
+``sell_price`` is what the grid sells to you (your import price), ``buy_price`` what it pays you
+(export). The server can be slow or down: every request has a timeout, the last good answer of
+each endpoint is cached, a failed server is left alone for ``retry_after_s``, and
+:meth:`LabFeed.snapshot` then answers from the cache (same day and tick) or from the online
+learner's forecast of the tick, and says which in ``sources`` and ``status``.
+
+:class:`OnlineDayLearner` learns from the ``/yesterday`` days it has seen: a set of simple
+day-profile predictors (yesterday, means of the last k days, exponentially weighted means,
+shape of the recent mean at yesterday's level) and a set of decay rates of today's observed
+gap to that profile are scored on every new day before it is learned from, and the choice
+with the lowest mean absolute error so far is used (follow the leader over experts,
+Cesa-Bianchi & Lugosi, "Prediction, Learning, and Games", 2006, ch. 4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DAY_S = 300.0          # one lab day [s]
+TICKS_PER_DAY = 60     # lab ticks per day
+TICK_S = DAY_S / TICKS_PER_DAY
+ENDPOINTS = ("sun", "price", "demand", "deferables", "yesterday")
+LEARNED = ("demand", "sell_price", "buy_price")
+
+
+class LabFeedError(RuntimeError):
+    """The feed gave no usable answer and nothing cached or forecast can stand in."""
+
+
+def day_tick(unix_time_s: float) -> tuple[int, int]:
+    """Lab day index and tick of a Unix time (DESIGN.md section 2).
+
+    Returns
+    -------
+    (int, int)
+        ``int(t / 300)`` and ``int((t mod 300) / 300 * 60)`` (0..59).
+    """
+    t = float(unix_time_s)
+    day = int(t // DAY_S)
+    return day, min(int((t - day * DAY_S) / DAY_S * TICKS_PER_DAY), TICKS_PER_DAY - 1)
+
+
+def _need(payload, keys, what):
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise ValueError(f"/{what}: expected an object with {list(keys)}, got {payload!r:.200}")
+    return payload
+
+
+def parse(endpoint: str, payload):
+    """Check one endpoint's JSON against the spec and convert it to project units.
+
+    Returns
+    -------
+    dict or list
+        ``sun``: ``{'tick', 'sun_fraction'}`` [0..1]; ``price``: ``{'day', 'tick',
+        'import_price_per_j', 'export_price_per_j'}`` [c/J]; ``demand``: ``{'day', 'tick',
+        'demand_w'}`` [W]; ``deferables``: list of ``{'start_tick', 'end_tick', 'energy_j'}``;
+        ``yesterday``: ``{'demand_w', 'sell_price', 'buy_price'}`` arrays [60] ordered by tick.
+
+    Raises
+    ------
+    ValueError
+        A payload that does not follow the spec.
+    """
+    if endpoint == "sun":
+        p = _need(payload, ("tick", "sun"), endpoint)
+        if not 0 <= p["sun"] <= 100:
+            raise ValueError(f"/sun: sun must be 0..100 %, got {p['sun']}")
+        return {"tick": int(p["tick"]), "sun_fraction": float(p["sun"]) / 100.0}
+    if endpoint == "price":
+        p = _need(payload, ("day", "tick", "sell_price", "buy_price"), endpoint)
+        return {"day": int(p["day"]), "tick": int(p["tick"]), "import_price_per_j": float(p["sell_price"]),
+                "export_price_per_j": float(p["buy_price"])}
+    if endpoint == "demand":
+        p = _need(payload, ("day", "tick", "demand"), endpoint)
+        if float(p["demand"]) < 0:
+            raise ValueError(f"/demand: demand must be >= 0 W, got {p['demand']}")
+        return {"day": int(p["day"]), "tick": int(p["tick"]), "demand_w": float(p["demand"])}
+    if endpoint == "deferables":
+        if not isinstance(payload, list):
+            raise ValueError(f"/deferables: expected a list, got {payload!r:.200}")
+        out = []
+        for d in payload:
+            _need(d, ("start", "end", "energy"), endpoint)
+            if not 0 <= int(d["start"]) <= int(d["end"]) or float(d["energy"]) < 0:
+                raise ValueError(f"/deferables: bad window {d}")
+            out.append({"start_tick": int(d["start"]), "end_tick": int(d["end"]), "energy_j": float(d["energy"])})
+        return out
+    if endpoint == "yesterday":
+        if not isinstance(payload, list) or len(payload) != TICKS_PER_DAY:
+            raise ValueError(f"/yesterday: expected {TICKS_PER_DAY} records, got {payload!r:.200}")
+        rows = sorted((_need(r, ("tick", "demand", "sell_price", "buy_price"), endpoint) for r in payload),
+                      key=lambda r: int(r["tick"]))
+        if [int(r["tick"]) for r in rows] != list(range(TICKS_PER_DAY)):
+            raise ValueError("/yesterday: ticks must be 0..59 once each")
+        return {"demand_w": np.array([float(r["demand"]) for r in rows]),
+                "sell_price": np.array([float(r["sell_price"]) for r in rows]),
+                "buy_price": np.array([float(r["buy_price"]) for r in rows])}
+    raise ValueError(f"unknown endpoint {endpoint!r}; known {ENDPOINTS}")
+
+
+class OnlineDayLearner:
+    """Forecasts the lab day's demand and prices from the days seen so far.
+
+    Two things are learned online, each scored on every new day *before* that day is learned
+    from: the day profile (which expert of :attr:`EXPERTS`) and how fast the gap between today's
+    observed values and that profile decays over the steps ahead (``rho`` of :attr:`RHOS`;
+    the forecast of step ``h`` ahead is ``profile + gap * rho**h``, the gap being the mean error
+    of the profile over the last :attr:`GAP_TICKS` observed ticks of today).
+
+    Parameters
+    ----------
+    n_ticks : int
+        Ticks per day (60 on the lab feed).
+    max_days : int
+        Days kept.
+
+    Notes
+    -----
+    Until two days have been scored it answers exactly "same tick yesterday" (no correction).
+    """
+
+    #: (name, kind, parameter): 'last' = mean of the last k days, 'ewm' = exponentially
+    #: weighted mean with this half-life [days], 'shape' = mean of the last k days shifted to
+    #: yesterday's daily mean
+    EXPERTS = (("yesterday", "last", 1), ("mean2", "last", 2), ("mean3", "last", 3), ("mean5", "last", 5),
+               ("mean7", "last", 7), ("ewm1", "ewm", 1.0), ("ewm2", "ewm", 2.0), ("ewm4", "ewm", 4.0),
+               ("shape3", "shape", 3), ("shape7", "shape", 7))
+    RHOS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
+    GAP_TICKS = 2
+
+    def __init__(self, n_ticks: int = TICKS_PER_DAY, max_days: int = 28):
+        self.n_ticks = int(n_ticks)
+        self.max_days = int(max_days)
+        self.days: list[int] = []
+        self.data: dict[str, list[np.ndarray]] = {k: [] for k in LEARNED}
+        self.loss: dict[str, dict[str, list[float]]] = {k: {e[0]: [] for e in self.EXPERTS} for k in LEARNED}
+        self.rho_loss: dict[str, dict[float, list[float]]] = {k: {r: [] for r in self.RHOS} for k in LEARNED}
+
+    def _predict(self, series: str, expert) -> np.ndarray:
+        _, kind, par = expert
+        past = np.asarray(self.data[series])
+        if kind == "last":
+            return past[-int(par):].mean(axis=0)
+        if kind == "ewm":
+            w = 0.5 ** (np.arange(len(past))[::-1] / par)
+            return (w[:, None] * past).sum(axis=0) / w.sum()
+        mean = past[-int(par):].mean(axis=0)
+        return mean - mean.mean() + past[-1].mean()
+
+    def _profile(self, series: str) -> np.ndarray:
+        name = self.best_expert(series)
+        return self._predict(series, next(e for e in self.EXPERTS if e[0] == name))
+
+    def _corrected(self, profile, today, horizon: int, rho: float) -> np.ndarray:
+        """Forecast of ``horizon`` steps from tick ``len(today)`` (wrapping over midnight)."""
+        t = len(today)
+        steps = (t + np.arange(horizon)) % self.n_ticks
+        out = profile[steps].copy()
+        if t and rho > 0:
+            seen = np.flatnonzero(np.isfinite(today))[-self.GAP_TICKS:]
+            if seen.size:
+                gap = float(np.mean(today[seen] - profile[seen]))
+                out += gap * rho ** (t - seen[-1] + np.arange(horizon))
+        return out
+
+    def observe_day(self, day: int, series: dict) -> None:
+        """Learn one finished day (e.g. from ``/yesterday``); a day already seen is ignored.
+
+        Parameters
+        ----------
+        day : int
+            Lab day index of the data.
+        series : dict
+            ``demand_w`` [W], ``sell_price`` and ``buy_price`` [c/J], arrays [n_ticks].
+
+        Raises
+        ------
+        ValueError
+            Wrong length or non-finite values.
+        """
+        if day in self.days:
+            return
+        arrays = {}
+        for key in LEARNED:
+            a = np.asarray(series["demand_w" if key == "demand" else key], np.float64).ravel()
+            if a.size != self.n_ticks or not np.isfinite(a).all():
+                raise ValueError(f"{key}: need {self.n_ticks} finite values, got {a.size}")
+            arrays[key] = a
+        for key, a in arrays.items():
+            if self.data[key]:  # score before learning: what would each choice have said today?
+                for expert in self.EXPERTS:
+                    self.loss[key][expert[0]].append(float(np.mean(np.abs(self._predict(key, expert) - a))))
+                profile = self._profile(key)
+                for rho in self.RHOS:
+                    err = [np.mean(np.abs(self._corrected(profile, a[:t], self.n_ticks - t, rho) - a[t:]))
+                           for t in range(1, self.n_ticks)]
+                    self.rho_loss[key][rho].append(float(np.mean(err)))
+            self.data[key] = (self.data[key] + [a])[-self.max_days:]
+        self.days = (self.days + [day])[-self.max_days:]
+
+    def best_expert(self, series: str) -> str:
+        """Name of the day-profile expert used for ``series`` (``'yesterday'`` until 2 days are scored)."""
+        scored = {n: np.mean(v) for n, v in self.loss[series].items() if len(v) >= 2}
+        return min(scored, key=scored.get) if scored else "yesterday"
+
+    def best_rho(self, series: str) -> float:
+        """Decay of today's gap used for ``series`` (0 = none, until 2 days are scored)."""
+        scored = {r: np.mean(v) for r, v in self.rho_loss[series].items() if len(v) >= 2}
+        return min(scored, key=scored.get) if scored else 0.0
+
+    def forecast(self, series: str, today=None, horizon: int | None = None) -> np.ndarray:
+        """Forecast of ``series`` from the tick after ``today``'s last value.
+
+        Parameters
+        ----------
+        series : str
+            ``'demand'`` [W], ``'sell_price'`` or ``'buy_price'`` [c/J].
+        today : array [t], optional
+            Values of today's ticks 0..t-1 seen so far (NaN where unknown); default none (t = 0).
+        horizon : int, optional
+            Steps; default ``n_ticks``. Steps past midnight use the same day profile.
+
+        Returns
+        -------
+        numpy.ndarray [horizon]
+
+        Raises
+        ------
+        ValueError
+            Unknown series, no day observed yet, or ``today`` longer than a day.
+        """
+        if series not in LEARNED:
+            raise ValueError(f"unknown series {series!r}; known {LEARNED}")
+        if not self.data[series]:
+            raise ValueError("no day observed yet")
+        seen = np.asarray([] if today is None else today, np.float64).ravel()
+        if seen.size >= self.n_ticks:
+            raise ValueError(f"today has {seen.size} values; a day has {self.n_ticks} ticks")
+        return self._corrected(self._profile(series), seen, horizon or self.n_ticks, self.best_rho(series))
+
+
+@dataclass
+class FeedSnapshot:
+    """What the feed says about one tick, in project units, and where each value came from."""
+
+    day: int
+    tick: int
+    sun_fraction: float | None
+    demand_w: float | None
+    import_price_per_j: float | None
+    export_price_per_j: float | None
+    deferables: list = field(default_factory=list)
+    sources: dict = field(default_factory=dict)   # field -> 'live' | 'cached' | 'forecast' | 'none'
+    status: str = "ok"
+
+
+class LabFeed:
+    """HTTP client of the lab market feed.
+
+    Parameters
+    ----------
+    base_url : str
+        e.g. ``'http://127.0.0.1:8080'``.
+    timeout_s : float
+        Per-request timeout [s]; keep it well below the 5 s tick.
+    retry_after_s : float
+        After a failure, the server is not asked again for this long [s] (the tick goes on
+        with cached/forecast values instead of waiting on a dead server every call).
+    clock : callable, optional
+        Unix time [s]; default :func:`time.time` (injected so tests can leap days).
+    learner : OnlineDayLearner, optional
+        Learns from ``/yesterday``; its forecast stands in when the feed is down.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 0.5, retry_after_s: float = TICK_S, clock=None,
+                 learner: OnlineDayLearner | None = None):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be http(s)://..., got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = float(timeout_s)
+        self.retry_after_s = float(retry_after_s)
+        self.clock = clock or time.time
+        self.learner = learner if learner is not None else OnlineDayLearner()
+        self.cache: dict[str, tuple[float, object]] = {}
+        self._down_until = -np.inf
+        self.last_error: str | None = None
+        self._today_day = None
+        self.today = {k: np.full(TICKS_PER_DAY, np.nan) for k in LEARNED}
+
+    def get(self, endpoint: str):
+        """Fetch and parse one endpoint, or raise :class:`LabFeedError` (timeout, refused,
+        HTTP error, bad JSON or spec violation); a success refreshes the cache."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; known {ENDPOINTS}")
+        now = self.clock()
+        if now < self._down_until:
+            raise LabFeedError(f"/{endpoint}: feed marked down ({self.last_error}); retry after "
+                               f"{self._down_until - now:.1f} s")
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/{endpoint}", timeout=self.timeout_s) as resp:
+                value = parse(endpoint, json.loads(resp.read().decode("utf-8")))
+        except (OSError, ValueError) as exc:   # URLError, timeouts, refused, HTTP errors, JSON, spec
+            self.last_error = f"/{endpoint}: {type(exc).__name__}: {exc}"
+            self._down_until = now + self.retry_after_s
+            raise LabFeedError(self.last_error) from exc
+        self.cache[endpoint] = (now, value)
+        return value
+
+    def _cached(self, endpoint: str, day: int, tick: int | None):
+        """Cached value if it is still about this day (and tick, when the payload has one)."""
+        if endpoint not in self.cache:
+            return None
+        t, value = self.cache[endpoint]
+        d, k = day_tick(t)
+        if d != day or (tick is not None and isinstance(value, dict) and value.get("tick", k) != tick):
+            return None
+        return value
+
+    def update_history(self) -> bool:
+        """Fetch ``/yesterday`` once per lab day and teach the learner; False if unavailable."""
+        day, _ = day_tick(self.clock())
+        if self.learner.days and self.learner.days[-1] == day - 1:
+            return True
+        try:
+            self.learner.observe_day(day - 1, self.get("yesterday"))
+            return True
+        except LabFeedError as exc:
+            log.warning("no /yesterday for day %d: %s", day - 1, exc)
+            return False
+
+    def snapshot(self) -> FeedSnapshot:
+        """Everything the edge needs for the current tick; never raises because the server is
+        slow or down: fields then come from the cache or the learner, and ``status`` says so."""
+        day, tick = day_tick(self.clock())
+        self.update_history()
+        snap = FeedSnapshot(day, tick, None, None, None, None)
+        if self._today_day != day:
+            self._today_day = day
+            for a in self.today.values():
+                a[:] = np.nan
+        notes = []
+        for endpoint in ("sun", "price", "demand", "deferables"):
+            try:
+                value, how = self.get(endpoint), "live"
+            except LabFeedError as exc:
+                value = self._cached(endpoint, day, tick if endpoint != "deferables" else None)
+                how = "cached" if value is not None else "none"
+                notes.append(f"{exc} -> {how}")
+            if endpoint == "sun" and value is not None:
+                snap.sun_fraction = value["sun_fraction"]
+            elif endpoint == "price" and value is not None:
+                snap.import_price_per_j, snap.export_price_per_j = value["import_price_per_j"], value["export_price_per_j"]
+            elif endpoint == "demand" and value is not None:
+                snap.demand_w = value["demand_w"]
+            elif endpoint == "deferables" and value is not None:
+                snap.deferables = value
+            snap.sources[endpoint] = how
+        if snap.sources["demand"] == "live":
+            self.today["demand"][tick] = snap.demand_w
+        if snap.sources["price"] == "live":
+            self.today["sell_price"][tick] = snap.import_price_per_j
+            self.today["buy_price"][tick] = snap.export_price_per_j
+        if self.learner.data["demand"] and self.learner.days[-1] == day - 1:
+            # no live or cached value: the learner's forecast of this tick from what today showed
+            if snap.demand_w is None:
+                snap.demand_w = float(self.learner.forecast("demand", self.today["demand"][:tick], 1)[0])
+                snap.sources["demand"] = "forecast"
+            if snap.import_price_per_j is None:
+                snap.import_price_per_j = float(self.learner.forecast("sell_price", self.today["sell_price"][:tick], 1)[0])
+                snap.export_price_per_j = float(self.learner.forecast("buy_price", self.today["buy_price"][:tick], 1)[0])
+                snap.sources["price"] = "forecast"
+        if notes:
+            snap.status = "degraded: " + "; ".join(notes)
+            log.warning("lab feed day %d tick %d %s", day, tick, snap.status)
+        return snap

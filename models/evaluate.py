@@ -1,0 +1,256 @@
+"""Test-period evaluation of the exported forecasters (``picogrid evaluate forecasts``).
+
+Runs every ONNX graph of a profile's artefact directory with onnxruntime on the held-out test
+days (windows issued at every ``STRIDE``-th tick, each covering the whole horizon, i.e. a
+day-ahead forecast), after the edge's post-processing, and computes in the same run:
+
+- model: MAE and RMSE of P50, pinball loss per quantile and their mean, P10-P90 coverage;
+- baselines: seasonal naive (same tick yesterday) and persistence (last value held), MAE,
+  RMSE and pinball loss (a point forecast used for all three quantiles);
+- the issue's targets: load MAE <= 0.7 x seasonal naive, PV MAE <= 0.6 x persistence,
+  P10-P90 coverage in 80 +- 5 %.
+
+PV is evaluated with past weather (``model``) and without (``model_no_weather``, what the edge
+gets when its source has no weather history). ``--write`` records the metrics in the JSON
+cards, regenerates ``models/MODEL_CARD.md`` and draws one test week of day-ahead fans per series
+(``fan_<series>.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import features as F
+from .qnet import pinball_loss
+
+log = logging.getLogger(__name__)
+
+TARGET_LOAD_VS_SEASONAL_NAIVE = 0.7
+TARGET_PV_VS_PERSISTENCE = 0.6
+TARGET_COVERAGE = (0.75, 0.85)
+PLOT_WEEK_START = "2013-10-07"   # a Monday of the test period
+
+
+def point_metrics(y, pred) -> dict:
+    """MAE, RMSE and pinball loss (mean over :data:`F.QUANTILES`) of a point forecast [M, H]."""
+    e = pred - y
+    return {"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2))),
+            "pinball_mean": float(np.mean([pinball_loss(y, pred, t) for t in F.QUANTILES]))}
+
+
+def fan_metrics(y, fan) -> dict:
+    """Metrics of a quantile fan [M, 3, H] (P10, P50, P90) against targets y [M, H]."""
+    out = point_metrics(y, fan[:, 1])
+    per_q = {str(t): pinball_loss(y, fan[:, i], t) for i, t in enumerate(F.QUANTILES)}
+    out["pinball"] = per_q
+    out["pinball_mean"] = float(np.mean(list(per_q.values())))
+    out["coverage_p10_p90"] = float(np.mean((y >= fan[:, 0]) & (y <= fan[:, 2])))
+    return out
+
+
+def baselines(values, starts, n_ticks: int, horizon: int) -> dict:
+    """Seasonal-naive and persistence forecasts [M, H] for windows starting at ``starts``."""
+    v = np.asarray(values, np.float64)
+    s = np.asarray(starts, np.int64)[:, None]
+    h = np.arange(horizon)[None, :]
+    return {"seasonal_naive": v[s - n_ticks + (h % n_ticks)], "persistence": np.repeat(v[s[:, 0] - 1][:, None],
+                                                                                        horizon, axis=1)}
+
+
+def evaluate_series(series: str, blob: bytes, frame, starts, profile: str) -> dict:
+    """Metrics of one exported graph and of both baselines on the windows ``starts``."""
+    from .train import run_onnx, windows
+
+    d = F.profile_dims(profile)
+    X, Y, tk = windows(series, frame, starts, profile, weather=True)
+    out = {"n_windows": int(len(starts)),
+           "model": fan_metrics(Y, F.postprocess(series, run_onnx(blob, X, tk)))}
+    if series in F.USES_CLEARSKY:
+        # at night PV is 0 and every fan covers it: coverage where there is uncertainty is daylight
+        first = d["n_lags"] + len(F.CALENDAR_NAMES)
+        day = X[:, first:first + d["horizon"]] > 0
+        fan = F.postprocess(series, run_onnx(blob, X, tk))
+        out["model"]["coverage_p10_p90_daylight"] = float(np.mean(((Y >= fan[:, 0]) & (Y <= fan[:, 2]))[day]))
+    if series in F.USES_WEATHER:
+        X[:, -len(F.WEATHER_NAMES):] = 0.0
+        out["model_no_weather"] = fan_metrics(Y, F.postprocess(series, run_onnx(blob, X, tk)))
+    for name, pred in baselines(frame[series].to_numpy(), starts, d["n_ticks"], d["horizon"]).items():
+        out[name] = point_metrics(Y, np.maximum(pred, 0) if series in F.NON_NEGATIVE else pred)
+    m, sn, pe = out["model"]["mae"], out["seasonal_naive"]["mae"], out["persistence"]["mae"]
+    out["mae_ratio_vs_seasonal_naive"] = m / sn
+    out["mae_ratio_vs_persistence"] = m / pe
+    cov = out["model"].get("coverage_p10_p90_daylight", out["model"]["coverage_p10_p90"])
+    targets = {"coverage_80_pm_5": TARGET_COVERAGE[0] <= cov <= TARGET_COVERAGE[1]}
+    if series.startswith("load"):
+        targets["mae_le_0.7_seasonal_naive"] = m / sn <= TARGET_LOAD_VS_SEASONAL_NAIVE
+    if series == "pv_available_w":
+        targets["mae_le_0.6_persistence"] = m / pe <= TARGET_PV_VS_PERSISTENCE
+    out["targets_met"] = targets
+    return out
+
+
+def plot_week(series: str, blob: bytes, frame, profile: str, first_day: str, path: Path) -> None:
+    """Day-ahead fans (issued at each midnight) of 7 test days, truth and seasonal naive (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .train import run_onnx, windows
+
+    d = F.profile_dims(profile)
+    day0 = int(np.flatnonzero(frame["day"].to_numpy() == first_day)[0])
+    starts = day0 + d["n_ticks"] * np.arange(7)
+    X, Y, tk = windows(series, frame, starts, profile)
+    fan = F.postprocess(series, run_onnx(blob, X, tk))[:, :, :d["n_ticks"]]
+    naive = baselines(frame[series].to_numpy(), starts, d["n_ticks"], d["n_ticks"])["seasonal_naive"]
+    hours = np.arange(7 * d["n_ticks"]) * 24.0 / d["n_ticks"]
+    fig, ax = plt.subplots(figsize=(10, 2.8))
+    ax.fill_between(hours, fan[:, 0].ravel(), fan[:, 2].ravel(), alpha=0.3, step="post", label="P10-P90")
+    ax.step(hours, fan[:, 1].ravel(), where="post", lw=1, label="P50")
+    ax.step(hours, Y[:, :d["n_ticks"]].ravel(), where="post", color="k", lw=0.8, label="actual")
+    ax.step(hours, naive.ravel(), where="post", ls="--", lw=0.7, label="seasonal naive")
+    for k in range(1, 7):
+        ax.axvline(24 * k, color="0.8", lw=0.5)
+    ax.set_xlabel(f"hours of the real day from {first_day} (forecast issued at each midnight, {profile} profile)")
+    ax.set_ylabel(f"{series} [{F.UNITS[series]}]", fontsize=8)
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
+def write_model_card_md(path: Path, dirs: dict) -> None:
+    """Human-readable summary of the JSON cards of every profile (generated: cannot drift)."""
+    lines = ["# Forecaster model cards", "",
+             "Generated by `picogrid evaluate forecasts --write` (`models/evaluate.py`) from the JSON cards "
+             "in `models/artifacts/` (lab) and `models/artifacts/site/` (site); do not edit by hand. "
+             "Each JSON card holds the full detail (feature names, units, shapes, versions).", "",
+             "- Task: P10/P50/P90 of the whole horizon in one call, per series (`models/features.py`).",
+             "- Inputs: last `n_lags` ticks of the series; calendar of the forecast start (tick-of-day and "
+             "day-of-year sin/cos, weekday one-hot); PV also the clear-sky GHI of the horizon ticks (PSM3 "
+             "clear-sky model, astronomy) and PAST weather (mean GHI of the last day and last 1/6 day, mean "
+             "air temperature of the last day, plus an availability flag). No future actuals; there is no "
+             "oracle-weather variant.",
+             "- Model: `models/qnet.py` (numpy MLP with ReLU + linear hidden units, pinball loss, Adam, early "
+             "stopping on validation), outer quantiles recalibrated on the validation days (split conformal "
+             "per start-tick bucket and step); price is de-levelled by its last-day mean.",
+             "- Data: `models/DATA.md`. Split by time: train 2012-01-01..2012-12-31, validation "
+             "2013-01-01..2013-06-30, test 2013-07-01..2013-12-31.",
+             "- Metrics: held-out test days, from the exported ONNX graph after clipping/sorting; windows "
+             "issued at every stride-th tick, each over the whole horizon (day-ahead). Baselines in the same "
+             "run. Targets: load MAE <= 0.7 x seasonal naive, PV MAE <= 0.6 x persistence, coverage 0.75..0.85 "
+             "(for PV over daylight steps, clear-sky GHI > 0: at night PV is 0 and every fan covers it).",
+             "- Commands: `picogrid train --profile lab|site --seed 0` (trains, then evaluates), "
+             "`picogrid evaluate forecasts --profile lab|site [--write]`.", ""]
+    for profile, directory in dirs.items():
+        cards = [json.loads((directory / f"{s}.json").read_text()) for s in F.SERIES
+                 if (directory / f"{s}.json").is_file()]
+        if not cards:
+            continue
+        dims = F.profile_dims(profile)
+        lines += [f"## Profile `{profile}` ({dims['n_ticks']} ticks/day, horizon {dims['horizon']}, "
+                  f"`{os.path.relpath(directory, path.parent)}`)", "",
+                  "| series | unit | inputs [1, F] | output | MAE model | MAE s.naive | MAE persist. | ratio vs s.naive "
+                  "| ratio vs persist. | RMSE model / s.naive / persist. | pinball model / s.naive / persist. | "
+                  "P10-P90 coverage | ONNX vs numpy max abs diff | targets |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in cards:
+            m = c.get("metrics_test")
+            if not m:
+                continue
+            mm, sn, pe = m["model"], m["seasonal_naive"], m["persistence"]
+            daylight = (f" (daylight {mm['coverage_p10_p90_daylight']:.3f})"
+                        if "coverage_p10_p90_daylight" in mm else "")
+            tg = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in m["targets_met"].items())
+            lines.append(
+                f"| {c['series']} | {c['unit']} | {c['inputs'][0]['shape'][1]} | [3, {c['horizon']}] | "
+                f"{mm['mae']:.4f} | {sn['mae']:.4f} | {pe['mae']:.4f} | {m['mae_ratio_vs_seasonal_naive']:.3f} | "
+                f"{m['mae_ratio_vs_persistence']:.3f} | {mm['rmse']:.4f} / {sn['rmse']:.4f} / {pe['rmse']:.4f} | "
+                f"{mm['pinball_mean']:.4f} / {sn['pinball_mean']:.4f} / {pe['pinball_mean']:.4f} | "
+                f"{mm['coverage_p10_p90']:.3f}{daylight} | {c['onnx_vs_numpy_max_abs_diff']:.1e} | {tg} |")
+            if "model_no_weather" in m:
+                nw = m["model_no_weather"]
+                lines.append(f"| {c['series']} (no past weather) | {c['unit']} | | | {nw['mae']:.4f} | | | "
+                             f"{nw['mae'] / sn['mae']:.3f} | {nw['mae'] / pe['mae']:.3f} | {nw['rmse']:.4f} | "
+                             f"{nw['pinball_mean']:.4f} | {nw['coverage_p10_p90']:.3f} | | |")
+        lines += ["", f"Fan charts of the test week from {PLOT_WEEK_START}: `fan_<series>.png` in that directory.", ""]
+    lines += ["Limitations: load 1 and 2 (kitchen, laundry) are appliance cycles whose timing no lag model can "
+              "know, so their P50 sits near the base load and the band is narrow at night; prices are trained on "
+              "2015 and tested on 2018 (a different level and spread), which the de-levelling and the validation "
+              "calibration (2018 H1) only partly absorb; the PSM3 temperature is clipped at 0 degC at source.", ""]
+    path.write_text("\n".join(lines))
+
+
+def _fmt(series: str, m: dict) -> str:
+    mm = m["model"]
+    row = (f"{series:20s} MAE {mm['mae']:.4f}  s.naive {m['seasonal_naive']['mae']:.4f} "
+           f"(x{m['mae_ratio_vs_seasonal_naive']:.2f})  persist. {m['persistence']['mae']:.4f} "
+           f"(x{m['mae_ratio_vs_persistence']:.2f})  RMSE {mm['rmse']:.4f}  pinball {mm['pinball_mean']:.4f} "
+           f"(s.naive {m['seasonal_naive']['pinball_mean']:.4f})  cover {mm['coverage_p10_p90']:.3f}  ")
+    if "coverage_p10_p90_daylight" in mm:
+        row += f"(daylight {mm['coverage_p10_p90_daylight']:.3f})  "
+    row += " ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in m["targets_met"].items())
+    if "model_no_weather" in m:
+        nw = m["model_no_weather"]
+        row += (f"\n{'  without past weather':20s} MAE {nw['mae']:.4f} (x{nw['mae'] / m['persistence']['mae']:.2f} "
+                f"persist.)  cover {nw['coverage_p10_p90']:.3f}")
+    return row
+
+
+def main(argv=None, frame=None, split=None) -> int:
+    """``picogrid evaluate forecasts``: print (and with ``--write`` record) test metrics.
+
+    Returns
+    -------
+    int
+        0 when every artefact was evaluated, 1 when a profile has no artefacts.
+    """
+    from .train import PROFILE_DIRS, build_frame, split_starts
+
+    p = argparse.ArgumentParser(prog="picogrid evaluate forecasts", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=sorted(F.PROFILES), default="lab")
+    p.add_argument("--artifacts", type=Path, default=None, help="artefact directory (default per profile)")
+    p.add_argument("--write", action="store_true", help="record metrics in the cards, MODEL_CARD.md, fan PNGs")
+    p.add_argument("--card-md", type=Path, default=None,
+                   help="Markdown card to regenerate with --write (default models/MODEL_CARD.md for the "
+                        "committed artefacts, else <artifacts>/MODEL_CARD.md)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    directory = args.artifacts or PROFILE_DIRS[args.profile]
+    present = [s for s in F.SERIES if (directory / f"{s}.json").is_file()]
+    if not present:
+        sys.stderr.write(f"no model cards in {directory}\n")
+        return 1
+    if frame is None:
+        frame, split = build_frame(args.profile)
+    starts = split_starts(frame["day"].to_numpy(), split, args.profile)["test"]
+    print(f"test period {split['test'][0]}..{split['test'][-1]}, profile {args.profile}, "
+          f"{len(starts)} windows per series, horizon {F.profile_dims(args.profile)['horizon']} ticks")
+    for series in present:
+        card_path = directory / f"{series}.json"
+        card = json.loads(card_path.read_text())
+        blob = (directory / card["onnx_file"]).read_bytes()
+        metrics = evaluate_series(series, blob, frame, starts, args.profile)
+        print(_fmt(series, metrics))
+        if args.write:
+            card["metrics_test"] = metrics
+            card_path.write_text(json.dumps(card, indent=1) + "\n")
+            plot_week(series, blob, frame, args.profile, PLOT_WEEK_START, directory / f"fan_{series}.png")
+    if args.write:
+        committed = directory.resolve() == PROFILE_DIRS[args.profile].resolve()
+        card_md = args.card_md or (Path(__file__).resolve().parent / "MODEL_CARD.md" if committed
+                                   else directory / "MODEL_CARD.md")
+        write_model_card_md(card_md, PROFILE_DIRS if committed else {args.profile: directory})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Multi-horizon quantile network in numpy, and its export to one small ONNX graph.
+
+One call maps a feature vector [F] to P10/P50/P90 of the whole horizon [3, H]:
+
+    level = mean of the last n_ticks lags        (only when ``delevel``: price, whose level drifts)
+    x'    = (x - level * lag_mask - mu_x) / sd_x
+    h     = [relu(x' W1 + b1)[:n_relu], (x' W1 + b1)[n_relu:]]   (ReLU units + linear units)
+    y_q   = level + mu_y + sd_y * (h W2 + b2)_q
+
+trained with the pinball (quantile) loss averaged over the quantiles and steps (Koenker &
+Bassett, Econometrica 1978) by Adam (Kingma & Ba, ICLR 2015) with early stopping on a
+validation set. The linear units give the network a linear (ridge-like) path, the ReLU units let
+the spread of the fan depend on the inputs (weather-dependent quantiles). The preprocessing is
+affine, so export folds it into the first layer: the ONNX graph is Gemm-Relu-Gemm plus the
+level and a table of calibration offsets gathered by the start tick.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = 17
+
+
+def pinball_loss(y, q, tau) -> float:
+    """Mean pinball loss of quantile forecast ``q`` at level ``tau`` for targets ``y``."""
+    d = np.asarray(y, np.float64) - np.asarray(q, np.float64)
+    return float(np.mean(np.maximum(tau * d, (tau - 1) * d)))
+
+
+class QuantileNet:
+    """Small MLP with a linear path, fitted to several quantiles of a multi-step target.
+
+    Parameters
+    ----------
+    quantiles : tuple of float
+        Quantile levels, increasing.
+    level_cols : array of int or None
+        Feature columns whose mean is the level subtracted from ``lag_cols`` and the target
+        (``None``: no de-levelling).
+    lag_cols : array of int
+        Columns of lagged target values.
+    n_relu, n_linear : int
+        Hidden ReLU and linear units.
+    seed : int
+        Seed of the initialisation and the minibatch order (results are deterministic).
+    """
+
+    def __init__(self, quantiles, lag_cols, level_cols=None, n_relu=64, n_linear=32, seed=0):
+        self.quantiles = np.asarray(quantiles, np.float64)
+        self.lag_cols = np.asarray(lag_cols, np.int64)
+        self.level_cols = None if level_cols is None else np.asarray(level_cols, np.int64)
+        self.n_relu, self.n_linear, self.seed = int(n_relu), int(n_linear), int(seed)
+        self.history: list[tuple[int, float]] = []
+
+    # -- preprocessing -------------------------------------------------------------------
+    def _level(self, X):
+        if self.level_cols is None:
+            return np.zeros((X.shape[0], 1), np.float64)
+        return X[:, self.level_cols].astype(np.float64).mean(axis=1, keepdims=True)
+
+    def _xprep(self, X, level):
+        Xd = X.astype(np.float64).copy()
+        Xd[:, self.lag_cols] -= level
+        return ((Xd - self.mu_x) / self.sd_x).astype(np.float32)
+
+    def _forward(self, Xp):
+        pre = Xp @ self.W1 + self.b1
+        h = pre.copy()
+        h[:, :self.n_relu] = np.maximum(pre[:, :self.n_relu], 0)
+        return pre, h, h @ self.W2 + self.b2
+
+    # -- training ------------------------------------------------------------------------
+    def fit(self, X, Y, X_val, Y_val, epochs=80, batch=256, lr=2e-3, weight_decay=1e-4, patience=6,
+            progress=None):
+        """Fit on (X [M, F], Y [M, H]) with early stopping on (X_val, Y_val).
+
+        Parameters
+        ----------
+        progress : callable(epoch, val_loss), optional
+            Called after every epoch (e.g. to advance a progress bar).
+
+        Returns
+        -------
+        QuantileNet
+            ``self``; ``history`` holds (epoch, validation pinball loss in target units).
+
+        Raises
+        ------
+        ValueError
+            Non-finite inputs or mismatched shapes.
+        """
+        if X.shape[0] != Y.shape[0] or X_val.shape[0] != Y_val.shape[0] or not np.isfinite(X).all() \
+                or not np.isfinite(Y).all():
+            raise ValueError("X/Y must be finite with matching rows")
+        rng = np.random.default_rng(self.seed)
+        n_q, H = len(self.quantiles), Y.shape[1]
+        self.horizon = H
+        lvl = self._level(X)
+        Xd = X.astype(np.float64).copy()
+        Xd[:, self.lag_cols] -= lvl
+        self.mu_x = Xd.mean(axis=0)
+        sd = Xd.std(axis=0)
+        self.sd_x = np.where(sd > 1e-9, sd, 1.0)
+        Yd = Y - lvl
+        self.mu_y = float(Yd.mean())
+        self.sd_y = float(Yd.std()) or 1.0
+        Xp = self._xprep(X, lvl)
+        Yp = ((Yd - self.mu_y) / self.sd_y).astype(np.float32)
+        Xv, lv = self._xprep(X_val, self._level(X_val)), self._level(X_val)
+        F, U = X.shape[1], self.n_relu + self.n_linear
+        self.W1 = (rng.standard_normal((F, U)) * np.sqrt(2.0 / F)).astype(np.float32)
+        self.b1 = np.zeros(U, np.float32)
+        self.W2 = (rng.standard_normal((U, n_q * H)) * np.sqrt(1.0 / U)).astype(np.float32)
+        self.b2 = np.tile(np.quantile(Yp, self.quantiles)[:, None], (1, H)).ravel().astype(np.float32)
+        params = [self.W1, self.b1, self.W2, self.b2]
+        m = [np.zeros_like(p) for p in params]
+        v = [np.zeros_like(p) for p in params]
+        tau = np.repeat(self.quantiles, H).astype(np.float32)
+        best, best_params, bad, step = np.inf, None, 0, 0
+        for epoch in range(epochs):
+            order = rng.permutation(Xp.shape[0])
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                xb, yb = Xp[idx], Yp[idx]
+                pre, h, out = self._forward(xb)
+                diff = np.tile(yb, (1, n_q)) - out
+                # d pinball / d out: -tau where y > q, (1 - tau) where y < q
+                g_out = (np.where(diff > 0, -tau, 1 - tau) / diff.size).astype(np.float32)
+                g_W2 = h.T @ g_out
+                g_b2 = g_out.sum(axis=0)
+                g_h = g_out @ self.W2.T
+                g_h[:, :self.n_relu] *= pre[:, :self.n_relu] > 0
+                g_W1 = xb.T @ g_h
+                g_b1 = g_h.sum(axis=0)
+                step += 1
+                for k, (p, g) in enumerate(zip(params, (g_W1, g_b1, g_W2, g_b2))):
+                    if p.ndim == 2:
+                        g = g + weight_decay * p
+                    m[k] = 0.9 * m[k] + 0.1 * g
+                    v[k] = 0.999 * v[k] + 0.001 * g * g
+                    p -= (lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v[k] / (1 - 0.999 ** step)) + 1e-8)
+                          ).astype(np.float32)
+            val = self.val_loss(Xv, lv, Y_val)
+            self.history.append((epoch, val))
+            if progress is not None:
+                progress(epoch, val)
+            if val < best - 1e-6:
+                best, bad = val, 0
+                best_params = [p.copy() for p in params]
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        self.W1, self.b1, self.W2, self.b2 = best_params
+        self.best_val_loss = best
+        return self
+
+    def val_loss(self, Xv, lv, Y_val) -> float:
+        out = self._forward(Xv)[2].astype(np.float64) * self.sd_y + self.mu_y
+        q = out.reshape(-1, len(self.quantiles), self.horizon) + lv[:, :, None]
+        return float(np.mean([pinball_loss(Y_val, q[:, i], t) for i, t in enumerate(self.quantiles)]))
+
+    def predict(self, X) -> np.ndarray:
+        """Raw quantiles [M, n_q, H] in target units (float64, before calibration/sorting)."""
+        lvl = self._level(X)
+        out = self._forward(self._xprep(X, lvl))[2].astype(np.float64) * self.sd_y + self.mu_y
+        return out.reshape(-1, len(self.quantiles), self.horizon) + lvl[:, :, None]
+
+    # -- export --------------------------------------------------------------------------
+    def to_onnx(self, offsets: np.ndarray, n_ticks: int):
+        """ONNX graph: inputs ``features`` float32 [batch, F], ``start_tick`` int64 [batch];
+        output ``quantiles`` float32 [batch, n_q, H] = network + ``offsets[bucket(start_tick)]``.
+
+        Parameters
+        ----------
+        offsets : array [n_buckets, n_q, H]
+            Calibration offsets per bucket of start ticks (``bucket = tick * n_buckets // n_ticks``).
+        n_ticks : int
+            Ticks per day.
+        """
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        F = self.W1.shape[0]
+        n_q, H = len(self.quantiles), self.horizon
+        # fold  x' = (x P - mu) / sd  into the first layer (P subtracts the level from the lags)
+        P = np.eye(F)
+        lv = np.zeros(F)
+        if self.level_cols is not None:
+            lv[self.level_cols] = 1.0 / len(self.level_cols)
+            mask = np.zeros(F)
+            mask[self.lag_cols] = 1.0
+            P -= np.outer(lv, mask)
+        A = P / self.sd_x[None, :]
+        a = -self.mu_x / self.sd_x
+        W1 = A @ self.W1.astype(np.float64)
+        b1 = a @ self.W1.astype(np.float64) + self.b1
+        W2 = self.sd_y * self.W2.astype(np.float64)
+        b2 = self.sd_y * self.b2.astype(np.float64) + self.mu_y
+        relu_mask = np.zeros(W1.shape[1])
+        relu_mask[:self.n_relu] = 1.0
+        n_buckets = offsets.shape[0]
+        init = [numpy_helper.from_array(x.astype(np.float32), name) for x, name in (
+            (W1, "W1"), (b1, "b1"), (W2, "W2"), (b2, "b2"), (lv[:, None], "level_w"),
+            (relu_mask, "relu_mask"), (1.0 - relu_mask, "lin_mask"), (offsets, "offsets"))]
+        init += [numpy_helper.from_array(np.array(x, np.int64), name) for x, name in (
+            ([-1, n_q, H], "out_shape"), (n_buckets, "n_buckets"), (n_ticks, "n_ticks"))]
+        nodes = [
+            helper.make_node("Gemm", ["features", "W1", "b1"], ["pre"]),
+            helper.make_node("Relu", ["pre"], ["pos"]),
+            helper.make_node("Mul", ["pos", "relu_mask"], ["h_relu"]),
+            helper.make_node("Mul", ["pre", "lin_mask"], ["h_lin"]),
+            helper.make_node("Add", ["h_relu", "h_lin"], ["h"]),
+            helper.make_node("Gemm", ["h", "W2", "b2"], ["flat"]),
+            helper.make_node("MatMul", ["features", "level_w"], ["level"]),
+            helper.make_node("Add", ["flat", "level"], ["flat_lvl"]),
+            helper.make_node("Reshape", ["flat_lvl", "out_shape"], ["raw"]),
+            helper.make_node("Mul", ["start_tick", "n_buckets"], ["tb"]),
+            helper.make_node("Div", ["tb", "n_ticks"], ["bucket"]),
+            helper.make_node("Gather", ["offsets", "bucket"], ["off"], axis=0),
+            helper.make_node("Add", ["raw", "off"], ["quantiles"]),
+        ]
+        graph = helper.make_graph(
+            nodes, "quantile_net",
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, F]),
+             helper.make_tensor_value_info("start_tick", TensorProto.INT64, [None])],
+            [helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, n_q, H])],
+            initializer=init)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
+                                  producer_name="picogrid.models.qnet")
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
+
+
+def bucket_of(start_tick, n_buckets: int, n_ticks: int) -> np.ndarray:
+    """Calibration bucket of each start tick (same integer maths as the ONNX graph)."""
+    return (np.asarray(start_tick, np.int64) * n_buckets) // n_ticks
+
+
+def calibration_offsets(y, q, start_tick, n_ticks: int, n_buckets: int, quantiles, pool: int = 2) -> np.ndarray:
+    """Split-conformal recalibration of the outer quantiles, per (start-tick bucket, step).
+
+    For the lower quantile level ``tau`` the offset is the ``tau``-quantile of ``y - q_tau`` on
+    the calibration (validation) windows of the bucket and its ``pool`` neighbours on each
+    side, so that a fraction ``tau`` of them falls below the corrected quantile (the one-sided
+    version of conformalized quantile regression, Romano, Patterson & Candes, NeurIPS 2019).
+    The median keeps offset 0.
+
+    Parameters
+    ----------
+    y : array [M, H]
+    q : array [M, n_q, H]
+    start_tick : array [M]
+
+    Returns
+    -------
+    numpy.ndarray [n_buckets, n_q, H], float32
+
+    Raises
+    ------
+    ValueError
+        A bucket without calibration windows.
+    """
+    bucket = bucket_of(start_tick, n_buckets, n_ticks)
+    out = np.zeros((n_buckets, len(quantiles), y.shape[1]), np.float32)
+    for b in range(n_buckets):
+        dist = np.abs(((bucket - b) + n_buckets // 2) % n_buckets - n_buckets // 2)
+        sel = dist <= pool
+        if not sel.any():
+            raise ValueError(f"no calibration windows for bucket {b}")
+        for i, tau in enumerate(quantiles):
+            if tau != 0.5:
+                out[b, i] = np.quantile(y[sel] - q[sel, i], tau, axis=0)
+    return out

@@ -1,0 +1,159 @@
+"""Lab market feed client (edge/labfeed.py) against the loopback server of the same API
+(models/labfeed_server.py) serving lab days generated from real data."""
+
+import numpy as np
+import pytest
+
+from picogrid.edge import labfeed as L
+from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+
+DAY0 = 5_900_000          # a lab day index (unix time 1.77e9 s, late 2026)
+N_DAYS = 10
+
+
+class Clock:
+    """Injected time: tests leap through lab days without waiting."""
+
+    def __init__(self, t):
+        self.t = float(t)
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def days():
+    return generate_lab_days("2013-10-07", N_DAYS)
+
+
+@pytest.fixture
+def feed(days):
+    clock = Clock(DAY0 * 300 + 3 * 5 + 1.0)   # day DAY0, tick 3
+    server = LabFeedServer(days, clock, day0=DAY0)
+    client = L.LabFeed(server.url, timeout_s=0.3, clock=clock)
+    yield server, client, clock
+    server.close()
+
+
+def test_day_and_tick_follow_the_spec():
+    assert L.day_tick(0) == (0, 0)
+    assert L.day_tick(299.999) == (0, 59)
+    assert L.day_tick(300) == (1, 0)
+    assert L.day_tick(1_770_000_012.5) == (5_900_000, 2)   # 12.5 s into the window -> tick 2
+
+
+def test_generated_days_are_real_and_in_spec_units(days):
+    d = days[0]
+    assert len(days) == N_DAYS and d["date"] == "2013-10-07"
+    assert all(len(d[k]) == 60 for k in ("sun", "demand", "sell_price", "buy_price"))
+    assert all(isinstance(v, int) and 0 <= v <= 100 for v in d["sun"])
+    assert all(isinstance(v, int) for v in d["sell_price"] + d["buy_price"])
+    assert min(d["demand"]) >= 0 and max(d["demand"]) <= 3.0           # three 1 W LED drivers
+    assert np.mean(d["sell_price"]) > np.mean(d["buy_price"])          # import dearer than export
+    assert d["sun"][0] == 0 and max(d["sun"]) > 20                     # night at midnight, sun by day
+    assert len({tuple(x["demand"]) for x in days}) == N_DAYS            # real days differ
+
+
+def test_live_snapshot_matches_the_served_day(feed, days):
+    server, client, clock = feed
+    snap = client.snapshot()
+    assert (snap.day, snap.tick) == (DAY0, 3)
+    assert snap.sources == {"sun": "live", "price": "live", "demand": "live", "deferables": "live"}
+    assert snap.status == "ok"
+    d = days[0]
+    assert snap.sun_fraction == pytest.approx(d["sun"][3] / 100)
+    assert snap.demand_w == pytest.approx(d["demand"][3])
+    assert (snap.import_price_per_j, snap.export_price_per_j) == (d["sell_price"][3], d["buy_price"][3])
+    assert snap.deferables == [{"start_tick": x["start"], "end_tick": x["end"], "energy_j": x["energy"]}
+                               for x in d["deferables"]]
+    # /yesterday (served cyclically: the last generated day) was learned once
+    assert client.learner.days == [DAY0 - 1]
+    np.testing.assert_allclose(client.learner.data["demand"][0], days[-1]["demand"])
+
+
+def test_slow_server_keeps_running_on_cached_values(feed, days):
+    server, client, clock = feed
+    client.snapshot()
+    server.delay_s = 1.0                      # slower than the client's 0.3 s timeout
+    clock.t += 1.0                            # same tick
+    snap = client.snapshot()
+    assert snap.sources["demand"] == "cached" and snap.demand_w == pytest.approx(days[0]["demand"][3])
+    assert snap.status.startswith("degraded") and "timed out" in snap.status
+    # the failed server is left alone until retry_after_s: no further request waits on it
+    before = server.requests
+    client.snapshot()
+    assert server.requests == before
+
+
+def test_server_down_uses_the_learned_forecast_and_says_so(feed, days):
+    server, client, clock = feed
+    client.snapshot()
+    server.close()
+    clock.t += 10.0                           # two ticks on: the cached tick is stale
+    snap = client.snapshot()
+    assert snap.tick == 5
+    assert snap.sources["demand"] == "forecast" and snap.sources["price"] == "forecast"
+    assert snap.sources["sun"] == "none" and snap.sun_fraction is None
+    assert "degraded" in snap.status and "/demand" in snap.status
+    # with one day learned the forecast is "same tick yesterday" corrected by nothing yet
+    assert snap.demand_w == pytest.approx(days[-1]["demand"][5])
+    assert snap.import_price_per_j == pytest.approx(days[-1]["sell_price"][5])
+
+
+def test_failing_server_503_is_handled(feed):
+    server, client, clock = feed
+    server.failing = True
+    snap = client.snapshot()
+    assert "HTTPError" in snap.status and snap.sources["price"] == "none"
+
+
+@pytest.mark.parametrize("endpoint,payload,match", [
+    ("sun", {"tick": 1}, "sun"),
+    ("sun", {"tick": 1, "sun": 140}, "0..100"),
+    ("demand", {"day": 1, "tick": 1, "demand": -1.0}, ">= 0"),
+    ("price", [1, 2], "sell_price"),
+    ("deferables", [{"start": 5, "end": 2, "energy": 1.0}], "bad window"),
+    ("yesterday", [{"tick": 0, "demand": 0, "sell_price": 1, "buy_price": 1}], "60 records"),
+])
+def test_spec_violations_are_clear_errors(endpoint, payload, match):
+    with pytest.raises(ValueError, match=match):
+        L.parse(endpoint, payload)
+
+
+def test_online_learner_beats_same_tick_yesterday(days):
+    """Fed day by day over HTTP (/yesterday), the learner's rest-of-day forecasts, issued at
+    every tick of days 5..10, beat "same tick yesterday" on demand and price."""
+    clock = Clock(DAY0 * 300)
+    server = LabFeedServer(days, clock, day0=DAY0)
+    try:
+        client = L.LabFeed(server.url, timeout_s=2.0, clock=clock)
+        err = {k: {"learner": [], "yesterday": []} for k in ("demand", "sell_price")}
+        for i in range(1, N_DAYS):
+            clock.t = (DAY0 + i) * 300 + 1.0
+            if i >= 4:   # from a few days of history on, score before today is learned
+                for key, truth_key in (("demand", "demand"), ("sell_price", "sell_price")):
+                    truth = np.asarray(days[i][truth_key], float)
+                    yesterday = np.asarray(days[i - 1][truth_key], float)
+                    for t in range(60):
+                        fc = client.learner.forecast(key, truth[:t], 60 - t)
+                        err[key]["learner"].append(np.mean(np.abs(fc - truth[t:])))
+                        err[key]["yesterday"].append(np.mean(np.abs(yesterday[t:] - truth[t:])))
+            assert client.update_history()
+            assert client.learner.days[-1] == DAY0 + i - 1
+        for key, e in err.items():
+            assert np.mean(e["learner"]) < 0.9 * np.mean(e["yesterday"]), (key, np.mean(e["learner"]),
+                                                                           np.mean(e["yesterday"]))
+    finally:
+        server.close()
+
+
+def test_learner_is_yesterday_until_it_has_scored_two_days(days):
+    learner = L.OnlineDayLearner()
+    with pytest.raises(ValueError, match="no day"):
+        learner.forecast("demand")
+    for i in range(2):
+        learner.observe_day(i, {"demand_w": days[i]["demand"], "sell_price": days[i]["sell_price"],
+                                "buy_price": days[i]["buy_price"]})
+    np.testing.assert_allclose(learner.forecast("demand"), days[1]["demand"])
+    with pytest.raises(ValueError, match="60 finite"):
+        learner.observe_day(9, {"demand_w": [1.0] * 59, "sell_price": [1] * 60, "buy_price": [1] * 60})
