@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from .optimize import Decision, build_model, validate_inputs
+from .optimize import Decision, build_model, parse_jobs, reserve_energy_j, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _shed(served_w, deficit_w, voll_per_j):
     return deficit_w
 
 
-def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
+def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None, deferrable_w=0.0):
     """One step of the rule-based policy (no prices, no forecasts).
 
     Surplus: PV → loads → storage charge (power and energy limits) → export (limit) → curtail.
@@ -70,11 +70,15 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
         Limits, efficiencies, ``dt_s`` and ``voll_per_j`` (``horizon`` is ignored).
     p_imp_max_w, p_exp_max_w : float or None
         Grid limits now [W] (0 = outage); ``None`` uses the config.
+    deferrable_w : float
+        Power the deferrable jobs ask for now [W] (>= 0); served like a load whose value of
+        lost load is ``cfg.voll_def_per_j``.
 
     Returns
     -------
     Decision
-        ``status='naive'``, ``objective=nan``, one-step ``plan`` (``e`` has the 2 energies [J]).
+        ``status='naive'``, ``objective=nan``, one-step ``plan`` (``e`` has the 2 energies [J]),
+        ``p_deferrable_w`` the deferrable power served.
 
     Raises
     ------
@@ -89,8 +93,9 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
     exp_max = cfg.p_exp_max_w if p_exp_max_w is None else max(float(p_exp_max_w), 0.0)
     pv = max(float(pv_w), 0.0)
     ch_room, dis_room = _storage_headroom(e_j, cfg)
-    served = demand.copy()
-    net = pv - demand.sum()
+    served = np.append(demand, max(float(deferrable_w), 0.0))
+    voll = (*cfg.voll_per_j, cfg.voll_def_per_j)
+    net = pv - served.sum()
     ch = dis = imp = exp = 0.0
     if net >= 0:
         ch = min(net, ch_room)
@@ -100,18 +105,21 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None):
         deficit = -net
         dis = min(deficit, dis_room)
         imp = min(deficit - dis, imp_max)
-        _shed(served, deficit - dis - imp, cfg.voll_per_j)
+        _shed(served, deficit - dis - imp, voll)
+    served, p_def = served[:-1], float(served[-1])
     e_next = e_j + cfg.dt_s * (cfg.eta_ch * ch - dis / cfg.eta_dis)
     plan = {"p_ch": np.array([ch]), "p_dis": np.array([dis]), "p_imp": np.array([imp]),
             "p_exp": np.array([exp]), "p_pv": np.array([pv]), "p_load": served[None, :],
-            "e": np.array([e_j, e_next])}
+            "p_def": np.array([[p_def]]), "e": np.array([e_j, e_next])}
     return Decision(status="naive", solve_time_s=time.perf_counter() - t0, iterations=0,
                     objective=float("nan"), p_storage_w=dis - ch, p_grid_w=imp - exp, pv_cap_w=pv,
-                    load_served_w=served, plan=plan)
+                    load_served_w=served, plan=plan, p_deferrable_w=p_def,
+                    deferrable_w=np.array([p_def]))
 
 
 def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
-                 p_imp_max_w=None, p_exp_max_w=None):
+                 p_imp_max_w=None, p_exp_max_w=None, jobs=None, p_def_max_w=None,
+                 reserve_demand_w=None, reserve_pv_w=None):
     """Perfect-foresight optimum of the MPC model over the whole day, solved exactly.
 
     The same model as :class:`picogrid.edge.optimize.MpcController` (built by
@@ -128,6 +136,14 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
         True data of the day [W, W, price/J].
     p_imp_max_w, p_exp_max_w : array [T] or None
         Grid limits [W]; ``None`` uses the config.
+    jobs : sequence or None
+        Deferrable jobs of the day (lab feed format, ticks from the day's start, energy [J]);
+        ``cfg.n_jobs`` is raised to their number if smaller.
+    p_def_max_w : array [T] or None
+        Deferrable load headroom [W]; ``None`` uses the config.
+    reserve_demand_w, reserve_pv_w : array [T, L], [T] or None
+        Inputs of the reserve when ``cfg.reserve`` (see :func:`~picogrid.edge.optimize.reserve_energy_j`);
+        ``None`` uses the true demand / PV.
 
     Returns
     -------
@@ -144,15 +160,25 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
     """
     t0 = time.perf_counter()
     pv = np.asarray(pv_avail_w, dtype=float)
-    day_cfg = cfg.replace(horizon=int(pv.shape[0]))
+    t_day = int(pv.shape[0])
+    job_arr = parse_jobs(jobs, max(cfg.n_jobs, len(jobs or ())))
+    day_cfg = cfg.replace(horizon=t_day, n_jobs=max(cfg.n_jobs, len(job_arr)))
     data = validate_inputs(day_cfg, pv, demand_w, import_price_per_j, export_price_per_j,
                            p_imp_max_w, p_exp_max_w)
     if not all(np.all(np.isfinite(a)) for a in data) or not np.isfinite(e0_j):
         raise ValueError("solve_oracle needs finite data")
     pv, demand, c_imp, c_exp, imp_max, exp_max = data
+    def_max = np.maximum(np.broadcast_to(np.asarray(
+        day_cfg.p_def_max_w if p_def_max_w is None else p_def_max_w, float), (t_day,)), 0.0)
+    reserve = None
+    if day_cfg.reserve:
+        r_dem = demand if reserve_demand_w is None else np.asarray(reserve_demand_w, float).reshape(demand.shape)
+        r_pv = pv if reserve_pv_w is None else np.asarray(reserve_pv_w, float)
+        reserve = reserve_energy_j(day_cfg, np.maximum(r_dem, 0), np.maximum(r_pv, 0), np.maximum(imp_max, 0))
     model = build_model(day_cfg)
     q, lo, hi = model.vectors(float(e0_j), np.maximum(pv, 0), np.maximum(demand, 0), c_imp, c_exp,
-                              np.maximum(imp_max, 0), np.maximum(exp_max, 0))
+                              np.maximum(imp_max, 0), np.maximum(exp_max, 0), job_arr, def_max,
+                              reserve)
     # Identity rows of the OSQP form become variable bounds; the rest equality/inequality rows.
     A = model.A.tocsr()
     is_bound = np.zeros(model.m, bool)
@@ -174,12 +200,14 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
         raise RuntimeError(f"oracle LP not solved: {res.message}")
     x = np.clip(res.x, bounds_lo, bounds_hi)
     plan = model.unscale(x, float(e0_j))
+    plan["reserve_j"] = np.full(t_day, -np.inf) if reserve is None else reserve
     objective, terms = model.objective_terms(plan, demand, c_imp, c_exp)
     return Decision(status="solved", solve_time_s=time.perf_counter() - t0, iterations=int(res.nit),
                     objective=objective, p_storage_w=float(plan["p_dis"][0] - plan["p_ch"][0]),
                     p_grid_w=float(plan["p_imp"][0] - plan["p_exp"][0]),
                     pv_cap_w=float(plan["p_pv"][0]), load_served_w=plan["p_load"][0].copy(),
-                    plan=plan, objective_terms=terms)
+                    plan=plan, objective_terms=terms, p_deferrable_w=float(plan["p_def"][0].sum()),
+                    deferrable_w=plan["p_def"][0].copy(), binding=model.binding(x, lo, hi))
 
 
 @dataclass
@@ -193,6 +221,9 @@ class DayTruth:
     import_price_per_j, export_price_per_j : ndarray [T]  [price/J]
     e0_j : float  stored energy at the start [J]
     p_imp_max_w, p_exp_max_w : ndarray [T] or None  grid limits [W] (``None``: config limits)
+    jobs : list or None  deferrable jobs, lab feed ``/deferables`` format, ticks of this day
+        (window ``start <= t < end``), ``energy`` [J]
+    p_def_max_w : ndarray [T] or None  power the deferrable load can take [W] (``None``: config)
     """
 
     pv_avail_w: np.ndarray
@@ -202,6 +233,27 @@ class DayTruth:
     e0_j: float
     p_imp_max_w: np.ndarray | None = None
     p_exp_max_w: np.ndarray | None = None
+    jobs: list | None = None
+    p_def_max_w: np.ndarray | None = None
+
+    @property
+    def job_array(self):
+        """Jobs as an array [J, 3] of ``(start, end, energy_j)`` (order kept, none dropped)."""
+        return np.array([[j["start"], j["end"], j["energy"]] if isinstance(j, dict) else list(j)
+                         for j in (self.jobs or ())], dtype=float).reshape(-1, 3)
+
+    def def_limit(self, cfg):
+        """Deferrable load headroom as a [T] array [W]."""
+        lim = cfg.p_def_max_w if self.p_def_max_w is None else self.p_def_max_w
+        return np.broadcast_to(np.asarray(lim, float), (self.n_steps,)).copy()
+
+    def live_jobs(self, t, delivered_j):
+        """Jobs still open at step ``t`` relative to ``t``, lab feed format, remaining energy."""
+        out = []
+        for (start, end, energy), done in zip(self.job_array, delivered_j):
+            if end > t and energy - done > 0:
+                out.append({"start": start - t, "end": end - t, "energy": energy - done})
+        return out
 
     @property
     def n_steps(self):
@@ -214,19 +266,27 @@ class DayTruth:
         exp = np.full(t, cfg.p_exp_max_w) if self.p_exp_max_w is None else np.asarray(self.p_exp_max_w, float)
         return imp, exp
 
-    def window(self, t, n, cfg):
+    def window(self, t, n, cfg, delivered_j=None):
         """Data for steps ``t .. t+n-1`` as keyword arguments of ``MpcController.solve``.
 
         Past the end of the day the last step's values are repeated (the horizon does not
-        shrink, so the controller keeps its fixed problem size).
+        shrink, so the controller keeps its fixed problem size). With jobs, ``delivered_j``
+        [J] is the energy delivered to each so far and the window carries the open ones.
         """
         idx = np.minimum(np.arange(t, t + n), self.n_steps - 1)
         imp, exp = self.limits(cfg)
-        return {"pv_avail_w": np.asarray(self.pv_avail_w, float)[idx],
-                "demand_w": np.asarray(self.demand_w, float).reshape(self.n_steps, -1)[idx],
-                "import_price_per_j": np.asarray(self.import_price_per_j, float)[idx],
-                "export_price_per_j": np.asarray(self.export_price_per_j, float)[idx],
-                "p_imp_max_w": imp[idx], "p_exp_max_w": exp[idx]}
+        out = {"pv_avail_w": np.asarray(self.pv_avail_w, float)[idx],
+               "demand_w": np.asarray(self.demand_w, float).reshape(self.n_steps, -1)[idx],
+               "import_price_per_j": np.asarray(self.import_price_per_j, float)[idx],
+               "export_price_per_j": np.asarray(self.export_price_per_j, float)[idx],
+               "p_imp_max_w": imp[idx], "p_exp_max_w": exp[idx]}
+        if self.jobs:
+            done = np.zeros(len(self.jobs)) if delivered_j is None else delivered_j
+            out["jobs"] = self.live_jobs(t, done)
+            lim = self.def_limit(cfg)[idx]
+            lim[np.arange(t, t + n) >= self.n_steps] = 0.0   # the day's jobs end with the day
+            out["p_def_max_w"] = lim
+        return out
 
 
 @dataclass
@@ -244,36 +304,41 @@ class DayResult:
     e_j: np.ndarray
     costs: dict
     statuses: list = field(default_factory=list)
+    deferrable_w: np.ndarray | None = None
 
     @property
     def total_cost(self):
         return self.costs["total"]
 
 
-def plant_step(decision, e_j, pv_avail_w, demand_w, cfg, p_imp_max_w, p_exp_max_w):
+def plant_step(decision, e_j, pv_avail_w, demand_w, cfg, p_imp_max_w, p_exp_max_w, p_def_avail_w=0.0):
     """Apply one decision to the true conditions of one step.
 
     The boards follow their setpoints within physics: PV gives ``min(cap, available)``, each load
     takes ``min(setpoint, demand)``, storage follows its setpoint clipped to its power and energy
     limits, and the grid board takes the residual. Where the residual exceeds the grid limit
     (e.g. outage), storage absorbs it within its limits, then the lowest-value loads are shed
-    (deficit) or PV is curtailed (surplus).
+    (deficit) or PV is curtailed (surplus). The deferrable load takes
+    ``min(decision.p_deferrable_w, p_def_avail_w)`` (what the open jobs can still use) and is
+    shed like a load of value ``cfg.voll_def_per_j``.
 
     Returns
     -------
     tuple
-        ``(pv_w, storage_w, grid_w, served_w[L], e_next_j)`` with storage + discharge and grid
-        + import [W], energy [J].
+        ``(pv_w, storage_w, grid_w, served_w[L], e_next_j, deferrable_w)`` with storage +
+        discharge and grid + import [W], energy [J].
     """
     pv = min(max(decision.pv_cap_w, 0.0), pv_avail_w)
     served = np.minimum(np.maximum(np.asarray(decision.load_served_w, float), 0.0), demand_w)
+    served = np.append(served, min(max(float(decision.p_deferrable_w), 0.0), max(p_def_avail_w, 0.0)))
+    voll = (*cfg.voll_per_j, cfg.voll_def_per_j)
     ch_room, dis_room = _storage_headroom(e_j, cfg)
     storage = float(np.clip(decision.p_storage_w, -ch_room, dis_room))
     grid = served.sum() - pv - storage
     if grid > p_imp_max_w:
         extra = min(grid - p_imp_max_w, dis_room - max(storage, 0.0))
         storage += extra
-        rest = _shed(served, grid - p_imp_max_w - extra, cfg.voll_per_j)
+        rest = _shed(served, grid - p_imp_max_w - extra, voll)
         if rest > 1e-12:  # nothing left to cut: the bus cannot be balanced (should not happen)
             log.warning("plant deficit of %.3g W left unbalanced", rest)
     elif grid < -p_exp_max_w:
@@ -284,7 +349,7 @@ def plant_step(decision, e_j, pv_avail_w, demand_w, cfg, p_imp_max_w, p_exp_max_
     grid = served.sum() - pv - storage
     ch, dis = max(-storage, 0.0), max(storage, 0.0)
     e_next = e_j + cfg.dt_s * (cfg.eta_ch * ch - dis / cfg.eta_dis)
-    return pv, storage, grid, served, e_next
+    return pv, storage, grid, served[:-1], e_next, float(served[-1])
 
 
 def day_cost(grid_w, import_price_per_j, export_price_per_j, dt_s):
@@ -306,8 +371,9 @@ def simulate_policy(policy_fn, truth, cfg):
 
     Parameters
     ----------
-    policy_fn : callable ``(t, e_j) -> Decision``
-        Decides the setpoints of step ``t`` given the measured stored energy [J].
+    policy_fn : callable ``(t, e_j) -> Decision``, or ``(t, e_j, delivered_j) -> Decision``
+        Decides the setpoints of step ``t`` given the measured stored energy [J]; when the day
+        has deferrable jobs it also gets the energy delivered to each job so far [J], shape [J].
     truth : DayTruth
         The day's true data.
     cfg : MpcConfig
@@ -318,7 +384,9 @@ def simulate_policy(policy_fn, truth, cfg):
     DayResult
         Realised flows and ``costs`` (``import_cost, export_revenue, shedding_cost,
         cycling_cost, terminal_value, total``; total = import − export + shedding + cycling −
-        terminal), the same cost the oracle minimises.
+        terminal + deferrable shortfall), the same cost the oracle minimises;
+        ``deferrable_shortfall_cost`` prices each job's energy not delivered in its window at
+        ``cfg.voll_def_per_j``. ``DayResult.deferrable_w`` [T] is the power delivered to jobs.
     """
     n = truth.n_steps
     nl = cfg.n_loads
@@ -330,11 +398,24 @@ def simulate_policy(policy_fn, truth, cfg):
     e = np.zeros(n + 1)
     e[0] = truth.e0_j
     statuses = []
+    jobs = truth.job_array
+    delivered = np.zeros(len(jobs))
+    def_lim = truth.def_limit(cfg)
+    def_w = np.zeros(n)
     for t in range(n):
-        d = policy_fn(t, e[t])
+        d = policy_fn(t, e[t], delivered.copy()) if len(jobs) else policy_fn(t, e[t])
         statuses.append(d.status)
-        out["pv"][t], out["storage"][t], out["grid"][t], served[t], e[t + 1] = plant_step(
-            d, e[t], pv_avail[t], demand[t], cfg, imp_max[t], exp_max[t])
+        open_ = (jobs[:, 0] <= t) & (jobs[:, 1] > t)
+        need_w = np.where(open_, jobs[:, 2] - delivered, 0.0).clip(0.0) / cfg.dt_s
+        out["pv"][t], out["storage"][t], out["grid"][t], served[t], e[t + 1], def_w[t] = plant_step(
+            d, e[t], pv_avail[t], demand[t], cfg, imp_max[t], exp_max[t],
+            min(def_lim[t], need_w.sum()))
+        # the delivered power goes to the open jobs, earliest deadline first
+        left = def_w[t]
+        for j in np.argsort(jobs[:, 1], kind="stable"):
+            take = min(need_w[j], left)
+            delivered[j] += take * cfg.dt_s
+            left -= take
     dt = cfg.dt_s
     c_imp, c_exp = np.asarray(truth.import_price_per_j, float), np.asarray(truth.export_price_per_j, float)
     costs = {
@@ -343,19 +424,27 @@ def simulate_policy(policy_fn, truth, cfg):
         "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * (demand - served))),
         "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(out["storage"]))),
         "terminal_value": float(cfg.terminal_value_per_j * e[-1]),
+        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * np.sum(np.maximum(jobs[:, 2] - delivered, 0))),
     }
     costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
-                      + costs["cycling_cost"] - costs["terminal_value"])
-    return DayResult(out["pv"], out["storage"], out["grid"], served, e, costs, statuses)
+                      + costs["cycling_cost"] - costs["terminal_value"]
+                      + costs["deferrable_shortfall_cost"])
+    return DayResult(out["pv"], out["storage"], out["grid"], served, e, costs, statuses, def_w)
 
 
 def naive_policy(truth, cfg):
     """``policy_fn`` for :func:`simulate_policy` running :func:`naive_step` on the true step data."""
     imp_max, exp_max = truth.limits(cfg)
     demand = np.asarray(truth.demand_w, float).reshape(truth.n_steps, cfg.n_loads)
+    jobs, def_lim = truth.job_array, truth.def_limit(cfg)
 
-    def policy(t, e_j):
-        return naive_step(e_j, truth.pv_avail_w[t], demand[t], cfg, imp_max[t], exp_max[t])
+    def policy(t, e_j, delivered_j=None):
+        want = 0.0
+        if len(jobs):  # deliver every open job as early as possible, no price awareness
+            open_ = (jobs[:, 0] <= t) & (jobs[:, 1] > t)
+            want = min(def_lim[t], float(np.sum(np.where(open_, jobs[:, 2] - delivered_j, 0).clip(0)))
+                       / cfg.dt_s)
+        return naive_step(e_j, truth.pv_avail_w[t], demand[t], cfg, imp_max[t], exp_max[t], want)
 
     return policy
 
@@ -364,11 +453,12 @@ def oracle_policy(oracle):
     """``policy_fn`` replaying a :func:`solve_oracle` plan step by step."""
     plan = oracle.plan
 
-    def policy(t, e_j):
+    def policy(t, e_j, delivered_j=None):
         return Decision(status="oracle", solve_time_s=0.0, iterations=0, objective=oracle.objective,
                         p_storage_w=float(plan["p_dis"][t] - plan["p_ch"][t]),
                         p_grid_w=float(plan["p_imp"][t] - plan["p_exp"][t]),
-                        pv_cap_w=float(plan["p_pv"][t]), load_served_w=plan["p_load"][t].copy())
+                        pv_cap_w=float(plan["p_pv"][t]), load_served_w=plan["p_load"][t].copy(),
+                        p_deferrable_w=float(plan["p_def"][t].sum()))
 
     return policy
 
@@ -379,15 +469,18 @@ def mpc_policy(controller, forecast):
     Parameters
     ----------
     controller : MpcController
-    forecast : DayTruth or callable ``t -> dict``
+    forecast : DayTruth or callable ``t -> dict`` (``(t, delivered_j) -> dict`` with jobs)
         A ``DayTruth`` is used as a perfect/fixed forecast through :meth:`DayTruth.window`
         (padded past the day's end by repeating the last values); a callable returns the
         keyword arguments of ``controller.solve`` (except ``e0_j``) for step ``t``.
     """
     n = controller.config.horizon
 
-    def policy(t, e_j):
-        window = forecast.window(t, n, controller.config) if isinstance(forecast, DayTruth) else forecast(t)
+    def policy(t, e_j, delivered_j=None):
+        if isinstance(forecast, DayTruth):
+            window = forecast.window(t, n, controller.config, delivered_j)
+        else:
+            window = forecast(t) if delivered_j is None else forecast(t, delivered_j)
         return controller.solve(e_j, **window)
 
     return policy

@@ -185,10 +185,12 @@ def test_sign_conventions_and_first_step_balance():
     for d in (d,):
         assert d.pv_cap_w + d.p_storage_w + d.p_grid_w == pytest.approx(d.load_served_w.sum(), abs=1e-3)
     assert set(d.objective_terms) == {"import_cost", "export_revenue", "shedding_cost", "cycling_cost",
-                                      "terminal_value", "violation_penalty"}
+                                      "terminal_value", "violation_penalty", "deferrable_shortfall_cost",
+                                      "reserve_penalty"}
     t = d.objective_terms
     assert d.objective == pytest.approx(t["import_cost"] - t["export_revenue"] + t["shedding_cost"]
-                                        + t["cycling_cost"] - t["terminal_value"] + t["violation_penalty"])
+                                        + t["cycling_cost"] - t["terminal_value"] + t["violation_penalty"]
+                                        + t["deferrable_shortfall_cost"] + t["reserve_penalty"])
 
 
 # --------------------------------------------------------------------------- against cvxpy

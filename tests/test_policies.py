@@ -163,7 +163,7 @@ def test_plant_islands_when_the_decision_is_wrong():
     cfg = lab_cfg()
     d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=1.0,
                  p_grid_w=2.0, pv_cap_w=0.0, load_served_w=np.array([1.0, 1.0, 1.0]))
-    pv, storage, grid, served, e_next = plant_step(d, 2.5, 0.0, np.array([1.0, 1.0, 1.0]), cfg, 0.0, 0.0)
+    pv, storage, grid, served, e_next, _ = plant_step(d, 2.5, 0.0, np.array([1.0, 1.0, 1.0]), cfg, 0.0, 0.0)
     assert grid == pytest.approx(0.0) and pv == 0.0
     assert storage == pytest.approx(0.18)  # the 0.5 J above e_min over 2.5 s, times eta_dis
     np.testing.assert_allclose(served, [0.18, 0.0, 0.0], atol=1e-12)
@@ -174,7 +174,7 @@ def test_plant_curtails_surplus_in_an_outage():
     cfg = lab_cfg()
     d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=0.0,
                  p_grid_w=-3.0, pv_cap_w=4.0, load_served_w=np.array([0.5, 0.5, 0.0]))
-    pv, storage, grid, served, e_next = plant_step(d, 45.0, 4.0, np.array([0.5, 0.5, 0.0]), cfg, 0.0, 0.0)
+    pv, storage, grid, served, e_next, _ = plant_step(d, 45.0, 4.0, np.array([0.5, 0.5, 0.0]), cfg, 0.0, 0.0)
     assert grid == pytest.approx(0.0) and storage == 0.0 and pv == pytest.approx(1.0)
 
 
