@@ -21,8 +21,8 @@ with the same weekday nearest to D's month-day, and the price from year 2015 (fo
 2018 (for 2013), same rule. A source day with missing data is replaced by another real day
 (PV: same month-day of 2011, which is outside the scenario calendar, then of an earlier
 scenario year, then the previous days; a PV gap at night, where clear-sky GHI is 0, reads 0; load and price: the same
-weekday one, two, ... weeks before, then after); the source day actually used is reported in
-``*_source_day`` columns. Details in ``models/DATA.md``.
+weekday one, two, ... eight weeks before, and only if none is complete, weeks after); the source
+day actually used is reported in ``*_source_day`` and flagged in ``*_substitute`` columns. Details in ``models/DATA.md``.
 """
 
 from __future__ import annotations
@@ -137,9 +137,13 @@ def _same_weekday_near(day: _dt.date, year: int) -> _dt.date:
 
 
 def _weekly_candidates(day: _dt.date):
+    # backwards first: a substitute repeats a day the scenario has already shown, so a window's
+    # lags never contain a copy of its own target; forwards only where no earlier week exists
+    # (the first days of a source year), and then flagged in ``*_substitute``
     yield day
     for k in range(1, 9):
         yield day - _dt.timedelta(days=7 * k)
+    for k in range(1, 9):
         yield day + _dt.timedelta(days=7 * k)
 
 
@@ -164,6 +168,13 @@ def _pv_complete(t: dict, day: _dt.date) -> bool:
         return False
     daytime = t["weather"].values[j, :, t["weather"].columns.index("ghi_clear_w_m2")] > 0
     return bool(np.isfinite(t["pv"].values[i, daytime, 0]).all())
+
+
+def _substitute_kind(used: _dt.date, wanted: _dt.date) -> str:
+    """'' if the wanted source day was used, else 'earlier' or 'later' (a flagged substitute)."""
+    if used == wanted:
+        return ""
+    return "earlier" if used < wanted else "later"
 
 
 def _pick(candidates, ok, what: str, day: _dt.date) -> _dt.date:
@@ -200,7 +211,9 @@ def build_bench_days(first_day: str, n_days: int, n_ticks: int = 60,
         ``import_price_per_j`` and ``export_price_per_j`` [c/J, bench scale],
         ``spot_eur_per_mwh`` [EUR/MWh], ``clearsky_ghi_w_m2``, ``ghi_w_m2`` [W/m2],
         ``temp_air_c`` [degC], and provenance ``pv_source_day``, ``load_source_day``,
-        ``price_source_day`` (str). No NaN.
+        ``price_source_day`` (str) with gap flags ``pv_substitute``, ``load_substitute``,
+        ``price_substitute`` ('' = the day itself, 'earlier' / 'later' = a substitute day
+        before / after it). No NaN.
 
     Raises
     ------
@@ -259,6 +272,9 @@ def build_bench_days(first_day: str, n_days: int, n_ticks: int = 60,
             "clearsky_ghi_w_m2": col["ghi_clear_w_m2"],
             "ghi_w_m2": col["ghi_w_m2"],
             "temp_air_c": col["temp_air_c"],
+            "pv_substitute": _substitute_kind(pv_day, day),
+            "load_substitute": _substitute_kind(load_day, _same_weekday_near(day, load_year)),
+            "price_substitute": _substitute_kind(price_day, _same_weekday_near(day, price_year)),
             "pv_source_day": pv_day.isoformat(),
             "load_source_day": load_day.isoformat(),
             "price_source_day": price_day.isoformat(),

@@ -180,3 +180,21 @@ def test_split_days_chronological_and_disjoint():
     assert len(flat) == len(set(flat)) == 731
     assert flat == sorted(flat)
     assert flat[0] == "2012-01-01" and flat[-1] == "2013-12-31"
+
+
+def test_gaps_are_flagged_and_filled_only_from_earlier_days(year_2012):
+    days = year_2012.drop_duplicates("day")
+    for kind, year in (("pv", None), ("load", 2008), ("price", 2015)):
+        flag = days[f"{kind}_substitute"]
+        assert set(flag) <= {"", "earlier", "later"}
+        src = days[f"{kind}_source_day"].map(dt.date.fromisoformat)
+        if kind == "pv":
+            same = src == days["day"].map(dt.date.fromisoformat)
+        else:
+            same = np.array([s == scenario._same_weekday_near(dt.date.fromisoformat(d), year)
+                             for s, d in zip(src, days["day"])])
+        assert ((flag == "") == same).all()   # every substitute is flagged, and only those
+    # a later substitute only where no earlier week of the price year exists (first days of 2015)
+    later = days[(days[["pv_substitute", "load_substitute", "price_substitute"]] == "later").any(axis=1)]
+    assert list(later["day"]) == ["2012-01-01"] and list(later["price_source_day"]) == ["2015-01-11"]
+    assert (days["load_substitute"] == "earlier").sum() >= 1 and (days["pv_substitute"] == "earlier").sum() >= 20
