@@ -82,9 +82,12 @@ class PvRole(_Role):
         cap = self.cap_w
         self.flags = 0
         if v_bus > self.v_bus_max_v:
+            # nobody absorbs the power: stop drawing from the array now, not at the PI's pace
             self.mppt.back_off()
+            self.pi.reset(0.0)
             self.flags = _FLAG_LIMITED
-        elif cap is not None and p_bus > cap * 0.97:
+            return 0.0
+        if cap is not None and p_bus > cap * 0.97:
             self.flags = _FLAG_LIMITED
             if p_bus > cap:
                 self.mppt.nudge(-self.k_cap * (p_bus - cap) * dt_s)
@@ -96,10 +99,11 @@ class PvRole(_Role):
 class StorageRole(_Role):
     """Tracks a bus-side power setpoint (+ discharge) inside voltage/current limits.
 
-    Islanded (mode ISLAND, or the bus far below its band with no grid holding it) it
-    regulates the bus voltage itself with a PI loop, as the grid board would. Islanding it
-    detected itself is latched until the edge's next setpoint says which mode to run in, so
-    the board does not toggle between the two loops while it holds the bus at 7 V.
+    Islanded (mode ISLAND from the edge) it regulates the bus at its reference with a PI
+    loop, as the grid board would. Before the edge has told it, a one-sided guard acts as a
+    backup source: below 96 % of the reference it discharges (PI, output >= 0), above 106 %
+    it charges (PI, output <= 0), and inside that band it does nothing, so it never fights
+    the grid board's regulation at 100 % (two integrators on one reference would oscillate).
     """
 
     def __init__(self, cfg):
@@ -109,14 +113,21 @@ class StorageRole(_Role):
         self.v_min_v = lim.get("voltage_min_v", 2.0)
         self.v_max_v = lim.get("voltage_max_v", 13.5)
         self.p_max_w = lim.get("power_max_w", 3.0)
+        # bus loop gain kp * v_port / (C_bus * v_bus) ~ 1 * 9 / 0.7 = 13 /s: a time constant
+        # of ~80 ms, 8 loop periods of the HIL bench, so a loaded host's late loops do not
+        # make it ring; the guard is a slower backup still
+        kp, ki = g.get("kp", 1.0), g.get("ki", 8.0)
         self.tracker = PowerTracker(g.get("track_gain", 0.2), self.i_min_a, self.i_max_a)
-        self.pi = PI(g.get("kp", 2.0), g.get("ki", 16.0), self.i_min_a, self.i_max_a)
+        self.pi = PI(kp, ki, self.i_min_a, self.i_max_a)
+        kg, kgi = g.get("guard_kp", 0.5), g.get("guard_ki", 4.0)
+        self.guard_lo = PI(kg, kgi, 0.0, self.i_max_a)     # supports a sagging bus
+        self.guard_hi = PI(kg, kgi, self.i_min_a, 0.0)     # absorbs a swelling bus
+        self.v_guard_lo_v = self.v_bus_ref_v * lim.get("guard_low", 0.96)
+        self.v_guard_hi_v = self.v_bus_ref_v * lim.get("guard_high", 1.06)
         self.islanded = False
-        self.auto_islanded = False
 
     def setpoint(self, mode, value):
         self.islanded = mode == _MODE_ISLAND
-        self.auto_islanded = False
         if self.islanded:
             self.pi.reset(self.tracker.i_ref)
         self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
@@ -131,19 +142,21 @@ class StorageRole(_Role):
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         self.v_port_v = v_port
-        # the band check catches a lost grid before the edge has told us
-        if not self.islanded and not self.auto_islanded and v_bus < self.v_bus_ref_v * 0.95:
-            self.auto_islanded = True
-            # stop charging at once: the bus is sagging, every watt counts
-            self.pi.reset(self.tracker.i_ref if self.tracker.i_ref > 0 else 0.0)
-        island = self.islanded or self.auto_islanded
-        self.flags = _FLAG_ISLANDED if island else 0
-        if island:
+        self.flags = 0
+        if self.islanded:
+            self.flags = _FLAG_ISLANDED
             i = self.pi.step(self.v_bus_ref_v - v_bus, dt_s)
             self.tracker.i_ref = i
         else:
             self.pi.reset(self.tracker.i_ref)
-            i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
+            guard = (self.guard_lo.step(self.v_guard_lo_v - v_bus, dt_s)
+                     + self.guard_hi.step(self.v_guard_hi_v - v_bus, dt_s))
+            if guard != 0.0:
+                # nobody holds the bus: back it up; the tracker waits meanwhile
+                self.flags = _FLAG_ISLANDED
+                i = clamp(self.tracker.i_ref + guard, self.i_min_a, self.i_max_a)
+            else:
+                i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
         # voltage limits: no discharge when empty, no charge when full
         if (v_port <= self.v_min_v and i > 0) or (v_port >= self.v_max_v and i < 0):
             i = 0.0
@@ -158,7 +171,9 @@ class GridRole(_Role):
     def __init__(self, cfg):
         _Role.__init__(self, cfg)
         g = cfg["gains"]
-        self.pi = PI(g.get("kp", 2.0), g.get("ki", 16.0), self.i_min_a, self.i_max_a)
+        # loop gain kp * 12 V / (C_bus * v_bus) = 1 * 12 / 0.7 ~ 17 /s (time constant ~60 ms,
+        # 6 periods of the bench's 10 ms loop); a 1 W step then moves the bus ~0.1 V
+        self.pi = PI(g.get("kp", 1.0), g.get("ki", 8.0), self.i_min_a, self.i_max_a)
         self.setpoint_w = self.v_bus_ref_v
 
     def setpoint(self, mode, value):

@@ -114,7 +114,8 @@ class Plant:
         self.storage_energy_j = 0.5 * c * self.p["storage_voltage_init_v"] ** 2
         self.sun = 0.0
         self.grid_connected = True
-        self.duty = {r: 0 for r in ROLES}
+        # a board that has not started yet has its PWM off: zero current, not the range's end
+        self.duty = {r: self.duty_for_current(r, 0.0) for r in ROLES}
         self.i_port = {r: 0.0 for r in ROLES}
         self.v_port = {r: 0.0 for r in ROLES}
         self.p_bus = {r: 0.0 for r in ROLES}
@@ -130,6 +131,12 @@ class Plant:
     def current_reference_a(self, role):
         lo, hi = self.p["current_range_a"][role]
         return lo + (hi - lo) * self.duty[role] / 65535.0
+
+    def duty_for_current(self, role, current_a):
+        """The 16-bit duty that sets ``role``'s current reference to ``current_a`` [A]."""
+        lo, hi = self.p["current_range_a"][role]
+        d = int(round((current_a - lo) / (hi - lo) * 65535))
+        return min(max(d, 0), 65535)
 
     def set_duty(self, role, duty_u16):
         if not 0 <= duty_u16 <= 65535:

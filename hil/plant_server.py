@@ -44,6 +44,10 @@ REPLY = struct.Struct("<4f")
 PLANT_WIRE_VERSION = 1
 _IDLE_TIMEOUT_S = 0.005
 _MAX_CATCH_UP_S = 1.0
+# a board whose control loop has not asked for 0.5 s is dead (killed, crashed): its PWM stops
+# and its power stage carries no current, as on real hardware (0.5 s: 50 missed iterations,
+# well above scheduling hiccups of a loaded test machine)
+_DEAD_BOARD_S = 0.5
 
 
 class PlantServer:
@@ -75,6 +79,7 @@ class PlantServer:
         self._tick_vmin = self._tick_vmax = self.plant.v_bus
         self._mark_vmin = self._mark_vmax = self.plant.v_bus
         self._tick_start_s = None
+        self._last_request_s = {}
 
     def tick_at(self, wall_s):
         return int((wall_s - self.cfg["t0"]) // self.cfg["tick_s"])
@@ -122,6 +127,9 @@ class PlantServer:
             self._tick_start_s = self.plant.time_s
             self._tick = tick
             self._apply_scenario(tick)
+        for role, t in self._last_request_s.items():
+            if now - t > _DEAD_BOARD_S:
+                self.plant.set_duty(role, self.plant.duty_for_current(role, 0.0))
         if dt > 0:
             n = max(1, int(dt / 0.001 + 0.999))
             h = dt / n
@@ -149,7 +157,8 @@ class PlantServer:
                 "v_bus_min_v": self._mark_vmin, "v_bus_max_v": self._mark_vmax,
                 "v_pv_v": pl.v_pv, "storage_energy_j": pl.storage_energy_j,
                 "pv_available_w": pl.pv_available_w(), "extra_load_w": pl.extra_load_w,
-                "p_bus_w": dict(pl.p_bus), "v_port_v": dict(pl.v_port), "i_port_a": dict(pl.i_port)}
+                "p_bus_w": dict(pl.p_bus), "v_port_v": dict(pl.v_port), "i_port_a": dict(pl.i_port),
+                "duty": dict(pl.duty)}
 
     def command(self, cmd):
         """Apply one control command (dict); returns the reply dict. Raises ValueError if bad."""
@@ -221,6 +230,7 @@ class PlantServer:
         role = ROLES[role_index]
         self.catch_up()
         self.plant.set_duty(role, duty)
+        self._last_request_s[role] = time.time()
         self.sock.sendto(REPLY.pack(*self.plant.measure(role)), addr)
         self.requests += 1
 

@@ -39,8 +39,9 @@ T_END_S = 19.5
 class EdgeDriver:
     """A minimal edge: real links and fleet, setpoints re-sent every ``period_s``.
 
-    ``setpoints[name] = (mode, value)`` or None (stop talking to that board). Like the
-    edge's runner, it tells storage to island when the grid board reports islanded.
+    ``setpoints[name] = (mode, value)`` or None (stop talking to that board);
+    ``cycle[name]`` = values sent in turn instead. Like the edge's runner, it tells storage to
+    island when the grid board reports islanded, and also when the grid board is silent.
     """
 
     def __init__(self, bench, period_s=0.25, keys=None):
@@ -55,6 +56,7 @@ class EdgeDriver:
             self.fleet.attach(name, link)
             self.links[name] = link
         self.setpoints = {}
+        self.cycle = {}
         self.period_s = period_s
         self.tick = 0
         self.sent = []              # (t_s, name, seq, mode, value)
@@ -73,11 +75,13 @@ class EdgeDriver:
     def _loop(self):
         while not self._stop.is_set():
             grid = self.fleet.snapshot()["grid"]["telemetry"]
-            islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED)
+            islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED) or "grid" in self.fleet.stale(1.0)
             for name, sp in list(self.setpoints.items()):
                 if sp is None:
                     continue
                 mode, value = sp
+                if name in self.cycle:
+                    value = self.cycle[name][self.tick % len(self.cycle[name])]
                 if name == "storage" and islanded:
                     mode = P.MODE_ISLAND
                 seq = self.fleet.send_setpoint(name, self.tick, mode, value)
