@@ -15,7 +15,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -533,15 +532,14 @@ def test_protocol_error_is_a_value_error():
 
 
 # ------------------------------------------------------------------ performance
-def test_decode_rate_is_well_above_edge_needs():
+def test_decode_of_a_long_authenticated_stream():
+    # the rate itself is measured by `picogrid bench codec` (no timed assertions in tests)
     frames = [p.encode_frame(p.MSG_TELEMETRY, 1 + k % 6, k + 1,
                              p.pack_telemetry(k, 7.0, 5.0, 0.5, 2.5, 2.6, float(k), 2.5, 0),
                              key=TEST_KEY)
               for k in range(2000)]
     stream = b"".join(frames)
     dec = p.Decoder(key=TEST_KEY)
-    start = time.perf_counter()
-    got = [dec.feed(stream[i:i + 512]) for i in range(0, len(stream), 512)]
-    elapsed_s = time.perf_counter() - start
-    assert sum(map(len, got)) == 2000
-    assert elapsed_s < 1.0, "decode of 2000 authenticated frames took %.3f s" % elapsed_s
+    got = [f for i in range(0, len(stream), 512) for f in dec.feed(stream[i:i + 512])]
+    assert [f[2] for f in got] == list(range(1, 2001))
+    assert dec.frames_ok == 2000 and dec.crc_errors == dec.framing_errors == 0
