@@ -970,8 +970,7 @@ def config_from_site(site):
     ``export_max_w``), ``[loads]`` (``voll_per_j`` per priority class, the priority of each
     ``[boards.loadK]``), ``[optimizer]`` (``cycle_cost_per_j``, ``terminal_value_per_j`` and
     any other :class:`MpcConfig` field, e.g. ``eps_abs``) and the optional ``[deferrable]``
-    (``n_jobs`` [0], ``power_max_w`` [0 W], ``voll_per_j`` [VOLL of the ``deferrable`` class
-    if there is one]) and ``[reserve]`` (``enabled`` [false], ``duration_s`` [3600 s],
+    (``n_jobs`` [0], ``power_max_w`` [0 W], ``voll_per_j`` [lowest VOLL]) and ``[reserve]`` (``enabled`` [false], ``duration_s`` [3600 s],
     ``penalty_per_j`` [highest VOLL]) sections. Absent optional keys take these defaults, so
     a site file without them gives the same config as before they existed.
 
@@ -1015,8 +1014,6 @@ def config_from_site(site):
     d["p_def_max_w"] = float(dfr.get("power_max_w", 0.0))
     if "voll_per_j" in dfr:
         d["voll_deferrable_per_j"] = float(dfr["voll_per_j"])
-    elif "deferrable" in voll:
-        d["voll_deferrable_per_j"] = float(voll["deferrable"])
     res = site.get("reserve", {})
     d["reserve"] = bool(res.get("enabled", False))
     d["reserve_duration_s"] = float(res.get("duration_s", 3600.0))

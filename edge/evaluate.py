@@ -1,0 +1,382 @@
+"""``picogrid evaluate``: the policies' cost over many real days, and savings capture.
+
+For each profile (``lab``: ``edge/sites/lab.toml``, 60 ticks per day like the lab market feed;
+``site``: ``edge/sites/site.toml``, 288 five-minute ticks, kW/kWh) and each real day of
+:func:`picogrid.models.scenario.build_bench_days` (test split by default) it runs, in closed
+loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
+
+- ``naive``: the rule PV → loads → storage → grid (no prices, no forecasts);
+- ``mpc_own``: the OSQP MPC on the project's forecasts (:class:`picogrid.edge.forecast.Forecaster`,
+  P50; the lab feed tells the current demand, price and sun, so step 0 is known);
+- ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV);
+- ``mpc_perfect``: the MPC on the true future;
+- ``oracle``: the perfect-foresight LP optimum of the whole day (HiGHS);
+
+and prints the cost of each and the savings capture
+``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)`` over all days (DESIGN.md §4).
+
+Day boundaries: every day starts with the storage half full and scores the energy left at the
+end at the terminal value, like the oracle. The MPC's fixed horizon reaches past the day's end;
+there it sees no PV and no load, no import, and an export price that pays exactly the terminal
+value (``(terminal + cycling) / eta_dis``), so it faces the day-end the oracle faces.
+
+Deferrable jobs (lab feed ``/deferables`` format): half of load3's real energy within two
+windows of each day (ticks [n/4, n/2) and [n/2, 7n/8)) is taken out of its demand and offered
+as a deferrable job of that energy, to be delivered in the window by the deferrable load
+(``[deferrable]`` of the site file; a site file without it gets 2 job slots and the
+deferrable-priority board's power limit). The shapes are real, only this split is ours.
+
+Usage: ``picogrid evaluate [--days 30] [--profile both] [--first-day 2013-07-01] [--plot dispatch.png]``.
+``--days 3`` is the fast path for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import sys
+import time
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from picogrid.edge import policies
+from picogrid.edge.optimize import MpcController, config_from_site
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("lab", "site")
+FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
+LOAD_COLS = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
+#: share of load3's energy in each job window that becomes a deferrable job
+JOB_SHARE = 0.5
+
+
+def _mean_of_quantiles(fan, n):
+    """Mean of P10/P50/P90: the loads are right-skewed, so their median under-forecasts the
+    energy; with linear prices the expected demand is what the plan should meet."""
+    return _fit(np.mean([np.asarray(fan[q], float) for q in (0.1, 0.5, 0.9)], axis=0), n)
+
+
+DEMAND_ESTIMATE = _mean_of_quantiles
+
+
+def site_file(profile):
+    """Path of the site TOML of a profile (``edge/sites/<profile>.toml``)."""
+    return Path(str(resources.files("picogrid.edge").joinpath("sites", f"{profile}.toml")))
+
+
+def load_site(profile):
+    """Parsed site TOML of ``profile`` and its :class:`MpcConfig` ready for evaluation.
+
+    Returns
+    -------
+    (dict, MpcConfig, dict)
+        Site, config (with job slots, see the module docstring), and the scenario scaling
+        for :func:`build_bench_days`.
+
+    Raises
+    ------
+    ValueError
+        Unknown profile or an invalid site file.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known {PROFILES}")
+    with open(site_file(profile), "rb") as f:
+        site = tomllib.load(f)
+    cfg = config_from_site(site)
+    if cfg.n_jobs == 0:
+        rating = [b.get("limits", {}).get("power_max_w") for b in site["boards"].values()
+                  if b.get("priority") == "deferrable"]
+        cfg = cfg.replace(n_jobs=2, p_def_max_w=float(rating[0] if rating and rating[0] else 1.0))
+    scaling = dict(site.get("scenario", {}))
+    scaling.setdefault("pv_capability_w", float(site["pv"]["capability_w"]))
+    return site, cfg, scaling
+
+
+def job_windows(n_ticks):
+    """The two job windows of a day, ``[(start, end), ...]`` in ticks (end exclusive)."""
+    return [(n_ticks // 4, n_ticks // 2), (n_ticks // 2, 7 * n_ticks // 8)]
+
+
+def split_jobs(load3_w, dt_s, n_ticks):
+    """Take ``JOB_SHARE`` of load3's energy in each window out of its demand as a job.
+
+    Parameters
+    ----------
+    load3_w : array [n_ticks]  real demand of load3 [W]
+    dt_s : float  tick [s]
+
+    Returns
+    -------
+    (ndarray [n_ticks], list of dict)
+        Remaining load3 demand [W] and the jobs ``{"start", "end", "energy"}`` [tick, tick, J].
+    """
+    rest = np.asarray(load3_w, float).copy()
+    jobs = []
+    for start, end in job_windows(n_ticks):
+        moved = JOB_SHARE * rest[start:end]
+        rest[start:end] -= moved
+        jobs.append({"start": start, "end": end, "energy": float(moved.sum() * dt_s)})
+    return rest, jobs
+
+
+class DayData:
+    """Scenario rows of one profile with the job split applied, indexed by (day, tick)."""
+
+    def __init__(self, frame, n_ticks, dt_s):
+        self.n_ticks = n_ticks
+        self.days = list(dict.fromkeys(frame["day"]))
+        import pandas as pd
+
+        self.cols = {c: np.array(frame[c].to_numpy(float)) for c in frame.columns
+                     if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
+        self.jobs = []
+        load3 = self.cols["load3_demand_w"]
+        for i in range(len(self.days)):
+            sl = slice(i * n_ticks, (i + 1) * n_ticks)
+            load3[sl], jobs = split_jobs(load3[sl], dt_s, n_ticks)
+            self.jobs.append(jobs)
+
+    def truth(self, i, cfg):
+        """:class:`DayTruth` of day index ``i`` (storage half full at the start)."""
+        sl = slice(i * self.n_ticks, (i + 1) * self.n_ticks)
+        c = self.cols
+        return policies.DayTruth(
+            pv_avail_w=c["pv_available_w"][sl], demand_w=np.column_stack([c[k][sl] for k in LOAD_COLS]),
+            import_price_per_j=c["import_price_per_j"][sl], export_price_per_j=c["export_price_per_j"][sl],
+            e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=self.jobs[i])
+
+
+def _day_end_padding(window, steps_left, cfg):
+    """Past the day's end: no PV, no load, no import, export paying the terminal value."""
+    n = cfg.horizon
+    past = np.arange(n) >= steps_left
+    if not past.any():
+        return window
+    w = {k: (np.array(v, float) if isinstance(v, np.ndarray) else v) for k, v in window.items()}
+    w["pv_avail_w"][past] = 0.0
+    w["demand_w"][past] = 0.0
+    w["p_imp_max_w"][past] = 0.0
+    w["import_price_per_j"][past] = w["import_price_per_j"][~past][-1] if (~past).any() else 0.0
+    w["export_price_per_j"][past] = (cfg.terminal_value_per_j + cfg.cycle_cost_per_j) / cfg.eta_dis
+    if "p_def_max_w" in w:
+        w["p_def_max_w"][past] = 0.0
+    for key in ("reserve_demand_w", "reserve_pv_w"):
+        if key in w:
+            w[key][past] = 0.0
+    return w
+
+
+def perfect_forecast(data, i, truth, cfg):
+    """``forecast(t, delivered_j)`` for :func:`policies.mpc_policy`: the true day, day-end padding."""
+    def fc(t, delivered_j=None):
+        w = truth.window(t, cfg.horizon, cfg, delivered_j)
+        return _day_end_padding(w, truth.n_steps - t, cfg)
+    return fc
+
+
+def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
+    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
+    n_ticks, n = data.n_ticks, cfg.horizon
+    row0 = i * n_ticks
+    c = data.cols
+
+    def fc(t, delivered_j=None):
+        r = row0 + t
+        hist = {s: c[s][r - 2 * n_ticks:r] for s in FC_SERIES}
+        for s in ("ghi_w_m2", "temp_air_c"):
+            if s in c:
+                hist[s] = c[s][r - 2 * n_ticks:r]
+        cal = {"tick": int(t), "day_of_year": int(c["day_of_year"][r]), "weekday": int(c["weekday"][r]),
+               "n_ticks": n_ticks}
+        rows = np.minimum(np.arange(r, r + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
+        out = forecaster.forecast(hist, cal, c["clearsky_ghi_w_m2"][rows])
+        for s, src in forecaster.source.items():
+            sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
+        take = lambda s, q: _fit(np.asarray(out[s][q], float), n)
+        w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
+        now_d, now_imp, now_exp = w["demand_w"][0].copy(), w["import_price_per_j"][0], w["export_price_per_j"][0]
+        now_pv = w["pv_avail_w"][0]
+        w["pv_avail_w"] = np.maximum(take("pv_available_w", 0.5), 0)
+        w["demand_w"] = np.maximum(np.column_stack([DEMAND_ESTIMATE(out[s], n) for s in LOAD_COLS]), 0)
+        w["import_price_per_j"] = take("import_price_per_j", 0.5)
+        w["pv_avail_w"][0], w["demand_w"][0], w["import_price_per_j"][0] = now_pv, now_d, now_imp
+        # export = import less the grid fee, which the current prices reveal
+        w["export_price_per_j"] = w["import_price_per_j"] - (now_imp - now_exp)
+        if reserve:
+            w["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in LOAD_COLS]), 0)
+            w["reserve_pv_w"] = np.maximum(take("pv_available_w", 0.1), 0)
+            w["reserve_demand_w"][0], w["reserve_pv_w"][0] = now_d, now_pv
+        return _day_end_padding(w, truth.n_steps - t, cfg)
+    return fc
+
+
+def _fit(x, n):
+    """First ``n`` values of ``x``, the last repeated if it is shorter."""
+    return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
+
+
+def evaluate_profile(profile, first_day, n_days, progress=None):
+    """Run every policy over ``n_days`` real days of ``profile``.
+
+    Returns
+    -------
+    dict
+        ``costs``: policy -> [n_days] total cost [c]; ``days``; ``sources`` (forecast source ->
+        count); ``solve_ms`` (MPC solve times); ``statuses``; ``example`` (results of day 0
+        for the plot); ``cfg``.
+    """
+    from picogrid.edge.forecast import Forecaster
+    from picogrid.models import features as F
+    from picogrid.models.scenario import build_bench_days
+
+    site, cfg, scaling = load_site(profile)
+    n_ticks = int(site["bench"]["n_ticks"])
+    start = _dt.date.fromisoformat(first_day)
+    # two days of history before, one day of clear-sky/forecast room after
+    frame = build_bench_days((start - _dt.timedelta(days=2)).isoformat(), n_days + 3, n_ticks, scaling)
+    data = DayData(frame, n_ticks, cfg.dt_s)
+    fc_profile = profile if profile in F.PROFILES else "lab"
+    forecaster = Forecaster(profile=fc_profile)
+    policies_run = ["naive", "oracle", "mpc_perfect", "mpc_own"] + (["mpc_own_reserve"] if profile == "site" else [])
+    costs = {p: [] for p in policies_run}
+    sources, solve_ms, statuses, example = {}, [], {}, None
+    ctrl = MpcController(cfg)
+    ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
+    for d in range(n_days):
+        i = d + 2
+        truth = data.truth(i, cfg)
+        results = {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)}
+        oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                                       truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
+        results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+        for name, c, fc in (("mpc_perfect", ctrl, perfect_forecast(data, i, truth, cfg)),
+                            ("mpc_own", ctrl, own_forecast(data, i, truth, cfg, forecaster, sources)),
+                            ("mpc_own_reserve", ctrl_res,
+                             own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
+            if name not in costs:
+                continue
+            c.reset()
+            pol = policies.mpc_policy(c, fc)
+
+            def timed(t, e_j, delivered_j=None, pol=pol, name=name):
+                dcs = pol(t, e_j, delivered_j)
+                solve_ms.append(1e3 * dcs.solve_time_s)
+                statuses[dcs.status.split(":")[0]] = statuses.get(dcs.status.split(":")[0], 0) + 1
+                return dcs
+            results[name] = policies.simulate_policy(timed, truth, cfg)
+        for p in policies_run:
+            costs[p].append(results[p].total_cost)
+        if example is None:
+            example = (data.days[i], truth, results)
+        if progress:
+            progress(profile, d + 1, n_days)
+    return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[2:2 + n_days],
+            "sources": sources, "solve_ms": np.array(solve_ms), "statuses": statuses,
+            "example": example, "cfg": cfg, "forecaster_profile": fc_profile,
+            "forecaster_models": sorted(forecaster.models)}
+
+
+def capture(costs, policy):
+    """Savings capture of ``policy`` over all days (sums of costs)."""
+    c = {p: float(np.sum(v)) for p, v in costs.items()}
+    return policies.savings_capture(c["naive"], c[policy], c["oracle"])
+
+
+def plot_day(example, cfg, path):
+    """PNG of one day's dispatch (power balance, stored energy, price) of the MPC on own forecasts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    day, truth, results = example
+    r = results["mpc_own"]
+    t = np.arange(truth.n_steps) * cfg.dt_s / 3600.0
+    fig, ax = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    ax[0].plot(t, truth.pv_avail_w, color="gold", lw=1, ls="--", label="PV available")
+    ax[0].plot(t, r.pv_w, color="orange", label="PV used")
+    ax[0].plot(t, r.storage_w, color="green", label="storage (+ discharge)")
+    ax[0].plot(t, r.grid_w, color="black", label="grid (+ import)")
+    ax[0].plot(t, r.load_served_w.sum(axis=1), color="tab:blue", label="loads served")
+    if r.deferrable_w is not None:
+        ax[0].plot(t, r.deferrable_w, color="purple", label="deferrable jobs")
+    ax[0].set_ylabel("power [W]")
+    ax[0].legend(fontsize=7, ncol=3)
+    for name, style in (("mpc_own", "-"), ("oracle", "--"), ("naive", ":")):
+        ax[1].plot(np.arange(truth.n_steps + 1) * cfg.dt_s / 3600.0, results[name].e_j, ls=style, label=name)
+    ax[1].axhline(cfg.e_min_j, color="grey", lw=0.5)
+    ax[1].axhline(cfg.e_max_j, color="grey", lw=0.5)
+    ax[1].set_ylabel("stored energy [J]")
+    ax[1].legend(fontsize=7)
+    ax[2].step(t, truth.import_price_per_j, where="post", label="import")
+    ax[2].step(t, truth.export_price_per_j, where="post", label="export")
+    ax[2].set_ylabel("price [c/J]")
+    ax[2].set_xlabel("hour of the day")
+    ax[2].legend(fontsize=7)
+    costs = {p: results[p].total_cost for p in results}
+    fig.suptitle(f"{day}: cost naive {costs['naive']:.4g}, MPC {costs['mpc_own']:.4g}, "
+                 f"oracle {costs['oracle']:.4g} [c]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(profile, res, out):
+    c = res["costs"]
+    n = len(res["days"])
+    print(f"== {profile}: {n} real days {res['days'][0]} .. {res['days'][-1]}, N={res['cfg'].horizon}, "
+          f"dt={res['cfg'].dt_s:g} s", file=out)
+    for p, v in c.items():
+        extra = "" if p in ("naive", "oracle") else f"  savings capture {100 * capture(c, p):6.1f} %"
+        print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
+    if "mpc_own_reserve" in c:
+        print(f"  reserve cost: {np.sum(c['mpc_own_reserve']) - np.sum(c['mpc_own']):+.5g} c over {n} days "
+              f"(own forecasts, with vs without the 1 h islanded reserve)", file=out)
+    per_day = [policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["oracle"])]
+    print(f"  per-day capture (own forecasts): median {100 * np.nanmedian(per_day):.1f} %", file=out)
+    src = ", ".join(f"{k} x{v}" for k, v in sorted(res["sources"].items()))
+    print(f"  forecasts: profile {res['forecaster_profile']!r}, ONNX models for {res['forecaster_models']}; "
+          f"series-ticks by source: {src}", file=out)
+    ms = res["solve_ms"]
+    print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "
+          f"statuses {res['statuses']}", file=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="picogrid evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
+    ap.add_argument("--first-day", default="2013-07-01", help="first day (default: start of the test split)")
+    ap.add_argument("--profile", choices=("lab", "site", "both"), default="both")
+    ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
+    args = ap.parse_args(argv)
+    if args.days < 1:
+        ap.error("--days must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # forecaster fallbacks and soft-constraint notes would flood the log: one line per tick
+    for name in ("picogrid.edge.forecast", "picogrid.edge.optimize"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+
+    def progress(profile, done, total):
+        print(f"\r{profile}: day {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    profiles = PROFILES if args.profile == "both" else (args.profile,)
+    results = {}
+    for profile in profiles:
+        results[profile] = evaluate_profile(profile, args.first_day, args.days, progress)
+    for profile, res in results.items():
+        report(profile, res, sys.stdout)
+    if args.plot:
+        last = profiles[-1]
+        plot_day(results[last]["example"], results[last]["cfg"], args.plot)
+        print(f"dispatch plot of {results[last]['example'][0]} ({last}): {args.plot}")
+    print(f"evaluate took {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
