@@ -143,6 +143,12 @@ class StorageRole(_Role):
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         self.v_port_v = v_port
         self.flags = 0
+        # the power limit holds in every mode: islanded or backing up, the supercapacitor's
+        # port (4 ohm ESR) could otherwise swing tens of watts and make the bus ring
+        i_lim = 1.1 * self.p_max_w / (v_port if v_port > 1.0 else 1.0)
+        self.pi.out_min, self.pi.out_max = -i_lim, i_lim
+        self.guard_lo.out_max = i_lim
+        self.guard_hi.out_min = -i_lim
         if self.islanded:
             self.flags = _FLAG_ISLANDED
             i = self.pi.step(self.v_bus_ref_v - v_bus, dt_s)
@@ -157,6 +163,9 @@ class StorageRole(_Role):
                 i = clamp(self.tracker.i_ref + guard, self.i_min_a, self.i_max_a)
             else:
                 i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
+        if i > i_lim or i < -i_lim:
+            i = clamp(i, -i_lim, i_lim)
+            self.flags |= _FLAG_LIMITED
         # voltage limits: no discharge when empty, no charge when full
         if (v_port <= self.v_min_v and i > 0) or (v_port >= self.v_max_v and i < 0):
             i = 0.0
