@@ -77,6 +77,7 @@ class Browser:
     def new_page(self):
         """A new tab that records console errors in ``page.errors`` (list of str)."""
         page = self.context.new_page()
+        page.set_default_timeout(20000)    # [ms]: a stuck page fails a test, never hangs it
         page.errors = []
         page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: page.errors.append(str(e)))

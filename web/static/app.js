@@ -386,8 +386,12 @@ function setLive(live) {
 
 async function onTick(event) {
   const run = event.latest.run;
-  if (RUN === null) {             // waiting page: the first run has started
+  if (PAGE === "waiting") {       // the first run has started: show it
     if (run) location.reload();
+    return;
+  }
+  if (RUN === null) {             // a page without a run (login): only the badges
+    await refreshControl();
     return;
   }
   if (!run) return;                // store gone for a moment: keep what is shown
