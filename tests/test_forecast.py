@@ -40,8 +40,8 @@ def forecaster():
 def test_loads_committed_artefacts(forecaster):
     assert forecaster.series == F.SERIES and forecaster.horizon == 60
     assert set(forecaster.models) == set(F.SERIES)
-    total = sum(p.stat().st_size for p in default_artifact_dir().iterdir())
-    assert total <= 5 * 1024 * 1024
+    total = sum(p.stat().st_size for p in default_artifact_dir().rglob("*") if p.is_file())
+    assert total <= 5 * 1024 * 1024   # every profile's graphs, cards and fan charts
     for card in forecaster.models.values():
         # folded float32 graph vs the numpy network, stated in the card, relative to the data scale
         assert card["onnx_vs_numpy_max_abs_diff_rel_to_scale"] < 1e-4
@@ -94,7 +94,7 @@ def test_n_ticks_mismatch_falls_back(forecaster, days):
 
 
 def _copy_artefacts(dst):
-    for p in default_artifact_dir().iterdir():
+    for p in default_artifact_dir().glob("*.*"):   # the lab graphs and cards (not site/)
         shutil.copy(p, dst / p.name)
 
 
@@ -267,3 +267,38 @@ def test_feature_builder_rejects_bad_input(days):
         F.build_features("load1_demand_w", history["load1_demand_w"], dict(calendar, tick=60))
     with pytest.raises(ValueError, match="unknown series"):
         F.feature_names("load4_demand_w")
+
+
+@pytest.fixture(scope="module")
+def site_days():
+    return scenario.build_bench_days("2013-07-09", 3, n_ticks=288, bench=train.PROFILE_BENCH["site"])
+
+
+def test_site_profile_forecasts_288_steps_for_every_series(site_days):
+    fc = Forecaster(profile="site")
+    assert fc.profile == "site" and fc.horizon == 288 and set(fc.models) == set(F.SERIES)
+    start = 2 * 288 + 100
+    history = {s: site_days[s].to_numpy()[:start] for s in F.SERIES}
+    row = site_days.iloc[start]
+    calendar = {"tick": int(row["tick"]), "day_of_year": int(row["day_of_year"]), "weekday": int(row["weekday"]),
+                "n_ticks": 288}
+    cs = np.concatenate([site_days["clearsky_ghi_w_m2"].to_numpy()] * 2)[start:start + 288]
+    out = fc.forecast(history, calendar, cs)
+    assert fc.source == {s: "onnx" for s in F.SERIES}
+    for s in F.SERIES:
+        assert all(out[s][q].shape == (288,) for q in F.QUANTILES)
+    # a 5 kW array: daytime P50 of a July day in kW, zero at night
+    assert out["pv_available_w"][0.5][cs > 0.8 * cs.max()].mean() > 1000.0
+    assert out["pv_available_w"][0.5][cs == 0].max() < 300.0
+
+
+def test_profile_mismatch_and_unknown_profile_are_clear_errors():
+    with pytest.raises(ValueError, match="profile"):
+        Forecaster(default_artifact_dir("lab"), profile="site")
+    with pytest.raises(ValueError, match="unknown profile"):
+        Forecaster(profile="home")
+
+
+def test_evaluate_without_artefacts_says_so(tmp_path, capsys):
+    assert evaluate.main(["--artifacts", str(tmp_path)]) == 1
+    assert "no model cards" in capsys.readouterr().err
