@@ -149,7 +149,7 @@ class OnlineDayLearner:
                ("mean7", "last", 7), ("ewm1", "ewm", 1.0), ("ewm2", "ewm", 2.0), ("ewm4", "ewm", 4.0),
                ("shape3", "shape", 3), ("shape7", "shape", 7))
     RHOS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
-    GAP_TICKS = 2
+    GAP_TICKS = 1
 
     def __init__(self, n_ticks: int = TICKS_PER_DAY, max_days: int = 28):
         self.n_ticks = int(n_ticks)
