@@ -122,10 +122,13 @@ def test_schema_without_run_shows_waiting(db_path, store):
 
 def test_run_without_ticks_renders(db_path, store):
     store.start_run("site", "2019-01-07", 288, 300.0, {})
+    store.board("pv", link="serial")      # known to the edge, silent so far
+    store.commit()
     client = make_client(db_path)
     page = client.get("/")
     assert page.status_code == 200
     assert b"2019-01-07" in page.data and b"no decision yet" in page.data
+    assert b'data-board="pv"' in page.data and b"no data" in page.data
     latest = client.get("/api/latest").get_json()
     assert latest["run"]["ticks_done"] == 0 and latest["run"]["latest_tick"] is None
     dispatch = client.get("/api/run/1/dispatch?policy=mpc").get_json()
@@ -145,7 +148,7 @@ def test_page_renders_header_boards_decision_and_assets(db_path, day):
         # p_bus_w of tick 2, and health words from the flag bits (tick 2: 32 + i)
         assert '<span class="p-bus">%.2f</span>' % telemetry_values(i, 2)["p_bus_w"] in html
     assert "limited" in html and "fault" in html   # load1 flags 0x23, load2 0x24 at tick 2
-    assert "solved" in html and "4.4 ms" in html                          # tick 2's solve
+    assert 'id="decision-status">solved<' in html and '"decision-solve-ms">4.4</span> ms' in html
     assert "Log in</a> to change the mode" in html and 'id="form-mode"' not in html
     for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "app.js", "style.css"):
         assert asset in html

@@ -33,7 +33,8 @@ def format_number(value):
 @bp.app_template_filter("watts")
 def format_watts(value):
     """Bench power to the centiwatt (fixed width on the Live cards), '—' for missing."""
-    return "—" if value is None else "%.2f" % value
+    # Undefined (a board without telemetry yet) and None both show as missing.
+    return "%.2f" % value if isinstance(value, (int, float)) else "—"
 
 
 @bp.app_template_filter("flags")

@@ -154,6 +154,9 @@ function renderLatest(state) {
   if (d) {
     setText("decision-reason", d.reason || "—");
     setText("decision-tick", d.tick);
+    setText("decision-status", d.status);
+    setText("decision-solve-ms", d.solve_time_s === null ? "—" : fmt(d.solve_time_s * 1000));
+    setText("decision-forecast", d.forecast_source || "—");
     const approve = document.querySelector("#form-approve input[name=value]");
     if (approve) approve.value = d.tick;
     document.querySelectorAll(".approve-tick").forEach((el) => { el.textContent = d.tick; });
