@@ -281,6 +281,37 @@ def evaluate_profile(profile, first_day, n_days, progress=None):
             "forecaster_models": sorted(forecaster.models)}
 
 
+def _chunk(args):
+    profile, first_day, n_days = args
+    return evaluate_profile(profile, first_day, n_days)
+
+
+def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None):
+    """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged."""
+    workers = max(1, min(int(workers), n_days))
+    if workers == 1:
+        return evaluate_profile(profile, first_day, n_days, progress)
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = _dt.date.fromisoformat(first_day)
+    sizes = [n_days // workers + (k < n_days % workers) for k in range(workers)]
+    firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n) for f, n in zip(firsts, sizes)]))
+    if progress:
+        progress(profile, n_days, n_days)
+    merged = dict(parts[0])
+    merged["costs"] = {p: np.concatenate([r["costs"][p] for r in parts]) for p in parts[0]["costs"]}
+    merged["days"] = [d for r in parts for d in r["days"]]
+    merged["solve_ms"] = np.concatenate([r["solve_ms"] for r in parts])
+    for key in ("sources", "statuses"):
+        merged[key] = {}
+        for r in parts:
+            for k, v in r[key].items():
+                merged[key][k] = merged[key].get(k, 0) + v
+    return merged
+
+
 def capture(costs, policy):
     """Savings capture of ``policy`` over all days (sums of costs)."""
     c = {p: float(np.sum(v)) for p, v in costs.items()}
@@ -351,6 +382,8 @@ def main(argv=None):
     ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
     ap.add_argument("--first-day", default="2013-07-01", help="first day (default: start of the test split)")
     ap.add_argument("--profile", choices=("lab", "site", "both"), default="both")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="processes sharing the days (default 2, the cores of the reference machine)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
     args = ap.parse_args(argv)
     if args.days < 1:
@@ -367,7 +400,7 @@ def main(argv=None):
     profiles = PROFILES if args.profile == "both" else (args.profile,)
     results = {}
     for profile in profiles:
-        results[profile] = evaluate_profile(profile, args.first_day, args.days, progress)
+        results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot:
