@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/picogrid demo $(if $(filter 1,$(EXIT)),--exit,)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	PICOGRID_REQUIRE_TYPECHECK=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/picogrid bench

@@ -44,13 +44,13 @@ class ScenarioSource:
     """
 
     def __init__(self, columns, n_ticks):
-        missing = [c for c in SERIES + ("clearsky_ghi_w_m2", "day", "day_of_year", "weekday", "sun")
-                   if c not in columns]
+        numeric = SERIES + ("clearsky_ghi_w_m2", "day_of_year", "weekday", "sun")
+        missing = [c for c in numeric + ("day",) if c not in columns]
         if missing:
             raise ValueError("scenario lacks columns %s" % missing)
         self.n_ticks = int(n_ticks)
-        self.cols = {c: np.asarray(v, dtype=float) for c, v in columns.items()
-                     if c not in ("day",) and not c.endswith("_source_day")}
+        # only what the edge uses: provenance and flag columns stay in the file
+        self.cols = {c: np.asarray(columns[c], dtype=float) for c in numeric}
         self.days = list(columns["day"])
         n = len(self.days)
         if n < self.n_ticks or n % self.n_ticks:
