@@ -146,6 +146,11 @@ class Fleet:
                         "firmware_version": b.firmware_version}
                     for n, b in self.boards.items()}
 
+    def telemetry_peek(self):
+        """Telemetry received since the last drain, without draining it."""
+        with self._lock:
+            return list(self.telemetry_log)
+
     def drain_telemetry(self):
         with self._lock:
             rows, self.telemetry_log = self.telemetry_log, []

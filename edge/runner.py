@@ -12,7 +12,9 @@ import time
 import numpy as np
 
 from picogrid.edge import dispatch, estimate, metering
+from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
+from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcConfig, MpcController
 from picogrid.edge.policies import naive_step
 from picogrid.edge.signals import LOADS
@@ -88,6 +90,7 @@ class EdgeRunner:
         self.measured = []              # per tick: dict of measured energies and prices
         self.last_setpoints = None
         self.operator = Operator(site)
+        self.health = Health(fleet.boards)
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
@@ -99,8 +102,8 @@ class EdgeRunner:
                                             self.site["storage"]["capacitance_f"],
                                             self.site["storage"]["esr_ohm"])
         grid = snap["grid"]["telemetry"]
-        from picogrid.firmware import protocol as P
-        islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED)
+        # a grid board that reports no supply, or says nothing at all, means no grid
+        islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED) or self.health.stale["grid"]
         return snap, e_j, islanded
 
     def forecast(self, k):
@@ -191,6 +194,9 @@ class EdgeRunner:
                "cost": cost, "balance_residual_j": residual}
         self.store.dispatch(self.policy, t, row)
         self.measured.append(row)
+        if self.record_all:
+            for board, kind, detail in self.health.balance(residual, self.tick_s):
+                self.store.event(self.clock() - self.t0, board, kind, "tick %d: %s" % (t, detail))
 
     def persist(self, k, t_rel, decision, fc, src, sp, operator_note=""):
         if not self.record_all:
@@ -226,8 +232,17 @@ class EdgeRunner:
         self.store.commit()
 
     # -- the tick --------------------------------------------------------------------
+    def check_health(self, t_rel):
+        for _, name, _, _, tel in self.fleet.telemetry_peek():
+            self.health.telemetry(name, tel)
+        for board, kind, detail in self.health.check(set(self.fleet.stale(self.health.stale_s))):
+            log.warning("board %s: %s (%s)", board, kind, detail)
+            if self.record_all:
+                self.store.event(t_rel, board, kind, detail)
+
     def tick(self, k):
         t_start = self.clock()
+        self.check_health(t_start - self.t0)
         snap, e_j, islanded = self.observe()
         if e_j is None:
             e_j = self.cfg.e_min_j

@@ -132,3 +132,21 @@ def test_setpoint_ack_round_trip_and_timeout(pty_link):
     assert fleet.wait_acks({"load1": fleet.send_setpoint("load1", 4, 0, 0.1)}, 0.2) == {}
     assert time.monotonic() - t0 >= 0.2
     assert fleet.stale(60.0) == ["load2"]
+
+
+def test_health_reports_stale_stuck_and_balance_changes_once():
+    from picogrid.edge.health import Health
+
+    h = Health(["pv", "grid"], stuck_samples=3, residual_alarm_w=0.2)
+    assert h.check({"grid"}) == [("grid", "board_stale", "no telemetry for 1.0 s")]
+    assert h.check({"grid"}) == []                       # reported once, not every tick
+    assert [e[1] for e in h.check(set())] == ["board_back"]
+    same = {"v_bus_v": 7.0, "v_port_v": 4.5, "i_port_a": 0.7, "p_bus_w": 3.0}
+    for _ in range(4):
+        h.telemetry("pv", same)
+    assert [e[1] for e in h.check(set())] == ["sensor_stuck"]
+    h.telemetry("pv", dict(same, i_port_a=0.7001))       # noise again
+    assert [e[1] for e in h.check(set())] == ["sensor_ok"]
+    assert h.balance(0.1, 2.5) == [] and h.balance(1.0, 2.5) == []    # 0.04 W, then 0.4 W once
+    assert [e[1] for e in h.balance(-1.0, 2.5)] == ["balance_alarm"]   # second tick in a row
+    assert h.balance(None, 2.5) == []
