@@ -668,7 +668,7 @@ def validate_inputs(cfg, pv_avail_w, demand_w, import_price_per_j, export_price_
     )
 
 
-def parse_jobs(jobs, n_jobs):
+def parse_jobs(jobs, n_jobs, horizon=None):
     """Deferrable jobs in the lab feed's ``/deferables`` format as an array [J', 3].
 
     Parameters
@@ -679,12 +679,14 @@ def parse_jobs(jobs, n_jobs):
         ``start <= t < end``, and the energy still to deliver in it [J].
     n_jobs : int
         Job slots of the model.
+    horizon : int or None
+        Steps of the horizon; jobs that start after it are dropped (they do not concern it).
 
     Returns
     -------
     ndarray, shape [J', 3]
-        Rows ``(start, end, energy_j)``; jobs whose window has passed (``end <= 0``) or that
-        need no energy are dropped.
+        Rows ``(start, end, energy_j)``; jobs whose window has passed (``end <= 0``), that
+        start after the horizon or that need no energy are dropped.
 
     Raises
     ------
@@ -702,7 +704,7 @@ def parse_jobs(jobs, n_jobs):
             raise ValueError(f"deferrable job must be {{start, end, energy}}, got {job!r}") from exc
         if not (math.isfinite(energy) and energy >= 0 and math.isfinite(start) and end >= start):
             raise ValueError(f"deferrable job needs energy >= 0 and start <= end, got {job!r}")
-        if end > 0 and energy > 0:
+        if end > 0 and energy > 0 and (horizon is None or start < horizon):
             rows.append((max(start, 0.0), end, energy))
     if len(rows) > n_jobs:
         raise ValueError(f"{len(rows)} live deferrable jobs but the model has n_jobs={n_jobs}")
@@ -841,7 +843,7 @@ class MpcController:
         pv, demand, c_imp, c_exp, imp_max, exp_max = validate_inputs(
             cfg, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
             p_imp_max_w, p_exp_max_w)
-        job_arr = parse_jobs(jobs, cfg.n_jobs)
+        job_arr = parse_jobs(jobs, cfg.n_jobs, n)
         def_max = _as_series("p_def_max_w", p_def_max_w, n, cfg.p_def_max_w)
         e0_j = float(e0_j)
         arrays = [("e0_j", e0_j), ("pv_avail_w", pv), ("demand_w", demand),

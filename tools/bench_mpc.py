@@ -1,91 +1,234 @@
-"""Benchmark the MPC's warm-started solve time over a rolling synthetic day.
+"""Benchmark the MPC solve: OSQP (set up once, warm-started) vs cvxpy vs HiGHS on the same instances.
 
-Runs :class:`picogrid.edge.optimize.MpcController` in closed loop (perfect forecasts, the
-plant of :func:`picogrid.edge.policies.simulate_policy`) for the lab profile (N = 60,
-dt = 2.5 s, watts and joules of the bench) and the site profile (N = 288, dt = 300 s, kW and
-kWh-scale energies in J), and prints p50/p99 of the solve wall time, iteration counts, the
-statuses seen and the savings capture against the naive policy and the perfect-foresight LP.
+``picogrid bench mpc`` builds real days of the site profile (``edge/sites/site.toml``: kW, kWh,
+5-minute ticks; :func:`picogrid.models.scenario.build_bench_days` with its ``[scenario]``
+scaling, deferrable jobs split from load3 as in :mod:`picogrid.edge.evaluate`) and, for each
+horizon N = 60, 96, 288, 1440 steps, rolls the horizon over ``--ticks`` consecutive ticks. Every
+solver gets the same instance at each tick (the stored energy follows the exact LP plan), and:
 
-The day is synthetic on purpose (a solver benchmark, not a forecast test): a half-sine PV
-shape, smooth load wiggles and a two-level tariff with an evening peak. Near the end of the
-run the MPC's window is padded by repeating the last step (see ``DayTruth.window``), so it may
-keep energy for a future that the whole-run oracle knows will not come: part of the gap to
-the oracle is this end effect, not the solver.
+- ``osqp``: :class:`picogrid.edge.optimize.MpcController` (one OSQP set-up, ``update`` + warm start
+  from its previous solution shifted one step) with the site's settings;
+- ``cvxpy``: an independent formulation of the same model written with cvxpy ``Parameter``s
+  (compiled once, DPP), re-solved each tick by Clarabel; the time is the whole ``solve`` call;
+- ``highs``: the exact LP (:func:`picogrid.edge.policies.solve_oracle`: model vectors + HiGHS
+  dual simplex through ``scipy.optimize.linprog``), the reference optimum.
 
-Usage: ``python -m picogrid.tools.bench_mpc [--days 2] [--profile lab|site|both]``
+It prints p50/p99 of the wall time per solve, the speed ratios, and the gap of OSQP's plan cost
+(and cvxpy's) to the exact optimum, in % of the instance's gross cost (import + export + shedding
++ cycling, the money that moves) and in % of |optimum|. cvxpy runs on the first ``--cvxpy-ticks``
+ticks only (it is slow); its p50/p99 are over those.
+
+Usage: ``picogrid bench mpc [--ticks 200] [--cvxpy-ticks 20] [--horizons 60,96,288,1440]``
 """
 
 import argparse
+import datetime as _dt
 import logging
 import time
 
 import numpy as np
 
-from picogrid.edge import policies
-from picogrid.edge.optimize import MpcConfig, MpcController
+from picogrid.edge import evaluate, policies
+from picogrid.edge.optimize import MpcController, reserve_energy_j
 
-LAB = dict(horizon=60, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
-           eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
-           voll_per_j=[50.0, 20.0, 5.0], cycle_cost_per_j=0.01)
-_KWH = 3.6e6
-# Site prices in cents/J: 30 c/kWh import is 8.3e-6 c/J.
-SITE = dict(horizon=288, dt_s=300.0, e_min_j=1.0 * _KWH, e_max_j=10.0 * _KWH, p_ch_max_w=5000.0,
-            p_dis_max_w=5000.0, eta_ch=0.95, eta_dis=0.95, p_imp_max_w=10000.0, p_exp_max_w=7000.0,
-            n_loads=3, voll_per_j=[1e-4, 4e-5, 1e-5], cycle_cost_per_j=2e-7)
+log = logging.getLogger(__name__)
+
+HORIZONS = (60, 96, 288, 1440)
 
 
-def synthetic_day(cfg, steps_per_day, days, pv_peak_w, load_w, price_low, price_high, seed=0):
-    """``days`` days: PV half-sine [W], 3 loads [W], import/export price [price/J]."""
-    rng = np.random.default_rng(seed)
-    n_steps = steps_per_day * days
-    phase = (np.arange(n_steps) % steps_per_day) / steps_per_day
-    pv = pv_peak_w * np.clip(np.sin(np.pi * (phase - 0.25) / 0.5), 0, None) * rng.uniform(0.7, 1.0, n_steps)
-    shapes = np.column_stack([0.6 + 0.1 * np.sin(2 * np.pi * phase),
-                              0.5 + 0.4 * np.sin(2 * np.pi * (phase - 0.3)) ** 2,
-                              0.3 + 0.6 * ((phase > 0.7) & (phase < 0.9))])
-    demand = load_w * shapes * rng.uniform(0.9, 1.1, (n_steps, 3))
-    price = np.where((phase > 0.7) & (phase < 0.9), price_high, price_low) * rng.uniform(0.9, 1.1, n_steps)
-    return policies.DayTruth(pv, demand, price, 0.4 * price, e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j))
+class CvxpyMpc:
+    """The MPC model of DESIGN.md §4 in cvxpy with parameters, compiled once (Clarabel).
+
+    Written from the model's statement, not from :mod:`picogrid.edge.optimize`: hard power
+    limits, soft energy bounds with an L1 penalty, deferrable jobs with an undelivered-energy
+    slack, optional reserve with a shortfall slack. Powers are in units of the largest power
+    limit ``pu`` [W], energies in ``eu = dt * pu`` [J] and costs in ``cu = eu * max(voll)``, so
+    that Clarabel sees numbers of order one at the site's kW/kWh scale.
+    """
+
+    def __init__(self, cfg, penalty_per_j):
+        import cvxpy as cp
+
+        self.cp = cp
+        n, nl, nj, dt = cfg.horizon, cfg.n_loads, max(cfg.n_jobs, 1), cfg.dt_s
+        self.cfg = cfg
+        pu = self.pu = max(cfg.p_ch_max_w, cfg.p_dis_max_w, cfg.p_imp_max_w, cfg.p_exp_max_w)
+        eu = self.eu = dt * pu
+        pr = self.pr = max(cfg.voll_per_j)           # price unit [price/J]
+        self.cu = eu * pr
+        p = self.par = {
+            "e0": cp.Parameter(), "pv": cp.Parameter(n, nonneg=True),
+            "dem": cp.Parameter((n, nl), nonneg=True), "c_imp": cp.Parameter(n), "c_exp": cp.Parameter(n),
+            "imp_max": cp.Parameter(n, nonneg=True), "exp_max": cp.Parameter(n, nonneg=True),
+            "def_max": cp.Parameter((n, nj), nonneg=True), "need": cp.Parameter(nj, nonneg=True),
+            "reserve": cp.Parameter(n), "def_tot": cp.Parameter(n, nonneg=True),
+        }
+        v = self.var = {k: cp.Variable(n, nonneg=True) for k in ("ch", "dis", "imp", "exp", "pv")}
+        v["load"] = cp.Variable((n, nl), nonneg=True)
+        v["def"] = cp.Variable((n, nj), nonneg=True)
+        v["e"] = cp.Variable(n + 1)
+        v["short"] = cp.Variable(nj, nonneg=True)
+        v["res"] = cp.Variable(n, nonneg=True)
+        # energy [eu] after a step of powers [pu]: e' = e + eta_ch*ch - dis/eta_dis
+        cons = [
+            v["pv"] + v["dis"] + v["imp"] - v["ch"] - v["exp"] - cp.sum(v["load"], axis=1)
+            - cp.sum(v["def"], axis=1) == 0,
+            v["e"][0] == p["e0"],
+            v["e"][1:] == v["e"][:-1] + cfg.eta_ch * v["ch"] - v["dis"] / cfg.eta_dis,
+            v["ch"] <= cfg.p_ch_max_w / pu, v["dis"] <= cfg.p_dis_max_w / pu,
+            v["imp"] <= p["imp_max"], v["exp"] <= p["exp_max"], v["pv"] <= p["pv"], v["load"] <= p["dem"],
+            v["def"] <= p["def_max"], cp.sum(v["def"], axis=1) <= p["def_tot"],
+            cp.sum(v["def"], axis=0) + v["short"] >= p["need"],
+        ]
+        voll = np.asarray(cfg.voll_per_j) / pr
+        e_min, e_max = cfg.e_min_j / eu, cfg.e_max_j / eu
+        cost = (p["c_imp"] @ v["imp"] - p["c_exp"] @ v["exp"]
+                + cp.sum(cp.multiply(voll[None, :], p["dem"] - v["load"]))
+                + cfg.cycle_cost_per_j / pr * cp.sum(v["ch"] + v["dis"])
+                - cfg.terminal_value_per_j / pr * v["e"][n]
+                + penalty_per_j / pr * cp.sum(cp.pos(e_min - v["e"][1:]) + cp.pos(v["e"][1:] - e_max))
+                + cfg.voll_def_per_j / pr * cp.sum(v["short"]))
+        if cfg.reserve:
+            cons.append(v["e"][1:] + v["res"] >= p["reserve"])
+            pen = max(cfg.voll_per_j) if cfg.reserve_penalty_per_j is None else cfg.reserve_penalty_per_j
+            cost = cost + pen / pr * cp.sum(v["res"])
+        self.prob = cp.Problem(cp.Minimize(cost), cons)
+
+    def solve(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j, p_imp_max_w,
+              p_exp_max_w, jobs=(), p_def_max_w=None, reserve_j=None):
+        """Solve one instance; returns the optimal cost [price units] (raises if not optimal)."""
+        cfg, p, n, pu, eu, pr = self.cfg, self.par, self.cfg.horizon, self.pu, self.eu, self.pr
+        p["e0"].value = float(e0_j) / eu
+        p["pv"].value, p["dem"].value = np.asarray(pv_avail_w, float) / pu, np.asarray(demand_w, float) / pu
+        p["c_imp"].value = np.asarray(import_price_per_j, float) / pr
+        p["c_exp"].value = np.asarray(export_price_per_j, float) / pr
+        p["imp_max"].value, p["exp_max"].value = np.asarray(p_imp_max_w) / pu, np.asarray(p_exp_max_w) / pu
+        def_max = (np.full(n, cfg.p_def_max_w) if p_def_max_w is None else np.asarray(p_def_max_w, float)) / pu
+        mask = np.zeros(p["def_max"].shape)
+        need = np.zeros(p["need"].shape)
+        steps = np.arange(n)
+        live = [j for j in jobs if j["start"] < n and j["end"] > 0 and j["energy"] > 0]
+        for j, job in enumerate(live):
+            mask[:, j] = (steps >= job["start"]) & (steps < job["end"])
+            # what can still go in after the horizon is not required within it
+            need[j] = max(job["energy"] / eu - max(job["end"] - n, 0) * def_max.max(), 0.0)
+        p["def_max"].value = mask * def_max[:, None]
+        p["def_tot"].value = def_max
+        p["need"].value = need
+        none = -1e3 * cfg.e_max_j / eu   # "no reserve": a bound that never binds
+        p["reserve"].value = np.full(n, none) if reserve_j is None else np.where(
+            np.isfinite(reserve_j), np.asarray(reserve_j) / eu, none)
+        self.prob.solve(solver=self.cp.CLARABEL)
+        if self.prob.status != self.cp.OPTIMAL:
+            raise RuntimeError(f"cvxpy status {self.prob.status}")
+        return float(self.prob.value) * self.cu
 
 
-def bench(name, cfg, truth):
+def instances(cfg, n_ticks, days, scaling):
+    """Rolling instances ``(t, window kwargs)`` over real site days (jobs split from load3)."""
+    from picogrid.models.scenario import build_bench_days
+
+    per_day = 288
+    frame = build_bench_days("2013-07-01", days, per_day, scaling)
+    data = evaluate.DayData(frame, per_day, cfg.dt_s)
+    c = data.cols
+    jobs = [{"start": j["start"] + d * per_day, "end": j["end"] + d * per_day, "energy": j["energy"]}
+            for d in range(days) for j in data.jobs[d]]
+    truth = policies.DayTruth(pv_avail_w=c["pv_available_w"],
+                              demand_w=np.column_stack([c[k] for k in evaluate.LOAD_COLS]),
+                              import_price_per_j=c["import_price_per_j"],
+                              export_price_per_j=c["export_price_per_j"],
+                              e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=jobs)
+    return truth
+
+
+def gross_cost(terms):
+    return (terms["import_cost"] + terms["export_revenue"] + terms["shedding_cost"] + terms["cycling_cost"])
+
+
+def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
+    # job slots: two jobs a day, for every day the horizon touches
+    cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1))
+    days = int(np.ceil((ticks + n) / 288)) + 1
+    truth = instances(cfg, ticks, days, scaling)
     ctrl = MpcController(cfg)
-    times, iters = [], []
-
-    def timed(t, e_j):
+    cvx = None
+    times = {"osqp": [], "cvxpy": [], "highs": []}
+    gaps = {"osqp": [], "osqp_abs": [], "cvxpy": [], "cvxpy_abs": []}
+    iters, statuses = [], {}
+    e = truth.e0_j
+    delivered = np.zeros(len(truth.jobs))
+    for t in range(ticks):
+        w = truth.window(t, n, cfg, delivered)
         t0 = time.perf_counter()
-        d = ctrl.solve(e_j, **truth.window(t, cfg.horizon, cfg))
-        times.append(time.perf_counter() - t0)
+        exact = policies.solve_oracle(cfg, e, **w)
+        times["highs"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        d = ctrl.solve(e, **w)
+        times["osqp"].append(time.perf_counter() - t0)
         iters.append(d.iterations)
-        return d
-
-    mpc = policies.simulate_policy(timed, truth, cfg)
-    naive = policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
-    oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
-                                   truth.import_price_per_j, truth.export_price_per_j)
-    ms = 1e3 * np.array(times)
-    statuses = {s: mpc.statuses.count(s) for s in sorted(set(mpc.statuses))}
-    print(f"{name}: N={cfg.horizon} steps={truth.n_steps} solve p50={np.percentile(ms, 50):.2f} ms "
-          f"p99={np.percentile(ms, 99):.2f} ms max={ms.max():.2f} ms "
-          f"iterations p50={int(np.median(iters))} max={max(iters)} statuses={statuses}")
-    print(f"{name}: cost naive={naive.total_cost:.6g} mpc={mpc.total_cost:.6g} "
-          f"oracle={oracle.objective:.6g} savings capture="
-          f"{policies.savings_capture(naive.total_cost, mpc.total_cost, oracle.objective):.4f}")
+        statuses[d.status.split(":")[0]] = statuses.get(d.status.split(":")[0], 0) + 1
+        scale = gross_cost(exact.objective_terms)
+        if d.ok:
+            gaps["osqp"].append((d.objective - exact.objective) / scale)
+            gaps["osqp_abs"].append((d.objective - exact.objective) / abs(exact.objective))
+        if t < cvx_ticks:
+            first = cvx is None
+            if first:
+                t_build = time.perf_counter()
+                cvx = CvxpyMpc(cfg, ctrl.model.penalty_per_j(w["import_price_per_j"], w["export_price_per_j"]))
+            t0 = time.perf_counter()
+            v = cvx.solve(e, **w)
+            if first:   # the first solve compiles the DPP problem: reported apart
+                t_build = time.perf_counter() - t_build
+            else:
+                times["cvxpy"].append(time.perf_counter() - t0)
+            gaps["cvxpy"].append((v - exact.objective) / scale)
+            gaps["cvxpy_abs"].append((v - exact.objective) / abs(exact.objective))
+        # advance along the exact plan, and the jobs with it
+        e = float(exact.plan["e"][1])
+        left = float(exact.plan["p_def"][0].sum())
+        jobs = truth.job_array
+        for j in np.argsort(jobs[:, 1], kind="stable"):
+            if jobs[j, 0] <= t < jobs[j, 1]:
+                take = min(left, max(jobs[j, 2] - delivered[j], 0) / cfg.dt_s)
+                delivered[j] += take * cfg.dt_s
+                left -= take
+    ms = {k: 1e3 * np.array(v) for k, v in times.items()}
+    pct = lambda a, q: float(np.percentile(a, q))
+    print(f"N={n:5d} ({n * cfg.dt_s / 3600:g} h), {ticks} ticks (cvxpy {min(cvx_ticks, ticks)}; "
+          f"its build + first solve with DPP compile {t_build:.1f} s not in its p50/p99)")
+    for k in ("osqp", "cvxpy", "highs"):
+        print(f"  {k:6s} p50 {pct(ms[k], 50):9.2f} ms  p99 {pct(ms[k], 99):9.2f} ms")
+    print(f"  ratio p50: cvxpy/osqp {pct(ms['cvxpy'], 50) / pct(ms['osqp'], 50):6.1f}x   "
+          f"highs/osqp {pct(ms['highs'], 50) / pct(ms['osqp'], 50):6.2f}x")
+    print(f"  osqp iterations p50 {int(np.median(iters))} max {max(iters)}; statuses {statuses}")
+    for k in ("osqp", "cvxpy"):
+        g, ga = 100 * np.abs(gaps[k]), 100 * np.abs(gaps[k + "_abs"])
+        print(f"  {k:6s} gap to exact: median {np.median(g):.4f} % p99 {pct(g, 99):.4f} % max {g.max():.4f} % "
+              f"of gross cost; median {np.median(ga):.4f} % max {ga.max():.4f} % of |optimum|")
+    return {"ms": ms, "gaps": gaps, "iters": iters}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--days", type=int, default=2, help="length of the rolling run in days")
-    ap.add_argument("--profile", choices=("lab", "site", "both"), default="both")
+    ap = argparse.ArgumentParser(prog="picogrid bench mpc", description=__doc__.splitlines()[0])
+    ap.add_argument("--ticks", type=int, default=200, help="rolling ticks per horizon (default 200)")
+    ap.add_argument("--cvxpy-ticks", type=int, default=20, help="of which solved by cvxpy too (default 20)")
+    ap.add_argument("--horizons", default=",".join(map(str, HORIZONS)), help="comma-separated N")
+    ap.add_argument("--eps", type=float, default=None, help="override the site's OSQP eps_abs = eps_rel")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.profile in ("lab", "both"):
-        cfg = MpcConfig.from_dict(LAB)
-        # A lab "day" is 120 ticks of 2.5 s here; the horizon covers half of it.
-        bench("lab", cfg, synthetic_day(cfg, 120, args.days, 4.0, 1.0, 1.0, 5.0))
-    if args.profile in ("site", "both"):
-        cfg = MpcConfig.from_dict(SITE)
-        bench("site", cfg, synthetic_day(cfg, 288, args.days, 6000.0, 1500.0, 5e-6, 1.2e-5))
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    site, cfg, scaling = evaluate.load_site("site")
+    if args.eps:
+        cfg = cfg.replace(eps_abs=args.eps, eps_rel=args.eps)
+    print(f"site profile, dt={cfg.dt_s:g} s, OSQP eps_abs={cfg.eps_abs:g} eps_rel={cfg.eps_rel:g} "
+          f"rho={cfg.rho:g} check_termination={cfg.check_termination}, {cfg.n_jobs} job slots, "
+          f"reserve {'on' if cfg.reserve else 'off'}")
+    t0 = time.perf_counter()
+    for n in (int(x) for x in args.horizons.split(",")):
+        bench_horizon(cfg, n, args.ticks, args.cvxpy_ticks, scaling)
+    print(f"bench took {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
