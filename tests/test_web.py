@@ -778,3 +778,20 @@ def test_openapi_documents_every_api_route(db_path):
     pages = {r.rule for r in client.application.url_map.iter_rules() if not r.rule.startswith("/api/")}
     assert pages == {"/", "/consumption", "/finance", "/forecasts", "/boards", "/login", "/logout",
                      "/static/<path:filename>"}
+
+
+def test_viewers_share_one_poller_and_its_events(db_path, day):
+    app = create_app({"DATABASE": str(db_path), "SSE_POLL_S": 0.02})
+    hub = app.extensions["picogrid_hub"]
+    try:
+        version = hub.wait(-1, 0.0)
+        assert hub.wait(version, 0.1) == version          # nothing new: no change, no event
+        first = hub.event(version, 1, 2)
+        assert hub.event(version, 1, 2) is first           # built once, shared by all viewers
+        write_tick(day, 3)
+        newer = hub.wait(version, 5.0)
+        assert newer > version
+        event = hub.event(newer, 1, 2)
+        assert event["dispatch"]["tick"] == [3] and event["latest"]["run"]["ticks_done"] == 4
+    finally:
+        app.extensions["picogrid_stop"].set()

@@ -55,7 +55,7 @@ def create_app(test_config=None):
     picogrid.web.site.SiteConfigError
         When the site file is given but cannot be read or its ``[web]`` table is malformed.
     """
-    from . import api, control, db, pages, site
+    from . import api, control, db, pages, site, stream
 
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
@@ -72,6 +72,8 @@ def create_app(test_config=None):
         log.info("no operator accounts in the site file: the dashboard is view-only")
     # Set by server.start_background's stop(): open SSE streams end at their next poll.
     app.extensions["picogrid_stop"] = threading.Event()
+    app.extensions["picogrid_hub"] = stream.Hub(app.config["DATABASE"], app.config["SSE_POLL_S"],
+                                                app.extensions["picogrid_stop"])
 
     db.init_app(app)
     app.register_blueprint(pages.bp)

@@ -20,7 +20,7 @@ import time
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from . import queries
-from .db import get_db, open_readonly, snapshot
+from .db import get_db, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -145,89 +145,55 @@ def _sse(event, data, event_id):
 
 @bp.route("/stream")
 def stream():
-    """SSE stream: an event ``tick`` each time a new tick, decision, status or summary is stored.
+    """SSE stream: an event ``tick`` each time a new tick, decision, status, summary or command is stored.
 
     Event data: ``{"latest": <as /api/latest>, "reset": bool, "dispatch": <columns of the
     'mpc' ticks the client has not seen>}``; ``reset`` means a different run, so the client
     replaces rather than appends. The event id ``'<run_id>:<tick>'`` is what EventSource sends
     back as Last-Event-ID when it reconnects; ``?since=`` does the same for a first connect.
-    The first event describes the current state (or that the edge has not started).
+    The first event describes the current state (or that the edge has not started). All
+    viewers share one poller of the store (``picogrid.web.stream.Hub``).
     """
     since = request.headers.get("Last-Event-ID") or request.args.get("since", "")
     known_run, known_tick = parse_since(since)
     config = current_app.config
     return Response(
-        _events(config["DATABASE"], known_run, known_tick, config["SSE_POLL_S"],
-                config["SSE_KEEPALIVE_S"], config["SSE_MAX_S"],
-                current_app.extensions["picogrid_stop"]),
+        _events(current_app.extensions["picogrid_hub"], known_run, known_tick,
+                config["SSE_KEEPALIVE_S"], config["SSE_MAX_S"], current_app.extensions["picogrid_stop"]),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _events(path, known_run, known_tick, poll_s, keepalive_s, max_s, stop):
-    """Generator behind /api/stream; polls the store every ``poll_s`` seconds.
+def _events(hub, known_run, known_tick, keepalive_s, max_s, stop):
+    """Generator behind /api/stream: one event per change the hub sees.
 
     Bounded three ways: the server closes it when a write to a gone client fails (the
     keep-alive comment guarantees a write every ``keepalive_s``), it ends after ``max_s``,
-    and it ends when the app's stop event is set. It owns its own read-only connection
-    because it outlives the request's ``g`` handle.
+    and it ends when the app's stop event is set.
     """
-    conn = None
-    sent_key = _UNSENT
     started = last_write = time.monotonic()
+    seen = -1          # no version yet: the first event goes out at once
     try:
         yield "retry: 2000\n\n"
-        while not stop.is_set() and time.monotonic() - started < max_s:
-            if conn is None:
-                conn = open_readonly(path)  # stays None until the edge creates the file
-            key, event = _poll(conn, sent_key, known_run, known_tick)
+        while not stop.is_set():
             now = time.monotonic()
-            if event is not None:
-                sent_key, last_write = key, now
+            left_s = max_s - (now - started)
+            if left_s <= 0:
+                break
+            version = hub.wait(seen, max(0.0, min(keepalive_s - (now - last_write), left_s)))
+            now = time.monotonic()
+            if version != seen and not stop.is_set():
+                seen = version
+                event = hub.event(version, known_run, known_tick)
                 run = event["latest"]["run"]
                 known_run = run["id"] if run else None
                 known_tick = run["latest_tick"] if run else None
+                last_write = now
                 yield _sse("tick", event, "" if run is None else "%s:%s" % (
                     known_run, "" if known_tick is None else known_tick))
             elif now - last_write >= keepalive_s:
                 last_write = now
                 yield ": keep-alive\n\n"
-            stop.wait(poll_s)
     finally:
-        if conn is not None:
-            conn.close()
         log.debug("SSE stream closed")
-
-
-_UNSENT = object()  # differs from every change key, so the first poll always sends
-
-
-def _poll(conn, sent_key, known_run, known_tick):
-    """(change key, event or None): an event only when the key differs from ``sent_key``.
-
-    Reads in one snapshot, and returns before the caller yields, so no read transaction
-    stays open while a slow client is being written to.
-    """
-    if conn is None:
-        return None, (None if sent_key is None else _WAITING)
-    with snapshot(conn):
-        key = queries.change_key(conn) if queries.has_schema(conn) else None
-        if key == sent_key:
-            return key, None
-        if key is None:
-            return None, _WAITING
-        state = queries.latest_state(conn)
-        run = state["run"]
-        reset = run["id"] != known_run
-        return key, {
-            "latest": state,
-            "reset": reset,
-            "dispatch": queries.dispatch_series(
-                conn, run["id"], queries.LIVE_POLICY, after_tick=None if reset else known_tick
-            ),
-        }
-
-
-_WAITING = {"latest": {"run": None, "bus_voltage_v": None, "boards": [], "decision": None},
-            "reset": True, "dispatch": None}
