@@ -1,9 +1,11 @@
 """Run-time forecasts on the edge: ONNX quantile models with a seasonal-naive fallback.
 
-Loads every model card (``<series>.json``) and graph (``<series>.onnx``) of an artefact
-directory (default: the committed ``models/artifacts``), checks each graph's inputs and outputs
-against its card and against :mod:`models.features` at start-up, and then serves P10/P50/P90 of
-the next ``horizon`` ticks per series. A series without a usable model, or whose model raises,
+Loads the model card of every series by name (``<series>.json``) and the graph it names from an
+artefact directory (default: the committed ``models/artifacts`` for the ``lab`` profile, 60
+ticks; ``models/artifacts/site`` for the ``site`` profile, 288 five-minute ticks), checks each
+graph's inputs and outputs against its card and against :mod:`models.features` at start-up
+(a mismatch is a ``ValueError`` naming the file), and then serves P10/P50/P90 of the next
+``horizon`` ticks per series, one onnxruntime call per series. A series without a usable model, or whose model raises,
 falls back to seasonal naive (same tick yesterday, all three quantiles equal) and says so in
 :attr:`Forecaster.source` and the log. Model details: ``models/MODEL_CARD.md``.
 """

@@ -172,15 +172,15 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
             tg = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in m["targets_met"].items())
             lines.append(
                 f"| {c['series']} | {c['unit']} | {c['inputs'][0]['shape'][1]} | [3, {c['horizon']}] | "
-                f"{mm['mae']:.4f} | {sn['mae']:.4f} | {pe['mae']:.4f} | {m['mae_ratio_vs_seasonal_naive']:.3f} | "
-                f"{m['mae_ratio_vs_persistence']:.3f} | {mm['rmse']:.4f} / {sn['rmse']:.4f} / {pe['rmse']:.4f} | "
-                f"{mm['pinball_mean']:.4f} / {sn['pinball_mean']:.4f} / {pe['pinball_mean']:.4f} | "
+                f"{mm['mae']:.4g} | {sn['mae']:.4g} | {pe['mae']:.4g} | {m['mae_ratio_vs_seasonal_naive']:.3f} | "
+                f"{m['mae_ratio_vs_persistence']:.3f} | {mm['rmse']:.4g} / {sn['rmse']:.4g} / {pe['rmse']:.4g} | "
+                f"{mm['pinball_mean']:.4g} / {sn['pinball_mean']:.4g} / {pe['pinball_mean']:.4g} | "
                 f"{mm['coverage_p10_p90']:.3f}{daylight} | {c['onnx_vs_numpy_max_abs_diff']:.1e} | {tg} |")
             if "model_no_weather" in m:
                 nw = m["model_no_weather"]
-                lines.append(f"| {c['series']} (no past weather) | {c['unit']} | | | {nw['mae']:.4f} | | | "
-                             f"{nw['mae'] / sn['mae']:.3f} | {nw['mae'] / pe['mae']:.3f} | {nw['rmse']:.4f} | "
-                             f"{nw['pinball_mean']:.4f} | {nw['coverage_p10_p90']:.3f} | | |")
+                lines.append(f"| {c['series']} (no past weather) | {c['unit']} | | | {nw['mae']:.4g} | | | "
+                             f"{nw['mae'] / sn['mae']:.3f} | {nw['mae'] / pe['mae']:.3f} | {nw['rmse']:.4g} | "
+                             f"{nw['pinball_mean']:.4g} | {nw['coverage_p10_p90']:.3f} | | |")
         lines += ["", f"Fan charts of the test week from {PLOT_WEEK_START}: `fan_<series>.png` in that directory.", ""]
     lines += ["Limitations: load 1 and 2 (kitchen, laundry) are appliance cycles whose timing no lag model can "
               "know, so their P50 sits near the base load and the band is narrow at night; prices are trained on "
@@ -191,16 +191,16 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
 
 def _fmt(series: str, m: dict) -> str:
     mm = m["model"]
-    row = (f"{series:20s} MAE {mm['mae']:.4f}  s.naive {m['seasonal_naive']['mae']:.4f} "
-           f"(x{m['mae_ratio_vs_seasonal_naive']:.2f})  persist. {m['persistence']['mae']:.4f} "
-           f"(x{m['mae_ratio_vs_persistence']:.2f})  RMSE {mm['rmse']:.4f}  pinball {mm['pinball_mean']:.4f} "
-           f"(s.naive {m['seasonal_naive']['pinball_mean']:.4f})  cover {mm['coverage_p10_p90']:.3f}  ")
+    row = (f"{series:20s} MAE {mm['mae']:.4g}  s.naive {m['seasonal_naive']['mae']:.4g} "
+           f"(x{m['mae_ratio_vs_seasonal_naive']:.2f})  persist. {m['persistence']['mae']:.4g} "
+           f"(x{m['mae_ratio_vs_persistence']:.2f})  RMSE {mm['rmse']:.4g}  pinball {mm['pinball_mean']:.4g} "
+           f"(s.naive {m['seasonal_naive']['pinball_mean']:.4g})  cover {mm['coverage_p10_p90']:.3f}  ")
     if "coverage_p10_p90_daylight" in mm:
         row += f"(daylight {mm['coverage_p10_p90_daylight']:.3f})  "
     row += " ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in m["targets_met"].items())
     if "model_no_weather" in m:
         nw = m["model_no_weather"]
-        row += (f"\n{'  without past weather':20s} MAE {nw['mae']:.4f} (x{nw['mae'] / m['persistence']['mae']:.2f} "
+        row += (f"\n{'  without past weather':20s} MAE {nw['mae']:.4g} (x{nw['mae'] / m['persistence']['mae']:.2f} "
                 f"persist.)  cover {nw['coverage_p10_p90']:.3f}")
     return row
 

@@ -149,7 +149,7 @@ class QuantileNet:
             self.history.append((epoch, val))
             if progress is not None:
                 progress(epoch, val)
-            if val < best - 1e-6:
+            if val < best * (1 - 1e-6):   # relative: targets range from W to 1e-6 c/J
                 best, bad = val, 0
                 best_params = [p.copy() for p in params]
             else:

@@ -32,9 +32,10 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 #: artefact directory of each profile (lab = the default the demo and the edge load)
 PROFILE_DIRS = {"lab": ARTIFACTS, "site": ARTIFACTS / "site"}
 DEFAULT_CARD_MD = Path(__file__).resolve().parent / "MODEL_CARD.md"
-#: scaling of each profile (models.scenario.BENCH_DEFAULTS keys): the lab bench in watts, the
-#: site a home with 5 kW of PV and three 2 kW circuits; prices in the lab feed's c/J in both
-PROFILE_BENCH = {"lab": {}, "site": {"pv_capability_w": 5000.0, "load_rating_w": 2000.0}}
+#: scaling of each profile (models.scenario.BENCH_DEFAULTS keys): the lab bench in watts and
+#: bench c/J; the site as ``[scenario]`` of edge/sites/site.toml (6 kWp, 1.5 kW circuits, real c/J)
+PROFILE_BENCH = {"lab": {}, "site": {"pv_capability_w": 6000.0, "load_rating_w": 1500.0,
+                                     "grid_fee_eur_per_mwh": 150.0, "cents_per_j_per_eur_per_mwh": 2.7778e-8}}
 #: window stride per profile (site windows overlap heavily: every 6th start tick, 30 min, suffices)
 STRIDE = {"lab": 1, "site": 6}
 #: calibration buckets of start ticks per day
