@@ -586,7 +586,7 @@ class QpModel:
         where it binds (``t1`` exclusive). Groups: ``storage_energy_min/max``,
         ``storage_charge_max``, ``storage_discharge_max``, ``grid_import_max``,
         ``grid_export_max``, ``pv_curtailed`` (used PV below what is available),
-        ``load<k>_shed`` (load k fully shed), ``deferrable_power_max``, ``reserve``.
+        ``load<k>_shed`` (load k served below its demand), ``deferrable_power_max``, ``reserve``.
         """
         ax = self.A @ x
         rows, cols = self.rows, self.cols
@@ -616,7 +616,7 @@ class QpModel:
         add("pv_curtailed", u[rows["bound_p_pv"]] - x[cols["p_pv"]] > rel)
         r = rows["bound_p_load"]
         for k in range(self.cfg.n_loads):
-            add(f"load{k + 1}_shed", (x[cols["p_load"][:, k]] <= rel) & (u[r[:, k]] > rel))
+            add(f"load{k + 1}_shed", u[r[:, k]] - x[cols["p_load"][:, k]] > rel)
         if "def_power" in rows.blocks:
             add("deferrable_power_max", at_hi("def_power") & (u[rows["def_power"]] > rel))
         if "reserve" in rows.blocks:
@@ -881,7 +881,11 @@ class MpcController:
                                   job_arr, def_max)
         status_val = res.info.status_val
         if status_val not in (1, 2) or not np.all(np.isfinite(res.x)):
-            self.reset()
+            if np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.y)):
+                # iterations or time ran out: the iterate is progress, the next tick resumes it
+                self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
+            else:
+                self.reset()
             return self._fallback(f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)

@@ -378,3 +378,287 @@ def test_site_scale_matches_exact_lp():
 
 def test_docstring_examples():
     assert doctest.testmod(optimize).failed == 0
+
+
+# --------------------------------------------------------------------------- deferrables, reserve
+
+def reference_full(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penalty_per_j, jobs, def_max,
+                   reserve_j=None):
+    """cvxpy/Clarabel formulation with deferrable jobs and the reserve, written from the model.
+
+    Jobs: ``(start, end, energy)`` rows, window ``start <= t < end`` inside the horizon; the
+    energy not delivered costs ``voll_def_per_j``. Reserve: ``e[t+1] >= reserve_j[t]`` where
+    finite, each missing J per step costs the reserve penalty (max VOLL).
+    """
+    n, nl = demand.shape
+    dt = cfg.dt_s
+    p_ch, p_dis, p_imp, p_exp, p_pv = (cp.Variable(n, nonneg=True) for _ in range(5))
+    p_load = cp.Variable((n, nl), nonneg=True)
+    nj = max(len(jobs), 1)
+    p_def = cp.Variable((n, nj), nonneg=True)
+    short = cp.Variable(nj, nonneg=True)
+    e = cp.Variable(n + 1)
+    window = np.zeros((n, nj))
+    for j, (s, t_end, _) in enumerate(jobs):
+        window[int(s):int(t_end), j] = 1.0
+    cons = [
+        p_pv + p_dis + p_imp - p_ch - p_exp - cp.sum(p_load, axis=1) - cp.sum(p_def, axis=1) == 0,
+        e[0] == e0_j,
+        e[1:] == e[:-1] + dt * (cfg.eta_ch * p_ch - p_dis / cfg.eta_dis),
+        p_ch <= cfg.p_ch_max_w, p_dis <= cfg.p_dis_max_w, p_imp <= imp_max, p_exp <= exp_max,
+        p_pv <= pv, p_load <= demand, p_def <= window * def_max[:, None],
+        cp.sum(p_def, axis=1) <= def_max,
+    ]
+    need = np.zeros(nj)
+    need[:len(jobs)] = [j[2] for j in jobs]
+    cons.append(dt * cp.sum(p_def, axis=0) + short >= need)
+    voll = np.asarray(cfg.voll_per_j)
+    cost = (dt * (c_imp @ p_imp - c_exp @ p_exp + cp.sum(cp.multiply(voll[None, :], demand - p_load))
+                  + cfg.cycle_cost_per_j * cp.sum(p_ch + p_dis))
+            - cfg.terminal_value_per_j * e[n] + cfg.voll_def_per_j * cp.sum(short)
+            + penalty_per_j * cp.sum(cp.pos(cfg.e_min_j - e[1:]) + cp.pos(e[1:] - cfg.e_max_j)))
+    if reserve_j is not None:
+        fin = np.isfinite(reserve_j)
+        cost = cost + max(cfg.voll_per_j) * cp.sum(cp.pos(reserve_j[fin] - e[1:][fin]))
+    prob = cp.Problem(cp.Minimize(cost), cons)
+    prob.solve(solver=cp.CLARABEL)
+    assert prob.status == cp.OPTIMAL
+    return prob.value
+
+
+@st.composite
+def full_instances(draw):
+    cfg, data = draw(instances())
+    n = cfg.horizon
+    n_jobs = draw(st.integers(0, 2))
+    jobs = []
+    for _ in range(n_jobs):
+        s = draw(st.integers(0, n - 1))
+        t_end = draw(st.integers(s + 1, n))
+        jobs.append((s, t_end, draw(st.floats(0.0, 6.0))))   # up to more than deliverable
+    reserve = draw(st.booleans())
+    cfg = cfg.replace(n_jobs=2, p_def_max_w=1.0, reserve=reserve)
+    data["jobs"] = [{"start": s, "end": t, "energy": e} for s, t, e in jobs]
+    data["p_def_max_w"] = np.full(n, draw(st.sampled_from([0.5, 1.0])))
+    if reserve:
+        data["reserve_demand_w"] = data["demand_w"] * 1.2
+        data["reserve_pv_w"] = data["pv_avail_w"] * 0.5
+    return cfg, data, jobs
+
+
+def _reference_full(cfg, data, jobs, ctrl):
+    pen = ctrl.model.penalty_per_j(data["import_price_per_j"], data["export_price_per_j"])
+    reserve = None
+    if cfg.reserve:
+        reserve = optimize.reserve_energy_j(cfg, data["reserve_demand_w"], data["reserve_pv_w"],
+                                            data["p_imp_max_w"])
+    return reference_full(cfg, data["e0_j"], data["pv_avail_w"], data["demand_w"],
+                          data["import_price_per_j"], data["export_price_per_j"], data["p_imp_max_w"],
+                          data["p_exp_max_w"], pen, jobs, data["p_def_max_w"], reserve)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(full_instances())
+def test_full_model_matrices_match_cvxpy_exactly(inst):
+    """Deferrable jobs and the reserve: the QP rows solved exactly (HiGHS) = cvxpy/Clarabel."""
+    cfg, data, jobs = inst
+    oracle = solve_oracle(cfg, **data)
+    ref = _reference_full(cfg, data, jobs, MpcController(cfg))
+    assert oracle.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
+    p = oracle.plan
+    bal = (p["p_pv"] + p["p_dis"] + p["p_imp"] - p["p_ch"] - p["p_exp"] - p["p_load"].sum(axis=1)
+           - p["p_def"].sum(axis=1))
+    assert np.max(np.abs(bal)) <= 1e-6
+    for j, (s, t_end, _) in enumerate(jobs):   # delivery only inside the window
+        outside = np.ones(cfg.horizon, bool)
+        outside[s:t_end] = False
+        assert np.all(p["p_def"][outside, j] <= 1e-7)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(full_instances())
+def test_full_model_osqp_matches_cvxpy(inst):
+    """The OSQP solve of the full model is within 0.5 % of the objective scale of cvxpy's optimum."""
+    cfg, data, jobs = inst
+    ctrl = MpcController(cfg)
+    d = ctrl.solve(**data)
+    assert d.status in ("solved", "solved_inaccurate")
+    ref = _reference_full(cfg, data, jobs, ctrl)
+    scale = cfg.dt_s * cfg.horizon * (6.0 * 5.0 + np.sum(cfg.voll_per_j) * 1.0) + cfg.voll_def_per_j * 12.0
+    assert abs(d.objective - ref) <= 5e-3 * scale
+    assert d.p_deferrable_w == pytest.approx(float(np.sum(d.deferrable_w)))
+
+
+def test_parse_jobs_formats_and_errors():
+    arr = optimize.parse_jobs([{"start": -3, "end": 5, "energy": 2.0}, (2, 4, 1.0), (0, 0, 1.0),
+                               {"start": 30, "end": 40, "energy": 1.0}], n_jobs=2, horizon=12)
+    np.testing.assert_allclose(arr, [[0, 5, 2.0], [2, 4, 1.0]])   # past/empty/after-horizon dropped
+    with pytest.raises(ValueError, match="n_jobs=1"):
+        optimize.parse_jobs([(0, 4, 1.0), (1, 5, 1.0)], n_jobs=1)
+    with pytest.raises(ValueError, match="start, end, energy"):
+        optimize.parse_jobs([{"start": 0, "energy": 1.0}], n_jobs=2)
+    with pytest.raises(ValueError, match="energy >= 0"):
+        optimize.parse_jobs([(3, 1, 1.0)], n_jobs=2)
+
+
+def test_deferrable_job_goes_to_the_cheap_steps():
+    """A 5 J job in window [2, 10) with cheap import at steps 6..9 is delivered there."""
+    n = 12
+    cfg = lab_cfg(n_jobs=1, p_def_max_w=1.0, **TIGHT)
+    price = np.r_[flat(6, 3.0), flat(4, 0.5), flat(2, 3.0)]
+    d = MpcController(cfg).solve(2.0, flat(n, 0), np.zeros((n, 3)), price, 0.1 * price,
+                                 jobs=[{"start": 2, "end": 10, "energy": 5.0}])
+    assert d.status == "solved"
+    delivered = d.plan["p_def"][:, 0] * cfg.dt_s
+    assert delivered.sum() == pytest.approx(5.0, abs=1e-3)
+    assert delivered[6:10].sum() == pytest.approx(5.0, abs=1e-3)
+    assert d.p_deferrable_w == pytest.approx(0.0, abs=1e-6) and d.soft_violations == []
+
+
+def test_undeliverable_job_is_a_soft_violation_with_reason(caplog):
+    """Soft-constraint path: more energy than the window can take still gives a solved plan."""
+    n = 12
+    cfg = lab_cfg(n_jobs=1, p_def_max_w=0.5, **TIGHT)
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+        d = MpcController(cfg).solve(20.0, flat(n, 1.0), np.zeros((n, 3)), flat(n, 1.0), flat(n, 0.5),
+                                     jobs=[(0, 4, 10.0)])   # at most 4 x 2.5 s x 0.5 W = 5 J
+    assert d.status == "solved"
+    assert "deferrable_energy" in d.soft_violations and "deferrable_energy" in d.reason
+    assert d.objective_terms["deferrable_shortfall_cost"] == pytest.approx(5.0 * cfg.voll_def_per_j, rel=1e-3)
+    assert d.p_deferrable_w == pytest.approx(0.5, abs=1e-4)
+    assert any("deferrable_energy" in r.getMessage() for r in caplog.records)
+
+
+def test_reserve_energy_by_hand():
+    """dt 600 s, 1 h = 6 steps: need = 600 x sum of (critical P90 - PV P10)+ over the next 6 steps."""
+    cfg = lab_cfg(horizon=8, dt_s=600.0, e_max_j=1e5, reserve=True, reserve_duration_s=3600.0)
+    demand = np.zeros((8, 3))
+    demand[:, 0] = 2.0           # critical load (VOLL 50): 2 W
+    demand[:, 1] = 5.0           # not critical
+    pv = np.r_[flat(4, 3.0), flat(4, 0.5)]
+    imp = flat(8, 6.0)
+    imp[7] = 0.0                 # outage at the last step: no reserve asked there
+    r = optimize.reserve_energy_j(cfg, demand, pv, imp)
+    deficit = np.r_[flat(4, 0.0), flat(4, 1.5)]
+    padded = np.r_[deficit, flat(8, 1.5)]
+    want = [cfg.e_min_j + 600.0 * padded[t + 1:t + 7].sum() / cfg.eta_dis for t in range(7)]
+    np.testing.assert_allclose(r[:7], want)
+    assert r[7] == -np.inf
+    assert cfg.critical == (0,)
+
+
+def test_reserve_keeps_energy_and_costs_money():
+    """With cheap export now the plan would empty the storage; the reserve keeps 1 h of critical load."""
+    n = 12
+    base = dict(horizon=n, dt_s=600.0, e_min_j=100.0, e_max_j=20000.0, p_ch_max_w=5.0, p_dis_max_w=5.0,
+                p_imp_max_w=10.0, p_exp_max_w=10.0, eps_abs=1e-6, eps_rel=1e-6, max_iter=200000,
+                time_limit_s=10.0)
+    demand = np.tile([1.0, 0.5, 0.5], (n, 1))
+    price = flat(n, 1.0)
+    args = dict(e0_j=15000.0, pv_avail_w=flat(n, 0), demand_w=demand, import_price_per_j=price,
+                export_price_per_j=flat(n, 1.5))   # export dearer than import: sell everything
+    off = MpcController(lab_cfg(**base)).solve(**args)
+    on = MpcController(lab_cfg(**base, reserve=True)).solve(**args, reserve_demand_w=demand * 1.5)
+    need = 100.0 + 600.0 * 6 * 1.5 / 0.9        # 1.5 W critical P90 for 6 steps
+    assert off.plan["e"][1:].min() < 0.5 * need
+    assert np.all(on.plan["e"][1:] >= need - 1.0)
+    assert on.objective_terms["reserve_penalty"] == pytest.approx(0.0, abs=0.5)   # eps-level slack
+    assert on.objective > off.objective        # the reserve has a price
+    assert any(b.startswith("reserve[") for b in on.binding)
+    oracle_on = solve_oracle(lab_cfg(**base, reserve=True), **args, reserve_demand_w=demand * 1.5)
+    assert on.objective == pytest.approx(oracle_on.objective, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- audit fields, paths
+
+def test_binding_constraints_are_named():
+    """Outage with an empty store: the lowest-value load is shed and the energy floor binds."""
+    inputs, _ = _cycle("outage, storage empty: shed the lowest value load first")
+    d = MpcController(lab_cfg()).solve(**inputs)
+    names = {b.split("[")[0] for b in d.binding}
+    assert "storage_energy_min" in names and "load3_shed" in names
+    assert all(b.endswith("]") and ":" in b for b in d.binding)
+    # full store worth more at the end than exporting: it stays full, the ceiling binds
+    inputs, _ = _cycle("PV surplus, storage full, good export price: export")
+    d = MpcController(lab_cfg(terminal_value_per_j=2.5)).solve(**inputs)
+    assert "storage_energy_max" in {b.split("[")[0] for b in d.binding}
+
+
+def test_decision_has_the_audit_fields():
+    d = MpcController(lab_cfg()).solve(20.0, **_tick())
+    assert d.status == "solved" and d.iterations > 0 and d.solve_time_s > 0
+    assert isinstance(d.binding, list) and isinstance(d.soft_violations, list) and d.reason == ""
+    assert set(d.plan) >= {"p_ch", "p_dis", "p_imp", "p_exp", "p_pv", "p_load", "p_def", "e", "s_e",
+                           "s_def", "s_res", "reserve_j"}
+
+
+def test_energy_below_floor_in_outage_is_soft_not_fallback(caplog):
+    """Soft path: e0 under e_min with no way to charge -> solved, violation named and logged."""
+    n = 12
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+        d = MpcController(lab_cfg(**TIGHT)).solve(0.5, flat(n, 0), np.zeros((n, 3)), flat(n, 1.0),
+                                                  flat(n, 0.5), p_imp_max_w=flat(n, 0), p_exp_max_w=flat(n, 0))
+    assert d.status == "solved" and d.soft_violations == ["storage_energy_min"]
+    assert "storage_energy_min" in d.reason
+    assert any("soft constraints violated" in r.getMessage() for r in caplog.records)
+
+
+def test_solver_exception_falls_back_with_reason(caplog, monkeypatch):
+    """Rule-based path when the OSQP library raises (a third-party failure, simulated)."""
+    ctrl = MpcController(lab_cfg())
+
+    def boom(**kw):
+        raise RuntimeError("workspace corrupted")
+
+    monkeypatch.setattr(ctrl._solver, "solve", boom)
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+        d = ctrl.solve(20.0, **_tick())
+    assert d.status.startswith("fallback:solver error") and "workspace corrupted" in d.reason
+    assert any("workspace corrupted" in r.getMessage() for r in caplog.records)
+    _assert_usable(d)
+
+
+def test_time_limit_falls_back_to_the_rule():
+    """Non-converged path: a time limit far below one iteration's cost gives the naive decision."""
+    ctrl = MpcController(lab_cfg(horizon=60, time_limit_s=1e-9))
+    args = dict(pv_avail_w=flat(60, 2.0), demand_w=np.tile([0.8, 0.8, 0.8], (60, 1)),
+                import_price_per_j=flat(60, 1.0), export_price_per_j=flat(60, 0.5))
+    d = ctrl.solve(20.0, **args)
+    assert d.status.startswith("fallback:osqp status")
+    _assert_usable(d)
+
+
+def test_fallback_delivers_open_jobs_as_early_as_possible():
+    cfg = lab_cfg(n_jobs=2, p_def_max_w=1.0)
+    args = _tick()
+    args["pv_avail_w"] = np.array(args["pv_avail_w"])
+    args["pv_avail_w"][0] = np.nan
+    d = MpcController(cfg).solve(20.0, **args, jobs=[(0, 4, 1.0), (3, 6, 5.0)])
+    assert d.status.startswith("fallback:non-finite")
+    # job 0 is open now: 1 J over 2.5 s = 0.4 W; job 1 opens later
+    assert d.p_deferrable_w == pytest.approx(0.4) and d.deferrable_w.tolist() == pytest.approx([0.4, 0.0])
+
+
+# --------------------------------------------------------------------------- site files
+
+def test_config_from_site_lab_and_site_files():
+    import tomllib
+    from importlib import resources
+
+    from picogrid.edge.runner import mpc_config
+
+    sites = resources.files("picogrid.edge").joinpath("sites")
+    lab = tomllib.loads(sites.joinpath("lab.toml").read_text())
+    assert optimize.config_from_site(lab) == mpc_config(lab)     # the runner's flattening
+    site = tomllib.loads(sites.joinpath("site.toml").read_text())
+    cfg = optimize.config_from_site(site)
+    assert cfg.dt_s == 300.0 and cfg.horizon == 288 and cfg.n_jobs == 2
+    assert cfg.e_max_j == pytest.approx(9.5 * 3.6e6) and cfg.p_ch_max_w == 5000.0
+    assert cfg.voll_per_j[0] > cfg.voll_per_j[1] > cfg.voll_per_j[2]
+    on = dict(site, reserve={"enabled": True, "duration_s": 1800.0})
+    assert optimize.config_from_site(on).reserve and optimize.config_from_site(on).reserve_duration_s == 1800.0
+    bad = dict(site, optimizer={**site["optimizer"], "eps_abss": 1e-3})
+    with pytest.raises(ValueError, match="eps_abss"):
+        optimize.config_from_site(bad)
+    with pytest.raises(ValueError, match="grid"):
+        optimize.config_from_site({k: v for k, v in site.items() if k != "grid"})
