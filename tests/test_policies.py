@@ -206,3 +206,48 @@ def test_mpc_closed_loop_with_outage_never_worse_than_naive():
                           truth.export_price_per_j, truth.p_imp_max_w, truth.p_exp_max_w)
     assert np.all(mpc.grid_w[60:75] == 0)
     assert oracle.objective <= mpc.total_cost + 1e-9 <= naive.total_cost + 1e-9
+
+
+# --------------------------------------------------------------------------- deferrable jobs
+
+def _day_with_jobs():
+    truth = synthetic_day()
+    truth.jobs = [{"start": 10, "end": 40, "energy": 20.0}, {"start": 60, "end": 110, "energy": 30.0}]
+    return truth
+
+
+def test_naive_delivers_jobs_as_early_as_possible_and_accounts_energy():
+    cfg = lab_cfg(n_jobs=2, p_def_max_w=1.0)
+    truth = _day_with_jobs()
+    res = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+    # 20 J at 1 W x 2.5 s per tick: ticks 10..17 (8 ticks = 20 J); nothing before the window
+    np.testing.assert_allclose(res.deferrable_w[:10], 0.0)
+    np.testing.assert_allclose(res.deferrable_w[10:18], 1.0)
+    assert res.deferrable_w[18:60].sum() == pytest.approx(0.0)
+    assert res.deferrable_w.sum() * cfg.dt_s == pytest.approx(50.0)
+    assert res.costs["deferrable_shortfall_cost"] == pytest.approx(0.0)
+    # the bus balance of the plant includes the deferrable load
+    np.testing.assert_allclose(res.pv_w + res.storage_w + res.grid_w,
+                               res.load_served_w.sum(axis=1) + res.deferrable_w, atol=1e-9)
+
+
+def test_undelivered_job_energy_is_charged():
+    cfg = lab_cfg(n_jobs=1, p_def_max_w=0.5)
+    truth = synthetic_day()
+    truth.jobs = [{"start": 0, "end": 4, "energy": 10.0}]   # at most 4 x 2.5 s x 0.5 W = 5 J
+    res = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+    assert res.costs["deferrable_shortfall_cost"] == pytest.approx(5.0 * cfg.voll_def_per_j)
+
+
+def test_oracle_and_mpc_with_jobs_beat_naive():
+    cfg = lab_cfg(n_jobs=2, p_def_max_w=1.0)
+    truth = _day_with_jobs()
+    naive = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+                          truth.export_price_per_j, jobs=truth.jobs)
+    replay = simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+    mpc = simulate_policy(policies.mpc_policy(MpcController(cfg), truth), truth, cfg)
+    assert replay.total_cost == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
+    assert oracle.objective <= mpc.total_cost + 1e-6 and oracle.objective <= naive.total_cost + 1e-6
+    assert mpc.costs["deferrable_shortfall_cost"] == pytest.approx(0.0, abs=1e-2)
+    assert savings_capture(naive.total_cost, mpc.total_cost, oracle.objective) > 0.9

@@ -1,0 +1,57 @@
+"""Tests of ``picogrid evaluate`` (picogrid.edge.evaluate): job split, day-end padding, fast path."""
+
+import re
+
+import numpy as np
+import pytest
+
+from picogrid.edge import evaluate
+from picogrid.edge.optimize import MpcConfig
+
+
+def test_split_jobs_moves_energy_without_losing_any():
+    rng = np.random.default_rng(0)
+    load3 = rng.uniform(0, 1.0, 60)
+    rest, jobs = evaluate.split_jobs(load3, 2.5, 60)
+    assert [(j["start"], j["end"]) for j in jobs] == [(15, 30), (30, 52)]
+    assert rest.sum() * 2.5 + sum(j["energy"] for j in jobs) == pytest.approx(load3.sum() * 2.5)
+    np.testing.assert_allclose(rest[:15], load3[:15])
+    np.testing.assert_allclose(rest[15:52], (1 - evaluate.JOB_SHARE) * load3[15:52])
+    assert np.all(rest >= 0)
+
+
+def test_profiles_load_with_job_slots():
+    _, lab, lab_scale = evaluate.load_site("lab")
+    assert lab.horizon == 60 and lab.n_jobs == 2 and lab.p_def_max_w == 1.0   # load3's rating
+    assert lab_scale["pv_capability_w"] == pytest.approx(3.87)
+    _, site, site_scale = evaluate.load_site("site")
+    assert site.horizon == 288 and site.dt_s == 300.0 and site_scale["load_rating_w"] == 1500.0
+    with pytest.raises(ValueError, match="unknown profile"):
+        evaluate.load_site("house")
+
+
+def test_day_end_padding_pays_the_terminal_value():
+    cfg = MpcConfig(horizon=6, dt_s=2.5, e_min_j=2, e_max_j=45, p_ch_max_w=2, p_dis_max_w=2, eta_ch=0.9,
+                    eta_dis=0.8, p_imp_max_w=6, p_exp_max_w=6, n_loads=1, voll_per_j=[10.0],
+                    cycle_cost_per_j=0.1, terminal_value_per_j=0.7)
+    w = {"pv_avail_w": np.ones(6), "demand_w": np.ones((6, 1)), "import_price_per_j": np.full(6, 3.0),
+         "export_price_per_j": np.full(6, 1.0), "p_imp_max_w": np.full(6, 6.0), "p_exp_max_w": np.full(6, 6.0)}
+    out = evaluate._day_end_padding(w, 4, cfg)
+    np.testing.assert_allclose(out["pv_avail_w"], [1, 1, 1, 1, 0, 0])
+    np.testing.assert_allclose(out["p_imp_max_w"], [6, 6, 6, 6, 0, 0])
+    np.testing.assert_allclose(out["export_price_per_j"][4:], (0.7 + 0.1) / 0.8)
+    np.testing.assert_allclose(w["pv_avail_w"], 1.0)   # the caller's window is not changed
+
+
+def test_fast_path_lab_days(tmp_path, capsys):
+    png = tmp_path / "dispatch.png"
+    assert evaluate.main(["--profile", "lab", "--days", "3", "--workers", "1", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "== lab: 3 real days 2013-07-01 .. 2013-07-03" in out
+    costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
+    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own"}
+    assert costs["oracle"] <= min(costs.values()) + 1e-6          # the oracle bounds every policy
+    perfect = float(re.search(r"mpc_perfect .*savings capture\s+(\S+) %", out).group(1))
+    assert perfect >= 90.0
+    assert "forecasts: profile 'lab'" in out and "MPC solve p50" in out
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
