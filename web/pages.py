@@ -34,7 +34,9 @@ def format_number(value):
 def format_watts(value):
     """Bench power to the centiwatt (fixed width on the Live cards), '—' for missing."""
     # Undefined (a board without telemetry yet) and None both show as missing.
-    return "%.2f" % value if isinstance(value, (int, float)) else "—"
+    if not isinstance(value, (int, float)):
+        return "—"
+    return "%.2f" % (0.0 if abs(value) < 0.005 else value)   # no "-0.00"
 
 
 @bp.app_template_filter("flags")

@@ -31,7 +31,13 @@ function fmt(v) {
 }
 // Bench watts to the centiwatt: readable from the back of the room, steady width.
 function fmtW(v) {
-  return v === null || v === undefined ? "—" : v.toFixed(2);
+  if (v === null || v === undefined) return "—";
+  return (Math.abs(v) < 0.005 ? 0 : v).toFixed(2);   // no "-0.00"
+}
+// The pv board's setpoint is a power cap, -1 on the wire meaning none (firmware/PROTOCOL.md).
+function setpointText(board, v) {
+  if (board === "pv" && v !== null && v !== undefined && v < 0) return "setpoint: no cap";
+  return "setpoint " + fmtW(v) + (board === "grid" ? " V" : " W");
 }
 function fmtFlags(v) {
   return v === null || v === undefined ? "—" : "0x" + v.toString(16).toUpperCase().padStart(2, "0");
@@ -141,7 +147,7 @@ function renderLatest(state) {
           unit.textContent = " W";
           div.append(span, unit);
         } else if (cls === "card-sub") {
-          div.textContent = "setpoint " + fmtW(t.setpoint_w) + (b.board === "grid" ? " V" : " W");
+          div.textContent = setpointText(b.board, t.setpoint_w);
         } else {
           div.textContent = text;
         }
