@@ -1,13 +1,19 @@
 """Receding-horizon dispatch of the DC microgrid as one OSQP quadratic programme.
 
 The model (DESIGN.md §4): per step ``t`` of ``dt_s`` seconds over a horizon of ``N`` steps,
-storage charge/discharge power, grid import/export, used PV (after curtailment) and the power
-served to each of ``L`` loads, with the stored energy as a state. Constraints are the DC bus
-power balance, the storage energy dynamics with charge/discharge efficiencies, power limits,
-time-varying grid limits (zero bounds = outage, islanded operation) and energy limits made soft
-by an exact L1 penalty, so the problem is feasible from any initial energy. The objective is
-import cost − export revenue + value of lost load × shed energy + cycling cost − terminal value
-of the stored energy, plus a tiny quadratic regularisation that makes the QP strictly convex.
+storage charge/discharge power, grid import/export, used PV (after curtailment), the power
+served to each of ``L`` loads and the power delivered to each of ``J`` deferrable energy jobs
+(lab feed ``/deferables``: ``{start, end, energy}``), with the stored energy as a state.
+Constraints are the DC bus power balance, the storage energy dynamics with separate
+charge/discharge efficiencies, power limits, time-varying grid limits (zero = outage, islanded
+operation), the deferrable load's power limit and job windows, and three soft constraints with
+exact penalties, so the problem is feasible from any data: the energy limits, each job's energy
+(undelivered energy priced at the deferrable class's value of lost load) and, when switched
+on, the risk-aware reserve (:func:`reserve_energy_j`: one hour of islanded critical load at P90
+demand and P10 PV). The objective is import cost − export revenue + value of lost load per
+priority class × shed energy + cycling cost − terminal value of the stored energy + the soft
+penalties, plus a tiny quadratic regularisation that makes the QP strictly convex.
+:func:`config_from_site` builds the configuration of either profile from its site TOML.
 
 The QP is built once (fixed sparsity, :func:`build_model`) and each tick only ``q``, ``l`` and
 ``u`` change, warm-started from the previous solution shifted by one step, following the OSQP

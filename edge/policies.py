@@ -12,8 +12,11 @@
 
 The cost every policy is scored on is the MPC/oracle objective evaluated on what really
 happened: import cost − export revenue + value of lost load × shed energy + cycling cost −
-terminal value of the energy left at the end of the day. With this one cost the oracle is
-a lower bound for any policy.
+terminal value of the energy left at the end of the day + the value of deferrable job energy
+not delivered in its window. With this one cost the oracle is a lower bound for any policy.
+Deferrable jobs (:attr:`DayTruth.jobs`, lab feed format) are delivered by a deferrable load
+whose power the plant grants up to what the open jobs still need; the naive rule delivers
+each as early as its window allows.
 
 Sign convention: power into the DC bus is positive (storage + discharge, grid + import);
 served/demand powers of loads are positive numbers.
