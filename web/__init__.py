@@ -88,5 +88,10 @@ def create_app(test_config=None):
 @click.password_option()
 def hash_password(username, password):
     """Print a [web] users line with a password hash for USERNAME (paste it into the site file)."""
+    import json
+    import re
+
     from werkzeug.security import generate_password_hash
-    click.echo("[web]\nusers = { %s = \"%s\" }" % (username, generate_password_hash(password)))
+    # A bare TOML key when it can be, else a quoted one (JSON string syntax is valid TOML).
+    key = username if re.fullmatch(r"[A-Za-z0-9_-]+", username) else json.dumps(username)
+    click.echo("[web]\nusers = { %s = \"%s\" }" % (key, generate_password_hash(password)))
