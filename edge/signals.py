@@ -16,6 +16,8 @@ import numpy as np
 LOADS = ("load1", "load2", "load3")
 SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
           "import_price_per_j", "export_price_per_j")
+#: measured past weather, passed to the forecaster when the scenario has it
+WEATHER = ("ghi_w_m2", "temp_air_c")
 
 
 def save_scenario(frame, path):
@@ -51,6 +53,8 @@ class ScenarioSource:
         self.n_ticks = int(n_ticks)
         # only what the edge uses: provenance and flag columns stay in the file
         self.cols = {c: np.asarray(columns[c], dtype=float) for c in numeric}
+        self.weather = tuple(c for c in WEATHER if c in columns)
+        self.cols.update({c: np.asarray(columns[c], dtype=float) for c in self.weather})
         self.days = list(columns["day"])
         n = len(self.days)
         if n < self.n_ticks or n % self.n_ticks:
@@ -72,11 +76,11 @@ class ScenarioSource:
         return float(self.cols["sun"][self._row(tick)])
 
     def history(self, tick, length):
-        """Past ``length`` values of every series before ``tick`` (oldest first)."""
+        """Past ``length`` values of every series (and past weather) before ``tick``, oldest first."""
         r = self._row(tick)
         if r - length < 0:
             raise ValueError("scenario has only %d rows of history before tick %d" % (r, tick))
-        return {s: self.cols[s][r - length:r] for s in SERIES}
+        return {s: self.cols[s][r - length:r] for s in SERIES + self.weather}
 
     def clearsky(self, tick, horizon):
         """Clear-sky GHI [W/m2] of the next ``horizon`` ticks: astronomy, not a forecast of actuals.
