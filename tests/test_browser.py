@@ -125,7 +125,8 @@ def hil_day(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("browser-day")
     site_file = run_dir / "site.toml"
     site_file.write_text('[web]\nusers = { ada = "%s" }\n' % generate_password_hash(PASSWORD, "pbkdf2:sha256:1000"))
-    site = load_site(tick_s=1.5, n_ticks=16, horizon=16)
+    # 10 ticks of 1.5 s: the round trip needs about 3 of them; the rest is margin for a busy CI
+    site = load_site(tick_s=1.5, n_ticks=10, horizon=10)
     day = Day(site, run_dir, day="2013-07-16", start_delay_s=2.0)
     day.start()
     url, stop = start_background(day.db_path, site_config=site_file)
