@@ -95,6 +95,37 @@ def pv_mpp(sun, isc_a, voc_v, a_v, steps=400):
     return best
 
 
+def irradiance_for_power_fraction(fraction, isc_a, voc_v, a_v, tol=1e-4):
+    """Irradiance (photocurrent fraction) at which the array's MPP is ``fraction`` of its rated MPP.
+
+    The scenario's ``sun`` is measured PV *power* normalised by the system's capacity; the
+    emulator's MPP is not linear in irradiance (the MPP voltage falls logarithmically in dim
+    light), so the bench inverts :func:`pv_mpp` by bisection to reproduce the measured power.
+
+    Parameters
+    ----------
+    fraction : float [-], 0..1 (values above 1 are extrapolated linearly)
+    isc_a, voc_v, a_v : as :func:`pv_current_a`
+
+    Returns
+    -------
+    float [-], the ``sun`` argument of :func:`pv_current_a`.
+    """
+    if fraction <= 0.0:
+        return 0.0
+    rated = pv_mpp(1.0, isc_a, voc_v, a_v)[0]
+    if fraction >= 1.0:
+        return fraction
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if pv_mpp(mid, isc_a, voc_v, a_v)[0] < fraction * rated:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 class Plant:
     """State and integration of the bench. Not thread-safe: one owner steps it.
 

@@ -35,7 +35,7 @@ import struct
 import sys
 import time
 
-from picogrid.hil.plant import ROLES, Plant
+from picogrid.hil.plant import irradiance_for_power_fraction, ROLES, Plant
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class PlantServer:
         self.bad_requests = 0
         self.commands = 0
         self.sun_override = None
+        self._irradiance_cache = {}
         self.grid_override = None
         self._tick_vmin = self._tick_vmax = self.plant.v_bus
         self._mark_vmin = self._mark_vmax = self.plant.v_bus
@@ -84,11 +85,20 @@ class PlantServer:
     def tick_at(self, wall_s):
         return int((wall_s - self.cfg["t0"]) // self.cfg["tick_s"])
 
+    def _irradiance(self, fraction):
+        key = round(fraction, 4)
+        if key not in self._irradiance_cache:
+            p = self.plant.p
+            self._irradiance_cache[key] = irradiance_for_power_fraction(
+                key, p["pv_isc_a"], p["pv_voc_v"], p["pv_thermal_voltage_v"])
+        return self._irradiance_cache[key]
+
     def _apply_scenario(self, tick):
         if tick is None:
             return
         sun = self.cfg.get("sun") or [0.0]
-        self.plant.sun = float(sun[min(max(tick, 0), len(sun) - 1)])
+        # the scenario gives PV power as a fraction of capability; the array needs irradiance
+        self.plant.sun = self._irradiance(float(sun[min(max(tick, 0), len(sun) - 1)]))
         if self.sun_override is not None:
             self.plant.sun = self.sun_override
         outages = self.cfg.get("grid_outages") or []
