@@ -139,8 +139,11 @@ class EdgeRunner:
         pv[0] = self.source.sun_now(k) * self.pv_capability_w   # ... and the sun now
         imp = np.asarray(fc["import_price_per_j"][0.5][:n], float).copy()
         imp[0] = imp_now
-        # export = import less the fixed grid fee, which the current prices reveal
-        exp = imp - (imp_now - exp_now)
+        if "export_price_per_j" in fc:
+            exp = np.asarray(fc["export_price_per_j"][0.5][:n], float).copy()
+            exp[0] = exp_now
+        else:   # export = import less the fixed grid fee, which the current prices reveal
+            exp = imp - (imp_now - exp_now)
         limits = np.zeros(n) if islanded else None
         try:
             decision = self.mpc.solve(e_j, pv, demand, imp, exp, limits, limits)
@@ -242,6 +245,8 @@ class EdgeRunner:
 
     def tick(self, k):
         t_start = self.clock()
+        if hasattr(self.source, "begin_tick"):     # a live source (the lab feed) reads tick k now
+            self.source.begin_tick(k)
         self.check_health(t_start - self.t0)
         snap, e_j, islanded = self.observe()
         if e_j is None:

@@ -58,7 +58,7 @@ class _Bench:
 
     def __init__(self, site, run_dir, source, t0):
         b = site["bench"]
-        sun = source.truth()["sun"][: int(b["n_ticks"])]
+        sun = [0.0 if x != x else x for x in source.truth()["sun"][: int(b["n_ticks"])]]
         self.bench = Bench(site, run_dir, t0, float(b["tick_s"]), sun).start()
         self.fleet = Fleet({name: info["id"] for name, info in self.bench.boards.items()})
         self.links = []
@@ -106,18 +106,32 @@ class Day:
     n_run_ticks : int or None, stop after this many ticks (a short test day)
     db_path : path of the SQLite store (default ``run_dir/picogrid.sqlite``)
     start_delay_s : float, time between launching the boards and tick 0
+    feed : picogrid.edge.labfeed.LabFeed or None; when given, the lab market feed is the
+        source of sun, demand and prices instead of the replayed day: the day starts at the
+        feed's next day boundary, each feed tick lasts ``bench.tick_s`` of wall time (5 s on
+        the real feed; less with an accelerated feed clock), and the benches' PV emulators
+        follow the feed's sun.
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
-                 start_delay_s=4.0, forecaster=None):
+                 start_delay_s=4.0, forecaster=None, feed=None):
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.day = day
         self.db_path = pathlib.Path(db_path) if db_path else self.run_dir / "picogrid.sqlite"
         n_ticks = int(site["bench"]["n_ticks"])
-        scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
-        self.source = ScenarioSource(scenario, n_ticks)
+        self.feed = feed
+        if feed is not None:
+            from picogrid.edge.feedsource import FeedForecaster, FeedSource
+            lf = site.get("labfeed", {})
+            self.source = FeedSource(
+                feed, site["pv"]["capability_w"], lf.get("load_shares", (1 / 3, 1 / 3, 1 / 3)),
+                [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in ("load1", "load2", "load3")])
+            forecaster = forecaster or FeedForecaster(self.source)
+        else:
+            scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
+            self.source = ScenarioSource(scenario, n_ticks)
         if n_run_ticks:
             site["bench"]["n_ticks"] = int(n_run_ticks)
         self.start_delay_s = start_delay_s
@@ -133,16 +147,40 @@ class Day:
     def runner(self):
         return self.sides["mpc"].runner
 
+    def _feed_t0(self):
+        """Wall time of the feed's next day start (plus a tenth of a tick, clear of the boundary)."""
+        from picogrid.edge.labfeed import DAY_S, TICK_S
+        tick_s = float(self.site["bench"]["tick_s"])
+        while True:
+            feed_now, wall_now = self.feed.clock(), time.time()
+            to_next_day_s = (int(feed_now // DAY_S) + 1) * DAY_S - feed_now
+            t0 = wall_now + to_next_day_s * tick_s / TICK_S + 0.1 * tick_s
+            if t0 - wall_now >= self.start_delay_s:
+                return t0
+            time.sleep(t0 - wall_now + 0.2 * tick_s)     # too close: take the day after
+
+    def _relay_sun(self, snap):
+        """The lab's PV emulators follow the feed's sun (power fraction -> irradiance)."""
+        from picogrid.hil.faults import PlantControl
+        from picogrid.hil.plant import LAB_PLANT, irradiance_for_power_fraction
+        if snap.sun_fraction is None:
+            return
+        p = dict(LAB_PLANT, **self.site.get("plant", {}))
+        g = irradiance_for_power_fraction(snap.sun_fraction, p["pv_isc_a"], p["pv_voc_v"], p["pv_thermal_voltage_v"])
+        for side in self.sides.values():
+            PlantControl(side.bench.plant_port).command("sun", value=g)
+
     def start(self):
         from picogrid.edge.forecast import Forecaster
         b = self.site["bench"]
-        t0 = time.time() + self.start_delay_s
+        t0 = self._feed_t0() if self.feed is not None else time.time() + self.start_delay_s
         self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
         self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
         for side in self.sides.values():
             side.wait_hello()
         store = Store(self.db_path)
-        store.start_run(self.site["profile"], self.source.day, int(b["n_ticks"]), float(b["tick_s"]),
+        label = self.source.day if self.feed is None else "lab feed %s" % self.feed.base_url
+        store.start_run(self.site["profile"], label, int(b["n_ticks"]), float(b["tick_s"]),
                         {"bench": b, "run_dir": str(self.run_dir)})
         for name in self.sides["mpc"].fleet.boards:
             store.board(name, link="serial")
@@ -150,6 +188,8 @@ class Day:
         naive_store = Store(self.db_path)     # its own connection: it writes from its own thread
         naive_store.run_id = store.run_id
         self.stores = [store, naive_store]
+        if self.feed is not None:
+            self.source.listeners.append(self._relay_sun)
         forecaster = self.forecaster or Forecaster()
         self.sides["mpc"].runner = EdgeRunner(self.site, self.source, self.sides["mpc"].fleet, store,
                                               forecaster, t0)

@@ -59,6 +59,12 @@ def cmd_demo(args):
     from picogrid.hil.day import Day, load_site
     from picogrid.web.server import start_background
 
+    feed = None
+    if args.feed:
+        from picogrid.edge.labfeed import LabFeed, TICK_S
+        speed = float(args.feed_speed)
+        feed = LabFeed(args.feed, clock=(lambda: time.time() * speed) if speed != 1 else None)
+        args.tick_s = args.tick_s or TICK_S / speed
     site = load_site(args.site, tick_s=args.tick_s)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,8 +72,11 @@ def cmd_demo(args):
     if db.exists():
         for suffix in ("", "-wal", "-shm"):
             pathlib.Path(str(db) + suffix).unlink(missing_ok=True)
-    print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
-    day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db)
+    if feed is None:
+        print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
+    else:
+        print("Lab market feed %s: the day starts at the feed's next day boundary" % args.feed, flush=True)
+    day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed)
     try:
         url, stop_web = start_background(str(db), port=args.port)
     except OSError:     # the usual port is taken (another demo?): any free one will do
@@ -146,6 +155,22 @@ def cmd_delegated(args):
     return getattr(importlib.import_module(module), func)(args.extra) or 0
 
 
+def cmd_labfeed_server(args):
+    from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+
+    days = generate_lab_days(args.day, args.days)
+    speed = float(args.speed)
+    server = LabFeedServer(days, clock=lambda: time.time() * speed)
+    print("Lab market feed with %d real days from %s at %s (clock x%g); Ctrl-C to stop"
+          % (len(days), args.day, server.url, speed), flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        server.close()
+    return 0
+
+
 def cmd_web(args):
     from picogrid.web.server import start_background
     url, stop = start_background(args.db, port=args.port)
@@ -172,7 +197,16 @@ def build_parser():
     p.add_argument("--site", default=None, help="site TOML (default: edge/sites/lab.toml)")
     p.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR))
     p.add_argument("--port", type=int, default=8050, help="dashboard port (0 = any free port)")
+    p.add_argument("--feed", default=None, help="use the lab market feed at this URL instead of the replayed day")
+    p.add_argument("--feed-speed", type=float, default=1.0,
+                   help="the feed's clock runs this many times faster than real time (local feed only)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("labfeed-server", help="serve real days through the lab market feed API on loopback")
+    p.add_argument("--day", default="2013-07-16", help="first real day served (YYYY-MM-DD)")
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--speed", type=float, default=1.0, help="clock speed-up (same as the edge's --feed-speed)")
+    p.set_defaults(func=cmd_labfeed_server)
 
     p = sub.add_parser("hil", help="start the plant and six virtual boards only")
     p.add_argument("--site", default=None)

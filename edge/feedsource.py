@@ -1,0 +1,170 @@
+"""The lab market feed as the edge's signal source (DESIGN.md §2), instead of a replayed scenario.
+
+:class:`FeedSource` offers the edge's runner the same methods as
+:class:`picogrid.edge.signals.ScenarioSource`, backed by :class:`picogrid.edge.labfeed.LabFeed`:
+once per tick it takes the feed's snapshot (live, cached or forecast, and says which), and
+the day's observations become the "truth" the baselines are computed on at the end.
+
+The feed knows one total demand; the bench has three LED loads, so the demand is split by
+the site's ``[labfeed] load_shares`` (default equal thirds), each capped at its rating.
+:class:`FeedForecaster` forecasts from what the feed taught the online learner
+(``/yesterday``) and from the sun the edge itself saw yesterday (the feed has no sun history).
+"""
+
+import logging
+import threading
+
+import numpy as np
+
+from picogrid.edge.labfeed import TICKS_PER_DAY
+from picogrid.edge.signals import LOADS, SERIES
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+class FeedSource:
+    """Signals of the current lab day from the feed, tick by tick.
+
+    Parameters
+    ----------
+    feed : picogrid.edge.labfeed.LabFeed
+    pv_capability_w : float, PV power at 100 % sun [W]
+    load_shares : sequence of 3 floats summing to 1, the demand split over load1..3
+    load_max_w : sequence of 3 floats, each load's rating [W]
+    """
+
+    def __init__(self, feed, pv_capability_w, load_shares=(1 / 3, 1 / 3, 1 / 3), load_max_w=(1.0, 1.0, 1.0)):
+        shares = np.asarray(load_shares, float)
+        if shares.shape != (len(LOADS),) or (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-6:
+            raise ValueError("load_shares must be %d non-negative numbers summing to 1" % len(LOADS))
+        self.feed = feed
+        self.n_ticks = TICKS_PER_DAY
+        self.pv_capability_w = float(pv_capability_w)
+        self.shares = shares
+        self.load_max_w = np.asarray(load_max_w, float)
+        self.day = None
+        self.observed = {s: np.full(self.n_ticks, np.nan) for s in SERIES + ("sun",)}
+        self.sources = {}            # tick -> where the feed's values came from
+        self.yesterday_sun = None    # the sun the edge saw on the previous day
+        self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
+        self._lock = threading.Lock()
+        self._tick = None
+
+    def begin_tick(self, k):
+        """Take the feed's snapshot for tick ``k`` (once, whichever runner asks first)."""
+        with self._lock:
+            if self._tick == k:
+                return
+            snap = self.feed.snapshot()
+            if snap.tick != k:
+                log.warning("feed says tick %d, the edge runs tick %d", snap.tick, k)
+            if self.day is not None and snap.day != self.day and k == 0:
+                self.yesterday_sun = self.observed["sun"].copy()
+                for a in self.observed.values():
+                    a[:] = np.nan
+            self.day = snap.day
+            self._tick = k
+            sun = snap.sun_fraction if snap.sun_fraction is not None else (
+                self.observed["sun"][k - 1] if k > 0 else 0.0)
+            demand = snap.demand_w if snap.demand_w is not None else 0.0
+            self.observed["sun"][k] = sun
+            self.observed["pv_available_w"][k] = sun * self.pv_capability_w
+            split = np.minimum(demand * self.shares, self.load_max_w)
+            for name, d in zip(LOADS, split):
+                self.observed[name + "_demand_w"][k] = d
+            self.observed["import_price_per_j"][k] = _or_nan(snap.import_price_per_j)
+            self.observed["export_price_per_j"][k] = _or_nan(snap.export_price_per_j)
+            self.sources[k] = dict(snap.sources, status=snap.status)
+        for listener in self.listeners:
+            try:
+                listener(snap)
+            except Exception:   # a listener (the bench's sun relay) must not stop the tick
+                log.exception("feed listener failed at tick %d", k)
+
+    def now(self, tick):
+        demand = np.array([self.observed[l + "_demand_w"][tick] for l in LOADS])
+        imp, exp = self.observed["import_price_per_j"][tick], self.observed["export_price_per_j"][tick]
+        if np.isnan(imp):       # no price at all (feed down, nothing learnt yet): assume no trade value
+            imp = exp = 0.0
+        return demand, float(imp), float(exp)
+
+    def sun_now(self, tick):
+        return float(self.observed["sun"][tick])
+
+    def history(self, tick, length):
+        """Today's observations before ``tick``, zero-padded in front to ``length`` (unused by
+        :class:`FeedForecaster`, kept so the runner's interface is the same)."""
+        out = {}
+        for s in SERIES:
+            today = np.nan_to_num(self.observed[s][:tick])
+            out[s] = np.concatenate([np.zeros(max(length - tick, 0)), today])[-length:]
+        return out
+
+    def clearsky(self, tick, horizon):
+        return np.zeros(horizon)     # no site coordinates in the lab: the forecaster does not need it
+
+    def calendar(self, tick):
+        return {"tick": int(tick), "day_of_year": 1, "weekday": 0, "n_ticks": self.n_ticks}
+
+    def truth(self):
+        """What the feed said at each tick of the day (NaN for ticks not run yet)."""
+        return {s: a.copy() for s, a in self.observed.items()}
+
+
+class FeedForecaster:
+    """Forecasts for lab-feed days, with the ``forecast``/``source`` interface of the ONNX one.
+
+    Demand and prices: the feed's online day learner, corrected by what today showed so far
+    (:meth:`picogrid.edge.labfeed.OnlineDayLearner.forecast`); PV: the sun the edge saw
+    yesterday at the same ticks, or the sun now held flat when there is no yesterday yet.
+    The quantiles are all the point forecast (the learner is not probabilistic).
+    """
+
+    def __init__(self, source):
+        self.src = source
+        self.source = {}
+
+    def _learned(self, key, today, k, n):
+        """The learner's forecast of ``key`` from tick ``k`` on, or None before any feed history."""
+        learner = self.src.feed.learner
+        if not learner.data.get(key):
+            return None
+        return learner.forecast(key, np.asarray(today[:k], float), n)
+
+    def forecast(self, history, calendar, clearsky_ghi_w_m2):
+        k = int(calendar["tick"])
+        n = len(clearsky_ghi_w_m2)
+        src, obs = self.src, self.src.observed
+        point, source = {}, {}
+        total = self._learned("demand", sum(np.nan_to_num(obs[l + "_demand_w"]) for l in LOADS), k, n)
+        for i, l in enumerate(LOADS):
+            name = l + "_demand_w"
+            if total is None:
+                point[name], source[name] = np.full(n, obs[name][k]), "persistence:no feed history"
+            else:   # the learner knows the total demand: split it as the feed's demand is split
+                point[name], source[name] = np.minimum(total * src.shares[i], src.load_max_w[i]), "labfeed_learner"
+        for name, key in (("import_price_per_j", "sell_price"), ("export_price_per_j", "buy_price")):
+            p = self._learned(key, obs[name], k, n)
+            point[name], source[name] = ((np.full(n, obs[name][k]), "persistence:no feed history")
+                                         if p is None else (p, "labfeed_learner"))
+        if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
+            steps = (k + np.arange(n)) % src.n_ticks
+            point["pv_available_w"] = np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w
+            source["pv_available_w"] = "edge_yesterday"
+        else:
+            point["pv_available_w"] = np.full(n, obs["pv_available_w"][k])
+            source["pv_available_w"] = "persistence:first day"
+        self.source = source
+        out = {}
+        for name, v in point.items():
+            v = np.nan_to_num(np.asarray(v, float))
+            if not name.endswith("price_per_j"):
+                v = np.maximum(v, 0.0)
+            out[name] = {q: v for q in QUANTILES}
+        return out
+
+
+def _or_nan(x):
+    return float("nan") if x is None else float(x)
