@@ -8,6 +8,13 @@ graph's inputs and outputs against its card and against :mod:`models.features` a
 ``horizon`` ticks per series, one onnxruntime call per series. A series without a usable model, or whose model raises,
 falls back to seasonal naive (same tick yesterday, all three quantiles equal) and says so in
 :attr:`Forecaster.source` and the log. Model details: ``models/MODEL_CARD.md``.
+
+Online recalibration (default on): for the loads and the price the P10/P90 half-widths around
+the P50 are rescaled from the forecaster's own realised misses (:mod:`models.recalibrate`,
+adaptive conformal inference), so the band keeps ~80 % coverage when the series drifts away
+from the validation days its static offsets were calibrated on. The forecaster tells the ticks
+between calls from the calendar (one tick between calls in operation); a call that goes back in
+time (a replay, another day) restarts the tracker. The P50 is never changed.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..models import features as F
+from ..models import recalibrate
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ class Forecaster:
         ``'lab'`` (60 ticks/day, horizon 60) or ``'site'`` (288 five-minute ticks, horizon
         288); see :data:`models.features.PROFILES`. Default: the ``profile`` of the cards in
         ``artifact_dir``, else ``'lab'``.
+    online_recalibration : bool, optional
+        Rescale the P10/P90 band of the series in :data:`models.recalibrate.TRACKED` from the
+        realised misses of earlier calls (default ``True``); ``False`` serves the ONNX fans as
+        they are (static validation calibration).
 
     Attributes
     ----------
@@ -62,6 +74,9 @@ class Forecaster:
         Series -> card of the series that have a validated ONNX model.
     source : dict
         Series -> ``'onnx'`` or ``'seasonal_naive:<reason>'`` of the last :meth:`forecast`.
+    trackers : dict
+        Series -> :class:`models.recalibrate.OnlineBandTracker` (empty without online
+        recalibration); ``trackers[s].log_factors`` are the current band scalings.
 
     Raises
     ------
@@ -71,7 +86,7 @@ class Forecaster:
         builder (checked at start-up, so a bad artefact stops the service before its first tick).
     """
 
-    def __init__(self, artifact_dir=None, profile: str | None = None):
+    def __init__(self, artifact_dir=None, profile: str | None = None, online_recalibration: bool = True):
         if artifact_dir is None:
             artifact_dir = default_artifact_dir(profile or "lab")
         self.artifact_dir = Path(artifact_dir)
@@ -108,6 +123,10 @@ class Forecaster:
             self._validate(card_path, card, sess, profile)
             self.models[series] = card
             self._sessions[series] = sess
+        self.trackers = {s: recalibrate.OnlineBandTracker(
+            self.horizon, recalibrate.lr_per_tick(self.n_ticks), non_negative=s in F.NON_NEGATIVE)
+                         for s in recalibrate.TRACKED} if online_recalibration else {}
+        self._previous_calendar = None
         missing = [s for s in F.SERIES if s not in self.models]
         if missing:
             log.warning("no ONNX model for %s in %s: seasonal naive", missing, self.artifact_dir)
@@ -163,6 +182,10 @@ class Forecaster:
             A series missing from ``history``, or a history too short for seasonal naive.
         """
         n_ticks = int(calendar.get("n_ticks", 0))
+        elapsed = None
+        if self.trackers and {"day_of_year", "tick"} <= set(calendar):
+            elapsed = recalibrate.calendar_elapsed(self._previous_calendar, calendar)
+            self._previous_calendar = (int(calendar["day_of_year"]), int(calendar["tick"]), n_ticks)
         out: dict[str, dict[float, np.ndarray]] = {}
         source: dict[str, str] = {}
         for series in self.series:
@@ -186,6 +209,11 @@ class Forecaster:
                         fan, reason = None, "non-finite model output"
                 except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not stop the tick
                     reason = f"{type(exc).__name__}: {exc}"
+            tracker = self.trackers.get(series)
+            if fan is not None and tracker is not None:
+                fan = tracker.adjust(fan, elapsed, hist)
+            elif tracker is not None:
+                tracker.reset()   # its stored fans were not served: start again with the model
             if fan is None:
                 log.warning("%s: seasonal naive fallback (%s)", series, reason)
                 point = F.seasonal_naive(hist, n_ticks, self.horizon)

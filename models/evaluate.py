@@ -10,6 +10,13 @@ day-ahead forecast), after the edge's post-processing, and computes in the same 
 - the issue's targets: load MAE <= 0.7 x seasonal naive, PV MAE <= 0.6 x persistence,
   P10-P90 coverage in 80 +- 5 %.
 
+``model`` is what the edge serves: for the series of :data:`models.recalibrate.TRACKED` the ONNX
+fans with the online band recalibration of :mod:`models.recalibrate`, run causally through the
+test windows in time order from a fresh tracker (each window's band is scaled with what the
+realised values before its start taught); ``model_static`` is the ONNX output alone (offsets
+calibrated once on the validation days). The P50, hence MAE and RMSE, is the same in both.
+Coverage is also split into its tails: ``below_p10`` (y < P10) and ``above_p90`` (y > P90).
+
 PV is evaluated with past weather (``model``) and without (``model_no_weather``, what the edge
 gets when its source has no weather history). ``--write`` records the metrics in the JSON
 cards, regenerates ``models/MODEL_CARD.md`` and draws one test week of day-ahead fans per series
@@ -28,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import features as F
+from . import recalibrate
 from .qnet import pinball_loss
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,38 @@ def fan_metrics(y, fan) -> dict:
     out["pinball"] = per_q
     out["pinball_mean"] = float(np.mean(list(per_q.values())))
     out["coverage_p10_p90"] = float(np.mean((y >= fan[:, 0]) & (y <= fan[:, 2])))
+    out["below_p10"] = float(np.mean(y < fan[:, 0]))
+    out["above_p90"] = float(np.mean(y > fan[:, 2]))
     return out
+
+
+def online_fans(series: str, fans, starts, values, horizon: int, lr: float) -> tuple:
+    """The edge's online band recalibration run causally over windows in time order.
+
+    Parameters
+    ----------
+    fans : array [M, 3, H]
+        Post-processed ONNX fans of windows starting at ``starts`` (increasing).
+    starts : array [M] of int
+        Window start rows of ``values``.
+    lr : float
+        Learning rate per realised tick (:func:`models.recalibrate.lr_per_tick`).
+    values : array [T]
+        The series; the tracker sees only ``values[:start]`` when it adjusts a window.
+
+    Returns
+    -------
+    (numpy.ndarray [M, 3, H], numpy.ndarray [2])
+        Adjusted fans and the final log factors (lower, upper).
+    """
+    tracker = recalibrate.OnlineBandTracker(horizon, lr, non_negative=series in F.NON_NEGATIVE)
+    v = np.asarray(values, np.float64)
+    out = np.empty(np.shape(fans))
+    prev = None
+    for i, s in enumerate(np.asarray(starts, np.int64)):
+        out[i] = tracker.adjust(fans[i], None if prev is None else int(s - prev), v[max(s - horizon, 0):s])
+        prev = s
+    return out, tracker.log_factors.copy()
 
 
 def baselines(values, starts, n_ticks: int, horizon: int) -> dict:
@@ -70,14 +109,22 @@ def evaluate_series(series: str, blob: bytes, frame, starts, profile: str) -> di
 
     d = F.profile_dims(profile)
     X, Y, tk = windows(series, frame, starts, profile, weather=True)
-    out = {"n_windows": int(len(starts)),
-           "model": fan_metrics(Y, F.postprocess(series, run_onnx(blob, X, tk)))}
+    static = F.postprocess(series, run_onnx(blob, X, tk))
+    out = {"n_windows": int(len(starts)), "model": fan_metrics(Y, static)}
+    fans = static
+    if series in recalibrate.TRACKED:
+        lr = recalibrate.lr_per_tick(d["n_ticks"])
+        fans, factors = online_fans(series, static, starts, frame[series].to_numpy(), d["horizon"], lr)
+        out["model_static"] = out["model"]
+        out["model"] = fan_metrics(Y, fans)
+        out["online_recalibration"] = {"method": "models.recalibrate.OnlineBandTracker", "lr_per_tick": lr,
+                                       "tail": recalibrate.TAIL, "final_log_factors": factors.tolist()}
+    out["fans"] = fans   # for the plot; not written to the card
     if series in F.USES_CLEARSKY:
         # at night PV is 0 and every fan covers it: coverage where there is uncertainty is daylight
         first = d["n_lags"] + len(F.CALENDAR_NAMES)
         day = X[:, first:first + d["horizon"]] > 0
-        fan = F.postprocess(series, run_onnx(blob, X, tk))
-        out["model"]["coverage_p10_p90_daylight"] = float(np.mean(((Y >= fan[:, 0]) & (Y <= fan[:, 2]))[day]))
+        out["model"]["coverage_p10_p90_daylight"] = float(np.mean(((Y >= fans[:, 0]) & (Y <= fans[:, 2]))[day]))
     if series in F.USES_WEATHER:
         X[:, -len(F.WEATHER_NAMES):] = 0.0
         out["model_no_weather"] = fan_metrics(Y, F.postprocess(series, run_onnx(blob, X, tk)))
@@ -96,8 +143,12 @@ def evaluate_series(series: str, blob: bytes, frame, starts, profile: str) -> di
     return out
 
 
-def plot_week(series: str, blob: bytes, frame, profile: str, first_day: str, path: Path) -> None:
-    """Day-ahead fans (issued at each midnight) of 7 test days, truth and seasonal naive (PNG)."""
+def plot_week(series: str, blob: bytes, frame, profile: str, first_day: str, path: Path,
+              fans=None, fan_starts=None) -> None:
+    """Day-ahead fans (issued at each midnight) of 7 test days, truth and seasonal naive (PNG).
+
+    ``fans`` [M, 3, H] at window starts ``fan_starts`` (the edge's online-recalibrated fans of
+    :func:`evaluate_series`) are drawn where given; otherwise the ONNX output is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +160,11 @@ def plot_week(series: str, blob: bytes, frame, profile: str, first_day: str, pat
     day0 = int(np.flatnonzero(frame["day"].to_numpy() == first_day)[0])
     starts = day0 + d["n_ticks"] * np.arange(7)
     X, Y, tk = windows(series, frame, starts, profile)
-    fan = F.postprocess(series, run_onnx(blob, X, tk))[:, :, :d["n_ticks"]]
+    fan = F.postprocess(series, run_onnx(blob, X, tk))
+    if fans is not None:
+        pos = {int(s): i for i, s in enumerate(fan_starts)}
+        fan = np.stack([fans[pos[int(s)]] if int(s) in pos else fan[k] for k, s in enumerate(starts)])
+    fan = fan[:, :, :d["n_ticks"]]
     naive = baselines(frame[series].to_numpy(), starts, d["n_ticks"], d["n_ticks"])["seasonal_naive"]
     hours = np.arange(7 * d["n_ticks"]) * 24.0 / d["n_ticks"]
     fig, ax = plt.subplots(figsize=(10, 2.8))
@@ -142,6 +197,15 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
              "- Model: `models/qnet.py` (numpy MLP with ReLU + linear hidden units, pinball loss, Adam, early "
              "stopping on validation), outer quantiles recalibrated on the validation days (split conformal "
              "per start-tick bucket and step); price is de-levelled by its last-day mean.",
+             "- Online recalibration (what the edge serves, `models/recalibrate.py`): for the loads and the price "
+             "the P10/P90 half-widths around the P50 are scaled by exp(a_lo), exp(a_hi), and each realised tick moves "
+             "a by lr x (tail miss rate of the fans already issued for it - 0.1) (adaptive conformal inference, "
+             "Gibbs & Candes 2021; quantile tracker, Angelopoulos et al. 2023); causal, P50 unchanged, lr = 0.6 per "
+             "day / ticks per day, chosen on the validation days only (offsets calibrated on 2013-01..03, tracker "
+             "run on 2013-04..06: coverage there 0.80-0.83 for every tracked series, mean pinball +<=1.5 %). The "
+             "test metrics run it through the test windows in time order from a fresh tracker; `model` columns are "
+             "the served (online) fans, the column 'static offsets only' is the ONNX output alone. PV keeps its "
+             "static calibration (it meets the target, and at night its fan has width 0).",
              "- Data: `models/DATA.md`. Split by time: train 2012-01-01..2012-12-31, validation "
              "2013-01-01..2013-06-30, test 2013-07-01..2013-12-31.",
              "- Metrics: held-out test days, from the exported ONNX graph after clipping/sorting; windows "
@@ -160,8 +224,9 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
                   f"`{os.path.relpath(directory, path.parent)}`)", "",
                   "| series | unit | inputs [1, F] | output | MAE model | MAE s.naive | MAE persist. | ratio vs s.naive "
                   "| ratio vs persist. | RMSE model / s.naive / persist. | pinball model / s.naive / persist. | "
-                  "P10-P90 coverage | ONNX vs numpy max abs diff | targets |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "P10-P90 coverage (below P10 / above P90) | coverage, static offsets only | "
+                  "ONNX vs numpy max abs diff | targets |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in cards:
             m = c.get("metrics_test")
             if not m:
@@ -175,17 +240,28 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
                 f"{mm['mae']:.4g} | {sn['mae']:.4g} | {pe['mae']:.4g} | {m['mae_ratio_vs_seasonal_naive']:.3f} | "
                 f"{m['mae_ratio_vs_persistence']:.3f} | {mm['rmse']:.4g} / {sn['rmse']:.4g} / {pe['rmse']:.4g} | "
                 f"{mm['pinball_mean']:.4g} / {sn['pinball_mean']:.4g} / {pe['pinball_mean']:.4g} | "
-                f"{mm['coverage_p10_p90']:.3f}{daylight} | {c['onnx_vs_numpy_max_abs_diff']:.1e} | {tg} |")
+                f"{mm['coverage_p10_p90']:.3f}{daylight} ({mm.get('below_p10', np.nan):.3f} / "
+                f"{mm.get('above_p90', np.nan):.3f}) | "
+                f"{m['model_static']['coverage_p10_p90'] if 'model_static' in m else mm['coverage_p10_p90']:.3f} | "
+                f"{c['onnx_vs_numpy_max_abs_diff']:.1e} | {tg} |")
             if "model_no_weather" in m:
                 nw = m["model_no_weather"]
                 lines.append(f"| {c['series']} (no past weather) | {c['unit']} | | | {nw['mae']:.4g} | | | "
                              f"{nw['mae'] / sn['mae']:.3f} | {nw['mae'] / pe['mae']:.3f} | {nw['rmse']:.4g} | "
-                             f"{nw['pinball_mean']:.4g} | {nw['coverage_p10_p90']:.3f} | | |")
+                             f"{nw['pinball_mean']:.4g} | {nw['coverage_p10_p90']:.3f} | | | |")
         lines += ["", f"Fan charts of the test week from {PLOT_WEEK_START}: `fan_<series>.png` in that directory.", ""]
     lines += ["Limitations: load 1 and 2 (kitchen, laundry) are appliance cycles whose timing no lag model can "
-              "know, so their P50 sits near the base load and the band is narrow at night; prices are trained on "
-              "2015 and tested on 2018 (a different level and spread), which the de-levelling and the validation "
-              "calibration (2018 H1) only partly absorb; the PSM3 temperature is clipped at 0 degC at source.", ""]
+              "know, so their P50 sits near the base load and the band is narrow at night; they are zero most of "
+              "the time (load 1 on ~89 % of ticks), so a P10 of 0 is never missed and 80 % coverage needs the "
+              "online tracker to raise P10 above 0 where a cycle is likely, at some cost in pinball loss (lab load "
+              "1: 0.0194 static -> 0.0208 online). Load 3 (water heater + air conditioning) misses MAE <= 0.7 x "
+              "seasonal naive (0.81 lab, 0.83 site; 0.80 on the validation days): 2-day lags, a second year of "
+              "household data (2007) and twice the hidden units moved the validation ratio by <= 0.015, and "
+              "per-step gradient boosting (steps 5..59) only ~0.75-0.76 there; the scenario's weather (temperature) is that "
+              "of the US PV site, not of the French household, so it cannot explain the air conditioning. "
+              "Prices are trained on 2015 and tested on 2018 (a different level and spread), which the "
+              "de-levelling and the validation calibration (2018 H1) only partly absorb; the PSM3 temperature is "
+              "clipped at 0 degC at source.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -197,7 +273,10 @@ def _fmt(series: str, m: dict) -> str:
            f"(s.naive {m['seasonal_naive']['pinball_mean']:.4g})  cover {mm['coverage_p10_p90']:.3f}  ")
     if "coverage_p10_p90_daylight" in mm:
         row += f"(daylight {mm['coverage_p10_p90_daylight']:.3f})  "
-    row += " ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in m["targets_met"].items())
+    row += f"(below P10 {mm['below_p10']:.3f}, above P90 {mm['above_p90']:.3f}"
+    if "model_static" in m:
+        row += f"; static offsets only: cover {m['model_static']['coverage_p10_p90']:.3f}"
+    row += ")  " + " ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in m["targets_met"].items())
     if "model_no_weather" in m:
         nw = m["model_no_weather"]
         row += (f"\n{'  without past weather':20s} MAE {nw['mae']:.4g} (x{nw['mae'] / m['persistence']['mae']:.2f} "
@@ -239,11 +318,13 @@ def main(argv=None, frame=None, split=None) -> int:
         card = json.loads(card_path.read_text())
         blob = (directory / card["onnx_file"]).read_bytes()
         metrics = evaluate_series(series, blob, frame, starts, args.profile)
+        fans = metrics.pop("fans")
         print(_fmt(series, metrics))
         if args.write:
             card["metrics_test"] = metrics
             card_path.write_text(json.dumps(card, indent=1) + "\n")
-            plot_week(series, blob, frame, args.profile, PLOT_WEEK_START, directory / f"fan_{series}.png")
+            plot_week(series, blob, frame, args.profile, PLOT_WEEK_START, directory / f"fan_{series}.png",
+                      fans, starts)
     if args.write:
         committed = directory.resolve() == PROFILE_DIRS[args.profile].resolve()
         card_md = args.card_md or (Path(__file__).resolve().parent / "MODEL_CARD.md" if committed

@@ -1,5 +1,6 @@
-"""Feature builder, quantile network, ONNX export, evaluation metrics and the edge Forecaster
-(models/features.py, models/qnet.py, models/train.py, models/evaluate.py, edge/forecast.py)
+"""Feature builder, quantile network, ONNX export, evaluation metrics, online band recalibration
+and the edge Forecaster (models/features.py, models/qnet.py, models/train.py, models/evaluate.py,
+models/recalibrate.py, edge/forecast.py)
 on real scenario days."""
 
 import json
@@ -12,7 +13,9 @@ from onnx import TensorProto, helper
 from picogrid.edge.forecast import Forecaster, default_artifact_dir
 from picogrid.models import features as F
 from picogrid.models import evaluate, scenario, train
+from picogrid.models import recalibrate
 from picogrid.models.qnet import QuantileNet, bucket_of, calibration_offsets, pinball_loss
+from picogrid.models.recalibrate import OnlineBandTracker, calendar_elapsed
 
 N = F.HORIZON
 
@@ -302,3 +305,90 @@ def test_profile_mismatch_and_unknown_profile_are_clear_errors():
 def test_evaluate_without_artefacts_says_so(tmp_path, capsys):
     assert evaluate.main(["--artifacts", str(tmp_path)]) == 1
     assert "no model cards" in capsys.readouterr().err
+
+
+# -- online band recalibration (models/recalibrate.py) --------------------------------------------
+
+def _run_tracker(values, fans, lr, horizon):
+    tr = OnlineBandTracker(horizon, lr)
+    return np.stack([tr.adjust(fans[t], None if t == 0 else 1, values[:t]) for t in range(len(fans))]), tr
+
+
+def test_tracker_restores_tail_rates_under_drift():
+    # the truth's spread doubles after calibration: a static N(0,1) band misses ~32 % of the time
+    rng = np.random.default_rng(5)
+    H, T = 12, 6000
+    y = 2.0 * rng.standard_normal(T + H)
+    fan = np.tile(np.array([-1.2816, 0.0, 1.2816])[:, None], (1, H))
+    fans = np.repeat(fan[None], T, axis=0)
+    target = np.stack([y[t:t + H] for t in range(T)])
+    static_cover = np.mean((target >= fans[:, 0]) & (target <= fans[:, 2]))
+    adj, tr = _run_tracker(y, fans, 0.01, H)
+    late = slice(T // 2, T)   # after the tracker has settled
+    cover = np.mean((target[late] >= adj[late, 0]) & (target[late] <= adj[late, 2]))
+    assert static_cover < 0.55 and 0.77 < cover < 0.83
+    np.testing.assert_allclose(np.exp(tr.log_factors), 2.0, rtol=0.2)   # the band doubled
+    np.testing.assert_array_equal(adj[:, 1], fans[:, 1])                # P50 untouched
+    assert np.all(adj[:, 0] <= adj[:, 1]) and np.all(adj[:, 1] <= adj[:, 2])
+
+
+def test_tracker_is_causal_and_resets_on_a_step_back():
+    rng = np.random.default_rng(6)
+    H = 10
+    y = rng.standard_normal(200)
+    fans = np.repeat(np.array([[-0.5] * H, [0.0] * H, [0.5] * H])[None], 200, axis=0)
+    a, _ = _run_tracker(y, fans, 0.05, H)
+    y2 = y.copy()
+    y2[120:] += 50.0                      # a different future from tick 120 on
+    b, _ = _run_tracker(y2, fans, 0.05, H)
+    np.testing.assert_array_equal(a[:121], b[:121])   # fan issued at 120 has only seen y[:120]
+    assert not np.array_equal(a[121:], b[121:])
+    tr = OnlineBandTracker(H, 0.05)
+    for t in range(50):
+        tr.adjust(fans[t], None if t == 0 else 1, y[:t])
+    assert tr.n_updates == 49 and np.any(tr.log_factors != 0)
+    same = tr.adjust(fans[0], 0, y[:50])              # same tick again: nothing new to learn
+    assert tr.n_updates == 49
+    np.testing.assert_array_equal(tr.adjust(fans[0], -5, y[:45]), fans[0])   # back in time: reset
+    assert tr.n_updates == 0 and same.shape == (3, H)
+    with pytest.raises(ValueError, match="fan must be"):
+        tr.adjust(np.zeros((3, H + 1)), 1, y)
+    with pytest.raises(ValueError, match="lr > 0"):
+        OnlineBandTracker(H, 0.0)
+
+
+def test_calendar_elapsed():
+    cal = {"day_of_year": 365, "tick": 59, "n_ticks": 60}
+    assert calendar_elapsed(None, cal) is None
+    assert calendar_elapsed((365, 58, 60), cal) == 1
+    assert calendar_elapsed((365, 59, 60), {"day_of_year": 1, "tick": 0, "n_ticks": 60}) == 1   # New Year
+    assert calendar_elapsed((200, 10, 60), {"day_of_year": 199, "tick": 10, "n_ticks": 60}) is None
+    assert calendar_elapsed((200, 10, 60), {"day_of_year": 200, "tick": 10, "n_ticks": 288}) is None
+
+
+def test_forecaster_online_recalibration_keeps_p50_and_learns(days):
+    online, plain = Forecaster(), Forecaster(online_recalibration=False)
+    assert plain.trackers == {} and set(online.trackers) == set(recalibrate.TRACKED)
+    for start in range(80, 121):
+        a = online.forecast(*_inputs(days, start))
+        b = plain.forecast(*_inputs(days, start))
+        assert online.source == plain.source == {s: "onnx" for s in F.SERIES}
+        for s in F.SERIES:
+            np.testing.assert_allclose(a[s][0.5], b[s][0.5])
+    tracker = online.trackers["load3_demand_w"]
+    assert tracker.n_updates == 40 and np.any(tracker.log_factors != 0)
+    for s in recalibrate.TRACKED:
+        f_lo, f_hi = np.exp(online.trackers[s].log_factors)
+        np.testing.assert_allclose(a[s][0.9] - a[s][0.5], (b[s][0.9] - b[s][0.5]) * f_hi, atol=1e-6)
+    np.testing.assert_array_equal(a["pv_available_w"][0.1], b["pv_available_w"][0.1])   # PV: static
+    online.forecast(*_inputs(days, 90))          # back in time (a replay): the trackers restart
+    assert tracker.n_updates == 0
+
+
+def test_committed_cards_record_static_and_online_coverage(forecaster):
+    for s in recalibrate.TRACKED:
+        m = forecaster.models[s]["metrics_test"]
+        assert {"coverage_p10_p90", "below_p10", "above_p90"} <= set(m["model_static"])
+        assert m["online_recalibration"]["lr_per_tick"] == pytest.approx(recalibrate.lr_per_tick(60))
+        # same P50 either way: the recalibration only rescales the band
+        assert m["model"]["mae"] == pytest.approx(m["model_static"]["mae"])
