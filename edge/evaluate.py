@@ -8,7 +8,9 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 - ``naive``: the rule PV → loads → storage → grid (no prices, no forecasts);
 - ``mpc_own``: the OSQP MPC on the project's forecasts (:class:`picogrid.edge.forecast.Forecaster`,
   P50; the lab feed tells the current demand, price and sun, so step 0 is known);
-- ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV);
+- ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV), on
+  every ``--reserve-every``-th day (default 3, to keep the run near 5 minutes), compared with
+  ``mpc_own`` on the same days;
 - ``mpc_perfect``: the MPC on the true future;
 - ``oracle``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
@@ -26,7 +28,8 @@ as a deferrable job of that energy, to be delivered in the window by the deferra
 (``[deferrable]`` of the site file; a site file without it gets 2 job slots and the
 deferrable-priority board's power limit). The shapes are real, only this split is ours.
 
-Usage: ``picogrid evaluate [--days 30] [--profile both] [--first-day 2013-07-01] [--plot dispatch.png]``.
+Usage: ``picogrid evaluate [--days 30] [--profile both] [--first-day 2013-07-01] [--plot dispatch.png]
+[--reserve-every 3] [--workers 2]``.
 ``--days 3`` is the fast path for tests.
 """
 
@@ -220,15 +223,18 @@ def _fit(x, n):
     return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
 
 
-def evaluate_profile(profile, first_day, n_days, progress=None):
+def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1):
     """Run every policy over ``n_days`` real days of ``profile``.
+
+    ``reserve_stride``: the reserve run (site) is made on every ``reserve_stride``-th day only,
+    counted from ``first_day`` (it costs as much time as the plain MPC run).
 
     Returns
     -------
     dict
-        ``costs``: policy -> [n_days] total cost [c]; ``days``; ``sources`` (forecast source ->
-        count); ``solve_ms`` (MPC solve times); ``statuses``; ``example`` (results of day 0
-        for the plot); ``cfg``.
+        ``costs``: policy -> [n_days] total cost [c] (``mpc_own_reserve``: NaN on days without
+        the reserve run); ``days``; ``sources`` (forecast source -> count); ``solve_ms`` (MPC
+        solve times); ``statuses``; ``example`` (results of day 0 for the plot); ``cfg``.
     """
     from picogrid.edge.forecast import Forecaster
     from picogrid.models import features as F
@@ -258,7 +264,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None):
                             ("mpc_own", ctrl, own_forecast(data, i, truth, cfg, forecaster, sources)),
                             ("mpc_own_reserve", ctrl_res,
                              own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
-            if name not in costs:
+            if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
                 continue
             c.reset()
             pol = policies.mpc_policy(c, fc)
@@ -270,7 +276,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None):
                 return dcs
             results[name] = policies.simulate_policy(timed, truth, cfg)
         for p in policies_run:
-            costs[p].append(results[p].total_cost)
+            costs[p].append(results[p].total_cost if p in results else np.nan)
         if example is None:
             example = (data.days[i], truth, results)
         if progress:
@@ -282,22 +288,30 @@ def evaluate_profile(profile, first_day, n_days, progress=None):
 
 
 def _chunk(args):
-    profile, first_day, n_days = args
-    return evaluate_profile(profile, first_day, n_days)
+    profile, first_day, n_days, stride = args
+    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride)
 
 
-def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None):
-    """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged."""
+def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1):
+    """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged.
+
+    Chunks are whole multiples of ``reserve_stride`` days so the reserve days stay every
+    ``reserve_stride``-th day of the whole run.
+    """
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
-        return evaluate_profile(profile, first_day, n_days, progress)
+        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride)
     from concurrent.futures import ProcessPoolExecutor
 
     start = _dt.date.fromisoformat(first_day)
-    sizes = [n_days // workers + (k < n_days % workers) for k in range(workers)]
+    blocks = -(-n_days // reserve_stride)
+    sizes = [reserve_stride * (blocks // workers + (k < blocks % workers)) for k in range(workers)]
+    sizes[-1] -= sum(sizes) - n_days
+    sizes = [x for x in sizes if x > 0]
     firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n) for f, n in zip(firsts, sizes)]))
+        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride)
+                                       for f, n in zip(firsts, sizes)]))
     if progress:
         progress(profile, n_days, n_days)
     merged = dict(parts[0])
@@ -312,9 +326,15 @@ def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None):
     return merged
 
 
+def _capture_on(costs, on):
+    c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
+    return policies.savings_capture(c["naive"], c["mpc_own"], c["oracle"])
+
+
 def capture(costs, policy):
     """Savings capture of ``policy`` over all days (sums of costs)."""
-    c = {p: float(np.sum(v)) for p, v in costs.items()}
+    on = np.isfinite(costs[policy])
+    c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
     return policies.savings_capture(c["naive"], c[policy], c["oracle"])
 
 
@@ -362,11 +382,17 @@ def report(profile, res, out):
     print(f"== {profile}: {n} real days {res['days'][0]} .. {res['days'][-1]}, N={res['cfg'].horizon}, "
           f"dt={res['cfg'].dt_s:g} s", file=out)
     for p, v in c.items():
+        if p == "mpc_own_reserve":
+            continue
         extra = "" if p in ("naive", "oracle") else f"  savings capture {100 * capture(c, p):6.1f} %"
         print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
     if "mpc_own_reserve" in c:
-        print(f"  reserve cost: {np.sum(c['mpc_own_reserve']) - np.sum(c['mpc_own']):+.5g} c over {n} days "
-              f"(own forecasts, with vs without the 1 h islanded reserve)", file=out)
+        on = np.isfinite(c["mpc_own_reserve"])
+        with_r, without = np.sum(c["mpc_own_reserve"][on]), np.sum(c["mpc_own"][on])
+        print(f"  reserve (1 h islanded critical load, P90/P10) on {on.sum()} of the days: cost "
+              f"{with_r:.5g} c vs {without:.5g} c without, reserve cost {with_r - without:+.5g} c; "
+              f"capture {100 * capture(c, 'mpc_own_reserve'):.1f} % vs {100 * _capture_on(c, on):.1f} %",
+              file=out)
     per_day = [policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["oracle"])]
     print(f"  per-day capture (own forecasts): median {100 * np.nanmedian(per_day):.1f} %", file=out)
     src = ", ".join(f"{k} x{v}" for k, v in sorted(res["sources"].items()))
@@ -382,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
     ap.add_argument("--first-day", default="2013-07-01", help="first day (default: start of the test split)")
     ap.add_argument("--profile", choices=("lab", "site", "both"), default="both")
+    ap.add_argument("--reserve-every", type=int, default=3,
+                    help="site: run the MPC with the reserve on every k-th day only (default 3)")
     ap.add_argument("--workers", type=int, default=2,
                     help="processes sharing the days (default 2, the cores of the reference machine)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
@@ -400,7 +428,8 @@ def main(argv=None):
     profiles = PROFILES if args.profile == "both" else (args.profile,)
     results = {}
     for profile in profiles:
-        results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress)
+        results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress,
+                                             max(1, args.reserve_every))
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot:
