@@ -86,9 +86,15 @@ class FeedSource:
     def now(self, tick):
         demand = np.array([self.observed[l + "_demand_w"][tick] for l in LOADS])
         imp, exp = self.observed["import_price_per_j"][tick], self.observed["export_price_per_j"][tick]
-        if np.isnan(imp):       # no price at all (feed down, nothing learnt yet): assume no trade value
-            imp = exp = 0.0
-        return demand, float(imp), float(exp)
+        # a price the feed could not give (down, nothing learnt yet): the last one known, else 0
+        return demand, self._known(imp, "import_price_per_j", tick), self._known(exp, "export_price_per_j", tick)
+
+    def _known(self, value, series, tick):
+        if not np.isnan(value):
+            return float(value)
+        past = self.observed[series][:tick]
+        past = past[~np.isnan(past)]
+        return float(past[-1]) if past.size else 0.0
 
     def sun_now(self, tick):
         return float(self.observed["sun"][tick])
@@ -109,8 +115,14 @@ class FeedSource:
         return {"tick": int(tick), "day_of_year": 1, "weekday": 0, "n_ticks": self.n_ticks}
 
     def truth(self):
-        """What the feed said at each tick of the day (NaN for ticks not run yet)."""
-        return {s: a.copy() for s, a in self.observed.items()}
+        """What the feed said at each tick of the day (NaN for ticks not run yet); prices it
+        could not give are the ones the edge used instead (see :meth:`now`)."""
+        out = {s: a.copy() for s, a in self.observed.items()}
+        run = ~np.isnan(self.observed["sun"])
+        for series in ("import_price_per_j", "export_price_per_j"):
+            for t in np.flatnonzero(run):
+                out[series][t] = self._known(self.observed[series][t], series, t)
+        return out
 
 
 class FeedForecaster:

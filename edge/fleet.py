@@ -14,6 +14,8 @@ from picogrid.firmware import protocol as P
 
 log = logging.getLogger(__name__)
 
+_ACKS_KEPT = 64
+
 
 class BoardState:
     """What the edge knows of one board. Times are the edge clock [s]."""
@@ -29,8 +31,8 @@ class BoardState:
         self.last_seen_s = None
         self.seq_out = 0
         self.acks = {}                 # seq -> (status, t_s)
-        self.snapshot = None           # telemetry right after the latest ack (tick boundary)
-        self._expect_snapshot = False
+        self.snapshot = None           # (t_s, telemetry, acked seq) right after an ack: the tick boundary
+        self._expect_snapshot = None   # seq of the ack whose snapshot is awaited
         self.failsafe_events = 0
         self.link = None
 
@@ -84,13 +86,15 @@ class Fleet:
                 t = dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(payload)))
                 b.telemetry = t
                 self.telemetry_log.append((now, b.name, b.role, seq, t))
-                if b._expect_snapshot:
-                    b.snapshot = (now, t)
-                    b._expect_snapshot = False
+                if b._expect_snapshot is not None:
+                    b.snapshot = (now, t, b._expect_snapshot)
+                    b._expect_snapshot = None
             elif msg_type == P.MSG_ACK:
                 acked, status = P.unpack_ack(payload)
                 b.acks[acked] = (status, now)
-                b._expect_snapshot = True
+                if len(b.acks) > _ACKS_KEPT:      # only recent acks matter
+                    del b.acks[next(iter(b.acks))]
+                b._expect_snapshot = acked
             elif msg_type == P.MSG_HELLO:
                 b.role, b.firmware_version, b.capabilities, b.boot_nonce = P.unpack_hello(payload)
                 self.events.append((now, b.name, "hello", "%s fw %s" % (b.role, b.firmware_version)))
@@ -129,8 +133,10 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
+                # acked, and the snapshot that followed *this* ack (not a late one of an older tick)
                 done = {n: self.boards[n].acks[s] for n, s in sent.items()
-                        if s is not None and s in self.boards[n].acks and self.boards[n].snapshot}
+                        if s is not None and s in self.boards[n].acks and self.boards[n].snapshot
+                        and self.boards[n].snapshot[2] == s}
                 left = deadline - time.monotonic()
                 if len(done) == len([s for s in sent.values() if s is not None]) or left <= 0:
                     return done

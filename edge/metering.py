@@ -14,11 +14,18 @@ from picogrid.edge.estimate import energy_from_voltage_j
 
 
 def tick_energies(prev, cur):
-    """Energy per board over one tick [J]: name -> dE (None where a snapshot is missing)."""
+    """Energy per board over one tick [J]: name -> dE.
+
+    None where a snapshot is missing, or where the board's uptime ``t_ms`` went backwards:
+    it rebooted and its counter restarted from zero, so the difference means nothing.
+    """
     out = {}
     for name in cur:
         a, b = prev.get(name), cur.get(name)
-        out[name] = None if (a is None or b is None) else b["energy_bus_j"] - a["energy_bus_j"]
+        if a is None or b is None or b["t_ms"] < a["t_ms"]:
+            out[name] = None
+        else:
+            out[name] = b["energy_bus_j"] - a["energy_bus_j"]
     return out
 
 

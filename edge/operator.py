@@ -47,6 +47,7 @@ class Operator:
         self.mode = "automatic"
         self.overrides = {}          # board -> (mode, value)
         self.approved = None         # setpoints of the last approved plan
+        self._held = None            # last setpoints before overrides (what manual mode holds)
         self._proposed = None        # the latest plan offered for approval, and its tick
         self._proposed_tick = None
 
@@ -109,15 +110,21 @@ class Operator:
     def setpoints(self, tick, planned, last_sent):
         """What to send this tick, from the optimiser's ``planned`` setpoints (name -> (mode, value)).
 
+        Manual and approve mode hold the last setpoints as they were *before* operator
+        overrides (``last_sent`` only on the first call), so restore and clear undo them.
+
         Returns (setpoints, note) where note says in words what the operator changed.
         """
+        # what is held is the setpoints *before* operator overrides, so restore/clear undo them
+        held = self._held or last_sent or planned
         if self.mode == "automatic":
             base, note = dict(planned), ""
         elif self.mode == "approve":
-            base = dict(self.approved or last_sent or planned)
+            base = dict(self.approved or held)
             note = "plan of tick %d awaits approval" % tick
         else:
-            base, note = dict(last_sent or planned), "manual"
+            base, note = dict(held), "manual"
+        self._held = dict(base)
         self._proposed, self._proposed_tick = dict(planned), tick
         for board, sp in self.overrides.items():
             base[board] = sp

@@ -15,7 +15,7 @@ from picogrid.edge import dispatch, estimate, metering
 from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
-from picogrid.edge.optimize import MpcConfig, MpcController
+from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.policies import naive_step
 from picogrid.edge.signals import LOADS
 
@@ -24,23 +24,6 @@ log = logging.getLogger(__name__)
 _ACK_TIMEOUT_S = 0.5
 _FORECAST_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
                     "import_price_per_j")
-
-
-def mpc_config(site):
-    """Flatten the site file into an :class:`MpcConfig` (units as in ``edge/sites/lab.toml``)."""
-    b, st, g, ld = site["bench"], site["storage"], site["grid"], site["loads"]
-    voll = ld["voll_per_j"]
-    priorities = [site["boards"][name].get("priority", "normal") for name in LOADS]
-    return MpcConfig(
-        horizon=int(b["horizon"]), dt_s=float(b["tick_s"]),
-        e_min_j=estimate.energy_from_voltage_j(st["voltage_min_v"], st["capacitance_f"]),
-        e_max_j=estimate.energy_from_voltage_j(st["voltage_max_v"], st["capacitance_f"]),
-        p_ch_max_w=st["power_max_w"], p_dis_max_w=st["power_max_w"],
-        eta_ch=st["efficiency_charge"], eta_dis=st["efficiency_discharge"],
-        p_imp_max_w=g["import_max_w"], p_exp_max_w=g["export_max_w"], n_loads=len(LOADS),
-        voll_per_j=tuple(float(voll[p]) for p in priorities),
-        cycle_cost_per_j=site["optimizer"]["cycle_cost_per_j"],
-        terminal_value_per_j=site["optimizer"]["terminal_value_per_j"])
 
 
 class EdgeRunner:
@@ -74,7 +57,7 @@ class EdgeRunner:
         self.forecaster = forecaster
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
-        self.cfg = mpc_config(site)
+        self.cfg = config_from_site(site)
         self.mpc = MpcController(self.cfg) if policy == "mpc" else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
@@ -163,7 +146,13 @@ class EdgeRunner:
             if not self.record_all:
                 continue
             self.store.setpoint(k, name, seq if seq is not None else -1, sp[name][0], sp[name][1],
-                                ack is not None, (ack[1] - t_sent) if ack else None)
+                                ack is not None, (ack[1] - t_sent) if ack else None,
+                                ack[0] if ack else None)
+            if ack and ack[0] != P.ACK_OK:
+                self.store.event(self.clock() - self.t0, name, "setpoint_" + (
+                    "rejected" if ack[0] == P.ACK_REJECTED else "limited"),
+                    "tick %d: %g asked, the board %s it" % (
+                        k, sp[name][1], "refused" if ack[0] == P.ACK_REJECTED else "clamped"))
         missing = [n for n in sent if n not in acks]
         if missing and self.record_all:
             self.store.event(self.clock() - self.t0, None, "no_ack", "tick %d: %s" % (k, ", ".join(missing)))
@@ -275,6 +264,9 @@ class EdgeRunner:
                 sp, operator_note = self.operator.setpoints(k, planned, self.last_setpoints)
             except Exception:   # a broken command queue must not stop the tick
                 log.exception("operator commands failed at tick %d", k)
+            if islanded and sp["storage"][0] != P.MODE_ISLAND:
+                # no operator mode may take the bus away from storage while the grid is lost
+                sp = dict(sp, storage=(P.MODE_ISLAND, sp["storage"][1]))
         boundary = self.send(k, sp)
         self.meter(k, boundary)
         self.solve_times_s.append(decision.solve_time_s)

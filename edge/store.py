@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS decision (
 CREATE TABLE IF NOT EXISTS setpoint (
     run_id INTEGER NOT NULL, tick INTEGER NOT NULL, board TEXT NOT NULL,
     seq INTEGER NOT NULL, mode INTEGER NOT NULL, value_w REAL NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL
+    acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL,
+    ack_status INTEGER                 -- protocol ACK_OK 0 / ACK_REJECTED 1 / ACK_LIMITED 2
 );
 CREATE TABLE IF NOT EXISTS event (
     run_id INTEGER NOT NULL, t_s REAL NOT NULL, board TEXT, kind TEXT NOT NULL, detail TEXT
@@ -174,10 +175,10 @@ class Store:
              operator_mode, json.dumps(details) if details is not None else None),
         )
 
-    def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s):
+    def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s, ack_status=None):
         self.conn.execute(
-            "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?)",
-            (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s),
+            "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?,?)",
+            (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s, ack_status),
         )
 
     def event(self, t_s, board, kind, detail=""):

@@ -6,6 +6,7 @@ Puts the layers together the way they run in the lab: the plant and six MicroPyt
 baselines and the summary (:mod:`picogrid.edge.report`).
 """
 
+import copy
 import datetime as dt
 import logging
 import pathlib
@@ -62,10 +63,14 @@ class _Bench:
         self.bench = Bench(site, run_dir, t0, float(b["tick_s"]), sun).start()
         self.fleet = Fleet({name: info["id"] for name, info in self.bench.boards.items()})
         self.links = []
-        for name, port in self.bench.ports.items():
-            link = SerialLink(name, port, self.fleet.on_frame)
-            self.fleet.attach(name, link)
-            self.links.append(link)
+        try:
+            for name, port in self.bench.ports.items():
+                link = SerialLink(name, port, self.fleet.on_frame)
+                self.fleet.attach(name, link)
+                self.links.append(link)
+        except BaseException:
+            self.stop()
+            raise
         self.runner = None
         self.error = None
 
@@ -115,6 +120,7 @@ class Day:
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
                  start_delay_s=4.0, forecaster=None, feed=None):
+        site = copy.deepcopy(site)      # n_run_ticks changes it: the caller's stays as it was
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +138,9 @@ class Day:
         else:
             scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
             self.source = ScenarioSource(scenario, n_ticks)
-        if n_run_ticks:
+        if n_run_ticks is not None:
+            if not 0 < int(n_run_ticks) <= n_ticks:
+                raise ValueError("n_run_ticks must be 1..%d, got %r" % (n_ticks, n_run_ticks))
             site["bench"]["n_ticks"] = int(n_run_ticks)
         self.start_delay_s = start_delay_s
         self.forecaster = forecaster
@@ -171,6 +179,13 @@ class Day:
             PlantControl(side.bench.plant_port).command("sun", value=g)
 
     def start(self):
+        try:
+            return self._start()
+        except BaseException:      # half-started: stop what did start, then report
+            self.stop()
+            raise
+
+    def _start(self):
         from picogrid.edge.forecast import Forecaster
         b = self.site["bench"]
         t0 = self._feed_t0() if self.feed is not None else time.time() + self.start_delay_s
@@ -208,6 +223,13 @@ class Day:
         if errors:
             store.finish_run({}, status="failed")
             raise errors[0]
+        try:
+            return self._summarise(store)
+        except BaseException:
+            store.finish_run({}, status="failed")
+            raise
+
+    def _summarise(self, store):
         rows = {p: [dict(r) for r in store.conn.execute(
             "SELECT * FROM dispatch WHERE run_id=? AND policy=? ORDER BY tick", (store.run_id, p))]
             for p in ("mpc", "naive")}

@@ -43,7 +43,9 @@ def _summary_lines(s):
         "    naive (measured)  %s %30s" % (f("cost_naive"), f("bill_naive")),
         "    naive (model)     %s" % f("cost_naive_model"),
         "    perfect foresight %s %30s" % (f("cost_oracle"), f("bill_oracle")),
-        "  savings capture     %s %%" % f("savings_capture", scale=100.0, fmt="%10.1f"),
+        "  savings capture     %s %%  (against the naive rule on the model: %s %%)" % (
+            f("savings_capture", scale=100.0, fmt="%10.1f"),
+            f("savings_capture_vs_model_naive", scale=100.0, fmt="%.1f")),
         "",
         "  MPC solve time p50 %s ms, p99 %s ms wall; %s / %s ms CPU (%d solved, %d fallback ticks)" % (
             f("solve_time_p50_ms", fmt="%.3f"), f("solve_time_p99_ms", fmt="%.3f"),
@@ -83,7 +85,7 @@ def cmd_demo(args):
         url, stop_web = start_background(str(db), port=0)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
-    n = int(site["bench"]["n_ticks"])
+    n = int(day.site["bench"]["n_ticks"])
     t_start = time.time()
     try:
         with day:
@@ -183,6 +185,22 @@ def cmd_web(args):
     return 0
 
 
+def _positive(kind):
+    def check(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError("must be > 0, got %s" % text)
+        return value
+    return check
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be within 0..1, got %s" % text)
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="picogrid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,26 +210,27 @@ def build_parser():
     p = sub.add_parser("demo", help="a real day on the HIL bench with the edge and the dashboard")
     p.add_argument("--exit", action="store_true", help="exit after the summary (for scripts and CI)")
     p.add_argument("--day", default="2013-07-16", help="real day to replay (YYYY-MM-DD, 2012..2013)")
-    p.add_argument("--ticks", type=int, default=None, help="run only the first N ticks")
-    p.add_argument("--tick-s", type=float, default=None, help="tick duration [s] (site default 2.5)")
+    p.add_argument("--ticks", type=_positive(int), default=None, help="run only the first N ticks")
+    p.add_argument("--tick-s", type=_positive(float), default=None, help="tick duration [s] (site default 2.5)")
     p.add_argument("--site", default=None, help="site TOML (default: edge/sites/lab.toml)")
     p.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR))
     p.add_argument("--port", type=int, default=8050, help="dashboard port (0 = any free port)")
     p.add_argument("--feed", default=None, help="use the lab market feed at this URL instead of the replayed day")
-    p.add_argument("--feed-speed", type=float, default=1.0,
+    p.add_argument("--feed-speed", type=_positive(float), default=1.0,
                    help="the feed's clock runs this many times faster than real time (local feed only)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("labfeed-server", help="serve real days through the lab market feed API on loopback")
     p.add_argument("--day", default="2013-07-16", help="first real day served (YYYY-MM-DD)")
     p.add_argument("--days", type=int, default=7)
-    p.add_argument("--speed", type=float, default=1.0, help="clock speed-up (same as the edge's --feed-speed)")
+    p.add_argument("--speed", type=_positive(float), default=1.0,
+                   help="clock speed-up (same as the edge's --feed-speed)")
     p.set_defaults(func=cmd_labfeed_server)
 
     p = sub.add_parser("hil", help="start the plant and six virtual boards only")
     p.add_argument("--site", default=None)
     p.add_argument("--run-dir", default=str(REPO / "var" / "hil"))
-    p.add_argument("--sun", type=float, default=0.8, help="PV availability 0..1")
+    p.add_argument("--sun", type=_fraction, default=0.8, help="PV availability 0..1")
     p.set_defaults(func=cmd_hil)
 
     for name, (_, _, text) in DELEGATED.items():

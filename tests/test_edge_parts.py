@@ -22,6 +22,12 @@ def test_storage_energy_from_terminal_voltage_and_esr():
     assert estimate.storage_energy_j(-1.0, 0.0, 0.5, 4.0) == 0.0
 
 
+def test_rebooted_board_is_not_metered():
+    prev = {"pv": {"t_ms": 5000, "energy_bus_j": 40.0}, "grid": {"t_ms": 5000, "energy_bus_j": -3.0}}
+    cur = {"pv": {"t_ms": 7500, "energy_bus_j": 47.5}, "grid": {"t_ms": 900, "energy_bus_j": 0.2}}
+    assert metering.tick_energies(prev, cur) == {"pv": 7.5, "grid": None}
+
+
 def test_balance_residual_and_costs():
     energies = {"pv": 5.0, "grid": -2.0, "storage": 0.0, "load1": -2.9}
     # bus capacitor 0.1 F from 7.0 V to 7.1 V stores 0.0705 J: the rest is the residual

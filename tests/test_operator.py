@@ -91,3 +91,21 @@ def test_approve_mode_sends_a_plan_only_once_approved(store):
     newer = dict(PLAN, storage=(0, 1.5))
     sp, _ = op.setpoints(11, newer, held)            # the approved tick-10 plan goes out
     assert sp == PLAN
+
+
+def test_restore_and_clear_work_in_manual_mode(store):
+    # review finding: manual mode held the overridden setpoints, so restore changed nothing
+    op = Operator(load_site())
+    op.setpoints(1, PLAN, None)
+    command(store, "mode", mode="manual")
+    command(store, "shed", "load1")
+    command(store, "override", "load2", 0.9)
+    op.poll(store.conn)
+    sp, _ = op.setpoints(2, dict(PLAN, storage=(0, 1.0)), PLAN)
+    assert sp["load1"] == (P.MODE_SHED, 0.0) and sp["load2"] == (0, 0.9)
+    assert sp["storage"] == PLAN["storage"]          # manual: the plan is not applied
+    command(store, "restore", "load1")
+    command(store, "clear_override", "load2")
+    op.poll(store.conn)
+    sp, _ = op.setpoints(3, dict(PLAN, storage=(0, 1.0)), sp)
+    assert sp == PLAN

@@ -645,11 +645,15 @@ def test_config_from_site_lab_and_site_files():
     import tomllib
     from importlib import resources
 
-    from picogrid.edge.runner import mpc_config
-
     sites = resources.files("picogrid.edge").joinpath("sites")
     lab = tomllib.loads(sites.joinpath("lab.toml").read_text())
-    assert optimize.config_from_site(lab) == mpc_config(lab)     # the runner's flattening
+    cfg = optimize.config_from_site(lab)
+    st = lab["storage"]
+    assert cfg.dt_s == lab["bench"]["tick_s"] and cfg.horizon == lab["bench"]["horizon"]
+    assert cfg.e_min_j == pytest.approx(0.5 * st["capacitance_f"] * st["voltage_min_v"] ** 2)
+    assert cfg.e_max_j == pytest.approx(0.5 * st["capacitance_f"] * st["voltage_max_v"] ** 2)
+    assert (cfg.eta_ch, cfg.eta_dis) == (st["efficiency_charge"], st["efficiency_discharge"])
+    assert cfg.voll_per_j == (40.0, 12.0, 6.0)       # load1 critical, load2 normal, load3 deferrable
     site = tomllib.loads(sites.joinpath("site.toml").read_text())
     cfg = optimize.config_from_site(site)
     assert cfg.dt_s == 300.0 and cfg.horizon == 288 and cfg.n_jobs == 2
