@@ -37,7 +37,11 @@ class Board:
         self.decoder = P.Decoder(key=self.key)
         self.seq = 0
         self.meas = [0.0, 0.0, 0.0, 0.0]
+        # bus-side energy meter: small steps collect in _energy_acc and move to the total
+        # in >= 1 J lumps, because the RP2040's 32-bit floats would round a 4 mJ step away
+        # once the total is large (float32 spacing is 8 mJ at 7e4 J)
         self.energy_bus_j = 0.0
+        self._energy_acc = 0.0
         self.failsafe = False
         self.boot_nonce = int.from_bytes(_urandom(4), "little")
         self._last_setpoint_ms = time.ticks_ms()
@@ -59,7 +63,7 @@ class Board:
         flags = self.role.flags | (_FLAG_FAILSAFE if self.failsafe else 0)
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
             _uptime_ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
-            self.energy_bus_j, self.role.setpoint_w, flags))
+            self.energy_bus_j + self._energy_acc, self.role.setpoint_w, flags))
 
     def event(self, code, detail):
         self.send(P.MSG_EVENT, P.pack_event(code, detail))
@@ -110,7 +114,10 @@ class Board:
             last = now
             fresh = self.hal.measure(m)
             # meter the bus-side energy with the power of the last interval
-            self.energy_bus_j += m[2] * m[3] * dt_s
+            self._energy_acc += m[2] * m[3] * dt_s
+            if self._energy_acc > 1.0 or self._energy_acc < -1.0:
+                self.energy_bus_j += self._energy_acc
+                self._energy_acc = 0.0
             if not self.failsafe and time.ticks_diff(now, self._last_setpoint_ms) > wd_ms:
                 self.enter_failsafe("no setpoint for %d ms" % wd_ms)
             self.hal.set_current_ref(self.role.step(m[0], m[1], m[2], m[3], dt_s))

@@ -34,6 +34,7 @@ class SimHal:
         self._duty = self.duty_for(0.0)
         self._req = bytearray(4)
         self.misses = 0
+        self._stale = False
 
     def duty_for(self, i_a):
         d = int((i_a - self._lo) / (self._hi - self._lo) * 65535 + 0.5)
@@ -42,13 +43,28 @@ class SimHal:
     def set_current_ref(self, i_a):
         self._duty = self.duty_for(i_a)
 
+    def _drain(self):
+        """Drop replies that arrived after their request timed out: read later, they would
+        leave every following reading one loop old."""
+        self._sock.settimeout(0)
+        try:
+            while True:
+                self._sock.recv(32)
+        except OSError:
+            pass
+        self._sock.settimeout(_TIMEOUT_S)
+        self._stale = False
+
     def measure(self, out):
+        if self._stale:
+            self._drain()
         struct.pack_into("<BBH", self._req, 0, _WIRE_VERSION, self._role_index, self._duty)
         try:
             self._sock.sendto(self._req, self._addr)
             data = self._sock.recv(32)
         except OSError:
             self.misses += 1
+            self._stale = True
             return False
         vals = struct.unpack("<4f", data)
         for k in range(4):
