@@ -19,6 +19,7 @@ import sys
 import time
 import tty
 
+from picogrid.edge.site import board_ids
 from picogrid.hil.plant import LAB_PLANT, ROLES
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,8 @@ class Bench:
     def start(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_plant()
-        for k, name in enumerate(self.site["boards"], start=1):
-            self.boards[name] = {"id": k}
+        for name, board_id in board_ids(self.site).items():
+            self.boards[name] = {"id": board_id}
             self.start_board(name)
         return self
 

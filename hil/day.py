@@ -19,27 +19,15 @@ from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink
 from picogrid.edge.runner import EdgeRunner
 from picogrid.edge.signals import ScenarioSource, load_scenario, save_scenario
+from picogrid.edge.site import board_ids, load_site  # noqa: F401  (load_site: used by callers)
 from picogrid.edge.store import Store
 from picogrid.hil.bench import Bench
 
 log = logging.getLogger(__name__)
 
-SITE_DIR = pathlib.Path(__file__).resolve().parent.parent / "edge" / "sites"
 DEFAULT_DAY = "2013-07-16"      # a day of the held-out test period (models/DATA.md)
 HISTORY_DAYS = 2                # days before the run the forecaster may look back on
 _HELLO_TIMEOUT_S = 10.0
-
-
-def load_site(path=None, **overrides):
-    """Parse a site TOML (default: the lab bench) and apply ``bench`` overrides."""
-    path = pathlib.Path(path) if path else SITE_DIR / "lab.toml"
-    with open(path, "rb") as f:
-        site = tomllib.load(f)
-    unknown = set(overrides) - set(site["bench"])
-    if unknown:
-        raise ValueError("unknown bench settings: %s" % sorted(unknown))
-    site["bench"].update({k: v for k, v in overrides.items() if v is not None})
-    return site
 
 
 def prepare_scenario(run_dir, day, n_ticks, pv_capability_w):
@@ -61,7 +49,7 @@ class _Bench:
         b = site["bench"]
         sun = [0.0 if x != x else x for x in source.truth()["sun"][: int(b["n_ticks"])]]
         self.bench = Bench(site, run_dir, t0, float(b["tick_s"]), sun).start()
-        self.fleet = Fleet({name: info["id"] for name, info in self.bench.boards.items()})
+        self.fleet = Fleet(board_ids(site))
         self.links = []
         try:
             for name, port in self.bench.ports.items():

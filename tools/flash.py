@@ -35,12 +35,13 @@ import sys
 import time
 import tomllib
 
+from picogrid.edge.site import DEFAULT_SECRETS, board_ids, load_secrets, load_site  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = ROOT / "firmware"
 DEFAULT_SITE = ROOT / "edge" / "sites" / "lab.toml"
-DEFAULT_SECRETS = ROOT / "secrets" / "picogrid.toml"
 RASPBERRY_PI_VID = 0x2E8A           # USB vendor id of Raspberry Pi (Pico, Pico W in MicroPython)
 # firmware files that are not deployed: the package marker and the bench-only HAL
 _NOT_DEPLOYED = ("__init__.py", "hal_sim.py")
@@ -56,28 +57,6 @@ _HELLO_TIMEOUT_S = 8.0
 
 class FlashError(Exception):
     """A flash step cannot go on; the message says why and what to do."""
-
-
-def load_site(path):
-    with open(path, "rb") as f:
-        return tomllib.load(f)
-
-
-def load_secrets(path=None):
-    """Read the secrets TOML (see module docstring); returns ``(dict, path)``.
-
-    A missing file gives an empty dict: serial boards need no secrets.
-    """
-    path = pathlib.Path(path or os.environ.get("PICOGRID_SECRETS") or DEFAULT_SECRETS)
-    if not path.exists():
-        return {}, path
-    with open(path, "rb") as f:
-        return tomllib.load(f), path
-
-
-def board_ids(site):
-    """Board name -> id (1.., in site-file order, as the HIL bench and the edge number them)."""
-    return {name: k for k, name in enumerate(site["boards"], start=1)}
 
 
 def board_json(site, name, secrets, secrets_path="secrets"):
