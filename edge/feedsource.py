@@ -16,7 +16,9 @@ import threading
 
 import numpy as np
 
-from picogrid.edge.labfeed import TICKS_PER_DAY
+import time
+
+from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY
 from picogrid.edge.signals import LOADS, SERIES
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,21 @@ class FeedForecaster:
                 v = np.maximum(v, 0.0)
             out[name] = {q: v for q in QUANTILES}
         return out
+
+
+def next_day_start(feed, tick_s, min_delay_s):
+    """Wall time [s] of the feed's next day start, at least ``min_delay_s`` from now.
+
+    ``tick_s`` is the wall duration of one feed tick (5 s on the real feed, less when the feed
+    clock is accelerated); the time returned is a tenth of a tick past the boundary, clear of it.
+    """
+    while True:
+        feed_now, wall_now = feed.clock(), time.time()
+        to_next_day_s = (int(feed_now // DAY_S) + 1) * DAY_S - feed_now
+        t0 = wall_now + to_next_day_s * tick_s / TICK_S + 0.1 * tick_s
+        if t0 - wall_now >= min_delay_s:
+            return t0
+        time.sleep(t0 - wall_now + 0.2 * tick_s)     # too close: take the day after
 
 
 def _or_nan(x):

@@ -143,18 +143,6 @@ class Day:
     def runner(self):
         return self.sides["mpc"].runner
 
-    def _feed_t0(self):
-        """Wall time of the feed's next day start (plus a tenth of a tick, clear of the boundary)."""
-        from picogrid.edge.labfeed import DAY_S, TICK_S
-        tick_s = float(self.site["bench"]["tick_s"])
-        while True:
-            feed_now, wall_now = self.feed.clock(), time.time()
-            to_next_day_s = (int(feed_now // DAY_S) + 1) * DAY_S - feed_now
-            t0 = wall_now + to_next_day_s * tick_s / TICK_S + 0.1 * tick_s
-            if t0 - wall_now >= self.start_delay_s:
-                return t0
-            time.sleep(t0 - wall_now + 0.2 * tick_s)     # too close: take the day after
-
     def _relay_sun(self, snap):
         """The lab's PV emulators follow the feed's sun (power fraction -> irradiance)."""
         from picogrid.hil.faults import PlantControl
@@ -176,7 +164,11 @@ class Day:
     def _start(self):
         from picogrid.edge.forecast import Forecaster
         b = self.site["bench"]
-        t0 = self._feed_t0() if self.feed is not None else time.time() + self.start_delay_s
+        if self.feed is not None:
+            from picogrid.edge.feedsource import next_day_start
+            t0 = next_day_start(self.feed, float(b["tick_s"]), self.start_delay_s)
+        else:
+            t0 = time.time() + self.start_delay_s
         self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
         self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
         for side in self.sides.values():

@@ -157,6 +157,60 @@ def cmd_delegated(args):
     return getattr(importlib.import_module(module), func)(args.extra) or 0
 
 
+def cmd_edge(args):
+    """The edge on real boards (ports in the site file): one day, summary, dashboard."""
+    from picogrid.edge.service import EdgeService
+    from picogrid.edge.site import load_site
+    from picogrid.web.server import start_background
+
+    feed = None
+    if args.feed:
+        from picogrid.edge.labfeed import LabFeed, TICK_S
+        feed = LabFeed(args.feed)
+        args.tick_s = args.tick_s or TICK_S
+    site = load_site(args.site, tick_s=args.tick_s)
+    run_dir = pathlib.Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if feed is not None:
+        from picogrid.edge.feedsource import FeedForecaster, FeedSource, next_day_start
+        source = FeedSource(feed, site["pv"]["capability_w"],
+                            site.get("labfeed", {}).get("load_shares", (1 / 3, 1 / 3, 1 / 3)))
+        forecaster = FeedForecaster(source)
+        t0 = next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)
+    else:
+        from picogrid.edge.forecast import Forecaster
+        from picogrid.edge.signals import ScenarioSource, load_scenario
+        from picogrid.hil.day import prepare_scenario
+        n_day = int(site["bench"]["n_ticks"])
+        source = ScenarioSource(load_scenario(prepare_scenario(run_dir, args.day, n_day, site["pv"]["capability_w"])),
+                                n_day)
+        forecaster = Forecaster()
+        t0 = time.time() + 3.0
+    if args.ticks:
+        site["bench"]["n_ticks"] = args.ticks
+    service = EdgeService(site, run_dir / "picogrid.sqlite", source, forecaster, t0)
+    url, stop_web = start_background(str(run_dir / "picogrid.sqlite"), port=args.port)
+    print("Edge on %s; dashboard %s" % (", ".join("%s=%s" % (n, l.port) for n, l in service.links.items()), url),
+          flush=True)
+    try:
+        missing = service.wait_hello()
+        if missing:
+            print("no hello yet from %s: running without them" % ", ".join(missing), flush=True)
+        summary = service.run(lambda k: print("  tick %d: %s" % (k + 1, service.runner.statuses[-1]), flush=True))
+        for line in _summary_lines(summary):
+            print(line)
+        if not args.exit:
+            print("Dashboard keeps serving; Ctrl-C to stop.", flush=True)
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+        stop_web()
+    return 0
+
+
 def cmd_labfeed_server(args):
     from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
 
@@ -219,6 +273,17 @@ def build_parser():
     p.add_argument("--feed-speed", type=_positive(float), default=1.0,
                    help="the feed's clock runs this many times faster than real time (local feed only)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("edge", help="run the edge on real boards: ports/links from the site file")
+    p.add_argument("--site", required=True, help="site TOML with [boards.X] port or link")
+    p.add_argument("--day", default="2013-07-16", help="real day to replay when there is no feed")
+    p.add_argument("--feed", default=None, help="lab market feed URL (source of sun, demand and prices)")
+    p.add_argument("--ticks", type=_positive(int), default=None)
+    p.add_argument("--tick-s", type=_positive(float), default=None)
+    p.add_argument("--run-dir", default=str(REPO / "var" / "edge"))
+    p.add_argument("--port", type=int, default=8050, help="dashboard port")
+    p.add_argument("--exit", action="store_true", help="exit after the day's summary")
+    p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("labfeed-server", help="serve real days through the lab market feed API on loopback")
     p.add_argument("--day", default="2013-07-16", help="first real day served (YYYY-MM-DD)")

@@ -1,0 +1,52 @@
+"""`picogrid edge` on boards found through a site file: here the HIL bench's boards, whose
+pseudo-terminals stand where /dev/ttyACM0..5 would be."""
+
+import copy
+import sqlite3
+import time
+
+import pytest
+
+from picogrid.edge.forecast import Forecaster
+from picogrid.edge.service import EdgeService, open_links
+from picogrid.edge.signals import ScenarioSource, load_scenario
+from picogrid.edge.site import load_site
+from picogrid.hil.bench import Bench
+from picogrid.hil.day import prepare_scenario
+
+pytestmark = pytest.mark.e2e
+N_TICKS = 4
+
+
+def test_site_file_without_ports_is_a_clear_error():
+    with pytest.raises(ValueError, match="board pv has no port"):
+        open_links(load_site(), lambda *a: None, secrets={})
+    site = copy.deepcopy(load_site())
+    site["boards"]["pv"]["link"] = {"type": "tcp", "host": "127.0.0.1", "port": 9}
+    with pytest.raises(ValueError, match="key_hex"):
+        open_links(site, lambda *a: None, secrets={})
+
+
+def test_edge_runs_a_day_on_the_boards_of_a_site_file(tmp_path):
+    site = load_site(tick_s=1.5)
+    scenario = ScenarioSource(load_scenario(prepare_scenario(tmp_path, "2013-07-16", 60, site["pv"]["capability_w"])), 60)
+    t0 = time.time() + 4.0
+    bench = Bench(site, tmp_path / "bench", t0, 1.5, scenario.truth()["sun"]).start()
+    try:
+        for name, port in bench.ports.items():
+            site["boards"][name]["port"] = port
+        site["bench"]["n_ticks"] = N_TICKS
+        service = EdgeService(site, tmp_path / "edge.sqlite", scenario, Forecaster(), t0, secrets={})
+        try:
+            assert service.wait_hello() == []
+            summary = service.run()
+        finally:
+            service.stop()
+    finally:
+        bench.stop()
+    conn = sqlite3.connect(str(tmp_path / "edge.sqlite"))
+    assert conn.execute("SELECT count(*) FROM dispatch WHERE policy='mpc'").fetchone()[0] == N_TICKS
+    assert conn.execute("SELECT count(*) FROM setpoint WHERE acked=1").fetchone()[0] == 6 * (N_TICKS + 1)
+    assert conn.execute("SELECT DISTINCT forecast_source FROM decision").fetchall() == [("onnx",)]
+    assert summary["cost_naive_model"] == summary["cost_naive_model"]      # the model's naive rule ran
+    assert summary["ticks_incomplete_mpc"] == 0
