@@ -14,7 +14,7 @@ from picogrid.firmware import protocol as P
 
 log = logging.getLogger(__name__)
 
-_ACKS_KEPT = 64
+_ACKS_KEPT = 1024     # acks remembered per board (latency stats look back this far)
 
 
 class BoardState:

@@ -346,9 +346,14 @@ def test_tcp_link_authenticated_and_replay_rejected(tmp_path):
         forged = P.encode_frame(P.MSG_SETPOINT, edge.fleet.boards["load1"].board_id, seq2 + 5,
                                 P.pack_setpoint(3, P.MODE_NORMAL, 0.9), bytes(32))
         link.send_raw(forged)                  # right format, wrong key
-        time.sleep(1.5)
-        events = [(n, k, d) for _, n, k, d in edge.fleet.drain_events() if n == "load1"]
-        reported = [d for n, k, d in events if k == "decode_error"]
+        # the board reports decode errors at most once a second; look before its 1.5 s
+        # setpoint watchdog would put it in failsafe (and change its setpoint)
+        events, reported, deadline = [], [], time.time() + 1.3
+        while time.time() < deadline and not (reported and "replay 1" in reported[-1]
+                                              and "auth 1" in reported[-1]):
+            time.sleep(0.05)
+            events += [(n, k, d) for _, n, k, d in edge.fleet.drain_events() if n == "load1"]
+            reported = [d for n, k, d in events if k == "decode_error"]
         assert reported and "replay 1" in reported[-1] and "auth 1" in reported[-1], events
         assert edge.fleet.snapshot()["load1"]["telemetry"]["setpoint_w"] == pytest.approx(0.2)
     finally:
