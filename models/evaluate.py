@@ -202,7 +202,8 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
              "a by lr x (tail miss rate of the fans already issued for it - 0.1) (adaptive conformal inference, "
              "Gibbs & Candes 2021; quantile tracker, Angelopoulos et al. 2023); causal, P50 unchanged, lr = 0.6 per "
              "day / ticks per day, chosen on the validation days only (offsets calibrated on 2013-01..03, tracker "
-             "run on 2013-04..06: coverage there 0.80-0.835 for every tracked series, mean pinball +<=1.5 %). The "
+             "run on 2013-04..06: coverage there 0.80-0.835 for every tracked series, mean pinball +<=1.5 %; "
+             "`python -m picogrid.models.select_recalibration --profile lab|site`). The "
              "test metrics run it through the test windows in time order from a fresh tracker; `model` columns are "
              "the served (online) fans, the column 'static offsets only' is the ONNX output alone. PV keeps its "
              "static calibration (it meets the target, and at night its fan has width 0).",

@@ -34,7 +34,8 @@ import numpy as np
 #: 2013-01-01..03-31, the tracker run on 2013-04-01..06-30, lab and site, loads and price: it
 #: brought every tracked series to a coverage of 0.80..0.835 there (load 1, whose P90 is 0 on
 #: most ticks, at the top) with the mean pinball loss up by at most 1.5 %; larger rates moved
-#: load 1 closer to 0.80 but cost more pinball loss, e.g. site load 3 +11 % at 0.02 per tick)
+#: load 1 closer to 0.80 but cost more pinball loss, e.g. site load 3 +11 % at 0.02 per tick).
+#: Reproduce: ``python -m picogrid.models.select_recalibration --profile lab|site``
 LR_PER_DAY = 0.6
 #: target miss rate of each tail (P10 and P90)
 TAIL = 0.1
