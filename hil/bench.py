@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import select
 import shutil
 import subprocess
 import sys
@@ -24,18 +25,13 @@ from picogrid.hil.plant import LAB_PLANT, ROLES
 
 log = logging.getLogger(__name__)
 
+_PLANT_START_TIMEOUT_S = 20.0
 FIRMWARE_DIR = pathlib.Path(__file__).resolve().parent.parent / "firmware"
 
 
-def _die_with_parent():
-    """In the child before exec: get SIGTERM when the launching process dies (Linux
-    prctl PR_SET_PDEATHSIG), so a killed test or demo leaves no bench running."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)    # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass     # not Linux: Bench.stop() still ends them on a normal exit
+def _guarded(cmd):
+    """``cmd`` run through :mod:`picogrid.hil.child`, so it dies with this process."""
+    return [sys.executable, "-m", "picogrid.hil.child"] + list(cmd)
 
 
 def micropython_command():
@@ -149,12 +145,14 @@ class Bench:
                "truth_path": str(self.run_dir / "truth.jsonl"), "seed": 1}
         path = self.run_dir / "plant.json"
         path.write_text(json.dumps(cfg))
-        self.plant_proc = subprocess.Popen(
-            [sys.executable, "-m", "picogrid.hil.plant_server", str(path)],
-            stdout=subprocess.PIPE, stderr=open(self.run_dir / "plant.log", "ab"), text=True,
-            preexec_fn=_die_with_parent)
-        line = self.plant_proc.stdout.readline()
+        with open(self.run_dir / "plant.log", "ab") as log_file:
+            self.plant_proc = subprocess.Popen(
+                _guarded([sys.executable, "-m", "picogrid.hil.plant_server", str(path)]),
+                stdout=subprocess.PIPE, stderr=log_file, text=True)
+        ready, _, _ = select.select([self.plant_proc.stdout], [], [], _PLANT_START_TIMEOUT_S)
+        line = self.plant_proc.stdout.readline() if ready else ""
         if not line.startswith("PLANT_PORT"):
+            self.plant_proc.kill()
             raise RuntimeError("plant simulator did not start, see %s" % (self.run_dir / "plant.log"))
         self.plant_port = int(line.split()[1])
 
@@ -179,10 +177,10 @@ class Bench:
         (bdir / "board.json").write_text(json.dumps(cfg, indent=1))
         # ".frozen" keeps the unix port's built-in asyncio importable
         env = dict(os.environ, MICROPYPATH=".frozen:" + str(FIRMWARE_DIR))
-        b["proc"] = subprocess.Popen(
-            [micropython_command(), str(FIRMWARE_DIR / "main.py"), "board.json"],
-            stdin=b["master"], stdout=b["master"], stderr=open(bdir / "stderr.log", "ab"),
-            cwd=bdir, env=env, close_fds=True, preexec_fn=_die_with_parent)
+        with open(bdir / "stderr.log", "ab") as log_file:
+            b["proc"] = subprocess.Popen(
+                _guarded([micropython_command(), str(FIRMWARE_DIR / "main.py"), "board.json"]),
+                stdin=b["master"], stdout=b["master"], stderr=log_file, cwd=bdir, env=env, close_fds=True)
         b["dir"] = bdir
         log.info("board %s (id %d) on %s, pid %d", name, b["id"], b["path"], b["proc"].pid)
 
