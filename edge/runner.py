@@ -115,15 +115,15 @@ class EdgeRunner:
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
         n = self.horizon
-        pv = np.maximum(np.asarray(fc["pv_available_w"][0.5][:n], float), 0.0)
-        demand = np.stack([np.maximum(np.asarray(fc[l + "_demand_w"][0.5][:n], float), 0.0)
+        pv = np.maximum(_expected(fc["pv_available_w"])[:n], 0.0)
+        demand = np.stack([np.maximum(_expected(fc[l + "_demand_w"])[:n], 0.0)
                            for l in LOADS], axis=1)
         demand[0] = demand_now          # the feed tells the demand to serve now
         pv[0] = self.source.sun_now(k) * self.pv_capability_w   # ... and the sun now
-        imp = np.asarray(fc["import_price_per_j"][0.5][:n], float).copy()
+        imp = _expected(fc["import_price_per_j"])[:n].copy()
         imp[0] = imp_now
         if "export_price_per_j" in fc:
-            exp = np.asarray(fc["export_price_per_j"][0.5][:n], float).copy()
+            exp = _expected(fc["export_price_per_j"])[:n].copy()
             exp[0] = exp_now
         else:   # export = import less the fixed grid fee, which the current prices reveal
             exp = imp - (imp_now - exp_now)
@@ -292,6 +292,17 @@ class EdgeRunner:
         # the last boundary: repeat the last setpoints so every board reports its counters
         self.meter(self.n_ticks, self.send(self.n_ticks, self.last_setpoints))
         self.store.commit()
+
+
+def _expected(fan):
+    """Expected value of a forecast fan {quantile: array}, as the mean of its quantiles.
+
+    A risk-neutral plan needs expected energies, not medians: the median of a spiky load
+    (a kettle, a washing machine) is near zero most of the time although its mean is not,
+    and a plan on medians sells the stored energy the evening then has to buy back. With
+    P10/P50/P90 this is the three-point estimate of the mean (equal weights).
+    """
+    return np.mean([np.asarray(v, float) for v in fan.values()], axis=0)
 
 
 def _details(decision, solve_cpu_s):
