@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 0.02
 
 
+def _deliver(link, data):
+    """Count received bytes, decode them, hand every good frame to the link's callback."""
+    link.bytes_in += len(data)
+    link.last_rx_s = time.time()
+    for frame in link.decoder.feed(data):
+        try:
+            link._on_frame(link.name, *frame)
+        except Exception:   # one bad handler must not kill the link
+            log.exception("link %s: frame handler failed", link.name)
+
+
 class SerialLink:
     """One board on one serial port.
 
@@ -67,13 +78,7 @@ class SerialLink:
                 continue
             if not data:
                 continue
-            self.bytes_in += len(data)
-            self.last_rx_s = time.time()
-            for frame in self.decoder.feed(data):
-                try:
-                    self._on_frame(self.name, *frame)
-                except Exception:   # one bad handler must not kill the link
-                    log.exception("link %s: frame handler failed", self.name)
+            _deliver(self, data)
 
     def send(self, msg_type, board_id, seq, payload):
         frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
@@ -183,13 +188,7 @@ class TcpLink:
             if not data:
                 self._drop()
                 continue
-            self.bytes_in += len(data)
-            self.last_rx_s = time.time()
-            for frame in self.decoder.feed(data):
-                try:
-                    self._on_frame(self.name, *frame)
-                except Exception:   # one bad handler must not kill the link
-                    log.exception("link %s: frame handler failed", self.name)
+            _deliver(self, data)
 
     def send(self, msg_type, board_id, seq, payload):
         frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)

@@ -57,6 +57,15 @@ def _summary_lines(s):
     return lines
 
 
+def _keep_serving(exit_now):
+    """After the summary the dashboard stays up until Ctrl-C, unless asked to exit."""
+    if exit_now:
+        return
+    print("Dashboard keeps serving; Ctrl-C to stop.", flush=True)
+    while True:
+        time.sleep(1)
+
+
 def cmd_demo(args):
     from picogrid.hil.day import Day, load_site
     from picogrid.web.server import start_background
@@ -107,10 +116,7 @@ def cmd_demo(args):
         except ImportError as exc:
             print("\n  (no plot: %s)" % exc)
         print("  day took %.0f s; dashboard: %s" % (time.time() - t_start, url), flush=True)
-        if not args.exit:
-            print("Dashboard keeps serving; Ctrl-C to stop.", flush=True)
-            while True:
-                time.sleep(1)
+        _keep_serving(args.exit)
     except KeyboardInterrupt:
         pass
     finally:
@@ -199,10 +205,7 @@ def cmd_edge(args):
         summary = service.run(lambda k: print("  tick %d: %s" % (k + 1, service.runner.statuses[-1]), flush=True))
         for line in _summary_lines(summary):
             print(line)
-        if not args.exit:
-            print("Dashboard keeps serving; Ctrl-C to stop.", flush=True)
-            while True:
-                time.sleep(1)
+        _keep_serving(args.exit)
     except KeyboardInterrupt:
         pass
     finally:
