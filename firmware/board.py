@@ -145,7 +145,9 @@ class Board:
             if data:
                 for frame in self.decoder.feed(bytes(data)):
                     self.handle(*frame)
-                self.report_decode_errors()
+            # every pass, not only when bytes came: errors held back by the rate limit must
+            # still be reported once the second is over, even if the link then falls silent
+            self.report_decode_errors()
             await asyncio.sleep_ms(2)
 
     async def telemetry_loop(self):

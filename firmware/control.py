@@ -57,7 +57,9 @@ class PerturbObserve:
         self._last_p = 0.0
         self._dir = -1.0
 
-    def step(self, power_w):
+    def step(self, power_w, scale=1.0):
+        """One P&O decision every ``every`` calls; ``scale`` shrinks the voltage step (fine
+        steps near a power cap, so one step cannot jump far past it)."""
         self._count += 1
         if self._count < self.every:
             return self.v_ref
@@ -68,7 +70,7 @@ class PerturbObserve:
         if power_w < self._last_p:
             self._dir = -self._dir
         self._last_p = power_w
-        self.v_ref = clamp(self.v_ref + self._dir * self.step_v, self.v_min_v, self.v_max_v)
+        self.v_ref = clamp(self.v_ref + self._dir * self.step_v * scale, self.v_min_v, self.v_max_v)
         return self.v_ref
 
     def back_off(self):

@@ -91,6 +91,9 @@ class PvRole(_Role):
             self.flags = _FLAG_LIMITED
             if p_bus > cap:
                 self.mppt.nudge(-self.k_cap * (p_bus - cap) * dt_s)
+        elif cap is not None and p_bus > cap * 0.8:
+            # close below the cap: quarter steps, so P&O cannot jump well past it
+            self.mppt.step(v_port * i_port, 0.25)
         else:
             self.mppt.step(v_port * i_port)
         return self.pi.step(v_port - self.mppt.v_ref, dt_s)

@@ -348,7 +348,7 @@ def test_tcp_link_authenticated_and_replay_rejected(tmp_path):
         link.send_raw(forged)                  # right format, wrong key
         # the board reports decode errors at most once a second; look before its 1.5 s
         # setpoint watchdog would put it in failsafe (and change its setpoint)
-        events, reported, deadline = [], [], time.time() + 1.3
+        events, reported, deadline = [], [], time.time() + 1.4
         while time.time() < deadline and not (reported and "replay 1" in reported[-1]
                                               and "auth 1" in reported[-1]):
             time.sleep(0.05)
