@@ -276,9 +276,11 @@ def test_storage_takes_over_the_bus_when_grid_is_lost(run):
     assert all(abs(s["v_bus_v"] - NOMINAL_V) <= 0.10 * NOMINAL_V for s in outage)
     settled = rec.window(m["outage"] + 0.5, m["grid_back"])
     assert all(abs(s["v_bus_v"] - NOMINAL_V) <= 0.05 * NOMINAL_V for s in settled)
-    st = telemetry(run, "storage", m["outage"] + 0.5, m["grid_back"])
+    # the island command needs the grid's next report (<= 0.25 s) and the edge's next
+    # setpoint round (<= 0.25 s): the flags are checked from 1 s on
+    st = telemetry(run, "storage", m["outage"] + 1.0, m["grid_back"])
     assert st and all(t["flags"] & P.FLAG_ISLANDED for t in st)
-    grid = telemetry(run, "grid", m["outage"] + 0.5, m["grid_back"])
+    grid = telemetry(run, "grid", m["outage"] + 1.0, m["grid_back"])
     assert all(t["flags"] & P.FLAG_ISLANDED for t in grid)
 
 
