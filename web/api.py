@@ -61,13 +61,19 @@ def _known_run(conn, run_id):
         abort(404, description="no run %d in the store" % run_id)
 
 
-@bp.route("/run/<int:run_id>/dispatch")
-def dispatch(run_id):
+def _policy_arg():
+    """The ``policy`` query argument (default the live policy); 400 if unknown."""
     policy = request.args.get("policy", queries.LIVE_POLICY)
     try:
         queries.check_policy(policy)
     except ValueError as exc:
         abort(400, description=str(exc))
+    return policy
+
+
+@bp.route("/run/<int:run_id>/dispatch")
+def dispatch(run_id):
+    policy = _policy_arg()
     conn = _conn_or_none()
     _known_run(conn, run_id)
     return jsonify(run_id=run_id, policy=policy, **queries.dispatch_series(conn, run_id, policy))
@@ -83,11 +89,7 @@ def summary(run_id):
 
 @bp.route("/run/<int:run_id>/consumption")
 def consumption(run_id):
-    policy = request.args.get("policy", queries.LIVE_POLICY)
-    try:
-        queries.check_policy(policy)
-    except ValueError as exc:
-        abort(400, description=str(exc))
+    policy = _policy_arg()
     conn = _conn_or_none()
     _known_run(conn, run_id)
     with snapshot(conn):
