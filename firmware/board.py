@@ -6,7 +6,6 @@ import time
 
 import protocol as P
 
-_FLAG_FAILSAFE = 1
 FIRMWARE_VERSION = "0.2.0"
 _DECODE_REPORT_MS = 1000      # at most one decode-error event per second
 _CAP_MPPT = 1
@@ -60,7 +59,7 @@ class Board:
 
     def send_telemetry(self):
         m = self.meas
-        flags = self.role.flags | (_FLAG_FAILSAFE if self.failsafe else 0)
+        flags = self.role.flags | (P.FLAG_FAILSAFE if self.failsafe else 0)
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
             _uptime_ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
             self.energy_bus_j + self._energy_acc, self.role.setpoint_w, flags))

@@ -7,21 +7,8 @@
 # + into the LED for loads), bus voltage [V], bus-side current [A] (+ into the bus).
 from control import PI, PerturbObserve, PowerTracker, clamp
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):  # type: ignore[misc]  # CPython has no micropython.const
-        return x
-
-_MODE_NORMAL = const(0)
-_MODE_SHED = const(1)
-_MODE_ISLAND = const(2)
-_ACK_OK = const(0)
-_ACK_REJECTED = const(1)
-_ACK_LIMITED = const(2)
-_FLAG_LIMITED = const(2)
-_FLAG_ISLANDED = const(8)
-_FLAG_SHED = const(16)
+# wire constants (modes, ack statuses, flags) come from the one codec file
+import protocol as P
 
 
 class _Role:
@@ -39,7 +26,7 @@ class _Role:
     def _bounded(self, value, lo, hi):
         """Clamp a setpoint to the board's own limits; report whether it was clamped."""
         v = clamp(value, lo, hi)
-        return v, (_ACK_LIMITED if v != value else _ACK_OK)
+        return v, (P.ACK_LIMITED if v != value else P.ACK_OK)
 
 
 class PvRole(_Role):
@@ -69,7 +56,7 @@ class PvRole(_Role):
     def setpoint(self, mode, value):
         if value < 0:
             self.cap_w, self.setpoint_w = None, -1.0
-            return _ACK_OK
+            return P.ACK_OK
         self.cap_w, status = self._bounded(value, 0.0, self.cfg["limits"].get("power_max_w", 5.0))
         self.setpoint_w = self.cap_w
         return status
@@ -85,10 +72,10 @@ class PvRole(_Role):
             # nobody absorbs the power: stop drawing from the array now, not at the PI's pace
             self.mppt.back_off()
             self.pi.reset(0.0)
-            self.flags = _FLAG_LIMITED
+            self.flags = P.FLAG_LIMITED
             return 0.0
         if cap is not None and p_bus > cap * 0.97:
-            self.flags = _FLAG_LIMITED
+            self.flags = P.FLAG_LIMITED
             if p_bus > cap:
                 self.mppt.nudge(-self.k_cap * (p_bus - cap) * dt_s)
         elif cap is not None and p_bus > cap * 0.8:
@@ -130,7 +117,7 @@ class StorageRole(_Role):
         self.islanded = False
 
     def setpoint(self, mode, value):
-        self.islanded = mode == _MODE_ISLAND
+        self.islanded = mode == P.MODE_ISLAND
         if self.islanded:
             self.pi.reset(self.tracker.i_ref)
         self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
@@ -153,7 +140,7 @@ class StorageRole(_Role):
         self.guard_lo.out_max = i_lim
         self.guard_hi.out_min = -i_lim
         if self.islanded:
-            self.flags = _FLAG_ISLANDED
+            self.flags = P.FLAG_ISLANDED
             i = self.pi.step(self.v_bus_ref_v - v_bus, dt_s)
             self.tracker.i_ref = i
         else:
@@ -162,18 +149,18 @@ class StorageRole(_Role):
                      + self.guard_hi.step(self.v_guard_hi_v - v_bus, dt_s))
             if guard != 0.0:
                 # nobody holds the bus: back it up; the tracker waits meanwhile
-                self.flags = _FLAG_ISLANDED
+                self.flags = P.FLAG_ISLANDED
                 i = clamp(self.tracker.i_ref + guard, self.i_min_a, self.i_max_a)
             else:
                 i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
         if i > i_lim or i < -i_lim:
             i = clamp(i, -i_lim, i_lim)
-            self.flags |= _FLAG_LIMITED
+            self.flags |= P.FLAG_LIMITED
         # voltage limits: no discharge when empty, no charge when full
         if (v_port <= self.v_min_v and i > 0) or (v_port >= self.v_max_v and i < 0):
             i = 0.0
             self.tracker.i_ref = 0.0
-            self.flags |= _FLAG_LIMITED
+            self.flags |= P.FLAG_LIMITED
         return i
 
 
@@ -200,7 +187,7 @@ class GridRole(_Role):
         if v_port <= 1.0:
             # no supply behind the port: hold the loop at zero so it reconnects bumplessly
             # instead of with an integral wound up during the outage
-            self.flags = _FLAG_ISLANDED
+            self.flags = P.FLAG_ISLANDED
             self.pi.reset(0.0)
             return 0.0
         self.flags = 0
@@ -218,10 +205,10 @@ class LoadRole(_Role):
         self.shed = False
 
     def setpoint(self, mode, value):
-        self.shed = mode == _MODE_SHED
+        self.shed = mode == P.MODE_SHED
         if self.shed:
             self.setpoint_w = 0.0
-            return _ACK_OK
+            return P.ACK_OK
         self.setpoint_w, status = self._bounded(value, 0.0, self.p_max_w)
         self.tracker.jump(self.setpoint_w, self.v_port_v, self.eta, False)
         return status
@@ -237,7 +224,7 @@ class LoadRole(_Role):
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         self.v_port_v = v_port
-        self.flags = _FLAG_SHED if self.shed else 0
+        self.flags = P.FLAG_SHED if self.shed else 0
         if self.shed:
             self.tracker.i_ref = 0.0
             return 0.0
