@@ -6,8 +6,10 @@ For each profile (``lab``: ``edge/sites/lab.toml``, 60 ticks per day like the la
 loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 
 - ``naive``: the rule PV → loads → storage → grid (no prices, no forecasts);
-- ``mpc_own``: the OSQP MPC on the project's forecasts (:class:`picogrid.edge.forecast.Forecaster`,
-  P50; the lab feed tells the current demand, price and sun, so step 0 is known);
+- ``mpc_own``: the OSQP MPC on the project's forecasts (:class:`picogrid.edge.forecast.Forecaster`:
+  the mean of the P10/P50/P90 fan, or, when the site's ``[optimizer]`` sets scenarios, the
+  two-stage plan over the fan's scenarios of :mod:`picogrid.edge.stochastic`; the lab feed tells
+  the current demand, price and sun, so step 0 is known);
 - ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV), on
   every ``--reserve-every``-th day (default 3, to keep the run near 5 minutes), compared with
   ``mpc_own`` on the same days;
@@ -48,6 +50,7 @@ import numpy as np
 
 from picogrid.edge import policies
 from picogrid.edge.optimize import MpcController, config_from_site
+from picogrid.edge.stochastic import fit_horizon, solve_scenarios
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ JOB_SHARE = 0.5
 def _mean_of_quantiles(fan, n):
     """Mean of P10/P50/P90: the loads are right-skewed, so their median under-forecasts the
     energy; with linear prices the expected demand is what the plan should meet."""
-    return _fit(np.mean([np.asarray(fan[q], float) for q in (0.1, 0.5, 0.9)], axis=0), n)
+    return fit_horizon(np.mean([np.asarray(fan[q], float) for q in (0.1, 0.5, 0.9)], axis=0), n)
 
 
 DEMAND_ESTIMATE = _mean_of_quantiles
@@ -171,6 +174,10 @@ def _day_end_padding(window, steps_left, cfg):
     for key in ("reserve_demand_w", "reserve_pv_w"):
         if key in w:
             w[key][past] = 0.0
+    if "scenarios" in w:
+        base = {k: v for k, v in w.items() if k != "scenarios"}
+        w["scenarios"] = [{k: padded[k] for k in sc} for sc in w["scenarios"]
+                          for padded in [_day_end_padding({**base, **sc}, steps_left, cfg)]]
     return w
 
 
@@ -200,7 +207,7 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         out = forecaster.forecast(hist, cal, c["clearsky_ghi_w_m2"][rows])
         for s, src in forecaster.source.items():
             sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
-        take = lambda s, q: _fit(np.asarray(out[s][q], float), n)
+        take = lambda s, q: fit_horizon(np.asarray(out[s][q], float), n)
         w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
         now_d, now_imp, now_exp = w["demand_w"][0].copy(), w["import_price_per_j"][0], w["export_price_per_j"][0]
         now_pv = w["pv_avail_w"][0]
@@ -210,17 +217,15 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         w["pv_avail_w"][0], w["demand_w"][0], w["import_price_per_j"][0] = now_pv, now_d, now_imp
         # export = import less the grid fee, which the current prices reveal
         w["export_price_per_j"] = w["import_price_per_j"] - (now_imp - now_exp)
+        scen = solve_scenarios(out, cfg, LOAD_COLS, now_imp - now_exp)
+        if scen is not None:
+            w["scenarios"] = scen
         if reserve:
             w["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in LOAD_COLS]), 0)
             w["reserve_pv_w"] = np.maximum(take("pv_available_w", 0.1), 0)
             w["reserve_demand_w"][0], w["reserve_pv_w"][0] = now_d, now_pv
         return _day_end_padding(w, truth.n_steps - t, cfg)
     return fc
-
-
-def _fit(x, n):
-    """First ``n`` values of ``x``, the last repeated if it is shorter."""
-    return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
 
 
 def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1):

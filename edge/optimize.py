@@ -115,6 +115,17 @@ class MpcConfig:
         Penalty per J below the reserve per step [price/J]; ``None`` uses ``max(voll_per_j)``.
     critical_loads : tuple of int or None
         Indices of the loads the reserve covers; ``None`` = the loads with the highest VOLL.
+    scenario_weights : tuple of float or None
+        Probabilities of ``S`` forecast scenarios (> 0, sum 1) for the two-stage stochastic
+        form of :mod:`picogrid.edge.stochastic` (one plan per scenario, one shared first step;
+        ``S`` times the QP size). ``None`` or one weight: plan on the expected forecast only.
+    scenario_quantiles : tuple of float or None
+        Forecast quantile each scenario is built from (demand and price at ``q``, PV at
+        ``1 - q``), one per weight; e.g. ``(0.1, 0.5, 0.9)`` with weights ``(0.3, 0.4, 0.3)``,
+        the extended Swanson–Megill approximation. Read by the forecast side, not the solver.
+    scenario_spread : float
+        Share of each scenario quantile's distance from the median kept (> 0); see
+        :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side too.
     rho, check_termination, adaptive_rho_interval, scaling : OSQP settings
         ADMM step size, termination check interval [iterations], rho adaptation interval
         (0 = OSQP's automatic choice) and Ruiz scaling iterations; see the OSQP docs
@@ -156,6 +167,9 @@ class MpcConfig:
     reserve_duration_s: float = 3600.0
     reserve_penalty_per_j: float | None = None
     critical_loads: tuple | None = None
+    scenario_weights: tuple | None = None
+    scenario_quantiles: tuple | None = None
+    scenario_spread: float = 1.0
     rho: float = 0.1
     check_termination: int = 25
     adaptive_rho_interval: int = 0
@@ -209,6 +223,19 @@ class MpcConfig:
             if not self.critical_loads or any(not 0 <= k < self.n_loads for k in self.critical_loads):
                 problems.append(f"critical_loads must be indices in [0, {self.n_loads}), got "
                                 f"{self.critical_loads!r}")
+        if self.scenario_weights is not None:
+            w = tuple(float(v) for v in np.ravel(self.scenario_weights))
+            object.__setattr__(self, "scenario_weights", w)
+            if not w or any(not v > 0 for v in w) or abs(sum(w) - 1.0) > 1e-9:
+                problems.append(f"scenario_weights must be > 0 and sum to 1, got {w!r}")
+        if self.scenario_quantiles is not None:
+            qs = tuple(float(v) for v in np.ravel(self.scenario_quantiles))
+            object.__setattr__(self, "scenario_quantiles", qs)
+            if len(qs) != len(self.scenario_weights or ()) or any(not 0 < v < 1 for v in qs):
+                problems.append(f"scenario_quantiles must be in (0, 1), one per scenario weight, "
+                                f"got {qs!r}")
+        if not (math.isfinite(self.scenario_spread) and self.scenario_spread > 0):
+            problems.append(f"scenario_spread must be finite and > 0, got {self.scenario_spread!r}")
         if not self.rho > 0 or self.check_termination < 1 or self.adaptive_rho_interval < 0 \
                 or self.scaling < 0:
             problems.append("need rho > 0, check_termination >= 1, adaptive_rho_interval >= 0, "
@@ -776,14 +803,23 @@ class MpcController:
         self._naive_step = policies.naive_step
         self.config = config
         self.model = build_model(config)
+        # the QP handed to OSQP: the model itself, or its scenario stack
+        self._stack = None
+        qp = self.model
+        if config.scenario_weights is not None and len(config.scenario_weights) > 1:
+            from .stochastic import ScenarioQp
+
+            self._stack = qp = ScenarioQp(self.model, config.scenario_weights)
         self._solver = osqp.OSQP()
         n = config.horizon
-        q, l, u = self.model.vectors(
+        vec = self.model.vectors(
             0.5 * (config.e_min_j + config.e_max_j), np.zeros(n), np.zeros((n, config.n_loads)),
             np.full(n, self.model.price_ref_per_j), np.zeros(n),
             np.full(n, config.p_imp_max_w), np.full(n, config.p_exp_max_w))
+        q, l, u = vec if self._stack is None else self._stack.vectors([vec] * self._stack.count)
+        self._qp = qp
         self._solver.setup(
-            self.model.P, q, self.model.A, l, u, verbose=False, eps_abs=config.eps_abs,
+            qp.P, q, qp.A, l, u, verbose=False, eps_abs=config.eps_abs,
             eps_rel=config.eps_rel, max_iter=int(config.max_iter), time_limit=config.time_limit_s,
             polishing=bool(config.polish), warm_starting=True, rho=config.rho,
             check_termination=int(config.check_termination),
@@ -797,7 +833,7 @@ class MpcController:
 
     def solve(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
               p_imp_max_w=None, p_exp_max_w=None, jobs=None, p_def_max_w=None,
-              reserve_demand_w=None, reserve_pv_w=None):
+              reserve_demand_w=None, reserve_pv_w=None, scenarios=None):
         """Solve one tick and return the first-step decision.
 
         Parameters
@@ -821,6 +857,13 @@ class MpcController:
             Pessimistic (P90) demand for the reserve [W]; ``None`` uses ``demand_w``.
         reserve_pv_w : array, shape [N], or None
             Pessimistic (P10) PV for the reserve [W]; ``None`` uses ``pv_avail_w``.
+        scenarios : sequence of mapping, or None
+            With ``config.scenario_weights`` of ``S`` > 1 entries: ``S`` mappings, in the order
+            of the weights, each with any of ``pv_avail_w``, ``demand_w``,
+            ``import_price_per_j``, ``export_price_per_j`` (shapes as above; a missing key takes
+            the argument above). Step 0 of every scenario is replaced by the arguments above
+            (the present is known). ``None`` makes every scenario the expected one. Ignored
+            without scenario weights.
 
         Returns
         -------
@@ -835,7 +878,8 @@ class MpcController:
         Raises
         ------
         ValueError
-            If an array shape does not match ``(N,)`` or ``(N, L)``, or a job is malformed.
+            If an array shape does not match ``(N,)`` or ``(N, L)``, a job is malformed, or
+            ``scenarios`` does not hold ``S`` mappings.
 
         Notes
         -----
@@ -861,6 +905,8 @@ class MpcController:
                 cfg, pv, reserve_demand_w, c_imp, c_exp)[1]
             r_pv = pv if reserve_pv_w is None else _as_series("reserve_pv_w", reserve_pv_w, n)
             arrays += [("reserve_demand_w", r_dem), ("reserve_pv_w", r_pv)]
+        scen = self._scenario_inputs(scenarios, pv, demand, c_imp, c_exp)
+        arrays += [(f"scenarios[{k}]", a) for k, sc in enumerate(scen) for a in sc]
         bad = [name for name, a in arrays if not np.all(np.isfinite(a))]
         if bad:
             return self._fallback(f"non-finite input ({', '.join(bad)})", t0, e0_j, pv, demand,
@@ -872,14 +918,18 @@ class MpcController:
         if cfg.reserve:
             reserve = reserve_energy_j(cfg, np.maximum(r_dem, 0.0), np.maximum(r_pv, 0.0), imp_max)
         try:
-            q, l, u = self.model.vectors(e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max,
-                                         job_arr, def_max, reserve)
+            if self._stack is None:
+                scen = [(pv, demand, c_imp, c_exp)]
+            scen = [(np.maximum(a, 0.0), np.maximum(b, 0.0), c, d) for a, b, c, d in scen]
+            vecs = [self.model.vectors(e0_j, a, b, c, d, imp_max, exp_max, job_arr, def_max, reserve)
+                    for a, b, c, d in scen]
+            q, l, u = vecs[0] if self._stack is None else self._stack.vectors(vecs)
             self._solver.update(q=q, l=l, u=u)
             if self._x_prev is not None:
-                self._solver.warm_start(x=self._x_prev[self.model.x_shift],
-                                        y=self._y_prev[self.model.y_shift])
+                self._solver.warm_start(x=self._x_prev[self._qp.x_shift],
+                                        y=self._y_prev[self._qp.y_shift])
             else:  # OSQP would otherwise reuse its last (possibly failed) iterate
-                self._solver.warm_start(x=np.zeros(self.model.n), y=np.zeros(self.model.m))
+                self._solver.warm_start(x=np.zeros(self._qp.n), y=np.zeros(self._qp.m))
             res = self._solver.solve(raise_error=False)
         except Exception as exc:  # noqa: BLE001 - any solver failure must still yield a decision
             self.reset()
@@ -899,14 +949,24 @@ class MpcController:
         if status_val == 2:
             log.warning("OSQP solution inaccurate after %d iterations (prim_res %.3g)",
                         res.info.iter, res.info.prim_res)
-        plan = self.model.unscale(res.x, e0_j)
-        plan["reserve_j"] = np.full(n, -np.inf) if reserve is None else reserve
-        # Clip ADMM's tolerance-level overshoots so setpoints respect the hard limits.
-        for name, hi in (("p_ch", cfg.p_ch_max_w), ("p_dis", cfg.p_dis_max_w),
-                         ("p_imp", imp_max), ("p_exp", exp_max), ("p_pv", pv), ("p_load", demand),
-                         ("p_def", def_max[:, None])):
-            plan[name] = np.clip(plan[name], 0.0, hi)
-        objective, terms = self.model.objective_terms(plan, demand, c_imp, c_exp)
+        xs = [res.x] if self._stack is None else self._stack.split(res.x)
+        main = 0 if self._stack is None else self._stack.main
+        weights = [1.0] if self._stack is None else self._stack.weights
+        plans, objective, terms = [], 0.0, {}
+        for x_s, (pv_s, dem_s, imp_s, exp_s), w in zip(xs, scen, weights):
+            p = self.model.unscale(x_s, e0_j)
+            p["reserve_j"] = np.full(n, -np.inf) if reserve is None else reserve
+            # Clip ADMM's tolerance-level overshoots so setpoints respect the hard limits.
+            for name, hi in (("p_ch", cfg.p_ch_max_w), ("p_dis", cfg.p_dis_max_w),
+                             ("p_imp", imp_max), ("p_exp", exp_max), ("p_pv", pv_s),
+                             ("p_load", dem_s), ("p_def", def_max[:, None])):
+                p[name] = np.clip(p[name], 0.0, hi)
+            obj_s, terms_s = self.model.objective_terms(p, dem_s, imp_s, exp_s)
+            objective += w * obj_s     # the expected cost over the scenarios
+            for k, v in terms_s.items():
+                terms[k] = terms.get(k, 0.0) + w * v
+            plans.append(p)
+        plan = plans[main]
         # A first-step shortfall within solver tolerance is not a decision to shed or curtail:
         # snap it, so boards are not told to cut a few mW, and let the grid take the residual.
         snap_w = 1e-3 * self.model.p_scale_w
@@ -926,8 +986,27 @@ class MpcController:
             status=status, solve_time_s=time.perf_counter() - t0, iterations=int(res.info.iter),
             objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,
             load_served_w=served, plan=plan, objective_terms=terms, p_deferrable_w=p_def,
-            deferrable_w=p_def_jobs, binding=self.model.binding(res.x, l, u),
+            deferrable_w=p_def_jobs, binding=self.model.binding(xs[main], *vecs[main][1:]),
             soft_violations=soft, reason=reason)
+
+    def _scenario_inputs(self, scenarios, pv, demand, c_imp, c_exp):
+        """Validated ``[(pv, demand, c_imp, c_exp)] * S`` with step 0 from the arguments."""
+        if self._stack is None:
+            return []
+        count = self._stack.count
+        scenarios = [{}] * count if scenarios is None else list(scenarios)
+        if len(scenarios) != count:
+            raise ValueError(f"scenarios must hold {count} mappings, got {len(scenarios)}")
+        out = []
+        for sc in scenarios:
+            data = validate_inputs(self.config, sc.get("pv_avail_w", pv), sc.get("demand_w", demand),
+                                   sc.get("import_price_per_j", c_imp),
+                                   sc.get("export_price_per_j", c_exp))[:4]
+            data = tuple(np.array(a, float) for a in data)
+            for a, now in zip(data, (pv, demand, c_imp, c_exp)):
+                a[0] = now[0]
+            out.append(data)
+        return out
 
     def _soft_violations(self, plan):
         """Soft constraints the plan violates by more than solver tolerance."""

@@ -18,6 +18,7 @@ from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.policies import naive_step
 from picogrid.edge.signals import LOADS
+from picogrid.edge.stochastic import solve_scenarios
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ class EdgeRunner:
             exp = imp - (imp_now - exp_now)
         limits = np.zeros(n) if islanded else None
         try:
-            decision = self.mpc.solve(e_j, pv, demand, imp, exp, limits, limits)
+            scen = solve_scenarios(fc, self.mpc.config, [l + "_demand_w" for l in LOADS],
+                                   imp_now - exp_now)
+            decision = self.mpc.solve(e_j, pv, demand, imp, exp, limits, limits, scenarios=scen)
         except Exception as exc:
             log.exception("optimiser failed at tick %d", k)
             decision = naive_step(e_j, pv[0], demand[0], self.cfg,

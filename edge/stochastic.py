@@ -1,0 +1,179 @@
+"""Scenario form of the MPC QP: one copy of the model per forecast scenario, one first step.
+
+Planning on the expected forecast is blind to the cost of being wrong, and that cost is
+lopsided here: a joule short in the evening is bought at the import price (about four times the
+export price on the lab feed), a joule too many is sold at the export price. The two-stage
+stochastic programme (Birge & Louveaux, "Introduction to Stochastic Programming", 2nd ed.,
+Springer 2011, ch. 1 and 3) minimises the probability-weighted cost over ``S`` scenarios, each
+with its own plan, and ties them together only through the first step, the one decision that is
+applied now (non-anticipativity). The plan then keeps the stored energy that pays off in the
+expensive scenarios.
+
+Scenarios come from the forecast quantiles with the extended Swanson–Megill three-point
+approximation: P10, P50, P90 with weights 0.3, 0.4, 0.3 (Keefer & Bodily, "Three-point
+approximations for continuous random variables", Management Science 29(5), 1983), demand and
+PV taken in opposite corners (high demand with low PV), so the wide scenario is the hard one,
+and pulled towards the median by ``MpcConfig.scenario_spread`` (a day at the P90 of every step
+is rarer than a P90 day; the spread is chosen on the validation days, see the site files).
+
+The stacked QP keeps a fixed sparsity: ``A = [blkdiag(A_1..A_S); N]`` where the rows ``N`` set
+every first-step power column of scenario ``s > 0`` equal to the one of scenario 0, and
+``P = blkdiag(w_s P_1)``. Per tick only ``q = [w_s q_s]``, ``l``, ``u`` change, as in
+:class:`picogrid.edge.optimize.QpModel`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Extended Swanson–Megill three-point approximation: quantiles and weights (Keefer & Bodily 1983).
+SWANSON_MEGILL_QUANTILES = (0.1, 0.5, 0.9)
+SWANSON_MEGILL_WEIGHTS = (0.3, 0.4, 0.3)
+
+
+class ScenarioQp:
+    """``S`` copies of a :class:`~picogrid.edge.optimize.QpModel` sharing their first step.
+
+    Parameters
+    ----------
+    model : QpModel
+        The single-scenario model (its layout and scaling are reused for every copy).
+    weights : sequence of float, shape [S]
+        Scenario probabilities (> 0, summing to 1).
+
+    Raises
+    ------
+    ValueError
+        If the weights are not positive or do not sum to 1 (within 1e-9).
+    """
+
+    def __init__(self, model, weights):
+        w = np.asarray(weights, float).ravel()
+        if w.size < 1 or np.any(~(w > 0)) or abs(w.sum() - 1.0) > 1e-9:
+            raise ValueError(f"scenario weights must be > 0 and sum to 1, got {tuple(w)}")
+        self.model, self.weights = model, w
+        s_count, n1, m1 = w.size, model.n, model.m
+        # first-step columns of every power block (p_ch .. p_load, p_def): the applied decision
+        first = np.concatenate([model.cols[b][0].ravel() for b in model.cols.blocks
+                                if b.startswith("p_")])
+        k = first.size
+        rows = np.arange((s_count - 1) * k)
+        s_of = np.repeat(np.arange(1, s_count), k)
+        na = sp.csc_matrix(
+            (np.concatenate([np.ones(rows.size), -np.ones(rows.size)]),
+             (np.concatenate([rows, rows]),
+              np.concatenate([s_of * n1 + np.tile(first, s_count - 1), np.tile(first, s_count - 1)]))),
+            shape=(rows.size, s_count * n1))
+        self.A = sp.vstack([sp.block_diag([model.A] * s_count), na], format="csc")
+        self.P = sp.block_diag([wi * model.P for wi in w], format="csc")
+        self.n = s_count * n1
+        self.m = s_count * m1 + rows.size
+        self.x_shift = np.concatenate([model.x_shift + s * n1 for s in range(s_count)])
+        self.y_shift = np.concatenate([model.y_shift + s * m1 for s in range(s_count)]
+                                      + [s_count * m1 + rows])
+        self.main = int(np.argmax(w))   # the scenario whose plan is reported (the median one)
+
+    @property
+    def count(self):
+        """Number of scenarios ``S``."""
+        return self.weights.size
+
+    def vectors(self, per_scenario):
+        """Stack ``[(q_s, l_s, u_s)] * S`` from :meth:`QpModel.vectors` into the QP's ``(q, l, u)``."""
+        n_na = self.m - self.count * self.model.m
+        q = np.concatenate([wi * qs for wi, (qs, _, _) in zip(self.weights, per_scenario)])
+        l = np.concatenate([ls for _, ls, _ in per_scenario] + [np.zeros(n_na)])
+        u = np.concatenate([us for _, _, us in per_scenario] + [np.zeros(n_na)])
+        return q, l, u
+
+    def split(self, x):
+        """The scaled solution of each scenario: list of ``S`` arrays of shape [model.n]."""
+        n1 = self.model.n
+        return [x[s * n1:(s + 1) * n1] for s in range(self.count)]
+
+
+def quantile_scenarios(fans, quantiles, spread=1.0, low_side=("pv_available_w",)):
+    """Scenario series from forecast fans, high demand paired with low PV.
+
+    Scenario ``k`` takes every series at ``P50 + spread * (P_q - P50)`` with ``q =
+    quantiles[k]``, or ``q = 1 - quantiles[k]`` for ``low_side`` series. The fans give marginal
+    quantiles per step; a scenario holding every step at its P90 is a far rarer day than a P90
+    day (the spikes of a load do not all come at once), which ``spread`` < 1 allows for.
+
+    Parameters
+    ----------
+    fans : mapping series -> {quantile: array [N]}
+        Forecast fans with P50 (key 0.5) and the quantiles asked for (and their mirrors
+        ``1 - q`` for ``low_side`` series).
+    quantiles : sequence of float
+        Quantile of each scenario, e.g. ``(0.1, 0.5, 0.9)`` (``MpcConfig.scenario_quantiles``).
+    spread : float
+        Share of the quantile's distance from the median kept (> 0; 1 = the quantile itself).
+    low_side : iterable of str
+        Series taken at the mirrored quantile (PV: the high-demand scenario is the dull one).
+
+    Returns
+    -------
+    list of dict
+        One ``{series: array [N]}`` per scenario.
+
+    Raises
+    ------
+    KeyError
+        If a fan lacks a quantile.
+    """
+    out = []
+    for q in quantiles:
+        scen = {}
+        for name, fan in fans.items():
+            mid = np.asarray(fan[0.5], float)
+            at = np.asarray(fan[round(1.0 - q, 6) if name in low_side else q], float)
+            scen[name] = mid + spread * (at - mid)
+        out.append(scen)
+    return out
+
+
+def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
+    """``scenarios`` argument of :meth:`MpcController.solve` from forecast fans, or ``None``.
+
+    Parameters
+    ----------
+    fans : mapping series -> {quantile: array [>= N]}
+        ``pv_available_w``, each of ``load_series`` and ``import_price_per_j`` (and
+        ``export_price_per_j`` if the feed forecasts it).
+    cfg : MpcConfig
+        Gives the horizon ``N``, ``scenario_quantiles`` and ``scenario_spread``.
+    load_series : sequence of str
+        Fan names of the loads, in the config's load order.
+    export_fee_per_j : float
+        Import minus export price [price/J], used when there is no export fan.
+
+    Returns
+    -------
+    list of dict or None
+        ``None`` when the config has no scenarios; else one mapping per scenario with
+        ``pv_avail_w`` [N], ``demand_w`` [N, L], ``import_price_per_j`` [N] and
+        ``export_price_per_j`` [N] (negative powers clipped to 0).
+    """
+    if not cfg.scenario_quantiles or len(cfg.scenario_quantiles) < 2:
+        return None
+    n = cfg.horizon
+    names = ["pv_available_w", *load_series, "import_price_per_j"]
+    names += ["export_price_per_j"] if "export_price_per_j" in fans else []
+    out = []
+    for sc in quantile_scenarios({k: fans[k] for k in names}, cfg.scenario_quantiles,
+                                 cfg.scenario_spread):
+        sc = {k: fit_horizon(v, n) for k, v in sc.items()}
+        imp = sc["import_price_per_j"]
+        out.append({"pv_avail_w": np.maximum(sc["pv_available_w"], 0.0),
+                    "demand_w": np.maximum(np.column_stack([sc[k] for k in load_series]), 0.0),
+                    "import_price_per_j": imp,
+                    "export_price_per_j": sc.get("export_price_per_j", imp - export_fee_per_j)})
+    return out
+
+
+def fit_horizon(x, n):
+    """First ``n`` values of ``x``, the last repeated if it is shorter."""
+    x = np.asarray(x, float)
+    return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
