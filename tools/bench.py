@@ -19,8 +19,18 @@ def available():
 
 
 def main(argv=None):
+    """``picogrid bench [NAME ...] [-- ]OPTIONS``: options after one name go to that benchmark.
+
+    ``picogrid bench mpc --ticks 50 --horizons 288`` runs ``bench_mpc.main(['--ticks', '50',
+    '--horizons', '288'])``; options with several names are refused (they differ per benchmark).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    names = [a for a in argv if not a.startswith("-")] or available()
+    first_opt = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:first_opt], [a for a in argv[first_opt:] if a != "--"]
+    if options and len(names) != 1:
+        sys.stderr.write("options go to one benchmark: picogrid bench NAME [OPTIONS]\n")
+        return 2
+    names = names or available()
     unknown = [n for n in names if n not in available()]
     if unknown:
         sys.stderr.write("unknown benchmark(s) %s; available: %s\n" % (unknown, ", ".join(available())))
@@ -29,7 +39,7 @@ def main(argv=None):
     for name in names:
         sys.stdout.write("== bench %s ==\n" % name)
         sys.stdout.flush()
-        status |= importlib.import_module("picogrid.tools.bench_" + name).main([]) or 0
+        status |= importlib.import_module("picogrid.tools.bench_" + name).main(options) or 0
     return status
 
 
