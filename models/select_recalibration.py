@@ -43,13 +43,16 @@ def main(argv=None) -> int:
     half = len(starts["validation"]) // 2
     nb = T.N_BUCKETS[args.profile]
     for series in recalibrate.TRACKED:
-        Xtr, Ytr, _ = T.windows(series, frame, starts["train"], args.profile)
-        Xva, Yva, tva = T.windows(series, frame, starts["validation"], args.profile)
-        lag_cols = np.arange(d["n_lags"])
-        level = lag_cols[-d["n_ticks"]:] if series in T.DELEVEL else None
-        n_relu, n_lin = T.HIDDEN[args.profile]
-        net = QuantileNet(F.QUANTILES, lag_cols, level, n_relu=n_relu, n_linear=n_lin, seed=args.seed)
-        net.fit(Xtr, Ytr, Xva, Yva, epochs=T.MAX_EPOCHS[args.profile])
+        if series in F.STEP_ALIGNED:
+            net, (Xva, Yva, tva), _ = T.fit_step_net(series, frame, starts, args.profile, args.seed)
+        else:
+            Xtr, Ytr, _ = T.windows(series, frame, starts["train"], args.profile)
+            Xva, Yva, tva = T.windows(series, frame, starts["validation"], args.profile)
+            lag_cols = np.arange(d["n_lags"])
+            level = lag_cols[-d["n_ticks"]:] if series in T.DELEVEL else None
+            n_relu, n_lin = T.HIDDEN[args.profile]
+            net = QuantileNet(F.QUANTILES, lag_cols, level, n_relu=n_relu, n_linear=n_lin, seed=args.seed)
+            net.fit(Xtr, Ytr, Xva, Yva, epochs=T.MAX_EPOCHS[args.profile])
         raw = net.predict(Xva)
         a, b = slice(0, half), slice(half, None)
         off = calibration_offsets(Yva[a], raw[a], tva[a], d["n_ticks"], nb, F.QUANTILES)

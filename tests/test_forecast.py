@@ -16,6 +16,7 @@ from picogrid.models import evaluate, scenario, train
 from picogrid.models import recalibrate
 from picogrid.models.qnet import QuantileNet, bucket_of, calibration_offsets, pinball_loss
 from picogrid.models.recalibrate import OnlineBandTracker, calendar_elapsed
+from picogrid.models.stepnet import StepQuantileNet
 
 N = F.HORIZON
 
@@ -392,3 +393,62 @@ def test_committed_cards_record_static_and_online_coverage(forecaster):
         assert m["online_recalibration"]["lr_per_tick"] == pytest.approx(recalibrate.lr_per_tick(60))
         # same P50 either way: the recalibration only rescales the band
         assert m["model"]["mae"] == pytest.approx(m["model_static"]["mae"])
+
+
+# -- per-step features and the step-shared network (load 3) ---------------------------------------
+
+def test_step_features_equal_training_windows_and_read_only_the_past(week):
+    s = "load3_demand_w"
+    assert s in F.STEP_ALIGNED
+    v = week[s].to_numpy()
+    start = 3 * 60 + 17
+    X, Y, tk = F.training_windows(s, v, week["tick"], week["day_of_year"], week["weekday"], 60, starts=[start])
+    row = week.iloc[start]
+    cal = {"tick": int(row["tick"]), "day_of_year": int(row["day_of_year"]), "weekday": int(row["weekday"]),
+           "n_ticks": 60}
+    x = F.build_features(s, v[:start], cal)
+    np.testing.assert_array_equal(x, X)
+    assert x.shape == (1, F.n_features(s)) == (1, N * len(F.STEP_FEATURE_NAMES))
+    steps = x.reshape(N, -1)
+    col = {n: i for i, n in enumerate(F.STEP_FEATURE_NAMES)}
+    for h in (0, 30, 59):
+        assert steps[h, col["same_tick_yesterday"]] == pytest.approx(v[start + h - 60])
+        assert steps[h, col["same_tick_day_before"]] == pytest.approx(v[start + h - 120])
+        target_tick = (17 + h) % 60
+        assert steps[h, col[f"target_hour_{target_tick * 24 // 60}"]] == 1.0
+        assert steps[h, col[f"target_weekday_{(int(row['weekday']) + (17 + h) // 60) % 7}"]] == 1.0
+    assert steps[0, col["last"]] == pytest.approx(v[start - 1])
+    # another future changes nothing
+    w = v.copy()
+    w[start:] += 10.0
+    np.testing.assert_array_equal(F.build_features(s, w[:start], cal), x)
+    # one to two days of history: the missing ticks of the day before are yesterday's
+    short = F.build_features(s, v[start - 90:start], cal).reshape(N, -1)
+    padded = np.concatenate([v[start - 60:start - 30], v[start - 90:start]])
+    np.testing.assert_array_equal(short, F.step_features(padded[None], [17], [cal["day_of_year"]],
+                                                         [cal["weekday"]], 60, N)[0])
+    with pytest.raises(ValueError, match="need >= 60"):
+        F.build_features(s, v[start - 59:start], cal)
+
+
+def _fit_small_step(week, seed=0, epochs=3):
+    s = "load3_demand_w"
+    X, Y, tk = F.training_windows(s, week[s], week["tick"], week["day_of_year"], week["weekday"], 60)
+    net = StepQuantileNet(F.QUANTILES, len(F.STEP_FEATURE_NAMES), n_relu=16, seed=seed)
+    return net.fit(X, Y, X[::7], Y[::7], epochs=epochs), X, Y, tk
+
+
+def test_step_net_onnx_export_matches_numpy_and_is_deterministic(week):
+    net, X, Y, tk = _fit_small_step(week)
+    offsets = calibration_offsets(Y, net.predict(X), tk, 60, 12, F.QUANTILES)
+    blob = net.to_onnx(offsets, 60).SerializeToString()
+    got = train.run_onnx(blob, X, tk)
+    want = net.predict(X) + offsets[bucket_of(tk, 12, 60)]
+    assert got.shape == (len(X), 3, N)
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(Y))
+    again = _fit_small_step(week)[0]
+    other = _fit_small_step(week, seed=1)[0]
+    np.testing.assert_array_equal(net.W1, again.W1)
+    assert not np.array_equal(net.W1, other.W1)
+    with pytest.raises(ValueError, match="horizon"):
+        net.predict(X[:, :-1])
