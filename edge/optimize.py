@@ -336,6 +336,10 @@ class Decision:
         ``storage_energy_min``, ``storage_energy_max``, ``deferrable_energy``, ``reserve``.
     reason : str
         Why a fallback happened or which soft constraints were violated ('' if neither).
+    scenario_objectives : list of float
+        With scenarios (:mod:`picogrid.edge.stochastic`): each scenario's plan cost [price
+        units], in the order of ``scenario_weights``; ``objective`` is their weighted mean and
+        ``plan`` the plan of the most probable scenario. Empty otherwise.
     """
 
     status: str
@@ -353,6 +357,7 @@ class Decision:
     binding: list = field(default_factory=list)
     soft_violations: list = field(default_factory=list)
     reason: str = ""
+    scenario_objectives: list = field(default_factory=list)
 
     @property
     def ok(self):
@@ -955,7 +960,7 @@ class MpcController:
         xs = [res.x] if self._stack is None else self._stack.split(res.x)
         main = 0 if self._stack is None else self._stack.main
         weights = [1.0] if self._stack is None else self._stack.weights
-        plans, objective, terms = [], 0.0, {}
+        plans, objective, terms, per_scenario = [], 0.0, {}, []
         for x_s, (pv_s, dem_s, imp_s, exp_s), w in zip(xs, scen, weights):
             p = self.model.unscale(x_s, e0_j)
             p["reserve_j"] = np.full(n, -np.inf) if reserve is None else reserve
@@ -966,6 +971,7 @@ class MpcController:
                 p[name] = np.clip(p[name], 0.0, hi)
             obj_s, terms_s = self.model.objective_terms(p, dem_s, imp_s, exp_s)
             objective += w * obj_s     # the expected cost over the scenarios
+            per_scenario.append(float(obj_s))
             for k, v in terms_s.items():
                 terms[k] = terms.get(k, 0.0) + w * v
             plans.append(p)
@@ -990,7 +996,8 @@ class MpcController:
             objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,
             load_served_w=served, plan=plan, objective_terms=terms, p_deferrable_w=p_def,
             deferrable_w=p_def_jobs, binding=self.model.binding(xs[main], *vecs[main][1:]),
-            soft_violations=soft, reason=reason)
+            soft_violations=soft, reason=reason,
+            scenario_objectives=per_scenario if self._stack is not None else [])
 
     def _scenario_inputs(self, scenarios, pv, demand, c_imp, c_exp):
         """Validated ``[(pv, demand, c_imp, c_exp)] * S`` with step 0 from the arguments."""

@@ -313,6 +313,7 @@ def _details(decision, solve_cpu_s):
     terms = {k: float(v) for k, v in (decision.objective_terms or {}).items()}
     return {"objective_terms": terms, "iterations": int(decision.iterations),
             "binding": list(getattr(decision, "binding", None) or []),
+            "scenario_objectives": list(getattr(decision, "scenario_objectives", None) or []),
             "solve_cpu_s": solve_cpu_s[-1] if solve_cpu_s and decision.iterations else None}
 
 

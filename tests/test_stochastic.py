@@ -124,6 +124,10 @@ def test_hedge_keeps_energy_when_running_short_is_dear():
     # needed in the dear scenario: 4 steps x 1.2 W x 2.5 s / 0.9 = 13.3 J > 10 J stored: keep all
     assert sold_sto == pytest.approx(0.0, abs=1e-3)
     assert sold_det > 1.0
+    assert len(sto.scenario_objectives) == 3 and det.scenario_objectives == []
+    assert sto.objective == pytest.approx(np.dot(cfg.replace(**SM).scenario_weights,
+                                                 sto.scenario_objectives))
+    assert sto.scenario_objectives[2] > sto.scenario_objectives[0]   # the dear one costs most
 
 
 def test_scenario_input_errors_and_fallback(caplog):
