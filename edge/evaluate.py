@@ -257,6 +257,8 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     costs = {p: [] for p in policies_run}
     sources, solve_ms, statuses, example = {}, [], {}, None
     ctrl = MpcController(cfg)
+    # a perfect forecast has no spread: its scenarios would be copies of one
+    ctrl_perfect = MpcController(cfg.replace(scenario_weights=None, scenario_quantiles=None))
     ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
     for d in range(n_days):
         i = d + 2
@@ -265,7 +267,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
                                        truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
         results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
-        for name, c, fc in (("mpc_perfect", ctrl, perfect_forecast(data, i, truth, cfg)),
+        for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
                             ("mpc_own", ctrl, own_forecast(data, i, truth, cfg, forecaster, sources)),
                             ("mpc_own_reserve", ctrl_res,
                              own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
