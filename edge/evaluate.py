@@ -157,35 +157,11 @@ class DayData:
             e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=self.jobs[i])
 
 
-def _day_end_padding(window, steps_left, cfg):
-    """Past the day's end: no PV, no load, no import, export paying the terminal value."""
-    n = cfg.horizon
-    past = np.arange(n) >= steps_left
-    if not past.any():
-        return window
-    w = {k: (np.array(v, float) if isinstance(v, np.ndarray) else v) for k, v in window.items()}
-    w["pv_avail_w"][past] = 0.0
-    w["demand_w"][past] = 0.0
-    w["p_imp_max_w"][past] = 0.0
-    w["import_price_per_j"][past] = w["import_price_per_j"][~past][-1] if (~past).any() else 0.0
-    w["export_price_per_j"][past] = (cfg.terminal_value_per_j + cfg.cycle_cost_per_j) / cfg.eta_dis
-    if "p_def_max_w" in w:
-        w["p_def_max_w"][past] = 0.0
-    for key in ("reserve_demand_w", "reserve_pv_w"):
-        if key in w:
-            w[key][past] = 0.0
-    if "scenarios" in w:
-        base = {k: v for k, v in w.items() if k != "scenarios"}
-        w["scenarios"] = [{k: padded[k] for k in sc} for sc in w["scenarios"]
-                          for padded in [_day_end_padding({**base, **sc}, steps_left, cfg)]]
-    return w
-
-
 def perfect_forecast(data, i, truth, cfg):
     """``forecast(t, delivered_j)`` for :func:`policies.mpc_policy`: the true day, day-end padding."""
     def fc(t, delivered_j=None):
         w = truth.window(t, cfg.horizon, cfg, delivered_j)
-        return _day_end_padding(w, truth.n_steps - t, cfg)
+        return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 
 
@@ -224,7 +200,7 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
             w["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in LOAD_COLS]), 0)
             w["reserve_pv_w"] = np.maximum(take("pv_available_w", 0.1), 0)
             w["reserve_demand_w"][0], w["reserve_pv_w"][0] = now_d, now_pv
-        return _day_end_padding(w, truth.n_steps - t, cfg)
+        return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 
 

@@ -466,6 +466,51 @@ def oracle_policy(oracle):
     return policy
 
 
+def pad_day_end(window, steps_left, cfg):
+    """The :meth:`MpcController.solve` arguments of a horizon that runs past the day's end.
+
+    Past the end (steps ``>= steps_left``) there is no PV, no load and no import, and export
+    pays exactly what the day's score credits for stored energy, ``(terminal + cycling) /
+    eta_dis``: the plan then faces the day-end the perfect-foresight optimum of the day faces,
+    instead of keeping energy for a next day the score does not count. Scenario inputs
+    (``scenarios``) are padded alike.
+
+    Parameters
+    ----------
+    window : dict
+        Keyword arguments of ``solve`` with arrays of shape [N] (``demand_w`` [N, L]); needs
+        ``p_imp_max_w`` as an array.
+    steps_left : int
+        Steps of the day left, counting the current one.
+    cfg : MpcConfig
+
+    Returns
+    -------
+    dict
+        A padded copy (``window`` itself when the horizon ends within the day).
+    """
+    n = cfg.horizon
+    past = np.arange(n) >= steps_left
+    if not past.any():
+        return window
+    w = {k: (np.array(v, float) if isinstance(v, np.ndarray) else v) for k, v in window.items()}
+    w["pv_avail_w"][past] = 0.0
+    w["demand_w"][past] = 0.0
+    w["p_imp_max_w"][past] = 0.0
+    w["import_price_per_j"][past] = w["import_price_per_j"][~past][-1] if (~past).any() else 0.0
+    w["export_price_per_j"][past] = (cfg.terminal_value_per_j + cfg.cycle_cost_per_j) / cfg.eta_dis
+    if "p_def_max_w" in w:
+        w["p_def_max_w"][past] = 0.0
+    for key in ("reserve_demand_w", "reserve_pv_w"):
+        if key in w:
+            w[key][past] = 0.0
+    if "scenarios" in w:
+        base = {k: v for k, v in w.items() if k != "scenarios"}
+        w["scenarios"] = [{k: padded[k] for k in sc} for sc in w["scenarios"]
+                          for padded in [pad_day_end({**base, **sc}, steps_left, cfg)]]
+    return w
+
+
 def mpc_policy(controller, forecast):
     """``policy_fn`` running an :class:`~picogrid.edge.optimize.MpcController` on forecasts.
 

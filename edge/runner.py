@@ -16,7 +16,7 @@ from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
-from picogrid.edge.policies import naive_step
+from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOADS
 from picogrid.edge.stochastic import solve_scenarios
 
@@ -128,11 +128,18 @@ class EdgeRunner:
             exp[0] = exp_now
         else:   # export = import less the fixed grid fee, which the current prices reveal
             exp = imp - (imp_now - exp_now)
-        limits = np.zeros(n) if islanded else None
         try:
+            window = dict(pv_avail_w=pv, demand_w=demand, import_price_per_j=imp,
+                          export_price_per_j=exp,
+                          p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
+                          p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
             scen = solve_scenarios(fc, self.mpc.config, [l + "_demand_w" for l in LOADS],
                                    imp_now - exp_now)
-            decision = self.mpc.solve(e_j, pv, demand, imp, exp, limits, limits, scenarios=scen)
+            if scen is not None:
+                window["scenarios"] = scen
+            # the day is scored with its stored energy at the terminal value, as the oracle
+            window = pad_day_end(window, self.n_ticks - k, self.cfg)
+            decision = self.mpc.solve(e_j, **window)
         except Exception as exc:
             log.exception("optimiser failed at tick %d", k)
             decision = naive_step(e_j, pv[0], demand[0], self.cfg,

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from picogrid.edge import evaluate
+from picogrid.edge import evaluate, policies
 from picogrid.edge.optimize import MpcConfig
 
 
@@ -36,7 +36,7 @@ def test_day_end_padding_pays_the_terminal_value():
                     cycle_cost_per_j=0.1, terminal_value_per_j=0.7)
     w = {"pv_avail_w": np.ones(6), "demand_w": np.ones((6, 1)), "import_price_per_j": np.full(6, 3.0),
          "export_price_per_j": np.full(6, 1.0), "p_imp_max_w": np.full(6, 6.0), "p_exp_max_w": np.full(6, 6.0)}
-    out = evaluate._day_end_padding(w, 4, cfg)
+    out = policies.pad_day_end(w, 4, cfg)
     np.testing.assert_allclose(out["pv_avail_w"], [1, 1, 1, 1, 0, 0])
     np.testing.assert_allclose(out["p_imp_max_w"], [6, 6, 6, 6, 0, 0])
     np.testing.assert_allclose(out["export_price_per_j"][4:], (0.7 + 0.1) / 0.8)
