@@ -156,3 +156,25 @@ def test_health_reports_stale_stuck_and_balance_changes_once():
     assert h.balance(0.1, 2.5) == [] and h.balance(1.0, 2.5) == []    # 0.04 W, then 0.4 W once
     assert [e[1] for e in h.balance(-1.0, 2.5)] == ["balance_alarm"]   # second tick in a row
     assert h.balance(None, 2.5) == []
+
+
+def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
+    """Near the day's end the plan sees no load after it (the day is scored with its stored
+    energy at the terminal value), and the lab profile plans over its three scenarios."""
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    n = runner.horizon
+    fan = lambda v: {0.1: np.full(n, 0.5 * v), 0.5: np.full(n, v), 0.9: np.full(n, 2.0 * v)}
+    fc = {"pv_available_w": fan(0.0), "import_price_per_j": fan(3.0),
+          **{f"load{k}_demand_w": fan(0.3) for k in (1, 2, 3)}}
+    k = n_ticks - 3
+    decision, *_ = runner.optimise(k, 20.0, fc, islanded=False)
+    assert decision.ok
+    assert np.all(decision.plan["p_load"][3:] == 0.0)
+    assert np.all(decision.plan["p_load"][1:3] > 0.0)
+    assert len(decision.scenario_objectives) == 3
