@@ -207,7 +207,8 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
              "seasonal naive there: direct net 0.805, + 2-day lags 0.791, per-step shared net 0.745, with "
              "4 h block means 0.743, weight decay 1e-3 instead of 1e-4 0.733 (3e-3: 0.750); log1p target "
              "transform 0.755-0.770, median weighted x4 0.747, 128 units 0.748, +-2 h window means 0.746, "
-             "two seeds averaged 0.741 (not kept: within the seed-to-seed spread); site: 0.80 -> 0.730).",
+             "two seeds averaged 0.741 (not kept: within the seed-to-seed spread); site load 3 per-step net: 0.736 "
+             "with weight decay 1e-4, 0.730 with 1e-3).",
              "- Online recalibration (what the edge serves, `models/recalibrate.py`): for the loads and the price "
              "the P10/P90 half-widths around the P50 are scaled by exp(a_lo), exp(a_hi), and each realised tick moves "
              "a by lr x (tail miss rate of the fans already issued for it - 0.1) (adaptive conformal inference, "
