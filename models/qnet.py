@@ -32,6 +32,64 @@ def pinball_loss(y, q, tau) -> float:
     return float(np.mean(np.maximum(tau * d, (tau - 1) * d)))
 
 
+def mlp_forward(Z, W1, b1, W2, b2, n_relu):
+    """One hidden layer of ``n_relu`` ReLU units then linear units: ``(pre, h, out)``."""
+    pre = Z @ W1 + b1
+    h = pre.copy()
+    h[..., :n_relu] = np.maximum(pre[..., :n_relu], 0)
+    return pre, h, h @ W2 + b2
+
+
+def pinball_backward(xb, pre, h, out, yb, tau, W2, n_relu):
+    """Gradients ``(W1, b1, W2, b2)`` of the mean pinball loss of :func:`mlp_forward`'s ``out``
+    [B, n_out] for targets ``yb`` (broadcast to ``out``) at levels ``tau`` [n_out]."""
+    diff = yb - out
+    # d pinball / d out: -tau where y > q, (1 - tau) where y < q
+    g_out = (np.where(diff > 0, -tau, 1 - tau) / diff.size).astype(np.float32)
+    g_h = g_out @ W2.T
+    g_h[:, :n_relu] *= pre[:, :n_relu] > 0
+    return xb.T @ g_h, g_h.sum(axis=0), h.T @ g_out, g_out.sum(axis=0)
+
+
+class Adam:
+    """Adam updates in place (Kingma & Ba, ICLR 2015; beta 0.9/0.999, eps 1e-8) with L2
+    weight decay on the matrices (ndim 2) of ``params``."""
+
+    def __init__(self, params, lr, weight_decay):
+        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.step = 0
+
+    def update(self, grads):
+        self.step += 1
+        for k, (p, g) in enumerate(zip(self.params, grads)):
+            if p.ndim == 2:
+                g = g + self.weight_decay * p
+            self.m[k] = 0.9 * self.m[k] + 0.1 * g
+            self.v[k] = 0.999 * self.v[k] + 0.001 * g * g
+            p -= (self.lr * (self.m[k] / (1 - 0.9 ** self.step))
+                  / (np.sqrt(self.v[k] / (1 - 0.999 ** self.step)) + 1e-8)).astype(np.float32)
+
+
+class EarlyStopping:
+    """Keeps the parameters of the best validation loss; ``update`` says when to stop
+    (``patience`` epochs without a relative improvement of 1e-6: targets range from W to
+    1e-6 c/J)."""
+
+    def __init__(self, params, patience):
+        self.params, self.patience = params, patience
+        self.best, self.best_params, self.bad = np.inf, [p.copy() for p in params], 0
+
+    def update(self, val) -> bool:
+        if val < self.best * (1 - 1e-6):
+            self.best, self.bad = val, 0
+            self.best_params = [p.copy() for p in self.params]
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
 class QuantileNet:
     """Small MLP with a linear path, fitted to several quantiles of a multi-step target.
 
@@ -69,10 +127,7 @@ class QuantileNet:
         return ((Xd - self.mu_x) / self.sd_x).astype(np.float32)
 
     def _forward(self, Xp):
-        pre = Xp @ self.W1 + self.b1
-        h = pre.copy()
-        h[:, :self.n_relu] = np.maximum(pre[:, :self.n_relu], 0)
-        return pre, h, h @ self.W2 + self.b2
+        return mlp_forward(Xp, self.W1, self.b1, self.W2, self.b2, self.n_relu)
 
     # -- training ------------------------------------------------------------------------
     def fit(self, X, Y, X_val, Y_val, epochs=80, batch=256, lr=2e-3, weight_decay=1e-4, patience=6,
@@ -118,46 +173,24 @@ class QuantileNet:
         self.W2 = (rng.standard_normal((U, n_q * H)) * np.sqrt(1.0 / U)).astype(np.float32)
         self.b2 = np.tile(np.quantile(Yp, self.quantiles)[:, None], (1, H)).ravel().astype(np.float32)
         params = [self.W1, self.b1, self.W2, self.b2]
-        m = [np.zeros_like(p) for p in params]
-        v = [np.zeros_like(p) for p in params]
+        adam, stopper = Adam(params, lr, weight_decay), EarlyStopping(params, patience)
         tau = np.repeat(self.quantiles, H).astype(np.float32)
-        best, best_params, bad, step = np.inf, None, 0, 0
         for epoch in range(epochs):
             order = rng.permutation(Xp.shape[0])
             for i in range(0, len(order), batch):
                 idx = order[i:i + batch]
                 xb, yb = Xp[idx], Yp[idx]
                 pre, h, out = self._forward(xb)
-                diff = np.tile(yb, (1, n_q)) - out
-                # d pinball / d out: -tau where y > q, (1 - tau) where y < q
-                g_out = (np.where(diff > 0, -tau, 1 - tau) / diff.size).astype(np.float32)
-                g_W2 = h.T @ g_out
-                g_b2 = g_out.sum(axis=0)
-                g_h = g_out @ self.W2.T
-                g_h[:, :self.n_relu] *= pre[:, :self.n_relu] > 0
-                g_W1 = xb.T @ g_h
-                g_b1 = g_h.sum(axis=0)
-                step += 1
-                for k, (p, g) in enumerate(zip(params, (g_W1, g_b1, g_W2, g_b2))):
-                    if p.ndim == 2:
-                        g = g + weight_decay * p
-                    m[k] = 0.9 * m[k] + 0.1 * g
-                    v[k] = 0.999 * v[k] + 0.001 * g * g
-                    p -= (lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v[k] / (1 - 0.999 ** step)) + 1e-8)
-                          ).astype(np.float32)
+                adam.update(pinball_backward(xb, pre, h, out, np.tile(yb, (1, n_q)), tau, self.W2,
+                                             self.n_relu))
             val = self.val_loss(Xv, lv, Y_val)
             self.history.append((epoch, val))
             if progress is not None:
                 progress(epoch, val)
-            if val < best * (1 - 1e-6):   # relative: targets range from W to 1e-6 c/J
-                best, bad = val, 0
-                best_params = [p.copy() for p in params]
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        self.W1, self.b1, self.W2, self.b2 = best_params
-        self.best_val_loss = best
+            if stopper.update(val):
+                break
+        self.W1, self.b1, self.W2, self.b2 = stopper.best_params
+        self.best_val_loss = stopper.best
         return self
 
     def val_loss(self, Xv, lv, Y_val) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qnet import TARGET_OPSET, pinball_loss
+from .qnet import TARGET_OPSET, Adam, EarlyStopping, mlp_forward, pinball_backward, pinball_loss
 
 
 class StepQuantileNet:
@@ -56,10 +56,7 @@ class StepQuantileNet:
         return ((X3 - self.mu_x) / self.sd_x).astype(np.float32)
 
     def _forward(self, Z):
-        pre = Z @ self.W1 + self.b1
-        h = pre.copy()
-        h[..., :self.n_relu] = np.maximum(pre[..., :self.n_relu], 0)
-        return pre, h, h @ self.W2 + self.b2
+        return mlp_forward(Z, self.W1, self.b1, self.W2, self.b2, self.n_relu)
 
     def fit(self, X, Y, X_val, Y_val, epochs=40, batch=64, lr=5e-4, weight_decay=1e-4, patience=5,
             progress=None):
@@ -105,43 +102,23 @@ class StepQuantileNet:
         self.W2 = (rng.standard_normal((U, n_q)) * np.sqrt(1.0 / U)).astype(np.float32)
         self.b2 = np.quantile(Yp, self.quantiles).astype(np.float32)
         params = [self.W1, self.b1, self.W2, self.b2]
-        m = [np.zeros_like(p) for p in params]
-        v = [np.zeros_like(p) for p in params]
+        adam, stopper = Adam(params, lr, weight_decay), EarlyStopping(params, patience)
         tau = self.quantiles.astype(np.float32)
-        best, best_params, bad, step = np.inf, [p.copy() for p in params], 0, 0
         for epoch in range(epochs):
             order = rng.permutation(Zp.shape[0])
             for i in range(0, len(order), batch):
                 idx = order[i:i + batch]
                 xb, yb = Zp[idx].reshape(-1, k), Yp[idx].reshape(-1, 1)
                 pre, h, out = self._forward(xb)
-                diff = yb - out
-                # d pinball / d out: -tau where y > q, (1 - tau) where y < q
-                g_out = (np.where(diff > 0, -tau, 1 - tau) / diff.size).astype(np.float32)
-                g_h = g_out @ self.W2.T
-                g_h[:, :self.n_relu] *= pre[:, :self.n_relu] > 0
-                grads = (xb.T @ g_h, g_h.sum(axis=0), h.T @ g_out, g_out.sum(axis=0))
-                step += 1
-                for j, (p, g) in enumerate(zip(params, grads)):
-                    if p.ndim == 2:
-                        g = g + weight_decay * p
-                    m[j] = 0.9 * m[j] + 0.1 * g
-                    v[j] = 0.999 * v[j] + 0.001 * g * g
-                    p -= (lr * (m[j] / (1 - 0.9 ** step)) / (np.sqrt(v[j] / (1 - 0.999 ** step)) + 1e-8)
-                          ).astype(np.float32)
+                adam.update(pinball_backward(xb, pre, h, out, yb, tau, self.W2, self.n_relu))
             val = self._loss(Zv, Y_val)
             self.history.append((epoch, val))
             if progress is not None:
                 progress(epoch, val)
-            if val < best * (1 - 1e-6):
-                best, bad = val, 0
-                best_params = [p.copy() for p in params]
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        self.W1, self.b1, self.W2, self.b2 = best_params
-        self.best_val_loss = best
+            if stopper.update(val):
+                break
+        self.W1, self.b1, self.W2, self.b2 = stopper.best_params
+        self.best_val_loss = stopper.best
         return self
 
     def _loss(self, Z, Y) -> float:
