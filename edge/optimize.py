@@ -37,6 +37,8 @@ import numpy as np
 import osqp
 import scipy.sparse as sp
 
+from .stochastic import ScenarioQp
+
 log = logging.getLogger(__name__)
 
 # Time-indexed decision blocks in column order; a new block (e.g. deferrable delivery) is added
@@ -132,7 +134,7 @@ class MpcConfig:
         (https://osqp.org/docs/interfaces/solver_settings.html). Defaults measured with
         ``picogrid bench mpc``. The interval is fixed (OSQP's automatic choice, 0, derives it
         from the measured set-up time, so the same problem took different iterations from run to
-        run); 100 needed as few iterations as the automatic choice at N = 288 (median 275 over
+        run; a solve cut by ``time_limit_s`` still depends on the machine's speed); 100 needed as few iterations as the automatic choice at N = 288 (median 275 over
         40 rolling site ticks, against 425 at 25 and 50, 350 at 200).
 
     Raises
@@ -811,21 +813,16 @@ class MpcController:
         self._naive_step = policies.naive_step
         self.config = config
         self.model = build_model(config)
-        # the QP handed to OSQP: the model itself, or its scenario stack
-        self._stack = None
-        qp = self.model
-        if config.scenario_weights is not None and len(config.scenario_weights) > 1:
-            from .stochastic import ScenarioQp
-
-            self._stack = qp = ScenarioQp(self.model, config.scenario_weights)
+        # the QP handed to OSQP: one copy of the model per scenario (one copy without scenarios)
+        self._scenarios = config.scenario_weights is not None and len(config.scenario_weights) > 1
+        self._qp = qp = ScenarioQp(self.model, config.scenario_weights if self._scenarios else (1.0,))
         self._solver = osqp.OSQP()
         n = config.horizon
         vec = self.model.vectors(
             0.5 * (config.e_min_j + config.e_max_j), np.zeros(n), np.zeros((n, config.n_loads)),
             np.full(n, self.model.price_ref_per_j), np.zeros(n),
             np.full(n, config.p_imp_max_w), np.full(n, config.p_exp_max_w))
-        q, l, u = vec if self._stack is None else self._stack.vectors([vec] * self._stack.count)
-        self._qp = qp
+        q, l, u = qp.vectors([vec] * qp.count)
         self._solver.setup(
             qp.P, q, qp.A, l, u, verbose=False, eps_abs=config.eps_abs,
             eps_rel=config.eps_rel, max_iter=int(config.max_iter), time_limit=config.time_limit_s,
@@ -926,12 +923,11 @@ class MpcController:
         if cfg.reserve:
             reserve = reserve_energy_j(cfg, np.maximum(r_dem, 0.0), np.maximum(r_pv, 0.0), imp_max)
         try:
-            if self._stack is None:
-                scen = [(pv, demand, c_imp, c_exp)]
-            scen = [(np.maximum(a, 0.0), np.maximum(b, 0.0), c, d) for a, b, c, d in scen]
+            scen = [(np.maximum(a, 0.0), np.maximum(b, 0.0), c, d)
+                    for a, b, c, d in scen or [(pv, demand, c_imp, c_exp)]]
             vecs = [self.model.vectors(e0_j, a, b, c, d, imp_max, exp_max, job_arr, def_max, reserve)
                     for a, b, c, d in scen]
-            q, l, u = vecs[0] if self._stack is None else self._stack.vectors(vecs)
+            q, l, u = self._qp.vectors(vecs)
             self._solver.update(q=q, l=l, u=u)
             if self._x_prev is not None:
                 self._solver.warm_start(x=self._x_prev[self._qp.x_shift],
@@ -957,11 +953,9 @@ class MpcController:
         if status_val == 2:
             log.warning("OSQP solution inaccurate after %d iterations (prim_res %.3g)",
                         res.info.iter, res.info.prim_res)
-        xs = [res.x] if self._stack is None else self._stack.split(res.x)
-        main = 0 if self._stack is None else self._stack.main
-        weights = [1.0] if self._stack is None else self._stack.weights
+        xs, main = self._qp.split(res.x), self._qp.main
         plans, objective, terms, per_scenario = [], 0.0, {}, []
-        for x_s, (pv_s, dem_s, imp_s, exp_s), w in zip(xs, scen, weights):
+        for x_s, (pv_s, dem_s, imp_s, exp_s), w in zip(xs, scen, self._qp.weights):
             p = self.model.unscale(x_s, e0_j)
             p["reserve_j"] = np.full(n, -np.inf) if reserve is None else reserve
             # Clip ADMM's tolerance-level overshoots so setpoints respect the hard limits.
@@ -997,13 +991,13 @@ class MpcController:
             load_served_w=served, plan=plan, objective_terms=terms, p_deferrable_w=p_def,
             deferrable_w=p_def_jobs, binding=self.model.binding(xs[main], *vecs[main][1:]),
             soft_violations=soft, reason=reason,
-            scenario_objectives=per_scenario if self._stack is not None else [])
+            scenario_objectives=per_scenario if self._scenarios else [])
 
     def _scenario_inputs(self, scenarios, pv, demand, c_imp, c_exp):
         """Validated ``[(pv, demand, c_imp, c_exp)] * S`` with step 0 from the arguments."""
-        if self._stack is None:
+        if not self._scenarios:
             return []
-        count = self._stack.count
+        count = self._qp.count
         scenarios = [{}] * count if scenarios is None else list(scenarios)
         if len(scenarios) != count:
             raise ValueError(f"scenarios must hold {count} mappings, got {len(scenarios)}")
