@@ -50,7 +50,7 @@ import numpy as np
 
 from picogrid.edge import policies
 from picogrid.edge.optimize import MpcController, config_from_site
-from picogrid.edge.stochastic import fit_horizon, solve_scenarios
+from picogrid.edge.stochastic import expected_value, fit_horizon, solve_scenarios
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,6 @@ FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand
 LOAD_COLS = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
 #: share of load3's energy in each job window that becomes a deferrable job
 JOB_SHARE = 0.5
-
-
-def _mean_of_quantiles(fan, n):
-    """Mean of P10/P50/P90: the loads are right-skewed, so their median under-forecasts the
-    energy; with linear prices the expected demand is what the plan should meet."""
-    return fit_horizon(np.mean([np.asarray(fan[q], float) for q in (0.1, 0.5, 0.9)], axis=0), n)
-
-
-DEMAND_ESTIMATE = _mean_of_quantiles
 
 
 def site_file(profile):
@@ -188,7 +179,8 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         now_d, now_imp, now_exp = w["demand_w"][0].copy(), w["import_price_per_j"][0], w["export_price_per_j"][0]
         now_pv = w["pv_avail_w"][0]
         w["pv_avail_w"] = np.maximum(take("pv_available_w", 0.5), 0)
-        w["demand_w"] = np.maximum(np.column_stack([DEMAND_ESTIMATE(out[s], n) for s in LOAD_COLS]), 0)
+        w["demand_w"] = np.maximum(np.column_stack([fit_horizon(expected_value(out[s]), n)
+                                                     for s in LOAD_COLS]), 0)
         w["import_price_per_j"] = take("import_price_per_j", 0.5)
         w["pv_avail_w"][0], w["demand_w"][0], w["import_price_per_j"][0] = now_pv, now_d, now_imp
         # export = import less the grid fee, which the current prices reveal

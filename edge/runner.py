@@ -18,7 +18,7 @@ from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOADS
-from picogrid.edge.stochastic import solve_scenarios
+from picogrid.edge.stochastic import expected_value, solve_scenarios
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,15 @@ class EdgeRunner:
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
         n = self.horizon
-        pv = np.maximum(_expected(fc["pv_available_w"])[:n], 0.0)
-        demand = np.stack([np.maximum(_expected(fc[l + "_demand_w"])[:n], 0.0)
+        pv = np.maximum(expected_value(fc["pv_available_w"])[:n], 0.0)
+        demand = np.stack([np.maximum(expected_value(fc[l + "_demand_w"])[:n], 0.0)
                            for l in LOADS], axis=1)
         demand[0] = demand_now          # the feed tells the demand to serve now
         pv[0] = self.source.sun_now(k) * self.pv_capability_w   # ... and the sun now
-        imp = _expected(fc["import_price_per_j"])[:n].copy()
+        imp = expected_value(fc["import_price_per_j"])[:n].copy()
         imp[0] = imp_now
         if "export_price_per_j" in fc:
-            exp = _expected(fc["export_price_per_j"])[:n].copy()
+            exp = expected_value(fc["export_price_per_j"])[:n].copy()
             exp[0] = exp_now
         else:   # export = import less the fixed grid fee, which the current prices reveal
             exp = imp - (imp_now - exp_now)
@@ -302,17 +302,6 @@ class EdgeRunner:
         # the last boundary: repeat the last setpoints so every board reports its counters
         self.meter(self.n_ticks, self.send(self.n_ticks, self.last_setpoints))
         self.store.commit()
-
-
-def _expected(fan):
-    """Expected value of a forecast fan {quantile: array}, as the mean of its quantiles.
-
-    A risk-neutral plan needs expected energies, not medians: the median of a spiky load
-    (a kettle, a washing machine) is near zero most of the time although its mean is not,
-    and a plan on medians sells the stored energy the evening then has to buy back. With
-    P10/P50/P90 this is the three-point estimate of the mean (equal weights).
-    """
-    return np.mean([np.asarray(v, float) for v in fan.values()], axis=0)
 
 
 def _details(decision, solve_cpu_s):

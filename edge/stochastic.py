@@ -173,6 +173,17 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
     return out
 
 
+def expected_value(fan):
+    """Expected value of a forecast fan ``{quantile: array [N]}``, the mean of its quantiles [N].
+
+    A risk-neutral plan needs expected energies, not medians: the median of a spiky load
+    (a kettle, a washing machine) is near zero most of the time although its mean is not,
+    and a plan on medians sells the stored energy the evening then has to buy back. With
+    P10/P50/P90 this is the three-point estimate of the mean (equal weights).
+    """
+    return np.mean([np.asarray(v, float) for v in fan.values()], axis=0)
+
+
 def fit_horizon(x, n):
     """First ``n`` values of ``x``, the last repeated if it is shorter."""
     x = np.asarray(x, float)
