@@ -187,14 +187,20 @@ def week():
 @pytest.mark.parametrize("series", ["pv_available_w", "import_price_per_j"])   # plain and de-levelled
 def test_onnx_export_matches_numpy_network(week, series):
     net, X, Y, tk = _fit_small(series, week)
+    offsets = _assert_onnx_matches_numpy(net, X, Y, tk)
+    assert np.all(offsets[:, 1] == 0)   # the median is not shifted
+
+
+def _assert_onnx_matches_numpy(net, X, Y, tk):
+    """The exported graph (calibration offsets included) equals the numpy network; returns the
+    offsets. float32 folded graph vs float64 preprocessing: <= 1e-4 of the data scale."""
     offsets = calibration_offsets(Y, net.predict(X), tk, 60, 12, F.QUANTILES)
     blob = net.to_onnx(offsets, 60).SerializeToString()
     got = train.run_onnx(blob, X, tk)
     want = net.predict(X) + offsets[bucket_of(tk, 12, 60)]
     assert got.shape == (len(X), 3, N)
-    # float32 folded graph vs float64 preprocessing: <= 1e-4 of the data scale
     assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(Y))
-    assert np.all(offsets[:, 1] == 0)   # the median is not shifted
+    return offsets
 
 
 def test_training_is_deterministic_with_a_seed(week):
@@ -440,12 +446,7 @@ def _fit_small_step(week, seed=0, epochs=3):
 
 def test_step_net_onnx_export_matches_numpy_and_is_deterministic(week):
     net, X, Y, tk = _fit_small_step(week)
-    offsets = calibration_offsets(Y, net.predict(X), tk, 60, 12, F.QUANTILES)
-    blob = net.to_onnx(offsets, 60).SerializeToString()
-    got = train.run_onnx(blob, X, tk)
-    want = net.predict(X) + offsets[bucket_of(tk, 12, 60)]
-    assert got.shape == (len(X), 3, N)
-    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(Y))
+    _assert_onnx_matches_numpy(net, X, Y, tk)
     again = _fit_small_step(week)[0]
     other = _fit_small_step(week, seed=1)[0]
     np.testing.assert_array_equal(net.W1, again.W1)
