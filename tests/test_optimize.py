@@ -98,6 +98,7 @@ def test_config_from_dict_roundtrip_and_errors():
     (dict(horizon=0), "horizon"), (dict(dt_s=-1.0), "dt_s"), (dict(e_min_j=50.0), "e_min_j"),
     (dict(eta_ch=1.5), "eta_ch"), (dict(voll_per_j=[1.0, 2.0]), "voll_per_j"),
     (dict(p_ch_max_w=float("nan")), "p_ch_max_w"), (dict(soft_penalty_per_j=0.0), "soft_penalty"),
+    (dict(cold_eps_factor=0.0), "cold_eps_factor"), (dict(cold_time_limit_s=0.0), "cold_time_limit_s"),
 ])
 def test_config_rejects_bad_values(over, message):
     with pytest.raises(ValueError, match=message):
@@ -334,7 +335,7 @@ def test_solver_giving_up_falls_back_then_recovers():
 # --------------------------------------------------------------------------- warm start, scale
 
 def test_warm_start_needs_fewer_iterations_than_cold():
-    cfg = lab_cfg(horizon=60)
+    cfg = lab_cfg(horizon=60, cold_eps_factor=1.0)   # warm start alone, no cold refinement
     rng = np.random.default_rng(3)
     n_steps = 80
     pv = 4.0 * np.clip(np.sin(np.linspace(0, np.pi, n_steps + 60)), 0, None)
@@ -354,6 +355,22 @@ def test_warm_start_needs_fewer_iterations_than_cold():
         it_cold.append(dc.iterations)
         e = dw.plan["e"][1]
     assert np.mean(it_warm) < 0.7 * np.mean(it_cold)
+
+
+def test_cold_start_is_refined_to_the_optimum():
+    """The first solve of a real site day: at the real-time tolerance alone ADMM stops 38 % of
+    the optimum's magnitude off (measured); the cold refinement brings it to the exact LP."""
+    from picogrid.edge import evaluate
+    from picogrid.tools.bench_mpc import instances
+
+    _, site_cfg, scaling = evaluate.load_site("site")
+    cfg = site_cfg.replace(horizon=60, n_jobs=4)
+    truth = instances(cfg, 1, 2, scaling)
+    w = truth.window(0, 60, cfg, np.zeros(len(truth.jobs)))
+    exact = solve_oracle(cfg, truth.e0_j, **w)
+    d = MpcController(cfg).solve(truth.e0_j, **w)
+    assert d.status == "solved"
+    assert abs(d.objective - exact.objective) <= 1e-3 * abs(exact.objective)
 
 
 def test_site_scale_matches_exact_lp():
