@@ -18,7 +18,7 @@ from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOADS
-from picogrid.edge.stochastic import expected_value, solve_scenarios
+from picogrid.edge.stochastic import forecast_inputs
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +116,16 @@ class EdgeRunner:
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
         n = self.horizon
-        pv = np.maximum(expected_value(fc["pv_available_w"])[:n], 0.0)
-        demand = np.stack([np.maximum(expected_value(fc[l + "_demand_w"])[:n], 0.0)
-                           for l in LOADS], axis=1)
-        demand[0] = demand_now          # the feed tells the demand to serve now
-        pv[0] = self.source.sun_now(k) * self.pv_capability_w   # ... and the sun now
-        imp = expected_value(fc["import_price_per_j"])[:n].copy()
-        imp[0] = imp_now
-        if "export_price_per_j" in fc:
-            exp = expected_value(fc["export_price_per_j"])[:n].copy()
-            exp[0] = exp_now
-        else:   # export = import less the fixed grid fee, which the current prices reveal
-            exp = imp - (imp_now - exp_now)
+        # the feed tells the demand to serve, the prices and the sun now: step 0 is known
+        now = {"pv_avail_w": self.source.sun_now(k) * self.pv_capability_w, "demand_w": demand_now,
+               "import_price_per_j": imp_now, "export_price_per_j": exp_now}
+        pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(demand_now, float), (n, 1))
+        imp = np.full(n, imp_now)
         try:
-            window = dict(pv_avail_w=pv, demand_w=demand, import_price_per_j=imp,
-                          export_price_per_j=exp,
-                          p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
+            window = forecast_inputs(fc, self.cfg, [l + "_demand_w" for l in LOADS], now)
+            pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
+            window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
-            scen = solve_scenarios(fc, self.mpc.config, [l + "_demand_w" for l in LOADS],
-                                   imp_now - exp_now)
-            if scen is not None:
-                window["scenarios"] = scen
             # the day is scored with its stored energy at the terminal value, as the oracle
             window = pad_day_end(window, self.n_ticks - k, self.cfg)
             decision = self.mpc.solve(e_j, **window)

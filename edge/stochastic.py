@@ -188,3 +188,58 @@ def fit_horizon(x, n):
     """First ``n`` values of ``x``, the last repeated if it is shorter."""
     x = np.asarray(x, float)
     return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
+
+
+def forecast_inputs(fans, cfg, load_series, now):
+    """The forecast arguments of :meth:`MpcController.solve` from forecast fans.
+
+    One function for the edge runner and ``picogrid evaluate``, so the bench runs the plan
+    the evaluation measured.
+
+    Parameters
+    ----------
+    fans : mapping series -> {quantile: array [>= N]}
+        As for :func:`solve_scenarios`, with quantiles 0.1, 0.5 and 0.9.
+    cfg : MpcConfig
+        Horizon ``N``, scenarios and the reserve switch.
+    load_series : sequence of str
+        Fan names of the loads, in the config's load order.
+    now : mapping
+        What is known at step 0 (the lab feed and the meters tell it): ``pv_avail_w`` [W],
+        ``demand_w`` [L] [W], ``import_price_per_j`` and ``export_price_per_j`` [price/J].
+
+    Returns
+    -------
+    dict
+        ``pv_avail_w`` [N] (P50), ``demand_w`` [N, L] (the fan's expected value, see
+        :func:`expected_value`), ``import_price_per_j`` [N] (P50), ``export_price_per_j`` [N]
+        (its fan's P50, else import less the grid fee ``now`` reveals), step 0 from ``now``;
+        with scenarios also ``scenarios`` (:func:`solve_scenarios`); with ``cfg.reserve`` also
+        ``reserve_demand_w`` [N, L] (P90) and ``reserve_pv_w`` [N] (P10), the reserve's
+        pessimistic corner (DESIGN.md §4).
+
+    Raises
+    ------
+    KeyError
+        If a series or quantile is missing from ``fans``.
+    """
+    n = cfg.horizon
+    take = lambda s, q: fit_horizon(fans[s][q], n)  # noqa: E731
+    demand_now = np.asarray(now["demand_w"], float)
+    fee = float(now["import_price_per_j"]) - float(now["export_price_per_j"])
+    pv = np.maximum(take("pv_available_w", 0.5), 0.0)
+    demand = np.maximum(np.column_stack([fit_horizon(expected_value(fans[s]), n)
+                                         for s in load_series]), 0.0)
+    imp = take("import_price_per_j", 0.5).copy()
+    exp = take("export_price_per_j", 0.5).copy() if "export_price_per_j" in fans else imp - fee
+    pv[0], demand[0] = now["pv_avail_w"], demand_now
+    imp[0], exp[0] = now["import_price_per_j"], now["export_price_per_j"]
+    out = {"pv_avail_w": pv, "demand_w": demand, "import_price_per_j": imp, "export_price_per_j": exp}
+    scen = solve_scenarios(fans, cfg, load_series, fee)
+    if scen is not None:
+        out["scenarios"] = scen
+    if cfg.reserve:
+        out["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in load_series]), 0.0)
+        out["reserve_pv_w"] = np.maximum(take("pv_available_w", 0.1), 0.0)
+        out["reserve_demand_w"][0], out["reserve_pv_w"][0] = demand_now, now["pv_avail_w"]
+    return out

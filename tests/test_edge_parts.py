@@ -178,3 +178,30 @@ def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
     assert np.all(decision.plan["p_load"][3:] == 0.0)
     assert np.all(decision.plan["p_load"][1:3] > 0.0)
     assert len(decision.scenario_objectives) == 3
+
+
+def test_runner_reserve_uses_the_pessimistic_quantiles():
+    """With the reserve switched on, the runner keeps energy for P90 demand against P10 PV
+    (DESIGN.md §4), not for the expected forecast; step 0 is what the feed says now."""
+    from picogrid.edge.optimize import reserve_energy_j
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+
+    site = load_site()
+    site["reserve"] = {"enabled": True, "duration_s": 10 * float(site["bench"]["tick_s"])}
+    n_ticks = int(site["bench"]["n_ticks"])
+    src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    n, cfg = runner.horizon, runner.cfg
+    fan = lambda v: {0.1: np.full(n, 0.5 * v), 0.5: np.full(n, v), 0.9: np.full(n, 2.0 * v)}
+    fc = {"pv_available_w": fan(0.4), "import_price_per_j": fan(3.0),
+          **{f"load{k}_demand_w": fan(0.3) for k in (1, 2, 3)}}
+    decision, *_ = runner.optimise(0, 20.0, fc, islanded=False)
+    assert decision.ok
+    demand_p90 = np.full((n, 3), 0.6)
+    pv_p10 = np.full(n, 0.2)
+    demand_p90[0], pv_p10[0] = src.now(0)[0], src.sun_now(0) * runner.pv_capability_w
+    expect = reserve_energy_j(cfg, demand_p90, pv_p10, np.full(n, cfg.p_imp_max_w))
+    assert decision.plan["reserve_j"] == pytest.approx(expect)
+    assert decision.plan["reserve_j"][5] > reserve_energy_j(cfg, np.full((n, 3), 0.3), np.full(n, 0.4),
+                                                            np.full(n, cfg.p_imp_max_w))[5]
