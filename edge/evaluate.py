@@ -13,11 +13,25 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 - ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV), on
   every ``--reserve-every``-th day (default 3, to keep the run near 5 minutes), compared with
   ``mpc_own`` on the same days;
+- ``dayahead_own``: an EMHASS-style day-ahead plan (see below) on the project's forecasts;
 - ``mpc_perfect``: the MPC on the true future;
 - ``oracle``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
 and prints the cost of each and the savings capture
 ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)`` over all days (DESIGN.md §4).
+
+``dayahead_own`` plans the way EMHASS's ``dayahead-optim`` action does: ONE linear programme
+per day, over the whole day, on the forecasts available at the start of the day; the plan is
+published and the home follows its battery power step by step, the grid taking whatever is left,
+with no re-planning during the day (EMHASS's receding-horizon ``naive-mpc-optim`` is a separate
+action the user must schedule) [1]_ [2]_. Here: the forecast window ``mpc_own`` gets at tick 0
+(:func:`own_forecast`: same series, same expected value of the fan, step 0 known, the day's
+deferrable jobs) is solved for the whole day with :func:`policies.solve_oracle` (HiGHS LP, the
+oracle's model); the plant then follows the plan's storage power and job delivery open loop
+(:func:`policies.day_ahead_policy`): loads are served as they come, PV runs free unless the
+plan curtailed it, and the grid balances. It differs from ``oracle`` only in the data the LP
+saw, and from ``mpc_own`` in planning once a day on one expected forecast (no re-planning, no
+scenarios): the gap between the two is the measured value of re-planning every tick.
 
 Day boundaries: every day starts with the storage half full and scores the energy left at the
 end at the terminal value, like the oracle. The MPC's fixed horizon reaches past the day's end;
@@ -33,6 +47,21 @@ deferrable-priority board's power limit). The shapes are real, only this split i
 Usage: ``picogrid evaluate [--days 30] [--profile both] [--first-day 2013-07-01] [--plot dispatch.png]
 [--reserve-every 3] [--workers 2]``.
 ``--days 3`` is the fast path for tests.
+
+References
+----------
+.. [1] EMHASS documentation, https://github.com/davidusb-geek/emhass: "An EMS based on Linear
+   Programming" (docs/lpems.md): the perfect-forecast, day-ahead (on forecasted PV and load,
+   over the next 24 hours) and naive MPC optimisations, all one LP each; the battery ends the
+   day at a set ``soc_final`` there, where our LP credits the energy left at the terminal
+   value. "Using Commercial Solvers" (docs/advanced_solvers.md): HiGHS is the default solver
+   of current releases (early releases solved with PuLP's default CBC).
+.. [2] Ibid., "Publish data to Home Assistant" (docs/publish_data.md):
+   ``publish-data`` publishes the value of the latest optimisation result whose timestamp is
+   closest to now (``sensor.p_batt_forecast``, ``sensor.p_deferrableX``) for automations to
+   apply; "The forecast module" (docs/forecasts.md): load forecast methods ``typical``,
+   ``naive`` (persistence of the last ``delta_forecast_daily``, 24 h by default) and
+   ``mlforecaster``.
 """
 
 from __future__ import annotations
@@ -196,6 +225,58 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
     return fc
 
 
+def keep_first_window(fc, store):
+    """``fc`` that also keeps the window it returns at step 0 in ``store["window"]``.
+
+    The day-ahead plan must see exactly the forecast ``mpc_own`` saw at tick 0; the forecaster
+    is stateful (online recalibration), so calling it a second time would change both.
+    """
+    def wrapped(t, delivered_j=None):
+        w = fc(t, delivered_j)
+        if t == 0:
+            store["window"] = w
+        return w
+    return wrapped
+
+
+def dayahead_policy(window, truth, cfg):
+    """EMHASS-style day-ahead policy: one LP over the day on the tick-0 forecast, followed open loop.
+
+    Parameters
+    ----------
+    window : dict
+        Forecast of the day made at tick 0, keyword arguments of ``MpcController.solve``
+        (arrays of >= ``T`` steps, ``demand_w`` [N, L]; ``jobs`` and ``p_def_max_w`` with
+        deferrable jobs), as :func:`own_forecast` or :func:`perfect_forecast` return for
+        ``t = 0``. Scenario and reserve inputs are ignored: the plan is one deterministic LP.
+    truth : DayTruth
+        The real day (``T`` steps); its ``e0_j`` is the measured stored energy at tick 0 [J].
+    cfg : MpcConfig
+
+    Returns
+    -------
+    (callable, Decision)
+        The ``policy_fn`` of :func:`policies.day_ahead_policy` and the day's plan.
+
+    Raises
+    ------
+    ValueError
+        If the forecast window is shorter than the day (the plan could not cover it).
+    """
+    n = truth.n_steps
+    got = np.asarray(window["pv_avail_w"]).shape[0]
+    if got < n:
+        raise ValueError(f"a day-ahead plan needs a forecast of the whole day ({n} steps), got {got}")
+    w = {k: np.asarray(window[k], float)[:n] for k in ("pv_avail_w", "demand_w", "import_price_per_j",
+                                                      "export_price_per_j", "p_imp_max_w", "p_exp_max_w")}
+    def_max = window.get("p_def_max_w")
+    plan = policies.solve_oracle(cfg, truth.e0_j, w["pv_avail_w"], w["demand_w"], w["import_price_per_j"],
+                                 w["export_price_per_j"], w["p_imp_max_w"], w["p_exp_max_w"],
+                                 jobs=window.get("jobs"),
+                                 p_def_max_w=None if def_max is None else np.asarray(def_max, float)[:n])
+    return policies.day_ahead_policy(plan, truth, cfg, w["pv_avail_w"]), plan
+
+
 def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1):
     """Run every policy over ``n_days`` real days of ``profile``.
 
@@ -207,7 +288,8 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     dict
         ``costs``: policy -> [n_days] total cost [c] (``mpc_own_reserve``: NaN on days without
         the reserve run); ``days``; ``sources`` (forecast source -> count); ``solve_ms`` (MPC
-        solve times); ``statuses``; ``example`` (results of day 0 for the plot); ``cfg``.
+        solve times); ``dayahead_ms`` (day-ahead LP solve times [ms], one a day); ``statuses``;
+        ``example`` (results of day 0 for the plot); ``cfg``.
     """
     from picogrid.edge.forecast import Forecaster
     from picogrid.models import features as F
@@ -221,9 +303,13 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     data = DayData(frame, n_ticks, cfg.dt_s)
     fc_profile = profile if profile in F.PROFILES else "lab"
     forecaster = Forecaster(profile=fc_profile)
-    policies_run = ["naive", "oracle", "mpc_perfect", "mpc_own"] + (["mpc_own_reserve"] if profile == "site" else [])
+    if forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
+        raise ValueError(f"{profile}: forecaster horizon {forecaster.horizon} / MPC horizon {cfg.horizon} "
+                         f"shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
+    policies_run = ["naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"] + (
+        ["mpc_own_reserve"] if profile == "site" else [])
     costs = {p: [] for p in policies_run}
-    sources, solve_ms, statuses, example = {}, [], {}, None
+    sources, solve_ms, dayahead_ms, statuses, example = {}, [], [], {}, None
     ctrl = MpcController(cfg)
     # a perfect forecast has no spread: its scenarios would be copies of one
     ctrl_perfect = MpcController(cfg.replace(scenario_weights=None, scenario_quantiles=None))
@@ -235,8 +321,10 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
                                        truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
         results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+        tick0 = {}
         for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
-                            ("mpc_own", ctrl, own_forecast(data, i, truth, cfg, forecaster, sources)),
+                            ("mpc_own", ctrl, keep_first_window(
+                                own_forecast(data, i, truth, cfg, forecaster, sources), tick0)),
                             ("mpc_own_reserve", ctrl_res,
                              own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
             if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
@@ -250,6 +338,9 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
                 statuses[dcs.status.split(":")[0]] = statuses.get(dcs.status.split(":")[0], 0) + 1
                 return dcs
             results[name] = policies.simulate_policy(timed, truth, cfg)
+        dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
+        dayahead_ms.append(1e3 * plan.solve_time_s)
+        results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)
         for p in policies_run:
             costs[p].append(results[p].total_cost if p in results else np.nan)
         if example is None:
@@ -257,7 +348,8 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         if progress:
             progress(profile, d + 1, n_days)
     return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[2:2 + n_days],
-            "sources": sources, "solve_ms": np.array(solve_ms), "statuses": statuses,
+            "sources": sources, "solve_ms": np.array(solve_ms), "dayahead_ms": np.array(dayahead_ms),
+            "statuses": statuses,
             "example": example, "cfg": cfg, "forecaster_profile": fc_profile,
             "forecaster_models": sorted(forecaster.models)}
 
@@ -292,7 +384,8 @@ def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, rese
     merged = dict(parts[0])
     merged["costs"] = {p: np.concatenate([r["costs"][p] for r in parts]) for p in parts[0]["costs"]}
     merged["days"] = [d for r in parts for d in r["days"]]
-    merged["solve_ms"] = np.concatenate([r["solve_ms"] for r in parts])
+    for key in ("solve_ms", "dayahead_ms"):
+        merged[key] = np.concatenate([r[key] for r in parts])
     for key in ("sources", "statuses"):
         merged[key] = {}
         for r in parts:
@@ -332,7 +425,7 @@ def plot_day(example, cfg, path):
         ax[0].plot(t, r.deferrable_w, color="purple", label="deferrable jobs")
     ax[0].set_ylabel("power [W]")
     ax[0].legend(fontsize=7, ncol=3)
-    for name, style in (("mpc_own", "-"), ("oracle", "--"), ("naive", ":")):
+    for name, style in (("mpc_own", "-"), ("dayahead_own", "-."), ("oracle", "--"), ("naive", ":")):
         ax[1].plot(np.arange(truth.n_steps + 1) * cfg.dt_s / 3600.0, results[name].e_j, ls=style, label=name)
     ax[1].axhline(cfg.e_min_j, color="grey", lw=0.5)
     ax[1].axhline(cfg.e_max_j, color="grey", lw=0.5)
@@ -368,14 +461,17 @@ def report(profile, res, out):
               f"{with_r:.5g} c vs {without:.5g} c without, reserve cost {with_r - without:+.5g} c; "
               f"capture {100 * capture(c, 'mpc_own_reserve'):.1f} % vs {100 * _capture_on(c, on):.1f} %",
               file=out)
-    per_day = [policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["oracle"])]
-    print(f"  per-day capture (own forecasts): median {100 * np.nanmedian(per_day):.1f} %", file=out)
+    med = {p: 100 * np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c[p], c["oracle"])])
+           for p in ("mpc_own", "dayahead_own")}
+    print(f"  per-day capture (own forecasts): median {med['mpc_own']:.1f} % (MPC), "
+          f"{med['dayahead_own']:.1f} % (day-ahead plan)", file=out)
     src = ", ".join(f"{k} x{v}" for k, v in sorted(res["sources"].items()))
     print(f"  forecasts: profile {res['forecaster_profile']!r}, ONNX models for {res['forecaster_models']}; "
           f"series-ticks by source: {src}", file=out)
     ms = res["solve_ms"]
     print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "
-          f"statuses {res['statuses']}", file=out)
+          f"statuses {res['statuses']}; day-ahead LP (HiGHS, whole day) p50 "
+          f"{np.percentile(res['dayahead_ms'], 50):.1f} ms", file=out)
 
 
 def main(argv=None):

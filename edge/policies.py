@@ -6,6 +6,8 @@
   whole day, solved exactly as a linear programme with HiGHS (``scipy.optimize.linprog``),
   without the MPC's tiny quadratic regularisation: a simplex/IPM vertex solution is exact to
   ~1e-9, so the oracle is a true lower bound and not an ADMM-tolerance approximation.
+- :func:`day_ahead_policy`: a whole-day plan followed open loop (storage and deferrable power
+  from the plan, loads and PV as they come), as a home follows an EMHASS day-ahead plan.
 - :func:`simulate_policy`, :func:`day_cost`, :func:`savings_capture`: closed-loop day
   simulation and the figure of merit of DESIGN.md §4,
   ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)``.
@@ -24,6 +26,7 @@ served/demand powers of loads are positive numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -462,6 +465,57 @@ def oracle_policy(oracle):
                         p_grid_w=float(plan["p_imp"][t] - plan["p_exp"][t]),
                         pv_cap_w=float(plan["p_pv"][t]), load_served_w=plan["p_load"][t].copy(),
                         p_deferrable_w=float(plan["p_def"][t].sum()))
+
+    return policy
+
+
+def day_ahead_policy(plan, truth, cfg, pv_planned_w):
+    """``policy_fn`` following a day-ahead plan open loop, the way a home follows an EMHASS plan.
+
+    The storage power and the deferrable delivery of each step are the plan's (as
+    :func:`oracle_policy` replays them); the loads are set to their demand now, as the naive
+    rule serves them (a household load is not dispatched: the plant sheds only what the grid
+    cannot cover); PV runs free (MPPT) except where the plan curtailed it, and there it is
+    capped at the plan's PV power; the grid takes whatever is left (:func:`plant_step`).
+
+    Parameters
+    ----------
+    plan : Decision
+        A whole-day plan of :func:`solve_oracle` (``plan.plan`` arrays of at least ``T`` steps),
+        solved on whatever data the planner had (forecasts, or the truth for the oracle).
+    truth : DayTruth
+        The real day (``T`` steps): gives the demand and available PV of the current step,
+        which the lab feed and the boards tell at the time of the step.
+    cfg : MpcConfig
+        ``n_loads``.
+    pv_planned_w : array [>= T]
+        The PV power the plan was solved with [W]; a step is curtailed where the plan's PV
+        use is below it by more than 1e-6 of its peak.
+
+    Returns
+    -------
+    callable ``(t, e_j, delivered_j=None) -> Decision`` with ``status='dayahead'``.
+
+    Raises
+    ------
+    ValueError
+        If the plan or ``pv_planned_w`` covers fewer steps than the day.
+    """
+    n = truth.n_steps
+    p_pv = np.asarray(plan.plan["p_pv"], float)
+    pv_planned = np.asarray(pv_planned_w, float)
+    if p_pv.shape[0] < n or pv_planned.shape[0] < n:
+        raise ValueError(f"the plan covers {min(p_pv.shape[0], pv_planned.shape[0])} steps, the day {n}")
+    tol_w = 1e-6 * max(float(np.max(np.abs(pv_planned[:n]), initial=0.0)), 1e-9)
+    curtailed = p_pv[:n] < pv_planned[:n] - tol_w
+    demand = np.asarray(truth.demand_w, float).reshape(n, cfg.n_loads)
+    pv_avail = np.asarray(truth.pv_avail_w, float)
+    follow = oracle_policy(plan)
+
+    def policy(t, e_j, delivered_j=None):
+        d = follow(t, e_j, delivered_j)
+        return dataclasses.replace(d, status="dayahead", load_served_w=demand[t].copy(),
+                                   pv_cap_w=float(p_pv[t] if curtailed[t] else pv_avail[t]))
 
     return policy
 

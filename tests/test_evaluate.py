@@ -1,4 +1,4 @@
-"""Tests of ``picogrid evaluate`` (picogrid.edge.evaluate): job split, day-end padding, fast path."""
+"""Tests of ``picogrid evaluate`` (picogrid.edge.evaluate): job split, day-end padding, day-ahead plan, fast path."""
 
 import re
 
@@ -49,9 +49,68 @@ def test_fast_path_lab_days(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "== lab: 3 real days 2013-07-01 .. 2013-07-03" in out
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
-    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own"}
+    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"}
     assert costs["oracle"] <= min(costs.values()) + 1e-6          # the oracle bounds every policy
     perfect = float(re.search(r"mpc_perfect .*savings capture\s+(\S+) %", out).group(1))
     assert perfect >= 90.0
-    assert "forecasts: profile 'lab'" in out and "MPC solve p50" in out
+    assert re.search(r"dayahead_own .*savings capture\s+-?\d+\.\d %", out)
+    assert re.search(r"median \S+ % \(MPC\), \S+ % \(day-ahead plan\)", out)
+    assert "forecasts: profile 'lab'" in out and "MPC solve p50" in out and "day-ahead LP (HiGHS" in out
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _real_days(profile, n_days):
+    """Two days of history then ``n_days`` real days of ``profile`` with their jobs."""
+    from picogrid.models.scenario import build_bench_days
+
+    site, cfg, scaling = evaluate.load_site(profile)
+    n_ticks = int(site["bench"]["n_ticks"])
+    data = evaluate.DayData(build_bench_days("2013-06-29", n_days + 2, n_ticks, scaling), n_ticks, cfg.dt_s)
+    return data, cfg
+
+
+@pytest.mark.parametrize("profile", ["lab", "site"])
+def test_dayahead_plan_on_perfect_forecasts_scores_the_oracle(profile):
+    data, cfg = _real_days(profile, 2)
+    for i in (2, 3):
+        truth = data.truth(i, cfg)
+        assert truth.jobs and np.ptp(truth.import_price_per_j) > 0
+        oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+                                       truth.export_price_per_j, jobs=truth.jobs)
+        best = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+        window = evaluate.perfect_forecast(data, i, truth, cfg)(0)
+        policy, plan = evaluate.dayahead_policy(window, truth, cfg)
+        got = policies.simulate_policy(policy, truth, cfg)
+        assert got.total_cost == pytest.approx(best.total_cost, rel=1e-9, abs=1e-9)
+        assert got.total_cost == pytest.approx(oracle.objective, rel=1e-6)
+        naive = policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
+        assert got.total_cost < naive.total_cost - 1e-3 * abs(naive.total_cost)
+        assert set(got.statuses) == {"dayahead"}
+        assert got.costs["deferrable_shortfall_cost"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dayahead_plan_is_followed_open_loop():
+    """A demand the plan did not expect changes the grid power, not the storage power."""
+    data, cfg = _real_days("lab", 1)
+    truth = data.truth(2, cfg)
+    policy, plan = evaluate.dayahead_policy(evaluate.perfect_forecast(data, 2, truth, cfg)(0), truth, cfg)
+    surprise = policies.DayTruth(truth.pv_avail_w, 1.2 * truth.demand_w, truth.import_price_per_j,
+                                 truth.export_price_per_j, truth.e0_j, jobs=truth.jobs)
+    planned = policies.simulate_policy(policy, truth, cfg)
+    # same plan (same forecast window), now followed on a day with 20 % more demand
+    policy, _ = evaluate.dayahead_policy(evaluate.perfect_forecast(data, 2, truth, cfg)(0), surprise, cfg)
+    got = policies.simulate_policy(policy, surprise, cfg)
+    np.testing.assert_allclose(got.storage_w, plan.plan["p_dis"] - plan.plan["p_ch"], atol=1e-9)
+    np.testing.assert_allclose(got.storage_w, planned.storage_w, atol=1e-9)
+    np.testing.assert_allclose(got.load_served_w, surprise.demand_w, atol=1e-9)   # loads served as they come
+    extra_w = got.grid_w - planned.grid_w
+    np.testing.assert_allclose(extra_w, 0.2 * truth.demand_w.sum(axis=1), atol=1e-9)
+
+
+def test_dayahead_plan_needs_a_whole_day_of_forecast():
+    data, cfg = _real_days("lab", 1)
+    truth = data.truth(2, cfg)
+    window = evaluate.perfect_forecast(data, 2, truth, cfg)(0)
+    short = {k: (v[:30] if isinstance(v, np.ndarray) else v) for k, v in window.items()}
+    with pytest.raises(ValueError, match="whole day"):
+        evaluate.dayahead_policy(short, truth, cfg)
