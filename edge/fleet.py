@@ -3,6 +3,13 @@
 Frames arrive on the links' reader threads (:mod:`picogrid.edge.links`); the tick thread
 reads consistent copies through :meth:`Fleet.snapshot`. A board that stops talking is
 reported as stale and the others keep running: nothing here blocks on one board.
+
+On authenticated links the fleet also applies the session checks of PROTOCOL.md section 6
+that the codec cannot: a HELLO carrying the ``boot_nonce`` of an earlier, superseded session
+of that board is a replay and is dropped, and telemetry whose uptime ``t_ms`` steps back
+within one session is dropped from the board's state. Both are counted per board and recorded
+as fleet events (``replayed_hello``, ``t_ms_regression``), which the runner stores with the
+other events.
 """
 
 import collections
@@ -15,6 +22,13 @@ from picogrid.firmware import protocol as P
 log = logging.getLogger(__name__)
 
 _ACKS_KEPT = 1024     # acks remembered per board (latency stats look back this far)
+# Superseded boot nonces remembered per board. Only a genuine reboot adds one (a new nonce
+# needs the board's key on an authenticated link), so 64 covers any plausible run; the bound
+# keeps memory and the lookup fixed for a board stuck in a watchdog-reset loop for days. A
+# session older than the last 64 reboots can be replayed again: accepted, as the price of
+# that bound. A genuine reboot collides with a remembered nonce with probability 64 / 2**32.
+_NONCES_KEPT = 64
+_U32 = 1 << 32
 
 
 class BoardState:
@@ -35,6 +49,11 @@ class BoardState:
         self._expect_snapshot = None   # seq of the ack whose snapshot is awaited
         self.failsafe_events = 0
         self.link = None
+        self.authenticated = False     # session checks apply (set by Fleet.attach)
+        self.old_nonces = collections.deque(maxlen=_NONCES_KEPT)   # superseded sessions
+        self.last_t_ms = None          # uptime of the last accepted telemetry of this session [ms]
+        self.replayed_hellos = 0
+        self.t_ms_regressions = 0
 
     @property
     def failsafe(self):
@@ -60,8 +79,29 @@ class Fleet:
         self.events = collections.deque(maxlen=1000)   # (t_s, name, kind, detail)
         self.foreign_frames = 0
 
-    def attach(self, name, link):
-        self.boards[name].link = link
+    def attach(self, name, link, authenticated=None):
+        """Attach the link of board ``name``.
+
+        Parameters
+        ----------
+        name : str, a board of this fleet
+        link : a :mod:`picogrid.edge.links` link (anything with ``send``)
+        authenticated : bool or None
+            Whether the link only delivers frames whose HMAC tag checked; the replay and
+            ``t_ms`` checks of PROTOCOL.md section 6 run only then. None: true when the link
+            was given a key (every TCP link; a serial link only if provisioned with one).
+
+        Raises
+        ------
+        KeyError if ``name`` is not a board of this fleet.
+        """
+        b = self.boards[name]
+        if authenticated is None:
+            # a keyed decoder drops every untagged or badly tagged frame (protocol.Decoder)
+            authenticated = getattr(link, "_key", None) is not None
+        with self._lock:
+            b.link = link
+            b.authenticated = bool(authenticated)
 
     # -- receiving (link threads) --------------------------------------------------
     def on_frame(self, link_name, msg_type, board_id, seq, payload):
@@ -81,9 +121,17 @@ class Fleet:
 
     def _dispatch(self, b, now, msg_type, seq, payload):
         with self._cond:
-            b.last_seen_s = now
+            # screen first: a frame dropped as a replay does not make a dead board look alive
             if msg_type == P.MSG_TELEMETRY:
                 t = dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(payload)))
+                if b.authenticated and not self._t_ms_continues(b, now, seq, t["t_ms"]):
+                    return
+            elif msg_type == P.MSG_HELLO:
+                hello = P.unpack_hello(payload)
+                if b.authenticated and not self._new_or_current_session(b, now, seq, hello[3]):
+                    return
+            b.last_seen_s = now
+            if msg_type == P.MSG_TELEMETRY:
                 b.telemetry = t
                 self.telemetry_log.append((now, b.name, b.role, seq, t))
                 if b._expect_snapshot is not None:
@@ -96,7 +144,7 @@ class Fleet:
                     del b.acks[next(iter(b.acks))]
                 b._expect_snapshot = acked
             elif msg_type == P.MSG_HELLO:
-                b.role, b.firmware_version, b.capabilities, b.boot_nonce = P.unpack_hello(payload)
+                b.role, b.firmware_version, b.capabilities, b.boot_nonce = hello
                 self.events.append((now, b.name, "hello", "%s fw %s" % (b.role, b.firmware_version)))
             elif msg_type == P.MSG_EVENT:
                 code, detail = P.unpack_event(payload)
@@ -106,6 +154,45 @@ class Fleet:
                 self.events.append((now, b.name, kind, detail))
                 log.info("board %s: %s %s", b.name, kind, detail)
             self._cond.notify_all()
+
+    def _new_or_current_session(self, b, now, seq, nonce):
+        """Session bookkeeping for an authenticated HELLO (lock held); False = replay, dropped.
+
+        The board's current nonce is a re-announcement (the answer to :meth:`request_hello`,
+        or the HELLO of a new TCP connection); a nonce of a superseded session is a replay
+        of a recorded session (PROTOCOL.md section 6); any other nonce is a reboot.
+        """
+        if nonce == b.boot_nonce:
+            return True
+        if nonce in b.old_nonces:
+            b.replayed_hellos += 1
+            detail = "seq %d: boot_nonce 0x%08x of an earlier session (current 0x%08x)" % (
+                seq, nonce, b.boot_nonce)
+            self.events.append((now, b.name, "replayed_hello", detail))
+            log.warning("board %s: replayed HELLO dropped, %s", b.name, detail)
+            return False
+        if b.boot_nonce is not None:
+            b.old_nonces.append(b.boot_nonce)
+        b.last_t_ms = None     # the new session's uptime starts again
+        return True
+
+    def _t_ms_continues(self, b, now, seq, t_ms):
+        """Check telemetry uptime continuity within the session (lock held); False = dropped.
+
+        ``t_ms`` is a u32 that wraps after 2**32 ms (49.7 days): a step back by more than
+        half the u32 range is read as a wrap, i.e. a step forward.
+        """
+        if b.last_t_ms is not None:
+            back_ms = (b.last_t_ms - t_ms) % _U32
+            if 0 < back_ms <= _U32 // 2:
+                b.t_ms_regressions += 1
+                detail = "seq %d: t_ms %d after %d in session 0x%08x" % (
+                    seq, t_ms, b.last_t_ms, b.boot_nonce if b.boot_nonce is not None else 0)
+                self.events.append((now, b.name, "t_ms_regression", detail))
+                log.warning("board %s: telemetry going back in time dropped, %s", b.name, detail)
+                return False
+        b.last_t_ms = t_ms
+        return True
 
     # -- sending (tick thread) -----------------------------------------------------
     def request_hello(self):
@@ -144,12 +231,15 @@ class Fleet:
 
     # -- reading (tick thread) -----------------------------------------------------
     def snapshot(self):
-        """A consistent copy: name -> dict(telemetry, last_seen_s, snapshot, failsafe)."""
+        """A consistent copy: name -> dict(telemetry, last_seen_s, snapshot, failsafe, role,
+        firmware_version, boot_nonce, replayed_hellos, t_ms_regressions)."""
         with self._lock:
             return {n: {"telemetry": dict(b.telemetry) if b.telemetry else None,
                         "last_seen_s": b.last_seen_s, "snapshot": b.snapshot,
                         "failsafe": b.failsafe, "role": b.role,
-                        "firmware_version": b.firmware_version}
+                        "firmware_version": b.firmware_version, "boot_nonce": b.boot_nonce,
+                        "replayed_hellos": b.replayed_hellos,
+                        "t_ms_regressions": b.t_ms_regressions}
                     for n, b in self.boards.items()}
 
     def telemetry_peek(self):

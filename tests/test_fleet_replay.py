@@ -1,0 +1,220 @@
+"""The edge's session checks of PROTOCOL.md section 6: boot nonces and telemetry ``t_ms``.
+
+A real :class:`TcpLink` (authenticated, HMAC) connects to a real listening socket on the
+loopback; the test plays the board and an eavesdropper who recorded its frames and replays
+them byte for byte. A real :class:`SerialLink` on a pseudo-terminal is the unauthenticated
+case, where the document says no replay check is made.
+"""
+
+import os
+import socket
+import time
+import tty
+
+import pytest
+
+from picogrid.edge.fleet import Fleet
+from picogrid.edge.links import SerialLink, TcpLink
+from picogrid.firmware import protocol as P
+
+KEY = b"picogrid-test-key-0123456789abcd"     # the PROTOCOL.md test key
+STORAGE_ID = 2
+
+
+class Clock:
+    """The fleet's injected clock [s], set by the test."""
+
+    def __init__(self):
+        self.t_s = 0.0
+
+    def __call__(self):
+        return self.t_s
+
+
+class Board:
+    """The test's side of the link: frames as the storage board would send them."""
+
+    def __init__(self, write, key):
+        self.write = write
+        self.key = key
+        self.seq = 0
+
+    def send(self, msg_type, payload):
+        """Send one frame with the next sequence number; returns its bytes (for replays)."""
+        self.seq += 1
+        frame = P.encode_frame(msg_type, STORAGE_ID, self.seq, payload, self.key)
+        self.write(frame)
+        return frame
+
+    def hello(self, nonce):
+        return self.send(P.MSG_HELLO, P.pack_hello("storage", "1.0.0", 2, nonce))
+
+    def telemetry(self, t_ms):
+        return self.send(P.MSG_TELEMETRY, P.pack_telemetry(t_ms, 7.0, 9.0, 0.1, 0.9, 0.9, 3.0, 1.0, 0))
+
+    def reboot(self):
+        self.seq = 0
+
+
+def _wait(cond, timeout_s=3.0):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _events(fleet, kind):
+    return [e for e in fleet.events if e[2] == kind]
+
+
+@pytest.fixture
+def tcp_board():
+    """Fleet + authenticated TcpLink for ``storage``, connected to the test's board socket."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5.0)
+    clock = Clock()
+    fleet = Fleet({"storage": STORAGE_ID, "load1": 4}, clock=clock)
+    link = TcpLink("storage", "127.0.0.1:%d" % server.getsockname()[1], fleet.on_frame, KEY)
+    fleet.attach("storage", link)
+    conn, _ = server.accept()
+    assert _wait(lambda: link.connected)
+    yield Board(conn.sendall, KEY), fleet, link, clock, conn
+    link.close()
+    conn.close()
+    server.close()
+
+
+def _state(fleet):
+    return fleet.snapshot()["storage"]
+
+
+def test_link_with_a_key_is_checked_one_without_is_not(tcp_board):
+    _, fleet, _, _, _ = tcp_board
+    assert fleet.boards["storage"].authenticated and not fleet.boards["load1"].authenticated
+
+
+def test_reannounced_hello_is_accepted(tcp_board):
+    board, fleet, link, _, conn = tcp_board
+    board.hello(0xA0A0A0A0)
+    board.telemetry(1000)
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 1000)
+    # the edge asks for a re-announcement; the board answers with its current nonce
+    fleet.request_hello()
+    conn.settimeout(2.0)
+    dec = P.Decoder(key=KEY)
+    got = []
+    assert _wait(lambda: got.extend(dec.feed(conn.recv(256))) or any(
+        f[0] == P.MSG_HELLO and f[3] == b"" for f in got))
+    board.hello(0xA0A0A0A0)
+    board.telemetry(1500)
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 1500)
+    s = _state(fleet)
+    assert s["boot_nonce"] == 0xA0A0A0A0 and s["role"] == "storage"
+    assert s["replayed_hellos"] == 0 and s["t_ms_regressions"] == 0
+    assert len(_events(fleet, "hello")) == 2 and not _events(fleet, "replayed_hello")
+    assert link.errors["auth_errors"] == link.errors["replay_errors"] == 0
+
+
+def test_replayed_hello_of_an_earlier_session_is_dropped_and_counted(tcp_board):
+    board, fleet, _, clock, _ = tcp_board
+    clock.t_s = 10.0
+    recorded = board.hello(0x11111111)            # an eavesdropper records the first session
+    board.telemetry(60_000)
+    assert _wait(lambda: _state(fleet)["telemetry"] is not None)
+    board.reboot()
+    clock.t_s = 20.0
+    board.hello(0x22222222)
+    board.telemetry(150)
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 150)
+    clock.t_s = 30.0
+    board.write(recorded)                         # same bytes, valid tag: passes the codec
+    assert _wait(lambda: _state(fleet)["replayed_hellos"] == 1)
+    s = _state(fleet)
+    assert s["boot_nonce"] == 0x22222222          # the session did not change
+    assert s["last_seen_s"] == 20.0               # a replay is no sign of life
+    (event,) = _events(fleet, "replayed_hello")
+    assert event[1] == "storage" and "0x11111111" in event[3] and "0x22222222" in event[3]
+    # the runner stores fleet events as they are drained
+    assert ("storage", "replayed_hello") in [(n, k) for _, n, k, _ in fleet.drain_events()]
+    # the genuine board goes on in its session
+    board.telemetry(400)
+    assert _wait(lambda: _state(fleet)["telemetry"]["t_ms"] == 400)
+    assert _state(fleet)["t_ms_regressions"] == 0
+
+
+def test_reboot_with_a_new_nonce_starts_a_new_session(tcp_board):
+    board, fleet, _, _, _ = tcp_board
+    board.hello(0x33333333)
+    board.telemetry(90_000)
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 90_000)
+    board.reboot()
+    board.hello(0x44444444)
+    board.telemetry(200)                          # uptime restarted with the new session
+    assert _wait(lambda: _state(fleet)["telemetry"]["t_ms"] == 200)
+    s = _state(fleet)
+    assert s["boot_nonce"] == 0x44444444
+    assert s["replayed_hellos"] == 0 and s["t_ms_regressions"] == 0
+    assert [row[4]["t_ms"] for row in fleet.drain_telemetry()] == [90_000, 200]
+
+
+def test_t_ms_regression_is_counted_and_not_used(tcp_board):
+    board, fleet, _, clock, _ = tcp_board
+    board.hello(0x55555555)
+    clock.t_s = 1.0
+    board.telemetry(5000)
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 5000)
+    clock.t_s = 2.0
+    board.telemetry(4000)                         # higher seq, older uptime
+    assert _wait(lambda: _state(fleet)["t_ms_regressions"] == 1)
+    s = _state(fleet)
+    assert s["telemetry"]["t_ms"] == 5000 and s["last_seen_s"] == 1.0
+    (event,) = _events(fleet, "t_ms_regression")
+    assert "t_ms 4000 after 5000" in event[3]
+    board.telemetry(6000)
+    assert _wait(lambda: _state(fleet)["telemetry"]["t_ms"] == 6000)
+    assert [row[4]["t_ms"] for row in fleet.drain_telemetry()] == [5000, 6000]
+    assert _state(fleet)["t_ms_regressions"] == 1
+
+
+def test_t_ms_u32_wrap_is_not_a_regression(tcp_board):
+    board, fleet, _, _, _ = tcp_board
+    board.hello(0x66666666)
+    board.telemetry(2**32 - 300)                  # 49.7 days of uptime
+    assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 2**32 - 300)
+    board.telemetry(200)                          # 500 ms later, after the wrap
+    assert _wait(lambda: _state(fleet)["telemetry"]["t_ms"] == 200)
+    board.telemetry(2**32 - 100)                  # back across the wrap: a regression
+    assert _wait(lambda: _state(fleet)["t_ms_regressions"] == 1)
+    assert _state(fleet)["telemetry"]["t_ms"] == 200
+
+
+def test_unauthenticated_link_has_no_session_checks():
+    # PROTOCOL.md section 6: no replay check without a key (nothing to protect, and a HELLO
+    # lost to noise must not freeze a rebooted board's telemetry)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    fleet = Fleet({"storage": STORAGE_ID})
+    link = SerialLink("storage", os.ttyname(slave), fleet.on_frame)
+    fleet.attach("storage", link)
+    try:
+        board = Board(lambda data: os.write(master, data), None)
+        board.hello(0x77777777)
+        board.hello(0x88888888)
+        board.hello(0x77777777)
+        board.telemetry(5000)
+        board.telemetry(4000)
+        assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 4000)
+        s = _state(fleet)
+        assert s["boot_nonce"] == 0x77777777
+        assert s["replayed_hellos"] == 0 and s["t_ms_regressions"] == 0
+    finally:
+        link.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_attach_rejects_an_unknown_board():
+    with pytest.raises(KeyError):
+        Fleet({"storage": STORAGE_ID}).attach("pv", None)
