@@ -214,7 +214,3 @@ def test_unauthenticated_link_has_no_session_checks():
         os.close(master)
         os.close(slave)
 
-
-def test_attach_rejects_an_unknown_board():
-    with pytest.raises(KeyError):
-        Fleet({"storage": STORAGE_ID}).attach("pv", None)
