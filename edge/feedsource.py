@@ -51,6 +51,7 @@ class FeedSource:
         self.sources = {}            # tick -> where the feed's values came from
         self.yesterday_sun = None    # the sun the edge saw on the previous day
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
+        self._jobs = []              # the day's /deferables, as last heard
         self._lock = threading.Lock()
         self._tick = None
 
@@ -66,7 +67,11 @@ class FeedSource:
                 self.yesterday_sun = self.observed["sun"].copy()
                 for a in self.observed.values():
                     a[:] = np.nan
+                self._jobs = []
             self.day = snap.day
+            if snap.sources.get("deferables") in ("live", "cached"):
+                self._jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
+                              for j in snap.deferables]
             self._tick = k
             sun = snap.sun_fraction if snap.sun_fraction is not None else (
                 self.observed["sun"][k - 1] if k > 0 else 0.0)
@@ -97,6 +102,10 @@ class FeedSource:
         past = self.observed[series][:tick]
         past = past[~np.isnan(past)]
         return float(past[-1]) if past.size else 0.0
+
+    def jobs(self):
+        """The day's deferrable jobs as the feed last gave them: ``[{start, end, energy}]``."""
+        return [dict(j) for j in self._jobs]
 
     def sun_now(self, tick):
         return float(self.observed["sun"][tick])

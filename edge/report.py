@@ -2,16 +2,42 @@
 
 Both policies ran on identical benches at the same time; their figures are the boards'
 energy counters, costed with the optimiser's objective terms: import cost - export revenue
-+ value of lost load x shed energy + cycling cost - terminal value of the stored energy.
-The perfect-foresight optimum is the same model solved on the day's true data
++ value of lost load x shed energy + cycling cost - terminal value of the stored energy
++ the deferrable value of job energy not delivered in its window (jobs whose window closed
+within the run). The perfect-foresight optimum is the same model solved on the day's true data
 (:mod:`picogrid.edge.policies`) from the storage energy the bench started with; the naive
 rule on that model is reported too, to show how far the model is from the bench.
 """
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from picogrid.edge import policies
+from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.signals import LOADS
+
+
+@dataclass
+class Deferrable:
+    """The deferrable load of a run: its board, rating [W] and the day's jobs (lab feed format)."""
+
+    board: str | None = None
+    rating_w: float = 0.0
+    jobs: list = field(default_factory=list)
+
+    def closed_jobs(self, n_ticks):
+        """Jobs whose window closed within ``n_ticks``: the ones a run of that length is scored on."""
+        return [j for j in self.jobs if j["end"] <= n_ticks] if self.board else []
+
+
+def _jobs_delivered(rows, deferrable, dt):
+    """(power that went to jobs per tick [W] (NaN-free), shortfall of the closed jobs [J])."""
+    jobs_w = np.nan_to_num(_col(rows, "deferrable_w")) if rows and "deferrable_w" in rows[0] else np.zeros(len(rows))
+    ledger = JobLedger(deferrable.closed_jobs(len(rows)))
+    for t, w in enumerate(jobs_w):
+        ledger.deliver(t, w * dt, dt)
+    return jobs_w, ledger.shortfall_j()
 
 
 def _col(rows, name, sign=1.0):
@@ -25,18 +51,24 @@ def incomplete_ticks(rows):
     return [r["tick"] for r in rows if any(r[k] is None for k in keys)]
 
 
-def measured_costs(rows, cfg):
+def measured_costs(rows, cfg, deferrable=None):
     """Cost terms of a measured day from its dispatch rows.
 
     A term is NaN when a tick lacks the measurement it needs: an unmetered tick is never
     counted as free (or as fully shed), so a bench that missed acks cannot look better.
+    ``deferrable`` (:class:`Deferrable`): the deferrable board's energy that went to jobs is
+    not served demand, and job energy not delivered costs ``cfg.voll_def_per_j``.
     """
+    deferrable = deferrable or Deferrable()
     dt = cfg.dt_s
     grid = _col(rows, "grid_w")
     imp = _col(rows, "import_price_per_j")
     exp = _col(rows, "export_price_per_j")
     demand = np.stack([_col(rows, l + "_demand_w") for l in LOADS], axis=1)
     served = np.stack([_col(rows, l + "_w", -1.0) for l in LOADS], axis=1)
+    jobs_w, shortfall_j = _jobs_delivered(rows, deferrable, dt)
+    if deferrable.board:
+        served[:, LOADS.index(deferrable.board)] -= jobs_w
     storage = _col(rows, "storage_w")
     shed = np.maximum(demand - served, 0.0)
     e_end = rows[-1]["storage_energy_j"]
@@ -46,23 +78,31 @@ def measured_costs(rows, cfg):
         "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * shed)),
         "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(storage))),
         "terminal_value": float(cfg.terminal_value_per_j * e_end) if e_end is not None else float("nan"),
+        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * shortfall_j),
     }
     costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
-                      + costs["cycling_cost"] - costs["terminal_value"])
+                      + costs["cycling_cost"] - costs["terminal_value"] + costs["deferrable_shortfall_cost"])
     return costs
 
 
-def model_baselines(truth, cfg, e0_j):
-    """Naive rule and perfect-foresight optimum on the model (``policies.DayResult`` each)."""
+def model_baselines(truth, cfg, e0_j, deferrable=None):
+    """Naive rule and perfect-foresight optimum on the model (``policies.DayResult`` each),
+    with the deferrable jobs of :class:`Deferrable` delivered by its board's headroom."""
+    deferrable = deferrable or Deferrable()
     n = len(truth["pv_available_w"])
     demand = np.stack([truth[l + "_demand_w"] for l in LOADS], axis=1)
+    jobs = deferrable.closed_jobs(n)
+    def_limit = (np.maximum(deferrable.rating_w - demand[:, LOADS.index(deferrable.board)], 0.0)
+                 if jobs else None)
     day = policies.DayTruth(pv_avail_w=truth["pv_available_w"], demand_w=demand,
                             import_price_per_j=truth["import_price_per_j"],
-                            export_price_per_j=truth["export_price_per_j"], e0_j=e0_j)
-    day_cfg = cfg.replace(horizon=n)
+                            export_price_per_j=truth["export_price_per_j"], e0_j=e0_j,
+                            jobs=jobs or None, p_def_max_w=def_limit)
+    day_cfg = cfg.replace(horizon=n, n_jobs=max(cfg.n_jobs, len(jobs)))
     naive = policies.simulate_policy(policies.naive_policy(day, day_cfg), day, day_cfg)
     oracle_plan = policies.solve_oracle(day_cfg, e0_j, day.pv_avail_w, demand,
-                                        day.import_price_per_j, day.export_price_per_j)
+                                        day.import_price_per_j, day.export_price_per_j,
+                                        jobs=jobs or None, p_def_max_w=def_limit)
     oracle = policies.simulate_policy(policies.oracle_policy(oracle_plan), day, day_cfg)
     return naive, oracle
 
@@ -81,22 +121,29 @@ def baseline_rows(result, truth, dt_s):
             row[l + "_demand_w"] = truth[l + "_demand_w"][t]
         g = result.grid_w[t]
         row["cost"] = g * dt_s * (truth["import_price_per_j"][t] if g >= 0 else truth["export_price_per_j"][t])
+        row["deferrable_w"] = result.deferrable_w[t] if result.deferrable_w is not None else 0.0
         rows.append({k: float(v) for k, v in row.items()})
     return rows
 
 
-def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_cpu_s=()):
+def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_cpu_s=(), deferrable=None):
     """The end-of-day summary: energies [J], costs [price units], solve times [ms].
 
-    ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches.
+    ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches;
+    ``deferrable`` (:class:`Deferrable`) the run's deferrable load and jobs.
     Returns (summary dict with unit-suffixed keys, oracle DayResult).
     """
     dt = cfg.dt_s
-    naive_model, oracle = model_baselines(truth, cfg, e0_j)
-    mpc = measured_costs(rows, cfg)
-    s = {}
+    deferrable = deferrable or Deferrable()
+    naive_model, oracle = model_baselines(truth, cfg, e0_j, deferrable)
+    mpc = measured_costs(rows, cfg, deferrable)
+    jobs_w, shortfall_j = _jobs_delivered(rows, deferrable, dt)
+    s = {"deferrable_jobs": len(deferrable.closed_jobs(len(rows))),
+         "deferrable_energy_j": float(dt * jobs_w.sum()), "deferrable_shortfall_j": shortfall_j}
     for l in LOADS:
         served = sum(-(r[l + "_w"] or 0.0) for r in rows) * dt
+        if l == deferrable.board:
+            served -= s["deferrable_energy_j"]
         demand = sum(r[l + "_demand_w"] for r in rows) * dt
         s[l + "_served_energy_j"] = served
         s[l + "_shed_energy_j"] = max(demand - served, 0.0)
@@ -109,7 +156,7 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     s["cost_mpc"] = mpc["total"]
     s["bill_mpc"] = mpc["import_cost"] - mpc["export_revenue"]
     if len(naive_rows) == len(rows):
-        naive = measured_costs(naive_rows, cfg)
+        naive = measured_costs(naive_rows, cfg, deferrable)
         s["cost_naive"] = naive["total"]
         s["bill_naive"] = naive["import_cost"] - naive["export_revenue"]
     else:   # the comparison bench did not finish the day: no measured naive figure

@@ -6,18 +6,21 @@ its safe rule (seasonal-naive forecast, rule-based dispatch) so the tick always 
 setpoints. Time comes from the injected ``clock``/``sleep`` pair.
 """
 
+import copy
 import logging
 import time
 
 import numpy as np
 
 from picogrid.edge import dispatch, estimate, metering
+from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOADS
+from picogrid.edge.site import deferrable_board
 from picogrid.edge.stochastic import forecast_inputs
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,12 @@ class EdgeRunner:
         self.last_setpoints = None
         self.operator = Operator(site)
         self.health = Health(fleet.boards)
+        # deferrable jobs (lab feed /deferables) go to the board of the deferrable class
+        self.ledger, self._jobs_heard = JobLedger(), None
+        # (tick, J) sent to jobs in the last tick: metered only after the next tick's setpoints
+        # go out, so planning counts it as delivered until the meters say how much it was
+        self._jobs_pending = None
+        self.def_board, self.def_rating_w = deferrable_board(site)
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
@@ -106,12 +115,36 @@ class EdgeRunner:
             src = {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
         return fc, src
 
+    def update_jobs(self):
+        """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
+        jobs = self.source.jobs() if self.def_board and hasattr(self.source, "jobs") else []
+        if jobs != self._jobs_heard:
+            self.ledger.replace(jobs)
+            self._jobs_heard = jobs
+            log.info("%s: %d deferrable job(s): %s", self.policy, len(jobs), jobs)
+
+    def open_jobs(self):
+        """The ledger with the last tick's job energy counted as delivered (see ``_jobs_pending``)."""
+        if self._jobs_pending is None:
+            return self.ledger
+        ledger = copy.deepcopy(self.ledger)
+        ledger.deliver(*self._jobs_pending, self.tick_s)
+        return ledger
+
+    def def_headroom_w(self, demand_w):
+        """Power the deferrable board can add for jobs on top of its demand [W], shape of ``demand_w[..., 0]``."""
+        if not self.def_board:
+            return np.zeros(np.shape(demand_w)[:-1])
+        return np.maximum(self.def_rating_w - np.asarray(demand_w)[..., LOADS.index(self.def_board)], 0.0)
+
     def decide_naive(self, k, e_j, islanded):
-        """The rule-based baseline: PV -> loads -> storage -> grid on what is known now."""
+        """The rule-based baseline: PV -> loads -> storage -> grid on what is known now;
+        deferrable jobs are served as soon as their window opens."""
         demand_now, _, _ = self.source.now(k)
         pv_now = self.source.sun_now(k) * self.pv_capability_w
         lim = 0.0 if islanded else None
-        return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim), pv_now
+        jobs_w = min(float(self.open_jobs().need_w(k, self.tick_s).sum()), float(self.def_headroom_w(demand_now)))
+        return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim, deferrable_w=jobs_w), pv_now
 
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
@@ -126,6 +159,9 @@ class EdgeRunner:
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
+            if self.def_board:
+                window.update(jobs=self.open_jobs().live(k, self.cfg.n_jobs),
+                              p_def_max_w=self.def_headroom_w(demand))
             # the day is scored with its stored energy at the terminal value, as the oracle
             window = pad_day_end(window, self.n_ticks - k, self.cfg)
             decision = self.mpc.solve(e_j, **window)
@@ -165,10 +201,16 @@ class EdgeRunner:
             return
         t = k - 1
         energies = metering.tick_energies(prev, boundary)
+        demand, imp, exp = self.source.now(t)
+        jobs_w = None
+        if self.def_board and energies.get(self.def_board) is not None:
+            # what the deferrable board took beyond its own demand went to the open jobs
+            idx = LOADS.index(self.def_board)
+            extra_j = -energies[self.def_board] - demand[idx] * self.tick_s
+            jobs_w = self.ledger.deliver(t, extra_j, self.tick_s) / self.tick_s
         v0 = prev["grid"]["v_bus_v"] if prev.get("grid") else None
         v1 = boundary["grid"]["v_bus_v"] if boundary.get("grid") else None
         residual = metering.balance_residual_j(energies, v0, v1, self.c_bus)
-        demand, imp, exp = self.source.now(t)
         truth = self.source.truth()
         w = {n: (e / self.tick_s if e is not None else None) for n, e in energies.items()}
         grid_j = energies.get("grid")
@@ -182,7 +224,7 @@ class EdgeRunner:
                "load1_demand_w": float(demand[0]), "load2_demand_w": float(demand[1]),
                "load3_demand_w": float(demand[2]), "storage_energy_j": e_st,
                "bus_voltage_v": v1, "import_price_per_j": float(imp), "export_price_per_j": float(exp),
-               "cost": cost, "balance_residual_j": residual}
+               "cost": cost, "balance_residual_j": residual, "deferrable_w": jobs_w}
         self.store.dispatch(self.policy, t, row)
         self.measured.append(row)
         if self.record_all:
@@ -235,6 +277,7 @@ class EdgeRunner:
         t_start = self.clock()
         if hasattr(self.source, "begin_tick"):     # a live source (the lab feed) reads tick k now
             self.source.begin_tick(k)
+        self.update_jobs()
         self.check_health(t_start - self.t0)
         snap, e_j, islanded = self.observe()
         if e_j is None:
@@ -253,7 +296,8 @@ class EdgeRunner:
         else:
             fc, src = {}, {}
             decision, pv_now = self.decide_naive(k, e_j, islanded)
-        planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0])
+        planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0],
+                                     deferrable_load=self.def_board)
         sp, operator_note = planned, ""
         if self.record_all:     # operator commands are for the bench the dashboard shows
             try:
@@ -268,6 +312,7 @@ class EdgeRunner:
                 sp = dict(sp, storage=(P.MODE_ISLAND, sp["storage"][1]))
         boundary = self.send(k, sp)
         self.meter(k, boundary)
+        self._jobs_pending = (k, decision.p_deferrable_w * self.tick_s) if self.def_board else None
         self.solve_times_s.append(decision.solve_time_s)
         self.statuses.append(decision.status)
         self.last_setpoints = sp

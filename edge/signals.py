@@ -39,13 +39,15 @@ class ScenarioSource:
     ----------
     columns : mapping name -> sequence, see module docstring
     n_ticks : int, ticks per day
+    jobs : sequence, deferrable jobs of the day being run (lab feed ``/deferables`` format,
+        ticks of that day), served like the feed's
 
     Raises
     ------
     ValueError if a required column is missing or the table is shorter than one day.
     """
 
-    def __init__(self, columns, n_ticks):
+    def __init__(self, columns, n_ticks, jobs=()):
         numeric = SERIES + ("clearsky_ghi_w_m2", "day_of_year", "weekday", "sun")
         missing = [c for c in numeric + ("day",) if c not in columns]
         if missing:
@@ -61,6 +63,7 @@ class ScenarioSource:
             raise ValueError("scenario has %d rows, not a whole number of %d-tick days" % (n, self.n_ticks))
         self.offset = n - self.n_ticks     # row of tick 0 of the day being run
         self.day = self.days[self.offset]
+        self._jobs = [dict(j) for j in jobs]
 
     def _row(self, tick):
         return self.offset + tick
@@ -95,6 +98,10 @@ class ScenarioSource:
         r = self._row(tick)
         return {"tick": int(tick), "day_of_year": int(self.cols["day_of_year"][r]),
                 "weekday": int(self.cols["weekday"][r]), "n_ticks": self.n_ticks}
+
+    def jobs(self):
+        """The day's deferrable jobs (lab feed ``/deferables``): ``[{start, end, energy}]``."""
+        return [dict(j) for j in self._jobs]
 
     def truth(self):
         """The day's actual series (for baselines and evaluation only, never for control)."""

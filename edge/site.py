@@ -43,6 +43,20 @@ def board_ids(site):
     return ids
 
 
+def deferrable_board(site):
+    """The board that delivers deferrable jobs and its rating: ``(name, power_max_w [W])``.
+
+    The first load board of the ``deferrable`` priority class; ``(None, 0.0)`` when the site
+    has no deferrable job slots (``[deferrable] n_jobs``) or no such board.
+    """
+    if int(site.get("deferrable", {}).get("n_jobs", 0)) == 0:
+        return None, 0.0
+    for name, b in site.get("boards", {}).items():
+        if b.get("priority") == "deferrable" and b.get("role", "").startswith("load"):
+            return name, float(b.get("limits", {}).get("power_max_w", 0.0))
+    return None, 0.0
+
+
 def load_secrets(path=None):
     """Per-board keys and Wi-Fi from the secrets TOML, kept outside git; returns ``(dict, path)``.
 

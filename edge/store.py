@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS dispatch (
     import_price_per_j REAL, export_price_per_j REAL,
     cost REAL,                         -- import cost - export revenue of the tick [price unit]
     balance_residual_j REAL,           -- sum of bus-side energies minus bus-capacitor change [J]
+    deferrable_w REAL,                 -- of the deferrable load's power, what went to jobs [W]
     PRIMARY KEY (run_id, policy, tick)
 );
 CREATE TABLE IF NOT EXISTS forecast (
@@ -104,8 +105,10 @@ DISPATCH_COLUMNS = (
     "pv_w", "storage_w", "grid_w", "load1_w", "load2_w", "load3_w",
     "pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
     "storage_energy_j", "bus_voltage_v", "import_price_per_j", "export_price_per_j",
-    "cost", "balance_residual_j",
+    "cost", "balance_residual_j", "deferrable_w",
 )
+#: columns added after a schema was first released: (table, column, type), added to older files
+_ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),)
 
 
 def connect(path):
@@ -114,6 +117,9 @@ def connect(path):
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(SCHEMA)
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     return conn
 
 

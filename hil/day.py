@@ -19,7 +19,7 @@ from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink
 from picogrid.edge.runner import EdgeRunner
 from picogrid.edge.signals import ScenarioSource, load_scenario, save_scenario
-from picogrid.edge.site import board_ids, load_site  # noqa: F401  (load_site: used by callers)
+from picogrid.edge.site import board_ids, deferrable_board, load_site  # noqa: F401  (load_site: used by callers)
 from picogrid.edge.store import Store
 from picogrid.hil.bench import Bench
 
@@ -125,7 +125,7 @@ class Day:
             forecaster = forecaster or FeedForecaster(self.source)
         else:
             scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
-            self.source = ScenarioSource(scenario, n_ticks)
+            self.source = ScenarioSource(scenario, n_ticks, self._split_jobs(scenario, n_ticks))
         if n_run_ticks is not None:
             if not 0 < int(n_run_ticks) <= n_ticks:
                 raise ValueError("n_run_ticks must be 1..%d, got %r" % (n_ticks, n_run_ticks))
@@ -134,6 +134,22 @@ class Day:
         self.forecaster = forecaster
         self.sides = {}
         self.stores = []
+
+    def _split_jobs(self, scenario, n_ticks):
+        """With a deferrable load (``[deferrable]``), take jobs out of its real demand as
+        ``picogrid evaluate`` does (:func:`picogrid.edge.evaluate.split_jobs`, every day, so
+        the forecaster's history is split alike); returns the run day's jobs."""
+        from picogrid.edge.evaluate import split_jobs
+
+        board, _ = deferrable_board(self.site)
+        if board is None:
+            return []
+        col = scenario[board + "_demand_w"]
+        jobs = []
+        for start in range(0, len(col), n_ticks):
+            rest, jobs = split_jobs(col[start:start + n_ticks], float(self.site["bench"]["tick_s"]), n_ticks)
+            col[start:start + n_ticks] = rest.tolist()
+        return jobs
 
     @property
     def bench(self):
@@ -215,8 +231,10 @@ class Day:
             for p in ("mpc", "naive")}
         n = len(rows["mpc"])
         truth = {k: v[:n] for k, v in self.source.truth().items()}
-        s, oracle = report.summary(rows["mpc"], rows["naive"], truth, self.runner.cfg, self.runner.e0_j,
-                                   self.runner.solve_times_s, self.runner.statuses, self.runner.solve_cpu_s)
+        r = self.runner
+        deferrable = report.Deferrable(r.def_board, r.def_rating_w, self.source.jobs())
+        s, oracle = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
+                                   r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable)
         for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
             store.dispatch("oracle", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())
@@ -234,3 +252,4 @@ class Day:
 
     def __exit__(self, *exc):
         self.stop()
+

@@ -37,12 +37,14 @@ def _summary_lines(s):
         "  grid export        %s J" % f("export_energy_j"),
         "  PV used/available  %s / %s J" % (f("pv_energy_j"), f("pv_available_energy_j")),
         "  storage throughput %s J" % f("storage_throughput_j"),
+        "  deferrable jobs    %s J delivered by MPC, %s J short (%d jobs)" % (
+            f("deferrable_energy_j"), f("deferrable_shortfall_j", fmt="%.2f"), s.get("deferrable_jobs", 0)),
         "",
-        "  cost [cents]        total (bill + shedding + cycling)   bill (import - export)",
-        "    MPC (measured)    %s %30s" % (f("cost_mpc"), f("bill_mpc")),
-        "    naive (measured)  %s %30s" % (f("cost_naive"), f("bill_naive")),
+        "  cost [cents]        total (bill + shed + cycling + jobs)   bill (import - export)",
+        "    MPC (measured)    %s %33s" % (f("cost_mpc"), f("bill_mpc")),
+        "    naive (measured)  %s %33s" % (f("cost_naive"), f("bill_naive")),
         "    naive (model)     %s" % f("cost_naive_model"),
-        "    perfect foresight %s %30s" % (f("cost_oracle"), f("bill_oracle")),
+        "    perfect foresight %s %33s" % (f("cost_oracle"), f("bill_oracle")),
         "  savings capture     %s %%  (against the naive rule on the model: %s %%)" % (
             f("savings_capture", scale=100.0, fmt="%10.1f"),
             f("savings_capture_vs_model_naive", scale=100.0, fmt="%.1f")),

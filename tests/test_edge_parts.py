@@ -205,3 +205,35 @@ def test_runner_reserve_uses_the_pessimistic_quantiles():
     assert decision.plan["reserve_j"] == pytest.approx(expect)
     assert decision.plan["reserve_j"][5] > reserve_energy_j(cfg, np.full((n, 3), 0.3), np.full(n, 0.4),
                                                             np.full(n, cfg.p_imp_max_w))[5]
+
+
+def test_runner_plans_jobs_for_the_deferrable_board():
+    """Jobs of the source reach the MPC with the board's headroom; the plan's job power goes
+    to load3 on top of its demand; the last tick's job energy counts until it is metered."""
+    from picogrid.edge import dispatch
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    job = {"start": 0, "end": 6, "energy": 2.0}
+    src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks, jobs=[job])
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    assert runner.def_board == "load3"
+    runner.update_jobs()
+    n, dt = runner.horizon, runner.cfg.dt_s
+    fan = lambda v: {0.1: np.full(n, 0.5 * v), 0.5: np.full(n, v), 0.9: np.full(n, 2.0 * v)}
+    fc = {"pv_available_w": fan(0.5), "import_price_per_j": fan(3.0),
+          **{f"load{k}_demand_w": fan(0.3) for k in (1, 2, 3)}}
+    decision, _, demand, _ = runner.optimise(0, 20.0, fc, islanded=False)
+    assert decision.ok
+    p_def = decision.plan["p_def"].sum(axis=1)
+    assert p_def[:6].sum() * dt == pytest.approx(2.0, rel=1e-3) and np.all(p_def[6:] < 1e-6)
+    # within load3's rating on top of its demand
+    assert np.all(p_def <= np.maximum(runner.def_rating_w - demand[:, 2], 0.0) + 1e-6)
+    demand_now = src.now(0)[0]
+    sp = dispatch.setpoints(decision, 0.5, 7.0, False, demand_now, deferrable_load=runner.def_board)
+    assert sp["load3"][1] == pytest.approx(decision.load_served_w[2] + decision.p_deferrable_w)
+    runner._jobs_pending = (0, 0.8)
+    assert runner.open_jobs().live(1) == [{"start": -1.0, "end": 5.0, "energy": pytest.approx(1.2)}]
+    assert runner.ledger.live(1)[0]["energy"] == 2.0     # the ledger itself waits for the meters

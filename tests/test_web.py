@@ -38,7 +38,7 @@ def dispatch_row(policy, tick):
         "pv_available_w": 2.5 + 0.5 * k, "load1_demand_w": 0.5, "load2_demand_w": 0.4,
         "load3_demand_w": 0.25, "storage_energy_j": 20.0 + 2.5 * k, "bus_voltage_v": 7.0 + 0.01 * k,
         "import_price_per_j": 0.001 * (1 + k), "export_price_per_j": 0.0005,
-        "cost": 0.01 * (1 + k) + off / 10, "balance_residual_j": 1e-6 * k,
+        "cost": 0.01 * (1 + k) + off / 10, "balance_residual_j": 1e-6 * k, "deferrable_w": 0.03125 * k,
     }
 
 

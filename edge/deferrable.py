@@ -1,0 +1,101 @@
+"""Deferrable energy jobs of one day and the energy delivered to each (lab feed ``/deferables``).
+
+A job asks for ``energy`` joules within ticks ``start <= t < end`` of the day (DESIGN.md §2;
+the window's last tick is read as exclusive, so a job is never planned into a tick the feed
+may not count). The energy the deferrable load takes goes to the open jobs earliest deadline
+first (EDF: optimal for meeting deadlines with one server, Liu & Layland, J. ACM 20(1), 1973),
+so one ledger serves the optimiser's inputs, the simulated plant and the bench's metering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_job_array(jobs):
+    """Jobs as an array [J, 3] of ``(start, end, energy_j)``, order kept.
+
+    Accepts dicts ``{"start", "end", "energy"}`` (lab feed), dicts ``{"start_tick",
+    "end_tick", "energy_j"}`` (:func:`picogrid.edge.labfeed.parse`) or triples.
+
+    Raises
+    ------
+    ValueError
+        On a negative energy, a window with ``end < start`` or a negative start.
+    """
+    rows = []
+    for j in jobs or ():
+        if isinstance(j, dict):
+            j = (j["start"], j["end"], j["energy"]) if "start" in j else (
+                j["start_tick"], j["end_tick"], j["energy_j"])
+        rows.append([float(v) for v in j])
+    arr = np.array(rows, dtype=float).reshape(-1, 3)
+    bad = (arr[:, 0] < 0) | (arr[:, 1] < arr[:, 0]) | ~(arr[:, 2] >= 0)
+    if bad.any():
+        raise ValueError(f"bad deferrable job(s) {arr[bad].tolist()}: need 0 <= start <= end, energy >= 0")
+    return arr
+
+
+class JobLedger:
+    """The day's jobs and the energy delivered to each [J].
+
+    Parameters
+    ----------
+    jobs : sequence, see :func:`as_job_array`; ticks of the day
+
+    Attributes
+    ----------
+    jobs : ndarray [J, 3]  ``(start, end, energy_j)``
+    delivered_j : ndarray [J]  energy delivered to each job so far [J]
+    """
+
+    def __init__(self, jobs=()):
+        self.jobs = as_job_array(jobs)
+        self.delivered_j = np.zeros(len(self.jobs))
+
+    def __len__(self):
+        return len(self.jobs)
+
+    def replace(self, jobs):
+        """Take a new job list (the feed came back, a new day): a job already in the ledger
+        (same window and energy) keeps what it was delivered, the others start at zero."""
+        new = JobLedger(jobs)
+        for k, job in enumerate(new.jobs):
+            same = np.flatnonzero((self.jobs == job).all(axis=1)) if len(self.jobs) else []
+            if len(same):
+                new.delivered_j[k] = self.delivered_j[same[0]]
+        self.jobs, self.delivered_j = new.jobs, new.delivered_j
+
+    def live(self, t, limit=None):
+        """Jobs still open at tick ``t`` with energy left, relative to ``t`` (lab feed format).
+
+        ``limit``: at most this many, earliest deadline first (the optimiser's job slots); the
+        jobs left out are still in the ledger and get energy once the earlier ones are done.
+        """
+        out = [{"start": start - t, "end": end - t, "energy": energy - done}
+               for (start, end, energy), done in zip(self.jobs, self.delivered_j)
+               if end > t and energy - done > 0]
+        if limit is not None and len(out) > limit:
+            out = sorted(out, key=lambda j: j["end"])[:limit]
+        return out
+
+    def need_w(self, t, dt_s):
+        """Power that would finish every open job within tick ``t`` [W], shape [J]."""
+        open_ = (self.jobs[:, 0] <= t) & (self.jobs[:, 1] > t)
+        return np.where(open_, self.jobs[:, 2] - self.delivered_j, 0.0).clip(0.0) / dt_s
+
+    def deliver(self, t, energy_j, dt_s):
+        """Credit ``energy_j`` taken by the deferrable load in tick ``t`` to the open jobs,
+        earliest deadline first; returns the energy credited [J] (the rest was not asked for)."""
+        left = max(float(energy_j), 0.0)
+        need_j = self.need_w(t, dt_s) * dt_s
+        for j in np.argsort(self.jobs[:, 1], kind="stable"):
+            take = min(need_j[j], left)
+            self.delivered_j[j] += take
+            left -= take
+        return max(float(energy_j), 0.0) - left
+
+    def shortfall_j(self):
+        """Energy of every job not delivered [J] (its window's end is not checked: call it
+        at the day's end, when every window has closed)."""
+        return float(np.maximum(self.jobs[:, 2] - self.delivered_j, 0.0).sum()) if len(self) else 0.0
