@@ -79,7 +79,7 @@ import numpy as np
 
 from picogrid.edge import policies
 from picogrid.edge.optimize import MpcController, config_from_site
-from picogrid.edge.stochastic import expected_value, fit_horizon, solve_scenarios
+from picogrid.edge.stochastic import forecast_inputs
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
     n_ticks, n = data.n_ticks, cfg.horizon
     row0 = i * n_ticks
     c = data.cols
+    plan_cfg = cfg.replace(reserve=True) if reserve else cfg
 
     def fc(t, delivered_j=None):
         r = row0 + t
@@ -203,24 +204,9 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         out = forecaster.forecast(hist, cal, c["clearsky_ghi_w_m2"][rows])
         for s, src in forecaster.source.items():
             sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
-        take = lambda s, q: fit_horizon(np.asarray(out[s][q], float), n)
         w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
-        now_d, now_imp, now_exp = w["demand_w"][0].copy(), w["import_price_per_j"][0], w["export_price_per_j"][0]
-        now_pv = w["pv_avail_w"][0]
-        w["pv_avail_w"] = np.maximum(take("pv_available_w", 0.5), 0)
-        w["demand_w"] = np.maximum(np.column_stack([fit_horizon(expected_value(out[s]), n)
-                                                     for s in LOAD_COLS]), 0)
-        w["import_price_per_j"] = take("import_price_per_j", 0.5)
-        w["pv_avail_w"][0], w["demand_w"][0], w["import_price_per_j"][0] = now_pv, now_d, now_imp
-        # export = import less the grid fee, which the current prices reveal
-        w["export_price_per_j"] = w["import_price_per_j"] - (now_imp - now_exp)
-        scen = solve_scenarios(out, cfg, LOAD_COLS, now_imp - now_exp)
-        if scen is not None:
-            w["scenarios"] = scen
-        if reserve:
-            w["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in LOAD_COLS]), 0)
-            w["reserve_pv_w"] = np.maximum(take("pv_available_w", 0.1), 0)
-            w["reserve_demand_w"][0], w["reserve_pv_w"][0] = now_d, now_pv
+        now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        w.update(forecast_inputs(out, plan_cfg, LOAD_COLS, now))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 

@@ -11,12 +11,12 @@ the site's ``[labfeed] load_shares`` (default equal thirds), each capped at its 
 (``/yesterday``) and from the sun the edge itself saw yesterday (the feed has no sun history).
 """
 
+import copy
 import logging
 import threading
+import time
 
 import numpy as np
-
-import time
 
 from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY
 from picogrid.edge.signals import LOADS, SERIES
@@ -24,6 +24,32 @@ from picogrid.edge.signals import LOADS, SERIES
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+def feed_site(site):
+    """A copy of ``site`` with the economics of its ``[labfeed]`` section for a run on the feed.
+
+    The feed's prices are integer c/J on the feed's own scale (the loopback server's is 10x
+    the replayed days', :data:`picogrid.models.labfeed_server.LAB_PRICE_SCALE`). Values of lost
+    load set for the replayed days would then lie below the prices and the optimiser would
+    shed loads to trade their energy, so ``[labfeed] voll_per_j`` (same classes as ``[loads]``)
+    replaces ``[loads] voll_per_j`` when given.
+    """
+    site = copy.deepcopy(site)
+    voll = site.get("labfeed", {}).get("voll_per_j")
+    if voll is not None:
+        site["loads"]["voll_per_j"] = dict(voll)
+    return site
+
+
+def feed_source(site, feed):
+    """The :class:`FeedSource` of ``site``: its PV capability, ``[labfeed] load_shares`` and
+    each load board's rating."""
+    from picogrid.edge.signals import LOADS
+
+    return FeedSource(feed, site["pv"]["capability_w"],
+                      site.get("labfeed", {}).get("load_shares", (1 / 3, 1 / 3, 1 / 3)),
+                      [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in LOADS])
 
 
 class FeedSource:

@@ -83,6 +83,7 @@ class EdgeRunner:
         # (tick, J) sent to jobs in the last tick: metered only after the next tick's setpoints
         # go out, so planning counts it as delivered until the meters say how much it was
         self._jobs_pending = None
+        self._price_warned = False
         self.def_board, self.def_rating_w = deferrable_board(site)
 
     # -- stages ----------------------------------------------------------------------
@@ -146,8 +147,22 @@ class EdgeRunner:
         jobs_w = min(float(self.open_jobs().need_w(k, self.tick_s).sum()), float(self.def_headroom_w(demand_now)))
         return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim, deferrable_w=jobs_w), pv_now
 
+    def check_prices(self, k, imp_now, exp_now):
+        """Warn (once a run) when a price exceeds a value of lost load: the plan would then
+        rather shed that class, or drop jobs, than pay or forgo that price."""
+        floor = min(min(self.cfg.voll_per_j), self.cfg.voll_def_per_j if self.def_board else np.inf)
+        if self._price_warned or max(imp_now, exp_now) <= floor:
+            return
+        self._price_warned = True
+        text = ("tick %d: price %g above the lowest value of lost load %g [price/J]; set the "
+                "site's voll_per_j above the source's prices" % (k, max(imp_now, exp_now), floor))
+        log.warning(text)
+        if self.record_all and self.store is not None:
+            self.store.event(self.clock() - self.t0, None, "price_above_voll", text)
+
     def optimise(self, k, e_j, fc, islanded):
         demand_now, imp_now, exp_now = self.source.now(k)
+        self.check_prices(k, imp_now, exp_now)
         n = self.horizon
         # the feed tells the demand to serve, the prices and the sun now: step 0 is known
         now = {"pv_avail_w": self.source.sun_now(k) * self.pv_capability_w, "demand_w": demand_now,

@@ -42,6 +42,27 @@ def prepare_scenario(run_dir, day, n_ticks, pv_capability_w):
     return path
 
 
+def replay_source(site, run_dir, day):
+    """The :class:`ScenarioSource` of a replayed real ``day`` for ``site``.
+
+    With a deferrable load (``[deferrable]``), jobs are taken out of its real demand as
+    ``picogrid evaluate`` does (:func:`picogrid.edge.evaluate.split_jobs`, on every day, so the
+    forecaster's history is split alike); the run day's jobs are the source's.
+    """
+    from picogrid.edge.evaluate import split_jobs
+
+    n_ticks = int(site["bench"]["n_ticks"])
+    scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"]))
+    board, _ = deferrable_board(site)
+    jobs = []
+    if board is not None:
+        col = scenario[board + "_demand_w"]
+        for start in range(0, len(col), n_ticks):
+            rest, jobs = split_jobs(col[start:start + n_ticks], float(site["bench"]["tick_s"]), n_ticks)
+            col[start:start + n_ticks] = rest.tolist()
+    return ScenarioSource(scenario, n_ticks, jobs)
+
+
 class _Bench:
     """One bench (plant + six boards) with the edge's links, fleet and tick runner on it."""
 
@@ -117,15 +138,12 @@ class Day:
         n_ticks = int(site["bench"]["n_ticks"])
         self.feed = feed
         if feed is not None:
-            from picogrid.edge.feedsource import FeedForecaster, FeedSource
-            lf = site.get("labfeed", {})
-            self.source = FeedSource(
-                feed, site["pv"]["capability_w"], lf.get("load_shares", (1 / 3, 1 / 3, 1 / 3)),
-                [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in ("load1", "load2", "load3")])
+            from picogrid.edge.feedsource import FeedForecaster, feed_source, feed_site
+            self.site = site = feed_site(site)
+            self.source = feed_source(site, feed)
             forecaster = forecaster or FeedForecaster(self.source)
         else:
-            scenario = load_scenario(prepare_scenario(self.run_dir, day, n_ticks, site["pv"]["capability_w"]))
-            self.source = ScenarioSource(scenario, n_ticks, self._split_jobs(scenario, n_ticks))
+            self.source = replay_source(site, self.run_dir, day)
         if n_run_ticks is not None:
             if not 0 < int(n_run_ticks) <= n_ticks:
                 raise ValueError("n_run_ticks must be 1..%d, got %r" % (n_ticks, n_run_ticks))
@@ -134,22 +152,6 @@ class Day:
         self.forecaster = forecaster
         self.sides = {}
         self.stores = []
-
-    def _split_jobs(self, scenario, n_ticks):
-        """With a deferrable load (``[deferrable]``), take jobs out of its real demand as
-        ``picogrid evaluate`` does (:func:`picogrid.edge.evaluate.split_jobs`, every day, so
-        the forecaster's history is split alike); returns the run day's jobs."""
-        from picogrid.edge.evaluate import split_jobs
-
-        board, _ = deferrable_board(self.site)
-        if board is None:
-            return []
-        col = scenario[board + "_demand_w"]
-        jobs = []
-        for start in range(0, len(col), n_ticks):
-            rest, jobs = split_jobs(col[start:start + n_ticks], float(self.site["bench"]["tick_s"]), n_ticks)
-            col[start:start + n_ticks] = rest.tolist()
-        return jobs
 
     @property
     def bench(self):

@@ -180,18 +180,15 @@ def cmd_edge(args):
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if feed is not None:
-        from picogrid.edge.feedsource import FeedForecaster, FeedSource, next_day_start
-        source = FeedSource(feed, site["pv"]["capability_w"],
-                            site.get("labfeed", {}).get("load_shares", (1 / 3, 1 / 3, 1 / 3)))
+        from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source, next_day_start
+        site = feed_site(site)
+        source = feed_source(site, feed)
         forecaster = FeedForecaster(source)
         t0 = next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)
     else:
         from picogrid.edge.forecast import Forecaster
-        from picogrid.edge.signals import ScenarioSource, load_scenario
-        from picogrid.hil.day import prepare_scenario
-        n_day = int(site["bench"]["n_ticks"])
-        source = ScenarioSource(load_scenario(prepare_scenario(run_dir, args.day, n_day, site["pv"]["capability_w"])),
-                                n_day)
+        from picogrid.hil.day import replay_source
+        source = replay_source(site, run_dir, args.day)
         forecaster = Forecaster()
         t0 = time.time() + 3.0
     if args.ticks:
