@@ -42,6 +42,7 @@ class JobLedger:
     Parameters
     ----------
     jobs : sequence, see :func:`as_job_array`; ticks of the day
+    delivered_j : array [J] or None, energy already delivered to each [J] (default none)
 
     Attributes
     ----------
@@ -49,9 +50,10 @@ class JobLedger:
     delivered_j : ndarray [J]  energy delivered to each job so far [J]
     """
 
-    def __init__(self, jobs=()):
+    def __init__(self, jobs=(), delivered_j=None):
         self.jobs = as_job_array(jobs)
-        self.delivered_j = np.zeros(len(self.jobs))
+        self.delivered_j = (np.zeros(len(self.jobs)) if delivered_j is None
+                            else np.array(delivered_j, dtype=float).reshape(len(self.jobs)))
 
     def __len__(self):
         return len(self.jobs)

@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
+from .deferrable import JobLedger, as_job_array
 from .optimize import Decision, build_model, parse_jobs, reserve_energy_j, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,7 @@ class DayTruth:
     @property
     def job_array(self):
         """Jobs as an array [J, 3] of ``(start, end, energy_j)`` (order kept, none dropped)."""
-        return np.array([[j["start"], j["end"], j["energy"]] if isinstance(j, dict) else list(j)
-                         for j in (self.jobs or ())], dtype=float).reshape(-1, 3)
+        return as_job_array(self.jobs)
 
     def def_limit(self, cfg):
         """Deferrable load headroom as a [T] array [W]."""
@@ -255,11 +255,7 @@ class DayTruth:
 
     def live_jobs(self, t, delivered_j):
         """Jobs still open at step ``t`` relative to ``t``, lab feed format, remaining energy."""
-        out = []
-        for (start, end, energy), done in zip(self.job_array, delivered_j):
-            if end > t and energy - done > 0:
-                out.append({"start": start - t, "end": end - t, "energy": energy - done})
-        return out
+        return JobLedger(self.jobs, delivered_j).live(t)
 
     @property
     def n_steps(self):
@@ -404,24 +400,16 @@ def simulate_policy(policy_fn, truth, cfg):
     e = np.zeros(n + 1)
     e[0] = truth.e0_j
     statuses = []
-    jobs = truth.job_array
-    delivered = np.zeros(len(jobs))
+    ledger = JobLedger(truth.jobs)
     def_lim = truth.def_limit(cfg)
     def_w = np.zeros(n)
     for t in range(n):
-        d = policy_fn(t, e[t], delivered.copy()) if len(jobs) else policy_fn(t, e[t])
+        d = policy_fn(t, e[t], ledger.delivered_j.copy()) if len(ledger) else policy_fn(t, e[t])
         statuses.append(d.status)
-        open_ = (jobs[:, 0] <= t) & (jobs[:, 1] > t)
-        need_w = np.where(open_, jobs[:, 2] - delivered, 0.0).clip(0.0) / cfg.dt_s
         out["pv"][t], out["storage"][t], out["grid"][t], served[t], e[t + 1], def_w[t] = plant_step(
             d, e[t], pv_avail[t], demand[t], cfg, imp_max[t], exp_max[t],
-            min(def_lim[t], need_w.sum()))
-        # the delivered power goes to the open jobs, earliest deadline first
-        left = def_w[t]
-        for j in np.argsort(jobs[:, 1], kind="stable"):
-            take = min(need_w[j], left)
-            delivered[j] += take * cfg.dt_s
-            left -= take
+            min(def_lim[t], ledger.need_w(t, cfg.dt_s).sum()))
+        ledger.deliver(t, def_w[t] * cfg.dt_s, cfg.dt_s)
     dt = cfg.dt_s
     c_imp, c_exp = np.asarray(truth.import_price_per_j, float), np.asarray(truth.export_price_per_j, float)
     costs = {
@@ -430,7 +418,7 @@ def simulate_policy(policy_fn, truth, cfg):
         "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * (demand - served))),
         "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(out["storage"]))),
         "terminal_value": float(cfg.terminal_value_per_j * e[-1]),
-        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * np.sum(np.maximum(jobs[:, 2] - delivered, 0))),
+        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * ledger.shortfall_j()),
     }
     costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
                       + costs["cycling_cost"] - costs["terminal_value"]
@@ -442,14 +430,12 @@ def naive_policy(truth, cfg):
     """``policy_fn`` for :func:`simulate_policy` running :func:`naive_step` on the true step data."""
     imp_max, exp_max = truth.limits(cfg)
     demand = np.asarray(truth.demand_w, float).reshape(truth.n_steps, cfg.n_loads)
-    jobs, def_lim = truth.job_array, truth.def_limit(cfg)
+    def_lim = truth.def_limit(cfg)
 
     def policy(t, e_j, delivered_j=None):
         want = 0.0
-        if len(jobs):  # deliver every open job as early as possible, no price awareness
-            open_ = (jobs[:, 0] <= t) & (jobs[:, 1] > t)
-            want = min(def_lim[t], float(np.sum(np.where(open_, jobs[:, 2] - delivered_j, 0).clip(0)))
-                       / cfg.dt_s)
+        if truth.jobs:  # deliver every open job as early as possible, no price awareness
+            want = min(def_lim[t], float(JobLedger(truth.jobs, delivered_j).need_w(t, cfg.dt_s).sum()))
         return naive_step(e_j, truth.pv_avail_w[t], demand[t], cfg, imp_max[t], exp_max[t], want)
 
     return policy

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from picogrid.edge import evaluate, policies
+from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.optimize import MpcController, reserve_energy_j
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,9 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     gaps = {"osqp": [], "osqp_abs": [], "cvxpy": [], "cvxpy_abs": []}
     iters, statuses = [], {}
     e = truth.e0_j
-    delivered = np.zeros(len(truth.jobs))
+    ledger = JobLedger(truth.jobs)
     for t in range(ticks):
-        w = truth.window(t, n, cfg, delivered)
+        w = truth.window(t, n, cfg, ledger.delivered_j)
         t0 = time.perf_counter()
         exact = policies.solve_oracle(cfg, e, **w)
         times["highs"].append(time.perf_counter() - t0)
@@ -187,13 +188,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
             gaps["cvxpy_abs"].append((v - exact.objective) / abs(exact.objective))
         # advance along the exact plan, and the jobs with it
         e = float(exact.plan["e"][1])
-        left = float(exact.plan["p_def"][0].sum())
-        jobs = truth.job_array
-        for j in np.argsort(jobs[:, 1], kind="stable"):
-            if jobs[j, 0] <= t < jobs[j, 1]:
-                take = min(left, max(jobs[j, 2] - delivered[j], 0) / cfg.dt_s)
-                delivered[j] += take * cfg.dt_s
-                left -= take
+        ledger.deliver(t, float(exact.plan["p_def"][0].sum()) * cfg.dt_s, cfg.dt_s)
     ms = {k: 1e3 * np.array(v) for k, v in times.items()}
     pct = lambda a, q: float(np.percentile(a, q))
     print(f"N={n:5d} ({n * cfg.dt_s / 3600:g} h), {ticks} ticks (cvxpy {min(cvx_ticks, ticks)}; "
