@@ -98,7 +98,7 @@ class Fleet:
         b = self.boards[name]
         if authenticated is None:
             # a keyed decoder drops every untagged or badly tagged frame (protocol.Decoder)
-            authenticated = getattr(link, "_key", None) is not None
+            authenticated = bool(getattr(link, "authenticated", False))
         with self._lock:
             b.link = link
             b.authenticated = bool(authenticated)

@@ -57,6 +57,7 @@ class SerialLink:
         self._on_frame = on_frame
         self.decoder = P.Decoder(key=key)
         self._key = key
+        self.authenticated = key is not None     # frames carry an HMAC tag (PROTOCOL.md section 6)
         self._serial = serial.Serial(port, baudrate=baudrate, timeout=_READ_TIMEOUT_S)
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
@@ -137,6 +138,7 @@ class TcpLink:
         self._addr = (host or "127.0.0.1", int(port))
         self._on_frame = on_frame
         self._key = key
+        self.authenticated = True
         self.decoder = P.Decoder(key=key)
         self._timeout_s = connect_timeout_s
         self._sock = None

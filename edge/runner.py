@@ -276,7 +276,9 @@ class EdgeRunner:
                              last_seen_s=(s["last_seen_s"] - self.t0) if s["last_seen_s"] else None,
                              frames_ok=errs.get("frames_ok", 0),
                              crc_errors=errs.get("crc_errors", 0) + errs.get("framing_errors", 0),
-                             failsafe_events=self.fleet.boards[name].failsafe_events)
+                             failsafe_events=self.fleet.boards[name].failsafe_events,
+                             replayed_hellos=s.get("replayed_hellos", 0),
+                             t_ms_regressions=s.get("t_ms_regressions", 0))
         self.store.commit()
 
     # -- the tick --------------------------------------------------------------------

@@ -97,6 +97,8 @@ CREATE TABLE IF NOT EXISTS board (
     firmware_version TEXT, link TEXT,
     last_seen_s REAL,                  -- seconds since the run's tick 0 (as t_s elsewhere)
     frames_ok INTEGER DEFAULT 0, crc_errors INTEGER DEFAULT 0, failsafe_events INTEGER DEFAULT 0,
+    replayed_hellos INTEGER DEFAULT 0,   -- HELLOs of superseded sessions dropped (PROTOCOL.md 6)
+    t_ms_regressions INTEGER DEFAULT 0,  -- telemetry whose uptime went back, dropped
     PRIMARY KEY (run_id, board)
 );
 """
@@ -108,7 +110,9 @@ DISPATCH_COLUMNS = (
     "cost", "balance_residual_j", "deferrable_w",
 )
 #: columns added after a schema was first released: (table, column, type), added to older files
-_ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),)
+_ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),
+                  ("board", "replayed_hellos", "INTEGER DEFAULT 0"),
+                  ("board", "t_ms_regressions", "INTEGER DEFAULT 0"))
 
 
 def connect(path):

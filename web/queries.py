@@ -99,7 +99,8 @@ def boards(conn, run_id):
     -------
     list of dict
         Keys: board, role, firmware_version, link, last_seen_s, frames_ok, crc_errors,
-        failsafe_events, and ``telemetry`` (dict of ``TELEMETRY_COLUMNS`` or None).
+        failsafe_events, replays_dropped (replayed HELLOs + telemetry whose uptime went back,
+        PROTOCOL.md section 6), and ``telemetry`` (dict of ``TELEMETRY_COLUMNS`` or None).
         Boards that sent telemetry without a ``board`` row are listed too.
     """
     listed = {
@@ -127,6 +128,8 @@ def boards(conn, run_id):
             "frames_ok": info.get("frames_ok"),
             "crc_errors": info.get("crc_errors"),
             "failsafe_events": info.get("failsafe_events"),
+            "replays_dropped": (None if info.get("replayed_hellos") is None
+                                else info["replayed_hellos"] + (info.get("t_ms_regressions") or 0)),
             "telemetry": None if tele is None else {c: tele[c] for c in TELEMETRY_COLUMNS},
         })
     return result
