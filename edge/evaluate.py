@@ -194,10 +194,11 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
 
     def fc(t, delivered_j=None):
         r = row0 + t
-        hist = {s: c[s][r - 2 * n_ticks:r] for s in FC_SERIES}
+        h = forecaster.history_ticks
+        hist = {s: c[s][r - h:r] for s in FC_SERIES}
         for s in ("ghi_w_m2", "temp_air_c"):
             if s in c:
-                hist[s] = c[s][r - 2 * n_ticks:r]
+                hist[s] = c[s][r - h:r]
         cal = {"tick": int(t), "day_of_year": int(c["day_of_year"][r]), "weekday": int(c["weekday"][r]),
                "n_ticks": n_ticks}
         rows = np.minimum(np.arange(r, r + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
@@ -284,11 +285,13 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     site, cfg, scaling = load_site(profile)
     n_ticks = int(site["bench"]["n_ticks"])
     start = _dt.date.fromisoformat(first_day)
-    # two days of history before, one day of clear-sky/forecast room after
-    frame = build_bench_days((start - _dt.timedelta(days=2)).isoformat(), n_days + 3, n_ticks, scaling)
-    data = DayData(frame, n_ticks, cfg.dt_s)
     fc_profile = profile if profile in F.PROFILES else "lab"
     forecaster = Forecaster(profile=fc_profile)
+    # the history the models read before the first day, one day of clear-sky/forecast room after
+    hist_days = -(-forecaster.history_ticks // n_ticks)
+    frame = build_bench_days((start - _dt.timedelta(days=hist_days)).isoformat(), n_days + hist_days + 1,
+                             n_ticks, scaling)
+    data = DayData(frame, n_ticks, cfg.dt_s)
     if forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
         raise ValueError(f"{profile}: forecaster horizon {forecaster.horizon} / MPC horizon {cfg.horizon} "
                          f"shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
@@ -301,7 +304,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     ctrl_perfect = MpcController(cfg.replace(scenario_weights=None, scenario_quantiles=None))
     ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
     for d in range(n_days):
-        i = d + 2
+        i = d + hist_days
         truth = data.truth(i, cfg)
         results = {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)}
         oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
@@ -333,7 +336,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
             example = (data.days[i], truth, results)
         if progress:
             progress(profile, d + 1, n_days)
-    return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[2:2 + n_days],
+    return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[hist_days:hist_days + n_days],
             "sources": sources, "solve_ms": np.array(solve_ms), "dayahead_ms": np.array(dayahead_ms),
             "statuses": statuses,
             "example": example, "cfg": cfg, "forecaster_profile": fc_profile,

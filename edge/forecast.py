@@ -41,6 +41,26 @@ def default_artifact_dir(profile: str = "lab") -> Path:
     return base if profile == "lab" else base / profile
 
 
+def _card_history_ticks(card: dict, n_ticks: int) -> int:
+    """Past ticks a card's features read (its ``inputs[0].history_ticks``, else ``n_lags``)."""
+    return int(card.get("inputs", [{}])[0].get("history_ticks", card.get("n_lags", n_ticks)))
+
+
+def model_history_days(profile: str = "lab", artifact_dir=None) -> int:
+    """Whole days of history the committed models of ``profile`` read (at least 2).
+
+    For whoever prepares a forecaster's input (a replayed day's history, ``picogrid
+    evaluate``) before a :class:`Forecaster` exists; reads the model cards only.
+    """
+    n_ticks = F.profile_dims(profile)["n_ticks"]
+    ticks = [2 * n_ticks]
+    for path in Path(artifact_dir or default_artifact_dir(profile)).glob("*.json"):
+        card = json.loads(path.read_text())
+        if card.get("series") in F.SERIES and card.get("n_ticks") == n_ticks:
+            ticks.append(_card_history_ticks(card, n_ticks))
+    return -(-max(ticks) // n_ticks)
+
+
 def _dims(value_info) -> list:
     return [d if isinstance(d, int) else None for d in value_info.shape]
 
@@ -70,6 +90,9 @@ class Forecaster:
     profile : str
     horizon : int
         Forecast steps per call (ticks).
+    history_ticks : int
+        Past ticks :meth:`forecast` needs in ``history`` for every model to run (at least two
+        days: seasonal naive reads one).
     models : dict
         Series -> card of the series that have a validated ONNX model.
     source : dict
@@ -123,6 +146,8 @@ class Forecaster:
             self._validate(card_path, card, sess, profile)
             self.models[series] = card
             self._sessions[series] = sess
+        self.history_ticks = max([2 * self.n_ticks] + [_card_history_ticks(c, self.n_ticks)
+                                                         for c in self.models.values()])
         self.trackers = {s: recalibrate.OnlineBandTracker(
             self.horizon, recalibrate.lr_per_tick(self.n_ticks), non_negative=s in F.NON_NEGATIVE)
                          for s in recalibrate.TRACKED} if online_recalibration else {}

@@ -103,6 +103,8 @@ class EdgeRunner:
     def forecast(self, k):
         day_ticks = self.source.n_ticks
         hist_len = 2 * day_ticks
+        if getattr(self.forecaster, "n_ticks", None) == day_ticks:   # its models apply: their history
+            hist_len = max(hist_len, int(getattr(self.forecaster, "history_ticks", 0)))
         history = self.source.history(k, hist_len)
         calendar = self.source.calendar(k)
         clearsky = self.source.clearsky(k, self.horizon)

@@ -26,17 +26,18 @@ from picogrid.hil.bench import Bench
 log = logging.getLogger(__name__)
 
 DEFAULT_DAY = "2013-07-16"      # a day of the held-out test period (models/DATA.md)
-HISTORY_DAYS = 2                # days before the run the forecaster may look back on
+HISTORY_DAYS = 2                # days before the run the forecaster may look back on, at least
 _HELLO_TIMEOUT_S = 10.0
 
 
-def prepare_scenario(run_dir, day, n_ticks, pv_capability_w):
-    """Build (or reuse) the bench-scale scenario of ``day`` with its history; returns its path."""
-    path = pathlib.Path(run_dir) / ("scenario-%s-%d-%g.json" % (day, n_ticks, pv_capability_w))
+def prepare_scenario(run_dir, day, n_ticks, pv_capability_w, history_days=HISTORY_DAYS):
+    """Build (or reuse) the bench-scale scenario of ``day`` with ``history_days`` days of
+    history before it; returns its path."""
+    path = pathlib.Path(run_dir) / ("scenario-%s-%d-%g-%d.json" % (day, n_ticks, pv_capability_w, history_days))
     if not path.exists():
         from picogrid.models.scenario import build_bench_days   # pandas: only where data is built
-        first = (dt.date.fromisoformat(day) - dt.timedelta(days=HISTORY_DAYS)).isoformat()
-        frame = build_bench_days(first, HISTORY_DAYS + 1, n_ticks=n_ticks,
+        first = (dt.date.fromisoformat(day) - dt.timedelta(days=history_days)).isoformat()
+        frame = build_bench_days(first, history_days + 1, n_ticks=n_ticks,
                                  bench={"pv_capability_w": pv_capability_w})
         save_scenario(frame, path)
     return path
@@ -51,8 +52,15 @@ def replay_source(site, run_dir, day):
     """
     from picogrid.edge.evaluate import split_jobs
 
+    from picogrid.edge.forecast import model_history_days
+    from picogrid.models.features import profile_dims
+
     n_ticks = int(site["bench"]["n_ticks"])
-    scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"]))
+    profile = site.get("profile", "lab")
+    history_days = HISTORY_DAYS
+    if profile_dims(profile)["n_ticks"] == n_ticks:     # the profile's models will run: their history
+        history_days = max(history_days, model_history_days(profile))
+    scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"], history_days))
     board, _ = deferrable_board(site)
     jobs = []
     if board is not None:
