@@ -31,6 +31,9 @@ def plot_day(db_path, png_path, run_id=None):
                         ("load1_w", "load1 (critical)"), ("load2_w", "load2"), ("load3_w", "load3")):
         ax[0].step(t, col(name), where="post", label=label)
     ax[0].step(t, col("pv_available_w"), where="post", color="gold", ls=":", label="PV available")
+    jobs_w = col("deferrable_w") if mpc and "deferrable_w" in mpc[0] else np.zeros(len(t))
+    if np.nansum(jobs_w) > 0:     # what load3 drew for deferrable jobs, drawn as a bus power
+        ax[0].step(t, -jobs_w, where="post", color="purple", ls="--", label="of which jobs")
     ax[0].axhline(0, color="k", lw=0.5)
     ax[0].set_ylabel("power into bus [W]")
     ax[0].legend(ncol=4, fontsize=8)
