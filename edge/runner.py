@@ -121,9 +121,12 @@ class EdgeRunner:
     def update_jobs(self):
         """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
         jobs = self.source.jobs() if self.def_board and hasattr(self.source, "jobs") else []
-        if jobs != self._jobs_heard:
+        heard = (getattr(self.source, "day", None), jobs)
+        if heard != self._jobs_heard:
+            if self._jobs_heard is not None and heard[0] != self._jobs_heard[0]:
+                self.ledger = JobLedger()       # a new day: the same windows are new jobs
             self.ledger.replace(jobs)
-            self._jobs_heard = jobs
+            self._jobs_heard = heard
             log.info("%s: %d deferrable job(s): %s", self.policy, len(jobs), jobs)
 
     def open_jobs(self):

@@ -237,6 +237,12 @@ def test_runner_plans_jobs_for_the_deferrable_board():
     runner._jobs_pending = (0, 0.8)
     assert runner.open_jobs().live(1) == [{"start": -1.0, "end": 5.0, "energy": pytest.approx(1.2)}]
     assert runner.ledger.live(1)[0]["energy"] == 2.0     # the ledger itself waits for the meters
+    runner.ledger.deliver(1, 0.5, dt)
+    runner.update_jobs()                                 # same day, same jobs: kept
+    assert runner.ledger.delivered_j.tolist() == [0.5]
+    src.day = "the next day"                             # same windows on a new day: new jobs
+    runner.update_jobs()
+    assert runner.ledger.delivered_j.tolist() == [0.0]
 
 
 def test_prices_above_a_value_of_lost_load_are_reported_once(caplog):
