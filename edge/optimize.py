@@ -81,18 +81,20 @@ class MpcConfig:
     eps_abs, eps_rel : float
         OSQP absolute/relative tolerances (on the internally scaled problem).
     max_iter : int
-        OSQP iteration cap. This LP-like problem can need a few thousand ADMM iterations
-        from a cold start when prices and values of lost load nearly tie; ``time_limit_s`` bounds
-        the wall time anyway.
+        OSQP iteration cap per solve stage. This LP-like problem can need ten thousand and more
+        ADMM iterations from a cold start; the time limits are what bound a solve, so the
+        default cap lies beyond them.
     time_limit_s : float
         OSQP wall-clock limit per solve [s] (> 0).
     cold_eps_factor, cold_time_limit_s : float
-        A cold solve (the first, or the first after :meth:`MpcController.reset`) runs with
-        ``eps_abs``/``eps_rel`` times ``cold_eps_factor`` (in (0, 1]) and ``cold_time_limit_s``
-        [s] (> 0): from zero, ADMM met the real-time tolerance 1e-4 at plans 38 % (N = 60) and
+        A cold solve (the first, or the first after :meth:`MpcController.reset`) gets
+        ``cold_time_limit_s`` [s] (> 0) instead of ``time_limit_s``, and once solved is
+        resumed at ``eps_abs``/``eps_rel`` times ``cold_eps_factor`` (in (0, 1]) for as long
+        again. From zero, ADMM met the real-time tolerance 1e-4 at plans 38 % (N = 60) and
         63 % (N = 96) of the optimum's magnitude off on the first site tick, and every
         warm-started tick after it inherits that start; at 1e-6 the same solves were within
-        0.001 % (``picogrid bench mpc``'s max gap). Ticks are seconds (lab) to minutes (site)
+        0.001 % (``picogrid bench mpc``'s max gap). At N = 288 a cold solve took 0.5-0.7 s on
+        an idle 2-core machine, more under load. Ticks are seconds (lab) to minutes (site)
         long, so one slower first solve costs nothing a user sees.
     polish : bool
         Run OSQP's solution polishing (an active-set refinement). Off by default: on this
@@ -168,7 +170,7 @@ class MpcConfig:
     terminal_value_per_j: float = 0.0
     eps_abs: float = 1e-4
     eps_rel: float = 1e-4
-    max_iter: int = 10000
+    max_iter: int = 1_000_000
     time_limit_s: float = 0.5
     cold_eps_factor: float = 0.01
     cold_time_limit_s: float = 2.0
@@ -942,16 +944,13 @@ class MpcController:
                     for a, b, c, d in scen]
             q, l, u = self._qp.vectors(vecs)
             self._solver.update(q=q, l=l, u=u)
-            cold = self._x_prev is None
-            if not cold:
+            if self._x_prev is not None:
                 self._solver.warm_start(x=self._x_prev[self._qp.x_shift],
                                         y=self._y_prev[self._qp.y_shift])
-            else:  # OSQP would otherwise reuse its last (possibly failed) iterate
-                self._solver.warm_start(x=np.zeros(self._qp.n), y=np.zeros(self._qp.m))
-            res = self._solver.solve(raise_error=False)
-            iterations = int(res.info.iter)
-            if cold and res.info.status_val in (1, 2) and np.all(np.isfinite(res.x)):
-                res, iterations = self._refine_cold(res, iterations)
+                res = self._solver.solve(raise_error=False)
+                iterations = int(res.info.iter)
+            else:
+                res, iterations = self._solve_cold()
         except Exception as exc:  # noqa: BLE001 - any solver failure must still yield a decision
             self.reset()
             return self._fallback(f"solver error: {exc!r}", t0, e0_j, pv, demand, imp_max, exp_max,
@@ -1010,28 +1009,29 @@ class MpcController:
             soft_violations=soft, reason=reason,
             scenario_objectives=per_scenario if self._scenarios else [])
 
-    def _refine_cold(self, res, iterations):
-        """Resume a cold solve at the tighter cold tolerance (see :class:`MpcConfig`).
+    def _solve_cold(self):
+        """Solve from zero within ``cold_time_limit_s``, then resume at the tighter cold
+        tolerance (see :class:`MpcConfig`).
 
-        Returns ``(result, total iterations)``: the refined result if OSQP calls it solved
-        within ``cold_time_limit_s``, else the first one (never worse than no refinement).
+        Returns ``(result, total iterations)``: the refined result if OSQP calls it solved,
+        else the first one (never worse than no refinement).
         """
-        cfg, f = self.config, self.config.cold_eps_factor
-        if f >= 1.0:
-            return res, iterations
-        # copies: OSQP reuses its result buffers and info struct in the next solve
-        info = SimpleNamespace(**{k: getattr(res.info, k) for k in ("status_val", "status", "iter", "prim_res")})
-        first = SimpleNamespace(x=np.array(res.x), y=np.array(res.y), info=info)
-        s = self._solver
-        # the time limit bounds the refinement, not the real-time iteration cap
-        s.update_settings(eps_abs=cfg.eps_abs * f, eps_rel=cfg.eps_rel * f,
-                          time_limit=cfg.cold_time_limit_s, max_iter=10**8)
+        cfg, f, s = self.config, self.config.cold_eps_factor, self._solver
+        s.warm_start(x=np.zeros(self._qp.n), y=np.zeros(self._qp.m))  # not the last (failed) iterate
+        s.update_settings(time_limit=cfg.cold_time_limit_s)
         try:
+            res = s.solve(raise_error=False)
+            iterations = int(res.info.iter)
+            if f >= 1.0 or res.info.status_val not in (1, 2) or not np.all(np.isfinite(res.x)):
+                return res, iterations
+            # copies: OSQP reuses its result buffers and info struct in the next solve
+            info = SimpleNamespace(**{k: getattr(res.info, k) for k in ("status_val", "status", "iter", "prim_res")})
+            first = SimpleNamespace(x=np.array(res.x), y=np.array(res.y), info=info)
+            s.update_settings(eps_abs=cfg.eps_abs * f, eps_rel=cfg.eps_rel * f)
             s.warm_start(x=first.x, y=first.y)
             fine = s.solve(raise_error=False)
         finally:
-            s.update_settings(eps_abs=cfg.eps_abs, eps_rel=cfg.eps_rel,
-                              time_limit=cfg.time_limit_s, max_iter=int(cfg.max_iter))
+            s.update_settings(eps_abs=cfg.eps_abs, eps_rel=cfg.eps_rel, time_limit=cfg.time_limit_s)
         iterations += int(fine.info.iter)
         if fine.info.status_val == 1 and np.all(np.isfinite(fine.x)):
             return fine, iterations

@@ -637,11 +637,17 @@ def test_solver_exception_falls_back_with_reason(caplog, monkeypatch):
 
 def test_time_limit_falls_back_to_the_rule():
     """Non-converged path: a time limit far below one iteration's cost gives the naive decision."""
-    ctrl = MpcController(lab_cfg(horizon=60, time_limit_s=1e-9))
     args = dict(pv_avail_w=flat(60, 2.0), demand_w=np.tile([0.8, 0.8, 0.8], (60, 1)),
                 import_price_per_j=flat(60, 1.0), export_price_per_j=flat(60, 0.5))
+    # a cold solve has its own, longer limit: it solves; the warm tick after it runs out of time
+    ctrl = MpcController(lab_cfg(horizon=60, time_limit_s=1e-9))
+    assert ctrl.solve(20.0, **args).status == "solved"
     d = ctrl.solve(20.0, **args)
-    assert d.status.startswith("fallback:osqp status")
+    assert d.status.startswith("fallback:osqp status") and "time limit" in d.status
+    _assert_usable(d)
+    cold = MpcController(lab_cfg(horizon=60, time_limit_s=1e-9, cold_time_limit_s=1e-9))
+    d = cold.solve(20.0, **args)
+    assert d.status.startswith("fallback:osqp status") and "time limit" in d.status
     _assert_usable(d)
 
 
