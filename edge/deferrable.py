@@ -24,7 +24,7 @@ def as_job_array(jobs):
         On a negative energy, a window with ``end < start`` or a negative start.
     """
     rows = []
-    for j in jobs or ():
+    for j in () if jobs is None else jobs:
         if isinstance(j, dict):
             j = (j["start"], j["end"], j["energy"]) if "start" in j else (
                 j["start_tick"], j["end_tick"], j["energy_j"])
@@ -101,3 +101,63 @@ class JobLedger:
         """Energy of every job not delivered [J] (its window's end is not checked: call it
         at the day's end, when every window has closed)."""
         return float(np.maximum(self.jobs[:, 2] - self.delivered_j, 0.0).sum()) if len(self) else 0.0
+
+
+class DeferrableLoad:
+    """The board that delivers the day's jobs on top of its own demand (the edge runner's view).
+
+    Parameters
+    ----------
+    board : str  name of the load board of the ``deferrable`` priority class
+    rating_w : float  its power limit [W]
+    load_index : int  its column in the demand arrays [L]
+
+    Attributes
+    ----------
+    ledger : JobLedger  the day's jobs and the metered energy delivered to each
+    """
+
+    def __init__(self, board, rating_w, load_index):
+        self.board, self.rating_w, self.load_index = board, float(rating_w), int(load_index)
+        self.ledger = JobLedger()
+        self._heard = None
+        # (tick, J) sent to jobs in the last tick: metered only after the next tick's setpoints
+        # go out, so planning counts it as delivered until the meters say how much it was
+        self._pending = None
+
+    def update(self, day, jobs):
+        """Take the source's jobs of ``day`` when they change (a new day, the feed came back);
+        returns True when they did."""
+        heard = (day, list(jobs))
+        if heard == self._heard:
+            return False
+        if self._heard is not None and day != self._heard[0]:
+            self.ledger = JobLedger()          # a new day: the same windows are new jobs
+        self.ledger.replace(jobs)
+        self._heard = heard
+        return True
+
+    def planning(self):
+        """The ledger with the last tick's job energy counted as delivered (see ``_pending``)."""
+        if self._pending is None:
+            return self.ledger
+        ledger = JobLedger(self.ledger.jobs, self.ledger.delivered_j)
+        ledger.deliver(*self._pending)
+        return ledger
+
+    def headroom_w(self, demand_w):
+        """Power the board can add for jobs on top of its demand [W]; ``demand_w`` [..., L]."""
+        return np.maximum(self.rating_w - np.asarray(demand_w, float)[..., self.load_index], 0.0)
+
+    def sent(self, t, p_w, dt_s):
+        """The setpoint of tick ``t`` asked for ``p_w`` [W] of job power."""
+        self._pending = (t, max(float(p_w), 0.0) * dt_s, dt_s)
+
+    def meter(self, t, board_energy_j, demand_w, dt_s):
+        """Credit what the board took in tick ``t`` beyond its own demand to the open jobs.
+
+        ``board_energy_j``: its bus-side energy over the tick [J] (negative: a load);
+        ``demand_w``: the loads' demand in that tick [L]. Returns the job power [W].
+        """
+        extra_j = -float(board_energy_j) - float(demand_w[self.load_index]) * dt_s
+        return self.ledger.deliver(t, extra_j, dt_s) / dt_s

@@ -6,14 +6,13 @@ its safe rule (seasonal-naive forecast, rule-based dispatch) so the tick always 
 setpoints. Time comes from the injected ``clock``/``sleep`` pair.
 """
 
-import copy
 import logging
 import time
 
 import numpy as np
 
 from picogrid.edge import dispatch, estimate, metering
-from picogrid.edge.deferrable import JobLedger
+from picogrid.edge.deferrable import DeferrableLoad
 from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
@@ -79,12 +78,9 @@ class EdgeRunner:
         self.operator = Operator(site)
         self.health = Health(fleet.boards)
         # deferrable jobs (lab feed /deferables) go to the board of the deferrable class
-        self.ledger, self._jobs_heard = JobLedger(), None
-        # (tick, J) sent to jobs in the last tick: metered only after the next tick's setpoints
-        # go out, so planning counts it as delivered until the meters say how much it was
-        self._jobs_pending = None
+        board, rating_w = deferrable_board(site)
+        self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
         self._price_warned = False
-        self.def_board, self.def_rating_w = deferrable_board(site)
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
@@ -120,28 +116,10 @@ class EdgeRunner:
 
     def update_jobs(self):
         """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
-        jobs = self.source.jobs() if self.def_board and hasattr(self.source, "jobs") else []
-        heard = (getattr(self.source, "day", None), jobs)
-        if heard != self._jobs_heard:
-            if self._jobs_heard is not None and heard[0] != self._jobs_heard[0]:
-                self.ledger = JobLedger()       # a new day: the same windows are new jobs
-            self.ledger.replace(jobs)
-            self._jobs_heard = heard
-            log.info("%s: %d deferrable job(s): %s", self.policy, len(jobs), jobs)
-
-    def open_jobs(self):
-        """The ledger with the last tick's job energy counted as delivered (see ``_jobs_pending``)."""
-        if self._jobs_pending is None:
-            return self.ledger
-        ledger = copy.deepcopy(self.ledger)
-        ledger.deliver(*self._jobs_pending, self.tick_s)
-        return ledger
-
-    def def_headroom_w(self, demand_w):
-        """Power the deferrable board can add for jobs on top of its demand [W], shape of ``demand_w[..., 0]``."""
-        if not self.def_board:
-            return np.zeros(np.shape(demand_w)[:-1])
-        return np.maximum(self.def_rating_w - np.asarray(demand_w)[..., LOADS.index(self.def_board)], 0.0)
+        if self.deferrable and hasattr(self.source, "jobs"):
+            jobs = self.source.jobs()
+            if self.deferrable.update(getattr(self.source, "day", None), jobs):
+                log.info("%s: %d deferrable job(s): %s", self.policy, len(jobs), jobs)
 
     def decide_naive(self, k, e_j, islanded):
         """The rule-based baseline: PV -> loads -> storage -> grid on what is known now;
@@ -149,13 +127,16 @@ class EdgeRunner:
         demand_now, _, _ = self.source.now(k)
         pv_now = self.source.sun_now(k) * self.pv_capability_w
         lim = 0.0 if islanded else None
-        jobs_w = min(float(self.open_jobs().need_w(k, self.tick_s).sum()), float(self.def_headroom_w(demand_now)))
+        jobs_w = 0.0
+        if self.deferrable:
+            jobs_w = min(float(self.deferrable.planning().need_w(k, self.tick_s).sum()),
+                         float(self.deferrable.headroom_w(demand_now)))
         return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim, deferrable_w=jobs_w), pv_now
 
     def check_prices(self, k, imp_now, exp_now):
         """Warn (once a run) when a price exceeds a value of lost load: the plan would then
         rather shed that class, or drop jobs, than pay or forgo that price."""
-        floor = min(min(self.cfg.voll_per_j), self.cfg.voll_def_per_j if self.def_board else np.inf)
+        floor = min(min(self.cfg.voll_per_j), self.cfg.voll_def_per_j if self.deferrable else np.inf)
         if self._price_warned or max(imp_now, exp_now) <= floor:
             return
         self._price_warned = True
@@ -179,9 +160,9 @@ class EdgeRunner:
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
-            if self.def_board:
-                window.update(jobs=self.open_jobs().live(k, self.cfg.n_jobs),
-                              p_def_max_w=self.def_headroom_w(demand))
+            if self.deferrable:
+                window.update(jobs=self.deferrable.planning().live(k, self.cfg.n_jobs),
+                              p_def_max_w=self.deferrable.headroom_w(demand))
             # the day is scored with its stored energy at the terminal value, as the oracle
             window = pad_day_end(window, self.n_ticks - k, self.cfg)
             decision = self.mpc.solve(e_j, **window)
@@ -223,11 +204,8 @@ class EdgeRunner:
         energies = metering.tick_energies(prev, boundary)
         demand, imp, exp = self.source.now(t)
         jobs_w = None
-        if self.def_board and energies.get(self.def_board) is not None:
-            # what the deferrable board took beyond its own demand went to the open jobs
-            idx = LOADS.index(self.def_board)
-            extra_j = -energies[self.def_board] - demand[idx] * self.tick_s
-            jobs_w = self.ledger.deliver(t, extra_j, self.tick_s) / self.tick_s
+        if self.deferrable and energies.get(self.deferrable.board) is not None:
+            jobs_w = self.deferrable.meter(t, energies[self.deferrable.board], demand, self.tick_s)
         v0 = prev["grid"]["v_bus_v"] if prev.get("grid") else None
         v1 = boundary["grid"]["v_bus_v"] if boundary.get("grid") else None
         residual = metering.balance_residual_j(energies, v0, v1, self.c_bus)
@@ -319,7 +297,7 @@ class EdgeRunner:
             fc, src = {}, {}
             decision, pv_now = self.decide_naive(k, e_j, islanded)
         planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0],
-                                     deferrable_load=self.def_board)
+                                     deferrable_load=self.deferrable.board if self.deferrable else None)
         sp, operator_note = planned, ""
         if self.record_all:     # operator commands are for the bench the dashboard shows
             try:
@@ -334,7 +312,8 @@ class EdgeRunner:
                 sp = dict(sp, storage=(P.MODE_ISLAND, sp["storage"][1]))
         boundary = self.send(k, sp)
         self.meter(k, boundary)
-        self._jobs_pending = (k, decision.p_deferrable_w * self.tick_s) if self.def_board else None
+        if self.deferrable:
+            self.deferrable.sent(k, decision.p_deferrable_w, self.tick_s)
         self.solve_times_s.append(decision.solve_time_s)
         self.statuses.append(decision.status)
         self.last_setpoints = sp

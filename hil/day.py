@@ -242,7 +242,8 @@ class Day:
         n = len(rows["mpc"])
         truth = {k: v[:n] for k, v in self.source.truth().items()}
         r = self.runner
-        deferrable = report.Deferrable(r.def_board, r.def_rating_w, self.source.jobs())
+        d = r.deferrable
+        deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
         s, oracle = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
                                    r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable)
         for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):

@@ -219,7 +219,7 @@ def test_runner_plans_jobs_for_the_deferrable_board():
     job = {"start": 0, "end": 6, "energy": 2.0}
     src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks, jobs=[job])
     runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
-    assert runner.def_board == "load3"
+    assert runner.deferrable.board == "load3"
     runner.update_jobs()
     n, dt = runner.horizon, runner.cfg.dt_s
     fan = lambda v: {0.1: np.full(n, 0.5 * v), 0.5: np.full(n, v), 0.9: np.full(n, 2.0 * v)}
@@ -230,19 +230,23 @@ def test_runner_plans_jobs_for_the_deferrable_board():
     p_def = decision.plan["p_def"].sum(axis=1)
     assert p_def[:6].sum() * dt == pytest.approx(2.0, rel=1e-3) and np.all(p_def[6:] < 1e-6)
     # within load3's rating on top of its demand
-    assert np.all(p_def <= np.maximum(runner.def_rating_w - demand[:, 2], 0.0) + 1e-6)
+    assert np.all(p_def <= np.maximum(runner.deferrable.rating_w - demand[:, 2], 0.0) + 1e-6)
     demand_now = src.now(0)[0]
-    sp = dispatch.setpoints(decision, 0.5, 7.0, False, demand_now, deferrable_load=runner.def_board)
+    sp = dispatch.setpoints(decision, 0.5, 7.0, False, demand_now, deferrable_load="load3")
     assert sp["load3"][1] == pytest.approx(decision.load_served_w[2] + decision.p_deferrable_w)
-    runner._jobs_pending = (0, 0.8)
-    assert runner.open_jobs().live(1) == [{"start": -1.0, "end": 5.0, "energy": pytest.approx(1.2)}]
-    assert runner.ledger.live(1)[0]["energy"] == 2.0     # the ledger itself waits for the meters
-    runner.ledger.deliver(1, 0.5, dt)
+    jobs = runner.deferrable
+    jobs.sent(0, 0.8 / dt, dt)
+    assert jobs.planning().live(1) == [{"start": -1.0, "end": 5.0, "energy": pytest.approx(1.2)}]
+    assert jobs.ledger.live(1)[0]["energy"] == 2.0       # the ledger itself waits for the meters
+    # metering: what load3 drew beyond its demand goes to the job
+    demand_t = np.array([0.1, 0.1, 0.2])
+    assert jobs.meter(0, -(0.2 + 0.3) * dt, demand_t, dt) == pytest.approx(0.3)
+    assert jobs.ledger.delivered_j == pytest.approx([0.3 * dt])
     runner.update_jobs()                                 # same day, same jobs: kept
-    assert runner.ledger.delivered_j.tolist() == [0.5]
+    assert jobs.ledger.delivered_j == pytest.approx([0.3 * dt])
     src.day = "the next day"                             # same windows on a new day: new jobs
     runner.update_jobs()
-    assert runner.ledger.delivered_j.tolist() == [0.0]
+    assert jobs.ledger.delivered_j.tolist() == [0.0]
 
 
 def test_prices_above_a_value_of_lost_load_are_reported_once(caplog):
