@@ -453,3 +453,26 @@ def test_step_net_onnx_export_matches_numpy_and_is_deterministic(week):
     assert not np.array_equal(net.W1, other.W1)
     with pytest.raises(ValueError, match="horizon"):
         net.predict(X[:, :-1])
+
+
+def test_weekly_step_features_read_the_target_tick_days_before():
+    # experimental weekly features of models.select_history: on a ramp every value is its own index
+    from picogrid.models.select_history import WEEKLY_FEATURE_NAMES, weekly_step_features
+
+    n, M = 60, 2
+    hist = np.tile(np.arange(15 * n, dtype=np.float64), (M, 1))
+    x = weekly_step_features(hist, n, n)
+    assert x.shape == (M, n, len(WEEKLY_FEATURE_NAMES))
+    col = {c: i for i, c in enumerate(WEEKLY_FEATURE_NAMES)}
+    L, h = 15 * n, np.arange(n)
+    np.testing.assert_array_equal(x[0, :, col["same_tick_7d"]], L + h - 7 * n)
+    np.testing.assert_array_equal(x[0, :, col["same_tick_14d"]], L + h - 14 * n)
+    np.testing.assert_array_equal(x[0, :, col["same_tick_median_7d"]], L + h - 4 * n)
+    np.testing.assert_array_equal(x[0, :, col["same_tick_median_1_7_14d"]], L + h - 7 * n)
+    np.testing.assert_allclose(x[0, :, col["same_tick_mean_14d"]], L + h - 7.5 * n)
+    assert x[0, 0, col["last_7d_mean"]] == pytest.approx(L - 3.5 * n - 0.5)
+    # the +-2 tick window around the last step's tick yesterday (the last past tick) is clipped to the
+    # past: ticks L-3, L-2, L-1, L-1, L-1 (mean L-1.6 instead of L-1)
+    assert x[0, -1, col["around_tick_mean_7d"]] == pytest.approx(L + n - 1 - 4 * n - 0.6 / 7)
+    with pytest.raises(ValueError, match="history"):
+        weekly_step_features(hist[:, 1:], n, n)
