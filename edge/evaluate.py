@@ -150,6 +150,19 @@ def split_jobs(load3_w, dt_s, n_ticks):
     return rest, jobs
 
 
+def split_days(load_w, dt_s, n_ticks):
+    """:func:`split_jobs` on every whole day of ``load_w`` [W], in place.
+
+    Returns the jobs of each day, ``[[{"start", "end", "energy"}, ...], ...]``.
+    """
+    jobs = []
+    for start in range(0, len(load_w) - n_ticks + 1, n_ticks):
+        sl = slice(start, start + n_ticks)
+        load_w[sl], day_jobs = split_jobs(load_w[sl], dt_s, n_ticks)
+        jobs.append(day_jobs)
+    return jobs
+
+
 class DayData:
     """Scenario rows of one profile with the job split applied, indexed by (day, tick)."""
 
@@ -160,12 +173,7 @@ class DayData:
 
         self.cols = {c: np.array(frame[c].to_numpy(float)) for c in frame.columns
                      if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
-        self.jobs = []
-        load3 = self.cols["load3_demand_w"]
-        for i in range(len(self.days)):
-            sl = slice(i * n_ticks, (i + 1) * n_ticks)
-            load3[sl], jobs = split_jobs(load3[sl], dt_s, n_ticks)
-            self.jobs.append(jobs)
+        self.jobs = split_days(self.cols["load3_demand_w"], dt_s, n_ticks)
 
     def truth(self, i, cfg):
         """:class:`DayTruth` of day index ``i`` (storage half full at the start)."""

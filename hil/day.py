@@ -14,6 +14,8 @@ import threading
 import time
 import tomllib
 
+import numpy as np
+
 from picogrid.edge import report
 from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink
@@ -50,7 +52,7 @@ def replay_source(site, run_dir, day):
     ``picogrid evaluate`` does (:func:`picogrid.edge.evaluate.split_jobs`, on every day, so the
     forecaster's history is split alike); the run day's jobs are the source's.
     """
-    from picogrid.edge.evaluate import split_jobs
+    from picogrid.edge.evaluate import split_days
 
     from picogrid.edge.forecast import model_history_days
     from picogrid.models.features import profile_dims
@@ -64,10 +66,9 @@ def replay_source(site, run_dir, day):
     board, _ = deferrable_board(site)
     jobs = []
     if board is not None:
-        col = scenario[board + "_demand_w"]
-        for start in range(0, len(col), n_ticks):
-            rest, jobs = split_jobs(col[start:start + n_ticks], float(site["bench"]["tick_s"]), n_ticks)
-            col[start:start + n_ticks] = rest.tolist()
+        col = np.asarray(scenario[board + "_demand_w"], float)
+        jobs = split_days(col, float(site["bench"]["tick_s"]), n_ticks)[-1]   # the run day is the last
+        scenario[board + "_demand_w"] = col.tolist()
     return ScenarioSource(scenario, n_ticks, jobs)
 
 
