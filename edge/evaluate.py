@@ -356,6 +356,25 @@ def _chunk(args):
     return evaluate_profile(profile, first_day, n_days, reserve_stride=stride)
 
 
+def chunk_days(n_days, workers, stride=1):
+    """Split ``n_days`` consecutive days into at most ``workers`` chunks of whole ``stride``-day
+    blocks (the last block may be partial), sizes as even as the blocks allow.
+
+    Returns
+    -------
+    list of int
+        Positive chunk sizes in day order, summing to ``n_days``.
+    """
+    blocks = -(-n_days // stride)
+    sizes = [stride * (blocks // workers + (k < blocks % workers)) for k in range(workers)]
+    excess = sum(sizes) - n_days   # < stride: the last block is partial
+    for k in range(len(sizes) - 1, -1, -1):
+        cut = min(excess, sizes[k])
+        sizes[k] -= cut
+        excess -= cut
+    return [x for x in sizes if x > 0]
+
+
 def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1):
     """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged.
 
@@ -368,11 +387,8 @@ def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, rese
     from concurrent.futures import ProcessPoolExecutor
 
     start = _dt.date.fromisoformat(first_day)
-    blocks = -(-n_days // reserve_stride)
-    sizes = [reserve_stride * (blocks // workers + (k < blocks % workers)) for k in range(workers)]
-    sizes[-1] -= sum(sizes) - n_days
-    sizes = [x for x in sizes if x > 0]
-    firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(workers)]
+    sizes = chunk_days(n_days, workers, reserve_stride)
+    firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(len(sizes))]
     with ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride)
                                        for f, n in zip(firsts, sizes)]))

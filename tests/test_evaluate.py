@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from picogrid.edge import evaluate, policies
 from picogrid.edge.optimize import MpcConfig
@@ -114,3 +116,19 @@ def test_dayahead_plan_needs_a_whole_day_of_forecast():
     short = {k: (v[:30] if isinstance(v, np.ndarray) else v) for k, v in window.items()}
     with pytest.raises(ValueError, match="whole day"):
         evaluate.dayahead_policy(short, truth, cfg)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_days=st.integers(1, 400), workers=st.integers(1, 8), stride=st.integers(1, 60))
+def test_chunk_days_cover_the_run_in_whole_reserve_blocks(n_days, workers, stride):
+    sizes = evaluate.chunk_days(n_days, workers, stride)
+    assert sum(sizes) == n_days and 1 <= len(sizes) <= workers and min(sizes) > 0
+    # every chunk but the last starts a reserve block: the reserve days stay every stride-th day
+    assert all(s % stride == 0 for s in sizes[:-1])
+
+
+def test_chunk_days_never_runs_more_days_than_asked():
+    # a reserve stride longer than the run once gave one chunk of `stride` days
+    assert evaluate.chunk_days(30, 2, 40) == [30]
+    assert evaluate.chunk_days(30, 2, 3) == [15, 15]
+    assert evaluate.chunk_days(31, 2, 3) == [18, 13]

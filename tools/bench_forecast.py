@@ -19,20 +19,23 @@ TARGET_P50_MS = 2.0
 
 
 def _inputs(profile, n_calls):
-    """Inputs of ``n_calls`` forecast calls at consecutive ticks (each with two days of history)."""
+    """Inputs of ``n_calls`` forecast calls at consecutive ticks, each with the whole days of
+    history the committed models read (:func:`picogrid.edge.forecast.model_history_days`)."""
+    from picogrid.edge.forecast import model_history_days
     from picogrid.models import features as F
     from picogrid.models import scenario
     from picogrid.models.train import PROFILE_BENCH
 
     d = F.profile_dims(profile)
-    n_days = 4 + -(-(n_calls + 1) // d["n_ticks"])   # + one day of clear-sky room after the last call
+    hist = model_history_days(profile) * d["n_ticks"]
+    n_days = 2 + hist // d["n_ticks"] + -(-(n_calls + 1) // d["n_ticks"])   # + one day of clear-sky room after the last call
     days = scenario.build_bench_days("2013-07-09", n_days, n_ticks=d["n_ticks"], bench=PROFILE_BENCH[profile])
     cols = {s: days[s].to_numpy() for s in F.SERIES}
     cs_all = days["clearsky_ghi_w_m2"].to_numpy()
     out = []
     for k in range(n_calls + 1):
-        start = 2 * d["n_ticks"] + d["n_ticks"] // 3 + k
-        history = {s: v[start - 2 * d["n_ticks"]:start] for s, v in cols.items()}
+        start = hist + d["n_ticks"] // 3 + k
+        history = {s: v[start - hist:start] for s, v in cols.items()}
         row = days.iloc[start]
         calendar = {"tick": int(row["tick"]), "day_of_year": int(row["day_of_year"]),
                     "weekday": int(row["weekday"]), "n_ticks": d["n_ticks"]}
