@@ -139,6 +139,14 @@ class MpcConfig:
     scenario_spread : float
         Share of each scenario quantile's distance from the median kept (> 0); see
         :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side too.
+    demand_p90_weight : float
+        Where in the demand fan the single (expected-value) plan sits, in [0, 1]: steps 1..N-1
+        plan ``mean + w * (P90 - mean)`` per load; 0 plans on the mean. Read by the forecast side
+        (:func:`picogrid.edge.stochastic.forecast_inputs`), not the solver; scenarios, when on,
+        carry the fan themselves. Why: a joule of PV stored that the evening then does not need
+        loses about the export price less the terminal value, one that is missing costs the
+        import price, so a plan on the mean stores too little on days the demand forecast falls
+        short (measured: see ``site.toml``).
     rho, check_termination, adaptive_rho_interval, scaling : OSQP settings
         ADMM step size, termination check interval [iterations], rho adaptation interval
         [iterations] and Ruiz scaling iterations; see the OSQP docs
@@ -188,6 +196,7 @@ class MpcConfig:
     scenario_weights: tuple | None = None
     scenario_quantiles: tuple | None = None
     scenario_spread: float = 1.0
+    demand_p90_weight: float = 0.0
     rho: float = 0.1
     check_termination: int = 25
     adaptive_rho_interval: int = 100
@@ -254,6 +263,8 @@ class MpcConfig:
             if len(qs) != len(self.scenario_weights or ()) or any(not 0 < v < 1 for v in qs):
                 problems.append(f"scenario_quantiles must be in (0, 1), one per scenario weight, "
                                 f"got {qs!r}")
+        if not 0.0 <= self.demand_p90_weight <= 1.0:
+            problems.append(f"demand_p90_weight must lie in [0, 1], got {self.demand_p90_weight!r}")
         if not (math.isfinite(self.scenario_spread) and self.scenario_spread > 0):
             problems.append(f"scenario_spread must be finite and > 0, got {self.scenario_spread!r}")
         if not self.rho > 0 or self.check_termination < 1 or self.adaptive_rho_interval < 0 \

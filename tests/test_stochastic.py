@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picogrid.edge.optimize import MpcConfig, MpcController, build_model
-from picogrid.edge.stochastic import ScenarioQp, quantile_scenarios, solve_scenarios
+from picogrid.edge.stochastic import (ScenarioQp, expected_value, forecast_inputs, quantile_scenarios,
+                                      solve_scenarios)
 
 LAB = dict(horizon=8, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=2,
@@ -151,6 +152,7 @@ def test_scenario_input_errors_and_fallback(caplog):
     (dict(scenario_weights=(1.2, -0.2)), "> 0"),
     (dict(scenario_weights=(0.5, 0.5), scenario_quantiles=(0.5,)), "one per scenario"),
     (dict(scenario_spread=0.0), "scenario_spread"),
+    (dict(demand_p90_weight=1.5), "demand_p90_weight"),
 ])
 def test_config_rejects_bad_scenarios(over, message):
     with pytest.raises(ValueError, match=message):
@@ -188,3 +190,16 @@ def test_solve_scenarios_from_fans():
     assert sc[2]["pv_avail_w"][0] == 1.0 and sc[2]["import_price_per_j"][0] == 3.0
     assert sc[2]["export_price_per_j"][0] == pytest.approx(2.5)
     assert solve_scenarios(fans, cfg_of(), ["load1_demand_w"], 0.5) is None
+
+
+def test_demand_p90_weight_moves_the_planned_demand_towards_p90_after_step_0():
+    fan = lambda a, b, c: {0.1: np.full(6, a), 0.5: np.full(6, b), 0.9: np.full(6, c)}
+    fans = {"pv_available_w": fan(1.0, 2.0, 3.0), "load1_demand_w": fan(0.0, 1.0, 3.0),
+            "import_price_per_j": fan(1.0, 2.0, 3.0)}
+    now = {"pv_avail_w": 2.5, "demand_w": [0.7], "import_price_per_j": 2.0, "export_price_per_j": 1.5}
+    cfg = cfg_of(horizon=4, n_loads=1, voll_per_j=[50.0])
+    mean = expected_value(fans["load1_demand_w"])[1]
+    plain = forecast_inputs(fans, cfg, ["load1_demand_w"], now)["demand_w"][:, 0]
+    tilted = forecast_inputs(fans, cfg.replace(demand_p90_weight=0.5), ["load1_demand_w"], now)["demand_w"][:, 0]
+    assert plain[1:] == pytest.approx(mean) and tilted[0] == plain[0] == 0.7   # the present is measured
+    assert tilted[1:] == pytest.approx(mean + 0.5 * (3.0 - mean))
