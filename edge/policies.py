@@ -338,14 +338,14 @@ def plant_step(decision, e_j, pv_avail_w, demand_w, cfg, p_imp_max_w, p_exp_max_
     storage = float(np.clip(decision.p_storage_w, -ch_room, dis_room))
     grid = served.sum() - pv - storage
     if grid > p_imp_max_w:
-        extra = min(grid - p_imp_max_w, dis_room - max(storage, 0.0))
+        extra = min(grid - p_imp_max_w, dis_room - storage)   # a charging setpoint can swing to discharge
         storage += extra
         rest = _shed(served, grid - p_imp_max_w - extra, voll)
         if rest > 1e-12:  # nothing left to cut: the bus cannot be balanced (should not happen)
             log.warning("plant deficit of %.3g W left unbalanced", rest)
     elif grid < -p_exp_max_w:
         surplus = -p_exp_max_w - grid
-        extra = min(surplus, ch_room + min(storage, 0.0))
+        extra = min(surplus, ch_room + storage)   # a discharging setpoint can swing to charge
         storage -= extra
         pv -= min(surplus - extra, pv)
     grid = served.sum() - pv - storage

@@ -170,6 +170,28 @@ def test_plant_islands_when_the_decision_is_wrong():
     assert e_next == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("setpoint_w, e_j, pv_w, demand_w, expect_storage_w, expect_served_w, expect_pv_w", [
+    # plan charges 2 W, the grid is out: the storage swings to discharge 1.5 W, nothing is shed
+    (-2.0, 20.0, 0.0, [1.0, 0.5, 0.0], 1.5, [1.0, 0.5, 0.0], 0.0),
+    # swing limited by the 3 W discharge limit: 3 W from storage, load3 shed by 0.5 W
+    (-2.0, 20.0, 0.0, [1.0, 1.0, 1.5], 3.0, [1.0, 1.0, 1.0], 0.0),
+    # plan discharges 2 W into a PV surplus in an outage: the storage swings to charge, no curtailment
+    (2.0, 20.0, 3.0, [0.5, 0.5, 0.0], -2.0, [0.5, 0.5, 0.0], 3.0),
+])
+def test_plant_swings_a_wrong_sign_storage_setpoint(setpoint_w, e_j, pv_w, demand_w, expect_storage_w,
+                                                     expect_served_w, expect_pv_w):
+    """In an outage the storage covers the whole residual within its limits, whatever the sign of
+    the setpoint it was given; only then are loads shed (deficit) or PV curtailed (surplus)."""
+    cfg = lab_cfg()
+    d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=setpoint_w,
+                 p_grid_w=0.0, pv_cap_w=pv_w, load_served_w=np.array(demand_w))
+    pv, storage, grid, served, _, _ = plant_step(d, e_j, pv_w, np.array(demand_w), cfg, 0.0, 0.0)
+    assert grid == pytest.approx(0.0, abs=1e-12)
+    assert storage == pytest.approx(expect_storage_w)
+    np.testing.assert_allclose(served, expect_served_w, atol=1e-12)
+    assert pv == pytest.approx(expect_pv_w)
+
+
 def test_plant_curtails_surplus_in_an_outage():
     cfg = lab_cfg()
     d = Decision(status="solved", solve_time_s=0.0, iterations=0, objective=0.0, p_storage_w=0.0,
