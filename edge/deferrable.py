@@ -1,8 +1,8 @@
 """Deferrable energy jobs of one day and the energy delivered to each (lab feed ``/deferables``).
 
-A job asks for ``energy`` joules within ticks ``start <= t < end`` of the day (DESIGN.md §2;
-the window's last tick is read as exclusive, so a job is never planned into a tick the feed
-may not count). The energy the deferrable load takes goes to the open jobs earliest deadline
+A job asks for ``energy`` joules within ticks ``start <= t < end`` of the day (DESIGN.md §2).
+The lab feed's ``end`` is the job's deadline tick, inclusive; :func:`picogrid.edge.labfeed.parse`
+turns it into this exclusive end once, at the client. The energy the deferrable load takes goes to the open jobs earliest deadline
 first (EDF: optimal for meeting deadlines with one server, Liu & Layland, J. ACM 20(1), 1973),
 so one ledger serves the optimiser's inputs, the simulated plant and the bench's metering.
 """

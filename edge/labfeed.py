@@ -13,9 +13,12 @@ day index = ``int(unix_time / 300)``, tick = position in that 300 s window x 60.
 
 ``sell_price`` is what the grid sells to you (your import price), ``buy_price`` what it pays you
 (export). The server can be slow or down: every request has a timeout, the last good answer of
-each endpoint is cached, a failed server is left alone for ``retry_after_s``, and
-:meth:`LabFeed.snapshot` then answers from the cache (same day and tick) or from the online
-learner's forecast of the tick, and says which in ``sources`` and ``status``.
+each endpoint is cached, a server that does not answer (refused, timeout) is left alone for
+``retry_after_s``, an endpoint that answers badly (HTTP error, bad JSON, spec violation) is left
+alone for as long while the others are still asked, and :meth:`LabFeed.snapshot` then answers
+from the cache (same day and tick) or from the online learner's forecast of the tick, and says
+which in ``sources`` and ``status``. The server's own ``day``/``tick`` (``/price``,
+``/demand``) is the authority over the edge's clock; a difference is logged.
 
 :class:`OnlineDayLearner` learns from the ``/yesterday`` days it has seen: a set of simple
 day-profile predictors (yesterday, means of the last k days, exponentially weighted means,
@@ -76,7 +79,8 @@ def parse(endpoint: str, payload):
     dict or list
         ``sun``: ``{'tick', 'sun_fraction'}`` [0..1]; ``price``: ``{'day', 'tick',
         'import_price_per_j', 'export_price_per_j'}`` [c/J]; ``demand``: ``{'day', 'tick',
-        'demand_w'}`` [W]; ``deferables``: list of ``{'start_tick', 'end_tick', 'energy_j'}``;
+        'demand_w'}`` [W]; ``deferables``: list of ``{'start_tick', 'end_tick', 'energy_j'}``
+        (window ``start_tick <= t < end_tick``: the feed's inclusive deadline ``end`` plus one);
         ``yesterday``: ``{'demand_w', 'sell_price', 'buy_price'}`` arrays [60] ordered by tick.
 
     Raises
@@ -106,7 +110,10 @@ def parse(endpoint: str, payload):
             _need(d, ("start", "end", "energy"), endpoint)
             if not 0 <= int(d["start"]) <= int(d["end"]) or float(d["energy"]) < 0:
                 raise ValueError(f"/deferables: bad window {d}")
-            out.append({"start_tick": int(d["start"]), "end_tick": int(d["end"]), "energy_j": float(d["energy"])})
+            # the feed's "end" is the deadline tick, inclusive (its deadlines run up to tick 59,
+            # the day's last); the project's windows end exclusive, so convert once, here
+            out.append({"start_tick": int(d["start"]), "end_tick": int(d["end"]) + 1,
+                        "energy_j": float(d["energy"])})
         return out
     if endpoint == "yesterday":
         if not isinstance(payload, list) or len(payload) != TICKS_PER_DAY:
@@ -305,8 +312,10 @@ class LabFeed:
         self.clock = clock or time.time
         self.learner = learner if learner is not None else OnlineDayLearner()
         self.cache: dict[str, tuple[float, object]] = {}
-        self._down_until = -np.inf
+        self._down_until = -np.inf                 # the whole server (it did not answer)
+        self._endpoint_retry: dict[str, float] = {}  # one endpoint (it answered badly)
         self.last_error: str | None = None
+        self.clock_skew_ticks = 0                  # server tick - local tick, last seen
         self._today_day = None
         self.today = {k: np.full(TICKS_PER_DAY, np.nan) for k in LEARNED}
 
@@ -319,10 +328,17 @@ class LabFeed:
         if now < self._down_until:
             raise LabFeedError(f"/{endpoint}: feed marked down ({self.last_error}); retry after "
                                f"{self._down_until - now:.1f} s")
+        if now < self._endpoint_retry.get(endpoint, -np.inf):
+            raise LabFeedError(f"/{endpoint}: left alone after a bad answer; retry after "
+                               f"{self._endpoint_retry[endpoint] - now:.1f} s")
         try:
             with urllib.request.urlopen(f"{self.base_url}/{endpoint}", timeout=self.timeout_s) as resp:
                 value = parse(endpoint, json.loads(resp.read().decode("utf-8")))
-        except (OSError, ValueError) as exc:   # URLError, timeouts, refused, HTTP errors, JSON, spec
+        except (urllib.error.HTTPError, ValueError) as exc:   # it answered: HTTP error, JSON, spec
+            self.last_error = f"/{endpoint}: {type(exc).__name__}: {exc}"
+            self._endpoint_retry[endpoint] = now + self.retry_after_s
+            raise LabFeedError(self.last_error) from exc
+        except OSError as exc:   # no answer: refused, unreachable, timeout
             self.last_error = f"/{endpoint}: {type(exc).__name__}: {exc}"
             self._down_until = now + self.retry_after_s
             raise LabFeedError(self.last_error) from exc
@@ -355,13 +371,10 @@ class LabFeed:
         """Everything the edge needs for the current tick; never raises because the server is
         slow or down: fields then come from the cache or the learner, and ``status`` says so."""
         day, tick = day_tick(self.clock())
-        self.update_history()
+        notes, live = [], {}
+        if not self.update_history():
+            notes.append(f"no /yesterday history ({self.last_error})")
         snap = FeedSnapshot(day, tick, None, None, None, None)
-        if self._today_day != day:
-            self._today_day = day
-            for a in self.today.values():
-                a[:] = np.nan
-        notes = []
         for endpoint in ("sun", "price", "demand", "deferables"):
             try:
                 value, how = self.get(endpoint), "live"
@@ -378,6 +391,13 @@ class LabFeed:
             elif endpoint == "deferables" and value is not None:
                 snap.deferables = value
             snap.sources[endpoint] = how
+            if how == "live":
+                live[endpoint] = value
+        day, tick = snap.day, snap.tick = self._server_day_tick(live, day, tick)
+        if self._today_day != day:
+            self._today_day = day
+            for a in self.today.values():
+                a[:] = np.nan
         if snap.sources["demand"] == "live":
             self.today["demand"][tick] = snap.demand_w
         if snap.sources["price"] == "live":
@@ -396,3 +416,20 @@ class LabFeed:
             snap.status = "degraded: " + "; ".join(notes)
             log.warning("lab feed day %d tick %d %s", day, tick, snap.status)
         return snap
+
+    def _server_day_tick(self, live, day, tick):
+        """The (day, tick) the server's live ``/price`` or ``/demand`` states, else the local one.
+
+        A request near a 5 s boundary, or an edge clock off from the server's, would otherwise
+        file the values under the wrong tick; a change of the offset is logged.
+        """
+        stated = [(v["day"], v["tick"]) for k, v in live.items() if k in ("price", "demand")]
+        if not stated:
+            return day, tick
+        server = max(stated)   # the two can straddle a boundary: the later one is current
+        skew = (server[0] - day) * TICKS_PER_DAY + server[1] - tick
+        if skew != self.clock_skew_ticks:
+            log.warning("feed server says day %d tick %d, the edge clock day %d tick %d (%+d ticks)",
+                        server[0], server[1], day, tick, skew)
+            self.clock_skew_ticks = skew
+        return server

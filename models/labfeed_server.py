@@ -4,7 +4,8 @@ For tests and offline demos: it answers ``GET /sun``, ``/price``, ``/demand``, `
 and ``/yesterday`` on loopback exactly as specified (day index = ``int(unix_time / 300)``, tick =
 position in the 300 s window x 60), from lab days generated from the real scenario
 (:func:`generate_lab_days`). Its clock is injected, so a test can leap through days, and it can
-be made slow (``delay_s``) or failing (``failing``: HTTP 503) to exercise the client's fallbacks.
+be made slow (``delay_s``) or failing (``failing``: HTTP 503 to everything; ``failing_endpoints``:
+HTTP 503 on those paths only) to exercise the client's fallbacks.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class LabFeedServer:
         Sleep before every answer [s] (a slow server).
     failing : bool
         Answer HTTP 503 to everything (a broken server).
+    failing_endpoints : set of str
+        Paths (e.g. ``{"/yesterday"}``) answered HTTP 503 while the rest work.
     requests : int
         Requests answered (or refused) so far.
     """
@@ -96,6 +99,7 @@ class LabFeedServer:
         self.days, self.clock = days, clock
         self.day0 = int(clock() // DAY_S) if day0 is None else int(day0)
         self.delay_s, self.failing, self.requests = 0.0, False, 0
+        self.failing_endpoints: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -125,13 +129,13 @@ class LabFeedServer:
 
     def answer(self, path: str):
         """(HTTP status, JSON body) for ``path`` at the current clock."""
-        if self.failing:
+        path = path.split("?")[0].rstrip("/")
+        if self.failing or path in self.failing_endpoints:
             return 503, {"error": "unavailable"}
         t = self.clock()
         day = int(t // DAY_S)
         tick = min(int((t - day * DAY_S) / DAY_S * N_TICKS), N_TICKS - 1)
         d = self._day(day)
-        path = path.split("?")[0].rstrip("/")
         if path == "/sun":
             return 200, {"tick": tick, "sun": d["sun"][tick]}
         if path == "/price":

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 SPEED = 5.0
 N_TICKS = 6
 NOON = 30            # the served days are rotated to start at midday: there is sun to relay
-JOB = {"start": 1, "end": 5, "energy": 1.2}    # /deferables: 1.2 J within ticks 1..4 [J]
+JOB = {"start": 1, "end": 4, "energy": 1.2}    # /deferables: 1.2 J within ticks 1..4 (end: the deadline, inclusive) [J]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_feed_deferables_are_delivered_in_their_window(feed_day):
     rows = conn.execute("SELECT tick, deferrable_w FROM dispatch WHERE policy='mpc' ORDER BY tick").fetchall()
     tick_s = DAY_S / 60 / SPEED
     per_tick_j = {r["tick"]: (r["deferrable_w"] or 0.0) * tick_s for r in rows}
-    assert all(per_tick_j[t] == 0.0 for t in per_tick_j if not JOB["start"] <= t < JOB["end"])
+    assert all(per_tick_j[t] == 0.0 for t in per_tick_j if not JOB["start"] <= t <= JOB["end"])
     assert summary["deferrable_jobs"] == 1
     assert sum(per_tick_j.values()) == pytest.approx(summary["deferrable_energy_j"])
     # the LED's power tracking may leave a little of the last tick's share undelivered

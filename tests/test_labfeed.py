@@ -64,7 +64,8 @@ def test_live_snapshot_matches_the_served_day(feed, days):
     assert snap.sun_fraction == pytest.approx(d["sun"][3] / 100)
     assert snap.demand_w == pytest.approx(d["demand"][3])
     assert (snap.import_price_per_j, snap.export_price_per_j) == (d["sell_price"][3], d["buy_price"][3])
-    assert snap.deferables == [{"start_tick": x["start"], "end_tick": x["end"], "energy_j": x["energy"]}
+    # the feed's end is the inclusive deadline; the client's window ends exclusive
+    assert snap.deferables == [{"start_tick": x["start"], "end_tick": x["end"] + 1, "energy_j": x["energy"]}
                                for x in d["deferables"]]
     # /yesterday (served cyclically: the last generated day) was learned once
     assert client.learner.days == [DAY0 - 1]
@@ -105,6 +106,44 @@ def test_failing_server_503_is_handled(feed):
     server.failing = True
     snap = client.snapshot()
     assert "HTTPError" in snap.status and snap.sources["price"] == "none"
+
+
+def test_one_failing_endpoint_leaves_the_others_live(feed, days):
+    """/yesterday answering 503 is that endpoint's problem: the live values still come, every
+    tick, and the bad endpoint is not asked again until retry_after_s."""
+    server, client, clock = feed
+    server.failing_endpoints = {"/yesterday"}
+    for k in (3, 4, 5):
+        clock.t = DAY0 * 300 + k * 5 + 1.0
+        snap = client.snapshot()
+        assert snap.tick == k
+        assert {snap.sources[e] for e in ("sun", "price", "demand", "deferables")} == {"live"}, snap.status
+        assert snap.demand_w == pytest.approx(days[0]["demand"][k])
+        assert snap.status.startswith("degraded") and "no /yesterday history" in snap.status
+    asked = server.requests
+    clock.t += 0.5                                   # within retry_after_s of the last try
+    client.update_history()
+    assert server.requests == asked
+
+
+def test_server_tick_is_the_authority_over_the_edge_clock(days, caplog):
+    """An edge clock 1.5 ticks ahead of the server's: the snapshot carries the server's tick
+    and the skew is logged once, not every tick."""
+    server_clock = Clock(DAY0 * 300 + 3 * 5 + 1.0)
+    edge_clock = lambda: server_clock() + 7.5     # noqa: E731
+    server = LabFeedServer(days, server_clock, day0=DAY0)
+    try:
+        client = L.LabFeed(server.url, timeout_s=0.3, clock=edge_clock)
+        with caplog.at_level("WARNING", logger="picogrid.edge.labfeed"):
+            first = client.snapshot()
+            server_clock.t += 5.0
+            second = client.snapshot()
+        assert (first.day, first.tick) == (DAY0, 3) and second.tick == 4
+        assert first.demand_w == pytest.approx(days[0]["demand"][3])
+        assert client.clock_skew_ticks == -1
+        assert sum("edge clock" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("endpoint,payload,match", [
