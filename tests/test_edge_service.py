@@ -2,6 +2,7 @@
 pseudo-terminals stand where /dev/ttyACM0..5 would be."""
 
 import copy
+import math
 import sqlite3
 import time
 
@@ -48,5 +49,5 @@ def test_edge_runs_a_day_on_the_boards_of_a_site_file(tmp_path):
     assert conn.execute("SELECT count(*) FROM dispatch WHERE policy='mpc'").fetchone()[0] == N_TICKS
     assert conn.execute("SELECT count(*) FROM setpoint WHERE acked=1").fetchone()[0] == 6 * (N_TICKS + 1)
     assert conn.execute("SELECT DISTINCT forecast_source FROM decision").fetchall() == [("onnx",)]
-    assert summary["cost_naive_model"] == summary["cost_naive_model"]      # the model's naive rule ran
+    assert math.isfinite(summary["cost_naive_model"])      # the model's naive rule ran and scored
     assert summary["ticks_incomplete_mpc"] == 0
