@@ -69,6 +69,12 @@ def failsafe_states():
     st.setpoint(0, 1.0)
     st.failsafe()
     out["storage"] = st.setpoint_w
+    # idle while the grid board holds the bus (7.0 V); a bus sagging to 6.0 V (the grid board
+    # gone as well) is backed up by the bus guard, flagged ISLANDED
+    i_held = [st.step(10.0, 0.0, 7.0, 0.0, 0.01) for _ in range(50)][-1]
+    out["storage_held_a"] = [i_held, st.flags]
+    i_sag = [st.step(10.0, 0.0, 6.0, 0.0, 0.01) for _ in range(50)][-1]
+    out["storage_sag_a"] = [i_sag, st.flags]
     return out
 
 

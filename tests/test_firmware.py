@@ -61,6 +61,9 @@ def test_failsafe_keeps_critical_load_and_sheds_others(results):
     assert f["load2"] == [True, 0.0]
     assert f["load3"] == [True, 0.0]
     assert f["storage"] == 0.0
+    # idle (0 A) while the bus is held; the bus guard backs up a sagging bus, flagged ISLANDED
+    assert f["storage_held_a"] == [0.0, 0]
+    assert f["storage_sag_a"][0] > 0.1 and f["storage_sag_a"][1] & 8
 
 
 def test_storage_respects_voltage_limits(results):
