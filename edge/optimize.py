@@ -857,10 +857,20 @@ class MpcController:
             adaptive_rho_interval=int(config.adaptive_rho_interval), scaling=int(config.scaling))
         self._x_prev = None
         self._y_prev = None
+        self._ticks_since_prev = 1   # ticks between the stored iterate and the next solve
 
     def reset(self):
         """Forget the previous solution: the next solve starts cold from zero."""
         self._x_prev = self._y_prev = None
+        self._ticks_since_prev = 1
+
+    def _shifted_start(self):
+        """The stored iterate shifted by the ticks since it was made (one, or more after
+        fallbacks that did not solve), as ``(x, y)``."""
+        x, y = self._x_prev, self._y_prev
+        for _ in range(min(self._ticks_since_prev, self.config.horizon)):
+            x, y = x[self._qp.x_shift], y[self._qp.y_shift]
+        return x, y
 
     def solve(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
               p_imp_max_w=None, p_exp_max_w=None, jobs=None, p_def_max_w=None,
@@ -940,6 +950,7 @@ class MpcController:
         arrays += [(f"scenarios[{k}]", a) for k, sc in enumerate(scen) for a in sc]
         bad = [name for name, a in arrays if not np.all(np.isfinite(a))]
         if bad:
+            self._ticks_since_prev += 1   # the next warm start is one more tick old
             return self._fallback(f"non-finite input ({', '.join(bad)})", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         # Negative availabilities or limits are data errors the solver would call infeasible.
@@ -956,8 +967,8 @@ class MpcController:
             q, l, u = self._qp.vectors(vecs)
             self._solver.update(q=q, l=l, u=u)
             if self._x_prev is not None:
-                self._solver.warm_start(x=self._x_prev[self._qp.x_shift],
-                                        y=self._y_prev[self._qp.y_shift])
+                x0, y0 = self._shifted_start()
+                self._solver.warm_start(x=x0, y=y0)
                 res = self._solver.solve(raise_error=False)
                 iterations = int(res.info.iter)
             else:
@@ -971,11 +982,13 @@ class MpcController:
             if np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.y)):
                 # iterations or time ran out: the iterate is progress, the next tick resumes it
                 self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
+                self._ticks_since_prev = 1
             else:
                 self.reset()
             return self._fallback(f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
+        self._ticks_since_prev = 1
         status = "solved" if status_val == 1 else "solved_inaccurate"
         if status_val == 2:
             log.warning("OSQP solution inaccurate after %d iterations (prim_res %.3g)",

@@ -320,6 +320,23 @@ def test_nan_energy_falls_back_with_idle_storage():
     _assert_usable(d)
 
 
+def test_warm_start_after_a_skipped_tick_is_shifted_by_two():
+    """A tick lost to non-finite input leaves the last iterate two ticks old: the next warm
+    start shifts it twice, so step k of the start is step k + 2 of that iterate."""
+    ctrl = MpcController(lab_cfg(horizon=12))
+    ramp = np.linspace(1.0, 3.0, 12)
+    args = dict(_tick(), import_price_per_j=ramp)
+    assert ctrl.solve(20.0, **args).status == "solved"
+    bad = dict(args, pv_avail_w=np.full(12, np.nan))
+    assert ctrl.solve(20.0, **bad).status.startswith("fallback:non-finite")
+    x, _ = ctrl._shifted_start()
+    qp = ctrl._qp
+    twice = ctrl._x_prev[qp.x_shift][qp.x_shift]
+    np.testing.assert_array_equal(x, twice)
+    assert not np.array_equal(x, ctrl._x_prev[qp.x_shift])
+    assert ctrl.solve(20.0, **args).status == "solved" and ctrl._ticks_since_prev == 1
+
+
 def test_solver_giving_up_falls_back_then_recovers():
     """A real OSQP failure (iteration cap of 1) must yield the rule-based decision."""
     ctrl = MpcController(lab_cfg(max_iter=1))
