@@ -401,6 +401,28 @@ def test_committed_cards_record_static_and_online_coverage(forecaster):
         assert m["model"]["mae"] == pytest.approx(m["model_static"]["mae"])
 
 
+def test_committed_lab_cards_reproduce_from_their_onnx_files():
+    """The figures in the committed lab cards (and so in MODEL_CARD.md) are what the committed
+    ONNX files score on the test period, recomputed here, baselines included; the file hashes
+    match the cards."""
+    import hashlib
+
+    frame, split = train.build_frame("lab")
+    starts = train.split_starts(frame["day"].to_numpy(), split, "lab")["test"]
+    directory = train.PROFILE_DIRS["lab"]
+    for series in F.SERIES:
+        card = json.loads((directory / f"{series}.json").read_text())
+        blob = (directory / card["onnx_file"]).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == card["onnx_sha256"], series
+        got = evaluate.evaluate_series(series, blob, frame, starts, "lab")
+        want = card["metrics_test"]
+        assert got["n_windows"] == want["n_windows"]
+        for key in ("model", "seasonal_naive", "persistence"):
+            assert got[key]["mae"] == pytest.approx(want[key]["mae"], rel=1e-6), (series, key)
+        assert got["model"]["coverage_p10_p90"] == pytest.approx(want["model"]["coverage_p10_p90"], abs=1e-9)
+        assert got["mae_ratio_vs_seasonal_naive"] == pytest.approx(want["mae_ratio_vs_seasonal_naive"], rel=1e-6)
+
+
 # -- per-step features and the step-shared network (load 3) ---------------------------------------
 
 def test_step_features_equal_training_windows_and_read_only_the_past(week):
