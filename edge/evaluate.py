@@ -9,7 +9,8 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 - ``mpc_own``: the OSQP MPC on the project's forecasts (:class:`picogrid.edge.forecast.Forecaster`:
   the mean of the P10/P50/P90 fan, or, when the site's ``[optimizer]`` sets scenarios, the
   two-stage plan over the fan's scenarios of :mod:`picogrid.edge.stochastic`; the lab feed tells
-  the current demand, price and sun, so step 0 is known);
+  the current demand, price and sun, so step 0 is known, and the forecast starts at the next
+  tick from the history through now, :func:`picogrid.edge.forecast.forecast_from_now`);
 - ``mpc_own_reserve`` (site): the same with the risk-aware reserve on (P90 demand, P10 PV), on
   every ``--reserve-every``-th day (default 3, to keep the run near 5 minutes), compared with
   ``mpc_own`` on the same days;
@@ -78,6 +79,7 @@ from pathlib import Path
 import numpy as np
 
 from picogrid.edge import policies
+from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.stochastic import forecast_inputs
 
@@ -209,12 +211,14 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
                 hist[s] = c[s][r - h:r]
         cal = {"tick": int(t), "day_of_year": int(c["day_of_year"][r]), "weekday": int(c["weekday"][r]),
                "n_ticks": n_ticks}
-        rows = np.minimum(np.arange(r, r + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
-        out = forecaster.forecast(hist, cal, c["clearsky_ghi_w_m2"][rows])
-        for s, src in forecaster.source.items():
-            sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
         w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
         now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        known = {"pv_available_w": now["pv_avail_w"], "import_price_per_j": now["import_price_per_j"],
+                 **{s: float(v) for s, v in zip(LOAD_COLS, now["demand_w"])}}
+        rows = np.minimum(np.arange(r + 1, r + 1 + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
+        out = forecast_from_now(forecaster, hist, known, cal, c["clearsky_ghi_w_m2"][rows])
+        for s, src in forecaster.source.items():
+            sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
         w.update(forecast_inputs(out, plan_cfg, LOAD_COLS, now))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc

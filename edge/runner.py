@@ -17,6 +17,7 @@ from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
+from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOADS
 from picogrid.edge.site import deferrable_board
@@ -103,9 +104,14 @@ class EdgeRunner:
             hist_len = max(hist_len, int(getattr(self.forecaster, "history_ticks", 0)))
         history = self.source.history(k, hist_len)
         calendar = self.source.calendar(k)
-        clearsky = self.source.clearsky(k, self.horizon)
+        # the forecast starts at the next tick, from the history through now (known values)
+        demand_now, imp_now, exp_now = self.source.now(k)
+        now = {"pv_available_w": self.source.sun_now(k) * self.pv_capability_w,
+               "import_price_per_j": imp_now, "export_price_per_j": exp_now,
+               **{l + "_demand_w": float(d) for l, d in zip(LOADS, demand_now)}}
+        clearsky = self.source.clearsky(k + 1, self.horizon)
         try:
-            fc = self.forecaster.forecast(history, calendar, clearsky)
+            fc = forecast_from_now(self.forecaster, history, now, calendar, clearsky)
             src = dict(self.forecaster.source)
         except Exception as exc:   # forecaster broken: same tick yesterday, said so
             log.exception("forecaster failed at tick %d", k)

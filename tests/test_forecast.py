@@ -423,6 +423,41 @@ def test_committed_lab_cards_reproduce_from_their_onnx_files():
         assert got["mae_ratio_vs_seasonal_naive"] == pytest.approx(want["mae_ratio_vs_seasonal_naive"], rel=1e-6)
 
 
+@pytest.mark.parametrize("cal, expect", [
+    (dict(tick=10, day_of_year=190, weekday=2, n_ticks=60), dict(tick=11, day_of_year=190, weekday=2)),
+    (dict(tick=59, day_of_year=190, weekday=6, n_ticks=60), dict(tick=0, day_of_year=191, weekday=0)),
+    (dict(tick=287, day_of_year=365, weekday=1, n_ticks=288), dict(tick=0, day_of_year=1, weekday=2)),
+])
+def test_next_calendar(cal, expect):
+    from picogrid.edge.forecast import next_calendar
+    got = next_calendar(cal)
+    assert {k: got[k] for k in expect} == expect and got["n_ticks"] == cal["n_ticks"]
+
+
+def test_forecast_from_now_starts_at_the_next_tick_with_now_in_the_history(days):
+    """Plan step 0 is the known value; step k >= 1 is the forecast made from the next tick
+    with the current tick's known values appended to the history (weather repeated)."""
+    from picogrid.edge.forecast import forecast_from_now
+    fc = Forecaster(online_recalibration=False)        # stateless: the two calls must agree
+    start = 90
+    history, calendar, _ = _inputs(days, start)
+    for s in ("ghi_w_m2", "temp_air_c"):
+        history[s] = days[s].to_numpy()[:start]
+    now = {s: float(days[s].to_numpy()[start]) for s in F.SERIES}
+    clearsky_next = days["clearsky_ghi_w_m2"].to_numpy()[start + 1:start + 1 + N]
+    plan = forecast_from_now(fc, history, now, calendar, clearsky_next)
+    shifted = {s: days[s].to_numpy()[1:start + 1] for s in F.SERIES}
+    for s in ("ghi_w_m2", "temp_air_c"):
+        shifted[s] = np.append(days[s].to_numpy()[1:start], days[s].to_numpy()[start - 1])
+    nxt = _inputs(days, start + 1)[1]
+    direct = fc.forecast(shifted, nxt, clearsky_next)
+    for s in F.SERIES:
+        for q in (0.1, 0.5, 0.9):
+            assert plan[s][q].shape == (N,)
+            assert plan[s][q][0] == now[s]
+            np.testing.assert_allclose(plan[s][q][1:], direct[s][q][:-1], rtol=0, atol=0)
+
+
 # -- per-step features and the step-shared network (load 3) ---------------------------------------
 
 def test_step_features_equal_training_windows_and_read_only_the_past(week):
