@@ -137,8 +137,8 @@ class FeedSource:
         return float(self.observed["sun"][tick])
 
     def history(self, tick, length):
-        """Today's observations before ``tick``, zero-padded in front to ``length`` (unused by
-        :class:`FeedForecaster`, kept so the runner's interface is the same)."""
+        """Today's observations before ``tick``, zero-padded in front to ``length`` (the
+        runner's interface; :class:`FeedForecaster` reads only the latest value, for persistence)."""
         out = {}
         for s in SERIES:
             today = np.nan_to_num(self.observed[s][:tick])
@@ -183,27 +183,33 @@ class FeedForecaster:
         return learner.forecast(key, np.asarray(today[:k], float), n)
 
     def forecast(self, history, calendar, clearsky_ghi_w_m2):
+        """P10 = P50 = P90 of ``len(clearsky_ghi_w_m2)`` ticks from ``calendar["tick"]`` on.
+
+        ``history``: series -> values through the tick before that one (the last is the latest
+        known, what persistence holds); the learner reads today's observations before it.
+        """
         k = int(calendar["tick"])
         n = len(clearsky_ghi_w_m2)
         src, obs = self.src, self.src.observed
+        latest = {name: float(np.asarray(v, float)[-1]) for name, v in history.items() if len(v)}
         point, source = {}, {}
         total = self._learned("demand", sum(np.nan_to_num(obs[l + "_demand_w"]) for l in LOADS), k, n)
         for i, l in enumerate(LOADS):
             name = l + "_demand_w"
             if total is None:
-                point[name], source[name] = np.full(n, obs[name][k]), "persistence:no feed history"
+                point[name], source[name] = np.full(n, latest[name]), "persistence:no feed history"
             else:   # the learner knows the total demand: split it as the feed's demand is split
                 point[name], source[name] = np.minimum(total * src.shares[i], src.load_max_w[i]), "labfeed_learner"
         for name, key in (("import_price_per_j", "sell_price"), ("export_price_per_j", "buy_price")):
             p = self._learned(key, obs[name], k, n)
-            point[name], source[name] = ((np.full(n, obs[name][k]), "persistence:no feed history")
+            point[name], source[name] = ((np.full(n, latest[name]), "persistence:no feed history")
                                          if p is None else (p, "labfeed_learner"))
         if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
             steps = (k + np.arange(n)) % src.n_ticks
             point["pv_available_w"] = np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w
             source["pv_available_w"] = "edge_yesterday"
         else:
-            point["pv_available_w"] = np.full(n, obs["pv_available_w"][k])
+            point["pv_available_w"] = np.full(n, latest["pv_available_w"])
             source["pv_available_w"] = "persistence:first day"
         self.source = source
         out = {}
