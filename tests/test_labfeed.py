@@ -197,3 +197,25 @@ def test_learner_is_yesterday_until_it_has_scored_two_days(days):
     np.testing.assert_allclose(learner.forecast("demand"), days[1]["demand"])
     with pytest.raises(ValueError, match="60 finite"):
         learner.observe_day(9, {"demand_w": [1.0] * 59, "sell_price": [1] * 60, "buy_price": [1] * 60})
+
+
+def test_feed_forecaster_without_history_holds_the_latest_values(feed, days):
+    """No /yesterday yet: the feed forecaster holds what the edge knows now, from the tick
+    after now on (forecast_from_now), instead of reading a tick not observed yet."""
+    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecast import forecast_from_now
+
+    server, client, clock = feed
+    server.failing_endpoints = {"/yesterday"}
+    source = FeedSource(client, pv_capability_w=3.87)
+    clock.t = DAY0 * 300 + 40 * 5 + 1.0                 # tick 40: demand and sun are on
+    source.begin_tick(40)
+    demand_now, imp_now, exp_now = source.now(40)
+    now = {"pv_available_w": source.sun_now(40) * 3.87, "import_price_per_j": imp_now,
+           "export_price_per_j": exp_now, **{l + "_demand_w": float(d) for l, d in zip(("load1", "load2", "load3"), demand_now)}}
+    fc = FeedForecaster(source)
+    plan = forecast_from_now(fc, source.history(40, 120), now, source.calendar(40), source.clearsky(41, 60))
+    assert fc.source["load1_demand_w"] == "persistence:no feed history"
+    assert now["load1_demand_w"] > 0 and imp_now > 0
+    for name in ("load1_demand_w", "import_price_per_j", "pv_available_w"):
+        np.testing.assert_array_equal(plan[name][0.5], np.full(60, now[name]))
