@@ -213,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--eps", type=float, default=None, help="override the site's OSQP eps_abs = eps_rel")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    # one warning per inaccurate solve would bury the table (the counts are in 'statuses')
+    logging.getLogger("picogrid.edge.optimize").setLevel(logging.ERROR)
     site, cfg, scaling = evaluate.load_site("site")
     if args.eps:
         cfg = cfg.replace(eps_abs=args.eps, eps_rel=args.eps)
