@@ -355,9 +355,11 @@ class LabFeed:
             return None
         return value
 
-    def update_history(self) -> bool:
-        """Fetch ``/yesterday`` once per lab day and teach the learner; False if unavailable."""
-        day, _ = day_tick(self.clock())
+    def update_history(self, day: int | None = None) -> bool:
+        """Fetch ``/yesterday`` once per lab day (``day``: default the clock's) and teach the
+        learner; False if unavailable."""
+        if day is None:
+            day, _ = day_tick(self.clock())
         if self.learner.days and self.learner.days[-1] == day - 1:
             return True
         try:
@@ -372,8 +374,6 @@ class LabFeed:
         slow or down: fields then come from the cache or the learner, and ``status`` says so."""
         day, tick = day_tick(self.clock())
         notes, live = [], {}
-        if not self.update_history():
-            notes.append(f"no /yesterday history ({self.last_error})")
         snap = FeedSnapshot(day, tick, None, None, None, None)
         for endpoint in ("sun", "price", "demand", "deferables"):
             try:
@@ -394,6 +394,9 @@ class LabFeed:
             if how == "live":
                 live[endpoint] = value
         day, tick = snap.day, snap.tick = self._server_day_tick(live, day, tick)
+        # history after the live values: a slow /yesterday must not cost this tick its live data
+        if not self.update_history(day):
+            notes.append(f"no /yesterday history ({self.last_error})")
         if self._today_day != day:
             self._today_day = day
             for a in self.today.values():
