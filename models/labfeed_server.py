@@ -84,7 +84,8 @@ class LabFeedServer:
     ----------
     url : str
     delay_s : float
-        Sleep before every answer [s] (a slow server).
+        Sleep before every answer [s] (a slow server), or only before those of
+        ``slow_endpoints`` when that set is not empty (e.g. ``{"/yesterday"}``).
     failing : bool
         Answer HTTP 503 to everything (a broken server).
     failing_endpoints : set of str
@@ -100,6 +101,7 @@ class LabFeedServer:
         self.day0 = int(clock() // DAY_S) if day0 is None else int(day0)
         self.delay_s, self.failing, self.requests = 0.0, False, 0
         self.failing_endpoints: set[str] = set()
+        self.slow_endpoints: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,7 +110,8 @@ class LabFeedServer:
 
             def do_GET(self):   # noqa: N802 - http.server API
                 server.requests += 1
-                if server.delay_s:
+                path = self.path.split("?")[0].rstrip("/")
+                if server.delay_s and (not server.slow_endpoints or path in server.slow_endpoints):
                     time.sleep(server.delay_s)
                 status, body = server.answer(self.path)
                 data = json.dumps(body).encode()

@@ -126,6 +126,17 @@ def test_one_failing_endpoint_leaves_the_others_live(feed, days):
     assert server.requests == asked
 
 
+def test_slow_history_does_not_cost_the_tick_its_live_values(feed, days):
+    """A /yesterday slower than the timeout marks the feed down, but only after this tick's
+    live values came in."""
+    server, client, clock = feed
+    server.delay_s, server.slow_endpoints = 1.0, {"/yesterday"}
+    snap = client.snapshot()                       # a fresh client: it asks for its history
+    assert {snap.sources[e] for e in ("sun", "price", "demand", "deferables")} == {"live"}, snap.status
+    assert snap.demand_w == pytest.approx(days[0]["demand"][3])
+    assert "no /yesterday history" in snap.status and "timed out" in snap.status
+
+
 def test_server_tick_is_the_authority_over_the_edge_clock(days, caplog):
     """An edge clock 1.5 ticks ahead of the server's: the snapshot carries the server's tick
     and the skew is logged once, not every tick."""
