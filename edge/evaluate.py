@@ -213,10 +213,8 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
                "n_ticks": n_ticks}
         w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
         now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
-        known = {"pv_available_w": now["pv_avail_w"], "import_price_per_j": now["import_price_per_j"],
-                 **{s: float(v) for s, v in zip(LOAD_COLS, now["demand_w"])}}
         rows = np.minimum(np.arange(r + 1, r + 1 + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
-        out = forecast_from_now(forecaster, hist, known, cal, c["clearsky_ghi_w_m2"][rows])
+        out = forecast_from_now(forecaster, hist, now, LOAD_COLS, cal, c["clearsky_ghi_w_m2"][rows])
         for s, src in forecaster.source.items():
             sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
         w.update(forecast_inputs(out, plan_cfg, LOAD_COLS, now))

@@ -268,7 +268,8 @@ def next_calendar(calendar: dict) -> dict:
     return cal
 
 
-def forecast_from_now(forecaster, history: dict, now: dict, calendar: dict, clearsky_next_ghi_w_m2) -> dict:
+def forecast_from_now(forecaster, history: dict, now: dict, load_series, calendar: dict,
+                      clearsky_next_ghi_w_m2) -> dict:
     """Fans over the plan's steps ``0..H-1`` when step 0's values are known.
 
     The models forecast ``H`` ticks from their calendar's start tick out of the history before
@@ -284,9 +285,13 @@ def forecast_from_now(forecaster, history: dict, now: dict, calendar: dict, clea
         Anything with ``forecast(history, calendar, clearsky)`` and ``horizon``.
     history : mapping str -> array [T]
         Values before the current tick, oldest first (units of :meth:`Forecaster.forecast`).
-    now : mapping str -> float
-        The current tick's known value per series [W, c/J]; a series of ``history`` missing
-        here repeats its last value.
+    now : mapping
+        What is known of the current tick, as :func:`picogrid.edge.stochastic.forecast_inputs`
+        takes it: ``pv_avail_w`` [W], ``demand_w`` [L] [W], ``import_price_per_j`` and
+        optionally ``export_price_per_j`` [c/J]. A series of ``history`` it does not give
+        repeats its last value.
+    load_series : sequence of str
+        History names of the ``L`` loads, in the order of ``now["demand_w"]``.
     calendar : dict
         Calendar of the current tick (``tick``, ``day_of_year``, ``weekday``, ``n_ticks``).
     clearsky_next_ghi_w_m2 : array [H]
@@ -296,7 +301,7 @@ def forecast_from_now(forecaster, history: dict, now: dict, calendar: dict, clea
     -------
     dict[str, dict[float, numpy.ndarray [H]]]
         Series -> quantile -> plan-aligned values: step 0 is the known value (every quantile)
-        where ``now`` has it, else the forecast's first step; step ``k >= 1`` is the forecast's
+        where ``now`` gives it, else the forecast's first step; step ``k >= 1`` is the forecast's
         step ``k - 1`` (its last step, ``H`` ticks ahead, lies beyond the plan).
 
     Raises
@@ -304,10 +309,14 @@ def forecast_from_now(forecaster, history: dict, now: dict, calendar: dict, clea
     ValueError
         As :meth:`Forecaster.forecast` (a missing series, a history too short).
     """
+    known = {"pv_available_w": now["pv_avail_w"], "import_price_per_j": now["import_price_per_j"],
+             **dict(zip(load_series, np.asarray(now["demand_w"], dtype=np.float64).ravel()))}
+    if "export_price_per_j" in now:
+        known["export_price_per_j"] = now["export_price_per_j"]
     through_now = {}
     for series, values in history.items():
         values = np.asarray(values, dtype=np.float64)
-        last = float(now[series]) if series in now else (values[-1] if values.size else np.nan)
+        last = float(known[series]) if series in known else (values[-1] if values.size else np.nan)
         through_now[series] = np.append(values[1:], last)
     fans = forecaster.forecast(through_now, next_calendar(calendar), clearsky_next_ghi_w_m2)
     out = {}
@@ -315,6 +324,6 @@ def forecast_from_now(forecaster, history: dict, now: dict, calendar: dict, clea
         out[series] = {}
         for q, values in fan.items():
             values = np.asarray(values, dtype=np.float64)
-            first = float(now[series]) if series in now else values[0]
+            first = float(known[series]) if series in known else values[0]
             out[series][q] = np.concatenate([[first], values[:-1]])
     return out

@@ -864,6 +864,11 @@ class MpcController:
         self._x_prev = self._y_prev = None
         self._ticks_since_prev = 1
 
+    def _keep(self, res):
+        """Store a solve's iterate as the next tick's warm start (copies: OSQP reuses its buffers)."""
+        self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
+        self._ticks_since_prev = 1
+
     def _shifted_start(self):
         """The stored iterate shifted by the ticks since it was made (one, or more after
         fallbacks that did not solve), as ``(x, y)``."""
@@ -980,15 +985,12 @@ class MpcController:
         status_val = res.info.status_val
         if status_val not in (1, 2) or not np.all(np.isfinite(res.x)):
             if np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.y)):
-                # iterations or time ran out: the iterate is progress, the next tick resumes it
-                self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
-                self._ticks_since_prev = 1
+                self._keep(res)   # iterations or time ran out: progress the next tick resumes
             else:
                 self.reset()
             return self._fallback(f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
-        self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
-        self._ticks_since_prev = 1
+        self._keep(res)
         status = "solved" if status_val == 1 else "solved_inaccurate"
         if status_val == 2:
             log.warning("OSQP solution inaccurate after %d iterations (prim_res %.3g)",

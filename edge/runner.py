@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _ACK_TIMEOUT_S = 0.5
 _FORECAST_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
                     "import_price_per_j")
+_LOAD_SERIES = tuple(l + "_demand_w" for l in LOADS)
 
 
 class EdgeRunner:
@@ -97,7 +98,14 @@ class EdgeRunner:
         islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED) or self.health.stale["grid"]
         return snap, e_j, islanded
 
-    def forecast(self, k):
+    def known_now(self, k):
+        """What the source tells of tick ``k`` (the feed, the meters): step 0 of the plan, in
+        the ``now`` format of :func:`picogrid.edge.stochastic.forecast_inputs`."""
+        demand_now, imp_now, exp_now = self.source.now(k)
+        return {"pv_avail_w": self.source.sun_now(k) * self.pv_capability_w, "demand_w": demand_now,
+                "import_price_per_j": imp_now, "export_price_per_j": exp_now}
+
+    def forecast(self, k, now):
         day_ticks = self.source.n_ticks
         hist_len = 2 * day_ticks
         if getattr(self.forecaster, "n_ticks", None) == day_ticks:   # its models apply: their history
@@ -105,13 +113,9 @@ class EdgeRunner:
         history = self.source.history(k, hist_len)
         calendar = self.source.calendar(k)
         # the forecast starts at the next tick, from the history through now (known values)
-        demand_now, imp_now, exp_now = self.source.now(k)
-        now = {"pv_available_w": self.source.sun_now(k) * self.pv_capability_w,
-               "import_price_per_j": imp_now, "export_price_per_j": exp_now,
-               **{l + "_demand_w": float(d) for l, d in zip(LOADS, demand_now)}}
         clearsky = self.source.clearsky(k + 1, self.horizon)
         try:
-            fc = forecast_from_now(self.forecaster, history, now, calendar, clearsky)
+            fc = forecast_from_now(self.forecaster, history, now, _LOAD_SERIES, calendar, clearsky)
             src = dict(self.forecaster.source)
         except Exception as exc:   # forecaster broken: same tick yesterday, said so
             log.exception("forecaster failed at tick %d", k)
@@ -152,17 +156,15 @@ class EdgeRunner:
         if self.record_all and self.store is not None:
             self.store.event(self.clock() - self.t0, None, "price_above_voll", text)
 
-    def optimise(self, k, e_j, fc, islanded):
-        demand_now, imp_now, exp_now = self.source.now(k)
-        self.check_prices(k, imp_now, exp_now)
-        n = self.horizon
+    def optimise(self, k, e_j, fc, islanded, now=None):
         # the feed tells the demand to serve, the prices and the sun now: step 0 is known
-        now = {"pv_avail_w": self.source.sun_now(k) * self.pv_capability_w, "demand_w": demand_now,
-               "import_price_per_j": imp_now, "export_price_per_j": exp_now}
-        pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(demand_now, float), (n, 1))
-        imp = np.full(n, imp_now)
+        now = self.known_now(k) if now is None else now
+        self.check_prices(k, now["import_price_per_j"], now["export_price_per_j"])
+        n = self.horizon
+        pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
+        imp = np.full(n, now["import_price_per_j"])
         try:
-            window = forecast_inputs(fc, self.cfg, [l + "_demand_w" for l in LOADS], now)
+            window = forecast_inputs(fc, self.cfg, _LOAD_SERIES, now)
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
@@ -293,9 +295,10 @@ class EdgeRunner:
         if self.e0_j is None:
             self.e0_j = e_j
         if self.policy == "mpc":
-            fc, src = self.forecast(k)
+            now = self.known_now(k)
+            fc, src = self.forecast(k, now)
             cpu0 = time.thread_time()
-            decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded)
+            decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
             self.solve_cpu_s.append(time.thread_time() - cpu0)
             pv_now = float(pv_fc[0])

@@ -68,6 +68,11 @@ def generate_lab_days(first_day: str, n_days: int) -> list[dict]:
     return days
 
 
+def _route(path: str) -> str:
+    """An endpoint's path without query or trailing slash (``'/sun?x=1'`` -> ``'/sun'``)."""
+    return path.split("?")[0].rstrip("/")
+
+
 class LabFeedServer:
     """The feed on ``127.0.0.1`` (a free port), serving ``days`` cyclically from ``day0``.
 
@@ -110,8 +115,7 @@ class LabFeedServer:
 
             def do_GET(self):   # noqa: N802 - http.server API
                 server.requests += 1
-                path = self.path.split("?")[0].rstrip("/")
-                if server.delay_s and (not server.slow_endpoints or path in server.slow_endpoints):
+                if server.delay_s and (not server.slow_endpoints or _route(self.path) in server.slow_endpoints):
                     time.sleep(server.delay_s)
                 status, body = server.answer(self.path)
                 data = json.dumps(body).encode()
@@ -132,7 +136,7 @@ class LabFeedServer:
 
     def answer(self, path: str):
         """(HTTP status, JSON body) for ``path`` at the current clock."""
-        path = path.split("?")[0].rstrip("/")
+        path = _route(path)
         if self.failing or path in self.failing_endpoints:
             return 503, {"error": "unavailable"}
         t = self.clock()

@@ -445,7 +445,10 @@ def test_forecast_from_now_starts_at_the_next_tick_with_now_in_the_history(days)
         history[s] = days[s].to_numpy()[:start]
     now = {s: float(days[s].to_numpy()[start]) for s in F.SERIES}
     clearsky_next = days["clearsky_ghi_w_m2"].to_numpy()[start + 1:start + 1 + N]
-    plan = forecast_from_now(fc, history, now, calendar, clearsky_next)
+    loads = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
+    plan_now = {"pv_avail_w": now["pv_available_w"], "import_price_per_j": now["import_price_per_j"],
+                "demand_w": [now[s] for s in loads]}
+    plan = forecast_from_now(fc, history, plan_now, loads, calendar, clearsky_next)
     shifted = {s: days[s].to_numpy()[1:start + 1] for s in F.SERIES}
     for s in ("ghi_w_m2", "temp_air_c"):
         shifted[s] = np.append(days[s].to_numpy()[1:start], days[s].to_numpy()[start - 1])

@@ -225,7 +225,11 @@ def test_feed_forecaster_without_history_holds_the_latest_values(feed, days):
     now = {"pv_available_w": source.sun_now(40) * 3.87, "import_price_per_j": imp_now,
            "export_price_per_j": exp_now, **{l + "_demand_w": float(d) for l, d in zip(("load1", "load2", "load3"), demand_now)}}
     fc = FeedForecaster(source)
-    plan = forecast_from_now(fc, source.history(40, 120), now, source.calendar(40), source.clearsky(41, 60))
+    loads = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
+    plan_now = {"pv_avail_w": now["pv_available_w"], "import_price_per_j": imp_now,
+                "export_price_per_j": exp_now, "demand_w": [now[s] for s in loads]}
+    plan = forecast_from_now(fc, source.history(40, 120), plan_now, loads, source.calendar(40),
+                             source.clearsky(41, 60))
     assert fc.source["load1_demand_w"] == "persistence:no feed history"
     assert now["load1_demand_w"] > 0 and imp_now > 0
     for name in ("load1_demand_w", "import_price_per_j", "pv_available_w"):
