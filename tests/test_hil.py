@@ -82,8 +82,9 @@ class EdgeDriver:
                 if sp is None:
                     continue
                 mode, value = sp
-                if name in self.cycle:
-                    value = self.cycle[name][self.tick % len(self.cycle[name])]
+                values = self.cycle.get(name)     # the test may swap ``cycle`` while this runs
+                if values:
+                    value = values[self.tick % len(values)]
                 if name == "storage" and islanded:
                     mode = P.MODE_ISLAND
                 seq = self.fleet.send_setpoint(name, self.tick, mode, value)
