@@ -68,6 +68,11 @@ class MpcConfig:
         Storage charge/discharge power limits, bus side [W] (>= 0).
     eta_ch, eta_dis : float
         Charge and discharge efficiencies, in (0, 1].
+    p_dis_per_e_max_per_s : float
+        Largest discharge power per joule stored at the step's start [W/J = 1/s] (> 0; inf:
+        no such limit). A supercapacitor's ESR loses ``P R / V² = P R C / (2 E)`` of the power
+        it delivers, so a constant ``eta_dis`` only holds while ``P <= 2 f E / (R C)`` for a
+        loss share ``f``; see :func:`config_from_site` (``[storage] esr_loss_max``).
     p_imp_max_w, p_exp_max_w : float
         Default grid import/export limits [W] (>= 0); per-solve arrays override them.
     n_loads : int
@@ -174,6 +179,7 @@ class MpcConfig:
     p_exp_max_w: float
     n_loads: int
     voll_per_j: tuple
+    p_dis_per_e_max_per_s: float = math.inf
     cycle_cost_per_j: float = 0.0
     terminal_value_per_j: float = 0.0
     eps_abs: float = 1e-4
@@ -222,6 +228,8 @@ class MpcConfig:
             v = getattr(self, name)
             if not 0 < v <= 1:
                 problems.append(f"{name} must be in (0, 1], got {v!r}")
+        if not self.p_dis_per_e_max_per_s > 0:
+            problems.append(f"p_dis_per_e_max_per_s must be > 0 (inf: no limit), got {self.p_dis_per_e_max_per_s!r}")
         if len(self.voll_per_j) != self.n_loads:
             problems.append(f"voll_per_j has {len(self.voll_per_j)} values for n_loads={self.n_loads}")
         if any(not (math.isfinite(v) and v >= 0) for v in self.voll_per_j):
@@ -430,8 +438,8 @@ class QpModel:
     [N, J] (deferrable delivery per job), ``e`` [N] (stored energy after each step), ``s_e``
     [N, 2] (energy-bound slacks), ``s_def`` [1, J] (undelivered job energy) and, with the
     reserve on, ``s_res`` [N] (shortfall below the reserve). Row blocks: ``balance``,
-    ``dynamics``, ``energy``, ``def_power`` (J > 0), ``def_energy`` (J > 0), ``reserve``
-    (reserve on) and one ``bound_<column block>`` identity block per bounded column block.
+    ``dynamics``, ``energy``, ``dis_energy`` (finite ``p_dis_per_e_max_per_s``),
+    ``def_power`` (J > 0), ``def_energy`` (J > 0), ``reserve`` (reserve on) and one ``bound_<column block>`` identity block per bounded column block.
 
     Parameters
     ----------
@@ -496,6 +504,12 @@ class QpModel:
         put(soft, cols["e"], 1.0)
         put(soft, cols["s_e"][:, 0], 1.0 / self.slack_scale["s_e"])
         put(soft, cols["s_e"][:, 1], -1.0 / self.slack_scale["s_e"])
+        if math.isfinite(cfg.p_dis_per_e_max_per_s):
+            # Discharge within the ESR-loss limit of the energy at the step's start:
+            # dis[t] - r*e[t] <= 0 (t >= 1), dis[0] <= r*e0.
+            de_rows = rows.add("dis_energy", (n,))
+            put(de_rows, cols["p_dis"], 1.0)
+            put(de_rows[1:], cols["e"][:-1], -cfg.p_dis_per_e_max_per_s * self.e_scale_j / self.p_scale_w)
         if nj:
             # Deferrable load: total delivery <= its headroom; each job's energy within the
             # horizon + undelivered slack >= the energy it still needs.
@@ -575,6 +589,9 @@ class QpModel:
         l[rows["dynamics"][0]] = u[rows["dynamics"][0]] = e0_j / es
         l[rows["energy"]] = cfg.e_min_j / es
         u[rows["energy"]] = cfg.e_max_j / es
+        if "dis_energy" in rows.blocks:
+            l[rows["dis_energy"]] = -np.inf
+            u[rows["dis_energy"][0]] = cfg.p_dis_per_e_max_per_s * max(e0_j, 0.0) / ps
         u[rows["bound_p_ch"]] = cfg.p_ch_max_w / ps
         u[rows["bound_p_dis"]] = cfg.p_dis_max_w / ps
         u[rows["bound_p_imp"]] = p_imp_max_w / ps
@@ -653,7 +670,8 @@ class QpModel:
 
         Returns ``['<name>[t0:t1]', ...]``: for each constraint group, the first run of steps
         where it binds (``t1`` exclusive). Groups: ``storage_energy_min/max``,
-        ``storage_charge_max``, ``storage_discharge_max``, ``grid_import_max``,
+        ``storage_charge_max``, ``storage_discharge_max``, ``storage_discharge_energy_limited``
+        (the ESR-loss limit ``p_dis_per_e_max_per_s``), ``grid_import_max``,
         ``grid_export_max``, ``pv_curtailed`` (used PV below what is available),
         ``load<k>_shed`` (load k served below its demand), ``deferrable_power_max``, ``reserve``.
         """
@@ -680,6 +698,8 @@ class QpModel:
         add("storage_energy_max", at_hi("energy"))
         add("storage_charge_max", at_hi("bound_p_ch") & (u[rows["bound_p_ch"]] > rel))
         add("storage_discharge_max", at_hi("bound_p_dis") & (u[rows["bound_p_dis"]] > rel))
+        if "dis_energy" in rows.blocks:
+            add("storage_discharge_energy_limited", np.abs(ax[rows["dis_energy"]] - u[rows["dis_energy"]]) <= rel)
         add("grid_import_max", at_hi("bound_p_imp"))
         add("grid_export_max", at_hi("bound_p_exp"))
         add("pv_curtailed", u[rows["bound_p_pv"]] - x[cols["p_pv"]] > rel)
@@ -1132,7 +1152,8 @@ def config_from_site(site):
     Reads ``[bench]`` (``horizon``, ``tick_s``), ``[storage]`` (either ``capacitance_f`` +
     ``voltage_min_v``/``voltage_max_v`` for a supercapacitor, ½CV², or ``energy_min_j``/
     ``energy_max_j``; ``power_max_w`` or ``charge_power_max_w``/``discharge_power_max_w``;
-    ``efficiency_charge``/``efficiency_discharge``), ``[grid]`` (``import_max_w``,
+    ``efficiency_charge``/``efficiency_discharge``; optional ``esr_loss_max``, the ESR's largest
+    share of the discharge power, with ``esr_ohm`` and ``capacitance_f``), ``[grid]`` (``import_max_w``,
     ``export_max_w``), ``[loads]`` (``voll_per_j`` per priority class, the priority of each
     ``[boards.loadK]``), ``[optimizer]`` (``cycle_cost_per_j``, ``terminal_value_per_j`` and
     any other :class:`MpcConfig` field, e.g. ``eps_abs``) and the optional ``[deferrable]``
@@ -1167,8 +1188,12 @@ def config_from_site(site):
             e_min, e_max = float(st["energy_min_j"]), float(st["energy_max_j"])
         p_ch = float(st.get("charge_power_max_w", st.get("power_max_w")))
         p_dis = float(st.get("discharge_power_max_w", st.get("power_max_w")))
+        dis_per_e = math.inf
+        if "esr_loss_max" in st:    # P <= 2 f E / (R C): ESR loss share f at the open-circuit voltage
+            dis_per_e = 2.0 * float(st["esr_loss_max"]) / (float(st["esr_ohm"]) * float(st["capacitance_f"]))
         d = dict(horizon=int(b["horizon"]), dt_s=float(b["tick_s"]), e_min_j=e_min, e_max_j=e_max,
-                 p_ch_max_w=p_ch, p_dis_max_w=p_dis, eta_ch=float(st["efficiency_charge"]),
+                 p_ch_max_w=p_ch, p_dis_max_w=p_dis, p_dis_per_e_max_per_s=dis_per_e,
+                 eta_ch=float(st["efficiency_charge"]),
                  eta_dis=float(st["efficiency_discharge"]), p_imp_max_w=float(g["import_max_w"]),
                  p_exp_max_w=float(g["export_max_w"]), n_loads=len(loads),
                  voll_per_j=tuple(float(voll[p]) for p in classes))

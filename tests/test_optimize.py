@@ -54,6 +54,8 @@ def reference_cvxpy(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penal
         p_ch <= cfg.p_ch_max_w, p_dis <= cfg.p_dis_max_w, p_imp <= imp_max, p_exp <= exp_max,
         p_pv <= pv, p_load <= demand,
     ]
+    if np.isfinite(cfg.p_dis_per_e_max_per_s):     # ESR-loss limit on the energy at the step's start
+        cons.append(p_dis <= cfg.p_dis_per_e_max_per_s * e[:-1])
     voll = np.asarray(cfg.voll_per_j)
     cost = (dt * (c_imp @ p_imp - c_exp @ p_exp + cp.sum(cp.multiply(voll[None, :], demand - p_load))
                   + cfg.cycle_cost_per_j * cp.sum(p_ch + p_dis))
@@ -80,6 +82,8 @@ def check_plan_feasible(cfg, d, pv, demand, imp_max, exp_max, rel=1e-3):
     for name, hi in (("p_ch", cfg.p_ch_max_w), ("p_dis", cfg.p_dis_max_w), ("p_imp", imp_max),
                      ("p_exp", exp_max), ("p_pv", pv), ("p_load", demand)):
         assert np.all(p[name] >= -tol_p) and np.all(p[name] <= hi + tol_p), name
+    if np.isfinite(cfg.p_dis_per_e_max_per_s):
+        assert np.all(p["p_dis"] <= cfg.p_dis_per_e_max_per_s * np.maximum(p["e"][:-1], 0.0) + tol_p)
 
 
 # --------------------------------------------------------------------------- config, inputs
@@ -203,7 +207,8 @@ def instances(draw):
     floats = lambda lo, hi, size: np.array(draw(st.lists(st.floats(lo, hi), min_size=size, max_size=size)))
     voll = sorted(floats(5.0, 50.0, nl), reverse=True)
     cfg = lab_cfg(horizon=n, n_loads=nl, voll_per_j=voll,
-                  terminal_value_per_j=draw(st.sampled_from([0.0, 1.0])))
+                  terminal_value_per_j=draw(st.sampled_from([0.0, 1.0])),
+                  p_dis_per_e_max_per_s=draw(st.sampled_from([np.inf, 0.1])))
     c_imp = floats(0.5, 5.0, n)
     c_exp = c_imp * floats(0.1, 0.9, n)
     outage = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
@@ -443,6 +448,8 @@ def reference_full(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penalt
         p_pv <= pv, p_load <= demand, p_def <= window * def_max[:, None],
         cp.sum(p_def, axis=1) <= def_max,
     ]
+    if np.isfinite(cfg.p_dis_per_e_max_per_s):
+        cons.append(p_dis <= cfg.p_dis_per_e_max_per_s * e[:-1])
     need = np.zeros(nj)
     need[:len(jobs)] = [j[2] for j in jobs]
     cons.append(dt * cp.sum(p_def, axis=0) + short >= need)
@@ -681,6 +688,25 @@ def test_fallback_delivers_open_jobs_as_early_as_possible():
 
 # --------------------------------------------------------------------------- site files
 
+def test_discharge_limited_by_stored_energy():
+    """With the ESR-loss limit, discharge stays within r * (energy at the step's start): over two
+    dear steps the plan takes 0.1 W/J x 12 J, then 0.1 W/J of the rest, where it would empty the store."""
+    n = 2
+    cfg = lab_cfg(horizon=n, p_dis_per_e_max_per_s=0.1, **TIGHT)
+    args = (flat(n, 0), np.tile([1.0, 1.0, 1.0], (n, 1)), flat(n, 4.0), flat(n, 1.0))
+    limits = dict(p_imp_max_w=flat(n, 6), p_exp_max_w=flat(n, 6))
+    d = MpcController(cfg).solve(12.0, *args, **limits)
+    e1 = 12.0 - cfg.dt_s * 1.2 / cfg.eta_dis
+    np.testing.assert_allclose(d.plan["p_dis"], [1.2, 0.1 * e1], atol=1e-4)
+    assert "storage_discharge_energy_limited[0:2]" in d.binding
+    free = MpcController(lab_cfg(horizon=n, **TIGHT)).solve(12.0, *args, **limits)
+    # without it the store empties to e_min over the two steps
+    assert free.plan["p_dis"].sum() == pytest.approx((12.0 - cfg.e_min_j) * cfg.eta_dis / cfg.dt_s, abs=1e-3)
+    assert free.plan["p_dis"][0] > 1.5
+    with pytest.raises(ValueError, match="p_dis_per_e_max_per_s"):
+        lab_cfg(p_dis_per_e_max_per_s=0.0)
+
+
 def test_config_from_site_lab_and_site_files():
     import tomllib
     from importlib import resources
@@ -694,10 +720,13 @@ def test_config_from_site_lab_and_site_files():
     assert cfg.e_max_j == pytest.approx(0.5 * st["capacitance_f"] * st["voltage_max_v"] ** 2)
     assert (cfg.eta_ch, cfg.eta_dis) == (st["efficiency_charge"], st["efficiency_discharge"])
     assert cfg.voll_per_j == (40.0, 12.0, 6.0)       # load1 critical, load2 normal, load3 deferrable
+    # ESR loss share f of the discharge power: P <= 2 f E / (R C)
+    assert cfg.p_dis_per_e_max_per_s == pytest.approx(2 * st["esr_loss_max"] / (st["esr_ohm"] * st["capacitance_f"]))
     site = tomllib.loads(sites.joinpath("site.toml").read_text())
     cfg = optimize.config_from_site(site)
     assert cfg.dt_s == 300.0 and cfg.horizon == 288 and cfg.n_jobs == 2
     assert cfg.e_max_j == pytest.approx(9.5 * 3.6e6) and cfg.p_ch_max_w == 5000.0
+    assert cfg.p_dis_per_e_max_per_s == np.inf        # a battery: no ESR-loss limit in its file
     assert cfg.voll_per_j[0] > cfg.voll_per_j[1] > cfg.voll_per_j[2]
     on = dict(site, reserve={"enabled": True, "duration_s": 1800.0})
     assert optimize.config_from_site(on).reserve and optimize.config_from_site(on).reserve_duration_s == 1800.0

@@ -66,6 +66,13 @@ def test_naive_rule_table(e_j, pv_w, demand_w, imp_max, exp_max, expect):
     np.testing.assert_allclose(d.load_served_w, expect["served"], atol=1e-9)
 
 
+def test_naive_discharge_within_the_esr_loss_limit():
+    # 5 J stored, 0.1 W/J: the rule discharges 0.5 W and imports the rest of the 3 W demand
+    d = naive_step(5.0, 0.0, [1.0, 1.0, 1.0], lab_cfg(p_dis_per_e_max_per_s=0.1), p_imp_max_w=6.0,
+                   p_exp_max_w=6.0)
+    assert d.p_storage_w == pytest.approx(0.5) and d.p_grid_w == pytest.approx(2.5)
+
+
 def test_naive_shedding_follows_voll_not_position():
     cfg = lab_cfg(voll_per_j=[5.0, 50.0, 20.0])  # load2 critical here
     d = naive_step(2.0, 0.0, [1.0, 1.0, 1.0], cfg, p_imp_max_w=1.5, p_exp_max_w=0.0)
