@@ -5,7 +5,8 @@ storage charge/discharge power, grid import/export, used PV (after curtailment),
 served to each of ``L`` loads and the power delivered to each of ``J`` deferrable energy jobs
 (lab feed ``/deferables``: ``{start, end, energy}``), with the stored energy as a state.
 Constraints are the DC bus power balance, the storage energy dynamics with separate
-charge/discharge efficiencies, power limits, time-varying grid limits (zero = outage, islanded
+charge/discharge efficiencies, power limits (for a supercapacitor also discharge power per
+stored joule, which bounds its ESR loss), time-varying grid limits (zero = outage, islanded
 operation), the deferrable load's power limit and job windows, and three soft constraints with
 exact penalties, so the problem is feasible from any data: the energy limits, each job's energy
 (undelivered energy priced at the deferrable class's value of lost load) and, when switched
