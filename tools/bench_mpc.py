@@ -81,6 +81,8 @@ class CvxpyMpc:
             v["def"] <= p["def_max"], cp.sum(v["def"], axis=1) <= p["def_tot"],
             cp.sum(v["def"], axis=0) + v["short"] >= p["need"],
         ]
+        if np.isfinite(cfg.p_dis_per_e_max_per_s):   # ESR-loss limit: dis [pu] <= r * e [J] / pu
+            cons.append(v["dis"] <= cfg.p_dis_per_e_max_per_s * dt * v["e"][:-1])
         voll = np.asarray(cfg.voll_per_j) / pr
         e_min, e_max = cfg.e_min_j / eu, cfg.e_max_j / eu
         cost = (p["c_imp"] @ v["imp"] - p["c_exp"] @ v["exp"]
