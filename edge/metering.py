@@ -29,6 +29,22 @@ def tick_energies(prev, cur):
     return out
 
 
+def tick_powers(prev, cur, energies):
+    """Mean bus power per board over its own snapshot window [W]: name -> dE / dt.
+
+    A window runs from one setpoint's acknowledgement to the next, so it is the nominal tick
+    stretched or shortened by how long the edge took to decide (5 to 600 ms of a 2.5 s lab
+    tick with the MPC): energy over the nominal tick would charge that jitter to the tick's
+    served demand, and the per-tick shortfall at the value of lost load. ``dt`` is the board's
+    own uptime clock (``t_ms``) between the snapshots; None where ``energies`` has None.
+    """
+    out = {}
+    for name, e in energies.items():
+        dt_s = (cur[name]["t_ms"] - prev[name]["t_ms"]) / 1000.0 if e is not None else 0.0
+        out[name] = e / dt_s if e is not None and dt_s > 0 else None
+    return out
+
+
 def balance_residual_j(energies, v_bus_start_v, v_bus_end_v, bus_capacitance_f):
     """Bus energy balance residual [J]; None if any board's energy is unknown."""
     if any(e is None for e in energies.values()) or v_bus_start_v is None or v_bus_end_v is None:

@@ -210,16 +210,19 @@ class EdgeRunner:
             return
         t = k - 1
         energies = metering.tick_energies(prev, boundary)
+        # each board's mean power over its own window, as the tick's power: the window is
+        # the tick stretched by the edge's decision time, which must not count as shed load
+        w = metering.tick_powers(prev, boundary, energies)
+        tick_j = {n: (p * self.tick_s if p is not None else None) for n, p in w.items()}
         demand, imp, exp = self.source.now(t)
         jobs_w = None
-        if self.deferrable and energies.get(self.deferrable.board) is not None:
-            jobs_w = self.deferrable.meter(t, energies[self.deferrable.board], demand, self.tick_s)
+        if self.deferrable and tick_j.get(self.deferrable.board) is not None:
+            jobs_w = self.deferrable.meter(t, tick_j[self.deferrable.board], demand, self.tick_s)
         v0 = prev["grid"]["v_bus_v"] if prev.get("grid") else None
         v1 = boundary["grid"]["v_bus_v"] if boundary.get("grid") else None
         residual = metering.balance_residual_j(energies, v0, v1, self.c_bus)
         truth = self.source.truth()
-        w = {n: (e / self.tick_s if e is not None else None) for n, e in energies.items()}
-        grid_j = energies.get("grid")
+        grid_j = tick_j.get("grid")
         cost = metering.grid_cost(grid_j, imp, exp) if grid_j is not None else None
         st = boundary.get("storage")
         e_st = (estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.site["storage"]["capacitance_f"],

@@ -28,6 +28,14 @@ def test_rebooted_board_is_not_metered():
     assert metering.tick_energies(prev, cur) == {"pv": 7.5, "grid": None}
 
 
+def test_tick_power_is_over_the_boards_own_window():
+    # a 2.5 s tick whose closing setpoint went out 0.5 s late: 1 W for 3.0 s is 1 W, not 1.2 W
+    prev = {"load1": {"t_ms": 10000, "energy_bus_j": -5.0}, "pv": {"t_ms": 10000, "energy_bus_j": 1.0}}
+    cur = {"load1": {"t_ms": 13000, "energy_bus_j": -8.0}, "pv": {"t_ms": 9000, "energy_bus_j": 0.0}}
+    e = metering.tick_energies(prev, cur)
+    assert metering.tick_powers(prev, cur, e) == {"load1": pytest.approx(-1.0), "pv": None}
+
+
 def test_balance_residual_and_costs():
     energies = {"pv": 5.0, "grid": -2.0, "storage": 0.0, "load1": -2.9}
     # bus capacitor 0.1 F from 7.0 V to 7.1 V stores 0.0705 J: the rest is the residual
