@@ -283,3 +283,38 @@ def test_feed_site_takes_the_feed_values_of_lost_load():
     assert config_from_site(on_feed).voll_per_j == tuple(
         site["labfeed"]["voll_per_j"][site["boards"][l]["priority"]] for l in ("load1", "load2", "load3"))
     assert site["loads"]["voll_per_j"]["critical"] == 40.0       # the caller's site is unchanged
+
+
+def test_runner_meters_a_late_tick_by_its_mean_power(tmp_path):
+    """A tick whose closing setpoints went out 0.5 s late (the MPC still deciding) spans 3.0 s
+    on the boards: load1 drawing its 1.0 W demand is metered at 1.0 W, so no load is shed,
+    and the bus balance is taken over the boards' real windows."""
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+    from picogrid.edge.store import Store
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    scenario = _scenario(n_days=3, n_ticks=n_ticks)
+    scenario["load1_demand_w"] = [1.0] * len(scenario["load1_demand_w"])
+    src = ScenarioSource(scenario, n_ticks)
+    store = Store(tmp_path / "picogrid.sqlite")
+    store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=store, forecaster=None, t0=0.0,
+                        record="dispatch")
+    p_w = {"pv": 1.5, "grid": 0.0, "storage": 0.0, "load1": -1.0,
+           "load2": -src.now(0)[0][1], "load3": -src.now(0)[0][2]}
+    p_w["grid"] = -sum(p_w.values())
+
+    def boundary(t_ms):
+        return {n: {"t_ms": t_ms, "energy_bus_j": p * t_ms / 1000.0, "v_bus_v": 7.0, "v_port_v": 9.0,
+                    "i_port_a": 0.0} for n, p in p_w.items()}
+
+    runner.meter(0, boundary(10_000))
+    runner.meter(1, boundary(13_000))          # 3.0 s for a 2.5 s tick
+    row = runner.measured[-1]
+    assert row["load1_w"] == pytest.approx(-1.0) and row["pv_w"] == pytest.approx(1.5)
+    assert row["balance_residual_j"] == pytest.approx(0.0, abs=1e-9)
+    stored = store.conn.execute("SELECT load1_w FROM dispatch WHERE tick=0").fetchone()[0]
+    assert stored == pytest.approx(-1.0)
+    store.close()
