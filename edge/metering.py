@@ -33,8 +33,8 @@ def tick_powers(prev, cur, energies):
     """Mean bus power per board over its own snapshot window [W]: name -> dE / dt.
 
     A window runs from one setpoint's acknowledgement to the next, so it is the nominal tick
-    stretched or shortened by how long the edge took to decide (5 to 600 ms of a 2.5 s lab
-    tick with the MPC): energy over the nominal tick would charge that jitter to the tick's
+    stretched or shortened by how long the edge took to decide (5 ms to 1 s of a 2.5 s lab
+    tick with the MPC in the demo): energy over the nominal tick would charge that jitter to the tick's
     served demand, and the per-tick shortfall at the value of lost load. ``dt`` is the board's
     own uptime clock (``t_ms``) between the snapshots; None where ``energies`` has None.
     """

@@ -440,7 +440,8 @@ class QpModel:
     [N, 2] (energy-bound slacks), ``s_def`` [1, J] (undelivered job energy) and, with the
     reserve on, ``s_res`` [N] (shortfall below the reserve). Row blocks: ``balance``,
     ``dynamics``, ``energy``, ``dis_energy`` (finite ``p_dis_per_e_max_per_s``),
-    ``def_power`` (J > 0), ``def_energy`` (J > 0), ``reserve`` (reserve on) and one ``bound_<column block>`` identity block per bounded column block.
+    ``def_power`` (J > 0), ``def_energy`` (J > 0), ``reserve`` (reserve on) and one
+    ``bound_<column block>`` identity block per bounded column block.
 
     Parameters
     ----------

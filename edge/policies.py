@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -46,8 +47,9 @@ def _storage_headroom(e_j, cfg):
     if not np.isfinite(e_j):  # unknown state of charge: leave the storage idle
         return 0.0, 0.0
     ch = min(cfg.p_ch_max_w, max(cfg.e_max_j - e_j, 0.0) / (cfg.eta_ch * cfg.dt_s))
-    dis = min(cfg.p_dis_max_w, max(e_j - cfg.e_min_j, 0.0) * cfg.eta_dis / cfg.dt_s,
-              cfg.p_dis_per_e_max_per_s * max(e_j, 0.0))
+    dis = min(cfg.p_dis_max_w, max(e_j - cfg.e_min_j, 0.0) * cfg.eta_dis / cfg.dt_s)
+    if math.isfinite(cfg.p_dis_per_e_max_per_s):    # the ESR-loss limit (inf * 0 J would be NaN)
+        dis = min(dis, cfg.p_dis_per_e_max_per_s * max(e_j, 0.0))
     return ch, dis
 
 
