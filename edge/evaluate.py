@@ -81,13 +81,13 @@ import numpy as np
 from picogrid.edge import policies
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.optimize import MpcController, config_from_site
+from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs
 
 log = logging.getLogger(__name__)
 
 PROFILES = ("lab", "site")
 FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
-LOAD_COLS = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
 #: share of load3's energy in each job window that becomes a deferrable job
 JOB_SHARE = 0.5
 
@@ -182,7 +182,7 @@ class DayData:
         sl = slice(i * self.n_ticks, (i + 1) * self.n_ticks)
         c = self.cols
         return policies.DayTruth(
-            pv_avail_w=c["pv_available_w"][sl], demand_w=np.column_stack([c[k][sl] for k in LOAD_COLS]),
+            pv_avail_w=c["pv_available_w"][sl], demand_w=np.column_stack([c[k][sl] for k in LOAD_SERIES]),
             import_price_per_j=c["import_price_per_j"][sl], export_price_per_j=c["export_price_per_j"][sl],
             e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=self.jobs[i])
 
@@ -214,10 +214,10 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
         now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
         rows = np.minimum(np.arange(r + 1, r + 1 + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
-        out = forecast_from_now(forecaster, hist, now, LOAD_COLS, cal, c["clearsky_ghi_w_m2"][rows])
+        out = forecast_from_now(forecaster, hist, now, LOAD_SERIES, cal, c["clearsky_ghi_w_m2"][rows])
         for s, src in forecaster.source.items():
             sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
-        w.update(forecast_inputs(out, plan_cfg, LOAD_COLS, now))
+        w.update(forecast_inputs(out, plan_cfg, LOAD_SERIES, now))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 

@@ -34,14 +34,15 @@ def tick_powers(prev, cur, energies):
 
     A window runs from one setpoint's acknowledgement to the next, so it is the nominal tick
     stretched or shortened by how long the edge took to decide (5 ms to 1 s of a 2.5 s lab
-    tick with the MPC in the demo): energy over the nominal tick would charge that jitter to the tick's
-    served demand, and the per-tick shortfall at the value of lost load. ``dt`` is the board's
-    own uptime clock (``t_ms``) between the snapshots; None where ``energies`` has None.
+    tick with the MPC in the demo): energy over the nominal tick would charge that jitter to
+    the tick's served demand, and the per-tick shortfall at the value of lost load. ``dt`` is
+    the board's own uptime clock (``t_ms``) between the snapshots; None where ``energies``
+    (:func:`tick_energies`) has None.
     """
     out = {}
     for name, e in energies.items():
         dt_s = (cur[name]["t_ms"] - prev[name]["t_ms"]) / 1000.0 if e is not None else 0.0
-        out[name] = e / dt_s if e is not None and dt_s > 0 else None
+        out[name] = e / dt_s if dt_s > 0 else None
     return out
 
 

@@ -230,7 +230,8 @@ class MpcConfig:
             if not 0 < v <= 1:
                 problems.append(f"{name} must be in (0, 1], got {v!r}")
         if not self.p_dis_per_e_max_per_s > 0:
-            problems.append(f"p_dis_per_e_max_per_s must be > 0 (inf: no limit), got {self.p_dis_per_e_max_per_s!r}")
+            problems.append("p_dis_per_e_max_per_s must be > 0 (inf: no limit), got "
+                            f"{self.p_dis_per_e_max_per_s!r}")
         if len(self.voll_per_j) != self.n_loads:
             problems.append(f"voll_per_j has {len(self.voll_per_j)} values for n_loads={self.n_loads}")
         if any(not (math.isfinite(v) and v >= 0) for v in self.voll_per_j):
@@ -511,7 +512,8 @@ class QpModel:
             # dis[t] - r*e[t] <= 0 (t >= 1), dis[0] <= r*e0.
             de_rows = rows.add("dis_energy", (n,))
             put(de_rows, cols["p_dis"], 1.0)
-            put(de_rows[1:], cols["e"][:-1], -cfg.p_dis_per_e_max_per_s * self.e_scale_j / self.p_scale_w)
+            ratio = cfg.p_dis_per_e_max_per_s * self.e_scale_j / self.p_scale_w   # scaled units
+            put(de_rows[1:], cols["e"][:-1], -ratio)
         if nj:
             # Deferrable load: total delivery <= its headroom; each job's energy within the
             # horizon + undelivered slack >= the energy it still needs.
@@ -701,7 +703,7 @@ class QpModel:
         add("storage_charge_max", at_hi("bound_p_ch") & (u[rows["bound_p_ch"]] > rel))
         add("storage_discharge_max", at_hi("bound_p_dis") & (u[rows["bound_p_dis"]] > rel))
         if "dis_energy" in rows.blocks:
-            add("storage_discharge_energy_limited", np.abs(ax[rows["dis_energy"]] - u[rows["dis_energy"]]) <= rel)
+            add("storage_discharge_energy_limited", at_hi("dis_energy"))
         add("grid_import_max", at_hi("bound_p_imp"))
         add("grid_export_max", at_hi("bound_p_exp"))
         add("pv_curtailed", u[rows["bound_p_pv"]] - x[cols["p_pv"]] > rel)
@@ -1192,7 +1194,8 @@ def config_from_site(site):
         p_dis = float(st.get("discharge_power_max_w", st.get("power_max_w")))
         dis_per_e = math.inf
         if "esr_loss_max" in st:    # P <= 2 f E / (R C): ESR loss share f at the open-circuit voltage
-            dis_per_e = 2.0 * float(st["esr_loss_max"]) / (float(st["esr_ohm"]) * float(st["capacitance_f"]))
+            rc_s = float(st["esr_ohm"]) * float(st["capacitance_f"])
+            dis_per_e = 2.0 * float(st["esr_loss_max"]) / rc_s
         d = dict(horizon=int(b["horizon"]), dt_s=float(b["tick_s"]), e_min_j=e_min, e_max_j=e_max,
                  p_ch_max_w=p_ch, p_dis_max_w=p_dis, p_dis_per_e_max_per_s=dis_per_e,
                  eta_ch=float(st["efficiency_charge"]),

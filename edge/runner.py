@@ -19,7 +19,7 @@ from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.policies import naive_step, pad_day_end
-from picogrid.edge.signals import LOADS
+from picogrid.edge.signals import LOAD_SERIES, LOADS
 from picogrid.edge.site import deferrable_board
 from picogrid.edge.stochastic import forecast_inputs
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 _ACK_TIMEOUT_S = 0.5
 _FORECAST_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
                     "import_price_per_j")
-_LOAD_SERIES = tuple(l + "_demand_w" for l in LOADS)
 
 
 class EdgeRunner:
@@ -115,7 +114,7 @@ class EdgeRunner:
         # the forecast starts at the next tick, from the history through now (known values)
         clearsky = self.source.clearsky(k + 1, self.horizon)
         try:
-            fc = forecast_from_now(self.forecaster, history, now, _LOAD_SERIES, calendar, clearsky)
+            fc = forecast_from_now(self.forecaster, history, now, LOAD_SERIES, calendar, clearsky)
             src = dict(self.forecaster.source)
         except Exception as exc:   # forecaster broken: same tick yesterday, said so
             log.exception("forecaster failed at tick %d", k)
@@ -164,7 +163,7 @@ class EdgeRunner:
         pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
         imp = np.full(n, now["import_price_per_j"])
         try:
-            window = forecast_inputs(fc, self.cfg, _LOAD_SERIES, now)
+            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now)
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))

@@ -14,6 +14,8 @@ import json
 import numpy as np
 
 LOADS = ("load1", "load2", "load3")
+#: the loads' demand series, in the order of ``LOADS`` (the optimiser's demand columns)
+LOAD_SERIES = tuple(l + "_demand_w" for l in LOADS)
 SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
           "import_price_per_j", "export_price_per_j")
 #: measured past weather, passed to the forecaster when the scenario has it

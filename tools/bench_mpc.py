@@ -31,6 +31,7 @@ import numpy as np
 from picogrid.edge import evaluate, policies
 from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.optimize import MpcController, reserve_energy_j
+from picogrid.edge.signals import LOAD_SERIES
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def instances(cfg, n_ticks, days, scaling):
     jobs = [{"start": j["start"] + d * per_day, "end": j["end"] + d * per_day, "energy": j["energy"]}
             for d in range(days) for j in data.jobs[d]]
     truth = policies.DayTruth(pv_avail_w=c["pv_available_w"],
-                              demand_w=np.column_stack([c[k] for k in evaluate.LOAD_COLS]),
+                              demand_w=np.column_stack([c[k] for k in LOAD_SERIES]),
                               import_price_per_j=c["import_price_per_j"],
                               export_price_per_j=c["export_price_per_j"],
                               e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=jobs)
