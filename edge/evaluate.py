@@ -68,6 +68,7 @@ References
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import logging
 import sys
@@ -97,8 +98,12 @@ def site_file(profile):
     return Path(str(resources.files("picogrid.edge").joinpath("sites", f"{profile}.toml")))
 
 
-def load_site(profile):
+def load_site(profile, overrides=None):
     """Parsed site TOML of ``profile`` and its :class:`MpcConfig` ready for evaluation.
+
+    ``overrides`` (mapping of :class:`MpcConfig` field -> value, e.g. from ``picogrid evaluate
+    --set``) replace the site file's values, so a setting can be tried on validation days
+    without editing the file.
 
     Returns
     -------
@@ -109,7 +114,7 @@ def load_site(profile):
     Raises
     ------
     ValueError
-        Unknown profile or an invalid site file.
+        Unknown profile, an invalid site file, or an unknown or invalid override.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known {PROFILES}")
@@ -120,6 +125,11 @@ def load_site(profile):
         rating = [b.get("limits", {}).get("power_max_w") for b in site["boards"].values()
                   if b.get("priority") == "deferrable"]
         cfg = cfg.replace(n_jobs=2, p_def_max_w=float(rating[0] if rating and rating[0] else 1.0))
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise ValueError(f"unknown MpcConfig keys to override: {unknown}")
+        cfg = cfg.replace(**overrides)
     scaling = dict(site.get("scenario", {}))
     scaling.setdefault("pv_capability_w", float(site["pv"]["capability_w"]))
     return site, cfg, scaling
@@ -274,11 +284,12 @@ def dayahead_policy(window, truth, cfg):
     return policies.day_ahead_policy(plan, truth, cfg, w["pv_avail_w"]), plan
 
 
-def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1):
+def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None):
     """Run every policy over ``n_days`` real days of ``profile``.
 
     ``reserve_stride``: the reserve run (site) is made on every ``reserve_stride``-th day only,
-    counted from ``first_day`` (it costs as much time as the plain MPC run).
+    counted from ``first_day`` (it costs as much time as the plain MPC run). ``overrides``: see
+    :func:`load_site`.
 
     Returns
     -------
@@ -292,7 +303,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     from picogrid.models import features as F
     from picogrid.models.scenario import build_bench_days
 
-    site, cfg, scaling = load_site(profile)
+    site, cfg, scaling = load_site(profile, overrides)
     n_ticks = int(site["bench"]["n_ticks"])
     start = _dt.date.fromisoformat(first_day)
     fc_profile = profile if profile in F.PROFILES else "lab"
@@ -354,8 +365,8 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
 
 
 def _chunk(args):
-    profile, first_day, n_days, stride = args
-    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride)
+    profile, first_day, n_days, stride, overrides = args
+    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride, overrides=overrides)
 
 
 def chunk_days(n_days, workers, stride=1):
@@ -377,7 +388,8 @@ def chunk_days(n_days, workers, stride=1):
     return [x for x in sizes if x > 0]
 
 
-def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1):
+def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1,
+                      overrides=None):
     """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged.
 
     Chunks are whole multiples of ``reserve_stride`` days so the reserve days stay every
@@ -385,14 +397,14 @@ def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, rese
     """
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
-        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride)
+        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride, overrides)
     from concurrent.futures import ProcessPoolExecutor
 
     start = _dt.date.fromisoformat(first_day)
     sizes = chunk_days(n_days, workers, reserve_stride)
     firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(len(sizes))]
     with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride)
+        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride, overrides)
                                        for f, n in zip(firsts, sizes)]))
     if progress:
         progress(profile, n_days, n_days)
@@ -489,6 +501,26 @@ def report(profile, res, out):
           f"{np.percentile(res['dayahead_ms'], 50):.1f} ms", file=out)
 
 
+def parse_overrides(items):
+    """``{"key": value}`` from ``["key=value", ...]``, each value parsed as TOML.
+
+    Raises
+    ------
+    ValueError
+        If an item has no ``=`` or its value is not valid TOML.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"--set {key.strip()}: {value!r} is not a TOML value ({exc})") from exc
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="picogrid evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
@@ -499,9 +531,20 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2,
                     help="processes sharing the days (default 2, the cores of the reference machine)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an optimiser setting of the site file (an MpcConfig field, the "
+                         "value in TOML syntax), e.g. --set scenario_spread=0.7; repeatable")
     args = ap.parse_args(argv)
     if args.days < 1:
         ap.error("--days must be >= 1")
+    try:
+        overrides = parse_overrides(args.set)
+        for profile in (PROFILES if args.profile == "both" else (args.profile,)):
+            load_site(profile, overrides)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if overrides:
+        print(f"overrides of the site file: {overrides}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # forecaster fallbacks and soft-constraint notes would flood the log: one line per tick
     for name in ("picogrid.edge.forecast", "picogrid.edge.optimize"):
@@ -515,7 +558,7 @@ def main(argv=None):
     results = {}
     for profile in profiles:
         results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress,
-                                             max(1, args.reserve_every))
+                                             max(1, args.reserve_every), overrides)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot:

@@ -145,6 +145,10 @@ class MpcConfig:
     scenario_spread : float
         Share of each scenario quantile's distance from the median kept (> 0); see
         :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side too.
+    scenario_correlation : float
+        Correlation in [0, 1] assumed between the step errors of PV and each load when their
+        scenarios are built to match the energy of the coming hours (1: every step at its own
+        quantile at once); see :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side.
     demand_p90_weight : float
         Where in the demand fan the single (expected-value) plan sits, in [0, 1]: steps 1..N-1
         plan ``mean + w * (P90 - mean)`` per load; 0 plans on the mean. Read by the forecast side
@@ -203,6 +207,7 @@ class MpcConfig:
     scenario_weights: tuple | None = None
     scenario_quantiles: tuple | None = None
     scenario_spread: float = 1.0
+    scenario_correlation: float = 1.0
     demand_p90_weight: float = 0.0
     rho: float = 0.1
     check_termination: int = 25
@@ -275,6 +280,8 @@ class MpcConfig:
                                 f"got {qs!r}")
         if not 0.0 <= self.demand_p90_weight <= 1.0:
             problems.append(f"demand_p90_weight must lie in [0, 1], got {self.demand_p90_weight!r}")
+        if not 0.0 <= self.scenario_correlation <= 1.0:
+            problems.append(f"scenario_correlation must lie in [0, 1], got {self.scenario_correlation!r}")
         if not (math.isfinite(self.scenario_spread) and self.scenario_spread > 0):
             problems.append(f"scenario_spread must be finite and > 0, got {self.scenario_spread!r}")
         if not self.rho > 0 or self.check_termination < 1 or self.adaptive_rho_interval < 0 \

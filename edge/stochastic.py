@@ -93,13 +93,25 @@ class ScenarioQp:
         return [x[s * n1:(s + 1) * n1] for s in range(self.count)]
 
 
-def quantile_scenarios(fans, quantiles, spread=1.0, low_side=("pv_available_w",)):
+def quantile_scenarios(fans, quantiles, spread=1.0, low_side=("pv_available_w",), correlation=1.0,
+                       energy_series=()):
     """Scenario series from forecast fans, high demand paired with low PV.
 
     Scenario ``k`` takes every series at ``P50 + spread * (P_q - P50)`` with ``q =
     quantiles[k]``, or ``q = 1 - quantiles[k]`` for ``low_side`` series. The fans give marginal
     quantiles per step; a scenario holding every step at its P90 is a far rarer day than a P90
     day (the spikes of a load do not all come at once), which ``spread`` < 1 allows for.
+
+    With ``correlation`` < 1 the ``energy_series`` (the powers whose sum over the coming hours
+    the stored energy must match: PV and the loads) are built so that the scenario's energy
+    from step 1 to every step ``k`` deviates from the median's by
+    ``sqrt((1 - rho) * sum_j d_j**2 + rho * (sum_j d_j)**2)``, ``d_j = P_q - P50`` at step
+    ``j``: the deviation of a sum of equicorrelated errors with correlation ``rho`` (a normal
+    approximation; ``rho = 1`` is the step-wise construction above, the errors all at once;
+    ``rho = 0`` independent steps, whose sum spreads as the root of the summed squares). The
+    scenario's step ``k`` takes the increment of that cumulative deviation, so the near steps keep
+    nearly their own quantile and the far ones move less. Step 0 keeps its own deviation (the
+    solver replaces it with what is known now).
 
     Parameters
     ----------
@@ -112,6 +124,10 @@ def quantile_scenarios(fans, quantiles, spread=1.0, low_side=("pv_available_w",)
         Share of the quantile's distance from the median kept (> 0; 1 = the quantile itself).
     low_side : iterable of str
         Series taken at the mirrored quantile (PV: the high-demand scenario is the dull one).
+    correlation : float
+        Correlation ``rho`` in [0, 1] of the step errors of ``energy_series`` (1: step-wise).
+    energy_series : iterable of str
+        Series built from their cumulative deviation when ``correlation`` < 1.
 
     Returns
     -------
@@ -128,9 +144,25 @@ def quantile_scenarios(fans, quantiles, spread=1.0, low_side=("pv_available_w",)
         scen = {}
         for name, fan in fans.items():
             mid = np.asarray(fan[0.5], float)
-            at = np.asarray(fan[round(1.0 - q, 6) if name in low_side else q], float)
-            scen[name] = mid + spread * (at - mid)
+            dev = np.asarray(fan[round(1.0 - q, 6) if name in low_side else q], float) - mid
+            if correlation < 1.0 and name in energy_series:
+                dev = _cumulative_deviation(dev, correlation)
+            scen[name] = mid + spread * dev
         out.append(scen)
+    return out
+
+
+def _cumulative_deviation(dev, rho):
+    """Per-step deviations whose running sum from step 1 is that of equicorrelated errors.
+
+    ``dev`` [N] holds the marginal deviations ``P_q - P50`` of one quantile (one sign, as the
+    fans are sorted); see :func:`quantile_scenarios`.
+    """
+    out = np.array(dev, float)
+    d = out[1:]
+    total = np.cumsum(d)
+    cum = np.sign(total) * np.sqrt((1.0 - rho) * np.cumsum(d * d) + rho * total * total)
+    out[1:] = np.diff(cum, prepend=0.0)
     return out
 
 
@@ -163,7 +195,8 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
     names += ["export_price_per_j"] if "export_price_per_j" in fans else []
     out = []
     for sc in quantile_scenarios({k: fans[k] for k in names}, cfg.scenario_quantiles,
-                                 cfg.scenario_spread):
+                                 cfg.scenario_spread, correlation=cfg.scenario_correlation,
+                                 energy_series=("pv_available_w", *load_series)):
         sc = {k: fit_horizon(v, n) for k, v in sc.items()}
         imp = sc["import_price_per_j"]
         out.append({"pv_avail_w": np.maximum(sc["pv_available_w"], 0.0),

@@ -32,6 +32,24 @@ def test_profiles_load_with_job_slots():
         evaluate.load_site("house")
 
 
+def test_overrides_replace_the_site_files_settings():
+    assert evaluate.parse_overrides(["scenario_spread=0.7", "scenario_weights=[0.5, 0.5]"]) == {
+        "scenario_spread": 0.7, "scenario_weights": [0.5, 0.5]}
+    _, cfg, _ = evaluate.load_site("lab", {"scenario_spread": 0.7, "scenario_correlation": 0.5})
+    _, base, _ = evaluate.load_site("lab")
+    assert (cfg.scenario_spread, cfg.scenario_correlation) == (0.7, 0.5)
+    assert cfg.replace(scenario_spread=base.scenario_spread, scenario_correlation=1.0) == base
+    for bad, msg in ((["spread"], "KEY=VALUE"), (["scenario_spread=abc"], "not a TOML value")):
+        with pytest.raises(ValueError, match=msg):
+            evaluate.parse_overrides(bad)
+    with pytest.raises(ValueError, match="unknown MpcConfig keys"):
+        evaluate.load_site("lab", {"scenario_sprd": 0.7})
+    with pytest.raises(ValueError, match="scenario_correlation"):
+        evaluate.load_site("lab", {"scenario_correlation": 1.5})
+    with pytest.raises(SystemExit):
+        evaluate.main(["--profile", "lab", "--days", "1", "--set", "nope=1"])
+
+
 def test_day_end_padding_pays_the_terminal_value():
     cfg = MpcConfig(horizon=6, dt_s=2.5, e_min_j=2, e_max_j=45, p_ch_max_w=2, p_dis_max_w=2, eta_ch=0.9,
                     eta_dis=0.8, p_imp_max_w=6, p_exp_max_w=6, n_loads=1, voll_per_j=[10.0],

@@ -179,6 +179,35 @@ def test_quantile_scenarios_spread_and_mirrored_pv():
     assert mid["load1_demand_w"][0] == pytest.approx(1.0)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.0, 3.0), min_size=2, max_size=12), st.floats(0.0, 1.0))
+def test_correlated_scenarios_match_the_energy_of_equicorrelated_errors(dev_w, rho):
+    n = len(dev_w)
+    mid, dev = np.linspace(1.0, 2.0, n), np.asarray(dev_w)
+    fans = {"load1_demand_w": {0.1: mid - dev, 0.5: mid, 0.9: mid + dev},
+            "import_price_per_j": {0.1: mid - dev, 0.5: mid, 0.9: mid + dev}}
+    low, _, high = quantile_scenarios(fans, (0.1, 0.5, 0.9), spread=0.8, correlation=rho,
+                                      energy_series=("load1_demand_w",))
+    d = dev[1:]
+    want = 0.8 * np.sqrt((1 - rho) * np.cumsum(d * d) + rho * np.cumsum(d) ** 2)
+    np.testing.assert_allclose(np.cumsum(high["load1_demand_w"][1:] - mid[1:]), want, atol=1e-9)
+    np.testing.assert_allclose(np.cumsum(low["load1_demand_w"][1:] - mid[1:]), -want, atol=1e-9)
+    assert np.all(high["load1_demand_w"] >= mid - 1e-12)          # increments keep the sign
+    assert high["load1_demand_w"][0] == pytest.approx(mid[0] + 0.8 * dev[0])   # step 0 as it was
+    np.testing.assert_allclose(high["import_price_per_j"], mid + 0.8 * dev)    # not an energy series
+
+
+def test_correlation_one_is_the_stepwise_construction_and_zero_the_root_sum_square():
+    fans = {"pv_available_w": {0.1: np.zeros(5), 0.5: np.full(5, 2.0), 0.9: np.full(5, 3.0)}}
+    step = quantile_scenarios(fans, (0.1, 0.9), energy_series=("pv_available_w",))
+    same = quantile_scenarios(fans, (0.1, 0.9), correlation=1.0, energy_series=("pv_available_w",))
+    np.testing.assert_allclose(step[0]["pv_available_w"], same[0]["pv_available_w"])
+    indep = quantile_scenarios(fans, (0.1, 0.9), correlation=0.0, energy_series=("pv_available_w",))
+    # the P10 scenario of PV takes the mirrored quantile, P90 (+1 W a step): sqrt(k) after k steps
+    np.testing.assert_allclose(np.cumsum(indep[0]["pv_available_w"][1:] - 2.0), np.sqrt(np.arange(1, 5)))
+    np.testing.assert_allclose(np.cumsum(indep[1]["pv_available_w"][1:] - 2.0), -2 * np.sqrt(np.arange(1, 5)))
+
+
 def test_solve_scenarios_from_fans():
     cfg = cfg_of(horizon=4, n_loads=1, voll_per_j=[50.0], **SM, scenario_spread=1.0)
     fan = lambda a, b, c: {0.1: np.full(6, a), 0.5: np.full(6, b), 0.9: np.full(6, c)}
