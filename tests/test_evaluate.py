@@ -35,10 +35,12 @@ def test_profiles_load_with_job_slots():
 def test_overrides_replace_the_site_files_settings():
     assert evaluate.parse_overrides(["scenario_spread=0.7", "scenario_weights=[0.5, 0.5]"]) == {
         "scenario_spread": 0.7, "scenario_weights": [0.5, 0.5]}
-    _, cfg, _ = evaluate.load_site("lab", {"scenario_spread": 0.7, "scenario_correlation": 0.5})
+    _, cfg, _ = evaluate.load_site("lab", {"scenario_spread": 0.7, "scenario_correlation": 0.25})
     _, base, _ = evaluate.load_site("lab")
-    assert (cfg.scenario_spread, cfg.scenario_correlation) == (0.7, 0.5)
-    assert cfg.replace(scenario_spread=base.scenario_spread, scenario_correlation=1.0) == base
+    assert (cfg.scenario_spread, cfg.scenario_correlation) == (0.7, 0.25) != (
+        base.scenario_spread, base.scenario_correlation)
+    assert cfg.replace(scenario_spread=base.scenario_spread,
+                       scenario_correlation=base.scenario_correlation) == base
     for bad, msg in ((["spread"], "KEY=VALUE"), (["scenario_spread=abc"], "not a TOML value")):
         with pytest.raises(ValueError, match=msg):
             evaluate.parse_overrides(bad)
