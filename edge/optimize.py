@@ -136,7 +136,7 @@ class MpcConfig:
         Indices of the loads the reserve covers; ``None`` = the loads with the highest VOLL.
     scenario_weights : tuple of float or None
         Probabilities of ``S`` forecast scenarios (> 0, sum 1) for the two-stage stochastic
-        form of :mod:`picogrid.edge.stochastic` (one plan per scenario, one shared first step;
+        form of :mod:`picogrid.edge.stochastic` (one plan per scenario, shared first steps;
         ``S`` times the QP size). ``None`` or one weight: plan on the expected forecast only.
     scenario_quantiles : tuple of float or None
         Forecast quantile each scenario is built from (demand and price at ``q``, PV at
@@ -145,6 +145,10 @@ class MpcConfig:
     scenario_spread : float
         Share of each scenario quantile's distance from the median kept (> 0); see
         :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side too.
+    scenario_shared_steps : int
+        Steps ``1..N`` whose powers every scenario shares (non-anticipativity): 1 ties only
+        the decision applied now; more keeps a scenario from planning on a future it would
+        not know yet when those steps come. Solver side.
     scenario_correlation : float
         Correlation in [0, 1] assumed between the step errors of PV and each load when their
         scenarios are built to match the energy of the coming hours (1: every step at its own
@@ -208,6 +212,7 @@ class MpcConfig:
     scenario_quantiles: tuple | None = None
     scenario_spread: float = 1.0
     scenario_correlation: float = 1.0
+    scenario_shared_steps: int = 1
     demand_p90_weight: float = 0.0
     rho: float = 0.1
     check_termination: int = 25
@@ -280,6 +285,10 @@ class MpcConfig:
                                 f"got {qs!r}")
         if not 0.0 <= self.demand_p90_weight <= 1.0:
             problems.append(f"demand_p90_weight must lie in [0, 1], got {self.demand_p90_weight!r}")
+        if int(self.scenario_shared_steps) != self.scenario_shared_steps \
+                or not 1 <= self.scenario_shared_steps <= self.horizon:
+            problems.append(f"scenario_shared_steps must be an integer in 1..horizon, "
+                            f"got {self.scenario_shared_steps!r}")
         if not 0.0 <= self.scenario_correlation <= 1.0:
             problems.append(f"scenario_correlation must lie in [0, 1], got {self.scenario_correlation!r}")
         if not (math.isfinite(self.scenario_spread) and self.scenario_spread > 0):
@@ -872,7 +881,8 @@ class MpcController:
         self.model = build_model(config)
         # the QP handed to OSQP: one copy of the model per scenario (one copy without scenarios)
         self._scenarios = config.scenario_weights is not None and len(config.scenario_weights) > 1
-        self._qp = qp = ScenarioQp(self.model, config.scenario_weights if self._scenarios else (1.0,))
+        self._qp = qp = ScenarioQp(self.model, config.scenario_weights if self._scenarios else (1.0,),
+                                   config.scenario_shared_steps if self._scenarios else 1)
         self._solver = osqp.OSQP()
         n = config.horizon
         vec = self.model.vectors(

@@ -1,23 +1,27 @@
-"""Scenario form of the MPC QP: one copy of the model per forecast scenario, one first step.
+"""Scenario form of the MPC QP: one copy of the model per forecast scenario, shared first steps.
 
 Planning on the expected forecast is blind to the cost of being wrong, and that cost is
 lopsided here: a joule short in the evening is bought at the import price (about four times the
 export price on the lab feed), a joule too many is sold at the export price. The two-stage
 stochastic programme (Birge & Louveaux, "Introduction to Stochastic Programming", 2nd ed.,
 Springer 2011, ch. 1 and 3) minimises the probability-weighted cost over ``S`` scenarios, each
-with its own plan, and ties them together only through the first step, the one decision that is
+with its own plan, and ties them together through the first step, the one decision that is
 applied now (non-anticipativity). The plan then keeps the stored energy that pays off in the
-expensive scenarios.
+expensive scenarios. Each scenario otherwise plans as if it knew its future from the next step
+on, which is optimistic when the next steps will not yet tell the scenarios apart;
+``MpcConfig.scenario_shared_steps`` ties the first few steps instead (a robust horizon).
 
 Scenarios come from the forecast quantiles with the extended Swanson–Megill three-point
 approximation: P10, P50, P90 with weights 0.3, 0.4, 0.3 (Keefer & Bodily, "Three-point
 approximations for continuous random variables", Management Science 29(5), 1983), demand and
-PV taken in opposite corners (high demand with low PV), so the wide scenario is the hard one,
-and pulled towards the median by ``MpcConfig.scenario_spread`` (a day at the P90 of every step
-is rarer than a P90 day; the spread is chosen on the validation days, see the site files).
+PV taken in opposite corners (high demand with low PV), so the wide scenario is the hard one.
+A day at the P90 of every step is rarer than a P90 day: ``MpcConfig.scenario_correlation``
+builds PV and the loads so that their energy over the coming hours is that of step errors of
+that correlation, and ``MpcConfig.scenario_spread`` scales every deviation (both chosen on the
+validation days, see the site files).
 
 The stacked QP keeps a fixed sparsity: ``A = [blkdiag(A_1..A_S); N]`` where the rows ``N`` set
-every first-step power column of scenario ``s > 0`` equal to the one of scenario 0, and
+every shared-step power column of scenario ``s > 0`` equal to the one of scenario 0, and
 ``P = blkdiag(w_s P_1)``. Per tick only ``q = [w_s q_s]``, ``l``, ``u`` change, as in
 :class:`picogrid.edge.optimize.QpModel`.
 """
@@ -33,7 +37,7 @@ SWANSON_MEGILL_WEIGHTS = (0.3, 0.4, 0.3)
 
 
 class ScenarioQp:
-    """``S`` copies of a :class:`~picogrid.edge.optimize.QpModel` sharing their first step.
+    """``S`` copies of a :class:`~picogrid.edge.optimize.QpModel` sharing their first steps.
 
     Parameters
     ----------
@@ -41,21 +45,27 @@ class ScenarioQp:
         The single-scenario model (its layout and scaling are reused for every copy).
     weights : sequence of float, shape [S]
         Scenario probabilities (> 0, summing to 1).
+    shared_steps : int
+        Steps whose powers all scenarios share (>= 1; 1 = only the decision applied now).
 
     Raises
     ------
     ValueError
-        If the weights are not positive or do not sum to 1 (within 1e-9).
+        If the weights are not positive or do not sum to 1 (within 1e-9), or ``shared_steps``
+        is not in ``1..N``.
     """
 
-    def __init__(self, model, weights):
+    def __init__(self, model, weights, shared_steps=1):
         w = np.asarray(weights, float).ravel()
         if w.size < 1 or np.any(~(w > 0)) or abs(w.sum() - 1.0) > 1e-9:
             raise ValueError(f"scenario weights must be > 0 and sum to 1, got {tuple(w)}")
+        if not 1 <= int(shared_steps) <= model.cfg.horizon:
+            raise ValueError(f"shared_steps must be in 1..{model.cfg.horizon}, got {shared_steps!r}")
         self.model, self.weights = model, w
         s_count, n1, m1 = w.size, model.n, model.m
-        # first-step columns of every power block (p_ch .. p_load, p_def): the applied decision
-        first = np.concatenate([model.cols[b][0].ravel() for b in model.cols.blocks
+        # power columns (p_ch .. p_load, p_def) of the shared steps: the decision applied now and
+        # those the scenarios may not yet tell apart
+        first = np.concatenate([model.cols[b][:int(shared_steps)].ravel() for b in model.cols.blocks
                                 if b.startswith("p_")])
         k = first.size
         rows = np.arange((s_count - 1) * k)
@@ -70,8 +80,14 @@ class ScenarioQp:
         self.n = s_count * n1
         self.m = s_count * m1 + rows.size
         self.x_shift = np.concatenate([model.x_shift + s * n1 for s in range(s_count)])
+        # a tying row's dual moves to the row of its column one step later (the last shared
+        # step keeps its own), like the columns
+        pos = np.full(n1, -1)
+        pos[first] = np.arange(k)
+        later = pos[model.x_shift[first]]
+        src = np.where(later >= 0, later, np.arange(k))
         self.y_shift = np.concatenate([model.y_shift + s * m1 for s in range(s_count)]
-                                      + [s_count * m1 + rows])
+                                      + [s_count * m1 + (s_of - 1) * k + np.tile(src, s_count - 1)])
         self.main = int(np.argmax(w))   # the scenario whose plan is reported (the median one)
 
     @property
