@@ -146,9 +146,9 @@ class MpcConfig:
         Share of each scenario quantile's distance from the median kept (> 0); see
         :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side too.
     scenario_shared_steps : int
-        Steps ``1..N`` whose powers every scenario shares (non-anticipativity): 1 ties only
-        the decision applied now; more keeps a scenario from planning on a future it would
-        not know yet when those steps come. Solver side.
+        Steps ``1..N`` whose storage and deferrable powers every scenario shares
+        (non-anticipativity): 1 ties only the decision applied now; more keeps a scenario from
+        planning on a future it would not know yet when those steps come. Solver side.
     scenario_correlation : float
         Correlation in [0, 1] assumed between the step errors of PV and each load when their
         scenarios are built to match the energy of the coming hours (1: every step at its own

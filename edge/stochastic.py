@@ -9,7 +9,8 @@ with its own plan, and ties them together through the first step, the one decisi
 applied now (non-anticipativity). The plan then keeps the stored energy that pays off in the
 expensive scenarios. Each scenario otherwise plans as if it knew its future from the next step
 on, which is optimistic when the next steps will not yet tell the scenarios apart;
-``MpcConfig.scenario_shared_steps`` ties the first few steps instead (a robust horizon).
+``MpcConfig.scenario_shared_steps`` ties the storage and deferrable powers of the first few
+steps instead (a robust horizon), while PV, loads and grid follow each scenario.
 
 Scenarios come from the forecast quantiles with the extended Swanson–Megill three-point
 approximation: P10, P50, P90 with weights 0.3, 0.4, 0.3 (Keefer & Bodily, "Three-point
@@ -21,7 +22,7 @@ that correlation, and ``MpcConfig.scenario_spread`` scales every deviation (both
 validation days, see the site files).
 
 The stacked QP keeps a fixed sparsity: ``A = [blkdiag(A_1..A_S); N]`` where the rows ``N`` set
-every shared-step power column of scenario ``s > 0`` equal to the one of scenario 0, and
+every shared power column of scenario ``s > 0`` equal to the one of scenario 0, and
 ``P = blkdiag(w_s P_1)``. Per tick only ``q = [w_s q_s]``, ``l``, ``u`` change, as in
 :class:`picogrid.edge.optimize.QpModel`.
 """
@@ -34,6 +35,9 @@ import scipy.sparse as sp
 #: Extended Swanson–Megill three-point approximation: quantiles and weights (Keefer & Bodily 1983).
 SWANSON_MEGILL_QUANTILES = (0.1, 0.5, 0.9)
 SWANSON_MEGILL_WEIGHTS = (0.3, 0.4, 0.3)
+#: Power blocks of the QP the edge sets ahead of the scenario's outcome (shared over the
+#: robust horizon): the storage setpoint and the deferrable jobs' power.
+_DECIDED_AHEAD = ("p_ch", "p_dis", "p_def")
 
 
 class ScenarioQp:
@@ -46,7 +50,8 @@ class ScenarioQp:
     weights : sequence of float, shape [S]
         Scenario probabilities (> 0, summing to 1).
     shared_steps : int
-        Steps whose powers all scenarios share (>= 1; 1 = only the decision applied now).
+        Steps whose storage and deferrable powers all scenarios share (>= 1; 1 = only the
+        decision applied now, where every power is shared).
 
     Raises
     ------
@@ -63,10 +68,12 @@ class ScenarioQp:
             raise ValueError(f"shared_steps must be in 1..{model.cfg.horizon}, got {shared_steps!r}")
         self.model, self.weights = model, w
         s_count, n1, m1 = w.size, model.n, model.m
-        # power columns (p_ch .. p_load, p_def) of the shared steps: the decision applied now and
-        # those the scenarios may not yet tell apart
-        first = np.concatenate([model.cols[b][:int(shared_steps)].ravel() for b in model.cols.blocks
-                                if b.startswith("p_")])
+        # Step 0: every power column (p_ch .. p_load, p_def), the decision applied now on data
+        # known now. Later shared steps: only what the edge decides ahead, storage and the
+        # deferrable load; PV, the loads and the grid follow each scenario's weather and demand.
+        steps = {b: 1 if b not in _DECIDED_AHEAD else int(shared_steps)
+                 for b in model.cols.blocks if b.startswith("p_")}
+        first = np.concatenate([model.cols[b][:k].ravel() for b, k in steps.items()])
         k = first.size
         rows = np.arange((s_count - 1) * k)
         s_of = np.repeat(np.arange(1, s_count), k)

@@ -28,8 +28,8 @@ def cfg_of(**over):
 
 
 def two_stage_cvxpy(cfg, e0_j, scenarios, weights, imp_max, exp_max, penalty_per_j, shared_steps=1):
-    """Expected-cost optimum over scenarios sharing their first ``shared_steps`` steps, in
-    cvxpy/Clarabel."""
+    """Expected-cost optimum over scenarios sharing their first step and the storage power of
+    their first ``shared_steps`` steps, in cvxpy/Clarabel."""
     n, dt = cfg.horizon, cfg.dt_s
     voll = np.asarray(cfg.voll_per_j)
     cost, cons, first = 0, [], []
@@ -49,8 +49,8 @@ def two_stage_cvxpy(cfg, e0_j, scenarios, weights, imp_max, exp_max, penalty_per
                            - cfg.terminal_value_per_j * e[n]
                            + penalty_per_j * cp.sum(cp.pos(cfg.e_min_j - e[1:])
                                                     + cp.pos(e[1:] - cfg.e_max_j)))
-        k = shared_steps
-        first.append(cp.hstack([ch[:k], dis[:k], imp[:k], exp[:k], used[:k], cp.vec(load[:k, :], order="F")]))
+        # now: every power; later shared steps: the storage setpoint only (no jobs here)
+        first.append(cp.hstack([ch[:shared_steps], dis[:shared_steps], imp[0], exp[0], used[0], load[0, :]]))
     cons += [f == first[0] for f in first[1:]]
     prob = cp.Problem(cp.Minimize(cost), cons)
     prob.solve(solver=cp.CLARABEL)
