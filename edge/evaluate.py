@@ -81,7 +81,7 @@ import numpy as np
 
 from picogrid.edge import policies
 from picogrid.edge.forecast import forecast_from_now
-from picogrid.edge.optimize import MpcController, config_from_site
+from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
 from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs
 
@@ -125,11 +125,8 @@ def load_site(profile, overrides=None):
         rating = [b.get("limits", {}).get("power_max_w") for b in site["boards"].values()
                   if b.get("priority") == "deferrable"]
         cfg = cfg.replace(n_jobs=2, p_def_max_w=float(rating[0] if rating and rating[0] else 1.0))
-    if overrides:
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
-        if unknown:
-            raise ValueError(f"unknown MpcConfig keys to override: {unknown}")
-        cfg = cfg.replace(**overrides)
+    if overrides:   # from_dict rejects unknown keys, the constructor invalid values
+        cfg = MpcConfig.from_dict({**dataclasses.asdict(cfg), **overrides})
     scaling = dict(site.get("scenario", {}))
     scaling.setdefault("pv_capability_w", float(site["pv"]["capability_w"]))
     return site, cfg, scaling
