@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.request
@@ -71,8 +72,33 @@ def _need(payload, keys, what):
     return payload
 
 
+def _number(p, key, what, lo=-math.inf, hi=math.inf):
+    """``p[key]`` as a float: a JSON number (not a bool, null or string), finite, in [lo, hi]."""
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"/{what}: {key} must be a finite number, got {v!r:.50}")
+    if not lo <= v <= hi:
+        raise ValueError(f"/{what}: {key} must be in {lo:g}..{hi:g}, got {v}")
+    return float(v)
+
+
+def _integer(p, key, what, lo=0, hi=math.inf):
+    """``p[key]`` as an int: a whole JSON number in [lo, hi] (ticks and days index arrays)."""
+    v = _number(p, key, what, lo, hi)
+    if not v.is_integer():
+        raise ValueError(f"/{what}: {key} must be a whole number, got {p[key]}")
+    return int(v)
+
+
+def _tick(p, what, key="tick"):
+    return _integer(p, key, what, 0, TICKS_PER_DAY - 1)
+
+
 def parse(endpoint: str, payload):
     """Check one endpoint's JSON against the spec and convert it to project units.
+
+    Every field must be a JSON number (a bool, null or string is a violation), finite; ticks
+    are whole numbers in 0..59 and days >= 0, since they index the edge's day arrays.
 
     Returns
     -------
@@ -90,41 +116,42 @@ def parse(endpoint: str, payload):
     """
     if endpoint == "sun":
         p = _need(payload, ("tick", "sun"), endpoint)
-        if not 0 <= p["sun"] <= 100:
-            raise ValueError(f"/sun: sun must be 0..100 %, got {p['sun']}")
-        return {"tick": int(p["tick"]), "sun_fraction": float(p["sun"]) / 100.0}
+        return {"tick": _tick(p, endpoint), "sun_fraction": _number(p, "sun", endpoint, 0, 100) / 100.0}
     if endpoint == "price":
         p = _need(payload, ("day", "tick", "sell_price", "buy_price"), endpoint)
-        return {"day": int(p["day"]), "tick": int(p["tick"]), "import_price_per_j": float(p["sell_price"]),
-                "export_price_per_j": float(p["buy_price"])}
+        return {"day": _integer(p, "day", endpoint), "tick": _tick(p, endpoint),
+                "import_price_per_j": _number(p, "sell_price", endpoint),
+                "export_price_per_j": _number(p, "buy_price", endpoint)}
     if endpoint == "demand":
         p = _need(payload, ("day", "tick", "demand"), endpoint)
-        if float(p["demand"]) < 0:
-            raise ValueError(f"/demand: demand must be >= 0 W, got {p['demand']}")
-        return {"day": int(p["day"]), "tick": int(p["tick"]), "demand_w": float(p["demand"])}
+        return {"day": _integer(p, "day", endpoint), "tick": _tick(p, endpoint),
+                "demand_w": _number(p, "demand", endpoint, lo=0.0)}
     if endpoint == "deferables":
         if not isinstance(payload, list):
             raise ValueError(f"/deferables: expected a list, got {payload!r:.200}")
         out = []
         for d in payload:
             _need(d, ("start", "end", "energy"), endpoint)
-            if not 0 <= int(d["start"]) <= int(d["end"]) or float(d["energy"]) < 0:
+            start, end = _tick(d, endpoint, "start"), _tick(d, endpoint, "end")
+            energy_j = _number(d, "energy", endpoint, lo=0.0)
+            if start > end:
                 raise ValueError(f"/deferables: bad window {d}")
             # the feed's "end" is the deadline tick, inclusive (its deadlines run up to tick 59,
             # the day's last); the project's windows end exclusive, so convert once, here
-            out.append({"start_tick": int(d["start"]), "end_tick": int(d["end"]) + 1,
-                        "energy_j": float(d["energy"])})
+            out.append({"start_tick": start, "end_tick": end + 1, "energy_j": energy_j})
         return out
     if endpoint == "yesterday":
         if not isinstance(payload, list) or len(payload) != TICKS_PER_DAY:
             raise ValueError(f"/yesterday: expected {TICKS_PER_DAY} records, got {payload!r:.200}")
-        rows = sorted((_need(r, ("tick", "demand", "sell_price", "buy_price"), endpoint) for r in payload),
-                      key=lambda r: int(r["tick"]))
-        if [int(r["tick"]) for r in rows] != list(range(TICKS_PER_DAY)):
+        rows = {}
+        for r in payload:
+            _need(r, ("tick", "demand", "sell_price", "buy_price"), endpoint)
+            rows[_tick(r, endpoint)] = (_number(r, "demand", endpoint, lo=0.0),
+                                        _number(r, "sell_price", endpoint), _number(r, "buy_price", endpoint))
+        if len(rows) != TICKS_PER_DAY:
             raise ValueError("/yesterday: ticks must be 0..59 once each")
-        return {"demand_w": np.array([float(r["demand"]) for r in rows]),
-                "sell_price": np.array([float(r["sell_price"]) for r in rows]),
-                "buy_price": np.array([float(r["buy_price"]) for r in rows])}
+        cols = np.array([rows[t] for t in range(TICKS_PER_DAY)])
+        return {"demand_w": cols[:, 0], "sell_price": cols[:, 1], "buy_price": cols[:, 2]}
     raise ValueError(f"unknown endpoint {endpoint!r}; known {ENDPOINTS}")
 
 

@@ -107,6 +107,7 @@ class LabFeedServer:
         self.delay_s, self.failing, self.requests = 0.0, False, 0
         self.failing_endpoints: set[str] = set()
         self.slow_endpoints: set[str] = set()
+        self.bad_answers: dict[str, object] = {}   # path -> body served with 200 instead (spec tests)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -139,6 +140,8 @@ class LabFeedServer:
         path = _route(path)
         if self.failing or path in self.failing_endpoints:
             return 503, {"error": "unavailable"}
+        if path in self.bad_answers:
+            return 200, self.bad_answers[path]
         t = self.clock()
         day = int(t // DAY_S)
         tick = min(int((t - day * DAY_S) / DAY_S * N_TICKS), N_TICKS - 1)

@@ -160,14 +160,47 @@ def test_server_tick_is_the_authority_over_the_edge_clock(days, caplog):
 @pytest.mark.parametrize("endpoint,payload,match", [
     ("sun", {"tick": 1}, "sun"),
     ("sun", {"tick": 1, "sun": 140}, "0..100"),
-    ("demand", {"day": 1, "tick": 1, "demand": -1.0}, ">= 0"),
+    ("sun", {"tick": 1, "sun": "50"}, "finite number"),
+    ("sun", {"tick": None, "sun": 50}, "finite number"),
+    ("sun", {"tick": True, "sun": 50}, "finite number"),
+    ("demand", {"day": 1, "tick": 1, "demand": -1.0}, "demand must be in 0"),
+    ("demand", {"day": 1, "tick": 1, "demand": None}, "finite number"),
+    ("demand", {"day": 1, "tick": 1, "demand": float("nan")}, "finite number"),
+    ("demand", {"day": -1, "tick": 1, "demand": 1.0}, "day must be in 0"),
     ("price", [1, 2], "sell_price"),
+    ("price", {"day": 1, "tick": 75, "sell_price": 3, "buy_price": 1}, "tick must be in 0..59"),
+    ("price", {"day": 1, "tick": -1, "sell_price": 3, "buy_price": 1}, "tick must be in 0..59"),
+    ("price", {"day": 1, "tick": 2.5, "sell_price": 3, "buy_price": 1}, "whole number"),
+    ("price", {"day": 1, "tick": 2, "sell_price": "3", "buy_price": 1}, "sell_price must be a finite"),
     ("deferables", [{"start": 5, "end": 2, "energy": 1.0}], "bad window"),
+    ("deferables", [{"start": 5, "end": 60, "energy": 1.0}], "end must be in 0..59"),
+    ("deferables", [{"start": 5, "end": 8, "energy": None}], "finite number"),
     ("yesterday", [{"tick": 0, "demand": 0, "sell_price": 1, "buy_price": 1}], "60 records"),
+    ("yesterday", [{"tick": 0, "demand": 0, "sell_price": 1, "buy_price": 1}] * 60, "once each"),
+    ("yesterday", [{"tick": k, "demand": None if k == 7 else 0, "sell_price": 1, "buy_price": 1}
+                   for k in range(60)], "finite number"),
 ])
 def test_spec_violations_are_clear_errors(endpoint, payload, match):
     with pytest.raises(ValueError, match=match):
         L.parse(endpoint, payload)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/price", {"day": DAY0, "tick": 75, "sell_price": 3, "buy_price": 1}),
+    ("/demand", {"day": DAY0, "tick": 3, "demand": None}),
+    ("/sun", {"tick": "3", "sun": 50}),
+])
+def test_a_badly_typed_answer_leaves_the_tick_running(feed, days, path, body):
+    """An endpoint answering out of spec (a tick past the day, a null, a string) is that endpoint's
+    problem: the snapshot still comes, with the other endpoints live and the bad one named."""
+    server, client, clock = feed
+    clock.t = DAY0 * 300 + 3 * 5 + 1.0
+    server.bad_answers = {path: body}
+    snap = client.snapshot()
+    endpoint = path[1:]
+    assert snap.sources[endpoint] != "live" and f"/{endpoint}" in snap.status
+    assert {snap.sources[e] for e in ("sun", "price", "demand") if e != endpoint} == {"live"}
+    assert snap.tick == 3
 
 
 def test_online_learner_beats_same_tick_yesterday(days):
