@@ -7,6 +7,28 @@ same relation for usable energy).
 """
 
 
+def supercapacitor(site):
+    """``(capacitance_f [F], esr_ohm [ohm])`` of the site's storage, which the edge's estimate needs.
+
+    Raises
+    ------
+    ValueError
+        If ``[storage]`` lacks ``capacitance_f`` or ``esr_ohm``. The edge knows the stored
+        energy only from the storage board's port voltage and current (PROTOCOL.md telemetry),
+        which give a capacitor's state but not a battery's (its state of charge is not in the
+        telemetry): the battery "site" profile runs in ``picogrid evaluate``'s closed loop, not
+        against boards.
+    """
+    st = site.get("storage", {})
+    missing = [k for k in ("capacitance_f", "esr_ohm") if k not in st]
+    if missing:
+        raise ValueError(
+            f"profile {site.get('profile', '?')!r}: [storage] has no {' / '.join(missing)}; the edge estimates "
+            "the stored energy of a supercapacitor from the storage board's voltage and current, and the "
+            "board telemetry carries no battery state of charge (use this profile with picogrid evaluate)")
+    return float(st["capacitance_f"]), float(st["esr_ohm"])
+
+
 def storage_energy_j(v_port_v, i_port_a, capacitance_f, esr_ohm):
     """Stored energy [J] of a supercapacitor from its terminal voltage [V] and current [A]."""
     v_oc = max(v_port_v + i_port_a * esr_ohm, 0.0)

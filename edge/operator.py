@@ -22,10 +22,16 @@ LOADS = ("load1", "load2", "load3")
 
 
 def setpoint_bounds(site):
-    """Board -> (lo, hi) of what an operator may set: [W]; grid: bus voltage [V]; pv: cap [W]."""
+    """Board -> (lo, hi) of what an operator may set: [W]; grid: bus voltage [V]; pv: cap [W].
+
+    Storage: ``-charge_power_max_w .. discharge_power_max_w`` where the site gives them (a
+    battery), else ``+-power_max_w``, as :func:`picogrid.edge.optimize.config_from_site` reads.
+    """
     v = float(site["bench"]["bus_voltage_v"])
-    p_st = float(site["storage"]["power_max_w"])
-    bounds = {"pv": (0.0, float(site["pv"]["capability_w"])), "storage": (-p_st, p_st),
+    st = site["storage"]
+    p_ch = float(st.get("charge_power_max_w", st.get("power_max_w")))
+    p_dis = float(st.get("discharge_power_max_w", st.get("power_max_w")))
+    bounds = {"pv": (0.0, float(site["pv"]["capability_w"])), "storage": (-p_ch, p_dis),
               "grid": (0.95 * v, 1.05 * v)}
     for name in LOADS:
         bounds[name] = (0.0, float(site["boards"][name].get("limits", {}).get("power_max_w", 1.0)))

@@ -62,6 +62,7 @@ class EdgeRunner:
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
         self.cfg = config_from_site(site)
+        self.c_storage_f, self.esr_storage_ohm = estimate.supercapacitor(site)
         self.mpc = MpcController(self.cfg) if policy == "mpc" else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
@@ -89,9 +90,8 @@ class EdgeRunner:
         st = snap["storage"]["telemetry"]
         e_j = None
         if st is not None:
-            e_j = estimate.storage_energy_j(st["v_port_v"], st["i_port_a"],
-                                            self.site["storage"]["capacitance_f"],
-                                            self.site["storage"]["esr_ohm"])
+            e_j = estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.c_storage_f,
+                                            self.esr_storage_ohm)
         grid = snap["grid"]["telemetry"]
         # a grid board that reports no supply, or says nothing at all, means no grid
         islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED) or self.health.stale["grid"]
@@ -224,8 +224,8 @@ class EdgeRunner:
         grid_j = tick_j.get("grid")
         cost = metering.grid_cost(grid_j, imp, exp) if grid_j is not None else None
         st = boundary.get("storage")
-        e_st = (estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.site["storage"]["capacitance_f"],
-                                          self.site["storage"]["esr_ohm"]) if st else None)
+        e_st = (estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.c_storage_f,
+                                          self.esr_storage_ohm) if st else None)
         row = {"pv_w": w.get("pv"), "storage_w": w.get("storage"), "grid_w": w.get("grid"),
                "load1_w": w.get("load1"), "load2_w": w.get("load2"), "load3_w": w.get("load3"),
                "pv_available_w": float(truth["pv_available_w"][t]),

@@ -10,7 +10,7 @@ second bench here, so the naive rule and the optimum are the model's, on the sam
 import logging
 import time
 
-from picogrid.edge import report
+from picogrid.edge import estimate, report
 from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink, TcpLink
 from picogrid.edge.runner import EdgeRunner
@@ -69,18 +69,24 @@ class EdgeService:
 
     def __init__(self, site, db_path, source, forecaster, t0, secrets=None):
         self.site, self.source, self.t0 = site, source, t0
+        estimate.supercapacitor(site)     # a storage the edge cannot observe fails before any port opens
         self.fleet = Fleet(board_ids(site))
         self.links = open_links(site, self.fleet.on_frame, secrets)
-        for name, link in self.links.items():
-            self.fleet.attach(name, link)
-        self.store = Store(db_path)
-        b = site["bench"]
-        self.store.start_run(site["profile"], str(source.day), int(b["n_ticks"]), float(b["tick_s"]),
-                             {"bench": b, "boards": {n: l.port for n, l in self.links.items()}})
-        for name, link in self.links.items():
-            self.store.board(name, link=link.kind)
-        self.store.commit()
-        self.runner = EdgeRunner(site, source, self.fleet, self.store, forecaster, t0)
+        self.store = None
+        try:
+            for name, link in self.links.items():
+                self.fleet.attach(name, link)
+            self.store = Store(db_path)
+            b = site["bench"]
+            self.store.start_run(site["profile"], str(source.day), int(b["n_ticks"]), float(b["tick_s"]),
+                                 {"bench": b, "boards": {n: l.port for n, l in self.links.items()}})
+            for name, link in self.links.items():
+                self.store.board(name, link=link.kind)
+            self.store.commit()
+            self.runner = EdgeRunner(site, source, self.fleet, self.store, forecaster, t0)
+        except BaseException:
+            self.stop(status="failed")
+            raise
 
     def wait_hello(self, timeout_s=_HELLO_TIMEOUT_S):
         """Ask every board who it is; returns the names that did not answer (they may come later)."""
@@ -111,7 +117,11 @@ class EdgeService:
         self.store.finish_run(s)
         return s
 
-    def stop(self):
+    def stop(self, status=None):
+        """Close the links and the store; ``status`` (e.g. ``"failed"``) ends a run left running."""
         for link in self.links.values():
             link.close()
-        self.store.close()
+        if self.store is not None:
+            if status is not None and self.store.run_id is not None:
+                self.store.finish_run({}, status=status)
+            self.store.close()

@@ -59,6 +59,19 @@ def _summary_lines(s):
     return lines
 
 
+def _start_dashboard(db, port):
+    """The dashboard on ``port``, or on any free port when that one is taken (another demo?).
+
+    Returns ``(url, stop)``.
+    """
+    from picogrid.web.server import start_background
+
+    try:
+        return start_background(str(db), port=port)
+    except OSError:
+        return start_background(str(db), port=0)
+
+
 def _keep_serving(exit_now):
     """After the summary the dashboard stays up until Ctrl-C, unless asked to exit."""
     if exit_now:
@@ -70,7 +83,6 @@ def _keep_serving(exit_now):
 
 def cmd_demo(args):
     from picogrid.hil.day import Day, load_site
-    from picogrid.web.server import start_background
 
     feed = None
     if args.feed:
@@ -90,10 +102,7 @@ def cmd_demo(args):
     else:
         print("Lab market feed %s: the day starts at the feed's next day boundary" % args.feed, flush=True)
     day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed)
-    try:
-        url, stop_web = start_background(str(db), port=args.port)
-    except OSError:     # the usual port is taken (another demo?): any free one will do
-        url, stop_web = start_background(str(db), port=0)
+    url, stop_web = _start_dashboard(db, args.port)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
     n = int(day.site["bench"]["n_ticks"])
@@ -169,7 +178,6 @@ def cmd_edge(args):
     """The edge on real boards (ports in the site file): one day, summary, dashboard."""
     from picogrid.edge.service import EdgeService
     from picogrid.edge.site import load_site
-    from picogrid.web.server import start_background
 
     feed = None
     if args.feed:
@@ -194,7 +202,11 @@ def cmd_edge(args):
     if args.ticks:
         site["bench"]["n_ticks"] = args.ticks
     service = EdgeService(site, run_dir / "picogrid.sqlite", source, forecaster, t0)
-    url, stop_web = start_background(str(run_dir / "picogrid.sqlite"), port=args.port)
+    try:
+        url, stop_web = _start_dashboard(run_dir / "picogrid.sqlite", args.port)
+    except BaseException:
+        service.stop(status="failed")
+        raise
     print("Edge on %s; dashboard %s" % (", ".join("%s=%s" % (n, l.port) for n, l in service.links.items()), url),
           flush=True)
     try:

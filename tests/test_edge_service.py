@@ -3,6 +3,7 @@ pseudo-terminals stand where /dev/ttyACM0..5 would be."""
 
 import copy
 import math
+import os
 import sqlite3
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from picogrid.edge.forecast import Forecaster
 from picogrid.edge.service import EdgeService, open_links
 from picogrid.edge.signals import ScenarioSource, load_scenario
-from picogrid.edge.site import load_site
+from picogrid.edge.site import SITE_DIR, load_site
 from picogrid.hil.bench import Bench
 from picogrid.hil.day import prepare_scenario
 
@@ -26,6 +27,37 @@ def test_site_file_without_ports_is_a_clear_error():
     site["boards"]["pv"]["link"] = {"type": "tcp", "host": "127.0.0.1", "port": 9}
     with pytest.raises(ValueError, match="key_hex"):
         open_links(site, lambda *a: None, secrets={})
+
+
+def test_battery_site_is_refused_before_any_port_opens(tmp_path):
+    """The edge observes stored energy through a supercapacitor's voltage; a battery site file
+    (no capacitance_f / esr_ohm, no state of charge in the telemetry) is a clear start-up error."""
+    with pytest.raises(ValueError, match="no capacitance_f / esr_ohm"):
+        EdgeService(load_site(SITE_DIR / "site.toml"), tmp_path / "edge.sqlite", None, None, 0.0, secrets={})
+    assert not (tmp_path / "edge.sqlite").exists()
+
+
+def test_a_start_up_failure_closes_the_ports_and_marks_the_run_failed(tmp_path):
+    """Real pseudo-terminals stand for the boards; the MPC settings are bad, so the runner
+    refuses to start after the run row exists: that run must not stay 'running'."""
+    site = copy.deepcopy(load_site())
+    masters = []
+    for b in site["boards"].values():
+        master, slave = os.openpty()
+        masters.append(master)
+        b["port"] = os.ttyname(slave)
+        os.close(slave)
+    site["optimizer"]["eps_abs"] = -1.0
+    scenario = ScenarioSource(load_scenario(prepare_scenario(tmp_path, "2013-07-16", 60, site["pv"]["capability_w"])), 60)
+    try:
+        with pytest.raises(ValueError, match="eps_abs"):
+            EdgeService(site, tmp_path / "edge.sqlite", scenario, None, 0.0, secrets={})
+        conn = sqlite3.connect(str(tmp_path / "edge.sqlite"))
+        assert conn.execute("SELECT status FROM run").fetchall() == [("failed",)]
+        conn.close()
+    finally:
+        for m in masters:
+            os.close(m)
 
 
 def test_edge_runs_a_day_on_the_boards_of_a_site_file(tmp_path):

@@ -109,3 +109,13 @@ def test_restore_and_clear_work_in_manual_mode(store):
     op.poll(store.conn)
     sp, _ = op.setpoints(3, dict(PLAN, storage=(0, 1.0)), sp)
     assert sp == PLAN
+
+
+def test_storage_bounds_follow_the_sites_charge_and_discharge_limits():
+    from picogrid.edge.operator import setpoint_bounds
+    from picogrid.edge.site import SITE_DIR, load_site as load_site_file
+
+    assert setpoint_bounds(load_site_file())["storage"] == (-2.0, 2.0)        # lab: power_max_w
+    battery = load_site_file(SITE_DIR / "site.toml")
+    battery["storage"]["charge_power_max_w"] = 3000.0                         # asymmetric limits
+    assert setpoint_bounds(battery)["storage"] == (-3000.0, 5000.0)
