@@ -132,11 +132,16 @@ class Bench:
                 for name, b in self.boards.items()}
 
     def start(self):
+        """Start the plant, then every board; on any failure stop what started, then re-raise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._start_plant()
-        for name, board_id in board_ids(self.site).items():
-            self.boards[name] = {"id": board_id}
-            self.start_board(name)
+        try:
+            self._start_plant()
+            for name, board_id in board_ids(self.site).items():
+                self.boards[name] = {"id": board_id}
+                self.start_board(name)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _start_plant(self):
@@ -152,7 +157,7 @@ class Bench:
         ready, _, _ = select.select([self.plant_proc.stdout], [], [], _PLANT_START_TIMEOUT_S)
         line = self.plant_proc.stdout.readline() if ready else ""
         if not line.startswith("PLANT_PORT"):
-            self.plant_proc.kill()
+            self.plant_proc.kill()          # stop() reaps it and closes its pipe
             raise RuntimeError("plant simulator did not start, see %s" % (self.run_dir / "plant.log"))
         self.plant_port = int(line.split()[1])
 
@@ -207,6 +212,8 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.plant_proc and self.plant_proc.stdout:
+            self.plant_proc.stdout.close()
         for proxy in self.proxies.values():
             proxy.close()
         self.proxies = {}

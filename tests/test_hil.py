@@ -372,3 +372,20 @@ def test_tcp_link_authenticated_and_replay_rejected(tmp_path):
     finally:
         edge.close()
         bench.stop()
+
+
+def test_a_bench_that_fails_to_start_leaves_nothing_running(tmp_path):
+    """The last board cannot start (a role the plant does not know): the plant and the five
+    boards already running are stopped and their pseudo-terminals closed before the error."""
+    import copy
+
+    site = copy.deepcopy(load_site())
+    site["boards"]["load3"]["role"] = "toaster"
+    bench = Bench(site, tmp_path, time.time(), 1.0, [0.5] * 60)
+    with pytest.raises(KeyError, match="toaster"):
+        bench.start()
+    started = [b for b in bench.boards.values() if "proc" in b]
+    assert len(started) == 5
+    assert bench.plant_proc.poll() is not None and bench.plant_proc.stdout.closed
+    assert all(b["proc"].poll() is not None for b in started)
+    assert not any("master" in b or "slave" in b for b in bench.boards.values())
