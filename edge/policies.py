@@ -513,8 +513,8 @@ def pad_day_end(window, steps_left, cfg):
     """The :meth:`MpcController.solve` arguments of a horizon that runs past the day's end.
 
     Past the end (steps ``>= steps_left``) there is no PV, no load and no import, and export
-    pays exactly what the day's score credits for stored energy, ``(terminal + cycling) /
-    eta_dis``: the plan then faces the day-end the perfect-foresight optimum of the day faces,
+    pays exactly what the day's score credits for stored energy, ``terminal / eta_dis +
+    cycling`` (per J on the bus): the plan then faces the day-end the perfect-foresight optimum of the day faces,
     instead of keeping energy for a next day the score does not count. Scenario inputs
     (``scenarios``) are padded alike.
 
@@ -541,7 +541,9 @@ def pad_day_end(window, steps_left, cfg):
     w["demand_w"][past] = 0.0
     w["p_imp_max_w"][past] = 0.0
     w["import_price_per_j"][past] = w["import_price_per_j"][~past][-1] if (~past).any() else 0.0
-    w["export_price_per_j"][past] = (cfg.terminal_value_per_j + cfg.cycle_cost_per_j) / cfg.eta_dis
+    # a stored joule exported delivers eta_dis J to the bus, each paying the price less the
+    # cycling cost (charged on bus-side power): eta_dis * (price - cycling) = terminal value
+    w["export_price_per_j"][past] = cfg.terminal_value_per_j / cfg.eta_dis + cfg.cycle_cost_per_j
     if "p_def_max_w" in w:
         w["p_def_max_w"][past] = 0.0
     for key in ("reserve_demand_w", "reserve_pv_w"):

@@ -61,7 +61,9 @@ def test_day_end_padding_pays_the_terminal_value():
     out = policies.pad_day_end(w, 4, cfg)
     np.testing.assert_allclose(out["pv_avail_w"], [1, 1, 1, 1, 0, 0])
     np.testing.assert_allclose(out["p_imp_max_w"], [6, 6, 6, 6, 0, 0])
-    np.testing.assert_allclose(out["export_price_per_j"][4:], (0.7 + 0.1) / 0.8)
+    # a stored joule exported past the end: 0.8 J on the bus, each earning the price less the
+    # 0.1 c/J cycling cost charged on bus-side power; that must equal the 0.7 c/J the score credits
+    np.testing.assert_allclose(0.8 * (out["export_price_per_j"][4:] - 0.1), 0.7)
     np.testing.assert_allclose(w["pv_avail_w"], 1.0)   # the caller's window is not changed
 
 
