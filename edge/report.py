@@ -140,19 +140,23 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     jobs_w, shortfall_j = _jobs_delivered(rows, deferrable, dt)
     s = {"deferrable_jobs": len(deferrable.closed_jobs(len(rows))),
          "deferrable_energy_j": float(dt * jobs_w.sum()), "deferrable_shortfall_j": shortfall_j}
+    # energies over the ticks each board measured: a missed ack or a reboot is neither served
+    # nor shed load, nor free import (ticks_incomplete_mpc says how many ticks lack a reading)
     for l in LOADS:
-        served = sum(-(r[l + "_w"] or 0.0) for r in rows) * dt
+        served_w = _col(rows, l + "_w", -1.0)
+        metered = ~np.isnan(served_w)
+        served = float(dt * served_w[metered].sum())
         if l == deferrable.board:
-            served -= s["deferrable_energy_j"]
-        demand = sum(r[l + "_demand_w"] for r in rows) * dt
+            served -= float(dt * np.asarray(jobs_w, float)[metered].sum())
+        demand = float(dt * _col(rows, l + "_demand_w")[metered].sum())
         s[l + "_served_energy_j"] = served
         s[l + "_shed_energy_j"] = max(demand - served, 0.0)
-    grid = np.nan_to_num(_col(rows, "grid_w"))
-    s["import_energy_j"] = float(dt * np.maximum(grid, 0).sum())
-    s["export_energy_j"] = float(dt * np.maximum(-grid, 0).sum())
-    s["pv_energy_j"] = float(dt * sum(r["pv_w"] or 0.0 for r in rows))
+    grid = _col(rows, "grid_w")
+    s["import_energy_j"] = float(dt * np.nansum(np.maximum(grid, 0)))
+    s["export_energy_j"] = float(dt * np.nansum(np.maximum(-grid, 0)))
+    s["pv_energy_j"] = float(dt * np.nansum(_col(rows, "pv_w")))
     s["pv_available_energy_j"] = float(dt * np.sum(truth["pv_available_w"]))
-    s["storage_throughput_j"] = float(dt * sum(abs(r["storage_w"] or 0.0) for r in rows))
+    s["storage_throughput_j"] = float(dt * np.nansum(np.abs(_col(rows, "storage_w"))))
     s["cost_mpc"] = mpc["total"]
     s["bill_mpc"] = mpc["import_cost"] - mpc["export_revenue"]
     if len(naive_rows) == len(rows):

@@ -31,6 +31,9 @@ def _summary_lines(s):
     lines.append("  load    served [J]   shed [J]")
     for l in ("load1", "load2", "load3"):
         lines.append("  %-6s %s %s" % (l, f(l + "_served_energy_j"), f(l + "_shed_energy_j")))
+    if s.get("ticks_incomplete_mpc"):
+        lines.append("  (energies over the metered ticks: %d ticks lack a board's reading, their costs are unknown)"
+                     % s["ticks_incomplete_mpc"])
     lines += [
         "",
         "  grid import        %s J" % f("import_energy_j"),

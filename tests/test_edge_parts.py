@@ -11,8 +11,9 @@ import pytest
 from picogrid.edge import dispatch, estimate, metering
 from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink
-from picogrid.edge.optimize import Decision
+from picogrid.edge.optimize import Decision, config_from_site
 from picogrid.edge.signals import ScenarioSource
+from picogrid.edge.site import load_site
 from picogrid.firmware import protocol as P
 
 
@@ -318,3 +319,29 @@ def test_runner_meters_a_late_tick_by_its_mean_power(tmp_path):
     stored = store.conn.execute("SELECT load1_w FROM dispatch WHERE tick=0").fetchone()[0]
     assert stored == pytest.approx(-1.0)
     store.close()
+
+
+def test_summary_energies_leave_unmetered_ticks_out():
+    """A tick without load1's and the grid's reading (a missed ack) is neither shed load nor
+    zero import: the energies cover the metered ticks and the tick is counted as incomplete."""
+    from picogrid.cli import _summary_lines
+    from picogrid.edge import report
+
+    site = load_site()
+    cfg = config_from_site(site).replace(horizon=4)
+    rows = [{"tick": t, "grid_w": 1.0, "storage_w": 0.0, "pv_w": 0.5, "load1_w": -0.3, "load2_w": -0.6,
+             "load3_w": -0.6, "load1_demand_w": 0.3, "load2_demand_w": 0.6, "load3_demand_w": 0.6,
+             "import_price_per_j": 1.0, "export_price_per_j": 0.5, "storage_energy_j": 20.0,
+             "balance_residual_j": 0.0, "deferrable_w": 0.0} for t in range(4)]
+    rows[2].update(load1_w=None, grid_w=None, balance_residual_j=None)
+    truth = {"pv_available_w": np.full(4, 0.5), "import_price_per_j": np.ones(4),
+             "export_price_per_j": np.full(4, 0.5), **{f"load{k}_demand_w": np.full(4, d)
+                                                       for k, d in ((1, 0.3), (2, 0.6), (3, 0.6))}}
+    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4)
+    dt = cfg.dt_s
+    assert s["load1_served_energy_j"] == pytest.approx(3 * 0.3 * dt)
+    assert s["load1_shed_energy_j"] == pytest.approx(0.0)
+    assert s["load2_served_energy_j"] == pytest.approx(4 * 0.6 * dt)
+    assert s["import_energy_j"] == pytest.approx(3 * 1.0 * dt)
+    assert s["ticks_incomplete_mpc"] == 1 and np.isnan(s["cost_mpc"])
+    assert any("1 ticks lack a board's reading" in line for line in _summary_lines(s))
