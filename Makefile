@@ -26,7 +26,7 @@ browser:
 	else echo "not root or no apt-get: chromium not installed, browser tests will be skipped"; fi; }
 
 test: $(STAMP) browser
-	PICOGRID_REQUIRE_TYPECHECK=1 $(PY) -m pytest -q
+	PICOGRID_REQUIRE_TYPECHECK=1 PICOGRID_REQUIRE_MICROPYTHON=1 $(PY) -m pytest -q
 
 screenshots: $(STAMP) browser
 	$(VENV)/bin/picogrid screenshots --out var/screenshots

@@ -415,8 +415,12 @@ def test_site_scale_matches_exact_lp():
     check_plan_feasible(cfg, d, pv, dem, flat(288, 1e4), flat(288, 7e3), rel=1e-3)
 
 
-def test_docstring_examples():
-    assert doctest.testmod(optimize).failed == 0
+@pytest.mark.parametrize("module", ["picogrid.edge.optimize", "picogrid.web.units"])
+def test_docstring_examples(module):
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0, result      # examples exist, and hold
 
 
 # --------------------------------------------------------------------------- deferrables, reserve
