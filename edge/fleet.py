@@ -202,14 +202,16 @@ class Fleet:
                 b.link.send(P.MSG_HELLO, b.board_id, b.seq_out, b"")
 
     def send_setpoint(self, name, tick, mode, value):
-        """Send a setpoint; returns its sequence number (None if the board has no link)."""
+        """Send a setpoint; returns its sequence number, or None if the board has no link or
+        the write failed (the link logged why): nothing will ack it, so nobody waits for it."""
         b = self.boards[name]
         if b.link is None:
             return None
         b.seq_out += 1
         with self._lock:
             b.snapshot = None
-        b.link.send(P.MSG_SETPOINT, b.board_id, b.seq_out, P.pack_setpoint(tick, mode, value))
+        if not b.link.send(P.MSG_SETPOINT, b.board_id, b.seq_out, P.pack_setpoint(tick, mode, value)):
+            return None
         return b.seq_out
 
     def wait_acks(self, sent, timeout_s):

@@ -82,6 +82,8 @@ class SerialLink:
             _deliver(self, data)
 
     def send(self, msg_type, board_id, seq, payload):
+        """Encode and write one frame (PROTOCOL.md); True if written, False (logged) if the
+        port failed."""
         frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
         with self._write_lock:
             try:
@@ -193,6 +195,8 @@ class TcpLink:
             _deliver(self, data)
 
     def send(self, msg_type, board_id, seq, payload):
+        """Encode and write one frame; True if written, False if the connection is down or
+        the write failed (logged; the reader reconnects)."""
         frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
         with self._write_lock:
             if self._sock is None:

@@ -86,6 +86,9 @@ class EdgeRunner:
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
+        """``(snapshot, e_j, islanded)``: the fleet's snapshot (name -> board state), the
+        stored energy [J] estimated from the storage board's telemetry (``None`` without it),
+        and whether the grid is out (the grid board reports no supply or has gone quiet)."""
         snap = self.fleet.snapshot()
         st = snap["storage"]["telemetry"]
         e_j = None
@@ -105,6 +108,10 @@ class EdgeRunner:
                 "import_price_per_j": imp_now, "export_price_per_j": exp_now}
 
     def forecast(self, k, now):
+        """``(fans, sources)`` for the plan at tick ``k``: ``{series: {quantile: array [N]}}``
+        (SI units; step 0 is ``now``, step j tick ``k + j``) and series -> the source that made
+        it (the forecaster's, or ``seasonal_naive:<exception>`` when it failed, logged), as the
+        decision record stores it."""
         day_ticks = self.source.n_ticks
         hist_len = 2 * day_ticks
         if getattr(self.forecaster, "n_ticks", None) == day_ticks:   # its models apply: their history
@@ -156,6 +163,13 @@ class EdgeRunner:
             self.store.event(self.clock() - self.t0, None, "price_above_voll", text)
 
     def optimise(self, k, e_j, fc, islanded, now=None):
+        """Plan tick ``k`` from stored energy ``e_j`` [J] and the fans ``fc``.
+
+        Returns ``(decision, pv_w [N], demand_w [N, L], import_price_per_j [N])``: the
+        :class:`Decision` and the forecast it planned on (the decision record stores it). An
+        exception in the optimiser or its inputs gives the naive rule's step instead, with status
+        ``fallback:<exception>`` and the traceback logged: a tick never goes without a decision.
+        """
         # the feed tells the demand to serve, the prices and the sun now: step 0 is known
         now = self.known_now(k) if now is None else now
         self.check_prices(k, now["import_price_per_j"], now["export_price_per_j"])
@@ -181,6 +195,12 @@ class EdgeRunner:
         return decision, pv, demand, imp
 
     def send(self, k, sp):
+        """Send tick ``k``'s setpoints ``sp`` (name -> (mode, value)) and wait for the acks.
+
+        Returns name -> the telemetry snapshot the board took when it applied the setpoint (the
+        tick boundary the meters use), ``None`` for a board that did not ack; rejected or clamped
+        setpoints and missing acks are stored as events.
+        """
         sent = {name: self.fleet.send_setpoint(name, k, mode, value) for name, (mode, value) in sp.items()}
         t_sent = self.clock()
         acks = self.fleet.wait_acks(sent, _ACK_TIMEOUT_S)
@@ -284,6 +304,8 @@ class EdgeRunner:
                 self.store.event(t_rel, board, kind, detail)
 
     def tick(self, k):
+        """One tick ``k``: read the source, observe, decide (MPC, operator, or the naive rule),
+        send, meter tick ``k - 1`` and store the decision record."""
         t_start = self.clock()
         if hasattr(self.source, "begin_tick"):     # a live source (the lab feed) reads tick k now
             self.source.begin_tick(k)

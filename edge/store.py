@@ -136,6 +136,11 @@ class Store:
         self.run_id = None
 
     def start_run(self, profile, scenario, n_ticks, tick_s, config):
+        """Insert a run (status ``running``) and make it the one the writers below fill.
+
+        ``scenario``: the day (ISO date) or feed day; ``tick_s`` [s]; ``config``: JSON-able
+        settings kept with the run. Returns the run id.
+        """
         cur = self.conn.execute(
             "INSERT INTO run (started_at, profile, scenario, n_ticks, tick_s, config_json)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -146,6 +151,7 @@ class Store:
         return self.run_id
 
     def finish_run(self, summary, status="finished"):
+        """End the run: ``status`` (``finished`` or ``failed``) and the summary dict (JSON)."""
         self.conn.execute(
             "UPDATE run SET status=?, summary_json=? WHERE id=?",
             (status, json.dumps(summary), self.run_id),
@@ -162,6 +168,9 @@ class Store:
         )
 
     def dispatch(self, policy, tick, row):
+        """One tick's measured (or simulated) dispatch of ``policy``: ``row`` maps the
+        :data:`DISPATCH_COLUMNS` (powers [W], bus side, + into the bus; energies [J]; prices
+        [c/J]; cost [c]) to values, ``None`` where unmeasured."""
         """``row``: mapping with any of ``DISPATCH_COLUMNS``; missing ones are NULL."""
         cols = [c for c in DISPATCH_COLUMNS if c in row]
         self.conn.execute(
@@ -171,6 +180,8 @@ class Store:
         )
 
     def forecast(self, tick, series, quantile, values):
+        """The forecast of ``series`` at ``quantile`` issued at ``tick``: ``values`` [N] in the
+        series' unit (W, c/J), step 0 = the tick itself."""
         self.conn.execute(
             "INSERT INTO forecast VALUES (?,?,?,?,?)",
             (self.run_id, tick, series, quantile, json.dumps([round(float(v), 6) for v in values])),
@@ -178,6 +189,11 @@ class Store:
 
     def decision(self, tick, t_s, status, solve_time_s, objective, forecast_source,
                  setpoints, plan=None, reason=None, operator_mode="automatic", details=None):
+        """The audit record of tick ``k``'s decision (DESIGN.md section 4): solver ``status``
+        (or ``fallback:<reason>``), ``solve_time_s`` [s], ``objective`` [c], the forecast source,
+        the first-step ``setpoints`` ({board: value}), the ``plan``'s first steps, the reason in
+        words, the operator mode and ``details`` (objective terms, binding constraints,
+        iterations, CPU time). Replaces an earlier record of the same tick."""
         self.conn.execute(
             "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, t_s, status, solve_time_s, objective, forecast_source,
@@ -186,12 +202,18 @@ class Store:
         )
 
     def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s, ack_status=None):
+        """A setpoint sent at ``tick``: frame ``seq``, protocol ``mode``, ``value_w`` [W; V for
+        the grid board's bus voltage], whether it was acked, after ``ack_latency_s`` [s], and
+        the board's ack status (PROTOCOL.md ``ACK_*``)."""
         self.conn.execute(
             "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s, ack_status),
         )
 
     def event(self, t_s, board, kind, detail=""):
+        """An event at ``t_s`` [s from tick 0] of ``board`` (``None``: the edge), e.g.
+        ``no_ack``, ``setpoint_rejected``, ``no_telemetry``, ``price_above_voll``, or a health
+        change (edge/health.py), with a human-readable ``detail``."""
         self.conn.execute(
             "INSERT INTO event VALUES (?,?,?,?,?)", (self.run_id, t_s, board, kind, detail)
         )

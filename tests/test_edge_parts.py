@@ -149,6 +149,17 @@ def test_setpoint_ack_round_trip_and_timeout(pty_link):
     assert fleet.stale(60.0) == ["load2"]
 
 
+def test_a_setpoint_that_cannot_be_written_is_not_waited_for(pty_link):
+    """The port went away (a USB cable pulled): the write fails, so there is no sequence number
+    to wait for, and the tick does not spend its ack timeout on it."""
+    master, fleet, link = pty_link
+    link._serial.close()
+    assert fleet.send_setpoint("load1", 3, P.MODE_NORMAL, 0.4) is None
+    t0 = time.monotonic()
+    assert fleet.wait_acks({"load1": None}, 2.0) == {}
+    assert time.monotonic() - t0 < 1.0
+
+
 def test_health_reports_stale_stuck_and_balance_changes_once():
     from picogrid.edge.health import Health
 
