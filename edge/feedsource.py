@@ -117,6 +117,8 @@ class FeedSource:
                 log.exception("feed listener failed at tick %d", k)
 
     def now(self, tick):
+        """``(demand_w [L], import_price_per_j, export_price_per_j)`` the feed gave for ``tick``
+        ([W] per load, [c/J]); a price it could not give is the last one known, else 0."""
         demand = np.array([self.observed[l + "_demand_w"][tick] for l in LOADS])
         imp, exp = self.observed["import_price_per_j"][tick], self.observed["export_price_per_j"][tick]
         # a price the feed could not give (down, nothing learnt yet): the last one known, else 0
@@ -134,6 +136,7 @@ class FeedSource:
         return [dict(j) for j in self._jobs]
 
     def sun_now(self, tick):
+        """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""
         return float(self.observed["sun"][tick])
 
     def history(self, tick, length):
@@ -146,9 +149,13 @@ class FeedSource:
         return out
 
     def clearsky(self, tick, horizon):
+        """Zeros [W/m2] of shape [horizon]: the lab has no site coordinates, and the feed's
+        forecaster does not read clear-sky irradiance."""
         return np.zeros(horizon)     # no site coordinates in the lab: the forecaster does not need it
 
     def calendar(self, tick):
+        """``{tick, day_of_year, weekday, n_ticks}``; the feed's days have no date, so the
+        calendar is a fixed day 1, Monday."""
         return {"tick": int(tick), "day_of_year": 1, "weekday": 0, "n_ticks": self.n_ticks}
 
     def truth(self):

@@ -30,6 +30,7 @@ def save_scenario(frame, path):
 
 
 def load_scenario(path):
+    """The scenario columns (name -> list, see the module docstring) saved at ``path`` (JSON)."""
     with open(path) as f:
         return json.load(f)
 
@@ -97,6 +98,8 @@ class ScenarioSource:
         return self.cols["clearsky_ghi_w_m2"][rows]
 
     def calendar(self, tick):
+        """Calendar of ``tick`` as the forecasters read it: ``{tick, day_of_year (1..366),
+        weekday (0 = Monday), n_ticks}``."""
         r = self._row(tick)
         return {"tick": int(tick), "day_of_year": int(self.cols["day_of_year"][r]),
                 "weekday": int(self.cols["weekday"][r]), "n_ticks": self.n_ticks}
