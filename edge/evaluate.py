@@ -202,14 +202,16 @@ def perfect_forecast(data, i, truth, cfg):
     return fc
 
 
-def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
-    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
-    n_ticks, n = data.n_ticks, cfg.horizon
-    row0 = i * n_ticks
-    c = data.cols
-    plan_cfg = cfg.replace(reserve=True) if reserve else cfg
+def forecast_fans(data, i, forecaster, sources):
+    """``fans(t, now)``: the forecaster's plan-aligned fans at tick ``t`` of day index ``i``.
 
-    def fc(t, delivered_j=None):
+    Causal: the history before the tick and ``now`` (what is known of it, as
+    :func:`picogrid.edge.forecast.forecast_from_now` takes it). Counts the forecast sources in
+    ``sources``.
+    """
+    n_ticks, row0, c = data.n_ticks, i * data.n_ticks, data.cols
+
+    def fans(t, now):
         r = row0 + t
         h = forecaster.history_ticks
         hist = {s: c[s][r - h:r] for s in FC_SERIES}
@@ -218,13 +220,24 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
                 hist[s] = c[s][r - h:r]
         cal = {"tick": int(t), "day_of_year": int(c["day_of_year"][r]), "weekday": int(c["weekday"][r]),
                "n_ticks": n_ticks}
-        w = truth.window(t, n, cfg, delivered_j)        # limits, jobs, true values now
-        now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
         rows = np.minimum(np.arange(r + 1, r + 1 + forecaster.horizon), len(c["clearsky_ghi_w_m2"]) - 1)
         out = forecast_from_now(forecaster, hist, now, LOAD_SERIES, cal, c["clearsky_ghi_w_m2"][rows])
-        for s, src in forecaster.source.items():
+        for src in forecaster.source.values():
             sources[src.split(":")[0]] = sources.get(src.split(":")[0], 0) + 1
-        w.update(forecast_inputs(out, plan_cfg, LOAD_SERIES, now))
+        return out
+    return fans
+
+
+def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
+    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
+    plan_cfg = cfg.replace(reserve=True) if reserve else cfg
+    fans_at = forecast_fans(data, i, forecaster, sources)
+    calibration = getattr(forecaster, "energy_calibration", None)
+
+    def fc(t, delivered_j=None):
+        w = truth.window(t, cfg.horizon, cfg, delivered_j)        # limits, jobs, true values now
+        now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        w.update(forecast_inputs(fans_at(t, now), plan_cfg, LOAD_SERIES, now, calibration=calibration, tick=t))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 

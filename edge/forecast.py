@@ -100,6 +100,9 @@ class Forecaster:
     trackers : dict
         Series -> :class:`models.recalibrate.OnlineBandTracker` (empty without online
         recalibration); ``trackers[s].log_factors`` are the current band scalings.
+    energy_calibration : picogrid.edge.energy_calibration.EnergyCalibration or None
+        The scenario energy calibration fitted on these models (``scenario_energy.json`` in
+        ``artifact_dir``), None without the file.
 
     Raises
     ------
@@ -152,9 +155,23 @@ class Forecaster:
             self.horizon, recalibrate.lr_per_tick(self.n_ticks), non_negative=s in F.NON_NEGATIVE)
                          for s in recalibrate.TRACKED} if online_recalibration else {}
         self._previous_calendar = None
+        self.energy_calibration = self._load_energy_calibration()
         missing = [s for s in F.SERIES if s not in self.models]
         if missing:
             log.warning("no ONNX model for %s in %s: seasonal naive", missing, self.artifact_dir)
+
+    def _load_energy_calibration(self):
+        """The scenario energy calibration fitted on these models' errors, or None without one."""
+        from picogrid.edge.energy_calibration import FILE_NAME, EnergyCalibration
+
+        path = self.artifact_dir / FILE_NAME
+        if not path.is_file():
+            return None
+        cal = EnergyCalibration.load(path)
+        if cal.n_ticks != self.n_ticks or cal.horizon != self.horizon:
+            raise ValueError(f"{path}: fitted for {cal.n_ticks} ticks/day and horizon {cal.horizon}, "
+                             f"the models have {self.n_ticks} and {self.horizon}")
+        return cal
 
     @staticmethod
     def _validate(card_path: Path, card: dict, sess: ort.InferenceSession, profile: str) -> None:

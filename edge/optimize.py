@@ -153,6 +153,12 @@ class MpcConfig:
         Correlation in [0, 1] assumed between the step errors of PV and each load when their
         scenarios are built to match the energy of the coming hours (1: every step at its own
         quantile at once); see :func:`picogrid.edge.stochastic.quantile_scenarios`. Forecast side.
+    scenario_energy_spread : float or None
+        ``None``: PV and load scenarios from ``scenario_correlation``. A number (> 0): their net
+        energy over the coming steps at the quantiles of the forecaster's own past errors
+        (:mod:`picogrid.edge.energy_calibration`), that share of each quantile's distance from
+        the median kept (1 = as calibrated). Forecast side; needs the forecaster's calibration
+        file, else it warns and keeps the correlation construction.
     demand_p90_weight : float
         Where in the demand fan the single (expected-value) plan sits, in [0, 1]: steps 1..N-1
         plan ``mean + w * (P90 - mean)`` per load; 0 plans on the mean. Read by the forecast side
@@ -212,6 +218,7 @@ class MpcConfig:
     scenario_quantiles: tuple | None = None
     scenario_spread: float = 1.0
     scenario_correlation: float = 1.0
+    scenario_energy_spread: float | None = None
     scenario_shared_steps: int = 1
     demand_p90_weight: float = 0.0
     rho: float = 0.1
@@ -293,6 +300,10 @@ class MpcConfig:
             problems.append(f"scenario_correlation must lie in [0, 1], got {self.scenario_correlation!r}")
         if not (math.isfinite(self.scenario_spread) and self.scenario_spread > 0):
             problems.append(f"scenario_spread must be finite and > 0, got {self.scenario_spread!r}")
+        if self.scenario_energy_spread is not None and not (
+                math.isfinite(self.scenario_energy_spread) and self.scenario_energy_spread > 0):
+            problems.append(f"scenario_energy_spread must be None or finite and > 0, got "
+                            f"{self.scenario_energy_spread!r}")
         if not self.rho > 0 or self.check_termination < 1 or self.adaptive_rho_interval < 0 \
                 or self.scaling < 0:
             problems.append("need rho > 0, check_termination >= 1, adaptive_rho_interval >= 0, "

@@ -177,7 +177,8 @@ class EdgeRunner:
         pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
         imp = np.full(n, now["import_price_per_j"])
         try:
-            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now)
+            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now, tick=k,
+                                     calibration=getattr(self.forecaster, "energy_calibration", None))
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))

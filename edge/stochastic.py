@@ -29,8 +29,12 @@ every shared power column of scenario ``s > 0`` equal to the one of scenario 0, 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
 
 #: Extended Swanson–Megill three-point approximation: quantiles and weights (Keefer & Bodily 1983).
 SWANSON_MEGILL_QUANTILES = (0.1, 0.5, 0.9)
@@ -189,7 +193,7 @@ def _cumulative_deviation(dev, rho):
     return out
 
 
-def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
+def solve_scenarios(fans, cfg, load_series, export_fee_per_j, calibration=None, tick=None):
     """``scenarios`` argument of :meth:`MpcController.solve` from forecast fans, or ``None``.
 
     Parameters
@@ -203,6 +207,13 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
         Fan names of the loads, in the config's load order.
     export_fee_per_j : float
         Import minus export price [price/J], used when there is no export fan.
+    calibration : picogrid.edge.energy_calibration.EnergyCalibration or None
+        With ``cfg.scenario_energy_spread`` set, PV and the loads take the calibrated net
+        energies instead of the correlation construction (prices keep theirs). ``None`` (a
+        forecaster without a calibration, e.g. the lab feed's online learner) keeps the
+        correlation construction, with one warning.
+    tick : int or None
+        Tick of day of step 0 (the calibration's bucket).
 
     Returns
     -------
@@ -210,16 +221,32 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j):
         ``None`` when the config has no scenarios; else one mapping per scenario with
         ``pv_avail_w`` [N], ``demand_w`` [N, L], ``import_price_per_j`` [N] and
         ``export_price_per_j`` [N] (negative powers clipped to 0).
+
+    Raises
+    ------
+    ValueError
+        If the calibration's horizon is not the config's.
     """
     if not cfg.scenario_quantiles or len(cfg.scenario_quantiles) < 2:
         return None
     n = cfg.horizon
     names = ["pv_available_w", *load_series, "import_price_per_j"]
     names += ["export_price_per_j"] if "export_price_per_j" in fans else []
+    scenarios = quantile_scenarios({k: fans[k] for k in names}, cfg.scenario_quantiles,
+                                   cfg.scenario_spread, correlation=cfg.scenario_correlation,
+                                   energy_series=("pv_available_w", *load_series))
+    if cfg.scenario_energy_spread is not None:
+        if calibration is None or tick is None:
+            _warn_once("scenario_energy_spread is set but the forecaster has no scenario energy "
+                       "calibration: PV and load scenarios from the correlation construction")
+        else:
+            if calibration.horizon != n:
+                raise ValueError(f"scenario energy calibration has horizon {calibration.horizon}, the MPC {n}")
+            for sc, energy in zip(scenarios, calibration.energy_series(
+                    fans, tick, cfg.scenario_quantiles, cfg.scenario_energy_spread, load_series)):
+                sc.update(energy)
     out = []
-    for sc in quantile_scenarios({k: fans[k] for k in names}, cfg.scenario_quantiles,
-                                 cfg.scenario_spread, correlation=cfg.scenario_correlation,
-                                 energy_series=("pv_available_w", *load_series)):
+    for sc in scenarios:
         sc = {k: fit_horizon(v, n) for k, v in sc.items()}
         imp = sc["import_price_per_j"]
         out.append({"pv_avail_w": np.maximum(sc["pv_available_w"], 0.0),
@@ -246,7 +273,16 @@ def fit_horizon(x, n):
     return x[:n] if len(x) >= n else np.concatenate([x, np.full(n - len(x), x[-1])])
 
 
-def forecast_inputs(fans, cfg, load_series, now):
+_warned = set()
+
+
+def _warn_once(text):
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
+
+
+def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
     """The forecast arguments of :meth:`MpcController.solve` from forecast fans.
 
     One function for the edge runner and ``picogrid evaluate``, so the bench runs the plan
@@ -263,6 +299,8 @@ def forecast_inputs(fans, cfg, load_series, now):
     now : mapping
         What is known at step 0 (the lab feed and the meters tell it): ``pv_avail_w`` [W],
         ``demand_w`` [L] [W], ``import_price_per_j`` and ``export_price_per_j`` [price/J].
+    calibration, tick :
+        Scenario energy calibration and the tick of day of step 0; see :func:`solve_scenarios`.
 
     Returns
     -------
@@ -293,7 +331,7 @@ def forecast_inputs(fans, cfg, load_series, now):
     pv[0], demand[0] = now["pv_avail_w"], demand_now
     imp[0], exp[0] = now["import_price_per_j"], now["export_price_per_j"]
     out = {"pv_avail_w": pv, "demand_w": demand, "import_price_per_j": imp, "export_price_per_j": exp}
-    scen = solve_scenarios(fans, cfg, load_series, fee)
+    scen = solve_scenarios(fans, cfg, load_series, fee, calibration, tick)
     if scen is not None:
         out["scenarios"] = scen
     if cfg.reserve:
