@@ -189,8 +189,9 @@ def quantile_table(errors, horizon, quantiles, min_samples=MIN_SAMPLES):
 
 
 def fit(profile="lab", first_day=CALIBRATION_FIRST_DAY, n_days=CALIBRATION_DAYS, n_buckets=N_BUCKETS,
-        quantiles=SWANSON_MEGILL_QUANTILES, progress=None):
-    """Fit the calibration on ``n_days`` real days from ``first_day`` (time order, causal).
+        quantiles=SWANSON_MEGILL_QUANTILES, progress=None, artifact_dir=None):
+    """Fit the calibration on ``n_days`` real days from ``first_day`` (time order, causal), for
+    the models in ``artifact_dir`` (default: the profile's committed ones).
 
     Every tick of every day issues the edge's own forecast (:func:`picogrid.edge.evaluate.
     forecast_fans`, the one ``picogrid evaluate`` plans on) and its errors against the true day
@@ -206,7 +207,7 @@ def fit(profile="lab", first_day=CALIBRATION_FIRST_DAY, n_days=CALIBRATION_DAYS,
 
     site, cfg, scaling = E.load_site(profile)
     n_ticks, n = int(site["bench"]["n_ticks"]), cfg.horizon
-    forecaster = Forecaster(profile=profile)
+    forecaster = Forecaster(artifact_dir, profile=profile)
     hist_days = -(-forecaster.history_ticks // n_ticks)
     start = _dt.date.fromisoformat(first_day)
     frame = build_bench_days((start - _dt.timedelta(days=hist_days)).isoformat(), n_days + hist_days + 1,

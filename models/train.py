@@ -298,6 +298,10 @@ def main(argv=None) -> int:
         blob, card = train_series(series, frame, starts, split, args.profile, args.seed, progress)
         (out / f"{series}.onnx").write_bytes(blob)
         (out / f"{series}.json").write_text(json.dumps(card, indent=1) + "\n")
+    from picogrid.edge import energy_calibration
+
+    if (out / energy_calibration.FILE_NAME).exists():     # fitted on the old models' errors: refit
+        energy_calibration.fit(args.profile, artifact_dir=out).save(out / energy_calibration.FILE_NAME)
     if args.no_evaluate:
         return 0
     return evaluate.main(["--profile", args.profile, "--artifacts", str(out), "--write"], frame=frame, split=split)
