@@ -154,3 +154,27 @@ def test_chunk_days_never_runs_more_days_than_asked():
     assert evaluate.chunk_days(30, 2, 40) == [30]
     assert evaluate.chunk_days(30, 2, 3) == [15, 15]
     assert evaluate.chunk_days(31, 2, 3) == [18, 13]
+
+
+def test_own_forecast_plans_on_the_calibrated_scenario_energies():
+    """With scenario_energy_spread set, the scenarios ``picogrid evaluate`` plans on are the
+    calibration's, built from the very fans the forecaster served at that tick."""
+    from picogrid.edge.forecast import Forecaster
+
+    data, cfg = _real_days("lab", 1)
+    cfg = cfg.replace(scenario_energy_spread=1.25)
+    truth = data.truth(2, cfg)
+    fc_a, fc_b = Forecaster(profile="lab"), Forecaster(profile="lab")
+    fans_at = evaluate.forecast_fans(data, 2, fc_b, {})
+    own = evaluate.own_forecast(data, 2, truth, cfg, fc_a, {})
+    for t in (0, 30):
+        w = own(t)
+        now = {k: truth.window(t, cfg.horizon, cfg)[k][0]
+               for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        want = fc_b.energy_calibration.energy_series(fans_at(t, now), t, cfg.scenario_quantiles, 1.25,
+                                                     evaluate.LOAD_SERIES)
+        steps_left = truth.n_steps - t          # the day-end padding zeroes the rest
+        for sc, e in zip(w["scenarios"], want):
+            np.testing.assert_allclose(sc["demand_w"][:steps_left],
+                                       np.maximum(np.column_stack([e[s] for s in evaluate.LOAD_SERIES]),
+                                                  0.0)[:steps_left])
