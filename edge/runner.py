@@ -66,6 +66,9 @@ class EdgeRunner:
         self.mpc = MpcController(self.cfg) if policy == "mpc" else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
+        # the scenario energy calibration's buckets are ticks of the models' day: only for days as long
+        cal = getattr(forecaster, "energy_calibration", None)
+        self.energy_calibration = cal if cal is not None and cal.n_ticks == self.n_ticks else None
         self.horizon = self.cfg.horizon
         self.v_ref = float(site["bench"]["bus_voltage_v"])
         self.pv_capability_w = float(site["pv"]["capability_w"])
@@ -177,8 +180,7 @@ class EdgeRunner:
         pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
         imp = np.full(n, now["import_price_per_j"])
         try:
-            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now, tick=k,
-                                     calibration=getattr(self.forecaster, "energy_calibration", None))
+            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now, tick=k, calibration=self.energy_calibration)
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))

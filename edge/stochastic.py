@@ -210,8 +210,8 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j, calibration=None, 
     calibration : picogrid.edge.energy_calibration.EnergyCalibration or None
         With ``cfg.scenario_energy_spread`` set, PV and the loads take the calibrated net
         energies instead of the correlation construction (prices keep theirs). ``None`` (a
-        forecaster without a calibration, e.g. the lab feed's online learner) keeps the
-        correlation construction, with one warning.
+        forecaster without a calibration, e.g. the lab feed's online learner) or one fitted for
+        another horizon keeps the correlation construction, with one warning.
     tick : int or None
         Tick of day of step 0 (the calibration's bucket).
 
@@ -221,11 +221,6 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j, calibration=None, 
         ``None`` when the config has no scenarios; else one mapping per scenario with
         ``pv_avail_w`` [N], ``demand_w`` [N, L], ``import_price_per_j`` [N] and
         ``export_price_per_j`` [N] (negative powers clipped to 0).
-
-    Raises
-    ------
-    ValueError
-        If the calibration's horizon is not the config's.
     """
     if not cfg.scenario_quantiles or len(cfg.scenario_quantiles) < 2:
         return None
@@ -236,12 +231,12 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j, calibration=None, 
                                    cfg.scenario_spread, correlation=cfg.scenario_correlation,
                                    energy_series=("pv_available_w", *load_series))
     if cfg.scenario_energy_spread is not None:
-        if calibration is None or tick is None:
-            _warn_once("scenario_energy_spread is set but the forecaster has no scenario energy "
-                       "calibration: PV and load scenarios from the correlation construction")
+        if calibration is None or tick is None or calibration.horizon != n:
+            # e.g. the lab feed's online learner, or a day of another length than the models'
+            _warn_once("scenario_energy_spread is set but there is no scenario energy calibration for "
+                       f"this forecaster and a horizon of {n}: PV and load scenarios from the correlation "
+                       "construction")
         else:
-            if calibration.horizon != n:
-                raise ValueError(f"scenario energy calibration has horizon {calibration.horizon}, the MPC {n}")
             for sc, energy in zip(scenarios, calibration.energy_series(
                     fans, tick, cfg.scenario_quantiles, cfg.scenario_energy_spread, load_series)):
                 sc.update(energy)

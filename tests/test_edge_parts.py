@@ -200,6 +200,30 @@ def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
     assert len(decision.scenario_objectives) == 3
 
 
+def test_runner_plans_on_its_forecasters_scenario_energies():
+    """On a day as long as the models' the runner plans its scenarios on the forecaster's
+    calibrated energies (other scenario costs than without them), and solves."""
+    from picogrid.edge.forecast import Forecaster
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)
+    forecaster = Forecaster(profile="lab")
+    with_cal = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=forecaster, t0=0.0)
+    without = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    assert with_cal.energy_calibration is forecaster.energy_calibration is not None
+    n = with_cal.horizon
+    fan = lambda v: {0.1: np.full(n, 0.5 * v), 0.5: np.full(n, v), 0.9: np.full(n, 2.0 * v)}  # noqa: E731
+    fc = {"pv_available_w": fan(0.5), "import_price_per_j": fan(3.0),
+          **{f"load{k}_demand_w": fan(0.3) for k in (1, 2, 3)}}
+    a, *_ = with_cal.optimise(20, 20.0, fc, islanded=False)
+    b, *_ = without.optimise(20, 20.0, fc, islanded=False)
+    assert a.ok and b.ok and len(a.scenario_objectives) == 3
+    assert not np.allclose(a.scenario_objectives, b.scenario_objectives)
+
+
 def test_runner_reserve_uses_the_pessimistic_quantiles():
     """With the reserve switched on, the runner keeps energy for P90 demand against P10 PV
     (DESIGN.md §4), not for the expected forecast; step 0 is what the feed says now."""

@@ -123,3 +123,23 @@ def test_committed_calibration_is_what_the_command_fits():
     refit = EC.fit("lab", committed.meta["first_day"], committed.meta["n_days"])
     np.testing.assert_allclose(refit.z, committed.z, atol=1e-4)
     assert refit.meta["samples_step_1"] == committed.meta["samples_step_1"]
+
+
+def test_a_calibration_for_another_horizon_keeps_the_correlation_construction(caplog):
+    """A day shorter than the models' (the 12-tick HIL day of test_e2e) cannot use step
+    quantiles fitted on 60-tick days: warned, and planned as without the calibration."""
+    rng = np.random.default_rng(4)
+    n = 8
+    fans = _fans(rng, n)
+    cfg = MpcConfig(horizon=n, dt_s=5.0, e_min_j=0, e_max_j=10, p_ch_max_w=1, p_dis_max_w=1, eta_ch=0.9,
+                    eta_dis=0.9, p_imp_max_w=5, p_exp_max_w=5, n_loads=3, voll_per_j=[3.0, 2.0, 1.0],
+                    scenario_weights=(0.3, 0.4, 0.3), scenario_quantiles=QS, scenario_correlation=0.5,
+                    scenario_energy_spread=1.0)
+    other = EC.EnergyCalibration(np.full((6, 60, 3), [-5.0, 0.0, 5.0]), QS, 60)
+    stochastic._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.stochastic"):
+        got = solve_scenarios(fans, cfg, LOADS, 0.5, calibration=other, tick=3)
+    assert "horizon of 8" in caplog.text
+    plain = solve_scenarios(fans, cfg.replace(scenario_energy_spread=None), LOADS, 0.5)
+    for g, p in zip(got, plain):
+        np.testing.assert_allclose(g["demand_w"], p["demand_w"])
