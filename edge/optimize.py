@@ -167,12 +167,6 @@ class MpcConfig:
         loses about the export price less the terminal value, one that is missing costs the
         import price, so a plan on the mean stores too little on days the demand forecast falls
         short (measured: see ``site.toml``).
-    plan_energy_weight : float or None
-        ``None``: the single plan as ``demand_p90_weight`` says. A weight ``w`` in [0, 2]: PV and
-        the loads of the single plan hold their net energy over the coming steps at
-        ``z_0.5 + w (z_0.9 - z_0.5)`` of the forecaster's calibrated errors
-        (:mod:`picogrid.edge.energy_calibration`; 0 = the energy's calibrated median). Forecast
-        side; without a calibration it warns and keeps ``demand_p90_weight``.
     rho, check_termination, adaptive_rho_interval, scaling : OSQP settings
         ADMM step size, termination check interval [iterations], rho adaptation interval
         [iterations] and Ruiz scaling iterations; see the OSQP docs
@@ -227,7 +221,6 @@ class MpcConfig:
     scenario_energy_spread: float | None = None
     scenario_shared_steps: int = 1
     demand_p90_weight: float = 0.0
-    plan_energy_weight: float | None = None
     rho: float = 0.1
     check_termination: int = 25
     adaptive_rho_interval: int = 100
@@ -299,8 +292,6 @@ class MpcConfig:
                                 f"got {qs!r}")
         if not 0.0 <= self.demand_p90_weight <= 1.0:
             problems.append(f"demand_p90_weight must lie in [0, 1], got {self.demand_p90_weight!r}")
-        if self.plan_energy_weight is not None and not 0.0 <= self.plan_energy_weight <= 2.0:
-            problems.append(f"plan_energy_weight must be None or in [0, 2], got {self.plan_energy_weight!r}")
         if int(self.scenario_shared_steps) != self.scenario_shared_steps \
                 or not 1 <= self.scenario_shared_steps <= self.horizon:
             problems.append(f"scenario_shared_steps must be an integer in 1..horizon, "

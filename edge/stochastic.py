@@ -301,8 +301,7 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
     -------
     dict
         ``pv_avail_w`` [N] (P50), ``demand_w`` [N, L] (the fan's expected value, see
-        :func:`expected_value`, moved ``cfg.demand_p90_weight`` of the way to its P90; with
-        ``cfg.plan_energy_weight`` both at the calibrated net energy instead), ``import_price_per_j`` [N] (P50), ``export_price_per_j`` [N]
+        :func:`expected_value`, moved ``cfg.demand_p90_weight`` of the way to its P90), ``import_price_per_j`` [N] (P50), ``export_price_per_j`` [N]
         (its fan's P50, else import less the grid fee ``now`` reveals), step 0 from ``now``;
         with scenarios also ``scenarios`` (:func:`solve_scenarios`); with ``cfg.reserve`` also
         ``reserve_demand_w`` [N, L] (P90) and ``reserve_pv_w`` [N] (P10), the reserve's
@@ -322,14 +321,6 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
     if cfg.demand_p90_weight:
         demand += cfg.demand_p90_weight * (np.column_stack([take(s, 0.9) for s in load_series]) - demand)
     demand = np.maximum(demand, 0.0)
-    if cfg.plan_energy_weight is not None:
-        if calibration is None or tick is None or calibration.horizon != n:
-            _warn_once("plan_energy_weight is set but there is no scenario energy calibration for this "
-                       f"forecaster and a horizon of {n}: the plan keeps demand_p90_weight")
-        else:
-            e = calibration.energy_series(fans, tick, (0.9,), cfg.plan_energy_weight, load_series)[0]
-            pv = np.maximum(e["pv_available_w"], 0.0)
-            demand = np.maximum(np.column_stack([e[s] for s in load_series]), 0.0)
     imp = take("import_price_per_j", 0.5).copy()
     exp = take("export_price_per_j", 0.5).copy() if "export_price_per_j" in fans else imp - fee
     pv[0], demand[0] = now["pv_avail_w"], demand_now

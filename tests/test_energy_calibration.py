@@ -143,30 +143,3 @@ def test_a_calibration_for_another_horizon_keeps_the_correlation_construction(ca
     plain = solve_scenarios(fans, cfg.replace(scenario_energy_spread=None), LOADS, 0.5)
     for g, p in zip(got, plain):
         np.testing.assert_allclose(g["demand_w"], p["demand_w"])
-
-
-def test_single_plan_at_the_calibrated_energy_or_as_before(caplog):
-    """Without scenarios (the site), plan_energy_weight puts the one plan's PV and loads at the
-    calibrated net energy z_0.5 + w (z_0.9 - z_0.5); without a calibration the plan is as before."""
-    from picogrid.edge.stochastic import forecast_inputs
-
-    rng = np.random.default_rng(5)
-    n = 8
-    fans = _fans(rng, n)
-    cfg = MpcConfig(horizon=n, dt_s=300.0, e_min_j=0, e_max_j=10, p_ch_max_w=1, p_dis_max_w=1, eta_ch=0.9,
-                    eta_dis=0.9, p_imp_max_w=5, p_exp_max_w=5, n_loads=3, voll_per_j=[3.0, 2.0, 1.0],
-                    demand_p90_weight=0.3, plan_energy_weight=0.5)
-    now = {"pv_avail_w": 0.7, "demand_w": [0.1, 0.2, 0.3], "import_price_per_j": 1.0, "export_price_per_j": 0.4}
-    cal = EC.EnergyCalibration(_table(rng, 6, n), QS, 288)
-    got = forecast_inputs(fans, cfg, LOADS, now, calibration=cal, tick=100)
-    want = cal.energy_series(fans, 100, (0.9,), 0.5, LOADS)[0]
-    np.testing.assert_allclose(got["demand_w"][1:], np.maximum(np.column_stack([want[s] for s in LOADS]), 0)[1:])
-    np.testing.assert_allclose(got["pv_avail_w"][1:], np.maximum(want["pv_available_w"], 0)[1:])
-    np.testing.assert_allclose(got["demand_w"][0], now["demand_w"])          # step 0 is known
-    assert "scenarios" not in got
-    stochastic._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.stochastic"):
-        plain = forecast_inputs(fans, cfg, LOADS, now)
-    assert "keeps demand_p90_weight" in caplog.text
-    before = forecast_inputs(fans, cfg.replace(plan_energy_weight=None), LOADS, now)
-    np.testing.assert_allclose(plain["demand_w"], before["demand_w"])
