@@ -96,14 +96,19 @@ def test_forecaster_loads_its_calibration_and_refuses_a_mismatch(tmp_path):
         Forecaster(artifact_dir=tmp_path, profile="lab")
 
 
+def _scenario_cfg(n):
+    """A small three-scenario lab-like config of horizon ``n`` with calibrated energies on."""
+    return MpcConfig(horizon=n, dt_s=5.0, e_min_j=0, e_max_j=10, p_ch_max_w=1, p_dis_max_w=1, eta_ch=0.9,
+                     eta_dis=0.9, p_imp_max_w=5, p_exp_max_w=5, n_loads=3, voll_per_j=[3.0, 2.0, 1.0],
+                     scenario_weights=(0.3, 0.4, 0.3), scenario_quantiles=QS, scenario_correlation=0.5,
+                     scenario_energy_spread=1.0)
+
+
 def test_solve_scenarios_takes_the_calibrated_energies_or_warns(caplog):
     rng = np.random.default_rng(3)
     n = 8
     fans = _fans(rng, n)
-    cfg = MpcConfig(horizon=n, dt_s=5.0, e_min_j=0, e_max_j=10, p_ch_max_w=1, p_dis_max_w=1, eta_ch=0.9,
-                    eta_dis=0.9, p_imp_max_w=5, p_exp_max_w=5, n_loads=3, voll_per_j=[3.0, 2.0, 1.0],
-                    scenario_weights=(0.3, 0.4, 0.3), scenario_quantiles=QS, scenario_correlation=0.5,
-                    scenario_energy_spread=1.0)
+    cfg = _scenario_cfg(n)
     cal = EC.EnergyCalibration(np.full((6, n, 3), [-5.0, 0.0, 5.0]), QS, 60)
     want = cal.energy_series(fans, 10, QS, 1.0, LOADS)
     got = solve_scenarios(fans, cfg, LOADS, 0.5, calibration=cal, tick=10)
@@ -131,10 +136,7 @@ def test_a_calibration_for_another_horizon_keeps_the_correlation_construction(ca
     rng = np.random.default_rng(4)
     n = 8
     fans = _fans(rng, n)
-    cfg = MpcConfig(horizon=n, dt_s=5.0, e_min_j=0, e_max_j=10, p_ch_max_w=1, p_dis_max_w=1, eta_ch=0.9,
-                    eta_dis=0.9, p_imp_max_w=5, p_exp_max_w=5, n_loads=3, voll_per_j=[3.0, 2.0, 1.0],
-                    scenario_weights=(0.3, 0.4, 0.3), scenario_quantiles=QS, scenario_correlation=0.5,
-                    scenario_energy_spread=1.0)
+    cfg = _scenario_cfg(n)
     other = EC.EnergyCalibration(np.full((6, 60, 3), [-5.0, 0.0, 5.0]), QS, 60)
     stochastic._warned.clear()
     with caplog.at_level(logging.WARNING, logger="picogrid.edge.stochastic"):
