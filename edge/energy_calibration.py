@@ -49,13 +49,23 @@ N_BUCKETS = 6
 MIN_SAMPLES = 30
 
 
+def _sign(series):
+    """+1 for a load, -1 for PV: the sign of a series in the net energy (loads - PV)."""
+    return -1.0 if series == PV_SERIES else 1.0
+
+
+def _bucket(tick, n_buckets, n_ticks):
+    """Start-tick bucket of a forecast issued at ``tick`` of an ``n_ticks`` day."""
+    return min(max(int(tick), 0) * n_buckets // n_ticks, n_buckets - 1)
+
+
 def _widths(fans, names, n):
     """Series -> P90 - P10 [N] (>= 0) of ``names``."""
     return {s: np.maximum(fit_horizon(fans[s][0.9], n) - fit_horizon(fans[s][0.1], n), 0.0) for s in names}
 
 
 def _net(fans, names, q, n):
-    return sum((-1.0 if s == PV_SERIES else 1.0) * fit_horizon(fans[s][q], n) for s in names)
+    return sum(_sign(s) * fit_horizon(fans[s][q], n) for s in names)
 
 
 class EnergyCalibration:
@@ -98,7 +108,7 @@ class EnergyCalibration:
 
     def bucket(self, tick):
         """Bucket of a forecast issued at ``tick`` (0 .. n_ticks - 1)."""
-        return min(max(int(tick), 0) * self.z.shape[0] // self.n_ticks, self.z.shape[0] - 1)
+        return _bucket(tick, self.z.shape[0], self.n_ticks)
 
     def energy_series(self, fans, tick, quantiles, spread, load_series):
         """PV and load series of each scenario, their net energy at the calibrated quantiles.
@@ -146,7 +156,7 @@ class EnergyCalibration:
             scen = {}
             for s in names:
                 v = fit_horizon(fans[s][0.5], n).copy()
-                v[1:] += (-1.0 if s == PV_SERIES else 1.0) * share[s] * step
+                v[1:] += _sign(s) * share[s] * step
                 scen[s] = v
             out.append(scen)
         return out
@@ -221,12 +231,11 @@ def fit(profile="lab", first_day=CALIBRATION_FIRST_DAY, n_days=CALIBRATION_DAYS,
         fans_at = E.forecast_fans(data, i, forecaster, {})
         for t in range(n_ticks):
             w = truth.window(t, n, cfg)
-            now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
-            fans = fans_at(t, now)
+            fans = fans_at(t, E.known_now(w))
             true_net = w["demand_w"].sum(axis=1) - w["pv_avail_w"]
             err = np.cumsum((true_net - _net(fans, names, 0.5, n))[1:])
             cum_w = np.cumsum(sum(_widths(fans, names, n).values())[1:])
-            b = min(t * n_buckets // n_ticks, n_buckets - 1)
+            b = _bucket(t, n_buckets, n_ticks)
             for k in range(1, min(n_ticks - t, n)):
                 errors[b][k].append(err[k - 1] / max(cum_w[k - 1], 1e-12))
         if progress:

@@ -202,6 +202,12 @@ def perfect_forecast(data, i, truth, cfg):
     return fc
 
 
+def known_now(window):
+    """Step 0 of a true window (:meth:`DayTruth.window`): what the feed and meters tell now, in
+    the ``now`` format of :func:`picogrid.edge.stochastic.forecast_inputs`."""
+    return {k: window[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+
+
 def forecast_fans(data, i, forecaster, sources):
     """``fans(t, now)``: the forecaster's plan-aligned fans at tick ``t`` of day index ``i``.
 
@@ -236,7 +242,7 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
 
     def fc(t, delivered_j=None):
         w = truth.window(t, cfg.horizon, cfg, delivered_j)        # limits, jobs, true values now
-        now = {k: w[k][0] for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        now = known_now(w)
         w.update(forecast_inputs(fans_at(t, now), plan_cfg, LOAD_SERIES, now, calibration=calibration, tick=t))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc

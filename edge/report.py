@@ -147,7 +147,7 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
         metered = ~np.isnan(served_w)
         served = float(dt * served_w[metered].sum())
         if l == deferrable.board:
-            served -= float(dt * np.asarray(jobs_w, float)[metered].sum())
+            served -= float(dt * jobs_w[metered].sum())
         demand = float(dt * _col(rows, l + "_demand_w")[metered].sum())
         s[l + "_served_energy_j"] = served
         s[l + "_shed_energy_j"] = max(demand - served, 0.0)

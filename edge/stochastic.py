@@ -227,19 +227,22 @@ def solve_scenarios(fans, cfg, load_series, export_fee_per_j, calibration=None, 
     n = cfg.horizon
     names = ["pv_available_w", *load_series, "import_price_per_j"]
     names += ["export_price_per_j"] if "export_price_per_j" in fans else []
-    scenarios = quantile_scenarios({k: fans[k] for k in names}, cfg.scenario_quantiles,
-                                   cfg.scenario_spread, correlation=cfg.scenario_correlation,
-                                   energy_series=("pv_available_w", *load_series))
-    if cfg.scenario_energy_spread is not None:
-        if calibration is None or tick is None or calibration.horizon != n:
-            # e.g. the lab feed's online learner, or a day of another length than the models'
-            _warn_once("scenario_energy_spread is set but there is no scenario energy calibration for "
-                       f"this forecaster and a horizon of {n}: PV and load scenarios from the correlation "
-                       "construction")
-        else:
-            for sc, energy in zip(scenarios, calibration.energy_series(
-                    fans, tick, cfg.scenario_quantiles, cfg.scenario_energy_spread, load_series)):
-                sc.update(energy)
+    energy = ("pv_available_w", *load_series)
+    calibrated = cfg.scenario_energy_spread is not None
+    if calibrated and (calibration is None or tick is None or calibration.horizon != n):
+        # e.g. the lab feed's online learner, or a day of another length than the models'
+        _warn_once("scenario_energy_spread is set but there is no scenario energy calibration for "
+                   f"this forecaster and a horizon of {n}: PV and load scenarios from the correlation "
+                   "construction")
+        calibrated = False
+    # calibrated: PV and the loads come from the calibration, only the prices from the fans here
+    scenarios = quantile_scenarios({k: fans[k] for k in names if not (calibrated and k in energy)},
+                                   cfg.scenario_quantiles, cfg.scenario_spread,
+                                   correlation=cfg.scenario_correlation, energy_series=energy)
+    if calibrated:
+        for sc, series in zip(scenarios, calibration.energy_series(
+                fans, tick, cfg.scenario_quantiles, cfg.scenario_energy_spread, load_series)):
+            sc.update(series)
     out = []
     for sc in scenarios:
         sc = {k: fit_horizon(v, n) for k, v in sc.items()}

@@ -169,8 +169,7 @@ def test_own_forecast_plans_on_the_calibrated_scenario_energies():
     own = evaluate.own_forecast(data, 2, truth, cfg, fc_a, {})
     for t in (0, 30):
         w = own(t)
-        now = {k: truth.window(t, cfg.horizon, cfg)[k][0]
-               for k in ("pv_avail_w", "demand_w", "import_price_per_j", "export_price_per_j")}
+        now = evaluate.known_now(truth.window(t, cfg.horizon, cfg))
         want = fc_b.energy_calibration.energy_series(fans_at(t, now), t, cfg.scenario_quantiles, 1.25,
                                                      evaluate.LOAD_SERIES)
         steps_left = truth.n_steps - t          # the day-end padding zeroes the rest
