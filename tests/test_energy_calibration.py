@@ -53,14 +53,22 @@ def test_scenario_net_energy_sits_at_the_calibrated_quantiles(seed, tick, spread
 
 
 def test_a_step_without_spread_goes_to_the_loads():
+    """Past step 1 every fan is a point (zero width), but the calibrated z still grows with k:
+    that change of net energy goes to the loads in equal parts, never to PV, and nothing is
+    divided by zero."""
     n = 4
-    fans = {s: {q: np.ones(n) for q in QS} for s in ["pv_available_w", *LOADS]}   # point fans
-    cal = EC.EnergyCalibration(np.ones((1, n, 3)), QS, 60)
-    sc = cal.energy_series(fans, 0, (0.9,), 1.0, LOADS)[0]
+    fans = {s: {q: np.ones(n) for q in QS} for s in ["pv_available_w", *LOADS]}
+    fans["load1_demand_w"] = {0.1: np.array([1.0, 0.0, 1.0, 1.0]), 0.5: np.ones(n),
+                              0.9: np.array([1.0, 3.0, 1.0, 1.0])}             # width 3 at step 1 only
+    z = np.zeros((1, n, 3))
+    z[0, :, 2] = [0.0, 0.5, 1.0, 1.5]                  # z_0.9 at steps 1, 2, 3
+    sc = EC.EnergyCalibration(z, QS, 60).energy_series(fans, 0, (0.9,), 1.0, LOADS)[0]
     np.testing.assert_allclose(sc["pv_available_w"], 1.0)
-    # widths are 0, so z * W is 0 too: nothing moves, and nothing is divided by zero
-    for s in LOADS:
-        np.testing.assert_allclose(sc[s], 1.0)
+    # cumulative width 3 from step 1 on: net deviations 1.5, 3.0, 4.5, so steps of 1.5 each;
+    # step 1 goes to load1 (the only width there), steps 2 and 3 a third to each load
+    np.testing.assert_allclose(sc["load1_demand_w"], [1.0, 2.5, 1.5, 1.5])
+    for s in LOADS[1:]:
+        np.testing.assert_allclose(sc[s], [1.0, 1.0, 1.5, 1.5])
 
 
 def test_quantile_table_repeats_thin_steps_and_refuses_empty_buckets():
