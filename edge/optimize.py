@@ -19,8 +19,10 @@ penalties, plus a tiny quadratic regularisation that makes the QP strictly conve
 The QP is built once (fixed sparsity, :func:`build_model`) and each tick only ``q``, ``l`` and
 ``u`` change, warm-started from the previous solution shifted by one step, following the OSQP
 MPC example (Stellato et al., "OSQP: an operator splitting solver for quadratic programs",
-Math. Prog. Comp. 12, 2020; https://osqp.org/docs/examples/mpc.html). A non-solved status,
-an exception or a non-finite input gives the rule-based fallback of :mod:`picogrid.edge.policies`.
+Math. Prog. Comp. 12, 2020; https://osqp.org/docs/examples/mpc.html). The cold start, and a
+tick OSQP ends unsolved, go to the same problem as an exact LP (:mod:`picogrid.edge.simplex`,
+HiGHS dual simplex from its last basis); when that fails too, or on an exception or a non-finite
+input, the rule-based fallback of :mod:`picogrid.edge.policies` decides.
 
 Sign convention (project-wide): power into the DC bus is positive, so ``p_storage_w`` > 0 is
 discharge and ``p_grid_w`` > 0 is import; served/demand powers of loads are positive numbers.
@@ -39,6 +41,7 @@ import numpy as np
 import osqp
 import scipy.sparse as sp
 
+from .simplex import SOLVED, WarmSimplex
 from .stochastic import ScenarioQp
 
 log = logging.getLogger(__name__)
@@ -92,8 +95,18 @@ class MpcConfig:
         default cap lies beyond them.
     time_limit_s : float
         OSQP wall-clock limit per solve [s] (> 0).
+    solver : str
+        ``'osqp'`` (default, DESIGN.md §4): OSQP every tick, and the same problem as an exact
+        LP (:class:`picogrid.edge.simplex.WarmSimplex`, status ``'solved_exact'``) for a tick
+        OSQP ends unsolved. ``'highs'``: the exact LP every tick.
+    cold_start_exact : bool
+        With ``solver='osqp'``, solve a cold tick (the first, or the first after
+        :meth:`MpcController.reset`) as the exact LP within ``cold_time_limit_s`` and
+        warm-start OSQP from its primal and dual solution (default). False: OSQP from zero, as
+        below. Why: at N = 288 the site's first tick took OSQP 12300 iterations (1.1 s) and the
+        simplex 625 pivots (21 ms), exact (``picogrid bench mpc``).
     cold_eps_factor, cold_time_limit_s : float
-        A cold solve (the first, or the first after :meth:`MpcController.reset`) gets
+        An OSQP cold solve (``cold_start_exact`` False, or the exact LP failed) gets
         ``cold_time_limit_s`` [s] (> 0) instead of ``time_limit_s``, and once solved is
         resumed at ``eps_abs``/``eps_rel`` times ``cold_eps_factor`` (in (0, 1]) for as long
         again. From zero, ADMM met the real-time tolerance 1e-4 at plans 38 % (N = 60) and
@@ -204,6 +217,8 @@ class MpcConfig:
     cold_eps_factor: float = 0.01
     cold_time_limit_s: float = 2.0
     polish: bool = False
+    solver: str = "osqp"
+    cold_start_exact: bool = True
     reg_rel: float = 1e-6
     soft_penalty_per_j: float | None = None
     price_ref_per_j: float | None = None
@@ -258,6 +273,8 @@ class MpcConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 < self.cold_eps_factor <= 1:
             problems.append(f"cold_eps_factor must be in (0, 1], got {self.cold_eps_factor!r}")
+        if self.solver not in ("osqp", "highs"):
+            problems.append(f"solver must be 'osqp' or 'highs', got {self.solver!r}")
         if self.max_iter < 1:
             problems.append(f"max_iter must be >= 1, got {self.max_iter!r}")
         for name in ("soft_penalty_per_j", "price_ref_per_j"):
@@ -364,11 +381,13 @@ class Decision:
     Attributes
     ----------
     status : str
-        ``'solved'``, ``'solved_inaccurate'``, ``'fallback:<reason>'`` or ``'naive'``.
+        ``'solved'``, ``'solved_inaccurate'`` (OSQP), ``'solved_exact'`` (the exact LP,
+        :mod:`picogrid.edge.simplex`), ``'fallback:<reason>'`` or ``'naive'``.
     solve_time_s : float
         Wall time of the solve or fallback [s].
     iterations : int
-        OSQP iterations (0 for rule-based decisions).
+        Solver iterations: OSQP's ADMM iterations, plus the simplex pivots of an exact LP solve
+        (0 for rule-based decisions).
     objective : float
         Model objective of the plan [price units], without the regularisation; NaN for
         rule-based decisions.
@@ -878,10 +897,13 @@ class MpcController:
     >>> cfg = MpcConfig(horizon=4, dt_s=2.5, e_min_j=2, e_max_j=45, p_ch_max_w=3, p_dis_max_w=3,
     ...                 eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6, p_exp_max_w=6, n_loads=1,
     ...                 voll_per_j=[50])
-    >>> d = MpcController(cfg).solve(10.0, [0, 0, 0, 0], [[1], [1], [1], [1]],
-    ...                              [1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5])
+    >>> ctrl = MpcController(cfg)
+    >>> tick = ([0, 0, 0, 0], [[1], [1], [1], [1]], [1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5])
+    >>> d = ctrl.solve(10.0, *tick)            # cold: the exact LP, OSQP's warm start
     >>> d.status, round(d.p_grid_w + d.p_storage_w, 3), round(float(d.load_served_w[0]), 3)
-    ('solved', 1.0, 1.0)
+    ('solved_exact', 1.0, 1.0)
+    >>> ctrl.solve(10.0, *tick).status         # then OSQP, updated and warm-started
+    'solved'
     """
 
     def __init__(self, config):
@@ -907,14 +929,16 @@ class MpcController:
             polishing=bool(config.polish), warm_starting=True, rho=config.rho,
             check_termination=int(config.check_termination),
             adaptive_rho_interval=int(config.adaptive_rho_interval), scaling=int(config.scaling))
+        self._simplex = WarmSimplex(qp.A)
         self._x_prev = None
         self._y_prev = None
         self._ticks_since_prev = 1   # ticks between the stored iterate and the next solve
 
     def reset(self):
-        """Forget the previous solution: the next solve starts cold from zero."""
+        """Forget the previous solution and simplex basis: the next solve starts cold."""
         self._x_prev = self._y_prev = None
         self._ticks_since_prev = 1
+        self._simplex.reset()
 
     def _keep(self, res):
         """Store a solve's iterate as the next tick's warm start (copies: OSQP reuses its buffers)."""
@@ -1022,14 +1046,7 @@ class MpcController:
             vecs = [self.model.vectors(e0_j, a, b, c, d, imp_max, exp_max, job_arr, def_max, reserve)
                     for a, b, c, d in scen]
             q, l, u = self._qp.vectors(vecs)
-            self._solver.update(q=q, l=l, u=u)
-            if self._x_prev is not None:
-                x0, y0 = self._shifted_start()
-                self._solver.warm_start(x=x0, y=y0)
-                res = self._solver.solve(raise_error=False)
-                iterations = int(res.info.iter)
-            else:
-                res, iterations = self._solve_cold()
+            res, iterations, exact, note = self._solve_qp(q, l, u)
         except Exception as exc:  # noqa: BLE001 - any solver failure must still yield a decision
             self.reset()
             return self._fallback(f"solver error: {exc!r}", t0, e0_j, pv, demand, imp_max, exp_max,
@@ -1040,10 +1057,10 @@ class MpcController:
                 self._keep(res)   # iterations or time ran out: progress the next tick resumes
             else:
                 self.reset()
-            return self._fallback(f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
+            return self._fallback(note or f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         self._keep(res)
-        status = "solved" if status_val == 1 else "solved_inaccurate"
+        status = "solved_exact" if exact else "solved" if status_val == 1 else "solved_inaccurate"
         if status_val == 2:
             log.warning("OSQP solution inaccurate after %d iterations (prim_res %.3g)",
                         res.info.iter, res.info.prim_res)
@@ -1075,10 +1092,10 @@ class MpcController:
         p_storage = float(plan["p_dis"][0] - plan["p_ch"][0])
         p_grid = float(np.clip(served.sum() + p_def - pv_cap - p_storage, -exp_max[0], imp_max[0]))
         soft = self._soft_violations(plan)
-        reason = ""
+        reason = note
         if soft:
-            reason = "soft constraints violated: " + ", ".join(soft)
-            log.warning("MPC plan %s", reason)
+            reason = "; ".join(filter(None, [note, "soft constraints violated: " + ", ".join(soft)]))
+            log.warning("MPC plan soft constraints violated: %s", ", ".join(soft))
         return Decision(
             status=status, solve_time_s=time.perf_counter() - t0, iterations=iterations,
             objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,
@@ -1086,6 +1103,45 @@ class MpcController:
             deferrable_w=p_def_jobs, binding=self.model.binding(xs[main], *vecs[main][1:]),
             soft_violations=soft, reason=reason,
             scenario_objectives=per_scenario if self._scenarios else [])
+
+    def _solve_qp(self, q, l, u):
+        """One tick's QP by the configured path; returns ``(result, iterations, exact, note)``.
+
+        ``result`` is in OSQP's form (``x``, ``y``, ``info.status_val``/``status``/``iter``);
+        ``exact``: it is the simplex's optimum; ``note``: why the exact LP was used, or why
+        nothing solved (empty for a plain OSQP tick).
+        """
+        cfg = self.config
+        if cfg.solver == "highs":
+            res = self._simplex.solve(q, l, u, cfg.time_limit_s)
+            ok = res.info.status_val == SOLVED
+            return res, int(res.info.iter), ok, "" if ok else f"exact LP status {res.info.status!r}"
+        tried_exact = None
+        if self._x_prev is None and cfg.cold_start_exact:
+            res = self._simplex.solve(q, l, u, cfg.cold_time_limit_s)
+            if res.info.status_val == SOLVED:
+                return res, int(res.info.iter), True, "cold start: exact LP"
+            log.info("cold start: exact LP %s; OSQP from zero", res.info.status)
+            tried_exact = res
+        self._solver.update(q=q, l=l, u=u)
+        if self._x_prev is None:
+            res, iterations = self._solve_cold()
+        else:
+            x0, y0 = self._shifted_start()
+            self._solver.warm_start(x=x0, y=y0)
+            res = self._solver.solve(raise_error=False)
+            iterations = int(res.info.iter)
+        if res.info.status_val in (1, 2) and np.all(np.isfinite(res.x)):
+            return res, iterations, False, ""
+        # ADMM ended unsolved (time or iterations ran out): the same problem as an exact LP
+        exact = tried_exact or self._simplex.solve(q, l, u, cfg.time_limit_s)
+        if exact is not tried_exact:
+            iterations += int(exact.info.iter)
+            if exact.info.status_val == SOLVED:
+                note = f"osqp status {res.info.status!r}: exact LP instead"
+                log.warning("MPC %s", note)
+                return exact, iterations, True, note
+        return res, iterations, False, f"osqp status {res.info.status!r}, exact LP status {exact.info.status!r}"
 
     def _solve_cold(self):
         """Solve from zero within ``cold_time_limit_s``, then resume at the tighter cold

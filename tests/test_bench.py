@@ -7,8 +7,9 @@ def test_options_reach_the_one_benchmark_named(capsys):
     assert bench.main(["mpc", "--ticks", "3", "--cvxpy-ticks", "3", "--horizons", "24"]) == 0
     out = capsys.readouterr().out
     assert "N=   24" in out and "3 ticks" in out
-    for line in ("osqp   p50", "cvxpy  p50", "highs  p50", "ratio p50", "gap to exact"):
-        assert line in out
+    for line in ("osqp    p50", "lp_warm p50", "cvxpy   p50", "highs   p50", "ratio p50: cvxpy/osqp",
+                 "ratio p50: cvxpy/lp_warm", "simplex pivots", "lp_warm gap to exact"):
+        assert line in out, line
 
 
 def test_options_with_several_or_unknown_names_are_refused(capsys):

@@ -24,7 +24,9 @@ from picogrid.edge.policies import solve_oracle
 
 LAB = dict(horizon=12, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
-           voll_per_j=[50.0, 20.0, 5.0], cycle_cost_per_j=0.01)
+           voll_per_j=[50.0, 20.0, 5.0], cycle_cost_per_j=0.01, cold_start_exact=False)
+# cold_start_exact=False: these tests check OSQP's own solve; the exact-LP paths (cold start,
+# rescue, solver='highs') are tested in tests/test_simplex.py.
 # Tighter than the real-time default, for tests that check a plan to ~1e-4.
 TIGHT = dict(eps_abs=1e-6, eps_rel=1e-6, max_iter=200000, time_limit_s=10.0)
 
@@ -342,16 +344,17 @@ def test_warm_start_after_a_skipped_tick_is_shifted_by_two():
     assert ctrl.solve(20.0, **args).status == "solved" and ctrl._ticks_since_prev == 1
 
 
-def test_solver_giving_up_falls_back_then_recovers():
-    """A real OSQP failure (iteration cap of 1) must yield the rule-based decision."""
+def test_solver_giving_up_is_rescued_by_the_exact_lp(caplog):
+    """A real OSQP failure (iteration cap of 1) goes to the same problem as an exact LP: its
+    optimum, with the reason logged; the next tick is OSQP's again, warm from that optimum."""
     ctrl = MpcController(lab_cfg(max_iter=1))
-    d = ctrl.solve(20.0, **_tick())
-    assert d.status.startswith("fallback:osqp status") and "maximum iterations" in d.status
-    _assert_usable(d)
-    # The naive rule: PV 2 W covers loads 2.4 W partly, storage discharges the rest.
-    assert d.p_storage_w == pytest.approx(0.4) and d.p_grid_w == pytest.approx(0.0)
-    good = MpcController(lab_cfg())
-    assert good.solve(20.0, **_tick()).status == "solved"
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+        d = ctrl.solve(20.0, **_tick())
+    assert d.status == "solved_exact" and d.ok
+    assert "maximum iterations" in d.reason and "exact LP instead" in d.reason
+    assert any("exact LP instead" in r.getMessage() for r in caplog.records)
+    assert d.objective == pytest.approx(solve_oracle(lab_cfg(), 20.0, **_tick()).objective, rel=1e-6)
+    assert MpcController(lab_cfg()).solve(20.0, **_tick()).status == "solved"
 
 
 # --------------------------------------------------------------------------- warm start, scale
@@ -386,7 +389,7 @@ def test_cold_start_is_refined_to_the_optimum():
     from picogrid.tools.bench_mpc import instances
 
     _, site_cfg, scaling = evaluate.load_site("site")
-    cfg = site_cfg.replace(horizon=60, n_jobs=4)
+    cfg = site_cfg.replace(horizon=60, n_jobs=4, cold_start_exact=False)
     truth = instances(cfg, 1, 2, scaling)
     w = truth.window(0, 60, cfg, np.zeros(len(truth.jobs)))
     exact = solve_oracle(cfg, truth.e0_j, **w)
@@ -401,7 +404,7 @@ def test_site_scale_matches_exact_lp():
     cfg = MpcConfig(horizon=288, dt_s=300.0, e_min_j=1 * kwh, e_max_j=10 * kwh, p_ch_max_w=5000.0,
                     p_dis_max_w=5000.0, eta_ch=0.95, eta_dis=0.95, p_imp_max_w=10000.0,
                     p_exp_max_w=7000.0, n_loads=3, voll_per_j=[1e-4, 4e-5, 1e-5],
-                    cycle_cost_per_j=2e-7)
+                    cycle_cost_per_j=2e-7, cold_start_exact=False)
     t = np.arange(288) / 288
     pv = 6000.0 * np.clip(np.sin(np.pi * (t - 0.25) / 0.5), 0, None)
     dem = np.column_stack([600 + 100 * np.sin(2 * np.pi * t), 500 + 300 * np.cos(2 * np.pi * t),
@@ -415,7 +418,7 @@ def test_site_scale_matches_exact_lp():
     check_plan_feasible(cfg, d, pv, dem, flat(288, 1e4), flat(288, 7e3), rel=1e-3)
 
 
-@pytest.mark.parametrize("module", ["picogrid.edge.optimize", "picogrid.web.units"])
+@pytest.mark.parametrize("module", ["picogrid.edge.optimize", "picogrid.edge.simplex", "picogrid.web.units"])
 def test_docstring_examples(module):
     import importlib
 
@@ -532,6 +535,24 @@ def test_full_model_osqp_matches_cvxpy(inst):
     scale = cfg.dt_s * cfg.horizon * (6.0 * 5.0 + np.sum(cfg.voll_per_j) * 1.0) + cfg.voll_def_per_j * 12.0
     assert abs(d.objective - ref) <= 5e-3 * scale
     assert d.p_deferrable_w == pytest.approx(float(np.sum(d.deferrable_w)))
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(full_instances())
+def test_full_model_exact_lp_matches_cvxpy(inst):
+    """``solver='highs'``: the controller's exact LP (edge/simplex.py, on the OSQP matrices) is
+    cvxpy's optimum, and its plan is feasible."""
+    cfg, data, jobs = inst
+    ctrl = MpcController(cfg.replace(solver="highs"))
+    d = ctrl.solve(**data)
+    assert d.status == "solved_exact"
+    assert d.objective == pytest.approx(_reference_full(cfg, data, jobs, ctrl), rel=1e-6, abs=1e-4)
+    p = d.plan
+    bal = (p["p_pv"] + p["p_dis"] + p["p_imp"] - p["p_ch"] - p["p_exp"] - p["p_load"].sum(axis=1)
+           - p["p_def"].sum(axis=1))
+    assert np.max(np.abs(bal)) <= 1e-6 * cfg.p_imp_max_w
+    de = p["e"][1:] - p["e"][:-1] - cfg.dt_s * (cfg.eta_ch * p["p_ch"] - p["p_dis"] / cfg.eta_dis)
+    assert np.max(np.abs(de)) <= 1e-6 * cfg.e_max_j
 
 
 def test_parse_jobs_formats_and_errors():

@@ -7,11 +7,15 @@ horizon N = 60, 96, 288, 1440 steps, rolls the horizon over ``--ticks`` consecut
 solver gets the same instance at each tick (the stored energy follows the exact LP plan), and:
 
 - ``osqp``: :class:`picogrid.edge.optimize.MpcController` (one OSQP set-up, ``update`` + warm start
-  from its previous solution shifted one step) with the site's settings;
+  from its previous solution shifted one step) with the site's settings; its first tick is the
+  exact LP (``cold_start_exact``), and a tick OSQP ends unsolved too (counted in its statuses);
+- ``lp_warm``: the same controller with ``solver='highs'``: the same matrices as an exact LP,
+  HiGHS dual simplex set up once and restarted from its last basis
+  (:class:`picogrid.edge.simplex.WarmSimplex`); the time is the whole ``solve`` call, as for osqp;
 - ``cvxpy``: an independent formulation of the same model written with cvxpy ``Parameter``s
   (compiled once, DPP), re-solved each tick by Clarabel; the time is the whole ``solve`` call;
-- ``highs``: the exact LP (:func:`picogrid.edge.policies.solve_oracle`: model vectors + HiGHS
-  dual simplex through ``scipy.optimize.linprog``), the reference optimum.
+- ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.policies.solve_oracle`:
+  model vectors + HiGHS through ``scipy.optimize.linprog``), the reference optimum.
 
 It prints p50/p99 of the wall time per solve, the speed ratios, and the gap of OSQP's plan cost
 (and cvxpy's) to the exact optimum, in % of the instance's gross cost (import + export + shedding
@@ -156,10 +160,11 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     days = int(np.ceil((ticks + n) / 288)) + 1
     truth = instances(cfg, ticks, days, scaling)
     ctrl = MpcController(cfg)
+    lp = MpcController(cfg.replace(solver="highs"))
     cvx = None
-    times = {"osqp": [], "cvxpy": [], "highs": []}
-    gaps = {"osqp": [], "osqp_abs": [], "cvxpy": [], "cvxpy_abs": []}
-    iters, statuses = [], {}
+    times = {"osqp": [], "lp_warm": [], "cvxpy": [], "highs": []}
+    gaps = {k: [] for k in ("osqp", "osqp_abs", "lp_warm", "lp_warm_abs", "cvxpy", "cvxpy_abs")}
+    iters, pivots, statuses = [], [], {}
     e = truth.e0_j
     ledger = JobLedger(truth.jobs)
     for t in range(ticks):
@@ -176,6 +181,13 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
         if d.ok:
             gaps["osqp"].append((d.objective - exact.objective) / scale)
             gaps["osqp_abs"].append((d.objective - exact.objective) / abs(exact.objective))
+        t0 = time.perf_counter()
+        d_lp = lp.solve(e, **w)
+        times["lp_warm"].append(time.perf_counter() - t0)
+        pivots.append(d_lp.iterations)
+        if d_lp.ok:
+            gaps["lp_warm"].append((d_lp.objective - exact.objective) / scale)
+            gaps["lp_warm_abs"].append((d_lp.objective - exact.objective) / abs(exact.objective))
         if t < cvx_ticks:
             first = cvx is None
             if first:
@@ -196,14 +208,16 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     pct = lambda a, q: float(np.percentile(a, q))
     print(f"N={n:5d} ({n * cfg.dt_s / 3600:g} h), {ticks} ticks (cvxpy {min(cvx_ticks, ticks)}; "
           f"its build + first solve with DPP compile {t_build:.1f} s not in its p50/p99)")
-    for k in ("osqp", "cvxpy", "highs"):
-        print(f"  {k:6s} p50 {pct(ms[k], 50):9.2f} ms  p99 {pct(ms[k], 99):9.2f} ms")
-    print(f"  ratio p50: cvxpy/osqp {pct(ms['cvxpy'], 50) / pct(ms['osqp'], 50):6.1f}x   "
-          f"highs/osqp {pct(ms['highs'], 50) / pct(ms['osqp'], 50):6.2f}x")
+    for k in ("osqp", "lp_warm", "cvxpy", "highs"):
+        print(f"  {k:7s} p50 {pct(ms[k], 50):9.2f} ms  p99 {pct(ms[k], 99):9.2f} ms")
+    for k in ("osqp", "lp_warm"):
+        print(f"  ratio p50: cvxpy/{k} {pct(ms['cvxpy'], 50) / pct(ms[k], 50):6.1f}x   "
+              f"highs/{k} {pct(ms['highs'], 50) / pct(ms[k], 50):6.2f}x")
     print(f"  osqp iterations p50 {int(np.median(iters))} max {max(iters)}; statuses {statuses}")
-    for k in ("osqp", "cvxpy"):
+    print(f"  lp_warm simplex pivots p50 {int(np.median(pivots))} max {max(pivots)}")
+    for k in ("osqp", "lp_warm", "cvxpy"):
         g, ga = 100 * np.abs(gaps[k]), 100 * np.abs(gaps[k + "_abs"])
-        print(f"  {k:6s} gap to exact: median {np.median(g):.4f} % p99 {pct(g, 99):.4f} % max {g.max():.4f} % "
+        print(f"  {k:7s} gap to exact: median {np.median(g):.4f} % p99 {pct(g, 99):.4f} % max {g.max():.4f} % "
               f"of gross cost; median {np.median(ga):.4f} % max {ga.max():.4f} % of |optimum|")
     return {"ms": ms, "gaps": gaps, "iters": iters}
 
