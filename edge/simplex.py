@@ -100,7 +100,9 @@ class WarmSimplex:
         h.changeColsCost(self.n, self._all_cols, np.asarray(q, float))
         h.changeColsBounds(self.n, self._all_cols, col_lo, col_hi)
         h.changeRowsBounds(len(self._all_rows), self._all_rows, l[self._core_rows], u[self._core_rows])
-        h.setOptionValue("time_limit", float("inf") if time_limit_s is None else float(time_limit_s))
+        # HiGHS's time limit is on the instance's accumulated run time, not this run's
+        h.setOptionValue("time_limit", float("inf") if time_limit_s is None
+                         else h.getRunTime() + float(time_limit_s))
         h.run()
         status = h.getModelStatus()
         ok = status == highspy.HighsModelStatus.kOptimal

@@ -103,3 +103,22 @@ def test_highs_every_tick_and_its_time_limit_falls_back_to_the_rule():
 def test_solver_name_is_checked():
     with pytest.raises(ValueError, match="solver must be 'osqp' or 'highs'"):
         MpcConfig(**LAB, solver="gurobi")
+
+
+def test_time_limit_is_per_solve_not_the_instances_total():
+    """HiGHS counts its time limit on the instance's accumulated run time: a limit that fits one
+    solve must hold for every solve of a long-lived controller (before the fix, a site day fell
+    back to the rule after about 0.5 s of summed solves)."""
+    cfg = MpcConfig(**LAB)
+    ctrl = MpcController(cfg)
+    lp = WarmSimplex(ctrl._qp.A)
+    vec = vectors(ctrl, 20.0, day(cfg.horizon))
+    lp.reset()
+    first = lp._h.getRunTime()
+    lp.solve(*vec)
+    limit = 5 * max(lp._h.getRunTime() - first, 1e-4)
+    statuses = []
+    while lp._h.getRunTime() < 5 * limit:
+        lp.reset()    # a cold solve each time: the most work per run
+        statuses.append(lp.solve(*vec, time_limit_s=limit).info.status)
+    assert len(statuses) > 5 and set(statuses) == {"optimal"}
