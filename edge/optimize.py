@@ -445,7 +445,7 @@ class Decision:
 
     @property
     def ok(self):
-        """True when the decision comes from the optimiser (solved or solved_inaccurate)."""
+        """True when the decision comes from the optimiser (any ``solved*`` status)."""
         return self.status.startswith("solved")
 
 
@@ -990,10 +990,12 @@ class MpcController:
         Returns
         -------
         Decision
-            ``status`` is ``'solved'``/``'solved_inaccurate'``, or ``'fallback:<reason>'`` when
-            the inputs are not finite, the solver raised or returned a non-solved status, in which
-            case the setpoints come from :func:`picogrid.edge.policies.naive_step` on the first
-            step's data (the reason is logged at WARNING). A solved plan that has to violate a
+            ``status`` is ``'solved'``/``'solved_inaccurate'`` (OSQP), ``'solved_exact'`` (the
+            exact LP: ``solver='highs'``, the cold start, or OSQP ended unsolved, ``reason`` says
+            which), or ``'fallback:<reason>'`` when the inputs are not finite, the solver raised
+            or neither OSQP nor the exact LP solved, in which case the setpoints come from
+            :func:`picogrid.edge.policies.naive_step` on the first step's data (the reason is
+            logged at WARNING). A solved plan that has to violate a
             soft constraint (energy bounds, job energy, reserve) says which in
             ``soft_violations`` and ``reason`` and logs it at WARNING.
 

@@ -24,6 +24,18 @@ import scipy.sparse as sp
 SOLVED = 1
 
 
+class _QuietHighs(highspy.Highs):
+    """``highspy.Highs`` with its log off from the start: ``Highs.__init__`` registers its
+    callback hook before any option can be set, and that prints HiGHS's banner once per
+    instance (highspy 1.16; one per controller in every log). No user callbacks here."""
+
+    def __init__(self):
+        super(highspy.Highs, self).__init__()
+        self.setOptionValue("output_flag", False)
+        self.callbacks = []
+        self.enableCallbacks()
+
+
 class WarmSimplex:
     """``min qᵀx  s.t.  l <= Ax <= u`` for a fixed ``A``, solved by HiGHS from its last basis.
 
@@ -62,8 +74,7 @@ class WarmSimplex:
         is_core[bound_rows] = False
         self._core_rows = np.flatnonzero(is_core)
         core = a[self._core_rows].tocsc()
-        self._h = h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        self._h = h = _QuietHighs()
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = self.n, core.shape[0]
         lp.col_cost_ = np.zeros(self.n)

@@ -389,7 +389,7 @@ def test_cold_start_is_refined_to_the_optimum():
     from picogrid.tools.bench_mpc import instances
 
     _, site_cfg, scaling = evaluate.load_site("site")
-    cfg = site_cfg.replace(horizon=60, n_jobs=4, cold_start_exact=False)
+    cfg = site_cfg.replace(horizon=60, n_jobs=4, solver="osqp", cold_start_exact=False)
     truth = instances(cfg, 1, 2, scaling)
     w = truth.window(0, 60, cfg, np.zeros(len(truth.jobs)))
     exact = solve_oracle(cfg, truth.e0_j, **w)

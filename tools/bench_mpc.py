@@ -7,7 +7,7 @@ horizon N = 60, 96, 288, 1440 steps, rolls the horizon over ``--ticks`` consecut
 solver gets the same instance at each tick (the stored energy follows the exact LP plan), and:
 
 - ``osqp``: :class:`picogrid.edge.optimize.MpcController` (one OSQP set-up, ``update`` + warm start
-  from its previous solution shifted one step) with the site's settings; its first tick is the
+  from its previous solution shifted one step) with the site's OSQP settings; its first tick is the
   exact LP (``cold_start_exact``), and a tick OSQP ends unsolved too (counted in its statuses);
 - ``lp_warm``: the same controller with ``solver='highs'``: the same matrices as an exact LP,
   HiGHS dual simplex set up once and restarted from its last basis
@@ -159,7 +159,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1))
     days = int(np.ceil((ticks + n) / 288)) + 1
     truth = instances(cfg, ticks, days, scaling)
-    ctrl = MpcController(cfg)
+    ctrl = MpcController(cfg.replace(solver="osqp"))    # the site file may pick either
     lp = MpcController(cfg.replace(solver="highs"))
     cvx = None
     times = {"osqp": [], "lp_warm": [], "cvxpy": [], "highs": []}
@@ -235,7 +235,7 @@ def main(argv=None):
     site, cfg, scaling = evaluate.load_site("site")
     if args.eps:
         cfg = cfg.replace(eps_abs=args.eps, eps_rel=args.eps)
-    print(f"site profile, dt={cfg.dt_s:g} s, OSQP eps_abs={cfg.eps_abs:g} eps_rel={cfg.eps_rel:g} "
+    print(f"site profile (its solver: {cfg.solver}), dt={cfg.dt_s:g} s, OSQP eps_abs={cfg.eps_abs:g} eps_rel={cfg.eps_rel:g} "
           f"rho={cfg.rho:g} check_termination={cfg.check_termination}, {cfg.n_jobs} job slots, "
           f"reserve {'on' if cfg.reserve else 'off'}")
     t0 = time.perf_counter()
