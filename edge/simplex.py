@@ -83,8 +83,10 @@ class WarmSimplex:
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = core.indptr, core.indices, core.data
         h.passModel(lp)
-        self._all_cols = np.arange(self.n, dtype=np.int32)
-        self._all_rows = np.arange(core.shape[0], dtype=np.int32)
+        # the data HiGHS holds: each solve passes only the entries that changed (a tick moves
+        # the prices, PV and demand bounds; most of the model stays)
+        self._held = {k: np.zeros(self.n) for k in ("cost", "col_lo", "col_hi")}
+        self._held.update({k: np.zeros(core.shape[0]) for k in ("row_lo", "row_hi")})
 
     def reset(self):
         """Forget the basis: the next solve starts from HiGHS's crash basis."""
@@ -107,10 +109,23 @@ class WarmSimplex:
         l, u = clip(l), clip(u)
         col_lo, col_hi = np.full(self.n, -inf), np.full(self.n, inf)
         col_lo[self._bound_cols], col_hi[self._bound_cols] = l[self._bound_rows], u[self._bound_rows]
-        h = self._h
-        h.changeColsCost(self.n, self._all_cols, np.asarray(q, float))
-        h.changeColsBounds(self.n, self._all_cols, col_lo, col_hi)
-        h.changeRowsBounds(len(self._all_rows), self._all_rows, l[self._core_rows], u[self._core_rows])
+        h, held = self._h, self._held
+        new = {"cost": np.array(q, float), "col_lo": col_lo, "col_hi": col_hi,
+               "row_lo": l[self._core_rows], "row_hi": u[self._core_rows]}
+
+        def changed(*keys):
+            return np.flatnonzero(np.any([new[k] != held[k] for k in keys], axis=0)).astype(np.int32)
+
+        i = changed("cost")
+        if i.size:
+            h.changeColsCost(i.size, i, new["cost"][i])
+        i = changed("col_lo", "col_hi")
+        if i.size:
+            h.changeColsBounds(i.size, i, new["col_lo"][i], new["col_hi"][i])
+        i = changed("row_lo", "row_hi")
+        if i.size:
+            h.changeRowsBounds(i.size, i, new["row_lo"][i], new["row_hi"][i])
+        self._held = new
         # HiGHS's time limit is on the instance's accumulated run time, not this run's
         h.setOptionValue("time_limit", float("inf") if time_limit_s is None
                          else h.getRunTime() + float(time_limit_s))
