@@ -94,7 +94,7 @@ class MpcConfig:
         ADMM iterations from a cold start; the time limits are what bound a solve, so the
         default cap lies beyond them.
     time_limit_s : float
-        OSQP wall-clock limit per solve [s] (> 0).
+        Wall-clock limit per solve [s] (> 0), OSQP's and the exact LP's (HiGHS: run time).
     solver : str
         ``'osqp'`` (default, DESIGN.md §4): OSQP every tick, and the same problem as an exact
         LP (:class:`picogrid.edge.simplex.WarmSimplex`, status ``'solved_exact'``) for a tick
