@@ -916,20 +916,22 @@ class MpcController:
         self._scenarios = config.scenario_weights is not None and len(config.scenario_weights) > 1
         self._qp = qp = ScenarioQp(self.model, config.scenario_weights if self._scenarios else (1.0,),
                                    config.scenario_shared_steps if self._scenarios else 1)
-        self._solver = osqp.OSQP()
-        n = config.horizon
-        vec = self.model.vectors(
-            0.5 * (config.e_min_j + config.e_max_j), np.zeros(n), np.zeros((n, config.n_loads)),
-            np.full(n, self.model.price_ref_per_j), np.zeros(n),
-            np.full(n, config.p_imp_max_w), np.full(n, config.p_exp_max_w))
-        q, l, u = qp.vectors([vec] * qp.count)
-        self._solver.setup(
-            qp.P, q, qp.A, l, u, verbose=False, eps_abs=config.eps_abs,
-            eps_rel=config.eps_rel, max_iter=int(config.max_iter), time_limit=config.time_limit_s,
-            polishing=bool(config.polish), warm_starting=True, rho=config.rho,
-            check_termination=int(config.check_termination),
-            adaptive_rho_interval=int(config.adaptive_rho_interval), scaling=int(config.scaling))
         self._simplex = WarmSimplex(qp.A)
+        self._solver = None          # OSQP, set up only when it solves (solver='osqp')
+        if config.solver == "osqp":
+            n = config.horizon
+            vec = self.model.vectors(
+                0.5 * (config.e_min_j + config.e_max_j), np.zeros(n), np.zeros((n, config.n_loads)),
+                np.full(n, self.model.price_ref_per_j), np.zeros(n),
+                np.full(n, config.p_imp_max_w), np.full(n, config.p_exp_max_w))
+            q, l, u = qp.vectors([vec] * qp.count)
+            self._solver = osqp.OSQP()
+            self._solver.setup(
+                qp.P, q, qp.A, l, u, verbose=False, eps_abs=config.eps_abs,
+                eps_rel=config.eps_rel, max_iter=int(config.max_iter), time_limit=config.time_limit_s,
+                polishing=bool(config.polish), warm_starting=True, rho=config.rho,
+                check_termination=int(config.check_termination),
+                adaptive_rho_interval=int(config.adaptive_rho_interval), scaling=int(config.scaling))
         self._x_prev = None
         self._y_prev = None
         self._ticks_since_prev = 1   # ticks between the stored iterate and the next solve
@@ -942,8 +944,9 @@ class MpcController:
 
     def _keep(self, res):
         """Store a solve's iterate as the next tick's warm start (copies: OSQP reuses its buffers)."""
-        self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
         self._ticks_since_prev = 1
+        if self._solver is not None:     # the exact LP keeps its own basis
+            self._x_prev, self._y_prev = np.array(res.x), np.array(res.y)
 
     def _shifted_start(self):
         """The stored iterate shifted by the ticks since it was made (one, or more after
@@ -1135,9 +1138,11 @@ class MpcController:
             iterations = int(res.info.iter)
         if res.info.status_val in (1, 2) and np.all(np.isfinite(res.x)):
             return res, iterations, False, ""
-        # ADMM ended unsolved (time or iterations ran out): the same problem as an exact LP
-        exact = tried_exact or self._simplex.solve(q, l, u, cfg.time_limit_s)
-        if exact is not tried_exact:
+        # ADMM ended unsolved (time or iterations ran out): the same problem as an exact LP,
+        # unless the cold start has just tried it
+        exact = tried_exact
+        if exact is None:
+            exact = self._simplex.solve(q, l, u, cfg.time_limit_s)
             iterations += int(exact.info.iter)
             if exact.info.status_val == SOLVED:
                 note = f"osqp status {res.info.status!r}: exact LP instead"

@@ -4,7 +4,7 @@ and the controller's use of it (cold start, rescue, ``solver='highs'``)."""
 import numpy as np
 import pytest
 
-from picogrid.edge.optimize import MpcConfig, MpcController
+from picogrid.edge.optimize import MpcConfig, MpcController, parse_jobs
 from picogrid.edge.policies import solve_oracle
 from picogrid.edge.simplex import SOLVED, WarmSimplex
 
@@ -25,8 +25,6 @@ def day(n, shift=0):
 
 
 def vectors(ctrl, e0_j, data):
-    from picogrid.edge.optimize import parse_jobs
-
     cfg = ctrl.config
     n = cfg.horizon
     vec = ctrl.model.vectors(e0_j, data["pv_avail_w"], data["demand_w"], data["import_price_per_j"],
