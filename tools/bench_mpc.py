@@ -155,6 +155,11 @@ def gross_cost(terms):
 
 
 def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
+    def add_gap(solver, objective, optimum, scale):
+        """A plan's cost gap to the exact optimum, per gross cost and per |optimum|."""
+        gaps[solver].append((objective - optimum) / scale)
+        gaps[solver + "_abs"].append((objective - optimum) / abs(optimum))
+
     # job slots: two jobs a day, for every day the horizon touches
     cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1))
     days = int(np.ceil((ticks + n) / 288)) + 1
@@ -179,15 +184,13 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
         statuses[d.status.split(":")[0]] = statuses.get(d.status.split(":")[0], 0) + 1
         scale = gross_cost(exact.objective_terms)
         if d.ok:
-            gaps["osqp"].append((d.objective - exact.objective) / scale)
-            gaps["osqp_abs"].append((d.objective - exact.objective) / abs(exact.objective))
+            add_gap("osqp", d.objective, exact.objective, scale)
         t0 = time.perf_counter()
         d_lp = lp.solve(e, **w)
         times["lp_warm"].append(time.perf_counter() - t0)
         pivots.append(d_lp.iterations)
         if d_lp.ok:
-            gaps["lp_warm"].append((d_lp.objective - exact.objective) / scale)
-            gaps["lp_warm_abs"].append((d_lp.objective - exact.objective) / abs(exact.objective))
+            add_gap("lp_warm", d_lp.objective, exact.objective, scale)
         if t < cvx_ticks:
             first = cvx is None
             if first:
@@ -199,8 +202,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
                 t_build = time.perf_counter() - t_build
             else:
                 times["cvxpy"].append(time.perf_counter() - t0)
-            gaps["cvxpy"].append((v - exact.objective) / scale)
-            gaps["cvxpy_abs"].append((v - exact.objective) / abs(exact.objective))
+            add_gap("cvxpy", v, exact.objective, scale)
         # advance along the exact plan, and the jobs with it
         e = float(exact.plan["e"][1])
         ledger.deliver(t, float(exact.plan["p_def"][0].sum()) * cfg.dt_s, cfg.dt_s)
