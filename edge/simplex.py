@@ -60,12 +60,9 @@ class WarmSimplex:
         a = sp.csr_matrix(A)
         a.sum_duplicates()
         self.m, self.n = a.shape
-        counts = np.diff(a.indptr)
-        first = a.indptr[:-1][counts == 1]
-        single = np.zeros(self.m, bool)
-        single[counts == 1] = a.data[first] == 1.0
-        cols = np.full(self.m, -1)
-        cols[single] = a.indices[a.indptr[:-1][single]]
+        starts = np.minimum(a.indptr[:-1], a.nnz - 1)     # each row's first entry
+        single = (np.diff(a.indptr) == 1) & (a.data[starts] == 1.0)
+        cols = a.indices[starts]
         # one bound row per column at most; a second one stays a row
         _, keep = np.unique(cols[single], return_index=True)
         bound_rows = np.flatnonzero(single)[np.sort(keep)]
