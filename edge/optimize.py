@@ -103,8 +103,9 @@ class MpcConfig:
         With ``solver='osqp'``, solve a cold tick (the first, or the first after
         :meth:`MpcController.reset`) as the exact LP within ``cold_time_limit_s`` and
         warm-start OSQP from its primal and dual solution (default). False: OSQP from zero, as
-        below. Why: at N = 288 the site's first tick took OSQP 12300 iterations (1.1 s) and the
-        simplex 625 pivots (21 ms), exact (``picogrid bench mpc``).
+        below. Why: at N = 288 the site's first tick took OSQP 12300 iterations and the simplex
+        625 pivots, exact (``picogrid bench mpc``'s maxima; 1.1 s against 21 ms in a one-off
+        timing of that tick).
     cold_eps_factor, cold_time_limit_s : float
         An OSQP cold solve (``cold_start_exact`` False, or the exact LP failed) gets
         ``cold_time_limit_s`` [s] (> 0) instead of ``time_limit_s``, and once solved is
