@@ -6,8 +6,9 @@ problem without it. HiGHS (Huangfu & Hall, "Parallelizing the dual revised simpl
 Math. Prog. Comp. 10, 2018; https://highs.dev) keeps the optimal basis of the last solve in its
 ``Highs`` object: after a receding-horizon tick changes only costs and bounds, the dual simplex
 restarts from that basis and needs a few pivots. Measured with ``picogrid bench mpc`` (site
-profile, N = 288): about 9 pivots and 3 ms a tick, against 100-2000 OSQP iterations for an
-iterate within OSQP's tolerance.
+profile, N = 288): about 10 pivots and 1.8-2.5 ms a tick for the controller's whole solve
+(HiGHS's ``run`` about 1.3 ms of it), against 150-2700 OSQP iterations for an iterate within
+OSQP's tolerance.
 
 The edge uses it where OSQP's ADMM is weakest (:class:`picogrid.edge.optimize.MpcController`):
 the cold start, and a solve OSQP ends without a solution; ``MpcConfig.solver = "highs"`` uses it
