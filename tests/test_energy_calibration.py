@@ -99,6 +99,7 @@ def test_file_round_trip_and_bad_files(tmp_path):
 
 def test_forecaster_loads_its_calibration_and_refuses_a_mismatch(tmp_path):
     assert Forecaster(profile="lab").energy_calibration is not None        # committed next to the cards
+    assert Forecaster(profile="site").energy_calibration.horizon == 288
     EC.EnergyCalibration(np.zeros((6, 30, 3)), QS, 60).save(tmp_path / EC.FILE_NAME)
     with pytest.raises(ValueError, match="horizon 30"):
         Forecaster(artifact_dir=tmp_path, profile="lab")
@@ -130,10 +131,12 @@ def test_solve_scenarios_takes_the_calibrated_energies_or_warns(caplog):
     assert not np.allclose(plain[2]["demand_w"], got[2]["demand_w"])
 
 
-def test_committed_calibration_is_what_the_command_fits():
-    """The file next to the lab cards is reproducible: refit on its days, same quantiles."""
-    committed = EC.EnergyCalibration.load(default_artifact_dir("lab") / EC.FILE_NAME)
-    refit = EC.fit("lab", committed.meta["first_day"], committed.meta["n_days"])
+@pytest.mark.parametrize("profile", ["lab", "site"])
+def test_committed_calibration_is_what_the_command_fits(profile):
+    """The file next to each profile's cards is reproducible: refit on its days, same quantiles."""
+    committed = EC.EnergyCalibration.load(default_artifact_dir(profile) / EC.FILE_NAME)
+    assert committed.meta["profile"] == profile
+    refit = EC.fit(profile, committed.meta["first_day"], committed.meta["n_days"])
     np.testing.assert_allclose(refit.z, committed.z, atol=1e-4)
     assert refit.meta["samples_step_1"] == committed.meta["samples_step_1"]
 

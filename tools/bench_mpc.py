@@ -2,7 +2,8 @@
 
 ``picogrid bench mpc`` builds real days of the site profile (``edge/sites/site.toml``: kW, kWh,
 5-minute ticks; :func:`picogrid.models.scenario.build_bench_days` with its ``[scenario]``
-scaling, deferrable jobs split from load3 as in :mod:`picogrid.edge.evaluate`) and, for each
+scaling, deferrable jobs split from load3 as in :mod:`picogrid.edge.evaluate`; one forecast
+scenario, whatever the site file plans over) and, for each
 horizon N = 60, 96, 288, 1440 steps, rolls the horizon over ``--ticks`` consecutive ticks. The
 instances are built first (the stored energy follows the exact LP plan); then each solver runs
 alone over the same list, as on the edge, where one solver runs per tick:
@@ -161,8 +162,10 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
         gaps[solver].append((objective - optimum) / scale)
         gaps[solver + "_abs"].append((objective - optimum) / abs(optimum))
 
-    # job slots: two jobs a day, for every day the horizon touches
-    cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1))
+    # job slots: two jobs a day, for every day the horizon touches; one scenario: the model of
+    # DESIGN.md §4 that cvxpy states (a site's scenario plan is S copies of it, S times the size)
+    cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1), scenario_weights=None,
+                           scenario_quantiles=None, scenario_energy_spread=None)
     days = int(np.ceil((ticks + n) / 288)) + 1
     truth = instances(cfg, ticks, days, scaling)
     # The rolling instances and their exact optima first, then each solver alone over the same
