@@ -77,21 +77,19 @@ class WarmSimplex:
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = self.n, core.shape[0]
         lp.col_cost_ = np.zeros(self.n)
-        lp.col_lower_, lp.col_upper_ = np.zeros(self.n), np.zeros(self.n)
+        # columns without a bound row are free; the others start at the held zeros below
+        lo, hi = np.full(self.n, -highspy.kHighsInf), np.full(self.n, highspy.kHighsInf)
+        lo[self._bound_cols] = hi[self._bound_cols] = 0.0
+        lp.col_lower_, lp.col_upper_ = lo, hi
         lp.row_lower_, lp.row_upper_ = np.zeros(core.shape[0]), np.zeros(core.shape[0])
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = core.indptr, core.indices, core.data
         h.passModel(lp)
-        # The data HiGHS holds: each solve passes only the entries that changed (a tick moves
-        # the prices, PV and demand bounds; most of the model stays). Columns without a bound
-        # row are free, set once here.
+        # the data HiGHS holds: each solve passes only the entries that changed (a tick moves
+        # the prices, PV and demand bounds; most of the model stays)
         k = bound_rows.size
         self._held = {"cost": np.zeros(self.n), "col_lo": np.zeros(k), "col_hi": np.zeros(k),
                       "row_lo": np.zeros(core.shape[0]), "row_hi": np.zeros(core.shape[0])}
-        free = np.setdiff1d(np.arange(self.n), self._bound_cols).astype(np.int32)
-        if free.size:
-            h.changeColsBounds(free.size, free, np.full(free.size, -highspy.kHighsInf),
-                               np.full(free.size, highspy.kHighsInf))
 
     def reset(self):
         """Forget the basis: the next solve starts from HiGHS's crash basis."""

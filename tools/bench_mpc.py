@@ -199,12 +199,12 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
             if d.ok:
                 add_gap(key, d.objective, optimum, scale)
         counts[key] = iters, statuses
-    cvx = None
+    cvx, model = None, ctrl.model      # the same QpModel in either solver mode
     for (e, w), (optimum, scale) in zip(runs[:cvx_ticks], exacts):
         first = cvx is None
         if first:
             t_build = time.perf_counter()
-            cvx = CvxpyMpc(cfg, ctrl.model.penalty_per_j(w["import_price_per_j"], w["export_price_per_j"]))
+            cvx = CvxpyMpc(cfg, model.penalty_per_j(w["import_price_per_j"], w["export_price_per_j"]))
         t0 = time.perf_counter()
         v = cvx.solve(e, **w)
         if first:   # the first solve compiles the DPP problem: reported apart
