@@ -541,7 +541,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="picogrid evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
     ap.add_argument("--first-day", default="2013-07-01", help="first day (default: start of the test split)")
-    ap.add_argument("--profile", choices=("lab", "site", "both"), default="both")
+    ap.add_argument("--profile", choices=("lab", "site", "both", "labfeed"), default="both",
+                    help="lab, site or both: replayed real days; labfeed: lab-feed days read "
+                         "through the edge's feed client (edge/feed_evaluate.py)")
     ap.add_argument("--reserve-every", type=int, default=3,
                     help="site: run the MPC with the reserve on every k-th day only (default 3)")
     ap.add_argument("--workers", type=int, default=2,
@@ -555,7 +557,8 @@ def main(argv=None):
         ap.error("--days must be >= 1")
     try:
         overrides = parse_overrides(args.set)
-        for profile in (PROFILES if args.profile == "both" else (args.profile,)):
+        for profile in (PROFILES if args.profile == "both" else ("lab",) if args.profile == "labfeed"
+                        else (args.profile,)):
             load_site(profile, overrides)
     except ValueError as exc:
         ap.error(str(exc))
@@ -570,6 +573,12 @@ def main(argv=None):
     def progress(profile, done, total):
         print(f"\r{profile}: day {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+    if args.profile == "labfeed":
+        from picogrid.edge import feed_evaluate
+
+        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
+        print(f"evaluate took {time.perf_counter() - t0:.0f} s")
+        return 0
     profiles = PROFILES if args.profile == "both" else (args.profile,)
     results = {}
     for profile in profiles:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY
+from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY, OnlineDayLearner, pooled_quantiles
 from picogrid.edge.signals import LOADS, SERIES
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class FeedSource:
     load_max_w : sequence of 3 floats, each load's rating [W]
     """
 
+    MAX_SUN_DAYS = 28
+
     def __init__(self, feed, pv_capability_w, load_shares=(1 / 3, 1 / 3, 1 / 3), load_max_w=(1.0, 1.0, 1.0)):
         shares = np.asarray(load_shares, float)
         if shares.shape != (len(LOADS),) or (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-6:
@@ -76,6 +78,8 @@ class FeedSource:
         self.observed = {s: np.full(self.n_ticks, np.nan) for s in SERIES + ("sun",)}
         self.sources = {}            # tick -> where the feed's values came from
         self.yesterday_sun = None    # the sun the edge saw on the previous day
+        self.sun_days = []           # the sun of the days seen, oldest first (the last MAX_SUN_DAYS)
+        self._sun_band = None
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
         self._jobs = []              # the day's /deferables, as last heard
         self._lock = threading.Lock()
@@ -91,6 +95,8 @@ class FeedSource:
                 log.warning("feed says tick %d, the edge runs tick %d", snap.tick, k)
             if self.day is not None and snap.day != self.day and k == 0:
                 self.yesterday_sun = self.observed["sun"].copy()
+                self.sun_days = (self.sun_days + [self.yesterday_sun])[-self.MAX_SUN_DAYS:]
+                self._sun_band = None
                 for a in self.observed.values():
                     a[:] = np.nan
                 self._jobs = []
@@ -139,6 +145,25 @@ class FeedSource:
         """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""
         return float(self.observed["sun"][tick])
 
+    def sun_band(self, tick, horizon):
+        """P10 and P90 offsets of "the sun yesterday at the same tick" from tick ``tick`` on,
+        from how each day seen differed from the day before at each tick of day.
+
+        Returns
+        -------
+        (numpy.ndarray [horizon], numpy.ndarray [horizon]) or None
+            Offsets in fractions of PV capability (P10 <= 0 <= P90; zero where too few days
+            differ there); None before the edge has seen two days.
+        """
+        if len(self.sun_days) < 2:
+            return None
+        if self._sun_band is None:
+            diffs = np.stack([b - a for a, b in zip(self.sun_days[:-1], self.sun_days[1:])])
+            self._sun_band = np.nan_to_num(pooled_quantiles(
+                diffs, (0.1, 0.9), OnlineDayLearner.BAND_TICKS, OnlineDayLearner.BAND_MIN_SAMPLES))
+        steps = (int(tick) + np.arange(horizon)) % self.n_ticks
+        return np.minimum(self._sun_band[0][steps], 0.0), np.maximum(self._sun_band[1][steps], 0.0)
+
     def history(self, tick, length):
         """Today's observations before ``tick``, zero-padded in front to ``length`` (the
         runner's interface; :class:`FeedForecaster` reads only the latest value, for persistence)."""
@@ -173,9 +198,11 @@ class FeedForecaster:
     """Forecasts for lab-feed days, with the ``forecast``/``source`` interface of the ONNX one.
 
     Demand and prices: the feed's online day learner, corrected by what today showed so far
-    (:meth:`picogrid.edge.labfeed.OnlineDayLearner.forecast`); PV: the sun the edge saw
-    yesterday at the same ticks, or the sun now held flat when there is no yesterday yet.
-    The quantiles are all the point forecast (the learner is not probabilistic).
+    (:meth:`picogrid.edge.labfeed.OnlineDayLearner.forecast`), with P10/P90 from its own errors
+    on the days seen (:meth:`~picogrid.edge.labfeed.OnlineDayLearner.band`); PV: the sun the
+    edge saw yesterday at the same ticks, banded by how its days differed from the day before
+    (:meth:`FeedSource.sun_band`), or the sun now held flat when there is no yesterday yet.
+    Before a band is known its quantiles are all the point forecast, and the source says so.
     """
 
     def __init__(self, source):
@@ -183,14 +210,14 @@ class FeedForecaster:
         self.source = {}
 
     def _learned(self, key, today, k, n):
-        """The learner's forecast of ``key`` from tick ``k`` on, or None before any feed history."""
+        """``(point [n], band or None)`` of ``key`` from tick ``k`` on, or None before any feed history."""
         learner = self.src.feed.learner
         if not learner.data.get(key):
             return None
-        return learner.forecast(key, np.asarray(today[:k], float), n)
+        return learner.forecast(key, np.asarray(today[:k], float), n), learner.band(key, k, n)
 
     def forecast(self, history, calendar, clearsky_ghi_w_m2):
-        """P10 = P50 = P90 of ``len(clearsky_ghi_w_m2)`` ticks from ``calendar["tick"]`` on.
+        """P10/P50/P90 of ``len(clearsky_ghi_w_m2)`` ticks from ``calendar["tick"]`` on.
 
         ``history``: series -> values through the tick before that one (the last is the latest
         known, what persistence holds); the learner reads today's observations before it.
@@ -199,33 +226,45 @@ class FeedForecaster:
         n = len(clearsky_ghi_w_m2)
         src, obs = self.src, self.src.observed
         latest = {name: float(np.asarray(v, float)[-1]) for name, v in history.items() if len(v)}
-        point, source = {}, {}
+        fans, source = {}, {}
+
+        def fan(point, band, learned_as):
+            point = np.nan_to_num(np.asarray(point, float))
+            if band is None:
+                return {q: point for q in QUANTILES}, learned_as + ":no band yet"
+            return {0.1: point + band[0], 0.5: point, 0.9: point + band[1]}, learned_as
+
         total = self._learned("demand", sum(np.nan_to_num(obs[l + "_demand_w"]) for l in LOADS), k, n)
+        total_fan = None if total is None else fan(*total, "labfeed_learner")
         for i, l in enumerate(LOADS):
             name = l + "_demand_w"
-            if total is None:
-                point[name], source[name] = np.full(n, latest[name]), "persistence:no feed history"
+            if total_fan is None:
+                fans[name], source[name] = {q: np.full(n, latest[name]) for q in QUANTILES}, "persistence:no feed history"
             else:   # the learner knows the total demand: split it as the feed's demand is split
-                point[name], source[name] = np.minimum(total * src.shares[i], src.load_max_w[i]), "labfeed_learner"
+                fans[name] = {q: np.minimum(np.maximum(v, 0.0) * src.shares[i], src.load_max_w[i])
+                              for q, v in total_fan[0].items()}
+                source[name] = total_fan[1]
         for name, key in (("import_price_per_j", "sell_price"), ("export_price_per_j", "buy_price")):
-            p = self._learned(key, obs[name], k, n)
-            point[name], source[name] = ((np.full(n, latest[name]), "persistence:no feed history")
-                                         if p is None else (p, "labfeed_learner"))
+            learned = self._learned(key, obs[name], k, n)
+            if learned is None:
+                fans[name], source[name] = {q: np.full(n, latest[name]) for q in QUANTILES}, "persistence:no feed history"
+            else:
+                fans[name], source[name] = fan(*learned, "labfeed_learner")
         if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
             steps = (k + np.arange(n)) % src.n_ticks
-            point["pv_available_w"] = np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w
-            source["pv_available_w"] = "edge_yesterday"
+            band = src.sun_band(k, n)
+            fans["pv_available_w"], source["pv_available_w"] = fan(
+                np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w,
+                None if band is None else tuple(b * src.pv_capability_w for b in band), "edge_yesterday")
         else:
-            point["pv_available_w"] = np.full(n, latest["pv_available_w"])
+            fans["pv_available_w"] = {q: np.full(n, latest["pv_available_w"]) for q in QUANTILES}
             source["pv_available_w"] = "persistence:first day"
         self.source = source
-        out = {}
-        for name, v in point.items():
-            v = np.nan_to_num(np.asarray(v, float))
-            if not name.endswith("price_per_j"):
-                v = np.maximum(v, 0.0)
-            out[name] = {q: v for q in QUANTILES}
-        return out
+        # powers are not negative; the sun is at most the PV capability
+        for name in ("pv_available_w", *(l + "_demand_w" for l in LOADS)):
+            fans[name] = {q: np.maximum(v, 0.0) for q, v in fans[name].items()}
+        fans["pv_available_w"] = {q: np.minimum(v, src.pv_capability_w) for q, v in fans["pv_available_w"].items()}
+        return fans
 
 
 def next_day_start(feed, tick_s, min_delay_s):

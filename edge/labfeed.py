@@ -25,7 +25,10 @@ day-profile predictors (yesterday, means of the last k days, exponentially weigh
 shape of the recent mean at yesterday's level) and a set of decay rates of today's observed
 gap to that profile are scored on every new day before it is learned from, and the choice
 with the lowest mean absolute error so far is used (follow the leader over experts,
-Cesa-Bianchi & Lugosi, "Prediction, Learning, and Games", 2006, ch. 4).
+Cesa-Bianchi & Lugosi, "Prediction, Learning, and Games", 2006, ch. 4). Its P10/P90 are the
+point forecast plus quantiles of its own errors on the days seen, each new day's errors taken
+before the day is learned from (online split-conformal bands, Vovk et al., "Algorithmic
+Learning in a Random World", 2005).
 """
 
 from __future__ import annotations
@@ -155,6 +158,41 @@ def parse(endpoint: str, payload):
     raise ValueError(f"unknown endpoint {endpoint!r}; known {ENDPOINTS}")
 
 
+def pooled_quantiles(errors, quantiles, window: int, min_samples: int) -> np.ndarray:
+    """Quantiles of errors per tick of day, each pooling the ticks within ``window`` of it.
+
+    Parameters
+    ----------
+    errors : array [samples, n_ticks]
+        Errors by target tick of day, NaN where there is none [series unit].
+    quantiles : sequence of float
+    window : int
+        Ticks either side pooled (not across midnight).
+    min_samples : int
+        Fewer finite errors in a pool give NaN there.
+
+    Returns
+    -------
+    numpy.ndarray [len(quantiles), n_ticks]
+    """
+    errors = np.asarray(errors, np.float64)
+    n = errors.shape[1]
+    shifted = []
+    for s in range(-window, window + 1):
+        a = np.full_like(errors, np.nan)
+        if s >= 0:
+            a[:, s:] = errors[:, :n - s]
+        else:
+            a[:, :s] = errors[:, -s:]
+        shifted.append(a)
+    pool = np.concatenate(shifted, axis=0)
+    out = np.full((len(quantiles), n), np.nan)
+    enough = np.isfinite(pool).sum(axis=0) >= min_samples
+    if enough.any():
+        out[:, enough] = np.nanquantile(pool[:, enough], quantiles, axis=0)
+    return out
+
+
 class OnlineDayLearner:
     """Forecasts the lab day's demand and prices from the days seen so far.
 
@@ -184,6 +222,11 @@ class OnlineDayLearner:
                ("shape3", "shape", 3), ("shape7", "shape", 7))
     RHOS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
     GAP_TICKS = 1
+    #: error quantiles: the errors of forecasts issued up to ``BAND_TICKS`` ticks before the
+    #: one asked for, of targets within ``BAND_TICKS`` of each target tick, are pooled
+    BAND_TICKS = 2
+    #: a pool with fewer errors than this gives no band there (the point forecast)
+    BAND_MIN_SAMPLES = 10
 
     def __init__(self, n_ticks: int = TICKS_PER_DAY, max_days: int = 28):
         self.n_ticks = int(n_ticks)
@@ -192,6 +235,9 @@ class OnlineDayLearner:
         self.data: dict[str, list[np.ndarray]] = {k: [] for k in LEARNED}
         self.loss: dict[str, dict[str, list[float]]] = {k: {e[0]: [] for e in self.EXPERTS} for k in LEARNED}
         self.rho_loss: dict[str, dict[float, list[float]]] = {k: {r: [] for r in self.RHOS} for k in LEARNED}
+        # per day seen after the first: errors [issue tick, target tick] (NaN before the issue tick)
+        self.errors: dict[str, list[np.ndarray]] = {k: [] for k in LEARNED}
+        self._bands: dict[str, np.ndarray | None] = {k: None for k in LEARNED}
 
     def _predict(self, series: str, expert) -> np.ndarray:
         _, kind, par = expert
@@ -244,6 +290,13 @@ class OnlineDayLearner:
                 raise ValueError(f"{key}: need {self.n_ticks} finite values, got {a.size}")
             arrays[key] = a
         for key, a in arrays.items():
+            if self.data[key]:  # the errors of the forecasts it would have made today, issued at each tick
+                profile, rho = self._profile(key), self.best_rho(key)
+                today = np.full((self.n_ticks, self.n_ticks), np.nan)
+                for t in range(self.n_ticks):
+                    today[t, t:] = a[t:] - self._corrected(profile, a[:t], self.n_ticks - t, rho)
+                self.errors[key] = (self.errors[key] + [today])[-self.max_days:]
+                self._bands[key] = None
             if self.data[key]:  # score before learning: what would each choice have said today?
                 for expert in self.EXPERTS:
                     self.loss[key][expert[0]].append(float(np.mean(np.abs(self._predict(key, expert) - a))))
@@ -264,6 +317,41 @@ class OnlineDayLearner:
         """Decay of today's gap used for ``series`` (0 = none, until 2 days are scored)."""
         scored = {r: np.mean(v) for r, v in self.rho_loss[series].items() if len(v) >= 2}
         return min(scored, key=scored.get) if scored else 0.0
+
+    def _band_table(self, series: str) -> np.ndarray:
+        """``[n_ticks (issue), 2 (P10, P90), n_ticks (target)]`` error quantiles, NaN where a pool
+        is too small; cached until the next day is learned."""
+        if self._bands[series] is None:
+            n, w = self.n_ticks, self.BAND_TICKS
+            err = np.stack(self.errors[series])                      # [days, issue, target]
+            self._bands[series] = np.stack([
+                pooled_quantiles(err[:, max(k - w, 0):k + 1].reshape(-1, n), (0.1, 0.9), w, self.BAND_MIN_SAMPLES)
+                for k in range(n)])
+        return self._bands[series]
+
+    def band(self, series: str, tick: int, horizon: int | None = None):
+        """Offsets of P10 and P90 from :meth:`forecast` issued at ``tick`` (``today`` holding
+        ticks 0..tick-1), from its errors on the days seen.
+
+        Returns
+        -------
+        (numpy.ndarray [horizon], numpy.ndarray [horizon]) or None
+            P10 offset <= 0 <= P90 offset [series unit]; zero where too few errors were seen (a
+            target past midnight takes the errors of the day-start forecast of that tick).
+            None before a day has been scored.
+        """
+        if series not in LEARNED:
+            raise ValueError(f"unknown series {series!r}; known {LEARNED}")
+        if not self.errors[series]:
+            return None
+        n, k = self.n_ticks, int(tick)
+        if not 0 <= k < n:
+            raise ValueError(f"tick {tick} outside 0..{n - 1}")
+        table = self._band_table(series)
+        target = k + np.arange(horizon or n)
+        q = np.where((target < n)[None, :], table[k][:, np.minimum(target, n - 1)], table[0][:, target % n])
+        q = np.nan_to_num(q)
+        return np.minimum(q[0], 0.0), np.maximum(q[1], 0.0)
 
     def forecast(self, series: str, today=None, horizon: int | None = None) -> np.ndarray:
         """Forecast of ``series`` from the tick after ``today``'s last value.

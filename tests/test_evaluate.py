@@ -83,6 +83,21 @@ def test_fast_path_lab_days(tmp_path, capsys):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_labfeed_days_through_the_feed_client(capsys):
+    """``--profile labfeed``: lab-feed days served on loopback and read by the edge's client; the
+    MPC on the true day scores the oracle, and the forecasts are the learner's, banded."""
+    assert evaluate.main(["--profile", "labfeed", "--days", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== labfeed: 2 lab-feed days 2013-07-01 .. 2013-07-02" in out
+    costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
+    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own"}
+    assert all(np.isfinite(v) for v in costs.values())
+    assert costs["oracle"] <= min(costs.values()) + 1e-6 and costs["oracle"] < costs["naive"]
+    assert float(re.search(r"mpc_perfect .*savings capture\s+(\S+) %", out).group(1)) >= 99.0
+    sources = re.search(r"series-ticks by source: (.*)", out).group(1)
+    assert "labfeed_learner x" in sources and "edge_yesterday x" in sources and "no band" not in sources
+
+
 def _real_days(profile, n_days):
     """Two days of history then ``n_days`` real days of ``profile`` with their jobs."""
     from picogrid.models.scenario import build_bench_days

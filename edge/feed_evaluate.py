@@ -1,0 +1,188 @@
+"""``picogrid evaluate --profile labfeed``: savings capture on lab-feed days, through the feed client.
+
+The lab kit's market feed (DESIGN.md §2) is where a lab user's edge learns its day: no model
+trained beforehand, only what ``/yesterday`` taught :class:`picogrid.edge.labfeed.OnlineDayLearner`
+and the sun the edge saw. This runs that path over many days, faster than real time:
+
+- the loopback feed (:class:`picogrid.models.labfeed_server.LabFeedServer`) serves real days in
+  the feed's format (:func:`picogrid.models.labfeed_server.generate_lab_days`: integer c/J on
+  the feed's price scale, one total demand, the first laundry cycle as the day's deferrable);
+- the edge's own client (:class:`picogrid.edge.labfeed.LabFeed`, HTTP on 127.0.0.1) reads it
+  under a clock that leaps from tick to tick, and :class:`picogrid.edge.feedsource.FeedSource`
+  and :class:`~picogrid.edge.feedsource.FeedForecaster` turn it into the runner's inputs, as on
+  ``picogrid demo --feed``;
+- the first ``warm_days`` days only teach the learner (the edge has just started); each later
+  day is run in closed loop (:func:`picogrid.edge.policies.simulate_policy`, storage half full
+  at the start, the energy left scored at the terminal value) by the MPC on those forecasts
+  (``mpc_own``), the MPC on the true day (``mpc_perfect``), the naive rule and the
+  perfect-foresight LP (``oracle``), with the lab site file's ``[labfeed]`` economics
+  (:func:`picogrid.edge.feedsource.feed_site`) and the feed's 5 s tick.
+
+The load split and ratings are the site file's (:func:`picogrid.edge.feedsource.feed_source`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+
+import numpy as np
+
+from picogrid.edge import policies
+from picogrid.edge.evaluate import capture, known_now, load_site, perfect_forecast
+from picogrid.edge.forecast import forecast_from_now
+from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
+from picogrid.edge.signals import LOAD_SERIES
+from picogrid.edge.stochastic import forecast_inputs
+
+#: days that only teach the learner before the first scored one (the learner scores its choices
+#: from the third day on, :class:`picogrid.edge.labfeed.OnlineDayLearner`)
+WARM_DAYS = 5
+#: a lab day index for the served days (any; the clock leaps)
+DAY0 = 5_900_000
+
+
+class LeapingClock:
+    """Unix time [s] that the evaluation sets: the feed and its client read the same one."""
+
+    def __init__(self, t=0.0):
+        self.t = float(t)
+
+    def __call__(self):
+        return self.t
+
+
+def _truth(day, source, cfg):
+    """:class:`policies.DayTruth` of a served day: the demand split as the feed source splits it."""
+    total = np.asarray(day["demand"], float)
+    demand = np.minimum(total[:, None] * source.shares[None, :], source.load_max_w[None, :])
+    return policies.DayTruth(
+        pv_avail_w=np.asarray(day["sun"], float) / 100.0 * source.pv_capability_w, demand_w=demand,
+        import_price_per_j=np.asarray(day["sell_price"], float),
+        export_price_per_j=np.asarray(day["buy_price"], float),
+        e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=[dict(j) for j in day["deferables"]])
+
+
+def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None):
+    """Run the policies over ``n_days`` lab-feed days from ``first_day`` (after ``warm_days``).
+
+    Parameters
+    ----------
+    first_day : str
+        ISO date of the first scored day (real data of :func:`generate_lab_days`).
+    n_days, warm_days : int
+        Scored days (>= 1) and learning-only days before them (>= 0).
+    overrides : dict, optional
+        ``MpcConfig`` fields over the lab site file's (as ``picogrid evaluate --set``).
+    progress : callable ``(profile, done, total)``, optional
+
+    Returns
+    -------
+    dict
+        ``costs``: policy -> [n_days] cost [c, feed scale]; ``days`` (dates); ``sources`` (forecast
+        source -> series-ticks); ``solve_ms``; ``statuses``; ``cfg``.
+
+    Raises
+    ------
+    ValueError
+        On ``n_days < 1`` or ``warm_days < 0``.
+    """
+    from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source
+    from picogrid.edge.labfeed import TICK_S, LabFeed
+    from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+
+    if n_days < 1 or warm_days < 0:
+        raise ValueError(f"need n_days >= 1 and warm_days >= 0, got {n_days}, {warm_days}")
+    site, _, _ = load_site("lab", overrides)      # validates the overrides
+    site = feed_site(site)
+    cfg = config_from_site(site)
+    if overrides:
+        cfg = MpcConfig.from_dict({**dataclasses.asdict(cfg), **overrides})
+    cfg = cfg.replace(dt_s=TICK_S)
+    start = _dt.date.fromisoformat(first_day) - _dt.timedelta(days=warm_days)
+    days = generate_lab_days(start.isoformat(), warm_days + n_days)
+    clock = LeapingClock(DAY0 * 300.0)
+    server = LabFeedServer(days, clock, day0=DAY0)
+    policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own")
+    costs = {p: [] for p in policies_run}
+    sources, solve_ms, statuses = {}, [], {}
+    try:
+        src = feed_source(site, LabFeed(server.url, timeout_s=2.0, clock=clock))
+        forecaster = FeedForecaster(src)
+        ctrl, ctrl_perfect = MpcController(cfg), MpcController(cfg.replace(scenario_weights=None,
+                                                                            scenario_quantiles=None))
+
+        def at_tick(i, t):
+            clock.t = (DAY0 + i) * 300.0 + t * TICK_S + 0.1 * TICK_S
+            src.begin_tick(t)
+
+        for i, day in enumerate(days):
+            if i < warm_days:          # the edge only watches: the learner and the sun history fill
+                for t in range(src.n_ticks):
+                    at_tick(i, t)
+                continue
+            truth = _truth(day, src, cfg)
+
+            def own(t, delivered_j=None, i=i, truth=truth):
+                at_tick(i, t)
+                w = truth.window(t, cfg.horizon, cfg, delivered_j)   # limits and jobs; step 0 known
+                now = known_now(w)
+                fans = forecast_from_now(forecaster, src.history(t, 2 * src.n_ticks), now, LOAD_SERIES,
+                                         src.calendar(t), src.clearsky(t + 1, cfg.horizon))
+                for s in forecaster.source.values():
+                    sources[s] = sources.get(s, 0) + 1
+                w.update(forecast_inputs(fans, cfg, LOAD_SERIES, now, tick=t))
+                return policies.pad_day_end(w, truth.n_steps - t, cfg)
+
+            results = {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)}
+            oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                                           truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
+            results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+            for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(None, i, truth, cfg)),
+                                ("mpc_own", ctrl, own)):
+                c.reset()
+                pol = policies.mpc_policy(c, fc)
+
+                def timed(t, e_j, delivered_j=None, pol=pol, name=name):
+                    d = pol(t, e_j, delivered_j)
+                    if name == "mpc_own":
+                        solve_ms.append(1e3 * d.solve_time_s)
+                        statuses[d.status.split(":")[0]] = statuses.get(d.status.split(":")[0], 0) + 1
+                    return d
+                results[name] = policies.simulate_policy(timed, truth, cfg)
+            for p in policies_run:
+                costs[p].append(results[p].total_cost)
+            if progress:
+                progress("labfeed", i - warm_days + 1, n_days)
+    finally:
+        server.close()
+    return {"costs": {p: np.array(v) for p, v in costs.items()},
+            "days": [d["date"] for d in days[warm_days:]], "sources": sources,
+            "solve_ms": np.array(solve_ms), "statuses": statuses, "cfg": cfg}
+
+
+def report(res, out):
+    """Print costs, savings capture and the forecast sources of :func:`evaluate_feed`'s result."""
+    c, n = res["costs"], len(res["days"])
+    print(f"== labfeed: {n} lab-feed days {res['days'][0]} .. {res['days'][-1]} (served by the loopback "
+          f"feed, read by the edge's client), N={res['cfg'].horizon}, dt={res['cfg'].dt_s:g} s", file=out)
+    for p, v in c.items():
+        extra = "" if p in ("naive", "oracle") else f"  savings capture {100 * capture(c, p):6.1f} %"
+        print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
+    med = np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["oracle"])])
+    print(f"  per-day capture (feed forecasts): median {100 * med:.1f} %", file=out)
+    src = ", ".join(f"{k} x{v}" for k, v in sorted(res["sources"].items()))
+    print(f"  forecasts: the feed's online learner and the sun seen; series-ticks by source: {src}", file=out)
+    ms = res["solve_ms"]
+    print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "
+          f"statuses {res['statuses']}", file=out)
+
+
+def main(first_day, n_days, overrides, out, progress=None):
+    """Run and report (the ``labfeed`` profile of ``picogrid evaluate``); returns the result."""
+    t0 = time.perf_counter()
+    res = evaluate_feed(first_day, n_days, overrides=overrides, progress=progress)
+    report(res, out)
+    print(f"labfeed took {time.perf_counter() - t0:.0f} s", file=out)
+    return res
