@@ -555,6 +555,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.days < 1:
         ap.error("--days must be >= 1")
+    if args.profile == "labfeed":   # one process, no reserve run, no plot: say so instead of ignoring
+        given = [f for f, v, default in (("--plot", args.plot, None), ("--workers", args.workers, 2),
+                                        ("--reserve-every", args.reserve_every, 3)) if v != default]
+        if given:
+            ap.error(f"--profile labfeed takes no {', '.join(given)}")
     try:
         overrides = parse_overrides(args.set)
         for profile in (PROFILES if args.profile == "both" else ("lab",) if args.profile == "labfeed"
@@ -576,7 +581,10 @@ def main(argv=None):
     if args.profile == "labfeed":
         from picogrid.edge import feed_evaluate
 
-        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
+        try:
+            feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
+        except ValueError as exc:    # a setting the feed's days do not take (dt_s)
+            ap.error(str(exc))
         print(f"evaluate took {time.perf_counter() - t0:.0f} s")
         return 0
     profiles = PROFILES if args.profile == "both" else (args.profile,)

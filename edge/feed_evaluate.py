@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import time
 
 import numpy as np
 
 from picogrid.edge import policies
 from picogrid.edge.evaluate import capture, known_now, load_site, perfect_forecast
 from picogrid.edge.forecast import forecast_from_now
+from picogrid.edge.labfeed import TICK_S, LabFeed, parse
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
 from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs
@@ -54,14 +54,17 @@ class LeapingClock:
 
 
 def _truth(day, source, cfg):
-    """:class:`policies.DayTruth` of a served day: the demand split as the feed source splits it."""
+    """:class:`policies.DayTruth` of a served day: the demand split as the feed source splits it,
+    the jobs' windows as the edge's client reads them (the feed's deadline is inclusive)."""
+    jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
+            for j in parse("deferables", day["deferables"])]
     total = np.asarray(day["demand"], float)
     demand = np.minimum(total[:, None] * source.shares[None, :], source.load_max_w[None, :])
     return policies.DayTruth(
         pv_avail_w=np.asarray(day["sun"], float) / 100.0 * source.pv_capability_w, demand_w=demand,
         import_price_per_j=np.asarray(day["sell_price"], float),
         export_price_per_j=np.asarray(day["buy_price"], float),
-        e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=[dict(j) for j in day["deferables"]])
+        e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=jobs)
 
 
 def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None):
@@ -81,32 +84,36 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     -------
     dict
         ``costs``: policy -> [n_days] cost [c, feed scale]; ``days`` (dates); ``sources`` (forecast
-        source -> series-ticks); ``solve_ms``; ``statuses``; ``cfg``.
+        source -> series-ticks); ``solve_ms``; ``statuses``; ``cfg``; ``learned`` (per scored day,
+        ``(its lab day, the last lab day the learner had learnt at its first tick)``).
 
     Raises
     ------
     ValueError
-        On ``n_days < 1`` or ``warm_days < 0``.
+        On ``n_days < 1`` or ``warm_days < 0``, or an override of ``dt_s`` (the feed's tick is fixed).
     """
     from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source
-    from picogrid.edge.labfeed import TICK_S, LabFeed
     from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
 
     if n_days < 1 or warm_days < 0:
         raise ValueError(f"need n_days >= 1 and warm_days >= 0, got {n_days}, {warm_days}")
+    if overrides and "dt_s" in overrides:
+        raise ValueError(f"dt_s is the feed's tick ({TICK_S:g} s) on lab-feed days, not a setting")
     site, _, _ = load_site("lab", overrides)      # validates the overrides
     site = feed_site(site)
     cfg = config_from_site(site)
     if overrides:
         cfg = MpcConfig.from_dict({**dataclasses.asdict(cfg), **overrides})
     cfg = cfg.replace(dt_s=TICK_S)
-    start = _dt.date.fromisoformat(first_day) - _dt.timedelta(days=warm_days)
-    days = generate_lab_days(start.isoformat(), warm_days + n_days)
+    # one real day more in front: the server serves its days cyclically, so /yesterday on the
+    # first day played would be the last scored day; played from index 1 on, it is the day before
+    start = _dt.date.fromisoformat(first_day) - _dt.timedelta(days=warm_days + 1)
+    days = generate_lab_days(start.isoformat(), warm_days + n_days + 1)
     clock = LeapingClock(DAY0 * 300.0)
     server = LabFeedServer(days, clock, day0=DAY0)
     policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own")
     costs = {p: [] for p in policies_run}
-    sources, solve_ms, statuses = {}, [], {}
+    sources, solve_ms, statuses, learned = {}, [], {}, []
     try:
         src = feed_source(site, LabFeed(server.url, timeout_s=2.0, clock=clock))
         forecaster = FeedForecaster(src)
@@ -118,7 +125,9 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
             src.begin_tick(t)
 
         for i, day in enumerate(days):
-            if i < warm_days:          # the edge only watches: the learner and the sun history fill
+            if i == 0:                 # only the first /yesterday
+                continue
+            if i <= warm_days:         # the edge only watches: the learner and the sun history fill
                 for t in range(src.n_ticks):
                     at_tick(i, t)
                 continue
@@ -126,6 +135,8 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
 
             def own(t, delivered_j=None, i=i, truth=truth):
                 at_tick(i, t)
+                if t == 0:
+                    learned.append((DAY0 + i, max(src.feed.learner.days, default=None)))
                 w = truth.window(t, cfg.horizon, cfg, delivered_j)   # limits and jobs; step 0 known
                 now = known_now(w)
                 fans = forecast_from_now(forecaster, src.history(t, 2 * src.n_ticks), now, LOAD_SERIES,
@@ -154,12 +165,12 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
             for p in policies_run:
                 costs[p].append(results[p].total_cost)
             if progress:
-                progress("labfeed", i - warm_days + 1, n_days)
+                progress("labfeed", i - warm_days, n_days)
     finally:
         server.close()
     return {"costs": {p: np.array(v) for p, v in costs.items()},
-            "days": [d["date"] for d in days[warm_days:]], "sources": sources,
-            "solve_ms": np.array(solve_ms), "statuses": statuses, "cfg": cfg}
+            "days": [d["date"] for d in days[warm_days + 1:]], "sources": sources,
+            "solve_ms": np.array(solve_ms), "statuses": statuses, "cfg": cfg, "learned": learned}
 
 
 def report(res, out):
@@ -181,8 +192,6 @@ def report(res, out):
 
 def main(first_day, n_days, overrides, out, progress=None):
     """Run and report (the ``labfeed`` profile of ``picogrid evaluate``); returns the result."""
-    t0 = time.perf_counter()
     res = evaluate_feed(first_day, n_days, overrides=overrides, progress=progress)
     report(res, out)
-    print(f"labfeed took {time.perf_counter() - t0:.0f} s", file=out)
     return res

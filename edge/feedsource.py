@@ -153,9 +153,10 @@ class FeedSource:
         -------
         (numpy.ndarray [horizon], numpy.ndarray [horizon]) or None
             Offsets in fractions of PV capability (P10 <= 0 <= P90; zero where too few days
-            differ there); None before the edge has seen two days.
+            differ there); None before it has seen ``OnlineDayLearner.BAND_MIN_DAYS`` day-to-day
+            changes.
         """
-        if len(self.sun_days) < 2:
+        if len(self.sun_days) < OnlineDayLearner.BAND_MIN_DAYS + 1:
             return None
         if self._sun_band is None:
             diffs = np.stack([b - a for a, b in zip(self.sun_days[:-1], self.sun_days[1:])])

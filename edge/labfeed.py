@@ -163,8 +163,8 @@ def pooled_quantiles(errors, quantiles, window: int, min_samples: int) -> np.nda
 
     Parameters
     ----------
-    errors : array [samples, n_ticks]
-        Errors by target tick of day, NaN where there is none [series unit].
+    errors : array [samples, ..., n_ticks]
+        Errors by target tick of day (last axis), NaN where there is none [series unit].
     quantiles : sequence of float
     window : int
         Ticks either side pooled (not across midnight).
@@ -173,23 +173,26 @@ def pooled_quantiles(errors, quantiles, window: int, min_samples: int) -> np.nda
 
     Returns
     -------
-    numpy.ndarray [len(quantiles), n_ticks]
+    numpy.ndarray [len(quantiles), ..., n_ticks]
+        Linear-interpolation quantiles (numpy's default) over the samples and the window.
     """
     errors = np.asarray(errors, np.float64)
-    n = errors.shape[1]
-    shifted = []
-    for s in range(-window, window + 1):
-        a = np.full_like(errors, np.nan)
-        if s >= 0:
-            a[:, s:] = errors[:, :n - s]
-        else:
-            a[:, :s] = errors[:, -s:]
-        shifted.append(a)
-    pool = np.concatenate(shifted, axis=0)
-    out = np.full((len(quantiles), n), np.nan)
-    enough = np.isfinite(pool).sum(axis=0) >= min_samples
-    if enough.any():
-        out[:, enough] = np.nanquantile(pool[:, enough], quantiles, axis=0)
+    n = errors.shape[-1]
+    padded = np.full(errors.shape[:-1] + (n + 2 * window,), np.nan)
+    padded[..., window:window + n] = errors
+    pool = np.concatenate([padded[..., s:s + n] for s in range(2 * window + 1)], axis=0)
+    # sorted, NaN last: the quantiles of each pool's finite values by index (faster than nanquantile)
+    pool.sort(axis=0)
+    count = np.isfinite(pool).sum(axis=0)
+    out = np.full((len(quantiles),) + errors.shape[1:], np.nan)
+    enough = count >= min_samples
+    for j, q in enumerate(quantiles):
+        pos = q * (np.maximum(count, 1) - 1)
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, np.maximum(count, 1) - 1)
+        a = np.take_along_axis(pool, lo[None], axis=0)[0]
+        b = np.take_along_axis(pool, hi[None], axis=0)[0]
+        out[j] = np.where(enough, a + (b - a) * (pos - lo), np.nan)
     return out
 
 
@@ -227,6 +230,9 @@ class OnlineDayLearner:
     BAND_TICKS = 2
     #: a pool with fewer errors than this gives no band there (the point forecast)
     BAND_MIN_SAMPLES = 10
+    #: days of errors before there is a band: one day's errors are one draw of a day's shape,
+    #: and bands from them held 38-54 % of the next days' values, from three on about 80 %
+    BAND_MIN_DAYS = 3
 
     def __init__(self, n_ticks: int = TICKS_PER_DAY, max_days: int = 28):
         self.n_ticks = int(n_ticks)
@@ -324,9 +330,13 @@ class OnlineDayLearner:
         if self._bands[series] is None:
             n, w = self.n_ticks, self.BAND_TICKS
             err = np.stack(self.errors[series])                      # [days, issue, target]
-            self._bands[series] = np.stack([
-                pooled_quantiles(err[:, max(k - w, 0):k + 1].reshape(-1, n), (0.1, 0.9), w, self.BAND_MIN_SAMPLES)
-                for k in range(n)])
+            # the forecasts issued at ticks k - w .. k (none before tick 0) pool for issue tick k
+            issued = np.full((w + 1,) + err.shape, np.nan)
+            for a in range(w + 1):
+                issued[a][:, a:] = err[:, :n - a]
+            issued = issued.reshape((-1, n, n))                      # [samples, issue, target]
+            self._bands[series] = np.moveaxis(
+                pooled_quantiles(issued, (0.1, 0.9), w, self.BAND_MIN_SAMPLES), 0, 1)
         return self._bands[series]
 
     def band(self, series: str, tick: int, horizon: int | None = None):
@@ -338,11 +348,11 @@ class OnlineDayLearner:
         (numpy.ndarray [horizon], numpy.ndarray [horizon]) or None
             P10 offset <= 0 <= P90 offset [series unit]; zero where too few errors were seen (a
             target past midnight takes the errors of the day-start forecast of that tick).
-            None before a day has been scored.
+            None before ``BAND_MIN_DAYS`` days have been scored.
         """
         if series not in LEARNED:
             raise ValueError(f"unknown series {series!r}; known {LEARNED}")
-        if not self.errors[series]:
+        if len(self.errors[series]) < self.BAND_MIN_DAYS:
             return None
         n, k = self.n_ticks, int(tick)
         if not 0 <= k < n:

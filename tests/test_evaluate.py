@@ -98,6 +98,29 @@ def test_labfeed_days_through_the_feed_client(capsys):
     assert "labfeed_learner x" in sources and "edge_yesterday x" in sources and "no band" not in sources
 
 
+def test_labfeed_learner_never_holds_a_day_before_it_is_played():
+    """The loopback feed serves its days cyclically: the first day's /yesterday must be a real
+    earlier day, not the last scored one (which would leak into the learner)."""
+    from picogrid.edge import feed_evaluate
+
+    res = feed_evaluate.evaluate_feed("2013-07-01", n_days=2, warm_days=1)
+    assert [d for d, _ in res["learned"]] == [feed_evaluate.DAY0 + 2, feed_evaluate.DAY0 + 3]
+    assert all(last == day - 1 for day, last in res["learned"]), res["learned"]
+
+
+def test_labfeed_truth_reads_job_deadlines_inclusive():
+    from picogrid.edge import feed_evaluate
+    from picogrid.edge.feedsource import FeedSource
+
+    day = {"demand": [0.5] * 60, "sun": [50] * 60, "sell_price": [3] * 60, "buy_price": [1] * 60,
+           "deferables": [{"start": 19, "end": 39, "energy": 2.0}]}
+    _, cfg, _ = evaluate.load_site("lab")
+    truth = feed_evaluate._truth(day, FeedSource(None, pv_capability_w=4.0), cfg)
+    assert truth.jobs == [{"start": 19, "end": 40, "energy": 2.0}]    # ticks 19..39 inclusive
+    with pytest.raises(ValueError, match="dt_s"):
+        feed_evaluate.evaluate_feed("2013-07-01", 1, overrides={"dt_s": 3.0})
+
+
 def _real_days(profile, n_days):
     """Two days of history then ``n_days`` real days of ``profile`` with their jobs."""
     from picogrid.models.scenario import build_bench_days

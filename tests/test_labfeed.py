@@ -293,10 +293,12 @@ def test_learner_bands_cover_about_eighty_percent_of_days_not_seen():
         learner.observe_day(i, {"demand_w": days[i]["demand"], "sell_price": days[i]["sell_price"],
                                 "buy_price": days[i]["buy_price"]})
 
-    learn(0)
-    assert learner.band("demand", 0, 60) is None            # nothing scored yet: no band
+    for i in range(L.OnlineDayLearner.BAND_MIN_DAYS + 1):  # the first day has no errors
+        assert learner.band("demand", 0, 60) is None         # too few days scored: no band
+        learn(i)
+    assert learner.band("demand", 0, 60) is not None
     inside = {k: [] for k in keys}
-    for i in range(1, len(days)):
+    for i in range(L.OnlineDayLearner.BAND_MIN_DAYS + 1, len(days)):
         if i >= 5:
             for key in keys:
                 truth = np.asarray(days[i][key], float)
@@ -322,7 +324,7 @@ def test_feed_forecaster_fans_widen_once_days_are_seen(days):
     try:
         source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), pv_capability_w=3.87)
         fc = FeedForecaster(source)
-        for i in range(4):
+        for i in range(L.OnlineDayLearner.BAND_MIN_DAYS + 2):   # enough sun days for a sun band
             for t in range(60):
                 clock.t = (DAY0 + i) * 300 + t * 5 + 0.5
                 source.begin_tick(t)
@@ -338,3 +340,38 @@ def test_feed_forecaster_fans_widen_once_days_are_seen(days):
         assert (f[0.1] <= f[0.5] + 1e-12).all() and (f[0.5] <= f[0.9] + 1e-12).all(), name
         assert (f[0.9] - f[0.1]).max() > 0, name
     assert (fans["pv_available_w"][0.9] <= 3.87 + 1e-12).all() and (fans["pv_available_w"][0.1] >= 0).all()
+
+
+def test_learner_errors_are_the_forecasts_it_would_have_made(days):
+    """The errors a day adds are, at every issue tick t, the day's values from t on minus the
+    forecast :meth:`forecast` gave from ticks 0..t-1 before the day was learnt."""
+    learner = L.OnlineDayLearner()
+    for i in range(4):
+        learner.observe_day(i, {"demand_w": days[i]["demand"], "sell_price": days[i]["sell_price"],
+                                "buy_price": days[i]["buy_price"]})
+    truth = np.asarray(days[4]["demand"], float)
+    expected = np.full((60, 60), np.nan)
+    for t in range(60):
+        expected[t, t:] = truth[t:] - learner.forecast("demand", truth[:t], 60 - t)
+    learner.observe_day(4, {"demand_w": days[4]["demand"], "sell_price": days[4]["sell_price"],
+                            "buy_price": days[4]["buy_price"]})
+    np.testing.assert_allclose(learner.errors["demand"][-1], expected, rtol=0, atol=1e-12)
+
+
+def test_band_pools_the_issue_and_target_ticks_it_says():
+    """With errors equal to lead time - 5 (target tick - issue tick - 5) on every day, the band
+    of a forecast issued at tick k for tick k + j is the P10/P90 of the leads pooled over the
+    issue ticks k-2..k (from tick 0) and the targets k+j-2..k+j+2 (within the day)."""
+    learner = L.OnlineDayLearner()
+    issue, target = np.meshgrid(np.arange(60), np.arange(60), indexing="ij")
+    err = np.where(target >= issue, target - issue - 5.0, np.nan)
+    learner.errors["demand"] = [err.copy() for _ in range(L.OnlineDayLearner.BAND_MIN_DAYS)]
+    w = L.OnlineDayLearner.BAND_TICKS
+    for k in (0, 1, 7, 30, 57):
+        lo, hi = learner.band("demand", k, 60 - k)
+        for j in range(0, 60 - k, 3):
+            pool = [err[i, tau] for i in range(max(k - w, 0), k + 1)
+                    for tau in range(max(k + j - w, 0), min(k + j + w, 59) + 1)] * L.OnlineDayLearner.BAND_MIN_DAYS
+            pool = np.array(pool)[np.isfinite(pool)]
+            p10, p90 = np.quantile(pool, [0.1, 0.9]) if pool.size >= 10 else (0.0, 0.0)
+            assert lo[j] == pytest.approx(min(p10, 0.0)) and hi[j] == pytest.approx(max(p90, 0.0)), (k, j)
