@@ -4,9 +4,10 @@ The lab kit's market feed (DESIGN.md §2) is where a lab user's edge learns its 
 trained beforehand, only what ``/yesterday`` taught :class:`picogrid.edge.labfeed.OnlineDayLearner`
 and the sun the edge saw. This runs that path over many days, faster than real time:
 
-- the loopback feed (:class:`picogrid.models.labfeed_server.LabFeedServer`) serves real days in
-  the feed's format (:func:`picogrid.models.labfeed_server.generate_lab_days`: integer c/J on
-  the feed's price scale, one total demand, the first laundry cycle as the day's deferrable);
+- the loopback feed (:func:`picogrid.models.labfeed_server.serve_days`, the real day before the
+  first as its ``/yesterday``) serves real days in the feed's format
+  (:func:`picogrid.models.labfeed_server.generate_lab_days`: integer c/J on the feed's price
+  scale, one total demand, the first laundry cycle as the day's deferrable);
 - the edge's own client (:class:`picogrid.edge.labfeed.LabFeed`, HTTP on 127.0.0.1) reads it
   under a clock that leaps from tick to tick, and :class:`picogrid.edge.feedsource.FeedSource`
   and :class:`~picogrid.edge.feedsource.FeedForecaster` turn it into the runner's inputs, as on
@@ -93,7 +94,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
         On ``n_days < 1`` or ``warm_days < 0``, or an override of ``dt_s`` (the feed's tick is fixed).
     """
     from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source
-    from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+    from picogrid.models.labfeed_server import serve_days
 
     if n_days < 1 or warm_days < 0:
         raise ValueError(f"need n_days >= 1 and warm_days >= 0, got {n_days}, {warm_days}")
@@ -105,12 +106,10 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     if overrides:
         cfg = MpcConfig.from_dict({**dataclasses.asdict(cfg), **overrides})
     cfg = cfg.replace(dt_s=TICK_S)
-    # one real day more in front: the server serves its days cyclically, so /yesterday on the
-    # first day played would be the last scored day; played from index 1 on, it is the day before
-    start = _dt.date.fromisoformat(first_day) - _dt.timedelta(days=warm_days + 1)
-    days = generate_lab_days(start.isoformat(), warm_days + n_days + 1)
+    start = _dt.date.fromisoformat(first_day) - _dt.timedelta(days=warm_days)
     clock = LeapingClock(DAY0 * 300.0)
-    server = LabFeedServer(days, clock, day0=DAY0)
+    server = serve_days(start.isoformat(), warm_days + n_days, clock, day0=DAY0)
+    days = server.days[1:]      # played on lab days DAY0, DAY0 + 1, ...
     policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own")
     costs = {p: [] for p in policies_run}
     sources, solve_ms, statuses, learned = {}, [], {}, []
@@ -125,9 +124,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
             src.begin_tick(t)
 
         for i, day in enumerate(days):
-            if i == 0:                 # only the first /yesterday
-                continue
-            if i <= warm_days:         # the edge only watches: the learner and the sun history fill
+            if i < warm_days:          # the edge only watches: the learner and the sun history fill
                 for t in range(src.n_ticks):
                     at_tick(i, t)
                 continue
@@ -165,11 +162,11 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
             for p in policies_run:
                 costs[p].append(results[p].total_cost)
             if progress:
-                progress("labfeed", i - warm_days, n_days)
+                progress("labfeed", i - warm_days + 1, n_days)
     finally:
         server.close()
     return {"costs": {p: np.array(v) for p, v in costs.items()},
-            "days": [d["date"] for d in days[warm_days + 1:]], "sources": sources,
+            "days": [d["date"] for d in days[warm_days:]], "sources": sources,
             "solve_ms": np.array(solve_ms), "statuses": statuses, "cfg": cfg, "learned": learned}
 
 

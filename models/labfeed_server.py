@@ -10,6 +10,7 @@ HTTP 503 on those paths only) to exercise the client's fallbacks.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import threading
@@ -165,3 +166,19 @@ class LabFeedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def serve_days(first_day: str, n_days: int, clock=time.time, day0: int | None = None) -> LabFeedServer:
+    """A :class:`LabFeedServer` playing ``n_days`` real days from ``first_day``, the first on lab
+    day ``day0`` (default: the clock's current day).
+
+    The real day before ``first_day`` is served first, on lab day ``day0 - 1``, so that the first
+    day's ``/yesterday`` is that day: the days repeat cyclically, and that answer would otherwise
+    be the last day, a future one, which the edge's learner would learn from. After the last day
+    the cycle (from the day before) repeats. ``server.days[1:]`` are the ``n_days`` days. Raises
+    ValueError as :func:`generate_lab_days`.
+    """
+    before = (_dt.date.fromisoformat(first_day) - _dt.timedelta(days=1)).isoformat()
+    days = generate_lab_days(before, n_days + 1)
+    first = int(clock() // DAY_S) if day0 is None else int(day0)
+    return LabFeedServer(days, clock, day0=first - 1)

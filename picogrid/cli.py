@@ -229,13 +229,12 @@ def cmd_edge(args):
 
 
 def cmd_labfeed_server(args):
-    from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+    from picogrid.models.labfeed_server import serve_days
 
-    days = generate_lab_days(args.day, args.days)
     speed = float(args.speed)
-    server = LabFeedServer(days, clock=lambda: time.time() * speed)
+    server = serve_days(args.day, args.days, clock=lambda: time.time() * speed)
     print("Lab market feed with %d real days from %s at %s (clock x%g); Ctrl-C to stop"
-          % (len(days), args.day, server.url, speed), flush=True)
+          % (args.days, args.day, server.url, speed), flush=True)
     try:
         while True:
             time.sleep(1)

@@ -104,7 +104,7 @@ def test_labfeed_learner_never_holds_a_day_before_it_is_played():
     from picogrid.edge import feed_evaluate
 
     res = feed_evaluate.evaluate_feed("2013-07-01", n_days=2, warm_days=1)
-    assert [d for d, _ in res["learned"]] == [feed_evaluate.DAY0 + 2, feed_evaluate.DAY0 + 3]
+    assert [d for d, _ in res["learned"]] == [feed_evaluate.DAY0 + 1, feed_evaluate.DAY0 + 2]
     assert all(last == day - 1 for day, last in res["learned"]), res["learned"]
 
 

@@ -375,3 +375,24 @@ def test_band_pools_the_issue_and_target_ticks_it_says():
             pool = np.array(pool)[np.isfinite(pool)]
             p10, p90 = np.quantile(pool, [0.1, 0.9]) if pool.size >= 10 else (0.0, 0.0)
             assert lo[j] == pytest.approx(min(p10, 0.0)) and hi[j] == pytest.approx(max(p90, 0.0)), (k, j)
+
+
+def test_served_days_give_the_real_day_before_as_the_first_yesterday():
+    """``serve_days``: the first day's /yesterday is the real day before, not the last served
+    day; the cycle that follows the last day (the day before first) keeps /yesterday the day
+    played before."""
+    from picogrid.models.labfeed_server import serve_days
+
+    clock = Clock(DAY0 * 300 + 1.0)
+    server = serve_days("2013-10-08", 3, clock)
+    try:
+        client = L.LabFeed(server.url, timeout_s=2.0, clock=clock)
+        before, first, _, last = generate_lab_days("2013-10-07", 4)
+        assert client.snapshot().demand_w == pytest.approx(first["demand"][0])
+        assert client.learner.days == [DAY0 - 1]
+        np.testing.assert_allclose(client.learner.data["demand"][-1], before["demand"])
+        clock.t = (DAY0 + 3) * 300 + 1.0                     # after the last day: the cycle again
+        assert client.snapshot().demand_w == pytest.approx(before["demand"][0])
+        np.testing.assert_allclose(client.learner.data["demand"][-1], last["demand"])
+    finally:
+        server.close()
