@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY, OnlineDayLearner, pooled_quantiles
+from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY, OnlineDayLearner, day_tick, pooled_quantiles
 from picogrid.edge.signals import LOADS, SERIES
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,13 @@ def feed_site(site):
     return site
 
 
-def feed_source(site, feed):
+def feed_source(site, feed, memory=None):
     """The :class:`FeedSource` of ``site``: its PV capability, ``[labfeed] load_shares`` and
-    each load board's rating."""
-    from picogrid.edge.signals import LOADS
-
+    each load board's rating; ``memory``: a :class:`picogrid.edge.feedmemory.FeedMemory`."""
     return FeedSource(feed, site["pv"]["capability_w"],
                       site.get("labfeed", {}).get("load_shares", (1 / 3, 1 / 3, 1 / 3)),
-                      [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in LOADS])
+                      [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in LOADS],
+                      memory=memory)
 
 
 class FeedSource:
@@ -61,11 +60,15 @@ class FeedSource:
     pv_capability_w : float, PV power at 100 % sun [W]
     load_shares : sequence of 3 floats summing to 1, the demand split over load1..3
     load_max_w : sequence of 3 floats, each load's rating [W]
+    memory : picogrid.edge.feedmemory.FeedMemory, optional
+        Where the days seen are kept across runs: restored into the feed's learner and the sun
+        history now, saved at each day's last tick and when a new day has been learnt.
     """
 
     MAX_SUN_DAYS = 28
 
-    def __init__(self, feed, pv_capability_w, load_shares=(1 / 3, 1 / 3, 1 / 3), load_max_w=(1.0, 1.0, 1.0)):
+    def __init__(self, feed, pv_capability_w, load_shares=(1 / 3, 1 / 3, 1 / 3), load_max_w=(1.0, 1.0, 1.0),
+                 memory=None):
         shares = np.asarray(load_shares, float)
         if shares.shape != (len(LOADS),) or (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-6:
             raise ValueError("load_shares must be %d non-negative numbers summing to 1" % len(LOADS))
@@ -78,8 +81,11 @@ class FeedSource:
         self.observed = {s: np.full(self.n_ticks, np.nan) for s in SERIES + ("sun",)}
         self.sources = {}            # tick -> where the feed's values came from
         self.yesterday_sun = None    # the sun the edge saw on the previous day
-        self.sun_days = []           # the sun of the days seen, oldest first (the last MAX_SUN_DAYS)
+        self.sun_days = {}           # lab day -> the sun seen that day, oldest first (the last MAX_SUN_DAYS)
         self._sun_band = None
+        self.memory = memory
+        if memory is not None:       # before the first snapshot: the learner takes days in order
+            self.sun_days = memory.restore(feed.learner, day_tick(feed.clock())[0] + 1)
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
         self._jobs = []              # the day's /deferables, as last heard
         self._lock = threading.Lock()
@@ -93,13 +99,17 @@ class FeedSource:
             snap = self.feed.snapshot()
             if snap.tick != k:
                 log.warning("feed says tick %d, the edge runs tick %d", snap.tick, k)
-            if self.day is not None and snap.day != self.day and k == 0:
+            if self.day is None:       # the first tick: a remembered yesterday, if any
+                self.yesterday_sun = self.sun_days.get(snap.day - 1)
+            elif snap.day != self.day and k == 0:
                 self.yesterday_sun = self.observed["sun"].copy()
-                self.sun_days = (self.sun_days + [self.yesterday_sun])[-self.MAX_SUN_DAYS:]
+                self.sun_days[self.day] = self.yesterday_sun
+                self.sun_days = dict(list(self.sun_days.items())[-self.MAX_SUN_DAYS:])
                 self._sun_band = None
                 for a in self.observed.values():
                     a[:] = np.nan
                 self._jobs = []
+                self._remember()           # the learner has the day before from /yesterday now
             self.day = snap.day
             if snap.sources.get("deferables") in ("live", "cached"):
                 self._jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
@@ -116,6 +126,8 @@ class FeedSource:
             self.observed["import_price_per_j"][k] = _or_nan(snap.import_price_per_j)
             self.observed["export_price_per_j"][k] = _or_nan(snap.export_price_per_j)
             self.sources[k] = dict(snap.sources, status=snap.status)
+            if k == self.n_ticks - 1:
+                self._remember()           # the day's sun is complete
         for listener in self.listeners:
             try:
                 listener(snap)
@@ -145,9 +157,20 @@ class FeedSource:
         """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""
         return float(self.observed["sun"][tick])
 
+    def _remember(self):
+        """Save the days seen (today's sun too) to the memory, if there is one; a failed write
+        is logged and the day goes on."""
+        if self.memory is None:
+            return
+        try:
+            self.memory.save(self.feed.learner, {**self.sun_days, self.day: self.observed["sun"]})
+        except OSError:
+            log.exception("feed memory %s not saved", self.memory.path)
+
     def sun_band(self, tick, horizon):
         """P10 and P90 offsets of "the sun yesterday at the same tick" from tick ``tick`` on,
-        from how each day seen differed from the day before at each tick of day.
+        from how each day seen differed from the day before at each tick of day (pairs of
+        consecutive lab days only).
 
         Returns
         -------
@@ -156,10 +179,10 @@ class FeedSource:
             differ there); None before it has seen ``OnlineDayLearner.BAND_MIN_DAYS`` day-to-day
             changes.
         """
-        if len(self.sun_days) < OnlineDayLearner.BAND_MIN_DAYS + 1:
+        diffs = [a - self.sun_days[d - 1] for d, a in self.sun_days.items() if d - 1 in self.sun_days]
+        if len(diffs) < OnlineDayLearner.BAND_MIN_DAYS:
             return None
         if self._sun_band is None:
-            diffs = np.stack([b - a for a, b in zip(self.sun_days[:-1], self.sun_days[1:])])
             self._sun_band = np.nan_to_num(pooled_quantiles(
                 diffs, (0.1, 0.9), OnlineDayLearner.BAND_TICKS, OnlineDayLearner.BAND_MIN_SAMPLES))
         steps = (int(tick) + np.arange(horizon)) % self.n_ticks

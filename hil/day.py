@@ -134,10 +134,12 @@ class Day:
         feed's next day boundary, each feed tick lasts ``bench.tick_s`` of wall time (5 s on
         the real feed; less with an accelerated feed clock), and the benches' PV emulators
         follow the feed's sun.
+    feed_memory : picogrid.edge.feedmemory.FeedMemory or None; with a feed, the days earlier
+        runs saw (restored before the day, saved as it ends).
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
-                 start_delay_s=4.0, forecaster=None, feed=None):
+                 start_delay_s=4.0, forecaster=None, feed=None, feed_memory=None):
         site = copy.deepcopy(site)      # n_run_ticks changes it: the caller's stays as it was
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
@@ -149,7 +151,7 @@ class Day:
         if feed is not None:
             from picogrid.edge.feedsource import FeedForecaster, feed_source, feed_site
             self.site = site = feed_site(site)
-            self.source = feed_source(site, feed)
+            self.source = feed_source(site, feed, feed_memory)
             forecaster = forecaster or FeedForecaster(self.source)
         else:
             self.source = replay_source(site, self.run_dir, day)

@@ -84,6 +84,15 @@ def _keep_serving(exit_now):
         time.sleep(1)
 
 
+def _feed_memory(args, run_dir):
+    """The lab-feed days kept across runs (``--feed-memory``, default in the run folder)."""
+    from picogrid.edge.feedmemory import FeedMemory
+
+    path = pathlib.Path(args.feed_memory) if args.feed_memory else run_dir / "labfeed_memory.json"
+    print("Feed memory (the days earlier runs saw): %s" % path, flush=True)
+    return FeedMemory(path)
+
+
 def cmd_demo(args):
     from picogrid.hil.day import Day, load_site
 
@@ -104,7 +113,8 @@ def cmd_demo(args):
         print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
     else:
         print("Lab market feed %s: the day starts at the feed's next day boundary" % args.feed, flush=True)
-    day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed)
+    day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed,
+              feed_memory=_feed_memory(args, run_dir) if feed is not None else None)
     url, stop_web = _start_dashboard(db, args.port)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
@@ -193,7 +203,7 @@ def cmd_edge(args):
     if feed is not None:
         from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source, next_day_start
         site = feed_site(site)
-        source = feed_source(site, feed)
+        source = feed_source(site, feed, _feed_memory(args, run_dir))
         forecaster = FeedForecaster(source)
         t0 = next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)
     else:
@@ -288,12 +298,16 @@ def build_parser():
     p.add_argument("--feed", default=None, help="use the lab market feed at this URL instead of the replayed day")
     p.add_argument("--feed-speed", type=_positive(float), default=1.0,
                    help="the feed's clock runs this many times faster than real time (local feed only)")
+    p.add_argument("--feed-memory", default=None,
+                   help="JSON file of the feed days seen, kept across runs (default RUN_DIR/labfeed_memory.json)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("edge", help="run the edge on real boards: ports/links from the site file")
     p.add_argument("--site", required=True, help="site TOML with [boards.X] port or link")
     p.add_argument("--day", default="2013-07-16", help="real day to replay when there is no feed")
     p.add_argument("--feed", default=None, help="lab market feed URL (source of sun, demand and prices)")
+    p.add_argument("--feed-memory", default=None,
+                   help="JSON file of the feed days seen, kept across runs (default RUN_DIR/labfeed_memory.json)")
     p.add_argument("--ticks", type=_positive(int), default=None)
     p.add_argument("--tick-s", type=_positive(float), default=None)
     p.add_argument("--run-dir", default=str(REPO / "var" / "edge"))

@@ -396,3 +396,65 @@ def test_served_days_give_the_real_day_before_as_the_first_yesterday():
         np.testing.assert_allclose(client.learner.data["demand"][-1], last["demand"])
     finally:
         server.close()
+
+
+def _run_feed_days(server_url, clock, first_day, n_days, memory):
+    """A fresh edge (client and source) over ``n_days`` whole lab days from ``first_day``."""
+    from picogrid.edge.feedsource import FeedSource
+
+    clock.t = first_day * 300 + 0.5
+    source = FeedSource(L.LabFeed(server_url, timeout_s=2.0, clock=clock), pv_capability_w=3.87, memory=memory)
+    for day in range(first_day, first_day + n_days):
+        for t in range(60):
+            clock.t = day * 300 + t * 5 + 0.5
+            source.begin_tick(t)
+    return source
+
+
+def test_feed_memory_carries_the_days_seen_into_the_next_run(tmp_path):
+    """An edge that restarts takes up the days earlier runs saw: the learner's feed days and
+    the sun it observed (which /yesterday does not give), so the next day's PV forecast is
+    yesterday's sun instead of persistence."""
+    from picogrid.edge.feedmemory import FeedMemory
+    from picogrid.edge.feedsource import FeedForecaster
+    from picogrid.models.labfeed_server import serve_days
+
+    clock = Clock(DAY0 * 300)
+    server = serve_days("2013-10-08", 6, clock)
+    memory = FeedMemory(tmp_path / "memory.json")
+    try:
+        first = _run_feed_days(server.url, clock, DAY0, 2, memory)
+        assert first.feed.learner.days == [DAY0 - 1, DAY0]
+        second = _run_feed_days(server.url, clock, DAY0 + 2, 1, memory)
+        fresh = _run_feed_days(server.url, clock, DAY0 + 2, 1, None)
+    finally:
+        server.close()
+    assert second.feed.learner.days == [DAY0 - 1, DAY0, DAY0 + 1]
+    assert fresh.feed.learner.days == [DAY0 + 1]
+    for key in ("demand", "sell_price"):
+        np.testing.assert_array_equal(second.feed.learner.data[key][1], first.feed.learner.data[key][1])
+    np.testing.assert_array_equal(second.yesterday_sun, first.observed["sun"])   # day DAY0 + 1's sun
+    assert set(second.sun_days) == {DAY0, DAY0 + 1} and fresh.yesterday_sun is None
+    assert set(memory.load()[1]) == {DAY0, DAY0 + 1, DAY0 + 2}      # saved at the day's last tick
+    fc = FeedForecaster(second)
+    fc.forecast(second.history(30, 120), second.calendar(30), second.clearsky(30, 60))
+    assert fc.source["pv_available_w"].startswith("edge_yesterday")
+
+
+def test_feed_memory_sets_an_unreadable_file_aside_and_skips_future_days(tmp_path, caplog):
+    from picogrid.edge.feedmemory import FeedMemory
+
+    path = tmp_path / "memory.json"
+    path.write_text("{not json")
+    memory = FeedMemory(path)
+    learner = L.OnlineDayLearner()
+    assert memory.restore(learner, DAY0) == {} and learner.days == []
+    assert (tmp_path / "memory.json.bad").read_text() == "{not json" and not path.exists()
+    assert "unreadable" in caplog.text
+    days = generate_lab_days("2013-10-07", 3)
+    for i, d in enumerate(days):
+        learner.observe_day(DAY0 + i, {"demand_w": d["demand"], "sell_price": d["sell_price"], "buy_price": d["buy_price"]})
+    memory.save(learner, {DAY0 + i: np.full(60, 0.5) for i in range(3)})
+    restored = L.OnlineDayLearner()
+    sun = memory.restore(restored, DAY0 + 2)                # day DAY0 + 2 is not before it
+    assert restored.days == [DAY0, DAY0 + 1] and sorted(sun) == [DAY0, DAY0 + 1]
