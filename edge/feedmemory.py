@@ -7,8 +7,10 @@ before three more days (:attr:`~picogrid.edge.labfeed.OnlineDayLearner.BAND_MIN_
 day lasts five minutes, and ``picogrid demo --feed`` or ``picogrid edge --feed`` run one day
 each: with this file each run takes up the days the runs before it saw.
 
-The file holds, per lab day index, the feed's demand and prices as the learner took them and the
-sun the edge observed (the last ``max_days`` of each). It is written whole to a temporary file
+The file holds, per lab day index, the feed's demand and prices as the learner took them (and
+those of the day just run, as the feed said them live: a restart misses the next day's start, so
+the next run's ``/yesterday`` is the day after it) and the sun the edge observed (the last
+``max_days`` of each). It is written whole to a temporary file
 and renamed over the old one (:func:`os.replace`), so a crash leaves the previous version; a
 file that cannot be read is set aside as ``<name>.bad`` with a warning, and the edge starts
 afresh instead of stopping.
@@ -78,11 +80,14 @@ class FeedMemory:
             return {}, {}
         return dict(sorted(feed.items())), dict(sorted(sun.items()))
 
-    def save(self, learner, sun_days):
-        """Write the learner's days (:class:`~picogrid.edge.labfeed.OnlineDayLearner`) and the
-        sun days ``{lab day: [n_ticks]}``, the last ``max_days`` of each."""
-        feed = {str(day): {k: _values(learner.data[k][i]) for k in LEARNED}
-                for i, day in enumerate(learner.days)}
+    def save(self, learner, sun_days, feed_days=None):
+        """Write the learner's days (:class:`~picogrid.edge.labfeed.OnlineDayLearner`), more feed
+        days ``{lab day: {series: [n_ticks]}}`` the edge saw itself (``demand``, ``sell_price``,
+        ``buy_price``: a day the next run's ``/yesterday`` will not cover when it starts a day
+        later) and the sun days ``{lab day: [n_ticks]}``, the last ``max_days`` of each."""
+        feed = {day: {k: learner.data[k][i] for k in LEARNED} for i, day in enumerate(learner.days)}
+        feed.update(feed_days or {})
+        feed = {str(day): {k: _values(v[k]) for k in LEARNED} for day, v in sorted(feed.items())}
         sun = {str(day): _values(a) for day, a in sorted(sun_days.items())}
         doc = {"kind": KIND, "version": VERSION,
                "feed_days": dict(list(feed.items())[-self.max_days:]),

@@ -80,7 +80,8 @@ class FeedSource:
         self.day = None
         self.observed = {s: np.full(self.n_ticks, np.nan) for s in SERIES + ("sun",)}
         self.sources = {}            # tick -> where the feed's values came from
-        self.yesterday_sun = None    # the sun the edge saw on the previous day
+        self.yesterday_sun = None    # the sun the edge saw on the previous day (or the last it saw)
+        self.sun_age_days = None     # how many days before today that was (1: yesterday)
         self.sun_days = {}           # lab day -> the sun seen that day, oldest first (the last MAX_SUN_DAYS)
         self._sun_band = None
         self.memory = memory
@@ -99,10 +100,12 @@ class FeedSource:
             snap = self.feed.snapshot()
             if snap.tick != k:
                 log.warning("feed says tick %d, the edge runs tick %d", snap.tick, k)
-            if self.day is None:       # the first tick: a remembered yesterday, if any
-                self.yesterday_sun = self.sun_days.get(snap.day - 1)
+            if self.day is None:       # the first tick: the last day remembered, if any
+                seen = [d for d in self.sun_days if d < snap.day]
+                if seen:
+                    self.yesterday_sun, self.sun_age_days = self.sun_days[seen[-1]], snap.day - seen[-1]
             elif snap.day != self.day and k == 0:
-                self.yesterday_sun = self.observed["sun"].copy()
+                self.yesterday_sun, self.sun_age_days = self.observed["sun"].copy(), snap.day - self.day
                 self.sun_days[self.day] = self.yesterday_sun
                 self.sun_days = dict(list(self.sun_days.items())[-self.MAX_SUN_DAYS:])
                 self._sun_band = None
@@ -162,15 +165,17 @@ class FeedSource:
         is logged and the day goes on."""
         if self.memory is None:
             return
+        today = self.feed.today         # what the feed said live today, whole only at its end
+        whole = {self.day: today} if all(np.isfinite(a).all() for a in today.values()) else {}
         try:
-            self.memory.save(self.feed.learner, {**self.sun_days, self.day: self.observed["sun"]})
+            self.memory.save(self.feed.learner, {**self.sun_days, self.day: self.observed["sun"]}, whole)
         except OSError:
             log.exception("feed memory %s not saved", self.memory.path)
 
     def sun_band(self, tick, horizon):
         """P10 and P90 offsets of "the sun yesterday at the same tick" from tick ``tick`` on,
-        from how each day seen differed from the day before at each tick of day (pairs of
-        consecutive lab days only).
+        from how each day seen differed from the one seen before it at each tick of day (the
+        day before, unless the edge was not running then).
 
         Returns
         -------
@@ -179,7 +184,8 @@ class FeedSource:
             differ there); None before it has seen ``OnlineDayLearner.BAND_MIN_DAYS`` day-to-day
             changes.
         """
-        diffs = [a - self.sun_days[d - 1] for d, a in self.sun_days.items() if d - 1 in self.sun_days]
+        seen = list(self.sun_days.values())
+        diffs = [b - a for a, b in zip(seen[:-1], seen[1:])]
         if len(diffs) < OnlineDayLearner.BAND_MIN_DAYS:
             return None
         if self._sun_band is None:
@@ -279,7 +285,8 @@ class FeedForecaster:
             band = src.sun_band(k, n)
             fans["pv_available_w"], source["pv_available_w"] = fan(
                 np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w,
-                None if band is None else tuple(b * src.pv_capability_w for b in band), "edge_yesterday")
+                None if band is None else tuple(b * src.pv_capability_w for b in band),
+                "edge_yesterday" if src.sun_age_days == 1 else f"edge_sun_seen:{src.sun_age_days} days ago")
         else:
             fans["pv_available_w"] = {q: np.full(n, latest["pv_available_w"]) for q in QUANTILES}
             source["pv_available_w"] = "persistence:first day"

@@ -458,3 +458,30 @@ def test_feed_memory_sets_an_unreadable_file_aside_and_skips_future_days(tmp_pat
     restored = L.OnlineDayLearner()
     sun = memory.restore(restored, DAY0 + 2)                # day DAY0 + 2 is not before it
     assert restored.days == [DAY0, DAY0 + 1] and sorted(sun) == [DAY0, DAY0 + 1]
+
+
+def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
+    """A restart misses the next day's start (a lab day is five minutes): the run after it
+    learns the last day run from what the feed said live that day (its /yesterday is the day
+    missed), and forecasts PV from the last sun seen, labelled with its age."""
+    from picogrid.edge.feedmemory import FeedMemory
+    from picogrid.edge.feedsource import FeedForecaster
+    from picogrid.models.labfeed_server import serve_days
+
+    clock = Clock(DAY0 * 300)
+    server = serve_days("2013-10-08", 6, clock)
+    memory = FeedMemory(tmp_path / "memory.json")
+    try:
+        first = _run_feed_days(server.url, clock, DAY0, 1, memory)
+        later = _run_feed_days(server.url, clock, DAY0 + 2, 1, memory)
+    finally:
+        server.close()
+    assert later.feed.learner.days == [DAY0 - 1, DAY0, DAY0 + 1]
+    played = server.days[1]                                  # lab day DAY0
+    np.testing.assert_allclose(later.feed.learner.data["demand"][1], played["demand"])
+    np.testing.assert_allclose(later.feed.learner.data["sell_price"][1], played["sell_price"])
+    assert later.sun_age_days == 2
+    np.testing.assert_array_equal(later.yesterday_sun, first.observed["sun"])
+    fc = FeedForecaster(later)
+    fc.forecast(later.history(30, 120), later.calendar(30), later.clearsky(30, 60))
+    assert fc.source["pv_available_w"].startswith("edge_sun_seen:2 days ago")
