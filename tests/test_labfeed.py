@@ -436,9 +436,10 @@ def test_feed_memory_carries_the_days_seen_into_the_next_run(tmp_path):
     np.testing.assert_array_equal(second.yesterday_sun, first.observed["sun"])   # day DAY0 + 1's sun
     assert set(second.sun_days) == {DAY0, DAY0 + 1} and fresh.yesterday_sun is None
     assert set(memory.load()[1]) == {DAY0, DAY0 + 1, DAY0 + 2}      # saved at the day's last tick
-    fc = FeedForecaster(second)
-    fc.forecast(second.history(30, 120), second.calendar(30), second.clearsky(30, 60))
-    assert fc.source["pv_available_w"].startswith("edge_yesterday")
+    for src, pv_source in ((second, "edge_yesterday"), (fresh, "persistence:first day")):
+        fc = FeedForecaster(src)
+        fc.forecast(src.history(30, 120), src.calendar(30), src.clearsky(30, 60))
+        assert fc.source["pv_available_w"].startswith(pv_source), fc.source
 
 
 def test_feed_memory_sets_an_unreadable_file_aside_and_skips_future_days(tmp_path, caplog):
@@ -485,3 +486,27 @@ def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
     fc = FeedForecaster(later)
     fc.forecast(later.history(30, 120), later.calendar(30), later.clearsky(30, 60))
     assert fc.source["pv_available_w"].startswith("edge_sun_seen:2 days ago")
+
+
+def test_a_day_seen_in_part_gives_its_sun_without_a_band(days):
+    """The edge started mid-day: the next day's PV forecast is that day's sun at the same ticks
+    (zero where it was not seen), without a band yet."""
+    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+
+    clock = Clock(DAY0 * 300)
+    server = LabFeedServer(days, clock, day0=DAY0)
+    try:
+        source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), pv_capability_w=3.87)
+        for day, ticks in ((DAY0, range(30, 60)), (DAY0 + 1, range(0, 6))):
+            for t in ticks:
+                clock.t = day * 300 + t * 5 + 0.5
+                source.begin_tick(t)
+        fc = FeedForecaster(source)
+        fans = fc.forecast(source.history(6, 120), source.calendar(6), source.clearsky(6, 60))
+    finally:
+        server.close()
+    assert source.sun_age_days == 1
+    assert fc.source["pv_available_w"] == "edge_yesterday:no band yet"
+    seen = np.asarray(days[0]["sun"], float) / 100
+    seen[:30] = 0.0                                       # not seen: no sun known there
+    np.testing.assert_allclose(fans["pv_available_w"][0.5], np.minimum(seen[(6 + np.arange(60)) % 60] * 3.87, 3.87))
