@@ -45,7 +45,7 @@ as a deferrable job of that energy, to be delivered in the window by the deferra
 (``[deferrable]`` of the site file; a site file without it gets 2 job slots and the
 deferrable-priority board's power limit). The shapes are real, only this split is ours.
 
-Usage: ``picogrid evaluate [--days 30] [--profile both] [--first-day 2013-07-01] [--plot dispatch.png]
+Usage: ``picogrid evaluate [--days 30] [--profile all] [--first-day 2013-07-01] [--plot dispatch.png]
 [--reserve-every 3] [--workers 2]``.
 ``--days 3`` is the fast path for tests.
 
@@ -88,6 +88,8 @@ from picogrid.edge.stochastic import forecast_inputs
 log = logging.getLogger(__name__)
 
 PROFILES = ("lab", "site")
+#: ``--profile`` names of several runs (``labfeed``: :mod:`picogrid.edge.feed_evaluate`)
+PROFILE_SETS = {"both": PROFILES, "all": PROFILES + ("labfeed",)}
 FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
 #: share of load3's energy in each job window that becomes a deferrable job
 JOB_SHARE = 0.5
@@ -541,9 +543,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="picogrid evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=30, help="real days per profile (>= 1; default 30)")
     ap.add_argument("--first-day", default="2013-07-01", help="first day (default: start of the test split)")
-    ap.add_argument("--profile", choices=("lab", "site", "both", "labfeed"), default="both",
-                    help="lab, site or both: replayed real days; labfeed: lab-feed days read "
-                         "through the edge's feed client (edge/feed_evaluate.py)")
+    ap.add_argument("--profile", choices=tuple(PROFILE_SETS) + PROFILES + ("labfeed",), default="all",
+                    help="lab, site (replayed real days), labfeed (lab-feed days read through the "
+                         "edge's feed client, edge/feed_evaluate.py); both = lab and site; all "
+                         "(default) = the three")
     ap.add_argument("--reserve-every", type=int, default=3,
                     help="site: run the MPC with the reserve on every k-th day only (default 3)")
     ap.add_argument("--workers", type=int, default=2,
@@ -555,16 +558,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.days < 1:
         ap.error("--days must be >= 1")
-    if args.profile == "labfeed":   # one process, no reserve run, no plot: say so instead of ignoring
+    profiles = PROFILE_SETS.get(args.profile, (args.profile,))
+    if profiles == ("labfeed",):    # one process, no reserve run, no plot: say so instead of ignoring
         given = [f for f, v, default in (("--plot", args.plot, None), ("--workers", args.workers, 2),
                                         ("--reserve-every", args.reserve_every, 3)) if v != default]
         if given:
             ap.error(f"--profile labfeed takes no {', '.join(given)}")
     try:
         overrides = parse_overrides(args.set)
-        for profile in (PROFILES if args.profile == "both" else ("lab",) if args.profile == "labfeed"
-                        else (args.profile,)):
-            load_site(profile, overrides)
+        for profile in profiles:
+            load_site("lab" if profile == "labfeed" else profile, overrides)
+        if "labfeed" in profiles:
+            from picogrid.edge import feed_evaluate
+
+            feed_evaluate.check_overrides(overrides)
     except ValueError as exc:
         ap.error(str(exc))
     if overrides:
@@ -578,26 +585,18 @@ def main(argv=None):
     def progress(profile, done, total):
         print(f"\r{profile}: day {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    if args.profile == "labfeed":
-        from picogrid.edge import feed_evaluate
-
-        try:
-            feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
-        except ValueError as exc:    # a setting the feed's days do not take (dt_s)
-            ap.error(str(exc))
-        print(f"evaluate took {time.perf_counter() - t0:.0f} s")
-        return 0
-    profiles = PROFILES if args.profile == "both" else (args.profile,)
     results = {}
-    for profile in profiles:
+    for profile in (p for p in profiles if p != "labfeed"):
         results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress,
                                              max(1, args.reserve_every), overrides)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
-    if args.plot:
-        last = profiles[-1]
+    if args.plot and results:
+        last = list(results)[-1]
         plot_day(results[last]["example"], results[last]["cfg"], args.plot)
         print(f"dispatch plot of {results[last]['example'][0]} ({last}): {args.plot}")
+    if "labfeed" in profiles:
+        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
     print(f"evaluate took {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -68,6 +68,13 @@ def _truth(day, source, cfg):
         e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=jobs)
 
 
+def check_overrides(overrides):
+    """Raise ValueError for an ``MpcConfig`` override lab-feed days cannot take (``dt_s``: the
+    feed's tick is fixed)."""
+    if overrides and "dt_s" in overrides:
+        raise ValueError(f"dt_s is the feed's tick ({TICK_S:g} s) on lab-feed days, not a setting")
+
+
 def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None):
     """Run the policies over ``n_days`` lab-feed days from ``first_day`` (after ``warm_days``).
 
@@ -98,8 +105,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
 
     if n_days < 1 or warm_days < 0:
         raise ValueError(f"need n_days >= 1 and warm_days >= 0, got {n_days}, {warm_days}")
-    if overrides and "dt_s" in overrides:
-        raise ValueError(f"dt_s is the feed's tick ({TICK_S:g} s) on lab-feed days, not a setting")
+    check_overrides(overrides)
     site, _, _ = load_site("lab", overrides)      # validates the overrides
     site = feed_site(site)
     cfg = config_from_site(site)

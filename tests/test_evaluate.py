@@ -98,6 +98,15 @@ def test_labfeed_days_through_the_feed_client(capsys):
     assert "labfeed_learner x" in sources and "edge_yesterday x" in sources and "no band" not in sources
 
 
+def test_the_default_runs_lab_site_and_labfeed(capsys):
+    assert evaluate.main(["--days", "1", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert [m.group(1) for m in re.finditer(r"^== (\w+):", out, re.M)] == ["lab", "site", "labfeed"]
+    with pytest.raises(SystemExit):                      # checked before any day is run
+        evaluate.main(["--days", "1", "--set", "dt_s=3"])
+    assert "dt_s is the feed's tick" in capsys.readouterr().err
+
+
 def test_labfeed_learner_never_holds_a_day_before_it_is_played():
     """The loopback feed serves its days cyclically: the first day's /yesterday must be a real
     earlier day, not the last scored one (which would leak into the learner)."""
