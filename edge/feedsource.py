@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from picogrid.edge.labfeed import DAY_S, TICK_S, TICKS_PER_DAY, OnlineDayLearner, day_tick, pooled_quantiles
+from picogrid.edge.labfeed import (DAY_S, TICK_S, TICKS_PER_DAY, LabFeedError, OnlineDayLearner, day_tick,
+                                   pooled_quantiles)
 from picogrid.edge.signals import LOADS, SERIES
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class FeedSource:
     load_shares : sequence of 3 floats summing to 1, the demand split over load1..3
     load_max_w : sequence of 3 floats, each load's rating [W]
     memory : picogrid.edge.feedmemory.FeedMemory, optional
-        Where the days seen are kept across runs: restored into the feed's learner and the sun
-        history now, saved at each day's last tick and when a new day has been learnt.
+        Where the days seen are kept across runs: the ones before the feed's current day are
+        restored into the feed's learner and the sun history now, and the memory is saved at
+        each day's last tick, when a new day has been learnt and by :meth:`close`.
     """
 
     MAX_SUN_DAYS = 28
@@ -84,9 +86,10 @@ class FeedSource:
         self.sun_age_days = None     # how many days before today that was (1: yesterday)
         self.sun_days = {}           # lab day -> the sun seen that day, oldest first (the last MAX_SUN_DAYS)
         self._sun_band = None
+        self._sun_seen = np.zeros(self.n_ticks, bool)   # ticks the feed gave a sun for (not a stand-in)
         self.memory = memory
         if memory is not None:       # before the first snapshot: the learner takes days in order
-            self.sun_days = memory.restore(feed.learner, day_tick(feed.clock())[0] + 1)
+            feed.learner, self.sun_days = memory.restore(feed.learner, self._feed_day(), feed.base_url)
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
         self._jobs = []              # the day's /deferables, as last heard
         self._lock = threading.Lock()
@@ -105,14 +108,15 @@ class FeedSource:
                 if seen:
                     self.yesterday_sun, self.sun_age_days = self.sun_days[seen[-1]], snap.day - seen[-1]
             elif snap.day != self.day and k == 0:
-                self.yesterday_sun, self.sun_age_days = self.observed["sun"].copy(), snap.day - self.day
+                self.yesterday_sun, self.sun_age_days = self._day_sun(), snap.day - self.day
                 self.sun_days[self.day] = self.yesterday_sun
                 self.sun_days = dict(list(self.sun_days.items())[-self.MAX_SUN_DAYS:])
                 self._sun_band = None
+                self._remember()           # the learner has the day before from /yesterday now
                 for a in self.observed.values():
                     a[:] = np.nan
+                self._sun_seen[:] = False
                 self._jobs = []
-                self._remember()           # the learner has the day before from /yesterday now
             self.day = snap.day
             if snap.sources.get("deferables") in ("live", "cached"):
                 self._jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
@@ -122,6 +126,7 @@ class FeedSource:
                 self.observed["sun"][k - 1] if k > 0 else 0.0)
             demand = snap.demand_w if snap.demand_w is not None else 0.0
             self.observed["sun"][k] = sun
+            self._sun_seen[k] = snap.sun_fraction is not None
             self.observed["pv_available_w"][k] = sun * self.pv_capability_w
             split = np.minimum(demand * self.shares, self.load_max_w)
             for name, d in zip(LOADS, split):
@@ -160,17 +165,34 @@ class FeedSource:
         """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""
         return float(self.observed["sun"][tick])
 
+    def _feed_day(self):
+        """The feed's current lab day (its ``/price`` says; the clock's when it does not answer)."""
+        try:
+            return int(self.feed.get("price")["day"])
+        except LabFeedError:
+            return day_tick(self.feed.clock())[0]
+
+    def _day_sun(self):
+        """Today's sun as the feed gave it [n_ticks], NaN where it gave none (not the stand-in)."""
+        return np.where(self._sun_seen, self.observed["sun"], np.nan)
+
     def _remember(self):
         """Save the days seen (today's sun too) to the memory, if there is one; a failed write
         is logged and the day goes on."""
-        if self.memory is None:
+        if self.memory is None or self.day is None:
             return
         today = self.feed.today         # what the feed said live today, whole only at its end
         whole = {self.day: today} if all(np.isfinite(a).all() for a in today.values()) else {}
         try:
-            self.memory.save(self.feed.learner, {**self.sun_days, self.day: self.observed["sun"]}, whole)
+            self.memory.save(self.feed.learner, {**self.sun_days, self.day: self._day_sun()}, whole,
+                             self.feed.base_url)
         except OSError:
             log.exception("feed memory %s not saved", self.memory.path)
+
+    def close(self):
+        """The run ends (done, stopped or failed): save the memory, today's part-day sun too."""
+        with self._lock:
+            self._remember()
 
     def sun_band(self, tick, horizon):
         """P10 and P90 offsets of "the sun yesterday at the same tick" from tick ``tick`` on,
@@ -184,7 +206,7 @@ class FeedSource:
             differ there); None before it has seen ``OnlineDayLearner.BAND_MIN_DAYS`` day-to-day
             changes.
         """
-        seen = list(self.sun_days.values())
+        seen = [a for a in self.sun_days.values() if np.isfinite(a).any()]
         diffs = [b - a for a, b in zip(seen[:-1], seen[1:])]
         if len(diffs) < OnlineDayLearner.BAND_MIN_DAYS:
             return None

@@ -119,6 +119,8 @@ class EdgeService:
 
     def stop(self, status=None):
         """Close the links and the store; ``status`` (e.g. ``"failed"``) ends a run left running."""
+        if self.source is not None:
+            self.source.close()      # a feed source keeps the days seen for the next run
         for link in self.links.values():
             link.close()
         if self.store is not None:

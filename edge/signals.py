@@ -108,6 +108,10 @@ class ScenarioSource:
         """The day's deferrable jobs (lab feed ``/deferables``): ``[{start, end, energy}]``."""
         return [dict(j) for j in self._jobs]
 
+    def close(self):
+        """The run ends: nothing to keep (a replayed day is read-only; a feed source saves
+        what it learnt here)."""
+
     def truth(self):
         """The day's actual series (for baselines and evaluation only, never for control)."""
         sl = slice(self.offset, self.offset + self.n_ticks)

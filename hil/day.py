@@ -135,7 +135,7 @@ class Day:
         the real feed; less with an accelerated feed clock), and the benches' PV emulators
         follow the feed's sun.
     feed_memory : picogrid.edge.feedmemory.FeedMemory or None; with a feed, the days earlier
-        runs saw (restored before the day, saved as it ends).
+        runs saw (restored before the day, saved at its last tick and when the day stops).
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
@@ -256,6 +256,7 @@ class Day:
         return s
 
     def stop(self):
+        self.source.close()          # a feed source keeps the days seen for the next run
         for side in self.sides.values():
             side.stop()
         for store in self.stores:

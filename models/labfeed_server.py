@@ -179,6 +179,9 @@ def serve_days(first_day: str, n_days: int, clock=time.time, day0: int | None = 
     ValueError as :func:`generate_lab_days`.
     """
     before = (_dt.date.fromisoformat(first_day) - _dt.timedelta(days=1)).isoformat()
-    days = generate_lab_days(before, n_days + 1)
+    try:
+        days = generate_lab_days(before, n_days + 1)
+    except ValueError as exc:
+        raise ValueError(f"serving from {first_day} needs the real day before it, {before}: {exc}") from exc
     first = int(clock() // DAY_S) if day0 is None else int(day0)
     return LabFeedServer(days, clock, day0=first - 1)

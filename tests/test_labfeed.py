@@ -448,17 +448,60 @@ def test_feed_memory_sets_an_unreadable_file_aside_and_skips_future_days(tmp_pat
     path = tmp_path / "memory.json"
     path.write_text("{not json")
     memory = FeedMemory(path)
-    learner = L.OnlineDayLearner()
-    assert memory.restore(learner, DAY0) == {} and learner.days == []
+    learner, sun = memory.restore(L.OnlineDayLearner(), DAY0)
+    assert sun == {} and learner.days == []
     assert (tmp_path / "memory.json.bad").read_text() == "{not json" and not path.exists()
     assert "unreadable" in caplog.text
     days = generate_lab_days("2013-10-07", 3)
     for i, d in enumerate(days):
         learner.observe_day(DAY0 + i, {"demand_w": d["demand"], "sell_price": d["sell_price"], "buy_price": d["buy_price"]})
-    memory.save(learner, {DAY0 + i: np.full(60, 0.5) for i in range(3)})
-    restored = L.OnlineDayLearner()
-    sun = memory.restore(restored, DAY0 + 2)                # day DAY0 + 2 is not before it
+    memory.save(learner, {DAY0 + i: np.full(60, 0.5) for i in range(3)}, feed_url="http://a")
+    restored, sun = memory.restore(L.OnlineDayLearner(), DAY0 + 2, "http://a")   # DAY0 + 2 is today
     assert restored.days == [DAY0, DAY0 + 1] and sorted(sun) == [DAY0, DAY0 + 1]
+    # another feed's file is not used; days far from today (another clock speed) are left out
+    assert memory.restore(L.OnlineDayLearner(), DAY0 + 2, "http://b")[0].days == []
+    assert "not used" in caplog.text
+    far, sun = memory.restore(L.OnlineDayLearner(), DAY0 + 1000, "http://a")
+    assert far.days == [] and sun == {}
+    # a learner that has days already gets the remembered ones in day order, not after them
+    has = L.OnlineDayLearner()
+    d = days[2]
+    has.observe_day(DAY0 + 2, {"demand_w": d["demand"], "sell_price": d["sell_price"], "buy_price": d["buy_price"]})
+    merged, _ = memory.restore(has, DAY0 + 3, "http://a")
+    assert merged.days == [DAY0, DAY0 + 1, DAY0 + 2]
+
+
+def test_feed_memory_keeps_what_the_feed_said_when_a_day_changes_or_stops(tmp_path):
+    """The finished day's sun survives the save at the next day's start; a run stopped
+    mid-day (close) keeps the part it saw; ticks the feed gave no sun for are kept as unknown,
+    not as the stand-in the bench ran on."""
+    from picogrid.edge.feedmemory import FeedMemory
+    from picogrid.edge.feedsource import FeedSource
+    from picogrid.models.labfeed_server import serve_days
+
+    clock = Clock(DAY0 * 300)
+    server = serve_days("2013-10-08", 6, clock)
+    memory = FeedMemory(tmp_path / "memory.json")
+    try:
+        source = _run_feed_days(server.url, clock, DAY0, 1, memory)
+        seen = source.observed["sun"].copy()
+        clock.t = (DAY0 + 1) * 300 + 0.5
+        source.begin_tick(0)                                  # a new day: saved again
+        np.testing.assert_array_equal(memory.load()[1][DAY0], seen)
+        server.failing_endpoints = {"/sun"}
+        for t in range(1, 10):
+            if t == 5:
+                server.failing_endpoints = set()
+            clock.t = (DAY0 + 1) * 300 + t * 5 + 0.5
+            source.begin_tick(t)
+        source.close()                                        # stopped at tick 9
+    finally:
+        server.close()
+    feed_days, sun = memory.load()
+    part = sun[DAY0 + 1]
+    assert np.isfinite(part[[0, 5, 6, 7, 8, 9]]).all() and np.isnan(part[1:5]).all() and np.isnan(part[10:]).all()
+    assert np.isfinite(source.observed["sun"][1:5]).all()   # the bench ran on the stand-in
+    assert DAY0 + 1 not in feed_days                        # a part day is no feed day
 
 
 def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
