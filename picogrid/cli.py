@@ -243,8 +243,8 @@ def cmd_labfeed_server(args):
 
     speed = float(args.speed)
     server = serve_days(args.day, args.days, clock=lambda: time.time() * speed)
-    print("Lab market feed with %d real days from %s at %s (clock x%g); Ctrl-C to stop"
-          % (args.days, args.day, server.url, speed), flush=True)
+    print("Lab market feed with %d real days from %s (the day before first, as its /yesterday) at %s "
+          "(clock x%g); Ctrl-C to stop" % (args.days, args.day, server.url, speed), flush=True)
     try:
         while True:
             time.sleep(1)
