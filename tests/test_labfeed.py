@@ -553,3 +553,14 @@ def test_a_day_seen_in_part_gives_its_sun_without_a_band(days):
     seen = np.asarray(days[0]["sun"], float) / 100
     seen[:30] = 0.0                                       # not seen: no sun known there
     np.testing.assert_allclose(fans["pv_available_w"][0.5], np.minimum(seen[(6 + np.arange(60)) % 60] * 3.87, 3.87))
+
+
+def test_demo_and_edge_keep_the_feed_memory_in_the_run_folder_unless_told(tmp_path):
+    from picogrid import cli
+
+    parser = cli.build_parser()
+    for argv, expected in ((["demo", "--feed", "http://x", "--run-dir", str(tmp_path)], tmp_path / "labfeed_memory.json"),
+                           (["edge", "--site", "s.toml", "--feed", "http://x", "--feed-memory", str(tmp_path / "m.json")],
+                            tmp_path / "m.json")):
+        args = parser.parse_args(argv)
+        assert cli._feed_memory(args, tmp_path).path == expected
