@@ -296,14 +296,15 @@ class OnlineDayLearner:
                 raise ValueError(f"{key}: need {self.n_ticks} finite values, got {a.size}")
             arrays[key] = a
         for key, a in arrays.items():
-            if self.data[key]:  # the errors of the forecasts it would have made today, issued at each tick
+            if self.data[key]:
+                # the errors of the forecasts it would have issued at each tick today (the bands')
                 profile, rho = self._profile(key), self.best_rho(key)
                 today = np.full((self.n_ticks, self.n_ticks), np.nan)
                 for t in range(self.n_ticks):
                     today[t, t:] = a[t:] - self._corrected(profile, a[:t], self.n_ticks - t, rho)
                 self.errors[key] = (self.errors[key] + [today])[-self.max_days:]
                 self._bands[key] = None
-            if self.data[key]:  # score before learning: what would each choice have said today?
+                # score before learning: what would each choice have said today?
                 for expert in self.EXPERTS:
                     self.loss[key][expert[0]].append(float(np.mean(np.abs(self._predict(key, expert) - a))))
                 profile = self._profile(key)
