@@ -59,10 +59,9 @@ def _truth(day, source, cfg):
     the jobs' windows as the edge's client reads them (the feed's deadline is inclusive)."""
     jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
             for j in parse("deferables", day["deferables"])]
-    total = np.asarray(day["demand"], float)
-    demand = np.minimum(total[:, None] * source.shares[None, :], source.load_max_w[None, :])
     return policies.DayTruth(
-        pv_avail_w=np.asarray(day["sun"], float) / 100.0 * source.pv_capability_w, demand_w=demand,
+        pv_avail_w=np.asarray(day["sun"], float) / 100.0 * source.pv_capability_w,
+        demand_w=source.split(day["demand"]),
         import_price_per_j=np.asarray(day["sell_price"], float),
         export_price_per_j=np.asarray(day["buy_price"], float),
         e0_j=0.5 * (cfg.e_min_j + cfg.e_max_j), jobs=jobs)

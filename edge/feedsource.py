@@ -82,8 +82,6 @@ class FeedSource:
         self.day = None
         self.observed = {s: np.full(self.n_ticks, np.nan) for s in SERIES + ("sun",)}
         self.sources = {}            # tick -> where the feed's values came from
-        self.yesterday_sun = None    # the sun the edge saw on the previous day (or the last it saw)
-        self.sun_age_days = None     # how many days before today that was (1: yesterday)
         self.sun_days = {}           # lab day -> the sun seen that day, oldest first (the last MAX_SUN_DAYS)
         self._sun_band = None
         self._sun_seen = np.zeros(self.n_ticks, bool)   # ticks the feed gave a sun for (not a stand-in)
@@ -103,13 +101,8 @@ class FeedSource:
             snap = self.feed.snapshot()
             if snap.tick != k:
                 log.warning("feed says tick %d, the edge runs tick %d", snap.tick, k)
-            if self.day is None:       # the first tick: the last day remembered, if any
-                seen = [d for d in self.sun_days if d < snap.day]
-                if seen:
-                    self.yesterday_sun, self.sun_age_days = self.sun_days[seen[-1]], snap.day - seen[-1]
-            elif snap.day != self.day and k == 0:
-                self.yesterday_sun, self.sun_age_days = self._day_sun(), snap.day - self.day
-                self.sun_days[self.day] = self.yesterday_sun
+            if self.day is not None and snap.day != self.day and k == 0:
+                self.sun_days[self.day] = self._day_sun()
                 self.sun_days = dict(list(self.sun_days.items())[-self.MAX_SUN_DAYS:])
                 self._sun_band = None
                 self._remember()           # the learner has the day before from /yesterday now
@@ -128,8 +121,7 @@ class FeedSource:
             self.observed["sun"][k] = sun
             self._sun_seen[k] = snap.sun_fraction is not None
             self.observed["pv_available_w"][k] = sun * self.pv_capability_w
-            split = np.minimum(demand * self.shares, self.load_max_w)
-            for name, d in zip(LOADS, split):
+            for name, d in zip(LOADS, self.split(demand)):
                 self.observed[name + "_demand_w"][k] = d
             self.observed["import_price_per_j"][k] = _or_nan(snap.import_price_per_j)
             self.observed["export_price_per_j"][k] = _or_nan(snap.export_price_per_j)
@@ -164,6 +156,28 @@ class FeedSource:
     def sun_now(self, tick):
         """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""
         return float(self.observed["sun"][tick])
+
+    def split(self, demand_w):
+        """The feed's total demand [W] (array [...]) over the loads: ``[..., L]`` [W], by the
+        shares, each capped at its load's rating."""
+        return np.minimum(np.asarray(demand_w, float)[..., None] * self.shares, self.load_max_w)
+
+    def _last_sun_day(self):
+        """The last day before today whose sun was seen, or None."""
+        seen = [d for d in self.sun_days if self.day is None or d < self.day]
+        return seen[-1] if seen else None
+
+    @property
+    def yesterday_sun(self):
+        """The sun the edge saw on the previous day (or the last day it saw) [n_ticks], or None."""
+        d = self._last_sun_day()
+        return None if d is None else self.sun_days[d]
+
+    @property
+    def sun_age_days(self):
+        """How many days before today :attr:`yesterday_sun` is (1: yesterday), or None."""
+        d = self._last_sun_day()
+        return None if d is None or self.day is None else self.day - d
 
     def _feed_day(self):
         """The feed's current lab day (its ``/price`` says; the clock's when it does not answer)."""
@@ -206,13 +220,13 @@ class FeedSource:
             differ there); None before it has seen ``OnlineDayLearner.BAND_MIN_DAYS`` day-to-day
             changes.
         """
-        seen = [a for a in self.sun_days.values() if np.isfinite(a).any()]
-        diffs = [b - a for a, b in zip(seen[:-1], seen[1:])]
-        if len(diffs) < OnlineDayLearner.BAND_MIN_DAYS:
-            return None
-        if self._sun_band is None:
-            self._sun_band = np.nan_to_num(pooled_quantiles(
+        if self._sun_band is None:     # once per day (False: too few days yet)
+            seen = [a for a in self.sun_days.values() if np.isfinite(a).any()]
+            diffs = [b - a for a, b in zip(seen[:-1], seen[1:])]
+            self._sun_band = len(diffs) >= OnlineDayLearner.BAND_MIN_DAYS and np.nan_to_num(pooled_quantiles(
                 diffs, (0.1, 0.9), OnlineDayLearner.BAND_TICKS, OnlineDayLearner.BAND_MIN_SAMPLES))
+        if self._sun_band is False:
+            return None
         steps = (int(tick) + np.arange(horizon)) % self.n_ticks
         return np.minimum(self._sun_band[0][steps], 0.0), np.maximum(self._sun_band[1][steps], 0.0)
 
@@ -280,6 +294,9 @@ class FeedForecaster:
         latest = {name: float(np.asarray(v, float)[-1]) for name, v in history.items() if len(v)}
         fans, source = {}, {}
 
+        def held(name):    # persistence: the latest value over the horizon
+            return {q: np.full(n, latest[name]) for q in QUANTILES}
+
         def fan(point, band, learned_as):
             point = np.nan_to_num(np.asarray(point, float))
             if band is None:
@@ -288,18 +305,18 @@ class FeedForecaster:
 
         total = self._learned("demand", sum(np.nan_to_num(obs[l + "_demand_w"]) for l in LOADS), k, n)
         total_fan = None if total is None else fan(*total, "labfeed_learner")
+        # the learner knows the total demand: split it as the feed's demand is split
+        split = None if total_fan is None else {q: src.split(np.maximum(v, 0.0)) for q, v in total_fan[0].items()}
         for i, l in enumerate(LOADS):
             name = l + "_demand_w"
-            if total_fan is None:
-                fans[name], source[name] = {q: np.full(n, latest[name]) for q in QUANTILES}, "persistence:no feed history"
-            else:   # the learner knows the total demand: split it as the feed's demand is split
-                fans[name] = {q: np.minimum(np.maximum(v, 0.0) * src.shares[i], src.load_max_w[i])
-                              for q, v in total_fan[0].items()}
-                source[name] = total_fan[1]
+            if split is None:
+                fans[name], source[name] = held(name), "persistence:no feed history"
+            else:
+                fans[name], source[name] = {q: v[:, i] for q, v in split.items()}, total_fan[1]
         for name, key in (("import_price_per_j", "sell_price"), ("export_price_per_j", "buy_price")):
             learned = self._learned(key, obs[name], k, n)
             if learned is None:
-                fans[name], source[name] = {q: np.full(n, latest[name]) for q in QUANTILES}, "persistence:no feed history"
+                fans[name], source[name] = held(name), "persistence:no feed history"
             else:
                 fans[name], source[name] = fan(*learned, "labfeed_learner")
         if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
@@ -310,8 +327,7 @@ class FeedForecaster:
                 None if band is None else tuple(b * src.pv_capability_w for b in band),
                 "edge_yesterday" if src.sun_age_days == 1 else f"edge_sun_seen:{src.sun_age_days} days ago")
         else:
-            fans["pv_available_w"] = {q: np.full(n, latest["pv_available_w"]) for q in QUANTILES}
-            source["pv_available_w"] = "persistence:first day"
+            fans["pv_available_w"], source["pv_available_w"] = held("pv_available_w"), "persistence:first day"
         self.source = source
         # powers are not negative; the sun is at most the PV capability
         for name in ("pv_available_w", *(l + "_demand_w" for l in LOADS)):
