@@ -236,11 +236,11 @@ def forecast_fans(data, i, forecaster, sources):
     return fans
 
 
-def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
-    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
+def fans_forecast(fans_at, truth, cfg, calibration=None, reserve=False):
+    """``forecast(t, delivered_j)`` for :func:`policies.mpc_policy` from ``fans_at(t, now)``
+    (plan-aligned fans, as :func:`forecast_fans` gives them): the true window's limits, jobs
+    and step 0, the forecast's scenarios after it (:func:`forecast_inputs`), day-end padding."""
     plan_cfg = cfg.replace(reserve=True) if reserve else cfg
-    fans_at = forecast_fans(data, i, forecaster, sources)
-    calibration = getattr(forecaster, "energy_calibration", None)
 
     def fc(t, delivered_j=None):
         w = truth.window(t, cfg.horizon, cfg, delivered_j)        # limits, jobs, true values now
@@ -248,6 +248,41 @@ def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
         w.update(forecast_inputs(fans_at(t, now), plan_cfg, LOAD_SERIES, now, calibration=calibration, tick=t))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
+
+
+def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
+    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
+    return fans_forecast(forecast_fans(data, i, forecaster, sources), truth, cfg,
+                         getattr(forecaster, "energy_calibration", None), reserve)
+
+
+def perfect_controller(cfg):
+    """The MPC for perfect forecasts: one plan (a perfect forecast has no spread, its scenarios
+    would be copies of one)."""
+    return MpcController(cfg.replace(scenario_weights=None, scenario_quantiles=None))
+
+
+def baselines(truth, cfg):
+    """Closed-loop results of the naive rule and of the perfect-foresight LP on ``truth``."""
+    oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                                   truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
+    return {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg),
+            "oracle": policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)}
+
+
+def run_mpc(ctrl, fc, truth, cfg, solve_ms=None, statuses=None):
+    """Closed-loop result of ``ctrl`` (reset first) on ``fc(t, delivered_j)``; each tick's solve
+    time [ms] and status kind are added to ``solve_ms`` and ``statuses`` when given."""
+    ctrl.reset()
+    pol = policies.mpc_policy(ctrl, fc)
+
+    def timed(t, e_j, delivered_j=None):
+        d = pol(t, e_j, delivered_j)
+        if solve_ms is not None:
+            solve_ms.append(1e3 * d.solve_time_s)
+            statuses[d.status.split(":")[0]] = statuses.get(d.status.split(":")[0], 0) + 1
+        return d
+    return policies.simulate_policy(timed, truth, cfg)
 
 
 def keep_first_window(fc, store):
@@ -338,17 +373,12 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         ["mpc_own_reserve"] if profile == "site" else [])
     costs = {p: [] for p in policies_run}
     sources, solve_ms, dayahead_ms, statuses, example = {}, [], [], {}, None
-    ctrl = MpcController(cfg)
-    # a perfect forecast has no spread: its scenarios would be copies of one
-    ctrl_perfect = MpcController(cfg.replace(scenario_weights=None, scenario_quantiles=None))
+    ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
     ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
     for d in range(n_days):
         i = d + hist_days
         truth = data.truth(i, cfg)
-        results = {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)}
-        oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
-                                       truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
-        results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+        results = baselines(truth, cfg)
         tick0 = {}
         for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
                             ("mpc_own", ctrl, keep_first_window(
@@ -357,15 +387,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
                              own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
             if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
                 continue
-            c.reset()
-            pol = policies.mpc_policy(c, fc)
-
-            def timed(t, e_j, delivered_j=None, pol=pol, name=name):
-                dcs = pol(t, e_j, delivered_j)
-                solve_ms.append(1e3 * dcs.solve_time_s)
-                statuses[dcs.status.split(":")[0]] = statuses.get(dcs.status.split(":")[0], 0) + 1
-                return dcs
-            results[name] = policies.simulate_policy(timed, truth, cfg)
+            results[name] = run_mpc(c, fc, truth, cfg, solve_ms, statuses)
         dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
         dayahead_ms.append(1e3 * plan.solve_time_s)
         results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)

@@ -30,12 +30,12 @@ import datetime as _dt
 import numpy as np
 
 from picogrid.edge import policies
-from picogrid.edge.evaluate import capture, known_now, load_site, perfect_forecast
+from picogrid.edge.evaluate import (baselines, capture, fans_forecast, load_site, perfect_controller,
+                                    perfect_forecast, run_mpc)
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.labfeed import TICK_S, LabFeed, parse
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
 from picogrid.edge.signals import LOAD_SERIES
-from picogrid.edge.stochastic import forecast_inputs
 
 #: days that only teach the learner before the first scored one (the learner scores its choices
 #: from the third day on, :class:`picogrid.edge.labfeed.OnlineDayLearner`)
@@ -121,8 +121,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     try:
         src = feed_source(site, LabFeed(server.url, timeout_s=2.0, clock=clock))
         forecaster = FeedForecaster(src)
-        ctrl, ctrl_perfect = MpcController(cfg), MpcController(cfg.replace(scenario_weights=None,
-                                                                            scenario_quantiles=None))
+        ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
 
         def at_tick(i, t):
             clock.t = (DAY0 + i) * 300.0 + t * TICK_S + 0.1 * TICK_S
@@ -135,35 +134,19 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
                 continue
             truth = _truth(day, src, cfg)
 
-            def own(t, delivered_j=None, i=i, truth=truth):
+            def fans_at(t, now, i=i):
                 at_tick(i, t)
                 if t == 0:
                     learned.append((DAY0 + i, max(src.feed.learner.days, default=None)))
-                w = truth.window(t, cfg.horizon, cfg, delivered_j)   # limits and jobs; step 0 known
-                now = known_now(w)
                 fans = forecast_from_now(forecaster, src.history(t, 2 * src.n_ticks), now, LOAD_SERIES,
                                          src.calendar(t), src.clearsky(t + 1, cfg.horizon))
                 for s in forecaster.source.values():
                     sources[s] = sources.get(s, 0) + 1
-                w.update(forecast_inputs(fans, cfg, LOAD_SERIES, now, tick=t))
-                return policies.pad_day_end(w, truth.n_steps - t, cfg)
+                return fans
 
-            results = {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)}
-            oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
-                                           truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
-            results["oracle"] = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
-            for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(None, i, truth, cfg)),
-                                ("mpc_own", ctrl, own)):
-                c.reset()
-                pol = policies.mpc_policy(c, fc)
-
-                def timed(t, e_j, delivered_j=None, pol=pol, name=name):
-                    d = pol(t, e_j, delivered_j)
-                    if name == "mpc_own":
-                        solve_ms.append(1e3 * d.solve_time_s)
-                        statuses[d.status.split(":")[0]] = statuses.get(d.status.split(":")[0], 0) + 1
-                    return d
-                results[name] = policies.simulate_policy(timed, truth, cfg)
+            results = baselines(truth, cfg)
+            results["mpc_perfect"] = run_mpc(ctrl_perfect, perfect_forecast(None, i, truth, cfg), truth, cfg)
+            results["mpc_own"] = run_mpc(ctrl, fans_forecast(fans_at, truth, cfg), truth, cfg, solve_ms, statuses)
             for p in policies_run:
                 costs[p].append(results[p].total_cost)
             if progress:
