@@ -16,6 +16,9 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
   ``mpc_own`` on the same days;
 - ``dayahead_own``: an EMHASS-style day-ahead plan (see below) on the project's forecasts;
 - ``mpc_perfect``: the MPC on the true future;
+- ``pymgrid_own`` and ``pymgrid_perfect``: pymgrid's own MPC (``pymgrid==1.2.2``,
+  :mod:`picogrid.edge.pymgrid_policy`) on the forecasts ``mpc_own`` plans on (the same fans, step
+  for step) and on the true future (off with ``--no-compare``);
 - ``oracle``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
 and prints the cost of each and the savings capture
@@ -46,7 +49,7 @@ as a deferrable job of that energy, to be delivered in the window by the deferra
 deferrable-priority board's power limit). The shapes are real, only this split is ours.
 
 Usage: ``picogrid evaluate [--days 30] [--profile all] [--first-day 2013-07-01] [--plot dispatch.png]
-[--reserve-every 3] [--workers 2]``.
+[--reserve-every 3] [--workers 2] [--no-compare]``.
 ``--days 3`` is the fast path for tests.
 
 References
@@ -82,6 +85,7 @@ import numpy as np
 from picogrid.edge import policies
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
+from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs
 
@@ -90,6 +94,8 @@ log = logging.getLogger(__name__)
 PROFILES = ("lab", "site")
 #: ``--profile`` names of several runs (``labfeed``: :mod:`picogrid.edge.feed_evaluate`)
 PROFILE_SETS = {"both": PROFILES, "all": PROFILES + ("labfeed",)}
+#: the other project's controller run beside ours (pymgrid's MPC, own and perfect forecasts)
+COMPARED = ("pymgrid_own", "pymgrid_perfect")
 FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
 #: share of load3's energy in each job window that becomes a deferrable job
 JOB_SHARE = 0.5
@@ -250,10 +256,37 @@ def fans_forecast(fans_at, truth, cfg, calibration=None, reserve=False):
     return fc
 
 
-def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
-    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
-    return fans_forecast(forecast_fans(data, i, forecaster, sources), truth, cfg,
+def cached_fans(fans_at):
+    """``fans_at(t, now)`` computed once per tick ``t`` of a day, then served again.
+
+    Every policy planning on the project's forecasts that day gets the same fans step for step.
+    Asking the forecaster twice would not: it is stateful (its online recalibration, the lab
+    feed's learner) and would see the day's ticks a second time.
+    """
+    store = {}
+
+    def fans(t, now):
+        if t not in store:
+            store[t] = fans_at(t, now)
+        return store[t]
+    return fans
+
+
+def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False, fans=None):
+    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only); ``fans``:
+    the day's :func:`cached_fans` to plan on instead of asking the forecaster."""
+    return fans_forecast(fans or forecast_fans(data, i, forecaster, sources), truth, cfg,
                          getattr(forecaster, "energy_calibration", None), reserve)
+
+
+def compared_runs(pm, fans, truth, cfg, solve_ms=None, statuses=None):
+    """Closed-loop results of pymgrid's MPC ``pm`` (:class:`~picogrid.edge.pymgrid_policy.PymgridMpc`)
+    on the day's fans (``pymgrid_own``: the window ``mpc_own`` plans on, without its scenarios)
+    and on the true day (``pymgrid_perfect``); solve times [ms] and statuses as :func:`run_mpc`."""
+    one_plan = cfg.replace(scenario_weights=None, scenario_quantiles=None)
+    return {"pymgrid_own": run_mpc(pm, fans_forecast(fans, truth, one_plan), truth, cfg, solve_ms, statuses),
+            "pymgrid_perfect": run_mpc(pm, perfect_forecast(None, None, truth, cfg), truth, cfg,
+                                       solve_ms, statuses)}
 
 
 def perfect_controller(cfg):
@@ -337,12 +370,13 @@ def dayahead_policy(window, truth, cfg):
     return policies.day_ahead_policy(plan, truth, cfg, w["pv_avail_w"]), plan
 
 
-def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None):
+def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None,
+                     compare=True):
     """Run every policy over ``n_days`` real days of ``profile``.
 
     ``reserve_stride``: the reserve run (site) is made on every ``reserve_stride``-th day only,
     counted from ``first_day`` (it costs as much time as the plain MPC run). ``overrides``: see
-    :func:`load_site`.
+    :func:`load_site`. ``compare``: also run pymgrid's MPC (:func:`compared_runs`).
 
     Returns
     -------
@@ -370,24 +404,29 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         raise ValueError(f"{profile}: forecaster horizon {forecaster.horizon} / MPC horizon {cfg.horizon} "
                          f"shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
     policies_run = ["naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"] + (
-        ["mpc_own_reserve"] if profile == "site" else [])
+        ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
     costs = {p: [] for p in policies_run}
     sources, solve_ms, dayahead_ms, statuses, example = {}, [], [], {}, None
+    pymgrid_ms, pymgrid_statuses = [], {}
     ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
     ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
+    pm = PymgridMpc(cfg) if compare else None
     for d in range(n_days):
         i = d + hist_days
         truth = data.truth(i, cfg)
         results = baselines(truth, cfg)
         tick0 = {}
+        fans = cached_fans(forecast_fans(data, i, forecaster, sources))
         for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
                             ("mpc_own", ctrl, keep_first_window(
-                                own_forecast(data, i, truth, cfg, forecaster, sources), tick0)),
+                                own_forecast(data, i, truth, cfg, forecaster, sources, fans=fans), tick0)),
                             ("mpc_own_reserve", ctrl_res,
-                             own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True))):
+                             own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True, fans=fans))):
             if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
                 continue
             results[name] = run_mpc(c, fc, truth, cfg, solve_ms, statuses)
+        if pm is not None:
+            results.update(compared_runs(pm, fans, truth, cfg, pymgrid_ms, pymgrid_statuses))
         dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
         dayahead_ms.append(1e3 * plan.solve_time_s)
         results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)
@@ -399,14 +438,15 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
             progress(profile, d + 1, n_days)
     return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[hist_days:hist_days + n_days],
             "sources": sources, "solve_ms": np.array(solve_ms), "dayahead_ms": np.array(dayahead_ms),
-            "statuses": statuses,
+            "statuses": statuses, "pymgrid_ms": np.array(pymgrid_ms), "pymgrid_statuses": pymgrid_statuses,
             "example": example, "cfg": cfg, "forecaster_profile": fc_profile,
             "forecaster_models": sorted(forecaster.models)}
 
 
 def _chunk(args):
-    profile, first_day, n_days, stride, overrides = args
-    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride, overrides=overrides)
+    profile, first_day, n_days, stride, overrides, compare = args
+    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride, overrides=overrides,
+                            compare=compare)
 
 
 def chunk_days(n_days, workers, stride=1):
@@ -429,7 +469,7 @@ def chunk_days(n_days, workers, stride=1):
 
 
 def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1,
-                      overrides=None):
+                      overrides=None, compare=True):
     """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged.
 
     Chunks are whole multiples of ``reserve_stride`` days so the reserve days stay every
@@ -437,23 +477,23 @@ def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, rese
     """
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
-        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride, overrides)
+        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride, overrides, compare)
     from concurrent.futures import ProcessPoolExecutor
 
     start = _dt.date.fromisoformat(first_day)
     sizes = chunk_days(n_days, workers, reserve_stride)
     firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(len(sizes))]
     with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride, overrides)
+        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride, overrides, compare)
                                        for f, n in zip(firsts, sizes)]))
     if progress:
         progress(profile, n_days, n_days)
     merged = dict(parts[0])
     merged["costs"] = {p: np.concatenate([r["costs"][p] for r in parts]) for p in parts[0]["costs"]}
     merged["days"] = [d for r in parts for d in r["days"]]
-    for key in ("solve_ms", "dayahead_ms"):
+    for key in ("solve_ms", "dayahead_ms", "pymgrid_ms"):
         merged[key] = np.concatenate([r[key] for r in parts])
-    for key in ("sources", "statuses"):
+    for key in ("sources", "statuses", "pymgrid_statuses"):
         merged[key] = {}
         for r in parts:
             for k, v in r[key].items():
@@ -539,6 +579,15 @@ def report(profile, res, out):
     print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "
           f"statuses {res['statuses']}; day-ahead LP (HiGHS, whole day) p50 "
           f"{np.percentile(res['dayahead_ms'], 50):.1f} ms", file=out)
+    report_compared(res, out)
+
+
+def report_compared(res, out):
+    """The pymgrid line of a result with ``pymgrid_ms`` (nothing without a pymgrid run)."""
+    ms = res.get("pymgrid_ms")
+    if ms is not None and len(ms):
+        print(f"  pymgrid 1.2.2 MPC (cvxpy, its default solver) solve p50 {np.percentile(ms, 50):.2f} ms, "
+              f"p99 {np.percentile(ms, 99):.2f} ms; statuses {res['pymgrid_statuses']}", file=out)
 
 
 def parse_overrides(items):
@@ -573,6 +622,8 @@ def main(argv=None):
                     help="site: run the MPC with the reserve on every k-th day only (default 3)")
     ap.add_argument("--workers", type=int, default=2,
                     help="processes sharing the days (default 2, the cores of the reference machine)")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip pymgrid's MPC (rows pymgrid_own, pymgrid_perfect; about half the run time)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an optimiser setting of the site file (an MpcConfig field, the "
@@ -610,7 +661,7 @@ def main(argv=None):
     results = {}
     for profile in (p for p in profiles if p != "labfeed"):
         results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress,
-                                             max(1, args.reserve_every), overrides)
+                                             max(1, args.reserve_every), overrides, not args.no_compare)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot and results:
@@ -618,7 +669,7 @@ def main(argv=None):
         plot_day(results[last]["example"], results[last]["cfg"], args.plot)
         print(f"dispatch plot of {results[last]['example'][0]} ({last}): {args.plot}")
     if "labfeed" in profiles:
-        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress)
+        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress, not args.no_compare)
     print(f"evaluate took {time.perf_counter() - t0:.0f} s")
     return 0
 

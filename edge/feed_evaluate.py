@@ -16,7 +16,8 @@ and the sun the edge saw. This runs that path over many days, faster than real t
   day is run in closed loop (:func:`picogrid.edge.policies.simulate_policy`, storage half full
   at the start, the energy left scored at the terminal value) by the MPC on those forecasts
   (``mpc_own``), the MPC on the true day (``mpc_perfect``), the naive rule and the
-  perfect-foresight LP (``oracle``), with the lab site file's ``[labfeed]`` economics
+  perfect-foresight LP (``oracle``), and pymgrid's MPC on the same fans and on the true day
+  (``pymgrid_own``, ``pymgrid_perfect``), with the lab site file's ``[labfeed]`` economics
   (:func:`picogrid.edge.feedsource.feed_site`) and the feed's 5 s tick.
 
 The load split and ratings are the site file's (:func:`picogrid.edge.feedsource.feed_source`).
@@ -30,11 +31,12 @@ import datetime as _dt
 import numpy as np
 
 from picogrid.edge import policies
-from picogrid.edge.evaluate import (baselines, capture, fans_forecast, load_site, perfect_controller,
-                                    perfect_forecast, run_mpc)
+from picogrid.edge.evaluate import (COMPARED, baselines, cached_fans, capture, compared_runs, fans_forecast,
+                                    load_site, perfect_controller, perfect_forecast, report_compared, run_mpc)
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.labfeed import TICK_S, LabFeed, parse
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
+from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
 
 #: days that only teach the learner before the first scored one (the learner scores its choices
@@ -74,7 +76,8 @@ def check_overrides(overrides):
         raise ValueError(f"dt_s is the feed's tick ({TICK_S:g} s) on lab-feed days, not a setting")
 
 
-def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None):
+def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None,
+                  compare=True):
     """Run the policies over ``n_days`` lab-feed days from ``first_day`` (after ``warm_days``).
 
     Parameters
@@ -86,12 +89,16 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     overrides : dict, optional
         ``MpcConfig`` fields over the lab site file's (as ``picogrid evaluate --set``).
     progress : callable ``(profile, done, total)``, optional
+    compare : bool
+        Also run pymgrid's MPC on the same fans and on the true day
+        (:func:`picogrid.edge.evaluate.compared_runs`).
 
     Returns
     -------
     dict
         ``costs``: policy -> [n_days] cost [c, feed scale]; ``days`` (dates); ``sources`` (forecast
-        source -> series-ticks); ``solve_ms``; ``statuses``; ``cfg``; ``learned`` (per scored day,
+        source -> series-ticks); ``solve_ms``; ``statuses``; ``pymgrid_ms`` and
+        ``pymgrid_statuses`` (with ``compare``); ``cfg``; ``learned`` (per scored day,
         ``(its lab day, the last lab day the learner had learnt at its first tick)``).
 
     Raises
@@ -115,13 +122,15 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     clock = LeapingClock(DAY0 * 300.0)
     server = serve_days(start.isoformat(), warm_days + n_days, clock, day0=DAY0)
     days = server.days[1:]      # played on lab days DAY0, DAY0 + 1, ...
-    policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own")
+    policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own") + (COMPARED if compare else ())
     costs = {p: [] for p in policies_run}
     sources, solve_ms, statuses, learned = {}, [], {}, []
+    pymgrid_ms, pymgrid_statuses = [], {}
     try:
         src = feed_source(site, LabFeed(server.url, timeout_s=2.0, clock=clock))
         forecaster = FeedForecaster(src)
         ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
+        pm = PymgridMpc(cfg) if compare else None
 
         def at_tick(i, t):
             clock.t = (DAY0 + i) * 300.0 + t * TICK_S + 0.1 * TICK_S
@@ -146,7 +155,10 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
 
             results = baselines(truth, cfg)
             results["mpc_perfect"] = run_mpc(ctrl_perfect, perfect_forecast(None, i, truth, cfg), truth, cfg)
-            results["mpc_own"] = run_mpc(ctrl, fans_forecast(fans_at, truth, cfg), truth, cfg, solve_ms, statuses)
+            fans = cached_fans(fans_at)
+            results["mpc_own"] = run_mpc(ctrl, fans_forecast(fans, truth, cfg), truth, cfg, solve_ms, statuses)
+            if pm is not None:
+                results.update(compared_runs(pm, fans, truth, cfg, pymgrid_ms, pymgrid_statuses))
             for p in policies_run:
                 costs[p].append(results[p].total_cost)
             if progress:
@@ -155,7 +167,8 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
         server.close()
     return {"costs": {p: np.array(v) for p, v in costs.items()},
             "days": [d["date"] for d in days[warm_days:]], "sources": sources,
-            "solve_ms": np.array(solve_ms), "statuses": statuses, "cfg": cfg, "learned": learned}
+            "solve_ms": np.array(solve_ms), "statuses": statuses, "pymgrid_ms": np.array(pymgrid_ms),
+            "pymgrid_statuses": pymgrid_statuses, "cfg": cfg, "learned": learned}
 
 
 def report(res, out):
@@ -173,10 +186,11 @@ def report(res, out):
     ms = res["solve_ms"]
     print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "
           f"statuses {res['statuses']}", file=out)
+    report_compared(res, out)
 
 
-def main(first_day, n_days, overrides, out, progress=None):
+def main(first_day, n_days, overrides, out, progress=None, compare=True):
     """Run and report (the ``labfeed`` profile of ``picogrid evaluate``); returns the result."""
-    res = evaluate_feed(first_day, n_days, overrides=overrides, progress=progress)
+    res = evaluate_feed(first_day, n_days, overrides=overrides, progress=progress, compare=compare)
     report(res, out)
     return res
