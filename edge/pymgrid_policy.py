@@ -149,8 +149,10 @@ class PymgridMpc:
         Returns
         -------
         Decision
-            ``status`` ``'pymgrid'`` (``'pymgrid:<cvxpy status>'`` when its solve did not end
-            optimal: then the battery holds), ``p_storage_w`` = its discharge − charge [W],
+            ``status`` ``'pymgrid'`` (cvxpy's status ``optimal``), ``'pymgrid_inaccurate'``
+            (``optimal_inaccurate``: applied, as pymgrid applies it) or
+            ``'pymgrid_failed:<status>'`` (no plan: the battery holds), ``p_storage_w`` = its
+            discharge − charge [W],
             loads served as demanded, PV uncurtailed, the deferrable load as early as possible.
         """
         cfg = self.config
@@ -163,22 +165,31 @@ class PymgridMpc:
         imp_max = np.full(n, cfg.p_imp_max_w) if p_imp_max_w is None else np.asarray(p_imp_max_w, float)
         grid_on = (imp_max > 0).astype(float)
         soc0 = float(np.clip(e0_j / cfg.e_max_j, 0.0, 1.0))
+        from cvxpy.error import SolverError
+
+        control = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # its notes on flattening charge+discharge
-            control = self.mpc._set_and_solve(
-                load, pv, grid_on, np.asarray(import_price_per_j, float) * dt,
-                np.asarray(export_price_per_j, float) * dt, 1.0, cfg.e_min_j / cfg.e_max_j,
-                cfg.p_ch_max_w, cfg.p_dis_max_w, cfg.p_imp_max_w, cfg.p_exp_max_w, soc0, None,
-                0.0, np.zeros(n), 0.0)
+            try:
+                control = self.mpc._set_and_solve(
+                    load, pv, grid_on, np.asarray(import_price_per_j, float) * dt,
+                    np.asarray(export_price_per_j, float) * dt, 1.0, cfg.e_min_j / cfg.e_max_j,
+                    cfg.p_ch_max_w, cfg.p_dis_max_w, cfg.p_imp_max_w, cfg.p_exp_max_w, soc0, None,
+                    0.0, np.zeros(n), 0.0)
+            except (SolverError, TypeError):     # TypeError: it reads a plan that is not there
+                pass
+        # pymgrid applies whatever plan cvxpy returns (it warns only on 'infeasible'); without
+        # one (a failed solve) the battery holds
         status = self.mpc.problem.status
-        ok = status == "optimal"
+        ok = control is not None and status in ("optimal", "optimal_inaccurate")
         battery_name = self.mpc.microgrid_module_names["battery"]
         p_storage = float(np.ravel(control[battery_name])[0]) if ok else 0.0
         if not ok:
             log.warning("pymgrid MPC ended %s: battery held", status)
         served = demand[0].copy()
         p_grid = float(served.sum() + job_w[0] - pv[0] - p_storage)
-        return Decision(status="pymgrid" if ok else f"pymgrid:{status}",
+        label = {"optimal": "pymgrid", "optimal_inaccurate": "pymgrid_inaccurate"}.get(status, f"pymgrid_failed:{status}")
+        return Decision(status=label,
                         solve_time_s=time.perf_counter() - t0, iterations=0,
                         objective=float(self.mpc.problem.value) if ok else np.nan,
                         p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=float(pv[0]),

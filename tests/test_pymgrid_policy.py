@@ -85,3 +85,13 @@ def test_compared_runs_plan_on_the_fans_mpc_own_planned_on():
     fans = evaluate.cached_fans(fans_at)
     assert fans(0, None) is fans(0, None) and fans(1, None)["t"] == 1
     assert calls == [0, 1]
+
+
+def test_without_a_plan_the_battery_holds(caplog):
+    """Stored energy below the floor that its charge limit cannot lift in a step: pymgrid's LP is
+    infeasible, cvxpy returns no plan, and the policy holds the battery and says so."""
+    pm = PymgridMpc(_cfg(e_min_j=5.0, p_ch_max_w=0.01))
+    d = pm.solve(0.0, **_window([1.0] * 4))
+    assert d.status == "pymgrid_failed:infeasible"
+    assert d.p_storage_w == 0.0 and d.p_grid_w == pytest.approx(1.0) and np.isnan(d.objective)
+    assert "pymgrid MPC ended infeasible: battery held" in caplog.text
