@@ -8,7 +8,8 @@ def test_options_reach_the_one_benchmark_named(capsys):
     out = capsys.readouterr().out
     assert "N=   24" in out and "3 ticks" in out
     for line in ("osqp    p50", "lp_warm p50", "cvxpy   p50", "highs   p50", "ratio p50: cvxpy/osqp",
-                 "ratio p50: cvxpy/lp_warm", "simplex pivots", "lp_warm gap to exact"):
+                 "ratio p50: cvxpy/lp_warm", "simplex pivots", "lp_warm gap to exact", "pymgrid p50",
+                 "pymgrid/lp_warm"):
         assert line in out, line
 
 

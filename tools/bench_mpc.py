@@ -17,7 +17,11 @@ alone over the same list, as on the edge, where one solver runs per tick:
 - ``cvxpy``: an independent formulation of the same model written with cvxpy ``Parameter``s
   (compiled once, DPP), re-solved each tick by Clarabel; the time is the whole ``solve`` call;
 - ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.policies.solve_oracle`:
-  model vectors + HiGHS through ``scipy.optimize.linprog``), the reference optimum.
+  model vectors + HiGHS through ``scipy.optimize.linprog``), the reference optimum;
+- ``pymgrid``: pymgrid 1.2.2's own MPC (:class:`picogrid.edge.pymgrid_policy.PymgridMpc`: its
+  cvxpy LP compiled once, re-solved each tick) on the first ``--cvxpy-ticks`` instances, for
+  N <= :data:`PYMGRID_MAX_N` (it builds its inequality matrix dense: [8N, 7N]). Its model is
+  simpler (one load, one efficiency, no jobs, no soft bounds), so only its time is compared.
 
 It prints p50/p99 of the wall time per solve, the speed ratios, and the gap of OSQP's plan cost
 (and cvxpy's) to the exact optimum, in % of the instance's gross cost (import + export + shedding
@@ -37,11 +41,14 @@ import numpy as np
 from picogrid.edge import evaluate, policies
 from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.optimize import MpcController, reserve_energy_j
+from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
 
 log = logging.getLogger(__name__)
 
 HORIZONS = (60, 96, 288, 1440)
+#: largest horizon pymgrid's MPC is timed at: its dense [8N, 7N] block matrix is 0.9 GB at N = 1440
+PYMGRID_MAX_N = 288
 
 
 class CvxpyMpc:
@@ -171,7 +178,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     # The rolling instances and their exact optima first, then each solver alone over the same
     # list: the edge runs one solver, and interleaving them let each evict the others' caches
     # (lp_warm measured 4.4 ms p50 interleaved, 2.4 ms alone, N = 288).
-    times = {"osqp": [], "lp_warm": [], "cvxpy": [], "highs": []}
+    times = {"osqp": [], "lp_warm": [], "cvxpy": [], "highs": [], "pymgrid": []}
     runs, exacts = [], []
     e = truth.e0_j
     ledger = JobLedger(truth.jobs)
@@ -212,15 +219,22 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
         else:
             times["cvxpy"].append(time.perf_counter() - t0)
         add_gap("cvxpy", v, optimum, scale)
+    if n <= PYMGRID_MAX_N:
+        pm = PymgridMpc(cfg)
+        for e, w in runs[:cvx_ticks]:
+            t0 = time.perf_counter()
+            pm.solve(e, **w)
+            times["pymgrid"].append(time.perf_counter() - t0)
     ms = {k: 1e3 * np.array(v) for k, v in times.items()}
     pct = lambda a, q: float(np.percentile(a, q))
     print(f"N={n:5d} ({n * cfg.dt_s / 3600:g} h), {ticks} ticks (cvxpy {min(cvx_ticks, ticks)}; "
           f"its build + first solve with DPP compile {t_build:.1f} s not in its p50/p99)")
-    for k in ("osqp", "lp_warm", "cvxpy", "highs"):
+    for k in ("osqp", "lp_warm", "cvxpy", "highs") + (("pymgrid",) if len(ms["pymgrid"]) else ()):
         print(f"  {k:7s} p50 {pct(ms[k], 50):9.2f} ms  p99 {pct(ms[k], 99):9.2f} ms")
     for k in ("osqp", "lp_warm"):
+        extra = (f"   pymgrid/{k} {pct(ms['pymgrid'], 50) / pct(ms[k], 50):6.1f}x" if len(ms["pymgrid"]) else "")
         print(f"  ratio p50: cvxpy/{k} {pct(ms['cvxpy'], 50) / pct(ms[k], 50):6.1f}x   "
-              f"highs/{k} {pct(ms['highs'], 50) / pct(ms[k], 50):6.2f}x")
+              f"highs/{k} {pct(ms['highs'], 50) / pct(ms[k], 50):6.2f}x{extra}")
     iters, statuses = counts["osqp"]
     print(f"  osqp iterations p50 {int(np.median(iters))} max {max(iters)}; statuses {statuses}")
     pivots, statuses = counts["lp_warm"]
