@@ -439,6 +439,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[hist_days:hist_days + n_days],
             "sources": sources, "solve_ms": np.array(solve_ms), "dayahead_ms": np.array(dayahead_ms),
             "statuses": statuses, "pymgrid_ms": np.array(pymgrid_ms), "pymgrid_statuses": pymgrid_statuses,
+            "pymgrid_solver": pm.solver_name if pm else None,
             "example": example, "cfg": cfg, "forecaster_profile": fc_profile,
             "forecaster_models": sorted(forecaster.models)}
 
@@ -586,7 +587,7 @@ def report_compared(res, out):
     """The pymgrid line of a result with ``pymgrid_ms`` (nothing without a pymgrid run)."""
     ms = res.get("pymgrid_ms")
     if ms is not None and len(ms):
-        print(f"  pymgrid 1.2.2 MPC (cvxpy, its default solver) solve p50 {np.percentile(ms, 50):.2f} ms, "
+        print(f"  pymgrid 1.2.2 MPC (cvxpy, solved by {res['pymgrid_solver']}) solve p50 {np.percentile(ms, 50):.2f} ms, "
               f"p99 {np.percentile(ms, 99):.2f} ms; statuses {res['pymgrid_statuses']}", file=out)
 
 

@@ -168,7 +168,8 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     return {"costs": {p: np.array(v) for p, v in costs.items()},
             "days": [d["date"] for d in days[warm_days:]], "sources": sources,
             "solve_ms": np.array(solve_ms), "statuses": statuses, "pymgrid_ms": np.array(pymgrid_ms),
-            "pymgrid_statuses": pymgrid_statuses, "cfg": cfg, "learned": learned}
+            "pymgrid_statuses": pymgrid_statuses, "pymgrid_solver": pm.solver_name if pm else None,
+            "cfg": cfg, "learned": learned}
 
 
 def report(res, out):

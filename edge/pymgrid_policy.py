@@ -101,17 +101,21 @@ class PymgridMpc:
     ------
     ImportError
         If pymgrid (extra ``compare``) is not installed.
+    RuntimeError
+        If pymgrid built a horizon other than ``cfg.horizon``.
     """
 
     def __init__(self, cfg):
-        # pymgrid imports gym, whose import prints a notice about gym itself (gym_notices) to
-        # stderr; pymgrid uses only its space types, so the notice is kept out of our output
+        # pymgrid imports gym, whose import prints gym's own end-of-life notice (gym_notices)
+        # to stderr; it says nothing about this use, so it is kept out of our output
         with contextlib.redirect_stderr(io.StringIO()):
             from pymgrid import Microgrid
             from pymgrid.algos import ModelPredictiveControl
             from pymgrid.modules import BatteryModule, GridModule, LoadModule, RenewableModule
 
         self.config = cfg
+        #: the solver cvxpy chose for pymgrid's LP, known after the first solve
+        self.solver_name = None
         n, dt = cfg.horizon, cfg.dt_s
         self.eta = float(np.sqrt(cfg.eta_ch * cfg.eta_dis))
         self.capacity = cfg.e_max_j / dt                 # [W-step]
@@ -181,6 +185,8 @@ class PymgridMpc:
         # pymgrid applies whatever plan cvxpy returns (it warns only on 'infeasible'); without
         # one (a failed solve) the battery holds
         status = self.mpc.problem.status
+        stats = self.mpc.problem.solver_stats
+        self.solver_name = stats.solver_name if stats is not None else self.solver_name
         ok = control is not None and status in ("optimal", "optimal_inaccurate")
         battery_name = self.mpc.microgrid_module_names["battery"]
         p_storage = float(np.ravel(control[battery_name])[0]) if ok else 0.0

@@ -79,7 +79,7 @@ def test_fast_path_lab_days(tmp_path, capsys):
     # the claim of the README's comparison, on these days: ours beats pymgrid's MPC on the same
     # forecasts, and on perfect ones
     assert costs["mpc_own"] < costs["pymgrid_own"] and costs["mpc_perfect"] < costs["pymgrid_perfect"]
-    assert re.search(r"pymgrid 1\.2\.2 MPC .*statuses \{'pymgrid': 360\}", out)
+    assert re.search(r"pymgrid 1\.2\.2 MPC \(cvxpy, solved by [A-Z]+\) .*statuses \{'pymgrid': 360\}", out)
     perfect = float(re.search(r"mpc_perfect .*savings capture\s+(\S+) %", out).group(1))
     assert perfect >= 90.0
     assert re.search(r"dayahead_own .*savings capture\s+-?\d+\.\d %", out)
