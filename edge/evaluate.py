@@ -272,10 +272,9 @@ def cached_fans(fans_at):
     return fans
 
 
-def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False, fans=None):
-    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only); ``fans``:
-    the day's :func:`cached_fans` to plan on instead of asking the forecaster."""
-    return fans_forecast(fans or forecast_fans(data, i, forecaster, sources), truth, cfg,
+def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
+    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
+    return fans_forecast(forecast_fans(data, i, forecaster, sources), truth, cfg,
                          getattr(forecaster, "energy_calibration", None), reserve)
 
 
@@ -411,17 +410,18 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
     ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
     pm = PymgridMpc(cfg) if compare else None
+    calibration = getattr(forecaster, "energy_calibration", None)
     for d in range(n_days):
         i = d + hist_days
         truth = data.truth(i, cfg)
         results = baselines(truth, cfg)
         tick0 = {}
+        # one forecaster call per tick, served to every policy that plans on own forecasts
         fans = cached_fans(forecast_fans(data, i, forecaster, sources))
         for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
-                            ("mpc_own", ctrl, keep_first_window(
-                                own_forecast(data, i, truth, cfg, forecaster, sources, fans=fans), tick0)),
+                            ("mpc_own", ctrl, keep_first_window(fans_forecast(fans, truth, cfg, calibration), tick0)),
                             ("mpc_own_reserve", ctrl_res,
-                             own_forecast(data, i, truth, cfg, forecaster, sources, reserve=True, fans=fans))):
+                             fans_forecast(fans, truth, cfg, calibration, reserve=True))):
             if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
                 continue
             results[name] = run_mpc(c, fc, truth, cfg, solve_ms, statuses)
