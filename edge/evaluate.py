@@ -522,7 +522,9 @@ def plot_day(example, cfg, path):
 
     day, truth, results = example
     r = results["mpc_own"]
-    t = np.arange(truth.n_steps) * cfg.dt_s / 3600.0
+    # a step is 24 h / n_steps of the real day (the lab bench runs it in 2.5-5 s per tick)
+    hour = 24.0 / truth.n_steps
+    t = np.arange(truth.n_steps) * hour
     fig, ax = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     ax[0].plot(t, truth.pv_avail_w, color="gold", lw=1, ls="--", label="PV available")
     ax[0].plot(t, r.pv_w, color="orange", label="PV used")
@@ -533,8 +535,11 @@ def plot_day(example, cfg, path):
         ax[0].plot(t, r.deferrable_w, color="purple", label="deferrable jobs")
     ax[0].set_ylabel("power [W]")
     ax[0].legend(fontsize=7, ncol=3)
-    for name, style in (("mpc_own", "-"), ("dayahead_own", "-."), ("oracle", "--"), ("naive", ":")):
-        ax[1].plot(np.arange(truth.n_steps + 1) * cfg.dt_s / 3600.0, results[name].e_j, ls=style, label=name)
+    for name, style in (("mpc_own", "-"), ("dayahead_own", "-."), ("pymgrid_own", (0, (5, 1, 1, 1))),
+                        ("oracle", "--"), ("naive", ":")):
+        if name not in results:     # pymgrid_own: not with --no-compare
+            continue
+        ax[1].plot(np.arange(truth.n_steps + 1) * hour, results[name].e_j, ls=style, label=name)
     ax[1].axhline(cfg.e_min_j, color="grey", lw=0.5)
     ax[1].axhline(cfg.e_max_j, color="grey", lw=0.5)
     ax[1].set_ylabel("stored energy [J]")
@@ -542,7 +547,7 @@ def plot_day(example, cfg, path):
     ax[2].step(t, truth.import_price_per_j, where="post", label="import")
     ax[2].step(t, truth.export_price_per_j, where="post", label="export")
     ax[2].set_ylabel("price [c/J]")
-    ax[2].set_xlabel("hour of the day")
+    ax[2].set_xlabel("hour of the real day")
     ax[2].legend(fontsize=7)
     costs = {p: results[p].total_cost for p in results}
     fig.suptitle(f"{day}: cost naive {costs['naive']:.4g}, MPC {costs['mpc_own']:.4g}, "
