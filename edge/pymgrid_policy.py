@@ -112,18 +112,20 @@ class PymgridMpc:
             from pymgrid import Microgrid
             from pymgrid.algos import ModelPredictiveControl
             from pymgrid.modules import BatteryModule, GridModule, LoadModule, RenewableModule
+        from cvxpy.error import SolverError
+
+        self._solver_error = SolverError     # cvxpy comes with pymgrid; imported here, not per solve
 
         self.config = cfg
         #: the solver cvxpy chose for pymgrid's LP, known after the first solve
         self.solver_name = None
         n, dt = cfg.horizon, cfg.dt_s
         self.eta = float(np.sqrt(cfg.eta_ch * cfg.eta_dis))
-        self.capacity = cfg.e_max_j / dt                 # [W-step]
         # placeholder series: the controller reads only the modules' parameters and the
         # horizon here; every solve passes its own vectors
         flat = np.zeros(n + 1)
         modules = [
-            BatteryModule(min_capacity=cfg.e_min_j / dt, max_capacity=self.capacity,
+            BatteryModule(min_capacity=cfg.e_min_j / dt, max_capacity=cfg.e_max_j / dt,
                           max_charge=cfg.p_ch_max_w, max_discharge=cfg.p_dis_max_w,
                           efficiency=self.eta, battery_cost_cycle=cfg.cycle_cost_per_j * dt,
                           init_soc=0.5),
@@ -169,8 +171,6 @@ class PymgridMpc:
         imp_max = np.full(n, cfg.p_imp_max_w) if p_imp_max_w is None else np.asarray(p_imp_max_w, float)
         grid_on = (imp_max > 0).astype(float)
         soc0 = float(np.clip(e0_j / cfg.e_max_j, 0.0, 1.0))
-        from cvxpy.error import SolverError
-
         control = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # its notes on flattening charge+discharge
@@ -180,7 +180,7 @@ class PymgridMpc:
                     np.asarray(export_price_per_j, float) * dt, 1.0, cfg.e_min_j / cfg.e_max_j,
                     cfg.p_ch_max_w, cfg.p_dis_max_w, cfg.p_imp_max_w, cfg.p_exp_max_w, soc0, None,
                     0.0, np.zeros(n), 0.0)
-            except (SolverError, TypeError):     # TypeError: it reads a plan that is not there
+            except (self._solver_error, TypeError):     # TypeError: it reads a plan that is not there
                 pass
         # pymgrid applies whatever plan cvxpy returns (it warns only on 'infeasible'); without
         # one (a failed solve) the battery holds
