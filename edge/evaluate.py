@@ -29,7 +29,7 @@ per day, over the whole day, on the forecasts available at the start of the day;
 published and the home follows its battery power step by step, the grid taking whatever is left,
 with no re-planning during the day (EMHASS's receding-horizon ``naive-mpc-optim`` is a separate
 action the user must schedule) [1]_ [2]_. Here: the forecast window ``mpc_own`` gets at tick 0
-(:func:`own_forecast`: same series, same expected value of the fan, step 0 known, the day's
+(:func:`fans_forecast`: same series, same expected value of the fan, step 0 known, the day's
 deferrable jobs) is solved for the whole day with :func:`policies.solve_oracle` (HiGHS LP, the
 oracle's model); the plant then follows the plan's storage power and job delivery open loop
 (:func:`policies.day_ahead_policy`): loads are served as they come, PV runs free unless the
@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import functools
 import logging
 import sys
 import time
@@ -272,12 +273,6 @@ def cached_fans(fans_at):
     return fans
 
 
-def own_forecast(data, i, truth, cfg, forecaster, sources, reserve=False):
-    """``forecast(t, delivered_j)`` from the project's forecaster (causal: past only)."""
-    return fans_forecast(forecast_fans(data, i, forecaster, sources), truth, cfg,
-                         getattr(forecaster, "energy_calibration", None), reserve)
-
-
 def compared_runs(pm, fans, truth, cfg, solve_ms=None, statuses=None):
     """Closed-loop results of pymgrid's MPC ``pm`` (:class:`~picogrid.edge.pymgrid_policy.PymgridMpc`)
     on the day's fans (``pymgrid_own``: the window ``mpc_own`` plans on, without its scenarios)
@@ -369,9 +364,130 @@ def dayahead_policy(window, truth, cfg):
     return policies.day_ahead_policy(plan, truth, cfg, w["pv_avail_w"]), plan
 
 
+class ProfileDays:
+    """One profile's run: the site's config, the real days, the controllers, and the day's plan.
+
+    Built alike in the process that forecasts and in every worker that plans days
+    (:func:`evaluate_profile`), from the same arguments, so both see the same days.
+
+    Parameters
+    ----------
+    profile : str
+        ``lab`` or ``site``.
+    first_day : str
+        ISO date of the first scored day.
+    n_days : int
+        Scored days.
+    overrides : dict or None
+        See :func:`load_site`.
+    compare : bool
+        Also run pymgrid's MPC (:func:`compared_runs`).
+
+    Raises
+    ------
+    ValueError
+        If the forecaster's or the MPC's horizon is shorter than the day.
+    """
+
+    def __init__(self, profile, first_day, n_days, overrides=None, compare=True):
+        from picogrid.edge.forecast import Forecaster
+        from picogrid.models import features as F
+        from picogrid.models.scenario import build_bench_days
+
+        self.site, cfg, scaling = load_site(profile, overrides)
+        self.profile, self.cfg, self.compare = profile, cfg, compare
+        n_ticks = int(self.site["bench"]["n_ticks"])
+        start = _dt.date.fromisoformat(first_day)
+        self.forecaster_profile = profile if profile in F.PROFILES else "lab"
+        self.forecaster = Forecaster(profile=self.forecaster_profile)
+        # the history the models read before the first day, one day of clear-sky/forecast room after
+        self.hist_days = -(-self.forecaster.history_ticks // n_ticks)
+        frame = build_bench_days((start - _dt.timedelta(days=self.hist_days)).isoformat(),
+                                 n_days + self.hist_days + 1, n_ticks, scaling)
+        self.data = DayData(frame, n_ticks, cfg.dt_s)
+        if self.forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
+            raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
+                             f"{cfg.horizon} shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
+        self.policies = ["naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"] + (
+            ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
+        self.calibration = getattr(self.forecaster, "energy_calibration", None)
+
+    @functools.cached_property
+    def controllers(self):
+        """``{policy: controller}`` of the MPC runs, built where days are planned."""
+        cfg, out = self.cfg, {"mpc_perfect": perfect_controller(self.cfg), "mpc_own": MpcController(self.cfg)}
+        if "mpc_own_reserve" in self.policies:
+            out["mpc_own_reserve"] = MpcController(cfg.replace(reserve=True))
+        if self.compare:
+            out["pymgrid"] = PymgridMpc(cfg)
+        return out
+
+    def forecast_day(self, d, sources):
+        """The forecaster's fans at every tick of scored day ``d``, in tick order: list of
+        ``{series: {quantile: array [H]}}``. The forecaster is stateful (its online
+        recalibration), so the days must be forecast in order, each once."""
+        i = d + self.hist_days
+        truth = self.data.truth(i, self.cfg)
+        fans_at = forecast_fans(self.data, i, self.forecaster, sources)
+        return [fans_at(t, known_now(truth.window(t, self.cfg.horizon, self.cfg)))
+                for t in range(truth.n_steps)]
+
+    def run_day(self, d, day_fans, reserve_stride=1):
+        """Every policy on scored day ``d`` with the fans of :meth:`forecast_day`.
+
+        Returns
+        -------
+        dict
+            ``costs`` (policy -> total cost [c], NaN for the reserve run on a day without it),
+            ``solve_ms``, ``statuses``, ``pymgrid_ms``, ``pymgrid_statuses``, ``dayahead_ms``,
+            ``results`` (policy -> closed-loop result) and, with ``compare``, ``pymgrid_solver``.
+        """
+        cfg, i = self.cfg, d + self.hist_days
+        truth = self.data.truth(i, cfg)
+        out = {"solve_ms": [], "statuses": {}, "pymgrid_ms": [], "pymgrid_statuses": {}}
+        results = baselines(truth, cfg)
+        tick0, ctrl = {}, self.controllers
+        fans = lambda t, now: day_fans[t]  # noqa: E731  (fans_forecast's fans_at(t, now))
+        for name, fc in (("mpc_perfect", perfect_forecast(self.data, i, truth, cfg)),
+                         ("mpc_own", keep_first_window(fans_forecast(fans, truth, cfg, self.calibration), tick0)),
+                         ("mpc_own_reserve", fans_forecast(fans, truth, cfg, self.calibration, reserve=True))):
+            if name not in ctrl or (name == "mpc_own_reserve" and d % reserve_stride):
+                continue
+            results[name] = run_mpc(ctrl[name], fc, truth, cfg, out["solve_ms"], out["statuses"])
+        if self.compare:
+            pm = ctrl["pymgrid"]
+            results.update(compared_runs(pm, fans, truth, cfg, out["pymgrid_ms"], out["pymgrid_statuses"]))
+            out["pymgrid_solver"] = pm.solver_name
+        dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
+        out["dayahead_ms"] = [1e3 * plan.solve_time_s]
+        results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)
+        out["costs"] = {p: results[p].total_cost if p in results else np.nan for p in self.policies}
+        out["results"] = results
+        return out
+
+
+_worker_days = None
+
+
+def _start_worker(args):
+    global _worker_days
+    _worker_days = ProfileDays(*args)
+
+
+def _run_worker_day(d, day_fans, reserve_stride):
+    out = _worker_days.run_day(d, day_fans, reserve_stride)
+    if d:   # only day 0's closed-loop results are kept (the plot): the rest stay in the worker
+        del out["results"]
+    return out
+
+
 def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None,
-                     compare=True):
+                     compare=True, workers=1):
     """Run every policy over ``n_days`` real days of ``profile``.
+
+    One forecaster runs through the days in order, as on an edge that runs on (its online
+    recalibration carries weeks of state); ``workers`` processes plan the forecast days. So the
+    result does not depend on ``workers``.
 
     ``reserve_stride``: the reserve run (site) is made on every ``reserve_stride``-th day only,
     counted from ``first_day`` (it costs as much time as the plain MPC run). ``overrides``: see
@@ -385,116 +501,40 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         solve times); ``dayahead_ms`` (day-ahead LP solve times [ms], one a day); ``statuses``;
         ``example`` (results of day 0 for the plot); ``cfg``.
     """
-    from picogrid.edge.forecast import Forecaster
-    from picogrid.models import features as F
-    from picogrid.models.scenario import build_bench_days
-
-    site, cfg, scaling = load_site(profile, overrides)
-    n_ticks = int(site["bench"]["n_ticks"])
-    start = _dt.date.fromisoformat(first_day)
-    fc_profile = profile if profile in F.PROFILES else "lab"
-    forecaster = Forecaster(profile=fc_profile)
-    # the history the models read before the first day, one day of clear-sky/forecast room after
-    hist_days = -(-forecaster.history_ticks // n_ticks)
-    frame = build_bench_days((start - _dt.timedelta(days=hist_days)).isoformat(), n_days + hist_days + 1,
-                             n_ticks, scaling)
-    data = DayData(frame, n_ticks, cfg.dt_s)
-    if forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
-        raise ValueError(f"{profile}: forecaster horizon {forecaster.horizon} / MPC horizon {cfg.horizon} "
-                         f"shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
-    policies_run = ["naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"] + (
-        ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
-    costs = {p: [] for p in policies_run}
-    sources, solve_ms, dayahead_ms, statuses, example = {}, [], [], {}, None
-    pymgrid_ms, pymgrid_statuses = [], {}
-    ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
-    ctrl_res = MpcController(cfg.replace(reserve=True)) if profile == "site" else None
-    pm = PymgridMpc(cfg) if compare else None
-    calibration = getattr(forecaster, "energy_calibration", None)
-    for d in range(n_days):
-        i = d + hist_days
-        truth = data.truth(i, cfg)
-        results = baselines(truth, cfg)
-        tick0 = {}
-        # one forecaster call per tick, served to every policy that plans on own forecasts
-        fans = cached_fans(forecast_fans(data, i, forecaster, sources))
-        for name, c, fc in (("mpc_perfect", ctrl_perfect, perfect_forecast(data, i, truth, cfg)),
-                            ("mpc_own", ctrl, keep_first_window(fans_forecast(fans, truth, cfg, calibration), tick0)),
-                            ("mpc_own_reserve", ctrl_res,
-                             fans_forecast(fans, truth, cfg, calibration, reserve=True))):
-            if name not in costs or (name == "mpc_own_reserve" and d % reserve_stride):
-                continue
-            results[name] = run_mpc(c, fc, truth, cfg, solve_ms, statuses)
-        if pm is not None:
-            results.update(compared_runs(pm, fans, truth, cfg, pymgrid_ms, pymgrid_statuses))
-        dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
-        dayahead_ms.append(1e3 * plan.solve_time_s)
-        results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)
-        for p in policies_run:
-            costs[p].append(results[p].total_cost if p in results else np.nan)
-        if example is None:
-            example = (data.days[i], truth, results)
-        if progress:
-            progress(profile, d + 1, n_days)
-    return {"costs": {p: np.array(v) for p, v in costs.items()}, "days": data.days[hist_days:hist_days + n_days],
-            "sources": sources, "solve_ms": np.array(solve_ms), "dayahead_ms": np.array(dayahead_ms),
-            "statuses": statuses, "pymgrid_ms": np.array(pymgrid_ms), "pymgrid_statuses": pymgrid_statuses,
-            "pymgrid_solver": pm.solver_name if pm else None,
-            "example": example, "cfg": cfg, "forecaster_profile": fc_profile,
-            "forecaster_models": sorted(forecaster.models)}
-
-
-def _chunk(args):
-    profile, first_day, n_days, stride, overrides, compare = args
-    return evaluate_profile(profile, first_day, n_days, reserve_stride=stride, overrides=overrides,
-                            compare=compare)
-
-
-def chunk_days(n_days, workers, stride=1):
-    """Split ``n_days`` consecutive days into at most ``workers`` chunks of whole ``stride``-day
-    blocks (the last block may be partial), sizes as even as the blocks allow.
-
-    Returns
-    -------
-    list of int
-        Positive chunk sizes in day order, summing to ``n_days``.
-    """
-    blocks = -(-n_days // stride)
-    sizes = [stride * (blocks // workers + (k < blocks % workers)) for k in range(workers)]
-    excess = sum(sizes) - n_days   # < stride: the last block is partial
-    for k in range(len(sizes) - 1, -1, -1):
-        cut = min(excess, sizes[k])
-        sizes[k] -= cut
-        excess -= cut
-    return [x for x in sizes if x > 0]
-
-
-def evaluate_parallel(profile, first_day, n_days, workers=2, progress=None, reserve_stride=1,
-                      overrides=None, compare=True):
-    """:func:`evaluate_profile` with the days split over ``workers`` processes, results merged.
-
-    Chunks are whole multiples of ``reserve_stride`` days so the reserve days stay every
-    ``reserve_stride``-th day of the whole run.
-    """
+    run = ProfileDays(profile, first_day, n_days, overrides, compare)
+    sources, parts = {}, []
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
-        return evaluate_profile(profile, first_day, n_days, progress, reserve_stride, overrides, compare)
-    from concurrent.futures import ProcessPoolExecutor
+        for d in range(n_days):
+            parts.append(run.run_day(d, run.forecast_day(d, sources), reserve_stride))
+            if progress:
+                progress(profile, d + 1, n_days)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
 
-    start = _dt.date.fromisoformat(first_day)
-    sizes = chunk_days(n_days, workers, reserve_stride)
-    firsts = [start + _dt.timedelta(days=sum(sizes[:k])) for k in range(len(sizes))]
-    with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_chunk, [(profile, f.isoformat(), n, reserve_stride, overrides, compare)
-                                       for f, n in zip(firsts, sizes)]))
-    if progress:
-        progress(profile, n_days, n_days)
-    merged = dict(parts[0])
-    merged["costs"] = {p: np.concatenate([r["costs"][p] for r in parts]) for p in parts[0]["costs"]}
-    merged["days"] = [d for r in parts for d in r["days"]]
+        with ProcessPoolExecutor(workers, initializer=_start_worker,
+                                 initargs=((profile, first_day, n_days, overrides, compare),)) as pool:
+            pending = []
+            for d in range(n_days):
+                # a site day's fans are ~10 MB: keep only a few days ahead of the planners
+                while len(pending) >= 2 * workers:
+                    parts.append(pending.pop(0).result())
+                    if progress:
+                        progress(profile, len(parts), n_days)
+                pending.append(pool.submit(_run_worker_day, d, run.forecast_day(d, sources), reserve_stride))
+            for f in pending:
+                parts.append(f.result())
+                if progress:
+                    progress(profile, len(parts), n_days)
+    merged = {"costs": {p: np.array([r["costs"][p] for r in parts]) for p in run.policies},
+              "days": run.data.days[run.hist_days:run.hist_days + n_days], "sources": sources,
+              "example": (run.data.days[run.hist_days], run.data.truth(run.hist_days, run.cfg), parts[0]["results"]),
+              "cfg": run.cfg, "forecaster_profile": run.forecaster_profile,
+              "forecaster_models": sorted(run.forecaster.models),
+              "pymgrid_solver": parts[-1].get("pymgrid_solver")}
     for key in ("solve_ms", "dayahead_ms", "pymgrid_ms"):
-        merged[key] = np.concatenate([r[key] for r in parts])
-    for key in ("sources", "statuses", "pymgrid_statuses"):
+        merged[key] = np.array([v for r in parts for v in r[key]])
+    for key in ("statuses", "pymgrid_statuses"):
         merged[key] = {}
         for r in parts:
             for k, v in r[key].items():
@@ -627,7 +667,8 @@ def main(argv=None):
     ap.add_argument("--reserve-every", type=int, default=3,
                     help="site: run the MPC with the reserve on every k-th day only (default 3)")
     ap.add_argument("--workers", type=int, default=2,
-                    help="processes sharing the days (default 2, the cores of the reference machine)")
+                    help="processes planning the days (default 2, the cores of the reference machine); "
+                         "one forecaster runs through the days in order, so the result does not depend on it")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip pymgrid's MPC (rows pymgrid_own, pymgrid_perfect; about half the run time)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
@@ -666,8 +707,9 @@ def main(argv=None):
 
     results = {}
     for profile in (p for p in profiles if p != "labfeed"):
-        results[profile] = evaluate_parallel(profile, args.first_day, args.days, args.workers, progress,
-                                             max(1, args.reserve_every), overrides, not args.no_compare)
+        results[profile] = evaluate_profile(profile, args.first_day, args.days, progress,
+                                            max(1, args.reserve_every), overrides, not args.no_compare,
+                                            args.workers)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot and results:
