@@ -42,8 +42,10 @@ class EdgeRunner:
     forecaster : object with ``forecast(history, calendar, clearsky) -> fc`` and a ``source``
         attribute naming where each series came from (``picogrid.edge.forecast.Forecaster``)
     t0 : float, clock time [s] of tick 0
-    policy : 'mpc' (forecast + receding-horizon QP) or 'naive' (the rule-based baseline,
-        run on a second bench so both are measured under the same physics)
+    policy : 'mpc' (forecast + receding-horizon QP), 'naive' (the rule-based baseline, run
+        on a second bench so both are measured under the same physics) or 'perfect' (the same
+        QP, one plan, on the source's true future: perfect foresight measured on a bench;
+        needs a source whose ``truth()`` holds the whole day, i.e. a replayed day)
     record : 'all' (telemetry, decisions, forecasts, setpoints, boards) or 'dispatch'
         (only the measured per-tick dispatch rows, for the comparison bench)
     clock, sleep : injected time functions
@@ -51,8 +53,8 @@ class EdgeRunner:
 
     def __init__(self, site, source, fleet, store, forecaster, t0, policy="mpc", record="all",
                  clock=time.time, sleep=time.sleep):
-        if policy not in ("mpc", "naive") or record not in ("all", "dispatch"):
-            raise ValueError("policy must be mpc|naive and record all|dispatch")
+        if policy not in ("mpc", "naive", "perfect") or record not in ("all", "dispatch"):
+            raise ValueError("policy must be mpc|naive|perfect and record all|dispatch")
         self.policy, self.record_all = policy, record == "all"
         self.site = site
         self.source = source
@@ -62,8 +64,10 @@ class EdgeRunner:
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
         self.cfg = config_from_site(site)
+        if policy == "perfect":     # a perfect forecast has no spread: its scenarios would be copies
+            self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)
         self.c_storage_f, self.esr_storage_ohm = estimate.supercapacitor(site)
-        self.mpc = MpcController(self.cfg) if policy == "mpc" else None
+        self.mpc = MpcController(self.cfg) if policy != "naive" else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
         # the scenario energy calibration's buckets are ticks of the models' day: only for days as long
@@ -132,6 +136,18 @@ class EdgeRunner:
                       for q in (0.1, 0.5, 0.9)} for s in _FORECAST_SERIES}
             src = {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
         return fc, src
+
+    def true_future(self, k):
+        """``(fans, sources)`` as :meth:`forecast` returns them, from the source's true day:
+        every quantile the truth of ticks ``k .. k + N - 1`` (the day's last value past its end,
+        where :func:`~picogrid.edge.policies.pad_day_end` takes over)."""
+        truth = self.source.truth()
+        rows = np.minimum(np.arange(k, k + self.horizon), len(truth["pv_available_w"]) - 1)
+        fans = {}
+        for s in _FORECAST_SERIES + (("export_price_per_j",) if "export_price_per_j" in truth else ()):
+            values = np.asarray(truth[s], float)[rows]
+            fans[s] = {q: values for q in (0.1, 0.5, 0.9)}
+        return fans, {s: "truth" for s in fans}
 
     def update_jobs(self):
         """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
@@ -321,9 +337,9 @@ class EdgeRunner:
                 self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
         if self.e0_j is None:
             self.e0_j = e_j
-        if self.policy == "mpc":
+        if self.policy != "naive":
             now = self.known_now(k)
-            fc, src = self.forecast(k, now)
+            fc, src = self.forecast(k, now) if self.policy == "mpc" else self.true_future(k)
             cpu0 = time.thread_time()
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores

@@ -90,6 +90,7 @@ class _Bench:
             self.stop()
             raise
         self.runner = None
+        self.store = None       # a comparison bench's own connection
         self.error = None
 
     def wait_hello(self):
@@ -114,12 +115,14 @@ class _Bench:
 
 
 class Day:
-    """One day on two identical benches; use as a context manager so every process stops.
+    """One day on identical benches; use as a context manager so every process stops.
 
     The MPC runs on the main bench and everything it does is recorded; the naive rule runs
     at the same time on a second bench (``run_dir/naive-bench``) so both policies are
     measured under the same physics, sensors and converter losses. The perfect-foresight
-    optimum is computed on the day's true data (it cannot be run: it needs the future).
+    optimum is computed on the day's true data; with ``perfect_bench`` (a replayed day) the
+    same MPC also runs on that true future on a third bench (``run_dir/perfect-bench``), so
+    perfect foresight is measured through the bench's physics too.
 
     Parameters
     ----------
@@ -136,10 +139,20 @@ class Day:
         follow the feed's sun.
     feed_memory : picogrid.edge.feedmemory.FeedMemory or None; with a feed, the days earlier
         runs saw (restored before the day, saved at its last tick and when the day stops).
+    perfect_bench : bool, also run the MPC on the true future on a third bench
+
+    Raises
+    ------
+    ValueError
+        If ``n_run_ticks`` is out of range, or ``perfect_bench`` is asked with a feed (its
+        future is not known in advance).
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
-                 start_delay_s=4.0, forecaster=None, feed=None, feed_memory=None):
+                 start_delay_s=4.0, forecaster=None, feed=None, feed_memory=None, perfect_bench=False):
+        if perfect_bench and feed is not None:
+            raise ValueError("perfect_bench needs a replayed day: the lab feed's future is not known")
+        self.perfect_bench = bool(perfect_bench)
         site = copy.deepcopy(site)      # n_run_ticks changes it: the caller's stays as it was
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
@@ -200,6 +213,8 @@ class Day:
             t0 = time.time() + self.start_delay_s
         self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
         self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
+        if self.perfect_bench:
+            self.sides["perfect"] = _Bench(self.site, self.run_dir / "perfect-bench", self.source, t0)
         for side in self.sides.values():
             side.wait_hello()
         store = Store(self.db_path)
@@ -209,25 +224,35 @@ class Day:
         for name in self.sides["mpc"].fleet.boards:
             store.board(name, link="serial")
         store.commit()
-        naive_store = Store(self.db_path)     # its own connection: it writes from its own thread
-        naive_store.run_id = store.run_id
-        self.stores = [store, naive_store]
+        self.stores = [store]
+        for name in self.sides:
+            if name != "mpc":       # each comparison bench writes from its own thread: its own connection
+                side_store = Store(self.db_path)
+                side_store.run_id = store.run_id
+                self.stores.append(side_store)
+                self.sides[name].store = side_store
         if self.feed is not None:
             self.source.listeners.append(self._relay_sun)
         forecaster = self.forecaster or Forecaster()
         self.sides["mpc"].runner = EdgeRunner(self.site, self.source, self.sides["mpc"].fleet, store,
                                               forecaster, t0)
-        self.sides["naive"].runner = EdgeRunner(self.site, self.source, self.sides["naive"].fleet,
-                                                naive_store, None, t0, policy="naive", record="dispatch")
+        for name in self.sides:
+            if name != "mpc":
+                side = self.sides[name]
+                side.runner = EdgeRunner(self.site, self.source, side.fleet, side.store, None, t0,
+                                         policy=name, record="dispatch")
         return self
 
     def run(self, on_tick=None):
-        """Run every tick on both benches, then the oracle and the summary; returns the summary."""
+        """Run every tick on every bench, then the oracle and the summary; returns the summary."""
         store = self.stores[0]
-        naive = threading.Thread(target=self.sides["naive"].run, name="naive-bench", daemon=True)
-        naive.start()
+        others = [threading.Thread(target=side.run, name=name + "-bench", daemon=True)
+                  for name, side in self.sides.items() if name != "mpc"]
+        for thread in others:
+            thread.start()
         self.sides["mpc"].run(on_tick)
-        naive.join()
+        for thread in others:
+            thread.join()
         errors = [s.error for s in self.sides.values() if s.error is not None]
         if errors:
             store.finish_run({}, status="failed")
@@ -241,14 +266,15 @@ class Day:
     def _summarise(self, store):
         rows = {p: [dict(r) for r in store.conn.execute(
             "SELECT * FROM dispatch WHERE run_id=? AND policy=? ORDER BY tick", (store.run_id, p))]
-            for p in ("mpc", "naive")}
+            for p in self.sides}
         n = len(rows["mpc"])
         truth = {k: v[:n] for k, v in self.source.truth().items()}
         r = self.runner
         d = r.deferrable
         deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
         s, oracle = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
-                                   r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable)
+                                   r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable,
+                                   perfect_rows=rows.get("perfect"))
         for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
             store.dispatch("oracle", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())

@@ -26,7 +26,9 @@ def _summary_lines(s):
         v = s.get(key)
         return (fmt % (v * scale) if v is not None else "%10s" % "-") + (" " + unit if unit else "")
 
-    lines = ["", "Day summary: MPC and naive rule measured on two identical benches, same day;",
+    measured = "cost_perfect_measured" in s
+    lines = ["", "Day summary: MPC, naive rule%s measured on %s identical benches, same day;" % (
+                 " and the MPC on the true future" if measured else "", "three" if measured else "two"),
              "perfect foresight = the optimiser's model solved on the day's true data", ""]
     lines.append("  load    served [J]   shed [J]")
     for l in ("load1", "load2", "load3"):
@@ -48,9 +50,17 @@ def _summary_lines(s):
         "    naive (measured)  %s %33s" % (f("cost_naive"), f("bill_naive")),
         "    naive (model)     %s" % f("cost_naive_model"),
         "    perfect foresight %s %33s" % (f("cost_oracle"), f("bill_oracle")),
+    ] + ([
+        "    MPC, true future  %s %33s   (measured, third bench)" % (
+            f("cost_perfect_measured"), f("bill_perfect_measured")),
+    ] if measured else []) + [
         "  savings capture     %s %%  (against the naive rule on the model: %s %%)" % (
             f("savings_capture", scale=100.0, fmt="%10.1f"),
             f("savings_capture_vs_model_naive", scale=100.0, fmt="%.1f")),
+    ] + ([
+        "    all measured      %s %%  (of the MPC on the true future's saving, on the bench)" % (
+            f("savings_capture_measured", scale=100.0, fmt="%10.1f")),
+    ] if measured else []) + [
         "",
         "  MPC solve time p50 %s ms, p99 %s ms wall; %s / %s ms CPU (%d solved, %d fallback ticks)" % (
             f("solve_time_p50_ms", fmt="%.3f"), f("solve_time_p99_ms", fmt="%.3f"),
@@ -114,7 +124,8 @@ def cmd_demo(args):
     else:
         print("Lab market feed %s: the day starts at the feed's next day boundary" % args.feed, flush=True)
     day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed,
-              feed_memory=_feed_memory(args, run_dir) if feed is not None else None)
+              feed_memory=_feed_memory(args, run_dir) if feed is not None else None,
+              perfect_bench=feed is None and not args.no_perfect_bench)
     url, stop_web = _start_dashboard(db, args.port)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
@@ -296,6 +307,9 @@ def build_parser():
     p.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR))
     p.add_argument("--port", type=int, default=8050, help="dashboard port (0 = any free port)")
     p.add_argument("--feed", default=None, help="use the lab market feed at this URL instead of the replayed day")
+    p.add_argument("--no-perfect-bench", action="store_true",
+                   help="no third bench running the MPC on the true future (a replayed day has one: "
+                        "perfect foresight measured under the bench's physics)")
     p.add_argument("--feed-speed", type=_positive(float), default=1.0,
                    help="the feed's clock runs this many times faster than real time (local feed only)")
     p.add_argument("--feed-memory", default=None,

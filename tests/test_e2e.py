@@ -24,7 +24,7 @@ BALANCE_REL = 0.02
 def day_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e")
     site = load_site(tick_s=1.5, n_ticks=N_TICKS, horizon=N_TICKS)
-    with Day(site, run_dir, day="2013-07-16") as day:
+    with Day(site, run_dir, day="2013-07-16", perfect_bench=True) as day:
         summary = day.run()
     conn = sqlite3.connect(str(run_dir / "picogrid.sqlite"))
     conn.row_factory = sqlite3.Row
@@ -75,6 +75,21 @@ def test_mpc_cost_no_higher_than_naive(day_run):
     assert stored["cost_mpc"] == pytest.approx(summary["cost_mpc"])
     assert summary["cost_mpc"] <= summary["cost_naive"], summary
     assert summary["cost_oracle"] <= summary["cost_naive"] + 1e-6
+
+
+def test_perfect_foresight_measured_on_a_third_bench(day_run):
+    """The MPC on the true future runs on its own bench: its measured cost is the capture's
+    reference with every cost measured, and it records only its dispatch."""
+    conn, summary, run_dir = day_run
+    rows = conn.execute("SELECT * FROM dispatch WHERE policy='perfect' ORDER BY tick").fetchall()
+    assert [r["tick"] for r in rows] == list(range(N_TICKS)) and summary["ticks_incomplete_perfect"] == 0
+    assert summary["bill_perfect_measured"] == pytest.approx(sum(r["cost"] for r in rows), abs=0.05)
+    assert summary["cost_perfect_measured"] <= summary["cost_naive"], summary
+    assert summary["savings_capture_measured"] == pytest.approx(
+        (summary["cost_naive"] - summary["cost_mpc"]) / (summary["cost_naive"] - summary["cost_perfect_measured"]))
+    assert (run_dir / "perfect-bench").is_dir()
+    # the main bench's records stay its own: one decision and six setpoints per tick
+    assert conn.execute("SELECT count(*) FROM decision").fetchone()[0] == N_TICKS
 
 
 def test_decisions_and_forecasts_recorded(day_run):

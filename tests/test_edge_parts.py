@@ -380,3 +380,41 @@ def test_summary_energies_leave_unmetered_ticks_out():
     assert s["import_energy_j"] == pytest.approx(3 * 1.0 * dt)
     assert s["ticks_incomplete_mpc"] == 1 and np.isnan(s["cost_mpc"])
     assert any("1 ticks lack a board's reading" in line for line in _summary_lines(s))
+    # the third bench's rows count alike: an unmetered tick leaves its cost unknown, not free
+    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, perfect_rows=rows)
+    assert s["ticks_incomplete_perfect"] == 1 and np.isnan(s["cost_perfect_measured"])
+    assert any(line.strip().startswith("all measured") for line in _summary_lines(s))
+
+
+def test_perfect_runner_plans_one_plan_on_the_true_future():
+    """The third bench's runner plans on the source's true day (every quantile the truth, the
+    day's last value past its end) with one plan, and scores as the oracle's model does."""
+    from picogrid.edge import policies
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    cols = _scenario(n_days=3, n_ticks=n_ticks)
+    # the sun the source tells now is the truth's PV (as in a replayed day)
+    cols["sun"] = [p / float(site["pv"]["capability_w"]) for p in cols["pv_available_w"]]
+    src = ScenarioSource(cols, n_ticks)
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0,
+                        policy="perfect", record="dispatch")
+    assert runner.cfg.scenario_weights is None and runner.mpc is not None
+    truth, k = src.truth(), n_ticks - 5
+    fans, sources = runner.true_future(k)
+    assert set(sources.values()) == {"truth"}
+    for series in ("pv_available_w", "load1_demand_w", "import_price_per_j"):
+        for q in (0.1, 0.5, 0.9):
+            np.testing.assert_array_equal(fans[series][q][:5], truth[series][k:])
+            assert np.all(fans[series][q][5:] == truth[series][-1])
+    # from tick 0 on the true day, the plan's cost is the perfect-foresight optimum's
+    decision, *_ = runner.optimise(0, 20.0, runner.true_future(0)[0], islanded=False)
+    oracle = policies.solve_oracle(runner.cfg, 20.0, truth["pv_available_w"],
+                                   np.column_stack([truth[f"load{i}_demand_w"] for i in (1, 2, 3)]),
+                                   truth["import_price_per_j"], truth["export_price_per_j"])
+    assert decision.ok and not decision.scenario_objectives
+    assert decision.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="mpc\\|naive\\|perfect"):
+        EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")
