@@ -88,7 +88,7 @@ def consumption():
 
 @bp.route("/finance")
 def finance():
-    """Cost per tick and cumulative for MPC, naive and perfect foresight; import/export; prices."""
+    """Cost per tick and cumulative per policy (MPC, naive, perfect foresight, the third bench); import/export; prices."""
     return _render("finance.html", fin=queries.finance, summary=queries.run_summary)
 
 

@@ -19,7 +19,8 @@ from .units import split_unit
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("mpc", "naive", "oracle")
+#: ``perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
+POLICIES = ("mpc", "naive", "oracle", "perfect")
 LIVE_POLICY = "mpc"
 # Display order of the bench's boards (DESIGN.md §2); any other board follows by name.
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
@@ -261,7 +262,8 @@ def cost_comparison(conn, run_id):
         ``{"ticks", "total", "to_latest"}`` where ``to_latest`` sums the ticks up to the live
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
         (naive - mpc) / (naive - oracle) of ``to_latest`` (DESIGN.md §4), None when any
-        policy is missing or naive equals oracle.
+        policy is missing or naive equals oracle; ``"savings_capture_measured"``: the same
+        with the measured ``perfect`` bench in place of the model's oracle (None without it).
     """
     rows = conn.execute(
         "SELECT policy, tick, cost FROM dispatch WHERE run_id=? AND policy IN (%s) ORDER BY tick"
@@ -297,11 +299,12 @@ def cost_comparison(conn, run_id):
         "cumulative": cumulative,
         "totals": totals,
         "savings_capture": _savings_capture(totals),
+        "savings_capture_measured": _savings_capture(totals, "perfect"),
     }
 
 
-def _savings_capture(totals):
-    mpc, naive, oracle = (totals[p]["to_latest"] for p in ("mpc", "naive", "oracle"))
+def _savings_capture(totals, reference="oracle"):
+    mpc, naive, oracle = (totals[p]["to_latest"] for p in ("mpc", "naive", reference))
     if mpc is None or naive is None or oracle is None or abs(naive - oracle) < 1e-12:
         return None
     return (naive - mpc) / (naive - oracle)

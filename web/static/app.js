@@ -8,8 +8,9 @@ const API = page.dataset.api;
 const PAGE = page.dataset.page;
 const RUN = page.dataset.run ? Number(page.dataset.run) : null;
 const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
-const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", oracle: "#2e7d32" };
-const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", oracle: "perfect foresight" };
+const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", oracle: "#2e7d32", perfect: "#00838f" };
+const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", oracle: "perfect foresight",
+  perfect: "MPC on the true future (bench)" };
 const LOADS = ["load1", "load2", "load3"];
 const LOAD_COLOURS = { load1: "#c62828", load2: "#ad1457", load3: "#6d4c41" };
 const DISPATCH_SERIES = [
@@ -303,7 +304,8 @@ async function consumptionPage() {
 
 async function financePage() {
   const f = await getJSON("/run/" + RUN + "/finance");
-  const policies = Object.keys(POLICY_COLOURS);
+  // a run without the third bench has no "perfect" rows: no empty series or table row for it
+  const policies = Object.keys(POLICY_COLOURS).filter((p) => f.totals[p] && f.totals[p].ticks > 0);
   const policySeries = (unit) => policies.map((p) => ({
     label: POLICY_NAMES[p] + " " + unit, stroke: POLICY_COLOURS[p], width: 3 }));
   plot("chart-cumulative", {
@@ -328,6 +330,7 @@ async function financePage() {
     return [p, t.ticks, fmt(t.to_latest), fmt(t.total), fmt(f.import_j[p]), fmt(f.export_j[p])];
   }));
   setText("savings-capture", fmt(f.savings_capture));
+  setText("savings-capture-measured", fmt(f.savings_capture_measured));
   const s = await getJSON("/run/" + RUN + "/summary");
   document.getElementById("summary-section").hidden = s.rows.length === 0;
   fillTable("summary-body", s.rows.map((r) => [{ text: r.label, title: r.name }, fmt(r.value), r.unit]));
