@@ -128,10 +128,10 @@ def take(url, out_dir):
 
 
 def _run_day(run_dir, ticks, tick_s):
-    """A short real day on the HIL bench; returns the store's path."""
+    """A short real day on the HIL bench, with the demo's three benches; returns the store's path."""
     from picogrid.hil.day import Day, load_site
     site = load_site(tick_s=tick_s, n_ticks=ticks, horizon=ticks)
-    with Day(site, run_dir) as day:
+    with Day(site, run_dir, perfect_bench=True) as day:
         day.run()
     return day.db_path
 
