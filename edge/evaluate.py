@@ -315,8 +315,8 @@ def run_mpc(ctrl, fc, truth, cfg, solve_ms=None, statuses=None):
 def keep_first_window(fc, store):
     """``fc`` that also keeps the window it returns at step 0 in ``store["window"]``.
 
-    The day-ahead plan must see exactly the forecast ``mpc_own`` saw at tick 0; the forecaster
-    is stateful (online recalibration), so calling it a second time would change both.
+    The day-ahead plan must see exactly the forecast ``mpc_own`` saw at tick 0; a live
+    forecaster (the lab feed's learner) is stateful, so asking it a second time would change both.
     """
     def wrapped(t, delivered_j=None):
         w = fc(t, delivered_j)
@@ -334,7 +334,7 @@ def dayahead_policy(window, truth, cfg):
     window : dict
         Forecast of the day made at tick 0, keyword arguments of ``MpcController.solve``
         (arrays of >= ``T`` steps, ``demand_w`` [N, L]; ``jobs`` and ``p_def_max_w`` with
-        deferrable jobs), as :func:`own_forecast` or :func:`perfect_forecast` return for
+        deferrable jobs), as :func:`fans_forecast` or :func:`perfect_forecast` return for
         ``t = 0``. Scenario and reserve inputs are ignored: the plan is one deterministic LP.
     truth : DayTruth
         The real day (``T`` steps); its ``e0_j`` is the measured stored energy at tick 0 [J].
@@ -500,13 +500,23 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         the reserve run); ``days``; ``sources`` (forecast source -> count); ``solve_ms`` (MPC
         solve times); ``dayahead_ms`` (day-ahead LP solve times [ms], one a day); ``statuses``;
         ``example`` (results of day 0 for the plot); ``cfg``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_days`` < 1, or as :class:`ProfileDays`.
     """
+    if n_days < 1:
+        raise ValueError(f"n_days must be >= 1, got {n_days!r}")
     run = ProfileDays(profile, first_day, n_days, overrides, compare)
     sources, parts = {}, []
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
         for d in range(n_days):
-            parts.append(run.run_day(d, run.forecast_day(d, sources), reserve_stride))
+            out = run.run_day(d, run.forecast_day(d, sources), reserve_stride)
+            if d:       # as in the workers: only day 0's closed-loop results are kept (the plot)
+                del out["results"]
+            parts.append(out)
             if progress:
                 progress(profile, d + 1, n_days)
     else:
@@ -515,17 +525,21 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         with ProcessPoolExecutor(workers, initializer=_start_worker,
                                  initargs=((profile, first_day, n_days, overrides, compare),)) as pool:
             pending = []
-            for d in range(n_days):
-                # a site day's fans are ~10 MB: keep only a few days ahead of the planners
-                while len(pending) >= 2 * workers:
-                    parts.append(pending.pop(0).result())
+            try:
+                for d in range(n_days):
+                    # a site day's fans are ~10 MB: keep only a few days ahead of the planners
+                    while len(pending) >= 2 * workers:
+                        parts.append(pending.pop(0).result())
+                        if progress:
+                            progress(profile, len(parts), n_days)
+                    pending.append(pool.submit(_run_worker_day, d, run.forecast_day(d, sources), reserve_stride))
+                for f in pending:
+                    parts.append(f.result())
                     if progress:
                         progress(profile, len(parts), n_days)
-                pending.append(pool.submit(_run_worker_day, d, run.forecast_day(d, sources), reserve_stride))
-            for f in pending:
-                parts.append(f.result())
-                if progress:
-                    progress(profile, len(parts), n_days)
+            except BaseException:   # a failed day (or Ctrl-C): do not plan the queued ones first
+                pool.shutdown(cancel_futures=True)
+                raise
     merged = {"costs": {p: np.array([r["costs"][p] for r in parts]) for p in run.policies},
               "days": run.data.days[run.hist_days:run.hist_days + n_days], "sources": sources,
               "example": (run.data.days[run.hist_days], run.data.truth(run.hist_days, run.cfg), parts[0]["results"]),

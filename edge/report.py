@@ -127,11 +127,12 @@ def baseline_rows(result, truth, dt_s):
 
 
 def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_cpu_s=(), deferrable=None,
-            perfect_rows=None):
+            mpc_perfect_rows=None, mpc_perfect_statuses=()):
     """The end-of-day summary: energies [J], costs [price units], solve times [ms].
 
     ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches;
-    ``perfect_rows`` those of the MPC on the true future (a third bench) or ``None``;
+    ``mpc_perfect_rows`` those of the MPC on the true future (a third bench) or ``None``, and
+    ``mpc_perfect_statuses`` its decisions' statuses;
     ``deferrable`` (:class:`Deferrable`) the run's deferrable load and jobs.
     Returns (summary dict with unit-suffixed keys, oracle DayResult).
     """
@@ -175,15 +176,16 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     s["savings_capture"] = policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_oracle"])
     s["savings_capture_vs_model_naive"] = policies.savings_capture(
         s["cost_naive_model"], s["cost_mpc"], s["cost_oracle"])
-    if perfect_rows is not None:
+    if mpc_perfect_rows is not None:
         # all three measured: the bench's own losses are in every cost, not only in two of three
-        complete = len(perfect_rows) == len(rows)
-        perfect = measured_costs(perfect_rows, cfg, deferrable) if complete else None
-        s["cost_perfect_measured"] = perfect["total"] if complete else float("nan")
-        s["bill_perfect_measured"] = perfect["import_cost"] - perfect["export_revenue"] if complete else float("nan")
-        s["savings_capture_measured"] = policies.savings_capture(
-            s["cost_naive"], s["cost_mpc"], s["cost_perfect_measured"])
-        s["ticks_incomplete_perfect"] = len(incomplete_ticks(perfect_rows))
+        complete = len(mpc_perfect_rows) == len(rows)
+        perfect = measured_costs(mpc_perfect_rows, cfg, deferrable) if complete else None
+        s["cost_mpc_perfect"] = perfect["total"] if complete else float("nan")
+        s["bill_mpc_perfect"] = perfect["import_cost"] - perfect["export_revenue"] if complete else float("nan")
+        s["savings_capture_vs_mpc_perfect"] = policies.savings_capture(
+            s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
+        s["ticks_incomplete_mpc_perfect"] = len(incomplete_ticks(mpc_perfect_rows))
+        s["ticks_fallback_mpc_perfect"] = sum(1 for st in mpc_perfect_statuses if not st.startswith("solved"))
     s["ticks_incomplete_mpc"] = len(incomplete_ticks(rows))
     s["ticks_incomplete_naive"] = len(incomplete_ticks(naive_rows))
     ms = 1e3 * np.asarray(solve_times_s)

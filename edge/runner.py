@@ -43,7 +43,7 @@ class EdgeRunner:
         attribute naming where each series came from (``picogrid.edge.forecast.Forecaster``)
     t0 : float, clock time [s] of tick 0
     policy : 'mpc' (forecast + receding-horizon QP), 'naive' (the rule-based baseline, run
-        on a second bench so both are measured under the same physics) or 'perfect' (the same
+        on a second bench so both are measured under the same physics) or 'mpc_perfect' (the same
         QP, one plan, on the source's true future: perfect foresight measured on a bench;
         needs a source whose ``truth()`` holds the whole day, i.e. a replayed day)
     record : 'all' (telemetry, decisions, forecasts, setpoints, boards) or 'dispatch'
@@ -53,8 +53,8 @@ class EdgeRunner:
 
     def __init__(self, site, source, fleet, store, forecaster, t0, policy="mpc", record="all",
                  clock=time.time, sleep=time.sleep):
-        if policy not in ("mpc", "naive", "perfect") or record not in ("all", "dispatch"):
-            raise ValueError("policy must be mpc|naive|perfect and record all|dispatch")
+        if policy not in ("mpc", "naive", "mpc_perfect") or record not in ("all", "dispatch"):
+            raise ValueError("policy must be mpc|naive|mpc_perfect and record all|dispatch")
         self.policy, self.record_all = policy, record == "all"
         self.site = site
         self.source = source
@@ -64,7 +64,7 @@ class EdgeRunner:
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
         self.cfg = config_from_site(site)
-        if policy == "perfect":     # a perfect forecast has no spread: its scenarios would be copies
+        if policy == "mpc_perfect":     # a perfect forecast has no spread: its scenarios would be copies
             self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)
         self.c_storage_f, self.esr_storage_ohm = estimate.supercapacitor(site)
         self.mpc = MpcController(self.cfg) if policy != "naive" else None
@@ -132,21 +132,32 @@ class EdgeRunner:
             src = dict(self.forecaster.source)
         except Exception as exc:   # forecaster broken: same tick yesterday, said so
             log.exception("forecaster failed at tick %d", k)
-            fc = {s: {q: history[s][-day_ticks:][np.arange(self.horizon) % day_ticks]
-                      for q in (0.1, 0.5, 0.9)} for s in _FORECAST_SERIES}
-            src = {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
+            return self._same_tick_yesterday(k, exc)
         return fc, src
+
+    def _same_tick_yesterday(self, k, exc):
+        """The fallback fans of a failed forecast: each series' last day in every quantile,
+        with sources ``seasonal_naive:<exception>``."""
+        day_ticks = self.source.n_ticks
+        history = self.source.history(k, day_ticks)
+        fc = {s: {q: history[s][-day_ticks:][np.arange(self.horizon) % day_ticks]
+                  for q in (0.1, 0.5, 0.9)} for s in _FORECAST_SERIES}
+        return fc, {s: "seasonal_naive:%s" % type(exc).__name__ for s in _FORECAST_SERIES}
 
     def true_future(self, k):
         """``(fans, sources)`` as :meth:`forecast` returns them, from the source's true day:
         every quantile the truth of ticks ``k .. k + N - 1`` (the day's last value past its end,
         where :func:`~picogrid.edge.policies.pad_day_end` takes over)."""
-        truth = self.source.truth()
-        rows = np.minimum(np.arange(k, k + self.horizon), len(truth["pv_available_w"]) - 1)
-        fans = {}
-        for s in _FORECAST_SERIES + (("export_price_per_j",) if "export_price_per_j" in truth else ()):
-            values = np.asarray(truth[s], float)[rows]
-            fans[s] = {q: values for q in (0.1, 0.5, 0.9)}
+        try:
+            truth = self.source.truth()
+            rows = np.minimum(np.arange(k, k + self.horizon), len(truth["pv_available_w"]) - 1)
+            fans = {}
+            for s in _FORECAST_SERIES + (("export_price_per_j",) if "export_price_per_j" in truth else ()):
+                values = np.asarray(truth[s], float)[rows]
+                fans[s] = {q: values for q in (0.1, 0.5, 0.9)}
+        except Exception as exc:   # a source without the whole day: plan as a failed forecast would
+            log.exception("true future unavailable at tick %d", k)
+            return self._same_tick_yesterday(k, exc)
         return fans, {s: "truth" for s in fans}
 
     def update_jobs(self):

@@ -33,8 +33,9 @@ CREATE TABLE IF NOT EXISTS telemetry (
     energy_bus_j REAL, setpoint_w REAL, flags INTEGER
 );
 CREATE INDEX IF NOT EXISTS telemetry_run_tick ON telemetry(run_id, tick);
--- One row per tick and policy: 'mpc' is what the bench measured, 'naive' and 'oracle'
--- are the baselines computed on the same day's true data. Mean powers over the tick [W].
+-- One row per tick and policy, mean powers over the tick [W]: 'mpc', 'naive' and 'mpc_perfect'
+-- (the MPC on the day's true future) are measured on their benches; 'oracle' is the model's
+-- perfect-foresight plan on the same day's true data.
 CREATE TABLE IF NOT EXISTS dispatch (
     run_id INTEGER NOT NULL, policy TEXT NOT NULL, tick INTEGER NOT NULL,
     pv_w REAL, storage_w REAL, grid_w REAL,

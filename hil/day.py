@@ -121,7 +121,7 @@ class Day:
     at the same time on a second bench (``run_dir/naive-bench``) so both policies are
     measured under the same physics, sensors and converter losses. The perfect-foresight
     optimum is computed on the day's true data; with ``perfect_bench`` (a replayed day) the
-    same MPC also runs on that true future on a third bench (``run_dir/perfect-bench``), so
+    same MPC also runs on that true future on a third bench (``run_dir/mpc-perfect-bench``), so
     perfect foresight is measured through the bench's physics too.
 
     Parameters
@@ -214,7 +214,7 @@ class Day:
         self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
         self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
         if self.perfect_bench:
-            self.sides["perfect"] = _Bench(self.site, self.run_dir / "perfect-bench", self.source, t0)
+            self.sides["mpc_perfect"] = _Bench(self.site, self.run_dir / "mpc-perfect-bench", self.source, t0)
         for side in self.sides.values():
             side.wait_hello()
         store = Store(self.db_path)
@@ -274,7 +274,9 @@ class Day:
         deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
         s, oracle = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
                                    r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable,
-                                   perfect_rows=rows.get("perfect"))
+                                   mpc_perfect_rows=rows.get("mpc_perfect"),
+                                   mpc_perfect_statuses=self.sides["mpc_perfect"].runner.statuses
+                                   if "mpc_perfect" in self.sides else ())
         for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
             store.dispatch("oracle", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())

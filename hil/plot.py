@@ -21,7 +21,7 @@ def plot_day(db_path, png_path, run_id=None):
     if run_id is None:
         run_id = conn.execute("SELECT max(id) FROM run").fetchone()[0]
     mpc = _rows(conn, run_id, "mpc")
-    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "oracle")}
+    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "oracle", "mpc_perfect")}
     conn.close()
     t = np.array([r["tick"] for r in mpc])
     col = lambda name, rows=mpc: np.array([r[name] if r[name] is not None else np.nan for r in rows])
@@ -42,6 +42,9 @@ def plot_day(db_path, png_path, run_id=None):
     oracle = series["oracle"]
     if oracle:
         ax[1].plot([r["tick"] for r in oracle], col("storage_energy_j", oracle), ls="--", label="perfect foresight")
+    if series["mpc_perfect"]:       # the third bench: the MPC on the true future, measured
+        ax[1].plot([r["tick"] for r in series["mpc_perfect"]], col("storage_energy_j", series["mpc_perfect"]),
+                   ls=":", label="MPC on the true future (measured)")
     ax[1].set_ylabel("energy [J]")
     ax1b = ax[1].twinx()
     ax1b.step(t, col("import_price_per_j"), where="post", color="gray", alpha=0.6, label="import price")

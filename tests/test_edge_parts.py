@@ -381,8 +381,8 @@ def test_summary_energies_leave_unmetered_ticks_out():
     assert s["ticks_incomplete_mpc"] == 1 and np.isnan(s["cost_mpc"])
     assert any("1 ticks lack a board's reading" in line for line in _summary_lines(s))
     # the third bench's rows count alike: an unmetered tick leaves its cost unknown, not free
-    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, perfect_rows=rows)
-    assert s["ticks_incomplete_perfect"] == 1 and np.isnan(s["cost_perfect_measured"])
+    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=rows)
+    assert s["ticks_incomplete_mpc_perfect"] == 1 and np.isnan(s["cost_mpc_perfect"])
     assert any(line.strip().startswith("all measured") for line in _summary_lines(s))
 
 
@@ -400,7 +400,7 @@ def test_perfect_runner_plans_one_plan_on_the_true_future():
     cols["sun"] = [p / float(site["pv"]["capability_w"]) for p in cols["pv_available_w"]]
     src = ScenarioSource(cols, n_ticks)
     runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0,
-                        policy="perfect", record="dispatch")
+                        policy="mpc_perfect", record="dispatch")
     assert runner.cfg.scenario_weights is None and runner.mpc is not None
     truth, k = src.truth(), n_ticks - 5
     fans, sources = runner.true_future(k)
@@ -416,5 +416,9 @@ def test_perfect_runner_plans_one_plan_on_the_true_future():
                                    truth["import_price_per_j"], truth["export_price_per_j"])
     assert decision.ok and not decision.scenario_objectives
     assert decision.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
-    with pytest.raises(ValueError, match="mpc\\|naive\\|perfect"):
+    # a source without the whole day: planned as a failed forecast, and said so
+    src.truth = lambda: {}
+    _, sources = runner.true_future(k)
+    assert set(sources.values()) == {"seasonal_naive:KeyError"}
+    with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")

@@ -192,7 +192,7 @@ def test_dayahead_plan_needs_a_whole_day_of_forecast():
         evaluate.dayahead_policy(short, truth, cfg)
 
 
-def test_own_forecast_plans_on_the_calibrated_scenario_energies():
+def test_fans_forecast_plans_on_the_calibrated_scenario_energies():
     """With scenario_energy_spread set, the scenarios ``picogrid evaluate`` plans on are the
     calibration's, built from the very fans the forecaster served at that tick."""
     from picogrid.edge.forecast import Forecaster

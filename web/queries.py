@@ -19,8 +19,8 @@ from .units import split_unit
 
 log = logging.getLogger(__name__)
 
-#: ``perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
-POLICIES = ("mpc", "naive", "oracle", "perfect")
+#: ``mpc_perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
+POLICIES = ("mpc", "naive", "oracle", "mpc_perfect")
 LIVE_POLICY = "mpc"
 # Display order of the bench's boards (DESIGN.md §2); any other board follows by name.
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
@@ -215,7 +215,7 @@ def dispatch_series(conn, run_id, policy=LIVE_POLICY, after_tick=None):
     ----------
     conn : sqlite3.Connection
     run_id : int
-    policy : {'mpc', 'naive', 'oracle'}
+    policy : one of ``POLICIES``
     after_tick : int, optional
         Only ticks strictly after this one (what the SSE stream sends as news).
 
@@ -262,8 +262,8 @@ def cost_comparison(conn, run_id):
         ``{"ticks", "total", "to_latest"}`` where ``to_latest`` sums the ticks up to the live
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
         (naive - mpc) / (naive - oracle) of ``to_latest`` (DESIGN.md §4), None when any
-        policy is missing or naive equals oracle; ``"savings_capture_measured"``: the same
-        with the measured ``perfect`` bench in place of the model's oracle (None without it).
+        policy is missing or naive equals oracle; ``"savings_capture_vs_mpc_perfect"``: the same
+        with the measured ``mpc_perfect`` bench in place of the model's oracle (None without it).
     """
     rows = conn.execute(
         "SELECT policy, tick, cost FROM dispatch WHERE run_id=? AND policy IN (%s) ORDER BY tick"
@@ -299,7 +299,7 @@ def cost_comparison(conn, run_id):
         "cumulative": cumulative,
         "totals": totals,
         "savings_capture": _savings_capture(totals),
-        "savings_capture_measured": _savings_capture(totals, "perfect"),
+        "savings_capture_vs_mpc_perfect": _savings_capture(totals, "mpc_perfect"),
     }
 
 

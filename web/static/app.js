@@ -8,9 +8,9 @@ const API = page.dataset.api;
 const PAGE = page.dataset.page;
 const RUN = page.dataset.run ? Number(page.dataset.run) : null;
 const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
-const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", oracle: "#2e7d32", perfect: "#00838f" };
+const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", oracle: "#2e7d32", mpc_perfect: "#00838f" };
 const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", oracle: "perfect foresight",
-  perfect: "MPC on the true future (bench)" };
+  mpc_perfect: "MPC on the true future (bench)" };
 const LOADS = ["load1", "load2", "load3"];
 const LOAD_COLOURS = { load1: "#c62828", load2: "#ad1457", load3: "#6d4c41" };
 const DISPATCH_SERIES = [
@@ -304,8 +304,9 @@ async function consumptionPage() {
 
 async function financePage() {
   const f = await getJSON("/run/" + RUN + "/finance");
-  // a run without the third bench has no "perfect" rows: no empty series or table row for it
-  const policies = Object.keys(POLICY_COLOURS).filter((p) => f.totals[p] && f.totals[p].ticks > 0);
+  // the charts keep every policy's series (plot() builds a chart once, then only sets its
+  // data; the oracle's rows come at the day's end); the table lists the policies with rows
+  const policies = Object.keys(POLICY_COLOURS);
   const policySeries = (unit) => policies.map((p) => ({
     label: POLICY_NAMES[p] + " " + unit, stroke: POLICY_COLOURS[p], width: 3 }));
   plot("chart-cumulative", {
@@ -325,12 +326,12 @@ async function financePage() {
       { label: "import [cents/J]", stroke: "#c62828", width: 3 },
       { label: "export [cents/J]", stroke: "#2e7d32", width: 3 }],
   }, [f.tick, f.import_price_per_j, f.export_price_per_j]);
-  fillTable("costs-body", policies.map((p) => {
+  fillTable("costs-body", policies.filter((p) => f.totals[p].ticks > 0).map((p) => {
     const t = f.totals[p];
     return [p, t.ticks, fmt(t.to_latest), fmt(t.total), fmt(f.import_j[p]), fmt(f.export_j[p])];
   }));
   setText("savings-capture", fmt(f.savings_capture));
-  setText("savings-capture-measured", fmt(f.savings_capture_measured));
+  setText("savings-capture-vs-mpc-perfect", fmt(f.savings_capture_vs_mpc_perfect));
   const s = await getJSON("/run/" + RUN + "/summary");
   document.getElementById("summary-section").hidden = s.rows.length === 0;
   fillTable("summary-body", s.rows.map((r) => [{ text: r.label, title: r.name }, fmt(r.value), r.unit]));
