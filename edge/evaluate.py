@@ -71,6 +71,7 @@ References
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime as _dt
 import functools
@@ -84,6 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from picogrid.edge import policies
+from picogrid.edge.error_scenarios import forecast_errors, point_forecast
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
 from picogrid.edge.pymgrid_policy import PymgridMpc
@@ -243,16 +245,18 @@ def forecast_fans(data, i, forecaster, sources):
     return fans
 
 
-def fans_forecast(fans_at, truth, cfg, calibration=None, reserve=False):
+def fans_forecast(fans_at, truth, cfg, calibration=None, reserve=False, errors_at=None):
     """``forecast(t, delivered_j)`` for :func:`policies.mpc_policy` from ``fans_at(t, now)``
     (plan-aligned fans, as :func:`forecast_fans` gives them): the true window's limits, jobs
-    and step 0, the forecast's scenarios after it (:func:`forecast_inputs`), day-end padding."""
+    and step 0, the forecast's scenarios after it (:func:`forecast_inputs`, with the past
+    forecast errors ``errors_at(t)`` for ``cfg.error_scenario_days``), day-end padding."""
     plan_cfg = cfg.replace(reserve=True) if reserve else cfg
 
     def fc(t, delivered_j=None):
         w = truth.window(t, cfg.horizon, cfg, delivered_j)        # limits, jobs, true values now
         now = known_now(w)
-        w.update(forecast_inputs(fans_at(t, now), plan_cfg, LOAD_SERIES, now, calibration=calibration, tick=t))
+        w.update(forecast_inputs(fans_at(t, now), plan_cfg, LOAD_SERIES, now, calibration=calibration, tick=t,
+                                 errors=errors_at(t) if errors_at else None))
         return policies.pad_day_end(w, truth.n_steps - t, cfg)
     return fc
 
@@ -400,10 +404,13 @@ class ProfileDays:
         start = _dt.date.fromisoformat(first_day)
         self.forecaster_profile = profile if profile in F.PROFILES else "lab"
         self.forecaster = Forecaster(profile=self.forecaster_profile)
+        # error scenarios: the forecaster first runs through the K days before the first one
+        self.warm_days = int(cfg.error_scenario_days)
         # the history the models read before the first day, one day of clear-sky/forecast room after
-        self.hist_days = -(-self.forecaster.history_ticks // n_ticks)
+        self.hist_days = -(-self.forecaster.history_ticks // n_ticks) + self.warm_days
         frame = build_bench_days((start - _dt.timedelta(days=self.hist_days)).isoformat(),
                                  n_days + self.hist_days + 1, n_ticks, scaling)
+        self._points = collections.deque(maxlen=self.warm_days)   # past days' point forecasts, per tick
         self.data = DayData(frame, n_ticks, cfg.dt_s)
         if self.forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
             raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
@@ -423,17 +430,35 @@ class ProfileDays:
         return out
 
     def forecast_day(self, d, sources):
-        """The forecaster's fans at every tick of scored day ``d``, in tick order: list of
-        ``{series: {quantile: array [H]}}``. The forecaster is stateful (its online
-        recalibration), so the days must be forecast in order, each once."""
-        i = d + self.hist_days
-        truth = self.data.truth(i, self.cfg)
-        fans_at = forecast_fans(self.data, i, self.forecaster, sources)
-        return [fans_at(t, known_now(truth.window(t, self.cfg.horizon, self.cfg)))
-                for t in range(truth.n_steps)]
+        """The forecaster's fans at every tick of scored day ``d`` and the past forecast errors
+        for the error scenarios, in tick order: ``(fans, errors)``, lists over the ticks of
+        ``{series: {quantile: array [H]}}`` and of ``[K]`` :func:`forecast_errors` (most recent
+        day first; empty without error scenarios). The forecaster is stateful (its online
+        recalibration), so the days must be forecast in order, each once (the first call also
+        runs it through the ``K`` days before the first day, unscored)."""
+        while len(self._points) < self.warm_days and d == 0:
+            self._forecast(-self.warm_days + len(self._points), {})
+        return self._forecast(d, sources)
 
-    def run_day(self, d, day_fans, reserve_stride=1):
-        """Every policy on scored day ``d`` with the fans of :meth:`forecast_day`.
+    def _forecast(self, d, sources):
+        i = d + self.hist_days
+        cfg, data, nt = self.cfg, self.data, self.data.n_ticks
+        truth = data.truth(i, cfg)
+        fans_at = forecast_fans(data, i, self.forecaster, sources)
+        fans = [fans_at(t, known_now(truth.window(t, cfg.horizon, cfg))) for t in range(truth.n_steps)]
+        errors = []
+        for t in range(truth.n_steps):
+            now_row = i * nt + t
+            errors.append([])
+            for k, points in enumerate(reversed(self._points), start=1):
+                rows = np.arange(now_row - k * nt, min(now_row - k * nt + cfg.horizon, now_row))  # past only
+                errors[t].append(forecast_errors(points[t], {s: data.cols[s][rows] for s in points[t]}))
+        if self.warm_days:
+            self._points.append([point_forecast(f, LOAD_SERIES) for f in fans])
+        return fans, errors
+
+    def run_day(self, d, day_fans, day_errors, reserve_stride=1):
+        """Every policy on scored day ``d`` with the fans and errors of :meth:`forecast_day`.
 
         Returns
         -------
@@ -448,9 +473,10 @@ class ProfileDays:
         results = baselines(truth, cfg)
         tick0, ctrl = {}, self.controllers
         fans = lambda t, now: day_fans[t]  # noqa: E731  (fans_forecast's fans_at(t, now))
+        own = dict(calibration=self.calibration, errors_at=day_errors.__getitem__)
         for name, fc in (("mpc_perfect", perfect_forecast(self.data, i, truth, cfg)),
-                         ("mpc_own", keep_first_window(fans_forecast(fans, truth, cfg, self.calibration), tick0)),
-                         ("mpc_own_reserve", fans_forecast(fans, truth, cfg, self.calibration, reserve=True))):
+                         ("mpc_own", keep_first_window(fans_forecast(fans, truth, cfg, **own), tick0)),
+                         ("mpc_own_reserve", fans_forecast(fans, truth, cfg, reserve=True, **own))):
             if name not in ctrl or (name == "mpc_own_reserve" and d % reserve_stride):
                 continue
             results[name] = run_mpc(ctrl[name], fc, truth, cfg, out["solve_ms"], out["statuses"])
@@ -474,8 +500,8 @@ def _start_worker(args):
     _worker_days = ProfileDays(*args)
 
 
-def _run_worker_day(d, day_fans, reserve_stride):
-    out = _worker_days.run_day(d, day_fans, reserve_stride)
+def _run_worker_day(d, day_fans, day_errors, reserve_stride):
+    out = _worker_days.run_day(d, day_fans, day_errors, reserve_stride)
     if d:   # only day 0's closed-loop results are kept (the plot): the rest stay in the worker
         del out["results"]
     return out
@@ -513,7 +539,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
         for d in range(n_days):
-            out = run.run_day(d, run.forecast_day(d, sources), reserve_stride)
+            out = run.run_day(d, *run.forecast_day(d, sources), reserve_stride)
             if d:       # as in the workers: only day 0's closed-loop results are kept (the plot)
                 del out["results"]
             parts.append(out)
@@ -532,7 +558,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
                         parts.append(pending.pop(0).result())
                         if progress:
                             progress(profile, len(parts), n_days)
-                    pending.append(pool.submit(_run_worker_day, d, run.forecast_day(d, sources), reserve_stride))
+                    pending.append(pool.submit(_run_worker_day, d, *run.forecast_day(d, sources), reserve_stride))
                 for f in pending:
                     parts.append(f.result())
                     if progress:

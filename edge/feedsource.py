@@ -34,9 +34,11 @@ def feed_site(site):
     the replayed days', :data:`picogrid.models.labfeed_server.LAB_PRICE_SCALE`). Values of lost
     load set for the replayed days would then lie below the prices and the optimiser would
     shed loads to trade their energy, so ``[labfeed] voll_per_j`` (same classes as ``[loads]``)
-    replaces ``[loads] voll_per_j`` when given.
+    replaces ``[loads] voll_per_j`` when given. The feed tells no days before the edge saw
+    them, so there are no past forecasts for error scenarios: ``error_scenario_days`` is off.
     """
     site = copy.deepcopy(site)
+    site.get("optimizer", {}).pop("error_scenario_days", None)
     voll = site.get("labfeed", {}).get("voll_per_j")
     if voll is not None:
         site["loads"]["voll_per_j"] = dict(voll)

@@ -173,6 +173,14 @@ class MpcConfig:
         (:mod:`picogrid.edge.energy_calibration`), that share of each quantile's distance from
         the median kept (1 = as calibrated). Forecast side; needs the forecaster's calibration
         file, else it warns and keeps the correlation construction.
+    error_scenario_days : int
+        ``K`` >= 0: with scenarios (ignored without), ``K`` more, each this tick's point forecast plus the error
+        the forecast issued at the same tick ``k`` days ago turned out to have, ``k = 1..K``
+        (:mod:`picogrid.edge.error_scenarios`); 0 = none. Both sides: the forecast side builds
+        them, the solver plans ``S + K`` scenarios.
+    error_scenario_weight : float
+        Their total probability in (0, 1), shared equally; the quantile scenarios keep the rest
+        in the proportions of ``scenario_weights`` (:attr:`plan_weights`).
     demand_p90_weight : float
         Where in the demand fan the single (expected-value) plan sits, in [0, 1]: steps 1..N-1
         plan ``mean + w * (P90 - mean)`` per load; 0 plans on the mean. Read by the forecast side
@@ -236,6 +244,8 @@ class MpcConfig:
     scenario_correlation: float = 1.0
     scenario_energy_spread: float | None = None
     scenario_shared_steps: int = 1
+    error_scenario_days: int = 0
+    error_scenario_weight: float = 0.5
     demand_p90_weight: float = 0.0
     rho: float = 0.1
     check_termination: int = 25
@@ -308,6 +318,10 @@ class MpcConfig:
             if len(qs) != len(self.scenario_weights or ()) or any(not 0 < v < 1 for v in qs):
                 problems.append(f"scenario_quantiles must be in (0, 1), one per scenario weight, "
                                 f"got {qs!r}")
+        if int(self.error_scenario_days) != self.error_scenario_days or self.error_scenario_days < 0:
+            problems.append(f"error_scenario_days must be an integer >= 0, got {self.error_scenario_days!r}")
+        if not 0.0 < self.error_scenario_weight < 1.0:
+            problems.append(f"error_scenario_weight must lie in (0, 1), got {self.error_scenario_weight!r}")
         if not 0.0 <= self.demand_p90_weight <= 1.0:
             problems.append(f"demand_p90_weight must lie in [0, 1], got {self.demand_p90_weight!r}")
         if int(self.scenario_shared_steps) != self.scenario_shared_steps \
@@ -369,6 +383,17 @@ class MpcConfig:
             return self.critical_loads
         top = max(self.voll_per_j)
         return tuple(k for k, v in enumerate(self.voll_per_j) if v == top)
+
+    @property
+    def plan_weights(self):
+        """Probabilities of every scenario the solver plans, shape [S + K]: the quantile
+        scenarios' ``scenario_weights`` times ``1 - error_scenario_weight``, then ``K`` equal
+        shares of ``error_scenario_weight`` (``scenario_weights`` itself when ``K`` = 0)."""
+        k = int(self.error_scenario_days)
+        if not k or not self.scenario_weights:
+            return self.scenario_weights
+        w = self.error_scenario_weight
+        return tuple((1.0 - w) * v for v in self.scenario_weights) + (w / k,) * k
 
     def replace(self, **changes):
         """Return a copy with some fields changed (e.g. ``horizon`` for a whole-day solve)."""
@@ -915,7 +940,7 @@ class MpcController:
         self.model = build_model(config)
         # the QP handed to OSQP: one copy of the model per scenario (one copy without scenarios)
         self._scenarios = config.scenario_weights is not None and len(config.scenario_weights) > 1
-        self._qp = qp = ScenarioQp(self.model, config.scenario_weights if self._scenarios else (1.0,),
+        self._qp = qp = ScenarioQp(self.model, config.plan_weights if self._scenarios else (1.0,),
                                    config.scenario_shared_steps if self._scenarios else 1)
         self._simplex = WarmSimplex(qp.A)
         self._solver = None          # OSQP, set up only when it solves (solver='osqp')

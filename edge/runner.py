@@ -18,6 +18,7 @@ from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.forecast import forecast_from_now
+from picogrid.edge.error_scenarios import forecast_errors, point_forecast
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOAD_SERIES, LOADS
 from picogrid.edge.site import deferrable_board
@@ -90,6 +91,10 @@ class EdgeRunner:
         board, rating_w = deferrable_board(site)
         self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
         self._price_warned = False
+        # error scenarios: the point forecasts issued at each tick (negative: days before the
+        # run day, replayed by prepare()), for the errors they turn out to have a day later
+        self.error_days = int(self.cfg.error_scenario_days) if policy == "mpc" else 0
+        self._points = {}
 
     # -- stages ----------------------------------------------------------------------
     def observe(self):
@@ -160,6 +165,37 @@ class EdgeRunner:
             return self._same_tick_yesterday(k, exc)
         return fans, {s: "truth" for s in fans}
 
+    def prepare(self, k=0):
+        """Forecast the ticks of the ``error_days`` days before tick ``k`` as the run would
+        have, in order, so the error scenarios have their past errors from tick ``k`` on (the
+        forecaster's online recalibration runs through those days too). A source without that
+        much history (the lab feed's) stops it early, with one warning."""
+        day_ticks = self.source.n_ticks
+        for kp in range(k - self.error_days * day_ticks, k):
+            if kp in self._points:
+                continue
+            try:
+                fc, _ = self.forecast(kp, self.known_now(kp))
+            except ValueError as exc:      # the source does not reach back that far
+                log.warning("error scenarios: no forecasts before tick %d (%s)", kp, exc)
+                self._points.update({j: None for j in range(kp, k)})
+                return
+            self._points[kp] = point_forecast(fc, LOAD_SERIES)
+
+    def past_errors(self, k):
+        """Errors of the forecasts issued at tick ``k``'s tick of day on the last
+        ``error_days`` days, most recent first (``None`` for a day without one): what the
+        source's history says those steps were, less what was forecast."""
+        day_ticks, out = self.source.n_ticks, []
+        for j in range(1, self.error_days + 1):
+            point = self._points.get(k - j * day_ticks)
+            if point is None:
+                out.append(None)
+                continue
+            realised = self.source.history(k, j * day_ticks)
+            out.append(forecast_errors(point, {s: realised[s][:self.horizon] for s in point}))
+        return out
+
     def update_jobs(self):
         """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
         if self.deferrable and hasattr(self.source, "jobs"):
@@ -207,7 +243,8 @@ class EdgeRunner:
         pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
         imp = np.full(n, now["import_price_per_j"])
         try:
-            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now, tick=k, calibration=self.energy_calibration)
+            window = forecast_inputs(fc, self.cfg, LOAD_SERIES, now, tick=k, calibration=self.energy_calibration,
+                                     errors=self.past_errors(k) if self.error_days else None)
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
@@ -350,7 +387,11 @@ class EdgeRunner:
             self.e0_j = e_j
         if self.policy != "naive":
             now = self.known_now(k)
+            if self.error_days:
+                self.prepare(k)
             fc, src = self.forecast(k, now) if self.policy == "mpc" else self.true_future(k)
+            if self.error_days:
+                self._points[k] = point_forecast(fc, LOAD_SERIES)
             cpu0 = time.thread_time()
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores

@@ -101,7 +101,8 @@ class ScenarioSource:
         """Calendar of ``tick`` as the forecasters read it: ``{tick, day_of_year (1..366),
         weekday (0 = Monday), n_ticks}``."""
         r = self._row(tick)
-        return {"tick": int(tick), "day_of_year": int(self.cols["day_of_year"][r]),
+        # a tick before the run day (negative) is the same tick of day of an earlier day
+        return {"tick": int(tick) % self.n_ticks, "day_of_year": int(self.cols["day_of_year"][r]),
                 "weekday": int(self.cols["weekday"][r]), "n_ticks": self.n_ticks}
 
     def jobs(self):

@@ -280,7 +280,7 @@ def _warn_once(text):
         log.warning(text)
 
 
-def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
+def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None, errors=None):
     """The forecast arguments of :meth:`MpcController.solve` from forecast fans.
 
     One function for the edge runner and ``picogrid evaluate``, so the bench runs the plan
@@ -299,6 +299,10 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
         ``demand_w`` [L] [W], ``import_price_per_j`` and ``export_price_per_j`` [price/J].
     calibration, tick :
         Scenario energy calibration and the tick of day of step 0; see :func:`solve_scenarios`.
+    errors : sequence of mapping or None
+        With ``cfg.error_scenario_days`` ``K`` > 0 and scenarios: the errors of the forecasts
+        issued at this tick of day on the last ``K`` days, most recent first
+        (:func:`picogrid.edge.error_scenarios.forecast_errors`, ``None`` for a day without one).
 
     Returns
     -------
@@ -306,7 +310,8 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
         ``pv_avail_w`` [N] (P50), ``demand_w`` [N, L] (the fan's expected value, see
         :func:`expected_value`, moved ``cfg.demand_p90_weight`` of the way to its P90), ``import_price_per_j`` [N] (P50), ``export_price_per_j`` [N]
         (its fan's P50, else import less the grid fee ``now`` reveals), step 0 from ``now``;
-        with scenarios also ``scenarios`` (:func:`solve_scenarios`); with ``cfg.reserve`` also
+        with scenarios also ``scenarios`` (:func:`solve_scenarios`, then ``K`` error scenarios,
+        :func:`picogrid.edge.error_scenarios.error_scenarios`); with ``cfg.reserve`` also
         ``reserve_demand_w`` [N, L] (P90) and ``reserve_pv_w`` [N] (P10), the reserve's
         pessimistic corner (DESIGN.md §4).
 
@@ -331,6 +336,9 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None):
     out = {"pv_avail_w": pv, "demand_w": demand, "import_price_per_j": imp, "export_price_per_j": exp}
     scen = solve_scenarios(fans, cfg, load_series, fee, calibration, tick)
     if scen is not None:
+        if cfg.error_scenario_days:
+            from picogrid.edge.error_scenarios import error_scenarios
+            scen = scen + error_scenarios(out, errors, load_series, int(cfg.error_scenario_days))
         out["scenarios"] = scen
     if cfg.reserve:
         out["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in load_series]), 0.0)

@@ -62,6 +62,8 @@ def replay_source(site, run_dir, day):
     history_days = HISTORY_DAYS
     if profile_dims(profile)["n_ticks"] == n_ticks:     # the profile's models will run: their history
         history_days = max(history_days, model_history_days(profile))
+    # the error scenarios' past days are forecast before the run (EdgeRunner.prepare): theirs too
+    history_days += int(site.get("optimizer", {}).get("error_scenario_days", 0))
     scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"], history_days))
     board, _ = deferrable_board(site)
     jobs = []
@@ -236,6 +238,7 @@ class Day:
         forecaster = self.forecaster or Forecaster()
         self.sides["mpc"].runner = EdgeRunner(self.site, self.source, self.sides["mpc"].fleet, store,
                                               forecaster, t0)
+        self.sides["mpc"].runner.prepare()      # the error scenarios' past days, before tick 0
         for name in self.sides:
             if name != "mpc":
                 side = self.sides[name]

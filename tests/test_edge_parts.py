@@ -422,3 +422,35 @@ def test_perfect_runner_plans_one_plan_on_the_true_future():
     assert set(sources.values()) == {"seasonal_naive:KeyError"}
     with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")
+
+
+def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
+    """With error scenarios the runner first forecasts the K days before the run (prepare), and
+    each tick's past errors are what the source's history says, less those forecasts; a source
+    without the history says so and plans without them."""
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+
+    site = load_site()
+    site["optimizer"]["error_scenario_days"] = 2
+    n_ticks = int(site["bench"]["n_ticks"])
+    src = ScenarioSource(_scenario(n_days=5, n_ticks=n_ticks), n_ticks)
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    runner.prepare()
+    assert set(runner._points) == set(range(-2 * n_ticks, 0)) and None not in runner._points.values()
+    errors = runner.past_errors(0)
+    n = runner.horizon
+    for j, err in enumerate(errors, start=1):
+        realised = src.history(0, j * n_ticks)
+        point = runner._points[-j * n_ticks]
+        np.testing.assert_allclose(err["load2_demand_w"], realised["load2_demand_w"][:n] - point["load2_demand_w"])
+    fc = {"pv_available_w": {q: np.full(n, 1.0) for q in (0.1, 0.5, 0.9)},
+          "import_price_per_j": {q: np.full(n, 3.0) for q in (0.1, 0.5, 0.9)},
+          **{f"load{k}_demand_w": {q: np.full(n, 0.3) for q in (0.1, 0.5, 0.9)} for k in (1, 2, 3)}}
+    decision, *_ = runner.optimise(0, 20.0, fc, islanded=False)
+    assert decision.ok and len(decision.scenario_objectives) == 3 + 2
+    short = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)   # two days of history
+    runner = EdgeRunner(site, short, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
+    with caplog.at_level("WARNING"):
+        runner.prepare()
+    assert "no forecasts before tick" in caplog.text and runner.past_errors(0) == [None, None]
