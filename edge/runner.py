@@ -124,11 +124,7 @@ class EdgeRunner:
         (SI units; step 0 is ``now``, step j tick ``k + j``) and series -> the source that made
         it (the forecaster's, or ``seasonal_naive:<exception>`` when it failed, logged), as the
         decision record stores it."""
-        day_ticks = self.source.n_ticks
-        hist_len = 2 * day_ticks
-        if getattr(self.forecaster, "n_ticks", None) == day_ticks:   # its models apply: their history
-            hist_len = max(hist_len, int(getattr(self.forecaster, "history_ticks", 0)))
-        history = self.source.history(k, hist_len)
+        history = self.source.history(k, self._history_len())
         calendar = self.source.calendar(k)
         # the forecast starts at the next tick, from the history through now (known values)
         clearsky = self.source.clearsky(k + 1, self.horizon)
@@ -139,6 +135,14 @@ class EdgeRunner:
             log.exception("forecaster failed at tick %d", k)
             return self._same_tick_yesterday(k, exc)
         return fc, src
+
+    def _history_len(self):
+        """Past ticks a forecast reads: two days, or the models' own history if longer."""
+        day_ticks = self.source.n_ticks
+        hist_len = 2 * day_ticks
+        if getattr(self.forecaster, "n_ticks", None) == day_ticks:   # its models apply: their history
+            hist_len = max(hist_len, int(getattr(self.forecaster, "history_ticks", 0)))
+        return hist_len
 
     def _same_tick_yesterday(self, k, exc):
         """The fallback fans of a failed forecast: each series' last day in every quantile,
@@ -170,17 +174,19 @@ class EdgeRunner:
         have, in order, so the error scenarios have their past errors from tick ``k`` on (the
         forecaster's online recalibration runs through those days too). A source without that
         much history (the lab feed's) stops it early, with one warning."""
-        day_ticks = self.source.n_ticks
-        for kp in range(k - self.error_days * day_ticks, k):
-            if kp in self._points:
-                continue
-            try:
+        first = k - self.error_days * self.source.n_ticks
+        if all(kp in self._points for kp in range(first, k)):
+            return
+        try:    # the earliest forecast's history: every later one has it too
+            self.source.history(first, self._history_len())
+        except ValueError as exc:      # the source does not reach back that far
+            log.warning("error scenarios: no forecasts before tick %d (%s)", k, exc)
+            self._points.update({kp: None for kp in range(first, k) if kp not in self._points})
+            return
+        for kp in range(first, k):
+            if kp not in self._points:
                 fc, _ = self.forecast(kp, self.known_now(kp))
-            except ValueError as exc:      # the source does not reach back that far
-                log.warning("error scenarios: no forecasts before tick %d (%s)", kp, exc)
-                self._points.update({j: None for j in range(kp, k)})
-                return
-            self._points[kp] = point_forecast(fc, LOAD_SERIES)
+                self._points[kp] = point_forecast(fc, LOAD_SERIES)
 
     def past_errors(self, k):
         """Errors of the forecasts issued at tick ``k``'s tick of day on the last

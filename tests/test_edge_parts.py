@@ -180,7 +180,8 @@ def test_health_reports_stale_stuck_and_balance_changes_once():
 
 def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
     """Near the day's end the plan sees no load after it (the day is scored with its stored
-    energy at the terminal value), and the lab profile plans over its three scenarios."""
+    energy at the terminal value), and the lab profile plans over its three quantile and seven
+    error scenarios."""
     from picogrid.edge.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
@@ -197,7 +198,7 @@ def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
     assert decision.ok
     assert np.all(decision.plan["p_load"][3:] == 0.0)
     assert np.all(decision.plan["p_load"][1:3] > 0.0)
-    assert len(decision.scenario_objectives) == 3
+    assert len(decision.scenario_objectives) == 3 + runner.cfg.error_scenario_days == 10
 
 
 def test_runner_plans_on_its_forecasters_scenario_energies():
@@ -220,7 +221,7 @@ def test_runner_plans_on_its_forecasters_scenario_energies():
           **{f"load{k}_demand_w": fan(0.3) for k in (1, 2, 3)}}
     a, *_ = with_cal.optimise(20, 20.0, fc, islanded=False)
     b, *_ = without.optimise(20, 20.0, fc, islanded=False)
-    assert a.ok and b.ok and len(a.scenario_objectives) == 3
+    assert a.ok and b.ok and len(a.scenario_objectives) == 3 + with_cal.cfg.error_scenario_days
     assert not np.allclose(a.scenario_objectives, b.scenario_objectives)
 
 
