@@ -11,38 +11,17 @@ forecast; ``K`` and the scenarios' total weight (``MpcConfig.error_scenario_days
 ``error_scenario_weight``) were chosen on the validation days (``edge/sites/lab.toml``: lab
 capture 65.7 % against 60.5 % there, 64.5 % against 63.9 % on the test days).
 
-The point forecast is the plan's own: PV's P50 and each load's fan mean
-(:func:`picogrid.edge.stochastic.expected_value`), the values
-:func:`~picogrid.edge.stochastic.forecast_inputs` plans the expected case on.
+The point forecast is the plan's own (:func:`picogrid.edge.stochastic.planned_point`: PV's
+P50, each load's fan mean moved ``demand_p90_weight`` towards its P90), the values
+:func:`~picogrid.edge.stochastic.forecast_inputs` plans the expected case on, so an error
+scenario is that plan plus what such a plan missed before.
 """
 
 import numpy as np
 
-from picogrid.edge.stochastic import expected_value
-
-#: The series whose forecast errors make the scenarios: PV and the loads (prices keep the
-#: median scenario's: the quantile scenarios carry their spread).
+#: PV's series; the loads' come from the caller. Prices keep the median's (the quantile
+#: scenarios carry their spread).
 PV_SERIES = "pv_available_w"
-
-
-def point_forecast(fans, load_series):
-    """The plan's point forecast of PV and every load from a tick's fans.
-
-    Parameters
-    ----------
-    fans : mapping series -> {quantile: array [H]}
-        Plan-aligned fans (step 0 known), as :func:`picogrid.edge.forecast.forecast_from_now`.
-    load_series : sequence of str
-
-    Returns
-    -------
-    dict
-        ``{series: array [H]}`` [W]: PV's P50, each load's fan mean.
-    """
-    out = {PV_SERIES: np.asarray(fans[PV_SERIES][0.5], float)}
-    for s in load_series:
-        out[s] = np.asarray(expected_value(fans[s]), float)
-    return out
 
 
 def forecast_errors(point, realised):
@@ -51,7 +30,7 @@ def forecast_errors(point, realised):
     Parameters
     ----------
     point : mapping series -> array [>= N]
-        A past tick's :func:`point_forecast`.
+        A past tick's :func:`~picogrid.edge.stochastic.planned_point`.
     realised : mapping series -> array [N]
         What those steps turned out to be (all in the past by now).
 
@@ -60,8 +39,11 @@ def forecast_errors(point, realised):
     dict
         ``{series: array [N]}``.
     """
-    return {s: np.asarray(realised[s], float) - np.asarray(p, float)[:len(realised[s])]
-            for s, p in point.items()}
+    out = {}
+    for s, p in point.items():
+        m = min(len(realised[s]), len(p))     # a plan longer than the forecaster's horizon
+        out[s] = np.asarray(realised[s], float)[:m] - np.asarray(p, float)[:m]
+    return out
 
 
 def error_scenarios(window, errors, load_series, count):

@@ -85,12 +85,12 @@ from pathlib import Path
 import numpy as np
 
 from picogrid.edge import policies
-from picogrid.edge.error_scenarios import forecast_errors, point_forecast
+from picogrid.edge.error_scenarios import forecast_errors
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
 from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
-from picogrid.edge.stochastic import forecast_inputs
+from picogrid.edge.stochastic import forecast_inputs, planned_point
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ class ProfileDays:
         self.forecaster_profile = profile if profile in F.PROFILES else "lab"
         self.forecaster = Forecaster(profile=self.forecaster_profile)
         # error scenarios: the forecaster first runs through the K days before the first one
-        self.warm_days = int(cfg.error_scenario_days)
+        self.warm_days = int(cfg.error_scenario_days) if len(cfg.plan_weights or ()) > 1 else 0
         # the history the models read before the first day, one day of clear-sky/forecast room after
         self.hist_days = -(-self.forecaster.history_ticks // n_ticks) + self.warm_days
         frame = build_bench_days((start - _dt.timedelta(days=self.hist_days)).isoformat(),
@@ -454,7 +454,7 @@ class ProfileDays:
                 rows = np.arange(now_row - k * nt, min(now_row - k * nt + cfg.horizon, now_row))  # past only
                 errors[t].append(forecast_errors(points[t], {s: data.cols[s][rows] for s in points[t]}))
         if self.warm_days:
-            self._points.append([point_forecast(f, LOAD_SERIES) for f in fans])
+            self._points.append([planned_point(f, LOAD_SERIES, cfg.demand_p90_weight) for f in fans])
         return fans, errors
 
     def run_day(self, d, day_fans, day_errors, reserve_stride=1):

@@ -940,8 +940,10 @@ class MpcController:
         self.model = build_model(config)
         # the QP handed to OSQP: one copy of the model per scenario (one copy without scenarios)
         self._scenarios = config.scenario_weights is not None and len(config.scenario_weights) > 1
+        # the reported plan is the likeliest quantile scenario's, not an error scenario's
         self._qp = qp = ScenarioQp(self.model, config.plan_weights if self._scenarios else (1.0,),
-                                   config.scenario_shared_steps if self._scenarios else 1)
+                                   config.scenario_shared_steps if self._scenarios else 1,
+                                   int(np.argmax(config.scenario_weights)) if self._scenarios else 0)
         self._simplex = WarmSimplex(qp.A)
         self._solver = None          # OSQP, set up only when it solves (solver='osqp')
         if config.solver == "osqp":

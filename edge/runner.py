@@ -18,11 +18,11 @@ from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
 from picogrid.edge.optimize import MpcController, config_from_site
 from picogrid.edge.forecast import forecast_from_now
-from picogrid.edge.error_scenarios import forecast_errors, point_forecast
+from picogrid.edge.error_scenarios import forecast_errors
 from picogrid.edge.policies import naive_step, pad_day_end
 from picogrid.edge.signals import LOAD_SERIES, LOADS
 from picogrid.edge.site import deferrable_board
-from picogrid.edge.stochastic import forecast_inputs
+from picogrid.edge.stochastic import forecast_inputs, planned_point
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ class EdgeRunner:
         self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
         self._price_warned = False
         # error scenarios: the point forecasts issued at each tick (negative: days before the
-        # run day, replayed by prepare()), for the errors they turn out to have a day later
-        self.error_days = int(self.cfg.error_scenario_days) if policy == "mpc" else 0
+        # run day, replayed by prepare()), for the errors they turn out to have k days later
+        plans_scenarios = len(self.cfg.plan_weights or ()) > 1
+        self.error_days = int(self.cfg.error_scenario_days) if policy == "mpc" and plans_scenarios else 0
         self._points = {}
 
     # -- stages ----------------------------------------------------------------------
@@ -173,7 +174,9 @@ class EdgeRunner:
         """Forecast the ticks of the ``error_days`` days before tick ``k`` as the run would
         have, in order, so the error scenarios have their past errors from tick ``k`` on (the
         forecaster's online recalibration runs through those days too). A source without that
-        much history (the lab feed's) stops it early, with one warning."""
+        much history says so once and the plan goes without them (the lab feed has none:
+        :func:`picogrid.edge.feedsource.feed_site` turns them off)."""
+        t_start = time.perf_counter()
         first = k - self.error_days * self.source.n_ticks
         if all(kp in self._points for kp in range(first, k)):
             return
@@ -186,7 +189,8 @@ class EdgeRunner:
         for kp in range(first, k):
             if kp not in self._points:
                 fc, _ = self.forecast(kp, self.known_now(kp))
-                self._points[kp] = point_forecast(fc, LOAD_SERIES)
+                self._points[kp] = planned_point(fc, LOAD_SERIES, self.cfg.demand_p90_weight)
+        log.info("error scenarios: %d past forecasts in %.2f s", k - first, time.perf_counter() - t_start)
 
     def past_errors(self, k):
         """Errors of the forecasts issued at tick ``k``'s tick of day on the last
@@ -397,7 +401,7 @@ class EdgeRunner:
                 self.prepare(k)
             fc, src = self.forecast(k, now) if self.policy == "mpc" else self.true_future(k)
             if self.error_days:
-                self._points[k] = point_forecast(fc, LOAD_SERIES)
+                self._points[k] = planned_point(fc, LOAD_SERIES, self.cfg.demand_p90_weight)
             cpu0 = time.thread_time()
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores

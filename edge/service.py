@@ -84,6 +84,7 @@ class EdgeService:
                 self.store.board(name, link=link.kind)
             self.store.commit()
             self.runner = EdgeRunner(site, source, self.fleet, self.store, forecaster, t0)
+            self.runner.prepare()       # the error scenarios' past days, before tick 0
         except BaseException:
             self.stop(status="failed")
             raise

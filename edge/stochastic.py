@@ -34,6 +34,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from picogrid.edge.error_scenarios import error_scenarios
+
 log = logging.getLogger(__name__)
 
 #: Extended Swanson–Megill three-point approximation: quantiles and weights (Keefer & Bodily 1983).
@@ -56,6 +58,8 @@ class ScenarioQp:
     shared_steps : int
         Steps whose storage and deferrable powers all scenarios share (>= 1; 1 = only the
         decision applied now, where every power is shared).
+    main : int or None
+        Index of the scenario whose plan is reported; ``None``: the likeliest.
 
     Raises
     ------
@@ -64,7 +68,7 @@ class ScenarioQp:
         is not in ``1..N``.
     """
 
-    def __init__(self, model, weights, shared_steps=1):
+    def __init__(self, model, weights, shared_steps=1, main=None):
         w = np.asarray(weights, float).ravel()
         if w.size < 1 or np.any(~(w > 0)) or abs(w.sum() - 1.0) > 1e-9:
             raise ValueError(f"scenario weights must be > 0 and sum to 1, got {tuple(w)}")
@@ -99,7 +103,8 @@ class ScenarioQp:
         src = np.where(later >= 0, later, np.arange(k))
         self.y_shift = np.concatenate([model.y_shift + s * m1 for s in range(s_count)]
                                       + [s_count * m1 + (s_of - 1) * k + np.tile(src, s_count - 1)])
-        self.main = int(np.argmax(w))   # the scenario whose plan is reported (the median one)
+        # the scenario whose plan is reported: the median one (the likeliest, unless told)
+        self.main = int(np.argmax(w)) if main is None else int(main)
 
     @property
     def count(self):
@@ -265,6 +270,27 @@ def expected_value(fan):
     return np.mean([np.asarray(v, float) for v in fan.values()], axis=0)
 
 
+def planned_point(fans, load_series, demand_p90_weight=0.0):
+    """The point forecast a plan takes from fans, before step 0 is set to what is known now.
+
+    PV: its P50 (>= 0); each load: the fan's mean (:func:`expected_value`) moved
+    ``demand_p90_weight`` of the way to its P90 (>= 0). :func:`forecast_inputs` plans the
+    expected case on it, and the error scenarios measure past errors against it.
+
+    Returns
+    -------
+    dict
+        ``{series: array [H]}`` [W] for ``pv_available_w`` and each of ``load_series``.
+    """
+    out = {"pv_available_w": np.maximum(np.asarray(fans["pv_available_w"][0.5], float), 0.0)}
+    for s in load_series:
+        d = np.asarray(expected_value(fans[s]), float)
+        if demand_p90_weight:
+            d = d + demand_p90_weight * (np.asarray(fans[s][0.9], float) - d)
+        out[s] = np.maximum(d, 0.0)
+    return out
+
+
 def fit_horizon(x, n):
     """First ``n`` values of ``x``, the last repeated if it is shorter."""
     x = np.asarray(x, float)
@@ -324,11 +350,9 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None, er
     take = lambda s, q: fit_horizon(fans[s][q], n)  # noqa: E731
     demand_now = np.asarray(now["demand_w"], float)
     fee = float(now["import_price_per_j"]) - float(now["export_price_per_j"])
-    pv = np.maximum(take("pv_available_w", 0.5), 0.0)
-    demand = np.column_stack([fit_horizon(expected_value(fans[s]), n) for s in load_series])
-    if cfg.demand_p90_weight:
-        demand += cfg.demand_p90_weight * (np.column_stack([take(s, 0.9) for s in load_series]) - demand)
-    demand = np.maximum(demand, 0.0)
+    point = planned_point(fans, load_series, cfg.demand_p90_weight)
+    pv = fit_horizon(point["pv_available_w"], n)
+    demand = np.column_stack([fit_horizon(point[s], n) for s in load_series])
     imp = take("import_price_per_j", 0.5).copy()
     exp = take("export_price_per_j", 0.5).copy() if "export_price_per_j" in fans else imp - fee
     pv[0], demand[0] = now["pv_avail_w"], demand_now
@@ -337,7 +361,6 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None, er
     scen = solve_scenarios(fans, cfg, load_series, fee, calibration, tick)
     if scen is not None:
         if cfg.error_scenario_days:
-            from picogrid.edge.error_scenarios import error_scenarios
             scen = scen + error_scenarios(out, errors, load_series, int(cfg.error_scenario_days))
         out["scenarios"] = scen
     if cfg.reserve:

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from picogrid.edge import evaluate
-from picogrid.edge.error_scenarios import error_scenarios, forecast_errors, point_forecast
+from picogrid.edge.error_scenarios import error_scenarios, forecast_errors
 from picogrid.edge.optimize import MpcConfig
 from picogrid.edge.signals import LOAD_SERIES
-from picogrid.edge.stochastic import forecast_inputs
+from picogrid.edge.stochastic import forecast_inputs, planned_point
 
 LAB = dict(horizon=6, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
@@ -50,7 +50,7 @@ def test_error_scenarios_add_past_errors_after_step_0():
         np.testing.assert_array_equal(b["demand_w"], window["demand_w"])
         np.testing.assert_array_equal(b["pv_avail_w"], window["pv_avail_w"])
     fans = fans_of(n)
-    point = point_forecast(fans, LOAD_SERIES)
+    point = planned_point(fans, LOAD_SERIES)
     assert point["pv_available_w"][1] == 1.0 and point["load1_demand_w"][1] == pytest.approx(0.4 * 3.5 / 3)
     e = forecast_errors(point, {s: np.full(4, 1.0) for s in point})
     assert all(len(v) == 4 for v in e.values()) and e["pv_available_w"][0] == 0.0
@@ -86,7 +86,26 @@ def test_evaluation_errors_are_the_past_forecasts_against_what_followed():
     for t in (0, 37):
         for k, day_fans in ((1, warm[1]), (2, warm[0])):      # most recent day first
             rows = np.arange((i - k) * nt + t, (i - k) * nt + t + n)
-            assert rows[-1] < i * nt + t                         # all before now
-            p = point_forecast(day_fans[t], LOAD_SERIES)
+            p = planned_point(day_fans[t], LOAD_SERIES, run.cfg.demand_p90_weight)
             for s in ("pv_available_w", "load1_demand_w", "load3_demand_w"):
                 np.testing.assert_allclose(errors[t][k - 1][s], run.data.cols[s][rows] - p[s])
+
+
+def test_feed_site_turns_error_scenarios_off():
+    """The lab feed tells no day before the edge saw it: no past forecasts to take errors from."""
+    from picogrid.edge.feedsource import feed_site
+    from picogrid.edge.optimize import config_from_site
+    from picogrid.edge.site import load_site
+
+    site = load_site()
+    assert config_from_site(site).error_scenario_days == 7
+    assert config_from_site(feed_site(site)).error_scenario_days == 0
+    assert site["optimizer"]["error_scenario_days"] == 7      # the caller's site unchanged
+
+
+def test_reported_plan_is_the_median_quantile_scenario():
+    """With one error scenario of half the weight the reported plan is still the median one's."""
+    from picogrid.edge.optimize import MpcController
+
+    cfg = MpcConfig.from_dict({**LAB, "error_scenario_days": 1, "error_scenario_weight": 0.5})
+    assert MpcController(cfg)._qp.main == 1
