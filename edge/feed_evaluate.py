@@ -71,9 +71,12 @@ def _truth(day, source, cfg):
 
 def check_overrides(overrides):
     """Raise ValueError for an ``MpcConfig`` override lab-feed days cannot take (``dt_s``: the
-    feed's tick is fixed)."""
+    feed's tick is fixed; ``error_scenario_days``: the feed tells no day before the edge saw it,
+    so there are no past forecasts, :func:`picogrid.edge.feedsource.feed_site`)."""
     if overrides and "dt_s" in overrides:
         raise ValueError(f"dt_s is the feed's tick ({TICK_S:g} s) on lab-feed days, not a setting")
+    if overrides and overrides.get("error_scenario_days"):
+        raise ValueError("error_scenario_days: lab-feed days have no past forecasts to take errors from")
 
 
 def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overrides=None, progress=None,

@@ -109,3 +109,11 @@ def test_reported_plan_is_the_median_quantile_scenario():
 
     cfg = MpcConfig.from_dict({**LAB, "error_scenario_days": 1, "error_scenario_weight": 0.5})
     assert MpcController(cfg)._qp.main == 1
+
+
+def test_labfeed_evaluation_refuses_error_scenarios():
+    from picogrid.edge.feed_evaluate import check_overrides
+
+    with pytest.raises(ValueError, match="no past forecasts"):
+        check_overrides({"error_scenario_days": 3})
+    check_overrides({"error_scenario_days": 0, "scenario_spread": 0.9})
