@@ -405,7 +405,7 @@ class ProfileDays:
         self.forecaster_profile = profile if profile in F.PROFILES else "lab"
         self.forecaster = Forecaster(profile=self.forecaster_profile)
         # error scenarios: the forecaster first runs through the K days before the first one
-        self.warm_days = int(cfg.error_scenario_days) if len(cfg.plan_weights or ()) > 1 else 0
+        self.warm_days = cfg.error_days
         # the history the models read before the first day, one day of clear-sky/forecast room after
         self.hist_days = -(-self.forecaster.history_ticks // n_ticks) + self.warm_days
         frame = build_bench_days((start - _dt.timedelta(days=self.hist_days)).isoformat(),

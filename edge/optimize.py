@@ -385,12 +385,19 @@ class MpcConfig:
         return tuple(k for k, v in enumerate(self.voll_per_j) if v == top)
 
     @property
+    def error_days(self):
+        """``K`` error scenarios the plan really has: ``error_scenario_days`` when the config
+        plans scenarios (two or more weights), else 0."""
+        plans_scenarios = self.scenario_weights is not None and len(self.scenario_weights) > 1
+        return int(self.error_scenario_days) if plans_scenarios else 0
+
+    @property
     def plan_weights(self):
         """Probabilities of every scenario the solver plans, shape [S + K]: the quantile
         scenarios' ``scenario_weights`` times ``1 - error_scenario_weight``, then ``K`` equal
         shares of ``error_scenario_weight`` (``scenario_weights`` itself when ``K`` = 0)."""
-        k = int(self.error_scenario_days)
-        if not k or not self.scenario_weights:
+        k = self.error_days
+        if not k:
             return self.scenario_weights
         w = self.error_scenario_weight
         return tuple((1.0 - w) * v for v in self.scenario_weights) + (w / k,) * k

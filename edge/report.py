@@ -178,10 +178,11 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
         s["cost_naive_model"], s["cost_mpc"], s["cost_oracle"])
     if mpc_perfect_rows is not None:
         # all three measured: the bench's own losses are in every cost, not only in two of three
-        complete = len(mpc_perfect_rows) == len(rows)
-        perfect = measured_costs(mpc_perfect_rows, cfg, deferrable) if complete else None
-        s["cost_mpc_perfect"] = perfect["total"] if complete else float("nan")
-        s["bill_mpc_perfect"] = perfect["import_cost"] - perfect["export_revenue"] if complete else float("nan")
+        s["cost_mpc_perfect"] = s["bill_mpc_perfect"] = float("nan")
+        if len(mpc_perfect_rows) == len(rows):
+            perfect = measured_costs(mpc_perfect_rows, cfg, deferrable)
+            s["cost_mpc_perfect"] = perfect["total"]
+            s["bill_mpc_perfect"] = perfect["import_cost"] - perfect["export_revenue"]
         s["savings_capture_vs_mpc_perfect"] = policies.savings_capture(
             s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
         s["ticks_incomplete_mpc_perfect"] = len(incomplete_ticks(mpc_perfect_rows))

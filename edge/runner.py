@@ -93,8 +93,7 @@ class EdgeRunner:
         self._price_warned = False
         # error scenarios: the point forecasts issued at each tick (negative: days before the
         # run day, replayed by prepare()), for the errors they turn out to have k days later
-        plans_scenarios = len(self.cfg.plan_weights or ()) > 1
-        self.error_days = int(self.cfg.error_scenario_days) if policy == "mpc" and plans_scenarios else 0
+        self.error_days = self.cfg.error_days if policy == "mpc" else 0
         self._points = {}
 
     # -- stages ----------------------------------------------------------------------
@@ -196,15 +195,17 @@ class EdgeRunner:
         """Errors of the forecasts issued at tick ``k``'s tick of day on the last
         ``error_days`` days, most recent first (``None`` for a day without one): what the
         source's history says those steps were, less what was forecast."""
-        day_ticks, out = self.source.n_ticks, []
-        for j in range(1, self.error_days + 1):
-            point = self._points.get(k - j * day_ticks)
-            if point is None:
-                out.append(None)
-                continue
-            realised = self.source.history(k, j * day_ticks)
-            out.append(forecast_errors(point, {s: realised[s][:self.horizon] for s in point}))
-        return out
+        day_ticks, n = self.source.n_ticks, self.horizon
+        points = [self._points.get(k - j * day_ticks) for j in range(1, self.error_days + 1)]
+        back = max((j for j, p in enumerate(points, start=1) if p is not None), default=0)
+        if not back:
+            return points
+        # one read of the days back to the oldest forecast: day j's steps start j days before k
+        past = self.source.history(k, back * day_ticks)
+        start = lambda j: (back - j) * day_ticks  # noqa: E731
+        return [None if p is None else
+                forecast_errors(p, {s: past[s][start(j):start(j) + n] for s in p})
+                for j, p in enumerate(points, start=1)]
 
     def update_jobs(self):
         """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
@@ -397,7 +398,7 @@ class EdgeRunner:
             self.e0_j = e_j
         if self.policy != "naive":
             now = self.known_now(k)
-            if self.error_days:
+            if self.error_days and k - 1 not in self._points:   # not prepared before the run
                 self.prepare(k)
             fc, src = self.forecast(k, now) if self.policy == "mpc" else self.true_future(k)
             if self.error_days:

@@ -360,8 +360,8 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None, er
     out = {"pv_avail_w": pv, "demand_w": demand, "import_price_per_j": imp, "export_price_per_j": exp}
     scen = solve_scenarios(fans, cfg, load_series, fee, calibration, tick)
     if scen is not None:
-        if cfg.error_scenario_days:
-            scen = scen + error_scenarios(out, errors, load_series, int(cfg.error_scenario_days))
+        if cfg.error_days:
+            scen = scen + error_scenarios(out, errors, load_series, cfg.error_days)
         out["scenarios"] = scen
     if cfg.reserve:
         out["reserve_demand_w"] = np.maximum(np.column_stack([take(s, 0.9) for s in load_series]), 0.0)

@@ -227,30 +227,29 @@ class Day:
             store.board(name, link="serial")
         store.commit()
         self.stores = [store]
-        for name in self.sides:
-            if name != "mpc":       # each comparison bench writes from its own thread: its own connection
-                side_store = Store(self.db_path)
-                side_store.run_id = store.run_id
-                self.stores.append(side_store)
-                self.sides[name].store = side_store
         if self.feed is not None:
             self.source.listeners.append(self._relay_sun)
         forecaster = self.forecaster or Forecaster()
         self.sides["mpc"].runner = EdgeRunner(self.site, self.source, self.sides["mpc"].fleet, store,
                                               forecaster, t0)
         self.sides["mpc"].runner.prepare()      # the error scenarios' past days, before tick 0
-        for name in self.sides:
-            if name != "mpc":
-                side = self.sides[name]
-                side.runner = EdgeRunner(self.site, self.source, side.fleet, side.store, None, t0,
-                                         policy=name, record="dispatch")
+        for name, side in self._comparison_sides():
+            side.store = Store(self.db_path)    # it writes from its own thread: its own connection
+            side.store.run_id = store.run_id
+            self.stores.append(side.store)
+            side.runner = EdgeRunner(self.site, self.source, side.fleet, side.store, None, t0,
+                                     policy=name, record="dispatch")
         return self
+
+    def _comparison_sides(self):
+        """``(policy, bench)`` of the benches beside the MPC's: the naive rule, the true future."""
+        return [(name, side) for name, side in self.sides.items() if name != "mpc"]
 
     def run(self, on_tick=None):
         """Run every tick on every bench, then the oracle and the summary; returns the summary."""
         store = self.stores[0]
         others = [threading.Thread(target=side.run, name=name + "-bench", daemon=True)
-                  for name, side in self.sides.items() if name != "mpc"]
+                  for name, side in self._comparison_sides()]
         for thread in others:
             thread.start()
         self.sides["mpc"].run(on_tick)
