@@ -90,6 +90,51 @@ class EarlyStopping:
         return self.bad >= self.patience
 
 
+def standardise(A):
+    """Column means and standard deviations of ``A`` [M, F] (float64), a constant column's
+    deviation set to 1 so it standardises to 0 instead of dividing by 0."""
+    A = np.asarray(A, np.float64)
+    sd = A.std(axis=0)
+    return A.mean(axis=0), np.where(sd > 1e-9, sd, 1.0)
+
+
+def init_mlp(rng, n_in, n_hidden, n_out, b2):
+    """Weights ``[W1, b1, W2, b2]`` (float32) of :func:`mlp_forward`: He-normal first layer
+    (He et al., ICCV 2015), second layer of variance ``1 / n_hidden``, output bias ``b2``
+    (the targets' quantiles, so training starts at the unconditional fan)."""
+    return [(rng.standard_normal((n_in, n_hidden)) * np.sqrt(2.0 / n_in)).astype(np.float32),
+            np.zeros(n_hidden, np.float32),
+            (rng.standard_normal((n_hidden, n_out)) * np.sqrt(1.0 / n_hidden)).astype(np.float32),
+            np.asarray(b2, np.float32)]
+
+
+def fit_pinball(net, params, n_rows, batch_of, val_loss, rng, epochs, batch, lr, weight_decay, patience,
+                progress=None):
+    """Minibatch Adam on the pinball loss of ``net``'s :func:`mlp_forward` with early stopping.
+
+    ``params`` = ``[W1, b1, W2, b2]`` (updated in place, so ``net``'s forward pass sees them);
+    ``batch_of(rows)`` gives ``(xb [B, F], yb, tau [n_out])`` of the shuffled ``rows`` (of
+    ``n_rows``); ``val_loss()`` the validation pinball loss, appended with its epoch to
+    ``net.history`` and passed to ``progress(epoch, val)``. The best epoch's parameters end
+    in ``net.W1 .. net.b2``; returns its validation loss.
+    """
+    adam, stopper = Adam(params, lr, weight_decay), EarlyStopping(params, patience)
+    for epoch in range(epochs):
+        order = rng.permutation(n_rows)
+        for i in range(0, len(order), batch):
+            xb, yb, tau = batch_of(order[i:i + batch])
+            pre, h, out = mlp_forward(xb, *params, net.n_relu)
+            adam.update(pinball_backward(xb, pre, h, out, yb, tau, params[2], net.n_relu))
+        val = val_loss()
+        net.history.append((epoch, val))
+        if progress is not None:
+            progress(epoch, val)
+        if stopper.update(val):
+            break
+    net.W1, net.b1, net.W2, net.b2 = stopper.best_params
+    return stopper.best
+
+
 class QuantileNet:
     """Small MLP with a linear path, fitted to several quantiles of a multi-step target.
 
@@ -158,39 +203,20 @@ class QuantileNet:
         lvl = self._level(X)
         Xd = X.astype(np.float64).copy()
         Xd[:, self.lag_cols] -= lvl
-        self.mu_x = Xd.mean(axis=0)
-        sd = Xd.std(axis=0)
-        self.sd_x = np.where(sd > 1e-9, sd, 1.0)
+        self.mu_x, self.sd_x = standardise(Xd)
         Yd = Y - lvl
         self.mu_y = float(Yd.mean())
         self.sd_y = float(Yd.std()) or 1.0
         Xp = self._xprep(X, lvl)
         Yp = ((Yd - self.mu_y) / self.sd_y).astype(np.float32)
         Xv, lv = self._xprep(X_val, self._level(X_val)), self._level(X_val)
-        F, U = X.shape[1], self.n_relu + self.n_linear
-        self.W1 = (rng.standard_normal((F, U)) * np.sqrt(2.0 / F)).astype(np.float32)
-        self.b1 = np.zeros(U, np.float32)
-        self.W2 = (rng.standard_normal((U, n_q * H)) * np.sqrt(1.0 / U)).astype(np.float32)
-        self.b2 = np.tile(np.quantile(Yp, self.quantiles)[:, None], (1, H)).ravel().astype(np.float32)
-        params = [self.W1, self.b1, self.W2, self.b2]
-        adam, stopper = Adam(params, lr, weight_decay), EarlyStopping(params, patience)
+        params = init_mlp(rng, X.shape[1], self.n_relu + self.n_linear, n_q * H,
+                          np.tile(np.quantile(Yp, self.quantiles)[:, None], (1, H)).ravel())
+        self.W1, self.b1, self.W2, self.b2 = params
         tau = np.repeat(self.quantiles, H).astype(np.float32)
-        for epoch in range(epochs):
-            order = rng.permutation(Xp.shape[0])
-            for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
-                xb, yb = Xp[idx], Yp[idx]
-                pre, h, out = self._forward(xb)
-                adam.update(pinball_backward(xb, pre, h, out, np.tile(yb, (1, n_q)), tau, self.W2,
-                                             self.n_relu))
-            val = self.val_loss(Xv, lv, Y_val)
-            self.history.append((epoch, val))
-            if progress is not None:
-                progress(epoch, val)
-            if stopper.update(val):
-                break
-        self.W1, self.b1, self.W2, self.b2 = stopper.best_params
-        self.best_val_loss = stopper.best
+        self.best_val_loss = fit_pinball(
+            self, params, Xp.shape[0], lambda idx: (Xp[idx], np.tile(Yp[idx], (1, n_q)), tau),
+            lambda: self.val_loss(Xv, lv, Y_val), rng, epochs, batch, lr, weight_decay, patience, progress)
         return self
 
     def val_loss(self, Xv, lv, Y_val) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qnet import TARGET_OPSET, Adam, EarlyStopping, mlp_forward, pinball_backward, pinball_loss
+from .qnet import TARGET_OPSET, fit_pinball, init_mlp, mlp_forward, pinball_loss, standardise
 
 
 class StepQuantileNet:
@@ -87,38 +87,19 @@ class StepQuantileNet:
         rng = np.random.default_rng(self.seed)
         n_q, k = len(self.quantiles), self.k
         self.horizon = Y.shape[1]
-        flat = X3.reshape(-1, k).astype(np.float64)
-        self.mu_x = flat.mean(axis=0)
-        sd = flat.std(axis=0)
-        self.sd_x = np.where(sd > 1e-9, sd, 1.0)
+        self.mu_x, self.sd_x = standardise(X3.reshape(-1, k))
         self.mu_y = float(Y.mean())
         self.sd_y = float(Y.std()) or 1.0
         Zp = self._prep(X3)
         Yp = ((Y - self.mu_y) / self.sd_y).astype(np.float32)
         Zv = self._prep(Xv3)
-        U = self.n_relu + self.n_linear
-        self.W1 = (rng.standard_normal((k, U)) * np.sqrt(2.0 / k)).astype(np.float32)
-        self.b1 = np.zeros(U, np.float32)
-        self.W2 = (rng.standard_normal((U, n_q)) * np.sqrt(1.0 / U)).astype(np.float32)
-        self.b2 = np.quantile(Yp, self.quantiles).astype(np.float32)
-        params = [self.W1, self.b1, self.W2, self.b2]
-        adam, stopper = Adam(params, lr, weight_decay), EarlyStopping(params, patience)
+        params = init_mlp(rng, k, self.n_relu + self.n_linear, n_q, np.quantile(Yp, self.quantiles))
+        self.W1, self.b1, self.W2, self.b2 = params
         tau = self.quantiles.astype(np.float32)
-        for epoch in range(epochs):
-            order = rng.permutation(Zp.shape[0])
-            for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
-                xb, yb = Zp[idx].reshape(-1, k), Yp[idx].reshape(-1, 1)
-                pre, h, out = self._forward(xb)
-                adam.update(pinball_backward(xb, pre, h, out, yb, tau, self.W2, self.n_relu))
-            val = self._loss(Zv, Y_val)
-            self.history.append((epoch, val))
-            if progress is not None:
-                progress(epoch, val)
-            if stopper.update(val):
-                break
-        self.W1, self.b1, self.W2, self.b2 = stopper.best_params
-        self.best_val_loss = stopper.best
+        # each window's H steps are rows of one minibatch
+        self.best_val_loss = fit_pinball(
+            self, params, Zp.shape[0], lambda idx: (Zp[idx].reshape(-1, k), Yp[idx].reshape(-1, 1), tau),
+            lambda: self._loss(Zv, Y_val), rng, epochs, batch, lr, weight_decay, patience, progress)
         return self
 
     def _loss(self, Z, Y) -> float:
