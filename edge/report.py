@@ -132,7 +132,8 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
 
     ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches;
     ``mpc_perfect_rows`` those of the MPC on the true future (a third bench) or ``None``, and
-    ``mpc_perfect_statuses`` its decisions' statuses;
+    ``mpc_perfect_statuses`` its decisions' statuses (a tick not ``solved*`` makes
+    ``savings_capture_vs_mpc_perfect`` NaN: that bench is then no reference);
     ``deferrable`` (:class:`Deferrable`) the run's deferrable load and jobs.
     Returns (summary dict with unit-suffixed keys, oracle DayResult).
     """
@@ -183,10 +184,12 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
             perfect = measured_costs(mpc_perfect_rows, cfg, deferrable)
             s["cost_mpc_perfect"] = perfect["total"]
             s["bill_mpc_perfect"] = perfect["import_cost"] - perfect["export_revenue"]
-        s["savings_capture_vs_mpc_perfect"] = policies.savings_capture(
-            s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
         s["ticks_incomplete_mpc_perfect"] = len(incomplete_ticks(mpc_perfect_rows))
         s["ticks_fallback_mpc_perfect"] = sum(1 for st in mpc_perfect_statuses if not st.startswith("solved"))
+        # a tick decided otherwise (no true future, or the solver's fallback) leaves that bench
+        # no reference: its costs stay as measured, the capture against it is NaN
+        s["savings_capture_vs_mpc_perfect"] = float("nan") if s["ticks_fallback_mpc_perfect"] else \
+            policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
     s["ticks_incomplete_mpc"] = len(incomplete_ticks(rows))
     s["ticks_incomplete_naive"] = len(incomplete_ticks(naive_rows))
     ms = 1e3 * np.asarray(solve_times_s)

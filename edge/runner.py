@@ -164,7 +164,8 @@ class EdgeRunner:
             for s in _FORECAST_SERIES + (("export_price_per_j",) if "export_price_per_j" in truth else ()):
                 values = np.asarray(truth[s], float)[rows]
                 fans[s] = {q: values for q in (0.1, 0.5, 0.9)}
-        except Exception as exc:   # a source without the whole day: plan as a failed forecast would
+        except Exception as exc:   # a source without the whole day: plan as a failed forecast
+            # would (the tick then says ``fallback:no_true_future``, see :meth:`tick`)
             log.exception("true future unavailable at tick %d", k)
             return self._same_tick_yesterday(k, exc)
         return fans, {s: "truth" for s in fans}
@@ -173,8 +174,11 @@ class EdgeRunner:
         """Forecast the ticks of the ``error_days`` days before tick ``k`` as the run would
         have, in order, so the error scenarios have their past errors from tick ``k`` on (the
         forecaster's online recalibration runs through those days too). A source without that
-        much history says so once and the plan goes without them (the lab feed has none:
-        :func:`picogrid.edge.feedsource.feed_site` turns them off)."""
+        much history says so once, and each error scenario without its day is then a copy of
+        the point forecast (:func:`~picogrid.edge.error_scenarios.error_scenarios`), which puts
+        its share of ``error_scenario_weight`` on the expected case until the runner has
+        forecast that day itself (the lab feed has no history at all:
+        :func:`picogrid.edge.feedsource.feed_site` turns error scenarios off)."""
         t_start = time.perf_counter()
         first = k - self.error_days * self.source.n_ticks
         if all(kp in self._points for kp in range(first, k)):
@@ -182,7 +186,9 @@ class EdgeRunner:
         try:    # the earliest forecast's history: every later one has it too
             self.source.history(first, self._history_len())
         except ValueError as exc:      # the source does not reach back that far
-            log.warning("error scenarios: no forecasts before tick %d (%s)", k, exc)
+            log.warning("error scenarios: no forecasts before tick %d (%s); until the run has its own, "
+                        "each missing day's scenario is the point forecast (weight %.3g each)",
+                        k, exc, self.cfg.error_scenario_weight / max(self.error_days, 1))
             self._points.update({kp: None for kp in range(first, k) if kp not in self._points})
             return
         for kp in range(first, k):
@@ -407,6 +413,11 @@ class EdgeRunner:
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
             self.solve_cpu_s.append(time.thread_time() - cpu0)
+            if self.policy == "mpc_perfect" and set(src.values()) != {"truth"}:
+                # planned without the true future: not the reference this bench is for
+                decision.status = "fallback:no_true_future"
+                decision.reason = "; ".join(filter(None, [decision.reason, "true future unavailable: "
+                                                          + ", ".join(sorted(set(src.values())))]))
             pv_now = float(pv_fc[0])
         else:
             fc, src = {}, {}

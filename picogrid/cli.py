@@ -58,8 +58,9 @@ def _summary_lines(s):
             f("savings_capture", scale=100.0, fmt="%10.1f"),
             f("savings_capture_vs_model_naive", scale=100.0, fmt="%.1f")),
     ] + ([
-        "    all measured      %s %%  (of the MPC on the true future's saving, on the bench)" % (
-            f("savings_capture_vs_mpc_perfect", scale=100.0, fmt="%10.1f")),
+        "    all measured      %s %%  (of the MPC on the true future's saving, on the bench%s)" % (
+            f("savings_capture_vs_mpc_perfect", scale=100.0, fmt="%10.1f"),
+            "; none: that bench had fallback ticks" if s.get("ticks_fallback_mpc_perfect") else ""),
     ] if measured else []) + [
         "",
         "  MPC solve time p50 %s ms, p99 %s ms wall; %s / %s ms CPU (%d solved, %d fallback ticks)" % (

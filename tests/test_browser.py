@@ -98,6 +98,28 @@ def test_live_values_update_without_reload(browser, running_day):
         page.close()
 
 
+def test_finance_shows_the_third_bench_once_its_rows_arrive(browser, running_day):
+    """A finance page opened before the third bench's first tick (the demo prints the URL
+    before tick 0) shows the all-measured capture live once that bench has rows."""
+    store, url = running_day
+    page = browser.new_page()
+    try:
+        page.goto(url + "/finance?run=1")
+        page.wait_for_selector("#live-status.live")
+        assert page.is_hidden("#vs-mpc-perfect")
+        for tick in range(4):
+            store.dispatch("mpc_perfect", tick, dispatch_row("mpc_perfect", tick))
+        write_tick(store, 3)                                   # the next update reads them
+        page.wait_for_selector("#vs-mpc-perfect", state="visible", timeout=10000)
+        to_latest = {p: sum(dispatch_row(p, k)["cost"] for k in range(4)) for p in ("mpc", "naive", "mpc_perfect")}
+        capture = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect"])
+        page.wait_for_function("document.getElementById('savings-capture-vs-mpc-perfect').textContent"
+                               " === %r" % ("%.4g" % capture), timeout=10000)
+        assert page.errors == []
+    finally:
+        page.close()
+
+
 def test_viewer_without_login_sees_no_controls(browser, running_day):
     _, url = running_day
     page = browser.new_page()

@@ -385,15 +385,28 @@ def test_summary_energies_leave_unmetered_ticks_out():
     s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=rows)
     assert s["ticks_incomplete_mpc_perfect"] == 1 and np.isnan(s["cost_mpc_perfect"])
     assert any(line.strip().startswith("all measured") for line in _summary_lines(s))
+    # all metered: the naive bench imports more, the third bench less; the capture against it is
+    # measured, unless one of its ticks was decided without the true future
+    full = [dict(r, load1_w=-0.3, grid_w=1.0, balance_residual_j=0.0) for r in rows]
+    naive = [dict(r, grid_w=2.0) for r in full]
+    perfect = [dict(r, grid_w=0.5) for r in full]
+    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=perfect,
+                          mpc_perfect_statuses=["solved_exact"] * 4)
+    assert 0.0 < s["savings_capture_vs_mpc_perfect"] < 1.0 and s["ticks_fallback_mpc_perfect"] == 0
+    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=perfect,
+                          mpc_perfect_statuses=["solved_exact"] * 3 + ["fallback:no_true_future"])
+    assert np.isfinite(s["cost_mpc_perfect"]) and np.isnan(s["savings_capture_vs_mpc_perfect"])
+    assert any("none: that bench had fallback ticks" in line for line in _summary_lines(s))
 
 
-def test_perfect_runner_plans_one_plan_on_the_true_future():
+def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     """The third bench's runner plans on the source's true day (every quantile the truth, the
     day's last value past its end) with one plan, and scores as the oracle's model does."""
     from picogrid.edge import policies
     from picogrid.edge.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
+    from picogrid.edge.store import Store
     site = load_site()
     n_ticks = int(site["bench"]["n_ticks"])
     cols = _scenario(n_days=3, n_ticks=n_ticks)
@@ -417,10 +430,21 @@ def test_perfect_runner_plans_one_plan_on_the_true_future():
                                    truth["import_price_per_j"], truth["export_price_per_j"])
     assert decision.ok and not decision.scenario_objectives
     assert decision.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
-    # a source without the whole day: planned as a failed forecast, and said so
-    src.truth = lambda: {}
+    # a source without the whole day: planned as a failed forecast, and the tick says it was not
+    # the reference (the summary then gives no capture against this bench)
+    store = Store(tmp_path / "picogrid.sqlite")
+    store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=store, forecaster=None, t0=0.0,
+                        policy="mpc_perfect", record="dispatch")
+    assert runner.tick(0).status == "solved_exact"
+    day = src.truth()
+    src.truth = lambda: {"pv_available_w": day["pv_available_w"]}   # the meters' part of the day only
     _, sources = runner.true_future(k)
     assert set(sources.values()) == {"seasonal_naive:KeyError"}
+    decision = runner.tick(1)
+    assert decision.status == "fallback:no_true_future" and "seasonal_naive:KeyError" in decision.reason
+    assert runner.statuses == ["solved_exact", "fallback:no_true_future"]
+    store.close()
     with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")
 
@@ -428,7 +452,8 @@ def test_perfect_runner_plans_one_plan_on_the_true_future():
 def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
     """With error scenarios the runner first forecasts the K days before the run (prepare), and
     each tick's past errors are what the source's history says, less those forecasts; a source
-    without the history says so and plans without them."""
+    without the history says so, and its error scenarios are the point forecast."""
+    from picogrid.edge.forecast import Forecaster
     from picogrid.edge.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
@@ -436,11 +461,15 @@ def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
     site["optimizer"]["error_scenario_days"] = 2
     n_ticks = int(site["bench"]["n_ticks"])
     src = ScenarioSource(_scenario(n_days=5, n_ticks=n_ticks), n_ticks)
-    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
-    runner.prepare()
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=Forecaster(profile="lab"),
+                        t0=0.0)
+    with caplog.at_level("ERROR"):
+        runner.prepare()
+    assert "forecaster failed" not in caplog.text          # the models' own forecasts, not a fallback
     assert set(runner._points) == set(range(-2 * n_ticks, 0)) and None not in runner._points.values()
     errors = runner.past_errors(0)
     n = runner.horizon
+    assert len(errors) == 2 and None not in errors
     for j, err in enumerate(errors, start=1):
         realised = src.history(0, j * n_ticks)
         point = runner._points[-j * n_ticks]

@@ -331,6 +331,8 @@ async function financePage() {
     return [p, t.ticks, fmt(t.to_latest), fmt(t.total), fmt(f.import_j[p]), fmt(f.export_j[p])];
   }));
   setText("savings-capture", fmt(f.savings_capture));
+  // the third bench's rows may start after the page loaded (a page opened before tick 0)
+  document.getElementById("vs-mpc-perfect").hidden = !(f.totals.mpc_perfect && f.totals.mpc_perfect.ticks > 0);
   setText("savings-capture-vs-mpc-perfect", fmt(f.savings_capture_vs_mpc_perfect));
   const s = await getJSON("/run/" + RUN + "/summary");
   document.getElementById("summary-section").hidden = s.rows.length === 0;
