@@ -102,6 +102,11 @@ COMPARED = ("pymgrid_own", "pymgrid_perfect")
 FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
 #: share of load3's energy in each job window that becomes a deferrable job
 JOB_SHARE = 0.5
+#: days the forecaster runs through before the first scored day, unscored, as on an edge that has
+#: been running a week: its online recalibration carries state, and the error scenarios read the
+#: forecasts of up to that many days before (more if ``error_scenario_days`` asks). The same for
+#: every setting, so runs with and without error scenarios start alike.
+WARM_DAYS = 7
 
 
 def site_file(profile):
@@ -404,13 +409,14 @@ class ProfileDays:
         start = _dt.date.fromisoformat(first_day)
         self.forecaster_profile = profile if profile in F.PROFILES else "lab"
         self.forecaster = Forecaster(profile=self.forecaster_profile)
-        # error scenarios: the forecaster first runs through the K days before the first one
-        self.warm_days = cfg.error_days
+        # the forecaster first runs through the warm-up days before the first one (WARM_DAYS)
+        self.warm_days = max(WARM_DAYS, cfg.error_days)
         # the history the models read before the first day, one day of clear-sky/forecast room after
         self.hist_days = -(-self.forecaster.history_ticks // n_ticks) + self.warm_days
         frame = build_bench_days((start - _dt.timedelta(days=self.hist_days)).isoformat(),
                                  n_days + self.hist_days + 1, n_ticks, scaling)
-        self._points = collections.deque(maxlen=self.warm_days)   # past days' point forecasts, per tick
+        self._points = collections.deque(maxlen=cfg.error_days)   # past days' point forecasts, per tick
+        self._warm = False
         self.data = DayData(frame, n_ticks, cfg.dt_s)
         if self.forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
             raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
@@ -435,9 +441,11 @@ class ProfileDays:
         ``{series: {quantile: array [H]}}`` and of ``[K]`` :func:`forecast_errors` (most recent
         day first; empty without error scenarios). The forecaster is stateful (its online
         recalibration), so the days must be forecast in order, each once (the first call also
-        runs it through the ``K`` days before the first day, unscored)."""
-        while len(self._points) < self.warm_days and d == 0:
-            self._forecast(-self.warm_days + len(self._points), {})
+        runs it through the :data:`WARM_DAYS` days before the first day, unscored)."""
+        if d == 0 and not self._warm:
+            for w in range(-self.warm_days, 0):
+                self._forecast(w, {})
+            self._warm = True
         return self._forecast(d, sources)
 
     def _forecast(self, d, sources):
@@ -453,7 +461,7 @@ class ProfileDays:
             for k, points in enumerate(reversed(self._points), start=1):
                 rows = np.arange(now_row - k * nt, min(now_row - k * nt + cfg.horizon, now_row))  # past only
                 errors[t].append(forecast_errors(points[t], {s: data.cols[s][rows] for s in points[t]}))
-        if self.warm_days:
+        if self.cfg.error_days:
             self._points.append([planned_point(f, LOAD_SERIES, cfg.demand_p90_weight) for f in fans])
         return fans, errors
 

@@ -455,8 +455,10 @@ class Decision:
         Why a fallback happened or which soft constraints were violated ('' if neither).
     scenario_objectives : list of float
         With scenarios (:mod:`picogrid.edge.stochastic`): each scenario's plan cost [price
-        units], in the order of ``scenario_weights``; ``objective`` is their weighted mean and
-        ``plan`` the plan of the most probable scenario. Empty otherwise.
+        units], in the order of ``MpcConfig.plan_weights`` (the ``S`` quantile scenarios, then
+        the ``K`` error scenarios); ``objective`` is their weighted mean and ``plan`` the plan
+        of the most probable quantile scenario (the median one), whatever the error
+        scenarios weigh. Empty otherwise.
     """
 
     status: str
@@ -1018,8 +1020,9 @@ class MpcController:
         reserve_pv_w : array, shape [N], or None
             Pessimistic (P10) PV for the reserve [W]; ``None`` uses ``pv_avail_w``.
         scenarios : sequence of mapping, or None
-            With ``config.scenario_weights`` of ``S`` > 1 entries: ``S`` mappings, in the order
-            of the weights, each with any of ``pv_avail_w``, ``demand_w``,
+            With ``config.scenario_weights`` of ``S`` > 1 entries: one mapping per entry of
+            ``config.plan_weights`` (``S`` quantile scenarios, then ``error_days`` error
+            scenarios), in that order, each with any of ``pv_avail_w``, ``demand_w``,
             ``import_price_per_j``, ``export_price_per_j`` (shapes as above; a missing key takes
             the argument above). Step 0 of every scenario is replaced by the arguments above
             (the present is known). ``None`` makes every scenario the expected one. Ignored
@@ -1041,7 +1044,7 @@ class MpcController:
         ------
         ValueError
             If an array shape does not match ``(N,)`` or ``(N, L)``, a job is malformed, or
-            ``scenarios`` does not hold ``S`` mappings.
+            ``scenarios`` does not hold ``len(config.plan_weights)`` mappings.
 
         Notes
         -----

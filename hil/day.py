@@ -18,6 +18,7 @@ import numpy as np
 
 from picogrid.edge import report
 from picogrid.edge.fleet import Fleet
+from picogrid.edge.optimize import config_from_site
 from picogrid.edge.links import SerialLink
 from picogrid.edge.runner import EdgeRunner
 from picogrid.edge.signals import ScenarioSource, load_scenario, save_scenario
@@ -63,7 +64,7 @@ def replay_source(site, run_dir, day):
     if profile_dims(profile)["n_ticks"] == n_ticks:     # the profile's models will run: their history
         history_days = max(history_days, model_history_days(profile))
     # the error scenarios' past days are forecast before the run (EdgeRunner.prepare): theirs too
-    history_days += int(site.get("optimizer", {}).get("error_scenario_days", 0))
+    history_days += config_from_site(site).error_days
     scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"], history_days))
     board, _ = deferrable_board(site)
     jobs = []

@@ -79,9 +79,10 @@ def test_evaluation_errors_are_the_past_forecasts_against_what_followed():
     fans, errors = run.forecast_day(0, {})
     assert len(run._points) == 2 and len(errors) == len(fans) == 60
     assert all(len(e) == 2 and all(len(v) == run.cfg.horizon for v in e[0].values()) for e in errors)
-    # the same forecaster run by hand: days -2 and -1 first, then their forecasts' errors
+    # the same forecaster run by hand through the warm-up days; days -2 and -1 give the errors
     again = evaluate.ProfileDays("lab", "2013-07-01", 1, overrides={"error_scenario_days": 2}, compare=False)
-    warm = [again._forecast(d, {})[0] for d in (-2, -1)]
+    assert again.warm_days == evaluate.WARM_DAYS
+    warm = [again._forecast(d, {})[0] for d in range(-again.warm_days, 0)][-2:]
     nt, n, i = 60, run.cfg.horizon, run.hist_days
     for t in (0, 37):
         for k, day_fans in ((1, warm[1]), (2, warm[0])):      # most recent day first
@@ -89,6 +90,21 @@ def test_evaluation_errors_are_the_past_forecasts_against_what_followed():
             p = planned_point(day_fans[t], LOAD_SERIES, run.cfg.demand_p90_weight)
             for s in ("pv_available_w", "load1_demand_w", "load3_demand_w"):
                 np.testing.assert_allclose(errors[t][k - 1][s], run.data.cols[s][rows] - p[s])
+
+
+def test_evaluation_warm_up_does_not_depend_on_the_error_scenarios():
+    """Runs with and without error scenarios start alike: the forecaster runs through the same
+    warm-up days, so day 0's fans are the same (the comparison the site files report)."""
+    with_k = evaluate.ProfileDays("lab", "2013-07-01", 1, overrides={"error_scenario_days": 2}, compare=False)
+    without = evaluate.ProfileDays("lab", "2013-07-01", 1, overrides={"error_scenario_days": 0}, compare=False)
+    assert with_k.warm_days == without.warm_days == evaluate.WARM_DAYS
+    fans_k, errors_k = with_k.forecast_day(0, {})
+    fans_0, errors_0 = without.forecast_day(0, {})
+    assert all(len(e) == 2 for e in errors_k) and all(e == [] for e in errors_0)
+    for t in (0, 30, 59):
+        for s in ("load3_demand_w", "pv_available_w"):
+            for q in (0.1, 0.5, 0.9):
+                np.testing.assert_array_equal(fans_k[t][s][q], fans_0[t][s][q])
 
 
 def test_feed_site_turns_error_scenarios_off():
