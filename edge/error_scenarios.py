@@ -9,7 +9,8 @@ with their timing, so ``K`` scenarios ``point + error_k`` beside the quantile on
 weigh them. This is the historical-error (empirical) way of building scenarios from a point
 forecast; ``K`` and the scenarios' total weight (``MpcConfig.error_scenario_days``,
 ``error_scenario_weight``) were chosen on the validation days (``edge/sites/lab.toml``: lab
-capture 65.7 % against 60.5 % there, 64.5 % against 63.9 % on the test days).
+capture 65.7 % against 60.5 % there, 64.5 % against 64.0 % on the test days, both after the
+same 7-day warm-up of the forecaster).
 
 The point forecast is the plan's own (:func:`picogrid.edge.stochastic.planned_point`: PV's
 P50, each load's fan mean moved ``demand_p90_weight`` towards its P90), the values
