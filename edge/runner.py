@@ -414,10 +414,12 @@ class EdgeRunner:
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
             self.solve_cpu_s.append(time.thread_time() - cpu0)
             if self.policy == "mpc_perfect" and set(src.values()) != {"truth"}:
-                # planned without the true future: not the reference this bench is for
+                # planned without the true future: not the reference this bench is for; the
+                # event tells the dashboard (this bench stores no decisions)
                 decision.status = "fallback:no_true_future"
-                decision.reason = "; ".join(filter(None, [decision.reason, "true future unavailable: "
-                                                          + ", ".join(sorted(set(src.values())))]))
+                why = "true future unavailable: " + ", ".join(sorted(set(src.values())))
+                decision.reason = "; ".join(filter(None, [decision.reason, why]))
+                self.store.event(t_start - self.t0, None, "no_true_future", "tick %d: %s" % (k, why))
             pv_now = float(pv_fc[0])
         else:
             fc, src = {}, {}

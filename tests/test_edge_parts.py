@@ -444,6 +444,8 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     decision = runner.tick(1)
     assert decision.status == "fallback:no_true_future" and "seasonal_naive:KeyError" in decision.reason
     assert runner.statuses == ["solved_exact", "fallback:no_true_future"]
+    kinds = [r[0] for r in store.conn.execute("SELECT kind FROM event").fetchall()]
+    assert kinds == ["no_true_future"]
     store.close()
     with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")

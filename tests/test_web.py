@@ -226,6 +226,11 @@ def test_measured_savings_capture_against_the_third_bench(db_path, day):
         (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect"]))
     page = make_client(db_path).get("/finance?run=1").get_data(as_text=True)
     assert "<td>mpc_perfect</td>" in page
+    # a tick that bench planned without the true future: it is no reference any more
+    day.event(12.5, None, "no_true_future", "tick 2: true future unavailable: seasonal_naive:KeyError")
+    day.commit()
+    costs = make_client(db_path).get("/api/run/1/summary").get_json()["costs"]
+    assert costs["savings_capture_vs_mpc_perfect"] is None and costs["mpc_perfect_untrue_ticks"] == 1
 
 
 def test_finished_run_shows_summary_with_units(db_path, day):

@@ -263,7 +263,9 @@ def cost_comparison(conn, run_id):
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
         (naive - mpc) / (naive - oracle) of ``to_latest`` (DESIGN.md §4), None when any
         policy is missing or naive equals oracle; ``"savings_capture_vs_mpc_perfect"``: the same
-        with the measured ``mpc_perfect`` bench in place of the model's oracle (None without it).
+        with the measured ``mpc_perfect`` bench in place of the model's oracle (None without it,
+        or when that bench planned a tick without the true future: its ``no_true_future``
+        events, counted in ``"mpc_perfect_untrue_ticks"``).
     """
     rows = conn.execute(
         "SELECT policy, tick, cost FROM dispatch WHERE run_id=? AND policy IN (%s) ORDER BY tick"
@@ -294,12 +296,15 @@ def cost_comparison(conn, run_id):
                 if costs and latest is not None else None
             ),
         }
+    untrue = conn.execute("SELECT COUNT(*) FROM event WHERE run_id=? AND kind='no_true_future'",
+                          (run_id,)).fetchone()[0]
     return {
         "tick": ticks,
         "cumulative": cumulative,
         "totals": totals,
         "savings_capture": _savings_capture(totals),
-        "savings_capture_vs_mpc_perfect": _savings_capture(totals, "mpc_perfect"),
+        "savings_capture_vs_mpc_perfect": None if untrue else _savings_capture(totals, "mpc_perfect"),
+        "mpc_perfect_untrue_ticks": untrue,
     }
 
 
