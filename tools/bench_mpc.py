@@ -23,7 +23,9 @@ alone over the same list, as on the edge, where one solver runs per tick:
   N <= :data:`PYMGRID_MAX_N` (it builds its inequality matrix dense: [8N, 7N]). Its model is
   simpler (one load, one efficiency, no jobs, no soft bounds), so only its time is compared.
 
-It prints p50/p99 of the wall time per solve, the speed ratios, and the gap of OSQP's plan cost
+It prints p50/p99 of the wall time per solve, the speed ratios, the warm LP's floor (an
+instance solved again at once: no pivot, HiGHS's fixed cost per run and our code around it),
+and the gap of OSQP's plan cost
 (and cvxpy's) to the exact optimum, in % of the instance's gross cost (import + export + shedding
 + cycling, the money that moves) and in % of |optimum|. cvxpy runs on the first ``--cvxpy-ticks``
 ticks only (it is slow); its p50/p99 are over those.
@@ -47,6 +49,8 @@ from picogrid.edge.signals import LOAD_SERIES
 log = logging.getLogger(__name__)
 
 HORIZONS = (60, 96, 288, 1440)
+#: instances the warm LP solves twice in a row to time its floor (nothing changed, no pivot)
+REPEAT_TICKS = 50
 #: largest horizon pymgrid's MPC is timed at: its dense [8N, 7N] block matrix is 0.9 GB at N = 1440
 PYMGRID_MAX_N = 288
 
@@ -178,7 +182,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     # The rolling instances and their exact optima first, then each solver alone over the same
     # list: the edge runs one solver, and interleaving them let each evict the others' caches
     # (lp_warm measured 4.4 ms p50 interleaved, 2.4 ms alone, N = 288).
-    times = {"osqp": [], "lp_warm": [], "cvxpy": [], "highs": [], "pymgrid": []}
+    times = {"osqp": [], "lp_warm": [], "lp_warm_again": [], "cvxpy": [], "highs": [], "pymgrid": []}
     runs, exacts = [], []
     e = truth.e0_j
     ledger = JobLedger(truth.jobs)
@@ -206,6 +210,14 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
             if d.ok:
                 add_gap(key, d.objective, optimum, scale)
         counts[key] = iters, statuses
+    # the warm LP's floor: an instance solved again at once (its basis already optimal, nothing
+    # changed, no pivot), i.e. HiGHS's fixed cost per run plus our code around it
+    again_pivots = []
+    for e, w in runs[:REPEAT_TICKS]:
+        ctrl.solve(e, **w)
+        t0 = time.perf_counter()
+        again_pivots.append(ctrl.solve(e, **w).iterations)
+        times["lp_warm_again"].append(time.perf_counter() - t0)
     cvx, model = None, ctrl.model      # the same QpModel in either solver mode
     for (e, w), (optimum, scale) in zip(runs[:cvx_ticks], exacts):
         first = cvx is None
@@ -239,6 +251,8 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     print(f"  osqp iterations p50 {int(np.median(iters))} max {max(iters)}; statuses {statuses}")
     pivots, statuses = counts["lp_warm"]
     print(f"  lp_warm simplex pivots p50 {int(np.median(pivots))} max {max(pivots)}; statuses {statuses}")
+    print(f"  lp_warm floor: the same instance solved again p50 {pct(ms['lp_warm_again'], 50):.2f} ms "
+          f"over {len(ms['lp_warm_again'])} instances (pivots max {max(again_pivots)})")
     for k in ("osqp", "lp_warm", "cvxpy"):
         g, ga = 100 * np.abs(gaps[k]), 100 * np.abs(gaps[k + "_abs"])
         print(f"  {k:7s} gap to exact: median {np.median(g):.4f} % p99 {pct(g, 99):.4f} % max {g.max():.4f} % "
