@@ -87,7 +87,8 @@ import numpy as np
 from picogrid.edge import policies
 from picogrid.edge.error_scenarios import forecast_errors
 from picogrid.edge.forecast import forecast_from_now
-from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
+from picogrid.edge.mpc_config import MpcConfig, config_from_site
+from picogrid.edge.optimize import MpcController
 from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs, planned_point

@@ -35,7 +35,8 @@ from picogrid.edge.evaluate import (COMPARED, baselines, cached_fans, capture, c
                                     load_site, perfect_controller, perfect_forecast, report_compared, run_mpc)
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.labfeed import TICK_S, LabFeed, parse
-from picogrid.edge.optimize import MpcConfig, MpcController, config_from_site
+from picogrid.edge.mpc_config import MpcConfig, config_from_site
+from picogrid.edge.optimize import MpcController
 from picogrid.edge.pymgrid_policy import PymgridMpc
 from picogrid.edge.signals import LOAD_SERIES
 

@@ -25,7 +25,7 @@ def setpoint_bounds(site):
     """Board -> (lo, hi) of what an operator may set: [W]; grid: bus voltage [V]; pv: cap [W].
 
     Storage: ``-charge_power_max_w .. discharge_power_max_w`` where the site gives them (a
-    battery), else ``+-power_max_w``, as :func:`picogrid.edge.optimize.config_from_site` reads.
+    battery), else ``+-power_max_w``, as :func:`picogrid.edge.mpc_config.config_from_site` reads.
     """
     v = float(site["bench"]["bus_voltage_v"])
     st = site["storage"]

@@ -37,8 +37,8 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from .deferrable import JobLedger, as_job_array
-from .optimize import Decision, build_model, parse_jobs, reserve_energy_j, validate_inputs
-
+from .optimize import Decision, parse_jobs, reserve_energy_j, validate_inputs
+from .qp_model import build_model
 log = logging.getLogger(__name__)
 
 
@@ -133,7 +133,7 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
     """Perfect-foresight optimum of the MPC model over the whole day, solved exactly.
 
     The same model as :class:`picogrid.edge.optimize.MpcController` (built by
-    :func:`~picogrid.edge.optimize.build_model` with ``horizon = T``) without the quadratic
+    :func:`~picogrid.edge.qp_model.build_model` with ``horizon = T``) without the quadratic
     regularisation, as an LP solved by HiGHS through ``scipy.optimize.linprog``.
 
     Parameters

@@ -93,7 +93,7 @@ class PymgridMpc:
 
     Parameters
     ----------
-    cfg : picogrid.edge.optimize.MpcConfig
+    cfg : picogrid.edge.mpc_config.MpcConfig
         Horizon ``N``, ``dt_s``, storage limits and efficiencies, grid limits, values of lost
         load and the cycling cost (mapped as the module docstring says).
 

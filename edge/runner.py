@@ -16,7 +16,8 @@ from picogrid.edge.deferrable import DeferrableLoad
 from picogrid.edge.health import Health
 from picogrid.edge.operator import Operator
 from picogrid.firmware import protocol as P
-from picogrid.edge.optimize import MpcController, config_from_site
+from picogrid.edge.mpc_config import config_from_site
+from picogrid.edge.optimize import MpcController
 from picogrid.edge.forecast import forecast_from_now
 from picogrid.edge.error_scenarios import forecast_errors
 from picogrid.edge.policies import naive_step, pad_day_end

@@ -1,7 +1,7 @@
 """The MPC's QP solved as an exact LP by HiGHS dual simplex, set up once and warm-started.
 
 The model's quadratic term is only the tiny strictly-convex regulariser ``reg_rel * I``
-(:class:`picogrid.edge.optimize.QpModel`), so ``min qᵀx  s.t.  l <= Ax <= u`` is the same
+(:class:`picogrid.edge.qp_model.QpModel`), so ``min qᵀx  s.t.  l <= Ax <= u`` is the same
 problem without it. HiGHS (Huangfu & Hall, "Parallelizing the dual revised simplex method",
 Math. Prog. Comp. 10, 2018; https://highs.dev) keeps the optimal basis of the last solve in its
 ``Highs`` object: after a receding-horizon tick changes only costs and bounds, the dual simplex

@@ -24,7 +24,7 @@ validation days, see the site files).
 The stacked QP keeps a fixed sparsity: ``A = [blkdiag(A_1..A_S); N]`` where the rows ``N`` set
 every shared power column of scenario ``s > 0`` equal to the one of scenario 0, and
 ``P = blkdiag(w_s P_1)``. Per tick only ``q = [w_s q_s]``, ``l``, ``u`` change, as in
-:class:`picogrid.edge.optimize.QpModel`.
+:class:`picogrid.edge.qp_model.QpModel`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _DECIDED_AHEAD = ("p_ch", "p_dis", "p_def")
 
 
 class ScenarioQp:
-    """``S`` copies of a :class:`~picogrid.edge.optimize.QpModel` sharing their first steps.
+    """``S`` copies of a :class:`~picogrid.edge.qp_model.QpModel` sharing their first steps.
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ import numpy as np
 
 from picogrid.edge import report
 from picogrid.edge.fleet import Fleet
-from picogrid.edge.optimize import config_from_site
+from picogrid.edge.mpc_config import config_from_site
 from picogrid.edge.links import SerialLink
 from picogrid.edge.runner import EdgeRunner
 from picogrid.edge.signals import ScenarioSource, load_scenario, save_scenario

@@ -39,7 +39,7 @@ def test_bad_jobs_are_refused(bad):
 
 def test_report_does_not_count_job_energy_as_served_and_prices_the_shortfall():
     from picogrid.edge import report
-    from picogrid.edge.optimize import config_from_site
+    from picogrid.edge.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
     cfg = config_from_site(load_site())

@@ -11,7 +11,8 @@ import pytest
 from picogrid.edge import dispatch, estimate, metering
 from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink
-from picogrid.edge.optimize import Decision, config_from_site
+from picogrid.edge.mpc_config import config_from_site
+from picogrid.edge.optimize import Decision
 from picogrid.edge.signals import ScenarioSource
 from picogrid.edge.site import load_site
 from picogrid.firmware import protocol as P
@@ -312,7 +313,7 @@ def test_prices_above_a_value_of_lost_load_are_reported_once(caplog):
 
 def test_feed_site_takes_the_feed_values_of_lost_load():
     from picogrid.edge.feedsource import feed_site
-    from picogrid.edge.optimize import config_from_site
+    from picogrid.edge.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
     site = load_site()

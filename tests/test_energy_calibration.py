@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from picogrid.edge import energy_calibration as EC
 from picogrid.edge import stochastic
 from picogrid.edge.forecast import Forecaster, default_artifact_dir
-from picogrid.edge.optimize import MpcConfig
+from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.stochastic import solve_scenarios
 
 LOADS = ["load1_demand_w", "load2_demand_w", "load3_demand_w"]

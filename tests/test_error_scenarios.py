@@ -6,7 +6,7 @@ import pytest
 
 from picogrid.edge import evaluate
 from picogrid.edge.error_scenarios import error_scenarios, forecast_errors
-from picogrid.edge.optimize import MpcConfig
+from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.signals import LOAD_SERIES
 from picogrid.edge.stochastic import forecast_inputs, planned_point
 
@@ -110,7 +110,7 @@ def test_evaluation_warm_up_does_not_depend_on_the_error_scenarios():
 def test_feed_site_turns_error_scenarios_off():
     """The lab feed tells no day before the edge saw it: no past forecasts to take errors from."""
     from picogrid.edge.feedsource import feed_site
-    from picogrid.edge.optimize import config_from_site
+    from picogrid.edge.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
     site = load_site()
@@ -122,7 +122,6 @@ def test_feed_site_turns_error_scenarios_off():
 def test_reported_plan_is_the_median_quantile_scenario():
     """With one error scenario of half the weight the reported plan is still the median one's."""
     from picogrid.edge.optimize import MpcController
-
     cfg = MpcConfig.from_dict({**LAB, "error_scenario_days": 1, "error_scenario_weight": 0.5})
     assert MpcController(cfg)._qp.main == 1
 

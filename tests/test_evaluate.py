@@ -8,9 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from picogrid.edge import evaluate, policies
-from picogrid.edge.optimize import MpcConfig
-
-
+from picogrid.edge.mpc_config import MpcConfig
 def test_split_jobs_moves_energy_without_losing_any():
     rng = np.random.default_rng(0)
     load3 = rng.uniform(0, 1.0, 60)

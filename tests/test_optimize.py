@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picogrid.edge import optimize
-from picogrid.edge.optimize import Decision, MpcConfig, MpcController
+from picogrid.edge.mpc_config import MpcConfig, config_from_site
+from picogrid.edge.optimize import Decision, MpcController
 from picogrid.edge.policies import solve_oracle
 
 LAB = dict(horizon=12, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
@@ -738,7 +739,7 @@ def test_config_from_site_lab_and_site_files():
 
     sites = resources.files("picogrid.edge").joinpath("sites")
     lab = tomllib.loads(sites.joinpath("lab.toml").read_text())
-    cfg = optimize.config_from_site(lab)
+    cfg = config_from_site(lab)
     st = lab["storage"]
     assert cfg.dt_s == lab["bench"]["tick_s"] and cfg.horizon == lab["bench"]["horizon"]
     assert cfg.e_min_j == pytest.approx(0.5 * st["capacitance_f"] * st["voltage_min_v"] ** 2)
@@ -748,15 +749,15 @@ def test_config_from_site_lab_and_site_files():
     # ESR loss share f of the discharge power: P <= 2 f E / (R C)
     assert cfg.p_dis_per_e_max_per_s == pytest.approx(2 * st["esr_loss_max"] / (st["esr_ohm"] * st["capacitance_f"]))
     site = tomllib.loads(sites.joinpath("site.toml").read_text())
-    cfg = optimize.config_from_site(site)
+    cfg = config_from_site(site)
     assert cfg.dt_s == 300.0 and cfg.horizon == 288 and cfg.n_jobs == 2
     assert cfg.e_max_j == pytest.approx(9.5 * 3.6e6) and cfg.p_ch_max_w == 5000.0
     assert cfg.p_dis_per_e_max_per_s == np.inf        # a battery: no ESR-loss limit in its file
     assert cfg.voll_per_j[0] > cfg.voll_per_j[1] > cfg.voll_per_j[2]
     on = dict(site, reserve={"enabled": True, "duration_s": 1800.0})
-    assert optimize.config_from_site(on).reserve and optimize.config_from_site(on).reserve_duration_s == 1800.0
+    assert config_from_site(on).reserve and config_from_site(on).reserve_duration_s == 1800.0
     bad = dict(site, optimizer={**site["optimizer"], "eps_abss": 1e-3})
     with pytest.raises(ValueError, match="eps_abss"):
-        optimize.config_from_site(bad)
+        config_from_site(bad)
     with pytest.raises(ValueError, match="grid"):
-        optimize.config_from_site({k: v for k, v in site.items() if k != "grid"})
+        config_from_site({k: v for k, v in site.items() if k != "grid"})

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from picogrid.edge import policies
-from picogrid.edge.optimize import Decision, MpcConfig, MpcController
+from picogrid.edge.mpc_config import MpcConfig
+from picogrid.edge.optimize import Decision, MpcController
 from picogrid.edge.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
                                     simulate_policy, solve_oracle)
 

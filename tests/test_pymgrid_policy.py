@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from picogrid.edge import evaluate
-from picogrid.edge.optimize import MpcConfig
+from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.pymgrid_policy import PymgridMpc, asap_job_power
 
 

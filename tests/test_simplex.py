@@ -4,7 +4,8 @@ and the controller's use of it (cold start, rescue, ``solver='highs'``)."""
 import numpy as np
 import pytest
 
-from picogrid.edge.optimize import MpcConfig, MpcController, parse_jobs
+from picogrid.edge.mpc_config import MpcConfig
+from picogrid.edge.optimize import MpcController, parse_jobs
 from picogrid.edge.policies import solve_oracle
 from picogrid.edge.simplex import SOLVED, WarmSimplex
 

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge.optimize import MpcConfig, MpcController, build_model
+from picogrid.edge.mpc_config import MpcConfig
+from picogrid.edge.optimize import MpcController
+from picogrid.edge.qp_model import build_model
 from picogrid.edge.stochastic import (ScenarioQp, expected_value, forecast_inputs, quantile_scenarios,
                                       solve_scenarios)
 
