@@ -49,8 +49,10 @@ class Health:
         return events
 
     def balance(self, residual_j, tick_s):
-        """An event when the bus residual [J] over a tick [s] stays high two ticks running."""
+        """An event when the bus residual [J] over a tick [s] stays high two ticks running
+        (an unmetered tick, ``None``, breaks the run: high, unknown, high is not two in a row)."""
         if residual_j is None:
+            self._residual_high = 0
             return []
         high = abs(residual_j) / tick_s > self.residual_alarm_w
         self._residual_high = self._residual_high + 1 if high else 0

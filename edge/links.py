@@ -20,6 +20,11 @@ from picogrid.firmware import protocol as P
 log = logging.getLogger(__name__)
 
 _READ_TIMEOUT_S = 0.02
+#: a write to a board that stopped reading gives up after this [s]: a full pty or USB buffer
+#: otherwise blocks the edge's tick for every board
+_WRITE_TIMEOUT_S = 0.1
+#: reopening a serial port that vanished (a Pico reset re-enumerates its USB CDC device)
+_REOPEN_BACKOFF_S = (0.2, 2.0)
 
 
 def _deliver(link, data):
@@ -44,6 +49,13 @@ class SerialLink:
     key : bytes or None, HMAC key (serial links are unauthenticated: None)
     baudrate : int, ignored by USB CDC and pseudo-terminals, kept for UART adapters
 
+    A port that fails (the board reset and its USB device came back, or went away) is closed
+    and reopened by the reader thread with a growing back-off; the board is reported by the
+    fleet through its silence meanwhile. A write that the board does not take within
+    ``_WRITE_TIMEOUT_S`` is dropped (``send`` returns False), so one stuck board cannot stall
+    the tick. After every open the link writes one 0x00, so a frame the board had half
+    received is closed off (PROTOCOL.md §1).
+
     Raises
     ------
     serial.SerialException if the port cannot be opened.
@@ -57,25 +69,58 @@ class SerialLink:
         self._on_frame = on_frame
         self.decoder = P.Decoder(key=key)
         self._key = key
+        self._baudrate = baudrate
         self.authenticated = key is not None     # frames carry an HMAC tag (PROTOCOL.md section 6)
-        self._serial = serial.Serial(port, baudrate=baudrate, timeout=_READ_TIMEOUT_S)
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self.bytes_in = 0
         self.last_rx_s = None
+        self.reopens = 0
+        self._serial = self._open()
         self._thread = threading.Thread(target=self._read_loop, name="link-" + name, daemon=True)
         self._thread.start()
+
+    def _open(self):
+        port = serial.Serial(self.port, baudrate=self._baudrate, timeout=_READ_TIMEOUT_S,
+                             write_timeout=_WRITE_TIMEOUT_S)
+        try:
+            port.write(b"\x00")   # resynchronise the board's decoder (PROTOCOL.md §1)
+        except serial.SerialException as exc:
+            log.warning("link %s: resync byte not written: %s", self.name, exc)
+        return port
+
+    def _reopen(self):
+        """Close the failed port and open it again until it opens or the link closes."""
+        with self._write_lock:
+            try:
+                self._serial.close()
+            except (serial.SerialException, OSError):
+                pass
+        delay = _REOPEN_BACKOFF_S[0]
+        while not self._stop.wait(delay):
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError) as exc:
+                log.debug("link %s: reopen of %s failed: %s", self.name, self.port, exc)
+                delay = min(2 * delay, _REOPEN_BACKOFF_S[1])
+                continue
+            self.decoder.reset()   # the board starts a new session after its reset
+            with self._write_lock:
+                self._serial = port
+            self.reopens += 1
+            log.info("link %s: %s reopened", self.name, self.port)
+            return
 
     def _read_loop(self):
         while not self._stop.is_set():
             try:
                 data = self._serial.read(512)
             except (serial.SerialException, OSError, TypeError) as exc:
-                # a board that vanished is reported by the fleet through its silence
                 if self._stop.is_set():
                     return
-                log.warning("link %s read failed: %s", self.name, exc)
-                time.sleep(0.2)
+                # once per failure, not per retry: the fleet reports the board's silence
+                log.warning("link %s read failed: %s; reopening %s", self.name, exc, self.port)
+                self._reopen()
                 continue
             if not data:
                 continue
@@ -83,15 +128,26 @@ class SerialLink:
 
     def send(self, msg_type, board_id, seq, payload):
         """Encode and write one frame (PROTOCOL.md); True if written, False (logged) if the
-        port failed."""
+        port failed or the board did not take it within ``_WRITE_TIMEOUT_S``."""
         frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
         with self._write_lock:
             try:
                 self._serial.write(frame)
+            except serial.SerialTimeoutException:
+                # a board that stopped reading: drop what is queued, the next tick tries again
+                self._discard_output()
+                log.warning("link %s write timed out: the board is not reading", self.name)
+                return False
             except (serial.SerialException, OSError) as exc:
                 log.warning("link %s write failed: %s", self.name, exc)
                 return False
         return True
+
+    def _discard_output(self):
+        try:
+            self._serial.reset_output_buffer()
+        except (serial.SerialException, OSError):
+            pass
 
     @property
     def errors(self):
@@ -158,12 +214,19 @@ class TcpLink:
         except OSError as exc:
             log.debug("link %s: connect to %s failed: %s", self.name, self.port, exc)
             return None
-        sock.settimeout(_READ_TIMEOUT_S * 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.decoder.reset()   # the board restarts its session for a new connection
-        with self._write_lock:
-            self._sock = sock
-            sock.sendall(b"\x00")    # flush whatever the board had buffered (PROTOCOL.md §1)
+        try:
+            if self._stop.is_set():     # closed while connecting: nobody would close it
+                raise OSError("link closed")
+            sock.settimeout(_READ_TIMEOUT_S * 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.decoder.reset()   # the board restarts its session for a new connection
+            with self._write_lock:
+                sock.sendall(b"\x00")    # flush whatever the board had buffered (PROTOCOL.md §1)
+                self._sock = sock       # only a connection that took the resync byte
+        except OSError as exc:          # e.g. a board that reset right after accepting
+            sock.close()
+            log.debug("link %s: connection to %s lost at once: %s", self.name, self.port, exc)
+            return None
         self.connects += 1
         log.info("link %s: connected to %s", self.name, self.port)
         return sock
@@ -227,5 +290,6 @@ class TcpLink:
 
     def close(self):
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        # a connect under way may take its whole timeout before it sees the stop
+        self._thread.join(timeout=self._timeout_s + 1.0)
         self._drop()

@@ -2,6 +2,8 @@
 the serial link + fleet over a real pseudo-terminal with the real codec."""
 
 import os
+import select
+import threading
 import time
 import tty
 
@@ -125,13 +127,48 @@ def test_fleet_gets_telemetry_and_counts_corruption(pty_link):
     bad = bytearray(P.encode_frame(P.MSG_TELEMETRY, 4, 2, tel))
     bad[5] ^= 0x10
     foreign = P.encode_frame(P.MSG_TELEMETRY, 5, 1, tel)     # load2's id on load1's port
-    os.write(master, b"\x00garbage" + bytes(bad) + foreign + good)
+    os.write(master, b"\x00garbage\x00" + bytes(bad) + foreign + good)
     assert _wait(lambda: fleet.snapshot()["load1"]["telemetry"] is not None)
     t = fleet.snapshot()["load1"]["telemetry"]
     assert t["p_bus_w"] == pytest.approx(-0.5) and t["energy_bus_j"] == pytest.approx(-12.0)
-    assert link.errors["crc_errors"] + link.errors["framing_errors"] >= 1
+    # the garbage between two delimiters is one framing error, the flipped bit one CRC error
+    assert link.errors["framing_errors"] == 1 and link.errors["crc_errors"] == 1
     assert fleet.foreign_frames == 1
     assert fleet.snapshot()["load2"]["telemetry"] is None
+
+
+def test_serial_link_writes_the_resync_byte_and_gives_up_on_a_board_that_does_not_read(pty_link):
+    """The link opens with one 0x00 (PROTOCOL.md §1); a board that stops reading (nobody reads
+    the pty) makes writes time out and return False instead of blocking the tick."""
+    master, fleet, link = pty_link
+    assert _wait(lambda: os.read(master, 1) == b"\x00")
+    results = []
+
+    def flood():
+        for _ in range(5000):       # the pty holds a few thousand frames, then stops taking them
+            results.append(link.send(P.MSG_SETPOINT, 4, 1, P.pack_setpoint(1, P.MODE_NORMAL, 0.1)))
+            if results[-1] is False:
+                return
+
+    writer = threading.Thread(target=flood, daemon=True)
+    writer.start()
+    writer.join(timeout=30.0)
+    assert not writer.is_alive() and results[-1] is False and results.count(True) > 100
+    while select.select([master], [], [], 0.1)[0]:     # the board reads again
+        os.read(master, 65536)
+    assert link.send(P.MSG_SETPOINT, 4, 2, P.pack_setpoint(1, P.MODE_NORMAL, 0.1)) is True
+
+
+def test_serial_link_reopens_a_port_that_failed(pty_link):
+    """A read error (a Pico reset re-enumerates its USB port) closes and reopens the port; the
+    board's frames reach the fleet again, and the link resynchronised with a 0x00."""
+    master, fleet, link = pty_link
+    link._serial.close()        # the port fails under the reader, as a vanished device does
+    assert _wait(lambda: link.reopens == 1, timeout=5.0)
+    tel = P.pack_telemetry(2000, 7.0, 3.2, 0.15, -0.25, 0.48, -12.0, 0.5, 0)
+    os.write(master, P.encode_frame(P.MSG_TELEMETRY, 4, 1, tel))
+    assert _wait(lambda: fleet.snapshot()["load1"]["telemetry"] is not None)
+    assert fleet.snapshot()["load1"]["telemetry"]["p_bus_w"] == pytest.approx(-0.25)
 
 
 def test_setpoint_ack_round_trip_and_timeout(pty_link):
@@ -177,6 +214,8 @@ def test_health_reports_stale_stuck_and_balance_changes_once():
     assert h.balance(0.1, 2.5) == [] and h.balance(1.0, 2.5) == []    # 0.04 W, then 0.4 W once
     assert [e[1] for e in h.balance(-1.0, 2.5)] == ["balance_alarm"]   # second tick in a row
     assert h.balance(None, 2.5) == []
+    h.balance(0.0, 2.5)
+    assert h.balance(1.0, 2.5) == [] and h.balance(None, 2.5) == [] and h.balance(1.0, 2.5) == []  # not in a row
 
 
 def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():

@@ -214,3 +214,70 @@ def test_unauthenticated_link_has_no_session_checks():
         os.close(master)
         os.close(slave)
 
+
+
+class _ResetOnFirstWrite:
+    """A connected socket whose first write fails as on a board that reset right after accept."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def sendall(self, data):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_tcp_link_survives_a_connection_lost_at_its_first_write(monkeypatch):
+    """The link's reader keeps running after a connection that fails at the resync byte, and
+    connects again (the failed one is closed, never taken for a live connection)."""
+    from picogrid.edge import links
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5.0)
+    real, attempts = socket.create_connection, []
+
+    def connect(*args, **kwargs):
+        sock = real(*args, **kwargs)
+        attempts.append(sock)
+        return _ResetOnFirstWrite(sock) if len(attempts) == 1 else sock
+
+    monkeypatch.setattr(links.socket, "create_connection", connect)
+    link = TcpLink("storage", "127.0.0.1:%d" % server.getsockname()[1], lambda *a: None, KEY)
+    try:
+        first, _ = server.accept()
+        second, _ = server.accept()        # the reader tried again
+        assert _wait(lambda: link.connected and link.connects == 1)
+        assert attempts[0].fileno() == -1 and first.recv(16) == b""    # the failed one was closed
+        assert second.recv(1) == b"\x00" and link.send(P.MSG_HEARTBEAT, STORAGE_ID, 1, b"")
+        first.close()
+        second.close()
+    finally:
+        link.close()
+        server.close()
+
+
+def test_tcp_link_closed_while_connecting_leaves_no_socket(monkeypatch):
+    """close() waits out a connect under way (a slow board), which then closes its socket."""
+    from picogrid.edge import links
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5.0)
+    real = socket.create_connection
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)                     # a slow SYN-ACK, within the 2 s connect timeout
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(links.socket, "create_connection", slow)
+    link = TcpLink("storage", "127.0.0.1:%d" % server.getsockname()[1], lambda *a: None, KEY)
+    try:
+        time.sleep(0.05)
+        link.close()
+        assert not link._thread.is_alive() and not link.connected
+        conn, _ = server.accept()
+        assert conn.recv(16) == b""          # closed by the link, not left open
+        conn.close()
+    finally:
+        server.close()
