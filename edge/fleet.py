@@ -22,12 +22,6 @@ from picogrid.firmware import protocol as P
 log = logging.getLogger(__name__)
 
 _ACKS_KEPT = 1024     # acks remembered per board (latency stats look back this far)
-# Superseded boot nonces remembered per board. Only a genuine reboot adds one (a new nonce
-# needs the board's key on an authenticated link), so 64 covers any plausible run; the bound
-# keeps memory and the lookup fixed for a board stuck in a watchdog-reset loop for days. A
-# session older than the last 64 reboots can be replayed again: accepted, as the price of
-# that bound. A genuine reboot collides with a remembered nonce with probability 64 / 2**32.
-_NONCES_KEPT = 64
 _U32 = 1 << 32
 
 
@@ -50,7 +44,6 @@ class BoardState:
         self.failsafe_events = 0
         self.link = None
         self.authenticated = False     # session checks apply (set by Fleet.attach)
-        self.old_nonces = collections.deque(maxlen=_NONCES_KEPT)   # superseded sessions
         self.last_t_ms = None          # uptime of the last accepted telemetry of this session [ms]
         self.replayed_hellos = 0
         self.t_ms_regressions = 0
@@ -160,19 +153,19 @@ class Fleet:
 
         The board's current nonce is a re-announcement (the answer to :meth:`request_hello`,
         or the HELLO of a new TCP connection); a nonce of a superseded session is a replay
-        of a recorded session (PROTOCOL.md section 6); any other nonce is a reboot.
+        of a recorded session (PROTOCOL.md section 6); any other nonce is a reboot. The link's
+        decoder holds the superseded nonces (the last ``protocol.SUPERSEDED_KEPT``): it keeps
+        its sequence window on such a HELLO, so the replayed session cannot take it over.
         """
         if nonce == b.boot_nonce:
             return True
-        if nonce in b.old_nonces:
+        if b.link.decoder.superseded(b.board_id, nonce):
             b.replayed_hellos += 1
             detail = "seq %d: boot_nonce 0x%08x of an earlier session (current 0x%08x)" % (
                 seq, nonce, b.boot_nonce)
             self.events.append((now, b.name, "replayed_hello", detail))
             log.warning("board %s: replayed HELLO dropped, %s", b.name, detail)
             return False
-        if b.boot_nonce is not None:
-            b.old_nonces.append(b.boot_nonce)
         b.last_t_ms = None     # the new session's uptime starts again
         return True
 

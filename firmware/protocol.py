@@ -480,6 +480,10 @@ def encode_frame(msg_type, board_id, seq, payload, key=None):
     return cobs_encode(body) + b"\x00"
 
 
+#: superseded boot_nonces a decoder remembers per board id (a bound for a board in a reset loop)
+SUPERSEDED_KEPT = const(64)
+
+
 class Decoder:
     """Stream decoder: bytes in, validated frames out; never raises on wire data.
 
@@ -489,8 +493,14 @@ class Decoder:
     version, unknown message type or reserved flag bits (``framing_errors``);
     CRC-32 (``crc_errors``); tag missing, unexpected or wrong
     (``auth_errors``); sequence not above the last accepted one from that
-    board id (``replay_errors``, only with a key; an authenticated HELLO
-    always passes and restarts that board's session).
+    board id (``replay_errors``, only with a key). An authenticated HELLO
+    that carries a ``boot_nonce`` (a board's) restarts that board's sequence
+    window only for a new nonce; with the current nonce it must continue the
+    sequence; with the nonce of a session it superseded (the last
+    ``SUPERSEDED_KEPT``) it is passed on for the edge to count
+    (:meth:`superseded`) but leaves the window where it is, so a replayed
+    session cannot push the genuine board out. An empty HELLO (the edge's
+    request) restarts the window as before (PROTOCOL.md section 6).
 
     Parameters
     ----------
@@ -519,6 +529,8 @@ class Decoder:
         self._len = 0
         self._dropping = False  # after an oversize frame: drop until the next 0x00
         self._last_seq = [-1] * 256
+        self._nonce = {}        # board id -> boot_nonce of its current session
+        self._old_nonces = {}   # board id -> nonces of the sessions it superseded, oldest first
         self.frames_ok = 0
         self.crc_errors = 0
         self.framing_errors = 0
@@ -526,8 +538,37 @@ class Decoder:
         self.replay_errors = 0
         self.oversize_errors = 0
 
+    def _hello_window(self, board_id, seq, m):
+        """Whether an authenticated HELLO (body of ``m`` bytes, tag excluded) moves the sequence
+        window: True (a new session, or the current one continued), False (a superseded
+        session's: passed on, window kept) or None (the current session's, replayed: dropped)."""
+        if m < HEADER_LEN + 8:   # no boot_nonce: the edge's request, a new session of the edge
+            return True
+        nonce = struct.unpack_from("<I", self._out, m - 4)[0]   # pack_hello's last field
+        current = self._nonce.get(board_id)
+        if nonce == current:
+            return True if seq > self._last_seq[board_id] else None
+        old = self._old_nonces.get(board_id)
+        if old is not None and nonce in old:
+            return False
+        if current is not None:
+            if old is None:
+                old = self._old_nonces[board_id] = []
+            old.append(current)
+            if len(old) > SUPERSEDED_KEPT:
+                old.pop(0)
+        self._nonce[board_id] = nonce
+        return True
+
+    def superseded(self, board_id, nonce):
+        """True if ``nonce`` is the boot_nonce of a session ``board_id`` superseded (one of the
+        last ``SUPERSEDED_KEPT``): its HELLO is a replay (PROTOCOL.md section 6)."""
+        old = self._old_nonces.get(board_id)
+        return old is not None and nonce in old
+
     def reset(self):
-        """Drop any partial frame and forget all sequence numbers (counters are kept)."""
+        """Drop any partial frame and forget all sequence numbers (counters and the sessions'
+        nonces are kept: a replayed session stays one across reconnects)."""
         self._len = 0
         self._dropping = False
         for k in range(256):
@@ -601,10 +642,17 @@ class Decoder:
             if not _tags_equal(self._hmac.digest(self._omv[:m]), out, m):
                 self.auth_errors += 1
                 return None
-            # An authenticated HELLO opens a new session (the board rebooted and restarted seq).
-            if msg_type != MSG_HELLO and seq <= self._last_seq[board_id]:
+            if msg_type == MSG_HELLO:
+                window = self._hello_window(board_id, seq, m)
+                if window is None:
+                    self.replay_errors += 1
+                    return None
+                if window:
+                    self._last_seq[board_id] = seq
+            elif seq <= self._last_seq[board_id]:
                 self.replay_errors += 1
                 return None
-            self._last_seq[board_id] = seq
+            else:
+                self._last_seq[board_id] = seq
         self.frames_ok += 1
         return msg_type, board_id, seq, bytes(self._omv[HEADER_LEN:m])

@@ -35,7 +35,7 @@ for v in spec["vectors"]:
         frames = dec.feed(wire)
         out["decoded"] = [[t, b, s, hx(pl)] for (t, b, s, pl) in frames]
         out["unpacked"] = [list(getattr(p, "unpack_" + v["kind"])(pl)) for (t, b, s, pl) in frames]
-        # Same frame again on a keyed link is a replay unless it is a HELLO.
+        # Same frame again on a keyed link is a replay (a HELLO repeats its nonce and seq).
         out["again"] = len(dec.feed(wire))
         out["replay_errors"] = dec.replay_errors
         flips = 0

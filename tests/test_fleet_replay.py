@@ -118,10 +118,10 @@ def test_reannounced_hello_is_accepted(tcp_board):
 
 
 def test_replayed_hello_of_an_earlier_session_is_dropped_and_counted(tcp_board):
-    board, fleet, _, clock, _ = tcp_board
+    board, fleet, link, clock, _ = tcp_board
     clock.t_s = 10.0
     recorded = board.hello(0x11111111)            # an eavesdropper records the first session
-    board.telemetry(60_000)
+    recorded += board.telemetry(60_000)
     assert _wait(lambda: _state(fleet)["telemetry"] is not None)
     board.reboot()
     clock.t_s = 20.0
@@ -129,11 +129,13 @@ def test_replayed_hello_of_an_earlier_session_is_dropped_and_counted(tcp_board):
     board.telemetry(150)
     assert _wait(lambda: (_state(fleet)["telemetry"] or {}).get("t_ms") == 150)
     clock.t_s = 30.0
-    board.write(recorded)                         # same bytes, valid tag: passes the codec
+    board.write(recorded)                         # same bytes, valid tags: the HELLO passes the codec
     assert _wait(lambda: _state(fleet)["replayed_hellos"] == 1)
     s = _state(fleet)
     assert s["boot_nonce"] == 0x22222222          # the session did not change
     assert s["last_seen_s"] == 20.0               # a replay is no sign of life
+    # ...but it did not reopen the codec's window: the old session's telemetry is a replay
+    assert _wait(lambda: link.errors["replay_errors"] == 1) and s["telemetry"]["t_ms"] == 150
     (event,) = _events(fleet, "replayed_hello")
     assert event[1] == "storage" and "0x11111111" in event[3] and "0x22222222" in event[3]
     # the runner stores fleet events as they are drained

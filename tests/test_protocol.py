@@ -177,8 +177,8 @@ def test_vector_exact_bytes_micropython(mp_output, vector):
     assert got["decoded"] == [[vector["msg_type"], vector["board_id"], vector["seq"],
                                vector["payload_hex"]]]
     assert got["unpacked"] == [vector["args"]]
-    # keyed links reject the repeated frame unless it is a HELLO; keyless links never check
-    replayed = vector["authenticated"] and vector["msg_type"] != p.MSG_HELLO
+    # keyed links reject the repeated frame (a HELLO too: same nonce, same seq); keyless ones never check
+    replayed = vector["authenticated"]
     assert got["again"] == (0 if replayed else 1)
     assert got["replay_errors"] == (1 if replayed else 0)
     assert got["flips"] == 8 * len(bytes.fromhex(vector["frame_hex"]))
@@ -463,6 +463,38 @@ def test_authenticated_hello_starts_new_session():
     assert dec.replay_errors == 2
     # an unauthenticated HELLO never resets a keyed session
     assert dec.feed(p.encode_frame(p.MSG_HELLO, 2, 1, hello)) == [] and dec.auth_errors == 1
+
+
+def test_hello_of_a_superseded_session_keeps_the_sequence_window():
+    """A replayed HELLO of an earlier session is passed on (the edge counts it) but does not
+    move the window back: the old session's frames stay replays, the genuine board goes on.
+    The current session's HELLO must continue its seq; the edge's empty HELLO restarts it."""
+    dec = p.Decoder(key=TEST_KEY)
+    hb = p.pack_heartbeat(0)
+
+    def frame(msg_type, seq, payload):
+        return p.encode_frame(msg_type, 2, seq, payload, key=TEST_KEY)
+
+    old_hello = frame(p.MSG_HELLO, 1, p.pack_hello("storage", "1.2.0", 0, 0x1111))
+    old_frames = [frame(p.MSG_HEARTBEAT, s, hb) for s in range(2, 40)]
+    assert len(dec.feed(old_hello + b"".join(old_frames))) == 39
+    assert len(dec.feed(frame(p.MSG_HELLO, 1, p.pack_hello("storage", "1.2.0", 0, 0x2222)))) == 1  # reboot
+    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 2, hb))) == 1
+    assert not dec.superseded(2, 0x2222) and dec.superseded(2, 0x1111)
+    # the recorded session replayed whole: its HELLO passes, its frames up to seq 2 do not
+    got = dec.feed(old_hello + b"".join(old_frames[:1]))
+    assert [f[0] for f in got] == [p.MSG_HELLO] and dec.replay_errors == 1
+    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 3, hb))) == 1            # the genuine board goes on
+    # its own HELLO again at an old seq is a replay; at the next seq a re-announcement
+    current = p.pack_hello("storage", "1.2.0", 0, 0x2222)
+    assert dec.feed(frame(p.MSG_HELLO, 1, current)) == [] and dec.replay_errors == 2
+    assert len(dec.feed(frame(p.MSG_HELLO, 4, current))) == 1
+    # a reset (new TCP connection) restarts the window but remembers the sessions
+    dec.reset()
+    assert len(dec.feed(frame(p.MSG_HELLO, 1, current))) == 1 and dec.superseded(2, 0x1111)
+    # the edge's HELLO request has no nonce: it restarts the window (the board side)
+    assert len(dec.feed(frame(p.MSG_HELLO, 1, b""))) == 1
+    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 2, hb))) == 1
 
 
 def test_keyless_link_has_no_replay_check():
