@@ -156,6 +156,9 @@ class Board:
             await asyncio.sleep_ms(period)
 
     async def run(self):
+        # one 0x00 first: it ends whatever half frame the edge's decoder held from before the
+        # reset, so the boot HELLO arrives whole (PROTOCOL.md section 1)
+        self.link.write(b"\x00")
         self.send_hello()
         self.enter_failsafe("boot")    # safe until the edge speaks
         asyncio.create_task(self.link_loop())
