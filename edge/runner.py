@@ -88,6 +88,7 @@ class EdgeRunner:
         self.last_setpoints = None
         self.operator = Operator(site)
         self.health = Health(fleet.boards)
+        self._health_fed = 0     # rows of the fleet's telemetry log Health has seen (since its drain)
         # deferrable jobs (lab feed /deferables) go to the board of the deferrable class
         board, rating_w = deferrable_board(site)
         self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
@@ -344,13 +345,22 @@ class EdgeRunner:
             for board, kind, detail in self.health.balance(residual, self.tick_s):
                 self.store.event(self.clock() - self.t0, board, kind, "tick %d: %s" % (t, detail))
 
+    def _feed_health(self, rows):
+        """Give Health the telemetry rows it has not seen; ``rows`` is the fleet's log since its
+        last drain (it only grows until drained)."""
+        for _, name, _, _, tel in rows[self._health_fed:]:
+            self.health.telemetry(name, tel)
+        self._health_fed = len(rows)
+
     def persist(self, k, t_rel, decision, fc, src, sp, operator_note=""):
+        rows = self.fleet.drain_telemetry()
+        self._feed_health(rows)      # the reports that came during the tick (the post-ack ones too)
+        self._health_fed = 0
         if not self.record_all:
-            self.fleet.drain_telemetry()
             self.fleet.drain_events()
             self.store.commit()
             return
-        for t_s, name, role, seq, tel in self.fleet.drain_telemetry():
+        for t_s, name, role, seq, tel in rows:
             self.store.telemetry(t_s - self.t0, k, name, role or name, seq, tel)
         for t_s, name, kind, detail in self.fleet.drain_events():
             self.store.event(t_s - self.t0, name, kind, detail)
@@ -381,8 +391,7 @@ class EdgeRunner:
 
     # -- the tick --------------------------------------------------------------------
     def check_health(self, t_rel):
-        for _, name, _, _, tel in self.fleet.telemetry_peek():
-            self.health.telemetry(name, tel)
+        self._feed_health(self.fleet.telemetry_peek())
         for board, kind, detail in self.health.check(set(self.fleet.stale(self.health.stale_s))):
             log.warning("board %s: %s (%s)", board, kind, detail)
             if self.record_all:

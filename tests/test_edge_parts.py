@@ -439,6 +439,43 @@ def test_summary_energies_leave_unmetered_ticks_out():
     assert any("none: that bench had fallback ticks" in line for line in _summary_lines(s))
 
 
+def test_runner_health_sees_every_report_of_the_tick_once(tmp_path):
+    """Reports that arrive while a tick runs (forecast, solve, the boards' post-ack snapshots)
+    reach Health as well as the store, and none twice: five identical load1 readings, three
+    before the tick and two during it, are four repeats."""
+    from picogrid.edge.health import Health
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids
+    from picogrid.edge.store import Store
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    fleet = Fleet(board_ids(site))
+    tel = P.pack_telemetry(1000, 7.0, 3.2, 0.15, -0.5, 0.48, -12.0, 0.5, 0)
+    report = lambda: fleet.on_frame("load1", P.MSG_TELEMETRY, fleet.boards["load1"].board_id, 1, tel)  # noqa: E731
+
+    class ReportingSource(ScenarioSource):
+        """The scenario, with load1 reporting while the runner reads the source mid-tick."""
+        def now(self, k):
+            if not getattr(self, "reported", False):
+                self.reported = True
+                report()
+                report()
+            return super().now(k)
+
+    src = ReportingSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)
+    store = Store(tmp_path / "picogrid.sqlite")
+    store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
+    runner = EdgeRunner(site, src, fleet, store=store, forecaster=None, t0=0.0, policy="naive", record="dispatch")
+    runner.health = Health(fleet.boards, stuck_samples=4)
+    for _ in range(3):
+        report()
+    runner.tick(0)
+    assert runner.health._same["load1"] == 4
+    assert "sensor_stuck" in [kind for board, kind, _ in runner.health.check(set()) if board == "load1"]
+    store.close()
+
+
 def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     """The third bench's runner plans on the source's true day (every quantile the truth, the
     day's last value past its end) with one plan, and scores as the oracle's model does."""
