@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _ACKS_KEPT = 1024     # acks remembered per board (latency stats look back this far)
 _U32 = 1 << 32
+_EVENTS_KEPT = 1000   # events held between drains (the edge drains every tick)
 
 
 class BoardState:
@@ -69,7 +70,9 @@ class Fleet:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.telemetry_log = []        # (t_s, name, role, seq, telemetry dict), drained by the edge
-        self.events = collections.deque(maxlen=1000)   # (t_s, name, kind, detail)
+        self.events = collections.deque(maxlen=_EVENTS_KEPT)   # (t_s, name, kind, detail)
+        self.events_dropped = 0        # events pushed out of a full queue before a drain
+        self._dropped_reported = 0
         self.foreign_frames = 0
 
     def attach(self, name, link, authenticated=None):
@@ -104,13 +107,17 @@ class Fleet:
             # a board on the wrong port, or a corrupted id that passed the CRC: never trust it
             with self._lock:
                 self.foreign_frames += 1
+                n = self.foreign_frames
+                if n & (n - 1) == 0:    # the 1st, 2nd, 4th, 8th ...: said, without a flood
+                    self._event((now, link_name, "foreign_frame", "%d frame(s) with board id %d on %s's link"
+                                 % (n, board_id, link_name)))
             return
         b = self.boards[name]
         try:
             self._dispatch(b, now, msg_type, seq, payload)
         except P.ProtocolError as exc:
             with self._lock:
-                self.events.append((now, name, "bad_payload", str(exc)))
+                self._event((now, name, "bad_payload", str(exc)))
 
     def _dispatch(self, b, now, msg_type, seq, payload):
         with self._cond:
@@ -138,13 +145,13 @@ class Fleet:
                 b._expect_snapshot = acked
             elif msg_type == P.MSG_HELLO:
                 b.role, b.firmware_version, b.capabilities, b.boot_nonce = hello
-                self.events.append((now, b.name, "hello", "%s fw %s" % (b.role, b.firmware_version)))
+                self._event((now, b.name, "hello", "%s fw %s" % (b.role, b.firmware_version)))
             elif msg_type == P.MSG_EVENT:
                 code, detail = P.unpack_event(payload)
                 kind = _EVENT_NAMES.get(code, "event_%d" % code)
                 if code == P.EV_FAILSAFE_ENTER:
                     b.failsafe_events += 1
-                self.events.append((now, b.name, kind, detail))
+                self._event((now, b.name, kind, detail))
                 log.info("board %s: %s %s", b.name, kind, detail)
             self._cond.notify_all()
 
@@ -163,7 +170,7 @@ class Fleet:
             b.replayed_hellos += 1
             detail = "seq %d: boot_nonce 0x%08x of an earlier session (current 0x%08x)" % (
                 seq, nonce, b.boot_nonce)
-            self.events.append((now, b.name, "replayed_hello", detail))
+            self._event((now, b.name, "replayed_hello", detail))
             log.warning("board %s: replayed HELLO dropped, %s", b.name, detail)
             return False
         b.last_t_ms = None     # the new session's uptime starts again
@@ -181,7 +188,7 @@ class Fleet:
                 b.t_ms_regressions += 1
                 detail = "seq %d: t_ms %d after %d in session 0x%08x" % (
                     seq, t_ms, b.last_t_ms, b.boot_nonce if b.boot_nonce is not None else 0)
-                self.events.append((now, b.name, "t_ms_regression", detail))
+                self._event((now, b.name, "t_ms_regression", detail))
                 log.warning("board %s: telemetry going back in time dropped, %s", b.name, detail)
                 return False
         b.last_t_ms = t_ms
@@ -247,10 +254,23 @@ class Fleet:
             rows, self.telemetry_log = self.telemetry_log, []
         return rows
 
+    def _event(self, row):
+        """Queue an event (lock held); one pushed out of the full queue is counted."""
+        if len(self.events) == self.events.maxlen:
+            self.events_dropped += 1
+        self.events.append(row)
+
     def drain_events(self):
+        """The queued events, oldest first, and one ``events_dropped`` event when some were
+        pushed out since the last drain (the queue holds ``_EVENTS_KEPT``)."""
         with self._lock:
             rows = list(self.events)
             self.events.clear()
+            lost = self.events_dropped - self._dropped_reported
+            self._dropped_reported = self.events_dropped
+        if lost:
+            rows.append((self.clock(), None, "events_dropped", "%d event(s) lost: more than %d between drains"
+                         % (lost, _EVENTS_KEPT)))
         return rows
 
     def stale(self, max_age_s):

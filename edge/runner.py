@@ -383,7 +383,10 @@ class EdgeRunner:
                              link=getattr(link, "kind", None),
                              last_seen_s=(s["last_seen_s"] - self.t0) if s["last_seen_s"] else None,
                              frames_ok=errs.get("frames_ok", 0),
-                             crc_errors=errs.get("crc_errors", 0) + errs.get("framing_errors", 0),
+                             # corrupt on the wire: CRC, framing and oversize alike
+                             crc_errors=(errs.get("crc_errors", 0) + errs.get("framing_errors", 0)
+                                         + errs.get("oversize_errors", 0)),
+                             auth_errors=errs.get("auth_errors", 0), replay_errors=errs.get("replay_errors", 0),
                              failsafe_events=self.fleet.boards[name].failsafe_events,
                              replayed_hellos=s.get("replayed_hellos", 0),
                              t_ms_regressions=s.get("t_ms_regressions", 0))

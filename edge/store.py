@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS board (
     frames_ok INTEGER DEFAULT 0, crc_errors INTEGER DEFAULT 0, failsafe_events INTEGER DEFAULT 0,
     replayed_hellos INTEGER DEFAULT 0,   -- HELLOs of superseded sessions dropped (PROTOCOL.md 6)
     t_ms_regressions INTEGER DEFAULT 0,  -- telemetry whose uptime went back, dropped
+    auth_errors INTEGER DEFAULT 0,       -- frames without or with a wrong tag (the link's decoder)
+    replay_errors INTEGER DEFAULT 0,     -- authenticated frames whose seq did not go up
     PRIMARY KEY (run_id, board)
 );
 """
@@ -113,7 +115,9 @@ DISPATCH_COLUMNS = (
 #: columns added after a schema was first released: (table, column, type), added to older files
 _ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),
                   ("board", "replayed_hellos", "INTEGER DEFAULT 0"),
-                  ("board", "t_ms_regressions", "INTEGER DEFAULT 0"))
+                  ("board", "t_ms_regressions", "INTEGER DEFAULT 0"),
+                  ("board", "auth_errors", "INTEGER DEFAULT 0"),
+                  ("board", "replay_errors", "INTEGER DEFAULT 0"))
 
 
 def connect(path):

@@ -171,6 +171,24 @@ def test_serial_link_reopens_a_port_that_failed(pty_link):
     assert fleet.snapshot()["load1"]["telemetry"]["p_bus_w"] == pytest.approx(-0.25)
 
 
+def test_fleet_reports_foreign_frames_and_lost_events_without_a_flood():
+    """A board on the wrong port is said at its 1st, 2nd, 4th ... frame, not at every one; events
+    pushed out of the full queue between two drains are counted in one events_dropped event."""
+    fleet = Fleet({"load1": 4, "load2": 5})
+    tel = P.pack_telemetry(1000, 7.0, 3.2, 0.15, -0.5, 0.48, -12.0, 0.5, 0)
+    for seq in range(5):
+        fleet.on_frame("load1", P.MSG_TELEMETRY, 5, seq, tel)     # load2's id on load1's link
+    foreign = [row for row in fleet.drain_events() if row[2] == "foreign_frame"]
+    assert fleet.foreign_frames == 5 and [row[3].split()[0] for row in foreign] == ["1", "2", "4"]
+    hello = P.pack_hello("load1", "1.0.0", 0, 7)
+    for seq in range(1003):
+        fleet.on_frame("load1", P.MSG_HELLO, 4, seq, hello)     # one 'hello' event each
+    rows = fleet.drain_events()
+    assert len(rows) == 1001 and rows[-1][2] == "events_dropped" and rows[-1][3].startswith("3 event(s) lost")
+    fleet.on_frame("load1", P.MSG_HELLO, 4, 2000, hello)
+    assert [row[2] for row in fleet.drain_events()] == ["hello"]      # counted once
+
+
 def test_setpoint_ack_round_trip_and_timeout(pty_link):
     master, fleet, link = pty_link
     seq = fleet.send_setpoint("load1", 3, P.MODE_NORMAL, 0.4)

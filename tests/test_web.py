@@ -515,11 +515,12 @@ def test_forecast_api_fan_against_actual(db_path, day):
 def test_boards_api_health_and_events(db_path, day):
     day.event(9.5, "storage", "failsafe_enter", "no setpoint for 8 s")
     day.event(9.7, None, "no_ack", "tick 2: load3")
-    day.board("grid", replayed_hellos=2, t_ms_regressions=1)
+    day.board("grid", replayed_hellos=2, t_ms_regressions=1, replay_errors=4, auth_errors=5)
     day.commit()
     data = make_client(db_path).get("/api/run/1/boards").get_json()
     dropped = {b["board"]: b["replays_dropped"] for b in data["boards"]}
-    assert dropped["grid"] == 3 and dropped["pv"] == 0
+    assert dropped["grid"] == 2 + 1 + 4 and dropped["pv"] == 0
+    assert {b["board"]: b["auth_errors"] for b in data["boards"]}["grid"] == 5
     health = {b["board"]: b["health"] for b in data["boards"]}
     assert health["pv"] == ["ok"]                       # flags 32 + 0: no known bit
     assert health["storage"] == ["failsafe"]            # flags 33

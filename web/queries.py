@@ -129,8 +129,11 @@ def boards(conn, run_id):
             "frames_ok": info.get("frames_ok"),
             "crc_errors": info.get("crc_errors"),
             "failsafe_events": info.get("failsafe_events"),
+            "auth_errors": info.get("auth_errors"),
+            # the codec's replays and the edge's session checks (PROTOCOL.md section 6)
             "replays_dropped": (None if info.get("replayed_hellos") is None
-                                else info["replayed_hellos"] + (info.get("t_ms_regressions") or 0)),
+                                else info["replayed_hellos"] + (info.get("t_ms_regressions") or 0)
+                                + (info.get("replay_errors") or 0)),
             "telemetry": None if tele is None else {c: tele[c] for c in TELEMETRY_COLUMNS},
         })
     return result

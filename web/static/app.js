@@ -378,9 +378,9 @@ async function boardsPage() {
   fillTable("boards-body", b.boards.map((x) => {
     const t = x.telemetry || {};
     return [x.board, x.role || "—", x.firmware_version || "—", x.link || "—", fmt(x.last_seen_s),
-      fmt(x.frames_ok), fmt(x.crc_errors), fmt(x.failsafe_events), fmt(x.replays_dropped), fmt(t.v_bus_v),
-      fmt(t.v_port_v), fmt(t.i_port_a), fmt(t.p_bus_w), fmtFlags(t.flags), x.health.join(", ")];
-  }), "no board has reported yet", 15);
+      fmt(x.frames_ok), fmt(x.crc_errors), fmt(x.auth_errors), fmt(x.failsafe_events), fmt(x.replays_dropped),
+      fmt(t.v_bus_v), fmt(t.v_port_v), fmt(t.i_port_a), fmt(t.p_bus_w), fmtFlags(t.flags), x.health.join(", ")];
+  }), "no board has reported yet", 16);
   fillTable("events-body", b.events.slice(0, 50).map((e) => [fmt(e.t_s), e.board || "edge", e.kind, e.detail || ""]),
     "no events", 4);
   const { audit } = await getJSON("/audit?limit=20");
