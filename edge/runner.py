@@ -7,6 +7,7 @@ setpoints. Time comes from the injected ``clock``/``sleep`` pair.
 """
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -65,6 +66,9 @@ class EdgeRunner:
         self.forecaster = forecaster
         self.t0 = t0
         self.clock, self.sleep = clock, sleep
+        # set (by anyone) to end run_day before its next tick: another bench of the day failed,
+        # or the operator pressed Ctrl-C; the tick under way finishes first
+        self.stop_requested = threading.Event()
         self.cfg = config_from_site(site)
         if policy == "mpc_perfect":     # a perfect forecast has no spread: its scenarios would be copies
             self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)
@@ -464,11 +468,16 @@ class EdgeRunner:
         return decision
 
     def run_day(self, on_tick=None):
-        """Run every tick at its time, then close the last tick's metering."""
+        """Run every tick at its time, then close the last tick's metering. Returns the ticks
+        run: fewer than ``n_ticks`` when :attr:`stop_requested` was set (logged)."""
         for k in range(self.n_ticks):
             wait = self.t0 + k * self.tick_s - self.clock()
             if wait > 0:
                 self.sleep(wait)
+            if self.stop_requested.is_set():
+                log.warning("%s: day stopped before tick %d of %d", self.policy, k + 1, self.n_ticks)
+                self.store.commit()
+                return k
             self.tick(k)
             if on_tick:
                 on_tick(k)
@@ -478,6 +487,7 @@ class EdgeRunner:
         # the last boundary: repeat the last setpoints so every board reports its counters
         self.meter(self.n_ticks, self.send(self.n_ticks, self.last_setpoints))
         self.store.commit()
+        return self.n_ticks
 
 
 def _details(decision, solve_cpu_s):

@@ -108,8 +108,9 @@ class _Bench:
     def run(self, on_tick=None):
         try:
             self.runner.run_day(on_tick)
-        except BaseException as exc:   # reported by Day.run on the main thread
+        except BaseException as exc:   # Ctrl-C or a failure: reported by Day.run on the main thread
             self.error = exc
+            self.runner.stop_requested.set()     # the day's other benches stop at their next tick
 
     def stop(self):
         for link in self.links:
@@ -240,6 +241,9 @@ class Day:
             self.stores.append(side.store)
             side.runner = EdgeRunner(self.site, self.source, side.fleet, side.store, None, t0,
                                      policy=name, record="dispatch")
+        # one stop for the whole day: the first bench that fails (or Ctrl-C) ends every bench
+        for name, side in self._comparison_sides():
+            side.runner.stop_requested = self.sides["mpc"].runner.stop_requested
         return self
 
     def _comparison_sides(self):

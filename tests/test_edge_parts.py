@@ -494,6 +494,30 @@ def test_runner_health_sees_every_report_of_the_tick_once(tmp_path):
     store.close()
 
 
+def test_runner_day_stops_at_the_next_tick_when_asked(tmp_path):
+    """A day whose stop is requested (another bench of the day failed, Ctrl-C) ends before its
+    next tick, and says how many ticks it ran."""
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids
+    from picogrid.edge.store import Store
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    src = ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks)
+    store = Store(tmp_path / "picogrid.sqlite")
+    store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
+    now = [0.0]
+    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=store, forecaster=None, t0=0.0, policy="naive",
+                        record="dispatch", clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+    def on_tick(k):
+        if k == 1:
+            runner.stop_requested.set()
+
+    assert runner.run_day(on_tick) == 2 and len(runner.statuses) == 2
+    store.close()
+
+
 def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     """The third bench's runner plans on the source's true day (every quantile the truth, the
     day's last value past its end) with one plan, and scores as the oracle's model does."""
