@@ -176,6 +176,19 @@ class EdgeRunner:
             return self._same_tick_yesterday(k, exc)
         return fans, {s: "truth" for s in fans}
 
+    def _check_reference(self, k, t_rel, decision, src):
+        """The perfect-foresight bench is a reference only where it planned on the true future
+        and solved: a tick decided otherwise (``fallback:no_true_future``, or the solver's
+        fallback) leaves a ``reference_fallback`` event, which the dashboard counts (this bench
+        stores no decisions)."""
+        if set(src.values()) != {"truth"}:
+            decision.status = "fallback:no_true_future"
+            why = "true future unavailable: " + ", ".join(sorted(set(src.values())))
+            decision.reason = "; ".join(filter(None, [decision.reason, why]))
+        if not decision.status.startswith("solved"):
+            self.store.event(t_rel, None, "reference_fallback",
+                             "tick %d: %s" % (k, decision.reason or decision.status))
+
     def prepare(self, k=0):
         """Forecast the ticks of the ``error_days`` days before tick ``k`` as the run would
         have, in order, so the error scenarios have their past errors from tick ``k`` on (the
@@ -430,13 +443,8 @@ class EdgeRunner:
             decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
             # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
             self.solve_cpu_s.append(time.thread_time() - cpu0)
-            if self.policy == "mpc_perfect" and set(src.values()) != {"truth"}:
-                # planned without the true future: not the reference this bench is for; the
-                # event tells the dashboard (this bench stores no decisions)
-                decision.status = "fallback:no_true_future"
-                why = "true future unavailable: " + ", ".join(sorted(set(src.values())))
-                decision.reason = "; ".join(filter(None, [decision.reason, why]))
-                self.store.event(t_start - self.t0, None, "no_true_future", "tick %d: %s" % (k, why))
+            if self.policy == "mpc_perfect":
+                self._check_reference(k, t_start - self.t0, decision, src)
             pv_now = float(pv_fc[0])
         else:
             fc, src = {}, {}

@@ -14,7 +14,7 @@ from picogrid.edge import estimate, report
 from picogrid.edge.fleet import Fleet
 from picogrid.edge.links import SerialLink, TcpLink
 from picogrid.edge.runner import EdgeRunner
-from picogrid.edge.site import board_ids, load_secrets
+from picogrid.edge.site import board_ids, deferrable_board, load_secrets
 from picogrid.edge.store import Store
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ class EdgeService:
             self.store = Store(db_path)
             b = site["bench"]
             self.store.start_run(site["profile"], str(source.day), int(b["n_ticks"]), float(b["tick_s"]),
-                                 {"bench": b, "boards": {n: l.port for n, l in self.links.items()}})
+                                 {"bench": b, "boards": {n: l.port for n, l in self.links.items()},
+                                  "deferrable_board": deferrable_board(site)[0]})
             for name, link in self.links.items():
                 self.store.board(name, link=link.kind)
             self.store.commit()

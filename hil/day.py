@@ -224,7 +224,8 @@ class Day:
         store = Store(self.db_path)
         label = self.source.day if self.feed is None else "lab feed %s" % self.feed.base_url
         store.start_run(self.site["profile"], label, int(b["n_ticks"]), float(b["tick_s"]),
-                        {"bench": b, "run_dir": str(self.run_dir)})
+                        {"bench": b, "run_dir": str(self.run_dir),
+                         "deferrable_board": deferrable_board(self.site)[0]})
         for name in self.sides["mpc"].fleet.boards:
             store.board(name, link="serial")
         store.commit()

@@ -157,7 +157,9 @@ def _pv_candidates(day: _dt.date):
                 yield day.replace(year=year)
             except ValueError:  # Feb 29
                 yield _dt.date(year, 2, 28)
-    for k in range(1, 15):
+    # at least 3 days back: beyond the models' two days of lags, so no window's lags can
+    # hold a copy of its own target (models/DATA.md)
+    for k in range(3, 15):
         yield day - _dt.timedelta(days=k)
 
 

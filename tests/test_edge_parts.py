@@ -563,8 +563,11 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     decision = runner.tick(1)
     assert decision.status == "fallback:no_true_future" and "seasonal_naive:KeyError" in decision.reason
     assert runner.statuses == ["solved_exact", "fallback:no_true_future"]
+    # the whole day, but a price the optimiser cannot use: the solver's fallback, said alike
+    src.truth = lambda: dict(day, import_price_per_j=np.full(len(day["import_price_per_j"]), np.nan))
+    assert runner.tick(2).status.startswith("fallback:non-finite input")
     kinds = [r[0] for r in store.conn.execute("SELECT kind FROM event").fetchall()]
-    assert kinds == ["no_true_future"]
+    assert kinds == ["reference_fallback", "reference_fallback"]
     store.close()
     with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")

@@ -226,11 +226,11 @@ def test_measured_savings_capture_against_the_third_bench(db_path, day):
         (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect"]))
     page = make_client(db_path).get("/finance?run=1").get_data(as_text=True)
     assert "<td>mpc_perfect</td>" in page
-    # a tick that bench planned without the true future: it is no reference any more
-    day.event(12.5, None, "no_true_future", "tick 2: true future unavailable: seasonal_naive:KeyError")
+    # a tick that bench decided otherwise (here: without the true future): no reference any more
+    day.event(12.5, None, "reference_fallback", "tick 2: true future unavailable: seasonal_naive:KeyError")
     day.commit()
     costs = make_client(db_path).get("/api/run/1/summary").get_json()["costs"]
-    assert costs["savings_capture_vs_mpc_perfect"] is None and costs["mpc_perfect_untrue_ticks"] == 1
+    assert costs["savings_capture_vs_mpc_perfect"] is None and costs["mpc_perfect_fallback_ticks"] == 1
 
 
 def test_finished_run_shows_summary_with_units(db_path, day):
@@ -459,6 +459,30 @@ def test_forecasts_page_rejects_unknown_series(db_path, day):
     assert make_client(db_path).get("/forecasts?series=wind_w").status_code == 400
 
 
+def test_consumption_leaves_the_deferrable_jobs_out_of_the_boards_load(db_path, store):
+    """The deferrable board draws its jobs on top of its own demand: served and shed are of
+    that demand, as in the edge's summary (edge/report.py)."""
+    store.start_run("lab", "2010-06-14", 60, 5.0, {"deferrable_board": "load3"})
+    row = dict(dispatch_row("mpc", 2), load3_w=-0.35, load3_demand_w=0.3, deferrable_w=0.1)
+    store.dispatch("mpc", 0, row)
+    store.commit()
+    data = make_client(db_path).get("/api/run/1/consumption").get_json()
+    assert data["load3_served_j"][0] == pytest.approx(0.25 * 5.0)           # 0.35 W drawn, 0.1 W of jobs
+    assert data["load3_shed_j"][0] == pytest.approx(0.05 * 5.0)
+    assert data["load2_served_j"][0] == pytest.approx(-row["load2_w"] * 5.0)  # other loads as drawn
+
+
+def test_summary_with_an_unknown_cost_is_strict_json(db_path, day):
+    """A summary holds NaN for a cost nobody measured (a naive bench that did not run); the
+    API sends it as null, so a browser's response.json() can read the reply."""
+    import json
+    day.finish_run({"cost_naive": float("nan"), "cost_mpc": 1.25, "savings_capture": float("inf")})
+    body = make_client(db_path).get("/api/run/1/summary").get_data(as_text=True)
+    data = json.loads(body, parse_constant=lambda c: pytest.fail("non-JSON constant %s" % c))
+    assert data["summary"]["cost_naive"] is None and data["summary"]["cost_mpc"] == 1.25
+    assert data["summary"]["savings_capture"] is None
+
+
 def test_consumption_api_served_shed_curtailed(db_path, day):
     data = make_client(db_path).get("/api/run/1/consumption").get_json()
     dt = 5.0
@@ -510,6 +534,7 @@ def test_forecast_api_fan_against_actual(db_path, day):
     assert issued0["horizon"]["issued_tick"] == 0 and issued0["day"]["p90"][0] == pytest.approx(3.0)
     assert client.get("/api/run/1/forecast?series=bogus_w").status_code == 400
     assert client.get("/api/run/1/forecast?step=-1").status_code == 400
+    assert client.get("/api/run/1/forecast?tick=abc").status_code == 400
 
 
 def test_boards_api_health_and_events(db_path, day):
@@ -692,6 +717,9 @@ def test_login_itself_needs_csrf_and_stays_on_site(db_path, day, site_file):
     ({"kind": "override", "board": "heater", "value": 1}, "needs a board"),
     ({"kind": "shed", "board": "pv"}, "needs a board among load1"),
     ({"kind": "approve", "value": 2.5}, "whole number"),
+    ({"kind": 5}, "kind must be text"),
+    ({"kind": "mode", "mode": 3}, "mode must be text"),
+    ({"kind": "shed", "board": 1}, "board must be text"),
 ])
 def test_commands_validated_against_limits(db_path, day, site_file, body, message):
     client = control_client(db_path, site_file)

@@ -11,12 +11,14 @@ Operator accounts live in the site file (``SITE_CONFIG`` or ``PICOGRID_SITE``, s
 """
 
 import logging
+import math
 import os
 import secrets
 import threading
 
 import click
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,26 @@ DEFAULTS = {
     "SESSION_COOKIE_HTTPONLY": True,
     "PERMANENT_SESSION_LIFETIME": 8 * 3600,   # one lab session [s]
 }
+
+
+def finite(obj):
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, through dicts, lists
+    and tuples: JSON has no NaN, and a browser's ``response.json()`` rejects the whole reply
+    for one (a summary stores an unknown cost as NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+class FiniteJSONProvider(DefaultJSONProvider):
+    """Flask's JSON with non-finite floats sent as null (:func:`finite`)."""
+
+    def dumps(self, obj, **kwargs):
+        return super().dumps(finite(obj), **kwargs)
 
 
 def create_app(test_config=None):
@@ -58,6 +80,7 @@ def create_app(test_config=None):
     from . import api, control, db, pages, site, stream
 
     app = Flask(__name__)
+    app.json = FiniteJSONProvider(app)
     app.config.from_mapping(DEFAULTS)
     if "PICOGRID_DB" in os.environ:
         app.config["DATABASE"] = os.environ["PICOGRID_DB"]

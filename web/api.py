@@ -19,7 +19,7 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from . import queries
+from . import finite, queries
 from .db import get_db, snapshot
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def finance(run_id):
 def forecast(run_id):
     series = request.args.get("series", "pv_available_w")
     try:
-        tick = request.args.get("tick", type=int)
+        tick = request.args.get("tick")
+        tick = None if tick is None else int(tick)     # ?tick=abc: a 400, not the latest forecast
         step = int(request.args.get("step", 1))
         conn = _conn_or_none()
         _known_run(conn, run_id)
@@ -142,7 +143,8 @@ def parse_since(text):
 
 
 def _sse(event, data, event_id):
-    return "id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event, json.dumps(data, separators=(",", ":")))
+    return "id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event, json.dumps(finite(data), separators=(",", ":"),
+                                                                          allow_nan=False))
 
 
 @bp.route("/stream")

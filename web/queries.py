@@ -267,8 +267,9 @@ def cost_comparison(conn, run_id):
         (naive - mpc) / (naive - oracle) of ``to_latest`` (DESIGN.md §4), None when any
         policy is missing or naive equals oracle; ``"savings_capture_vs_mpc_perfect"``: the same
         with the measured ``mpc_perfect`` bench in place of the model's oracle (None without it,
-        or when that bench planned a tick without the true future: its ``no_true_future``
-        events, counted in ``"mpc_perfect_untrue_ticks"``).
+        or when a tick of that bench was decided otherwise, without the true future or by the
+        solver's fallback: its ``reference_fallback`` events, counted in
+        ``"mpc_perfect_fallback_ticks"``).
     """
     rows = conn.execute(
         "SELECT policy, tick, cost FROM dispatch WHERE run_id=? AND policy IN (%s) ORDER BY tick"
@@ -299,7 +300,7 @@ def cost_comparison(conn, run_id):
                 if costs and latest is not None else None
             ),
         }
-    untrue = conn.execute("SELECT COUNT(*) FROM event WHERE run_id=? AND kind='no_true_future'",
+    untrue = conn.execute("SELECT COUNT(*) FROM event WHERE run_id=? AND kind='reference_fallback'",
                           (run_id,)).fetchone()[0]
     return {
         "tick": ticks,
@@ -307,7 +308,7 @@ def cost_comparison(conn, run_id):
         "totals": totals,
         "savings_capture": _savings_capture(totals),
         "savings_capture_vs_mpc_perfect": None if untrue else _savings_capture(totals, "mpc_perfect"),
-        "mpc_perfect_untrue_ticks": untrue,
+        "mpc_perfect_fallback_ticks": untrue,
     }
 
 
@@ -466,6 +467,13 @@ def add_health(state):
     return state
 
 
+def _run_config(conn, run_id):
+    """The settings the edge kept with the run (``run.config_json``), {} if unreadable."""
+    cfg = _load_json(conn.execute("SELECT config_json FROM run WHERE id=?", (run_id,)).fetchone()["config_json"],
+                     "run config")
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def _tick_s(conn, run_id):
     return conn.execute("SELECT tick_s FROM run WHERE id=?", (run_id,)).fetchone()["tick_s"]
 
@@ -494,9 +502,17 @@ def consumption(conn, run_id, policy=LIVE_POLICY):
     def col(fn, *names):
         return [None if any(v is None for v in vs) else fn(*vs) for vs in zip(*(d[n] for n in names))]
 
+    # the deferrable board draws its jobs on top of its own demand: served and shed are of that
+    # demand, the jobs' energy apart (as the edge's summary, edge/report.py)
+    jobs_board = _run_config(conn, run_id).get("deferrable_board")
+    jobs_w = [v or 0.0 for v in d.get("deferrable_w") or [None] * len(d["tick"])]
     for load in ("load1", "load2", "load3"):
-        out[load + "_served_j"] = col(lambda p: -p * dt, load + "_w")
-        out[load + "_shed_j"] = col(lambda p, dem: max(dem + p, 0.0) * dt, load + "_w", load + "_demand_w")
+        drawn_w = d[load + "_w"]
+        if load == jobs_board:
+            drawn_w = [None if p is None else p + j for p, j in zip(drawn_w, jobs_w)]   # bus side: < 0
+        d[load + "_own_w"] = drawn_w
+        out[load + "_served_j"] = col(lambda p: -p * dt, load + "_own_w")
+        out[load + "_shed_j"] = col(lambda p, dem: max(dem + p, 0.0) * dt, load + "_own_w", load + "_demand_w")
     out["pv_used_j"] = col(lambda p: p * dt, "pv_w")
     out["pv_curtailed_j"] = col(lambda p, av: max(av - p, 0.0) * dt, "pv_w", "pv_available_w")
     out["storage_discharge_j"] = col(lambda p: max(p, 0.0) * dt, "storage_w")

@@ -85,6 +85,17 @@ def _limits(site):
             for board, (lo, hi) in setpoint_bounds(site).items()}
 
 
+def _text(form, name):
+    """Field ``name`` of a command as text ('' when absent); a JSON number or list there is
+    refused with a ValueError (a 400 and an audit row, not a server error)."""
+    value = form.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("%s must be text, got %r" % (name, value))
+    return value.strip()
+
+
 def check_command(form, limits):
     """Validate an operator command before it is queued for the edge.
 
@@ -106,12 +117,12 @@ def check_command(form, limits):
         With a message fit for the operator, for an unknown kind, board or mode, a missing,
         non-finite or out-of-limits value.
     """
-    kind = (form.get("kind") or "").strip()
+    kind = _text(form, "kind")
     if kind not in COMMAND_KINDS:
         raise ValueError("unknown command %r; expected one of %s" % (kind, ", ".join(COMMAND_KINDS)))
     out = {"kind": kind, "board": None, "value": None, "mode": None}
     if kind == "mode":
-        mode = (form.get("mode") or "").strip()
+        mode = _text(form, "mode")
         if mode not in MODES:
             raise ValueError("unknown mode %r; expected one of %s" % (mode, ", ".join(MODES)))
         out["mode"] = mode
@@ -119,7 +130,7 @@ def check_command(form, limits):
     if kind == "approve":
         out["value"] = float(_integer(form.get("value"), "the tick of the plan to approve"))
         return out
-    board = (form.get("board") or "").strip()
+    board = _text(form, "board")
     allowed = LOADS if kind in ("shed", "restore") else BOARDS
     if board not in allowed:
         raise ValueError("%s needs a board among %s, got %r" % (kind, ", ".join(allowed), board))
