@@ -96,14 +96,18 @@ class Operator:
             return "%s = %g%s" % (board, used, note)
         raise ValueError("unknown command kind %r" % (kind,))
 
-    def poll(self, conn):
-        """Apply every pending command in ``conn`` (sqlite3) in order; returns the results."""
-        rows = conn.execute("SELECT id, kind, board, value, mode, user FROM command "
+    def poll(self, conn, since=None):
+        """Apply every pending command in ``conn`` (sqlite3) in order; returns the results
+        ``[(command, status, text)]``. A command queued before ``since`` (unix time [s]: this
+        run's start) was meant for an earlier run and is rejected, not applied."""
+        rows = conn.execute("SELECT id, kind, board, value, mode, user, created_at FROM command "
                             "WHERE status='pending' ORDER BY id").fetchall()
         results = []
         for row in rows:
-            cmd = dict(zip(("id", "kind", "board", "value", "mode", "user"), row))
+            cmd = dict(zip(("id", "kind", "board", "value", "mode", "user"), row[:6]))
             try:
+                if since is not None and row[6] < since:
+                    raise ValueError("queued before this run started (for an earlier run): not applied")
                 text, status = self._apply(cmd), "applied"
             except (ValueError, TypeError) as exc:
                 text, status = str(exc), "rejected"

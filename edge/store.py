@@ -146,10 +146,11 @@ class Store:
         ``scenario``: the day (ISO date) or feed day; ``tick_s`` [s]; ``config``: JSON-able
         settings kept with the run. Returns the run id.
         """
+        self.started_at = time.time()    # unix time [s]: commands queued before it are another run's
         cur = self.conn.execute(
             "INSERT INTO run (started_at, profile, scenario, n_ticks, tick_s, config_json)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), profile, scenario, n_ticks, tick_s, json.dumps(config)),
+            (self.started_at, profile, scenario, n_ticks, tick_s, json.dumps(config)),
         )
         self.conn.commit()
         self.run_id = cur.lastrowid

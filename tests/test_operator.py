@@ -119,3 +119,18 @@ def test_storage_bounds_follow_the_sites_charge_and_discharge_limits():
     battery = load_site_file(SITE_DIR / "site.toml")
     battery["storage"]["charge_power_max_w"] = 3000.0                         # asymmetric limits
     assert setpoint_bounds(battery)["storage"] == (-3000.0, 5000.0)
+
+
+def test_a_command_queued_for_an_earlier_run_is_not_applied(store):
+    """Commands still pending when a run ended are another run's: the next run's edge rejects
+    them, with a reason, and starts in automatic mode without overrides."""
+    command(store, "mode", mode="manual")
+    command(store, "override", "storage", -1.0)
+    time.sleep(0.01)
+    store.start_run("lab", "2013-07-17", 60, 2.5, {})           # the next day, same store
+    command(store, "override", "load2", 0.6)
+    op = Operator(load_site())
+    op.poll(store.conn, since=store.started_at)
+    assert [s[1] for s in statuses(store)] == ["rejected", "rejected", "applied"]
+    assert "earlier run" in statuses(store)[0][2] and op.mode == "automatic"
+    assert set(op.overrides) == {"load2"}

@@ -648,6 +648,11 @@ def test_mode_and_overrides_follow_what_the_edge_applied(db_path, day, site_file
                                "grid": {"override": 7.2, "shed": False}}
     html = client.get("/").get_data(as_text=True)
     assert '<b id="mode">manual</b>' in html and "no plan to approve" in html and 'class="cmd-rejected"' in html
+    # the next run on the same store starts in automatic mode without overrides
+    time.sleep(0.01)
+    day.start_run("lab", "2010-06-15", 60, 5.0, {})
+    state = client.get("/api/control").get_json()
+    assert state["mode"] == "automatic" and state["boards"] == {} and state["pending"] == []
 
 
 def test_control_refused_without_login(db_path, day, site_file):

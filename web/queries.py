@@ -399,22 +399,27 @@ def control_state(conn):
     Returns
     -------
     dict
-        ``mode``: the last applied mode ('automatic' before any); ``pending``: commands not
-        yet taken by the edge, oldest first; ``boards``: {board: {"override": value or None,
-        "shed": bool}} from the last applied override/clear_override and shed/restore.
+        Of the latest run (commands queued since it started): ``mode``: the last applied
+        mode ('automatic' before any); ``pending``: commands not yet taken by the edge, oldest
+        first; ``boards``: {board: {"override": value or None, "shed": bool}} from the last
+        applied override/clear_override and shed/restore.
     """
     state = {"mode": "automatic", "pending": [], "boards": {}}
     if conn is None or not _has_table(conn, "command"):
         return state
-    row = conn.execute("SELECT mode FROM command WHERE kind='mode' AND status='applied'"
-                       " ORDER BY id DESC LIMIT 1").fetchone()
+    # the latest run's commands only: each run's edge starts in automatic mode, no overrides
+    run = conn.execute("SELECT started_at FROM run ORDER BY id DESC LIMIT 1").fetchone() \
+        if _has_table(conn, "run") else None
+    since = run["started_at"] if run is not None else 0.0
+    row = conn.execute("SELECT mode FROM command WHERE kind='mode' AND status='applied' AND created_at >= ?"
+                       " ORDER BY id DESC LIMIT 1", (since,)).fetchone()
     if row is not None:
         state["mode"] = row["mode"]
     state["pending"] = [dict(r) for r in conn.execute(
-        "SELECT * FROM command WHERE status='pending' ORDER BY id")]
+        "SELECT * FROM command WHERE status='pending' AND created_at >= ? ORDER BY id", (since,))]
     for r in conn.execute("SELECT kind, board, value FROM command WHERE status='applied' AND board"
                           " IS NOT NULL AND kind IN ('override', 'clear_override', 'shed', 'restore')"
-                          " ORDER BY id"):
+                          " AND created_at >= ? ORDER BY id", (since,)):
         b = state["boards"].setdefault(r["board"], {"override": None, "shed": False})
         if r["kind"] == "override":
             b["override"] = r["value"]
