@@ -861,3 +861,28 @@ def test_viewers_share_one_poller_and_its_events(db_path, day):
         assert event["dispatch"]["tick"] == [3] and event["latest"]["run"]["ticks_done"] == 4
     finally:
         app.extensions["picogrid_stop"].set()
+
+
+def test_stream_follows_a_store_made_anew(tmp_path):
+    """`picogrid demo` deletes the store and makes a fresh one: the live poller reads the new
+    file, not the deleted one it had open."""
+    import threading
+
+    from picogrid.edge.store import Store
+    from picogrid.web.stream import Hub
+
+    path = tmp_path / "picogrid.sqlite"
+    first = Store(path)
+    first.start_run("lab", "2010-06-14", 60, 5.0, {})
+    write_tick(first, 0)
+    first.close()
+    hub = Hub(str(path), 0.05, threading.Event())
+    hub._poll_once()
+    assert hub.event(hub.version, None, None)["latest"]["run"]["scenario"] == "2010-06-14"
+    for f in tmp_path.iterdir():          # the database and its WAL files
+        f.unlink()
+    second = Store(path)
+    second.start_run("lab", "2010-06-20", 60, 5.0, {})
+    second.close()
+    hub._poll_once()
+    assert hub.event(hub.version, None, None)["latest"]["run"]["scenario"] == "2010-06-20"

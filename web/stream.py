@@ -9,6 +9,7 @@ change and shared by every viewer that knows the same tick.
 
 import collections
 import logging
+import os
 import threading
 
 from . import queries
@@ -41,6 +42,7 @@ class Hub:
         self._key = object()           # differs from every key: the first poll is a change
         self._changed = threading.Condition()
         self._conn = None
+        self._file_id = None           # (device, inode) of the file the connection reads
         self._db_lock = threading.Lock()   # one connection, used by one thread at a time
         self._cache = collections.OrderedDict()
         self._thread = None
@@ -54,8 +56,19 @@ class Hub:
                 self._thread.start()
 
     def _connection(self):
+        # a store deleted and made anew (each `picogrid demo` starts a fresh one) is another
+        # file: the old connection would go on reading the deleted one
+        try:
+            st = os.stat(self.path)
+            file_id = (st.st_dev, st.st_ino)
+        except OSError:
+            file_id = None
+        if self._conn is not None and file_id != self._file_id:
+            self._conn.close()
+            self._conn = None
         if self._conn is None:
             self._conn = open_readonly(self.path)   # None until the edge creates the file
+            self._file_id = file_id if self._conn is not None else None
         return self._conn
 
     def _poll_once(self):
