@@ -52,10 +52,11 @@ class EdgeRunner:
     record : 'all' (telemetry, decisions, forecasts, setpoints, boards) or 'dispatch'
         (only the measured per-tick dispatch rows, for the comparison bench)
     clock, sleep : injected time functions
+    stop_requested : threading.Event or None, shared by the runners of one day (None: its own)
     """
 
     def __init__(self, site, source, fleet, store, forecaster, t0, policy="mpc", record="all",
-                 clock=time.time, sleep=time.sleep):
+                 clock=time.time, sleep=time.sleep, stop_requested=None):
         if policy not in ("mpc", "naive", "mpc_perfect") or record not in ("all", "dispatch"):
             raise ValueError("policy must be mpc|naive|mpc_perfect and record all|dispatch")
         self.policy, self.record_all = policy, record == "all"
@@ -68,7 +69,7 @@ class EdgeRunner:
         self.clock, self.sleep = clock, sleep
         # set (by anyone) to end run_day before its next tick: another bench of the day failed,
         # or the operator pressed Ctrl-C; the tick under way finishes first
-        self.stop_requested = threading.Event()
+        self.stop_requested = threading.Event() if stop_requested is None else stop_requested
         self.cfg = config_from_site(site)
         if policy == "mpc_perfect":     # a perfect forecast has no spread: its scenarios would be copies
             self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)

@@ -240,11 +240,10 @@ class Day:
             side.store = Store(self.db_path)    # it writes from its own thread: its own connection
             side.store.run_id = store.run_id
             self.stores.append(side.store)
+            # one stop for the whole day: the first bench that fails (or Ctrl-C) ends every bench
             side.runner = EdgeRunner(self.site, self.source, side.fleet, side.store, None, t0,
-                                     policy=name, record="dispatch")
-        # one stop for the whole day: the first bench that fails (or Ctrl-C) ends every bench
-        for name, side in self._comparison_sides():
-            side.runner.stop_requested = self.sides["mpc"].runner.stop_requested
+                                     policy=name, record="dispatch",
+                                     stop_requested=self.sides["mpc"].runner.stop_requested)
         return self
 
     def _comparison_sides(self):
