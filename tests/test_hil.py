@@ -16,8 +16,11 @@ boards' telemetry and their events. Stated targets (issue 3):
   recovers when setpoints return.
 """
 
+import os
+import select
 import threading
 import time
+import tty
 
 import numpy as np
 import pytest
@@ -389,3 +392,41 @@ def test_a_bench_that_fails_to_start_leaves_nothing_running(tmp_path):
     assert bench.plant_proc.poll() is not None and bench.plant_proc.stdout.closed
     assert all(b["proc"].poll() is not None for b in started)
     assert not any("master" in b or "slave" in b for b in bench.boards.values())
+
+
+def _read_until_hello(fd, decoder, timeout_s=10.0):
+    """Bytes read from a board's pseudo-terminal until ``decoder`` yields a HELLO: (bytes, frames)."""
+    got, frames, deadline = b"", [], time.time() + timeout_s
+    while time.time() < deadline and not any(f[0] == P.MSG_HELLO for f in frames):
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 4096)
+            got += chunk
+            frames += decoder.feed(chunk)
+    return got, frames
+
+
+def test_a_restarted_board_ends_the_half_frame_it_left_before_its_hello(tmp_path):
+    """A board that resets mid-frame leaves the edge's decoder holding half a frame; the new
+    firmware's first byte is a 0x00 (PROTOCOL.md §1), so its boot HELLO still arrives whole
+    and only the half frame is counted as an error."""
+    bench = Bench(lab_site(), tmp_path, time.time(), 1.0, [0.5] * 20).start()
+    fd = os.open(bench.ports["load1"], os.O_RDWR | os.O_NOCTTY)
+    try:
+        tty.setraw(fd)
+        _, frames = _read_until_hello(fd, P.Decoder())
+        assert frames and frames[0][0] == P.MSG_HELLO
+        bench.kill_board("load1")
+        while select.select([fd], [], [], 0.3)[0]:
+            os.read(fd, 4096)              # what the old process wrote before it died
+        decoder = P.Decoder()
+        frame = P.encode_frame(P.MSG_HEARTBEAT, bench.boards["load1"]["id"], 7, b"")
+        assert decoder.feed(frame[:len(frame) // 2]) == []      # the board died here
+        bench.start_board("load1")
+        got, frames = _read_until_hello(fd, decoder)
+        assert got[:1] == b"\x00"
+        assert frames and frames[0][0] == P.MSG_HELLO, (got[:40], frames)
+        assert decoder.frames_ok == len(frames)
+        assert decoder.crc_errors + decoder.framing_errors == 1
+    finally:
+        os.close(fd)
+        bench.stop()
