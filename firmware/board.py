@@ -16,9 +16,28 @@ def _finite(x):
     return x == x and -1e9 < x < 1e9
 
 
-def _uptime_ms():
-    # ticks_ms() is an opaque type to the stubs; on the boards it is a small int
-    return time.ticks_ms() & 0xFFFFFFFF  # type: ignore[operator]
+class Uptime:
+    """Milliseconds since boot as a u32 that wraps after 49.7 days (PROTOCOL.md §3).
+
+    ``time.ticks_ms()`` wraps far sooner on the boards: its period is 2**30 ms (12.4 days) on
+    32-bit ports (MicroPython's ``MP_SMALL_INT_POSITIVE_MASK``). The edge reads a step back as
+    a replayed frame, so the count is widened by summing ``ticks_diff``; it must be read at
+    least once per half period (6.2 days): telemetry reads it every period.
+    ``ticks`` / ``diff`` stand in for ``time.ticks_ms`` / ``time.ticks_diff`` in tests.
+    """
+
+    def __init__(self, ticks=None, diff=None):
+        self._ticks = ticks or time.ticks_ms
+        self._diff = diff or time.ticks_diff
+        self._last = self._ticks()
+        # ticks_ms() is an opaque type to the stubs; on the boards it is a small int
+        self._ms = self._last & 0xFFFFFFFF  # type: ignore[operator]
+
+    def ms(self):
+        now = self._ticks()
+        self._ms = (self._ms + self._diff(now, self._last)) & 0xFFFFFFFF
+        self._last = now
+        return self._ms
 
 
 def _decode_errors(d):
@@ -36,6 +55,7 @@ class Board:
         self.decoder = P.Decoder(key=self.key)
         self.seq = 0
         self.meas = [0.0, 0.0, 0.0, 0.0]
+        self.uptime = Uptime()
         # bus-side energy meter: small steps collect in _energy_acc and move to the total
         # in >= 1 J lumps, because the RP2040's 32-bit floats would round a 4 mJ step away
         # once the total is large (float32 spacing is 8 mJ at 7e4 J)
@@ -61,7 +81,7 @@ class Board:
         m = self.meas
         flags = self.role.flags | (P.FLAG_FAILSAFE if self.failsafe else 0)
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
-            _uptime_ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
+            self.uptime.ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
             self.energy_bus_j + self._energy_acc, self.role.setpoint_w, flags))
 
     def event(self, code, detail):
@@ -76,7 +96,7 @@ class Board:
         elif msg_type == P.MSG_HELLO:
             self.send_hello()        # the edge asks who is on this link
         elif msg_type == P.MSG_HEARTBEAT:
-            self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(_uptime_ms()))
+            self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(self.uptime.ms()))
 
     def on_setpoint(self, seq, payload):
         try:

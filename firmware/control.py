@@ -10,7 +10,12 @@ def clamp(x, lo, hi):
 
 
 class PI:
-    """u = kp*e + ki*integral(e); the integral stops while the output saturates."""
+    """u = kp*e + ki*integral(e), clamped to [out_min, out_max], with anti-windup.
+
+    At a limit the integral is held where the output just reaches it: it never winds past
+    the limit (conditional integration), and it never stops short of it either, so a loop
+    whose error cannot vanish inside the limits ends at the limit, not below it.
+    """
 
     def __init__(self, kp, ki, out_min, out_max):
         self.kp = kp
@@ -23,15 +28,17 @@ class PI:
         self.integral = clamp(integral, self.out_min, self.out_max)
 
     def step(self, error, dt_s):
+        p = self.kp * error
         trial = self.integral + self.ki * error * dt_s
-        u = self.kp * error + trial
-        if self.out_min < u < self.out_max:
-            self.integral = trial
-            return u
-        # saturated: keep the integral only if it moves the output back inside
-        if (u >= self.out_max and error < 0) or (u <= self.out_min and error > 0):
-            self.integral = trial
-        return clamp(self.kp * error + self.integral, self.out_min, self.out_max)
+        if p + trial > self.out_max:
+            # up to the limit, and no further than the integral already was
+            hold = self.out_max - p
+            trial = min(trial, hold if hold > self.integral else self.integral)
+        elif p + trial < self.out_min:
+            hold = self.out_min - p
+            trial = max(trial, hold if hold < self.integral else self.integral)
+        self.integral = trial
+        return clamp(p + trial, self.out_min, self.out_max)
 
 
 class PerturbObserve:

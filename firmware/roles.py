@@ -34,11 +34,14 @@ class PvRole(_Role):
 
     The outer P&O loop moves the PV voltage reference; an inner PI loop sets the stage's
     current so the input capacitor, and with it the array, sits at that voltage (more
-    current, lower voltage). Under a cap the reference slides right of the MPP by an
+    current, lower voltage). Under a cap the reference slides away from the MPP by an
     integral law on the power excess (``k_cap`` [V/(W s)]) and holds in a 3 % band below
-    the cap, rather than P&O hunting across it. The reference slides LEFT of the MPP
-    (current-source side), where dP/dV is about Isc (~1 W/V) instead of the several W/V
-    near open circuit, so ADC quantisation (4.8 mV) does not make the capped power jump.
+    the cap, rather than P&O hunting across it. It slides LEFT of the MPP (current-source
+    side) first, where dP/dV is about Isc (~1 W/V) instead of the several W/V near open
+    circuit, so ADC quantisation (4.8 mV) does not make the capped power jump. Left of the
+    MPP the power cannot fall below about Isc x ``voltage_min_v``; a cap under that floor
+    (pinned at the minimum and still over) moves the reference to open circuit and
+    curtails on the RIGHT side instead, until the cap is lifted.
     """
 
     def __init__(self, cfg):
@@ -52,17 +55,18 @@ class PvRole(_Role):
         self.k_cap = g.get("k_cap", 5.0)
         self.cap_w = None
         self.setpoint_w = -1.0   # -1 on the wire = no cap
+        self.cap_side = -1.0     # -1: curtail left of the MPP, +1: right (open-circuit side)
 
     def setpoint(self, mode, value):
         if value < 0:
-            self.cap_w, self.setpoint_w = None, -1.0
+            self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
             return P.ACK_OK
         self.cap_w, status = self._bounded(value, 0.0, self.cfg["limits"].get("power_max_w", 5.0))
         self.setpoint_w = self.cap_w
         return status
 
     def failsafe(self):
-        self.cap_w, self.setpoint_w = None, -1.0
+        self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         p_bus = v_bus * i_bus
@@ -77,7 +81,11 @@ class PvRole(_Role):
         if cap is not None and p_bus > cap * 0.97:
             self.flags = P.FLAG_LIMITED
             if p_bus > cap:
-                self.mppt.nudge(-self.k_cap * (p_bus - cap) * dt_s)
+                if self.cap_side < 0 and self.mppt.v_ref <= self.mppt.v_min_v:
+                    self.cap_side = 1.0          # under the left side's floor: go right
+                    self.mppt.back_off()
+                else:
+                    self.mppt.nudge(self.cap_side * self.k_cap * (p_bus - cap) * dt_s)
         elif cap is not None and p_bus > cap * 0.8:
             # close below the cap: quarter steps, so P&O cannot jump well past it
             self.mppt.step(v_port * i_port, 0.25)

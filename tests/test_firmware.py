@@ -42,6 +42,20 @@ def test_pi_leaves_saturation_at_once(results):
     assert results["pi_antiwindup"]["after_reversal"] < 1.0
 
 
+def test_pi_whose_error_cannot_vanish_ends_at_its_limit(results):
+    # a frozen integral left the output at 0.92 of a 1.0 limit for good
+    assert results["pi_antiwindup"]["held_at_limit"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cap_w", [0.0, 0.5, 1.0, 1.2, 1.5, 2.5])
+def test_pv_caps_are_honoured_down_to_zero(results, cap_w):
+    """Full sun (MPP ~4 W), a fresh role: the settled bus power sits in [0.9, 1.03] x cap and
+    never above 1.05 x cap; caps under the current-source side's floor (~0.87 W) included."""
+    mean_w, max_w, _ = results["pv_caps"][str(cap_w)]
+    assert max_w <= cap_w * 1.05 + 0.005
+    assert cap_w * 0.9 - 0.005 <= mean_w <= cap_w * 1.03 + 0.005
+
+
 def test_mppt_reaches_97_percent_of_mpp(results):
     m = results["mppt"]
     assert 3.9 < m["mpp_w"] < 4.2      # the emulator's MPP (DESIGN.md §2: ~4 W)
@@ -160,3 +174,34 @@ def test_firmware_type_checks_against_micropython_rp2_stubs(tmp_path):
                           *[p.name for p in SOURCES]], cwd=work, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Success: no issues found in %d source files" % len(SOURCES) in run.stdout
+
+
+UPTIME_CHECK = """
+import board
+PERIOD = 1 << 30                      # ticks_ms() period on the RP2040 (32-bit port)
+now = [PERIOD - 5000]
+def ticks():
+    return now[0]
+def diff(a, b):                       # time.ticks_diff for that period
+    return ((a - b + PERIOD // 2) % PERIOD) - PERIOD // 2
+u = board.Uptime(ticks, diff)
+out = [u.ms()]
+for _ in range(4):
+    now[0] = (now[0] + 2000) % PERIOD
+    out.append(u.ms())
+u._ms = 0xFFFFFFFF - 999              # 49.7 days up: the u32 itself wraps
+now[0] = (now[0] + 2000) % PERIOD
+out.append(u.ms())
+print(out)
+"""
+
+
+def test_uptime_counts_on_through_the_boards_tick_wrap(tmp_path):
+    """``t_ms`` keeps rising when ``ticks_ms()`` wraps at 2**30 (12.4 days): the edge would
+    take a step back for a replay and drop every later report; it wraps only as a u32."""
+    script = tmp_path / "uptime_check.py"
+    script.write_text(UPTIME_CHECK)
+    out = json.loads(run_micropython(script).stdout)
+    period = 1 << 30
+    assert out[:5] == [period - 5000 + 2000 * k for k in range(5)]
+    assert out[5] == 1000
