@@ -8,6 +8,29 @@ from ina219 import INA219
 
 _PWM_HZ = 100000
 _ADC_FULL_SCALE_V = 3.3
+_MAINTENANCE_WINDOW_MS = 1000
+
+
+def maintenance_requested(window_ms=_MAINTENANCE_WINDOW_MS):
+    """True if the BOOTSEL button is held within ``window_ms`` of boot.
+
+    The running firmware ignores Ctrl-C on USB serial (frames carry 0x03) and the hardware
+    watchdog cannot be stopped once started, so mpremote cannot stop it to re-flash: press
+    RESET (or re-plug USB), then press and hold BOOTSEL within one second (held while power
+    comes up, it starts the UF2 bootloader instead), and main.py returns to the REPL before
+    the watchdog starts. ``rp2.bootsel_button()`` needs MicroPython >= 1.20; older builds: False.
+    """
+    try:
+        import rp2
+        press = rp2.bootsel_button
+    except (ImportError, AttributeError):
+        return False
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < window_ms:
+        if press():
+            return True
+        time.sleep_ms(20)
+    return False
 
 
 class Rp2040Hal:

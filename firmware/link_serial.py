@@ -1,14 +1,20 @@
 # Byte link over the USB CDC serial port: the board's stdin/stdout. On the RP2040 that is
 # the USB serial device; in the HIL bench the unix port's stdin/stdout are the board end of
 # a pseudo-terminal, so the edge opens both with pyserial the same way.
+# The REPL's stdin turns the interrupt character 0x03 (Ctrl-C) into a KeyboardInterrupt, and
+# frames carry 0x03 (MSG_SETPOINT's type byte, board id 3): the link switches that off.
+# To get the REPL back for mpremote, see main.py (BOOTSEL at boot).
 import select
 import sys
+
+import micropython
 
 _MAX_READ = 128
 
 
 class SerialLink:
     def __init__(self):
+        micropython.kbd_intr(-1)
         self._in = sys.stdin.buffer
         self._out = sys.stdout.buffer
         self._poll = select.poll()
@@ -32,4 +38,4 @@ class SerialLink:
             self._out.flush()
 
     def deinit(self):
-        pass
+        micropython.kbd_intr(3)       # the REPL's Ctrl-C again

@@ -34,6 +34,11 @@ def run(path="board.json"):
     import protocol as P
 
     cfg = config.load(path)
+    if cfg["hal"] != "sim":
+        from hal_rp2040 import maintenance_requested
+        if maintenance_requested():
+            print("PicoGrid: BOOTSEL held at boot: firmware not started, REPL free for mpremote")
+            return
     link = _make_link(cfg)
     hal = _make_hal(cfg)
     board = Board(cfg, hal, roles.make(cfg), link)
@@ -55,6 +60,7 @@ def run(path="board.json"):
     finally:
         hal.set_current_ref(0.0)
         hal.deinit()
+        link.deinit()
         asyncio.new_event_loop()
 
 

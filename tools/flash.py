@@ -20,6 +20,11 @@ in the repository (``secrets/`` is git-ignored)::
     [boards.pv]
     key_hex = "64 hex digits"      # 32 random bytes: python -c "import os; print(os.urandom(32).hex())"
 
+Re-flashing a board that already runs PicoGrid: its firmware ignores Ctrl-C on USB serial
+(frames carry 0x03) and its hardware watchdog cannot be stopped, so mpremote cannot interrupt
+it. Press RESET (or re-plug USB), then hold BOOTSEL within one second: ``main.py`` then
+returns to the REPL without starting (``firmware/hal_rp2040.py``), and this command can run.
+
 A board whose link is TCP (``[boards.NAME] link = {type = "tcp", port = 4242}``) must have a key;
 a missing one is an error that names the file and the board.
 """
