@@ -108,10 +108,12 @@ class Bench:
     tcp_keys : dict name -> bytes or None; these boards use an authenticated TCP link on
         loopback (as a Pico W would over Wi-Fi) with that HMAC key; :attr:`ports` then gives
         ``"127.0.0.1:PORT"`` for them
+    serial_keys : dict name -> bytes; these boards stay on their pseudo-terminal but
+        authenticate every frame with that key (PROTOCOL.md §6: any link with a key)
     """
 
     def __init__(self, site, run_dir, t0, tick_s, sun, grid_outages=(), link_proxy=False,
-                 tcp_keys=None):
+                 tcp_keys=None, serial_keys=None):
         self.site = site
         self.run_dir = pathlib.Path(run_dir)
         self.t0, self.tick_s = t0, tick_s
@@ -123,6 +125,7 @@ class Bench:
         self.link_proxy = link_proxy
         self.proxies = {}       # name -> LinkProxy
         self.tcp_keys = dict(tcp_keys or {})
+        self.serial_keys = dict(serial_keys or {})
 
     @property
     def ports(self):
@@ -162,8 +165,12 @@ class Bench:
         self.plant_port = int(line.split()[1])
 
     def start_board(self, name):
-        """(Re)start one virtual board process; its pseudo-terminal path stays the same."""
+        """(Re)start one virtual board process; its pseudo-terminal path stays the same.
+        A board still running is stopped first: two processes must never share its
+        pseudo-terminal and its converter in the plant."""
         b = self.boards[name]
+        if b.get("proc") is not None and b["proc"].poll() is None:
+            self.kill_board(name)
         if "master" not in b:
             master, slave = os.openpty()
             tty.setraw(slave)
@@ -179,6 +186,8 @@ class Bench:
         if "tcp_port" in b:
             cfg["link"] = {"type": "tcp", "host": "127.0.0.1", "port": b["tcp_port"]}
             cfg["key_hex"] = self.tcp_keys[name].hex()
+        elif name in self.serial_keys:
+            cfg["key_hex"] = self.serial_keys[name].hex()
         (bdir / "board.json").write_text(json.dumps(cfg, indent=1))
         # ".frozen" keeps the unix port's built-in asyncio importable
         env = dict(os.environ, MICROPYPATH=".frozen:" + str(FIRMWARE_DIR))

@@ -151,3 +151,24 @@ def test_verify_hello_against_a_hil_board(tmp_path):
             flash.verify_hello(bench.ports["load2"], dict(cfg, role="load3"), timeout_s=3)
     finally:
         bench.stop()
+
+
+def test_verify_hello_with_the_key_of_a_keyed_serial_board(tmp_path):
+    """A serial board provisioned with a key (board_json writes it when the secrets have one)
+    authenticates every frame: the read-back asks and reads with that key, and a wrong key
+    gets no HELLO."""
+    from picogrid.hil.bench import Bench
+    from picogrid.hil.day import load_site
+
+    key = bytes(range(32))
+    site = load_site()
+    site["boards"] = {"load2": site["boards"]["load2"]}
+    bench = Bench(site, tmp_path, time.time(), 1.0, [0.5], serial_keys={"load2": key}).start()
+    try:
+        cfg = {"board_id": 1, "role": "load2", "name": "load2", "link": {"type": "serial"},
+               "key_hex": key.hex()}
+        assert flash.verify_hello(bench.ports["load2"], cfg) == "0.2.0"
+        with pytest.raises(flash.FlashError, match="no HELLO"):
+            flash.verify_hello(bench.ports["load2"], dict(cfg, key_hex=bytes(32).hex()), timeout_s=2)
+    finally:
+        bench.stop()

@@ -430,3 +430,16 @@ def test_a_restarted_board_ends_the_half_frame_it_left_before_its_hello(tmp_path
     finally:
         os.close(fd)
         bench.stop()
+
+
+def test_restarting_a_running_board_leaves_one_process(tmp_path):
+    """start_board on a board that still runs stops it first: two processes would share its
+    pseudo-terminal and its converter, and stop() would never reap the first."""
+    bench = Bench(lab_site(), tmp_path, time.time(), 1.0, [0.5] * 20).start()
+    try:
+        old = bench.boards["load2"]["proc"]
+        bench.start_board("load2")
+        assert old.poll() is not None
+        assert bench.boards["load2"]["proc"] is not old and bench.boards["load2"]["proc"].poll() is None
+    finally:
+        bench.stop()

@@ -157,15 +157,17 @@ def redacted(cfg):
 def verify_hello(port, cfg, timeout_s=_HELLO_TIMEOUT_S):
     """Ask the board on ``port`` for its HELLO and check role and id; returns the firmware version.
 
+    A board with a key (``key_hex``, on any link: PROTOCOL.md §6) is asked and read with it.
+
     Raises
     ------
-    FlashError if no matching HELLO arrives in ``timeout_s``.
+    FlashError if no matching HELLO arrives in ``timeout_s``, or its HELLO is malformed.
     """
     import serial
 
     from picogrid.firmware import protocol as P
 
-    key = bytes.fromhex(cfg["key_hex"]) if cfg.get("key_hex") and cfg["link"]["type"] != "serial" else None
+    key = bytes.fromhex(cfg["key_hex"]) if cfg.get("key_hex") else None
     if cfg["link"]["type"] != "serial":
         raise FlashError("board %s talks TCP: verify it from the edge (its HELLO arrives there)" % cfg["name"])
     dec = P.Decoder(key=key)
@@ -173,13 +175,16 @@ def verify_hello(port, cfg, timeout_s=_HELLO_TIMEOUT_S):
     with serial.Serial(port, 115200, timeout=0.1) as ser:
         seq = 1
         while time.time() < deadline:
-            ser.write(b"\x00" + P.encode_frame(P.MSG_HELLO, cfg["board_id"], seq, b""))
+            ser.write(b"\x00" + P.encode_frame(P.MSG_HELLO, cfg["board_id"], seq, b"", key))
             seq += 1
             t_end = time.time() + 0.5
             while time.time() < t_end:
                 for msg_type, bid, _, payload in dec.feed(ser.read(256)):
                     if msg_type == P.MSG_HELLO and bid == cfg["board_id"]:
-                        role, fw, _, _ = P.unpack_hello(payload)
+                        try:
+                            role, fw, _, _ = P.unpack_hello(payload)
+                        except P.ProtocolError as exc:
+                            raise FlashError("board on %s sent a malformed HELLO: %s" % (port, exc)) from exc
                         if role != cfg["role"]:
                             raise FlashError("board on %s says role %s, expected %s" % (port, role, cfg["role"]))
                         return fw
