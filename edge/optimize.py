@@ -295,11 +295,13 @@ class MpcController:
         self._y_prev = None
         self._ticks_since_prev = 1   # ticks between the stored iterate and the next solve
 
-    def reset(self):
-        """Forget the previous solution and simplex basis: the next solve starts cold."""
+    def reset(self, basis=True):
+        """Forget the previous solution and, unless ``basis=False``, the simplex basis: the
+        next solve starts cold."""
         self._x_prev = self._y_prev = None
         self._ticks_since_prev = 1
-        self._simplex.reset()
+        if basis:
+            self._simplex.reset()
 
     def _keep(self, res):
         """Store a solve's iterate as the next tick's warm start (copies: OSQP reuses its buffers)."""
@@ -421,7 +423,9 @@ class MpcController:
             if np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.y)):
                 self._keep(res)   # iterations or time ran out: progress the next tick resumes
             else:
-                self.reset()
+                # an exact LP stopped by its time or iteration limit still holds a basis near
+                # the optimum: the next tick resumes from it rather than from scratch
+                self.reset(basis="limit" not in str(res.info.status))
             return self._fallback(note or f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         self._keep(res)

@@ -99,6 +99,21 @@ def test_highs_every_tick_and_its_time_limit_falls_back_to_the_rule():
     assert np.isfinite(d.p_grid_w) and np.isnan(d.objective)
 
 
+def test_a_timed_out_tick_keeps_the_basis_for_the_next():
+    """One tick that runs into its time limit falls back, but the next tick resumes from
+    HiGHS's basis: a few pivots, not a cold start's (which could time out again under load)."""
+    cfg = MpcConfig(**LAB, solver="highs")
+    cold = MpcController(cfg).solve(20.0, **day(cfg.horizon, shift=2)).iterations
+    ctrl = MpcController(cfg)
+    for k in range(2):
+        assert ctrl.solve(20.0, **day(cfg.horizon, shift=k)).status == "solved_exact"
+    ctrl.config = cfg.replace(time_limit_s=1e-9)
+    assert "time limit" in ctrl.solve(20.0, **day(cfg.horizon, shift=2)).status
+    ctrl.config = cfg
+    d = ctrl.solve(20.0, **day(cfg.horizon, shift=2))
+    assert d.status == "solved_exact" and d.iterations < cold / 2, (d.iterations, cold)
+
+
 def test_solver_name_is_checked():
     with pytest.raises(ValueError, match="solver must be 'osqp' or 'highs'"):
         MpcConfig(**LAB, solver="gurobi")
