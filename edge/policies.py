@@ -256,9 +256,10 @@ class DayTruth:
         lim = cfg.p_def_max_w if self.p_def_max_w is None else self.p_def_max_w
         return np.broadcast_to(np.asarray(lim, float), (self.n_steps,)).copy()
 
-    def live_jobs(self, t, delivered_j):
-        """Jobs still open at step ``t`` relative to ``t``, lab feed format, remaining energy."""
-        return JobLedger(self.jobs, delivered_j).live(t)
+    def live_jobs(self, t, delivered_j, limit=None):
+        """Jobs still open at step ``t`` relative to ``t``, lab feed format, remaining energy;
+        at most ``limit``, earliest deadline first (:meth:`JobLedger.live`)."""
+        return JobLedger(self.jobs, delivered_j).live(t, limit)
 
     @property
     def n_steps(self):
@@ -276,7 +277,8 @@ class DayTruth:
 
         Past the end of the day the last step's values are repeated (the horizon does not
         shrink, so the controller keeps its fixed problem size). With jobs, ``delivered_j``
-        [J] is the energy delivered to each so far and the window carries the open ones.
+        [J] is the energy delivered to each so far and the window carries the open ones, at
+        most ``cfg.n_jobs`` of them, earliest deadline first, as the edge's runner plans.
         """
         idx = np.minimum(np.arange(t, t + n), self.n_steps - 1)
         imp, exp = self.limits(cfg)
@@ -287,7 +289,7 @@ class DayTruth:
                "p_imp_max_w": imp[idx], "p_exp_max_w": exp[idx]}
         if self.jobs:
             done = np.zeros(len(self.jobs)) if delivered_j is None else delivered_j
-            out["jobs"] = self.live_jobs(t, done)
+            out["jobs"] = self.live_jobs(t, done, cfg.n_jobs)
             lim = self.def_limit(cfg)[idx]
             lim[np.arange(t, t + n) >= self.n_steps] = 0.0   # the day's jobs end with the day
             out["p_def_max_w"] = lim
