@@ -220,10 +220,10 @@ class MpcConfig:
             problems.append(f"horizon must be an integer >= 1, got {self.horizon!r}")
         if int(self.n_loads) != self.n_loads or self.n_loads < 1:
             problems.append(f"n_loads must be an integer >= 1, got {self.n_loads!r}")
-        if not self.dt_s > 0:
-            problems.append(f"dt_s must be > 0, got {self.dt_s!r}")
-        if not 0 <= self.e_min_j < self.e_max_j:
-            problems.append(f"need 0 <= e_min_j < e_max_j, got {self.e_min_j!r}, {self.e_max_j!r}")
+        if not (math.isfinite(self.dt_s) and self.dt_s > 0):
+            problems.append(f"dt_s must be finite and > 0, got {self.dt_s!r}")
+        if not (0 <= self.e_min_j < self.e_max_j and math.isfinite(self.e_max_j)):
+            problems.append(f"need 0 <= e_min_j < e_max_j, both finite, got {self.e_min_j!r}, {self.e_max_j!r}")
         for name in ("p_ch_max_w", "p_dis_max_w", "p_imp_max_w", "p_exp_max_w", "cycle_cost_per_j",
                      "terminal_value_per_j", "reg_rel"):
             v = getattr(self, name)
@@ -251,8 +251,8 @@ class MpcConfig:
             problems.append(f"max_iter must be >= 1, got {self.max_iter!r}")
         for name in ("soft_penalty_per_j", "price_ref_per_j"):
             v = getattr(self, name)
-            if v is not None and not v > 0:
-                problems.append(f"{name} must be None or > 0, got {v!r}")
+            if v is not None and not (math.isfinite(v) and v > 0):
+                problems.append(f"{name} must be None or finite and > 0, got {v!r}")
         if int(self.n_jobs) != self.n_jobs or self.n_jobs < 0:
             problems.append(f"n_jobs must be an integer >= 0, got {self.n_jobs!r}")
         if not (math.isfinite(self.p_def_max_w) and self.p_def_max_w >= 0):
@@ -261,8 +261,8 @@ class MpcConfig:
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 problems.append(f"{name} must be None or finite and >= 0, got {v!r}")
-        if not self.reserve_duration_s > 0:
-            problems.append(f"reserve_duration_s must be > 0, got {self.reserve_duration_s!r}")
+        if not (math.isfinite(self.reserve_duration_s) and self.reserve_duration_s > 0):
+            problems.append(f"reserve_duration_s must be finite and > 0, got {self.reserve_duration_s!r}")
         if self.critical_loads is not None:
             object.__setattr__(self, "critical_loads", tuple(int(k) for k in self.critical_loads))
             if not self.critical_loads or any(not 0 <= k < self.n_loads for k in self.critical_loads):
@@ -273,6 +273,10 @@ class MpcConfig:
             object.__setattr__(self, "scenario_weights", w)
             if not w or any(not v > 0 for v in w) or abs(sum(w) - 1.0) > 1e-9:
                 problems.append(f"scenario_weights must be > 0 and sum to 1, got {w!r}")
+        if self.scenario_weights is not None and len(self.scenario_weights) > 1 \
+                and self.scenario_quantiles is None:
+            problems.append("scenario_weights of several scenarios need scenario_quantiles (one per "
+                            "weight): without them every scenario is the same forecast")
         if self.scenario_quantiles is not None:
             qs = tuple(float(v) for v in np.ravel(self.scenario_quantiles))
             object.__setattr__(self, "scenario_quantiles", qs)
@@ -378,7 +382,8 @@ def config_from_site(site):
     share of the discharge power, with ``esr_ohm`` and ``capacitance_f``), ``[grid]`` (``import_max_w``,
     ``export_max_w``), ``[loads]`` (``voll_per_j`` per priority class, the priority of each
     ``[boards.loadK]``), ``[optimizer]`` (``cycle_cost_per_j``, ``terminal_value_per_j`` and
-    any other :class:`MpcConfig` field, e.g. ``eps_abs``) and the optional ``[deferrable]``
+    any other :class:`MpcConfig` field, e.g. ``eps_abs``, except those the two sections below
+    own) and the optional ``[deferrable]``
     (``n_jobs`` [0], ``power_max_w`` [0 W], ``voll_per_j`` [lowest VOLL]) and ``[reserve]`` (``enabled`` [false], ``duration_s`` [3600 s],
     ``penalty_per_j`` [highest VOLL]) sections. Absent optional keys take these defaults, so
     a site file without them gives the same config as before they existed.
@@ -395,7 +400,8 @@ def config_from_site(site):
     Raises
     ------
     ValueError
-        On a missing section/key, an unknown ``[optimizer]`` key or an invalid value.
+        On a missing section/key, an unknown ``[optimizer]`` key, an ``[optimizer]`` key that
+        belongs to ``[deferrable]`` or ``[reserve]``, or an invalid value.
     """
     try:
         b, st, g, ld, opt = (site[s] for s in ("bench", "storage", "grid", "loads", "optimizer"))
@@ -422,6 +428,13 @@ def config_from_site(site):
                  voll_per_j=tuple(float(voll[p]) for p in classes))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"site file lacks or mistypes {exc}") from exc
+    # these fields have their own sections: set in [optimizer] they would be overwritten
+    owned = {"n_jobs": "[deferrable] n_jobs", "p_def_max_w": "[deferrable] power_max_w",
+             "voll_deferrable_per_j": "[deferrable] voll_per_j", "reserve": "[reserve] enabled",
+             "reserve_duration_s": "[reserve] duration_s", "reserve_penalty_per_j": "[reserve] penalty_per_j"}
+    misplaced = [f"{k} (set {owned[k]})" for k in opt if k in owned]
+    if misplaced:
+        raise ValueError("[optimizer] must not set " + ", ".join(misplaced))
     d.update({k: v for k, v in opt.items()})
     dfr = site.get("deferrable", {})
     d["n_jobs"] = int(dfr.get("n_jobs", 0))

@@ -234,16 +234,19 @@ def reserve_energy_j(cfg, demand_w, pv_avail_w, p_imp_max_w):
     h = max(int(math.ceil(cfg.reserve_duration_s / cfg.dt_s)), 1)
     deficit = np.maximum(np.asarray(demand_w, float)[:, list(cfg.critical)].sum(axis=1)
                          - np.asarray(pv_avail_w, float), 0.0)
-    padded = np.concatenate([deficit, np.full(h + 1, deficit[-1])])
-    csum = np.concatenate([[0.0], np.cumsum(padded)])
+    csum = np.concatenate([[0.0], np.cumsum(deficit)])
     t = np.arange(n)
-    need_j = cfg.dt_s * (csum[t + 1 + h] - csum[t + 1])
+    # steps t+1 .. t+H inside the horizon, then the repeated last step in closed form (a long
+    # reserve duration must not allocate H floats every tick)
+    inside = csum[np.minimum(t + h, n - 1) + 1] - csum[np.minimum(t + 1, n)]
+    need_j = cfg.dt_s * (inside + np.maximum(t + h - (n - 1), 0) * deficit[-1])
     reserve = np.minimum(cfg.e_min_j + need_j / cfg.eta_dis, cfg.e_max_j)
     return np.where(np.asarray(p_imp_max_w, float) > 0, reserve, -np.inf)
 
 
 class MpcController:
-    """Receding-horizon controller: one OSQP solver set up once, updated every tick.
+    """Receding-horizon controller: one solver set up once (OSQP, or HiGHS's warm simplex
+    with ``solver='highs'``), updated every tick.
 
     Parameters
     ----------

@@ -11,6 +11,8 @@ make a freshly randomised run flaky for reasons the fallback tests already cover
 
 import doctest
 import logging
+import math
+import tracemalloc
 
 import cvxpy as cp
 import numpy as np
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from picogrid.edge import optimize
 from picogrid.edge.mpc_config import MpcConfig, config_from_site
-from picogrid.edge.optimize import Decision, MpcController
+from picogrid.edge.optimize import Decision, MpcController, reserve_energy_j
 from picogrid.edge.policies import solve_oracle
 
 LAB = dict(horizon=12, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
@@ -761,3 +763,46 @@ def test_config_from_site_lab_and_site_files():
         config_from_site(bad)
     with pytest.raises(ValueError, match="grid"):
         config_from_site({k: v for k, v in site.items() if k != "grid"})
+    # a field owned by [reserve] / [deferrable] is refused in [optimizer], not silently replaced
+    for key, section in (("reserve", r"\[reserve\] enabled"), ("n_jobs", r"\[deferrable\] n_jobs")):
+        misplaced = dict(site, optimizer={**site["optimizer"], key: 3})
+        with pytest.raises(ValueError, match=section):
+            config_from_site(misplaced)
+
+
+@pytest.mark.parametrize("field", ["dt_s", "e_max_j", "reserve_duration_s", "soft_penalty_per_j"])
+def test_infinite_config_values_are_refused(field):
+    """inf passed the ``> 0`` checks: an infinite reserve duration made solve() raise
+    OverflowError outside its fallback, an infinite e_max_j an unscaled QP."""
+    with pytest.raises(ValueError, match=field):
+        lab_cfg(**{field: math.inf})
+
+
+def test_a_long_reserve_duration_costs_no_memory_and_reads_the_last_step():
+    """The steps past the horizon repeat the last one in closed form: 1e9 s of reserve is
+    computed without a 4e8-long array, and each reserve equals the sum written out."""
+    n = lab_cfg().horizon
+    demand = np.full((n, 3), 0.1)
+    pv, imp = np.zeros(n), np.full(n, 1.0)
+    demand[-1, 0] = 0.0               # no deficit at the repeated step: a finite need
+    huge = lab_cfg(reserve=True, reserve_duration_s=1e9, critical_loads=(0,), e_max_j=1e6)
+    tracemalloc.start()
+    got = reserve_energy_j(huge, demand, pv, imp)
+    peak_b = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak_b < 1e6           # numpy reports its buffers to tracemalloc; 4e8 floats = 3.2 GB
+    assert got[0] == pytest.approx(huge.e_min_j + huge.dt_s * 0.1 * (n - 2) / huge.eta_dis)
+    demand[-1, 0] = 0.3
+    h = n + 10
+    past = lab_cfg(reserve=True, reserve_duration_s=h * huge.dt_s, critical_loads=(0,), e_max_j=1e6)
+    got = reserve_energy_j(past, demand, pv, imp)
+    assert got[0] == pytest.approx(past.e_min_j + past.dt_s * (0.1 * (n - 2) + 0.3 * (h - (n - 2))) / past.eta_dis)
+    short = lab_cfg(reserve=True, reserve_duration_s=3 * past.dt_s, critical_loads=(0,), e_max_j=1e6)
+    got = reserve_energy_j(short, demand, pv, imp)
+    assert got[0] == pytest.approx(short.e_min_j + short.dt_s * 0.3 / short.eta_dis)
+    assert got[n - 2] == pytest.approx(short.e_min_j + short.dt_s * 0.9 / short.eta_dis)
+
+
+def test_several_scenario_weights_need_their_quantiles():
+    with pytest.raises(ValueError, match="scenario_quantiles"):
+        lab_cfg(scenario_weights=(0.3, 0.4, 0.3))
