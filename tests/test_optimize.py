@@ -154,14 +154,22 @@ def _cycle(name):
     if name == "outage, storage empty: shed the lowest value load first":
         return dict(e0_j=2.0, pv_avail_w=flat(n, 1.2), demand_w=dem, import_price_per_j=flat(n, 1.0),
                     export_price_per_j=flat(n, 0.5), p_imp_max_w=flat(n, 0), p_exp_max_w=flat(n, 0)), \
-            lambda d: (abs(d.p_grid_w) < 1e-3 and abs(d.load_served_w[0] - 0.5) < 1e-3
+            lambda d: (islanded_balance(d) and abs(d.load_served_w[0] - 0.5) < 1e-3
                        and abs(d.load_served_w[1] - 0.5) < 1e-3 and d.load_served_w[2] < 0.2 + 1e-3)
     if name == "outage, storage full, PV surplus: curtail":
         return dict(e0_j=45.0, pv_avail_w=flat(n, 4.0), demand_w=dem, import_price_per_j=flat(n, 1.0),
                     export_price_per_j=flat(n, 0.5), p_imp_max_w=flat(n, 0), p_exp_max_w=flat(n, 0)), \
-            lambda d: (abs(d.p_grid_w) < 1e-3 and d.pv_cap_w < 1.5 + 1e-3
+            lambda d: (islanded_balance(d) and d.pv_cap_w < 1.5 + 1e-3
                        and np.allclose(d.load_served_w, 0.5, atol=1e-3))
     raise KeyError(name)
+
+
+def islanded_balance(d, tol_w=1e-3):
+    """In an outage the decision must balance the bus without the grid. ``p_grid_w`` is
+    clipped to the zero limits, so it is 0 whatever was planned: check the plan's grid flows
+    and the balance of the setpoints themselves."""
+    planned_grid_w = d.load_served_w.sum() + d.p_deferrable_w - d.pv_cap_w - d.p_storage_w
+    return (abs(planned_grid_w) < tol_w and d.plan["p_imp"][0] < tol_w and d.plan["p_exp"][0] < tol_w)
 
 
 CYCLES = ["cheap now, dear later: charge from grid", "dear now, cheap later: discharge",
@@ -537,7 +545,6 @@ def test_full_model_osqp_matches_cvxpy(inst):
     ref = _reference_full(cfg, data, jobs, ctrl)
     scale = cfg.dt_s * cfg.horizon * (6.0 * 5.0 + np.sum(cfg.voll_per_j) * 1.0) + cfg.voll_def_per_j * 12.0
     assert abs(d.objective - ref) <= 5e-3 * scale
-    assert d.p_deferrable_w == pytest.approx(float(np.sum(d.deferrable_w)))
 
 
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
