@@ -86,9 +86,10 @@ class MpcConfig:
         Quadratic regularisation weight relative to the cost of running one full-scale power
         variable for one step at the reference price (dimensionless, >= 0).
     soft_penalty_per_j : float or None
-        Penalty per J of energy-bound violation per step [price/J]. ``None`` (default) picks
-        10× the largest per-J price, value of lost load or terminal value in each solve, above
-        any marginal value of stored energy, so the penalty is exact (violations only when
+        Penalty per J of energy-bound violation per step [price/J]. ``None`` (default) picks,
+        in each solve, 10 × (the largest per-J price, value of lost load (deferrable too),
+        terminal value or reserve penalty, + 2 × cycling cost) / (eta_ch × eta_dis): above any
+        marginal value of stored energy, so the penalty is exact (violations only when
         unavoidable).
     price_ref_per_j : float or None
         Price used to scale the objective internally [price/J]; ``None`` uses ``max(voll_per_j)``.

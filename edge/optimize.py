@@ -88,12 +88,13 @@ class Decision:
     deferrable_w : ndarray, shape [J']
         First-step delivery per job passed to the solve [W].
     binding : list of str
-        Constraints holding at a bound, ``'<name>[t0:t1]'`` (see :meth:`QpModel.binding`).
+        Constraints holding at a bound, ``'<name>[t0:t1]'`` (see :meth:`picogrid.edge.qp_model.QpModel.binding`).
     soft_violations : list of str
         Soft constraints the plan violates because nothing better was possible:
         ``storage_energy_min``, ``storage_energy_max``, ``deferrable_energy``, ``reserve``.
     reason : str
-        Why a fallback happened or which soft constraints were violated ('' if neither).
+        Why a fallback happened, why the exact LP solved this tick (``'cold start: exact LP'``,
+        an OSQP status), and which soft constraints were violated; '' if none of these.
     scenario_objectives : list of float
         With scenarios (:mod:`picogrid.edge.stochastic`): each scenario's plan cost [price
         units], in the order of ``MpcConfig.plan_weights`` (the ``S`` quantile scenarios, then
@@ -267,7 +268,7 @@ class MpcController:
     """
 
     def __init__(self, config):
-        from . import policies  # policies imports this module for the model; import late
+        from . import policies  # policies imports this module (Decision, parse_jobs): import late
 
         self._naive_step = policies.naive_step
         self.config = config
@@ -378,6 +379,10 @@ class MpcController:
         Scalars broadcast over the horizon; negative availabilities/limits are read as 0. The
         LP cannot forbid simultaneous import and export (that needs integers): with an export
         price above the import price it will arbitrage up to the grid limits, as the model says.
+        Nor can it forbid charging and discharging at once: where dissipating energy pays (an
+        over-full store in an outage, a negative price), the plan loops power through the
+        storage's losses. The setpoint is the net power; ``reason`` then says so, and the
+        plan's ``e`` and objective count losses the net setpoint does not incur.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -464,10 +469,13 @@ class MpcController:
         p_storage = float(plan["p_dis"][0] - plan["p_ch"][0])
         p_grid = float(np.clip(served.sum() + p_def - pv_cap - p_storage, -exp_max[0], imp_max[0]))
         soft = self._soft_violations(plan)
-        reason = note
+        notes = [note]
+        if min(plan["p_ch"][0], plan["p_dis"][0]) > snap_w:
+            notes.append("plan charges and discharges at once (dissipates energy): net setpoint sent")
         if soft:
-            reason = "; ".join(filter(None, [note, "soft constraints violated: " + ", ".join(soft)]))
+            notes.append("soft constraints violated: " + ", ".join(soft))
             log.warning("MPC plan soft constraints violated: %s", ", ".join(soft))
+        reason = "; ".join(filter(None, notes))
         return Decision(
             status=status, solve_time_s=time.perf_counter() - t0, iterations=iterations,
             objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,

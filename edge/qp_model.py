@@ -16,8 +16,8 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-# Time-indexed decision blocks in column order; a new block (e.g. deferrable delivery) is added
-# by appending to the layout in build_model and giving it rows, nothing else changes.
+# Time-indexed decision blocks in column order. A new block is added to the layout in
+# QpModel.__init__ with its rows, and read in vectors(), unscale() and objective_terms().
 _POWER_BLOCKS = ("p_ch", "p_dis", "p_imp", "p_exp", "p_pv")
 # Energy-bound violation costs this many times the largest per-J value in the problem. The
 # bound's multiplier is a difference of marginal values of stored energy, at most about

@@ -813,3 +813,16 @@ def test_a_long_reserve_duration_costs_no_memory_and_reads_the_last_step():
 def test_several_scenario_weights_need_their_quantiles():
     with pytest.raises(ValueError, match="scenario_quantiles"):
         lab_cfg(scenario_weights=(0.3, 0.4, 0.3))
+
+
+def test_a_plan_that_dissipates_through_the_storage_says_so():
+    """Over-full in an outage with nothing to serve, the LP burns energy by charging and
+    discharging at once; the setpoint is the net (0 here) and the decision's reason says so."""
+    cfg = lab_cfg(solver="highs")
+    n = cfg.horizon
+    z = np.zeros(n)
+    d = MpcController(cfg).solve(cfg.e_max_j + 15.0, z, np.zeros((n, cfg.n_loads)), np.ones(n),
+                                 np.full(n, 0.3), p_imp_max_w=z, p_exp_max_w=z)
+    assert min(d.plan["p_ch"][0], d.plan["p_dis"][0]) > 1e-3
+    assert d.p_storage_w == pytest.approx(d.plan["p_dis"][0] - d.plan["p_ch"][0])
+    assert "charges and discharges at once" in d.reason
