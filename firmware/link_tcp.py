@@ -4,6 +4,7 @@
 # board.py enforces by refusing a TCP link without a key (config.py).
 # Wi-Fi bring-up (Pico W, CYW43 through `network.WLAN`) happens once at boot, before the
 # hardware watchdog starts, with a bounded wait: MicroPython docs, "network.WLAN".
+import errno
 import select
 import socket
 import time
@@ -16,6 +17,8 @@ except ImportError:
 
 _MAX_READ = const(128)
 _WIFI_TIMEOUT_MS = const(15000)
+# bytes a full send buffer may leave waiting: a few frames (MAX_ENCODED 157 + delimiter)
+_MAX_PENDING = const(1024)
 
 
 class WifiError(Exception):
@@ -48,7 +51,9 @@ class TcpLink:
     """Same methods as link_serial.SerialLink: read() -> bytes now, write(data), deinit().
 
     ``new_peer`` is set when an edge connected since the last call of ``take_new_peer``, so
-    the board can greet it with a HELLO.
+    the board can greet it with a HELLO. A send the socket takes only in part keeps the rest
+    (at most ``_MAX_PENDING`` bytes) and sends it first next time, so frames go out whole or
+    not at all: a frame that does not fit is dropped whole and counted in ``dropped``.
     """
 
     def __init__(self, port, host="0.0.0.0"):
@@ -63,6 +68,8 @@ class TcpLink:
         self._poll.register(self._srv, select.POLLIN)
         self.new_peer = False
         self.peers = 0
+        self._pending = b""
+        self.dropped = 0
 
     def _accept(self):
         if not self._poll.poll(0):
@@ -81,6 +88,7 @@ class TcpLink:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._pending = b""      # the rest of a frame means nothing to the next peer
 
     def take_new_peer(self):
         new, self.new_peer = self.new_peer, False
@@ -89,6 +97,10 @@ class TcpLink:
     def read(self):
         """Bytes available now (possibly empty); never blocks."""
         self._accept()
+        if self._conn is None:
+            return b""
+        if self._pending:
+            self._send(b"")
         if self._conn is None:
             return b""
         try:
@@ -103,10 +115,28 @@ class TcpLink:
     def write(self, data):
         if self._conn is None:
             return
+        if self._pending and len(self._pending) + len(data) > _MAX_PENDING:
+            self._send(b"")                    # room for this frame, if the peer took some
+            if self._pending and len(self._pending) + len(data) > _MAX_PENDING:
+                self.dropped += 1              # lost whole: the edge sees no torn frame
+                return
+        self._send(data)
+
+    def _send(self, data):
+        conn = self._conn
+        if conn is None:
+            return
+        data = self._pending + data if self._pending else data
         try:
-            self._conn.send(data)
-        except OSError:          # peer gone or buffer full: the frame is lost, the edge resyncs
-            self._drop()
+            n = conn.send(data)
+        except OSError as exc:
+            if exc.args and exc.args[0] == errno.EAGAIN:   # send buffer full: keep it all
+                self._pending = data
+                return
+            self._drop()                       # peer gone: the edge resyncs on a new one
+            return
+        n = 0 if n is None else n              # some ports return None when nothing was taken
+        self._pending = data[n:] if n < len(data) else b""
 
     def deinit(self):
         self._drop()

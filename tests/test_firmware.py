@@ -6,6 +6,7 @@ with the expectations here (and, within float tolerance, with each other).
 
 import json
 import pathlib
+import time
 
 import pytest
 
@@ -205,3 +206,52 @@ def test_uptime_counts_on_through_the_boards_tick_wrap(tmp_path):
     period = 1 << 30
     assert out[:5] == [period - 5000 + 2000 * k for k in range(5)]
     assert out[5] == 1000
+
+
+def test_tcp_link_sends_frames_whole_when_the_send_buffer_fills(firmware_path):
+    """A peer that stops reading fills the board's send buffer: the link keeps a torn frame's
+    rest and sends it first, and drops only whole frames, so the edge decodes every frame it
+    gets without one CRC or framing error, and every frame is either received or counted."""
+    import socket as pysocket
+
+    import link_tcp
+    import protocol as P
+
+    srv_port = _free_port()
+    link = link_tcp.TcpLink(srv_port, "127.0.0.1")
+    peer = pysocket.create_connection(("127.0.0.1", srv_port))
+    try:
+        peer.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 4096)
+        deadline = time.time() + 5
+        while link._conn is None and time.time() < deadline:
+            link.read()
+        link._conn.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_SNDBUF, 4096)
+        n = 3000
+        for seq in range(1, n + 1):      # nobody reads meanwhile
+            link.write(P.encode_frame(P.MSG_HEARTBEAT, 2, seq, P.pack_heartbeat(seq)))
+        assert link.dropped > 0          # the buffers did fill
+        dec, got = P.Decoder(), []
+        peer.settimeout(0.2)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            link.read()                  # flushes what is pending
+            try:
+                chunk = peer.recv(65536)
+            except TimeoutError:
+                if not link._pending:
+                    break
+                continue
+            got += [f[2] for f in dec.feed(chunk)]
+        assert dec.crc_errors == dec.framing_errors == dec.oversize_errors == 0
+        assert got == sorted(got) and len(got) + link.dropped == n
+    finally:
+        peer.close()
+        link.deinit()
+
+
+def _free_port():
+    import socket as pysocket
+
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
