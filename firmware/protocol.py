@@ -489,9 +489,10 @@ class Decoder:
 
     One decoder per link. Frames are checked in this order, each failure
     counted once in the named counter and the frame dropped:
-    encoded length > ``max_frame`` (``oversize_errors``); COBS, body length,
-    version, unknown message type or reserved flag bits (``framing_errors``);
-    CRC-32 (``crc_errors``); tag missing, unexpected or wrong
+    encoded length > ``max_frame`` (``oversize_errors``); COBS or a body too
+    short (``framing_errors``); CRC-32 (``crc_errors``: a corrupted header
+    lands here); version, unknown message type or reserved flag bits
+    (``framing_errors``); tag missing, unexpected or wrong
     (``auth_errors``); sequence not above the last accepted one from that
     board id (``replay_errors``, only with a key). An authenticated HELLO
     that carries a ``boot_nonce`` (a board's) restarts that board's sequence

@@ -124,7 +124,12 @@ class PlantServer:
         self._truth.flush()
 
     def catch_up(self):
-        """Integrate the physics up to now, tick boundary by tick boundary."""
+        """Integrate the physics up to now (at most ``_MAX_CATCH_UP_S``, in 1 ms steps).
+
+        When a tick boundary has passed since the last call, the old tick's truth row is
+        written and the new tick's scenario applied first; the whole interval is then
+        integrated under the new tick and charged to its row (an interval is at most a few
+        ms while the server keeps up; a loaded host's longer gap blurs one boundary)."""
         now = time.time()
         dt = min(now - self._last_wall, _MAX_CATCH_UP_S)
         self._last_wall = now
