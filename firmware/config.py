@@ -3,6 +3,8 @@
 # site TOML is the source it is generated from (tools/flash.py, hil/bench.py).
 import json
 
+# the codec's ROLES (protocol.py), repeated because the edge imports this module on its own
+# (picogrid.firmware.config); tests/test_protocol.py holds the two equal
 ROLES = ("pv", "storage", "grid", "load1", "load2", "load3")
 PRIORITIES = ("critical", "normal", "deferrable")
 

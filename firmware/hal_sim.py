@@ -5,13 +5,14 @@ import socket
 import struct
 import time
 
+from protocol import ROLES
+
 try:
     from micropython import const
 except ImportError:
     def const(x):  # type: ignore[misc]  # CPython has no micropython.const
         return x
 
-_ROLES = ("pv", "storage", "grid", "load1", "load2", "load3")
 _WIRE_VERSION = const(1)
 _TIMEOUT_S = 0.05
 
@@ -29,7 +30,7 @@ class SimHal:
         self._addr = socket.getaddrinfo("127.0.0.1", sim["plant_port"])[0][-1]
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.settimeout(_TIMEOUT_S)
-        self._role_index = _ROLES.index(cfg["role"])
+        self._role_index = ROLES.index(cfg["role"])  # the plant's index: one role list
         self._lo, self._hi = cfg["current_range_a"]
         self._duty = self.duty_for(0.0)
         self._req = bytearray(4)

@@ -23,9 +23,10 @@ Units are SI throughout (V, A, W, J, s, F, ohm).
 import math
 import random
 
-SMPS_ROLES = ("pv", "storage", "grid")
-LOAD_ROLES = ("load1", "load2", "load3")
-ROLES = SMPS_ROLES + LOAD_ROLES
+from picogrid.firmware.protocol import ROLES  # the boards' role order: indices on the wire
+
+SMPS_ROLES = ROLES[:3]
+LOAD_ROLES = ROLES[3:]
 
 #: Defaults of the "lab" bench (DESIGN.md §2); overridden by the site file's [plant] table.
 LAB_PLANT = {

@@ -574,3 +574,12 @@ def test_decode_of_a_long_authenticated_stream():
     got = [f for i in range(0, len(stream), 512) for f in dec.feed(stream[i:i + 512])]
     assert [f[2] for f in got] == list(range(1, 2001))
     assert dec.frames_ok == 2000 and dec.crc_errors == dec.framing_errors == 0
+
+
+def test_one_role_order_everywhere():
+    """Role indices go on the wire between hal_sim and the plant: the firmware's config and the
+    plant must list the roles in the codec's order."""
+    from picogrid.firmware import config
+    from picogrid.hil import plant
+
+    assert config.ROLES == p.ROLES == plant.ROLES
