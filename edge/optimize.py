@@ -397,14 +397,27 @@ class MpcController:
                   ("import_price_per_j", c_imp), ("export_price_per_j", c_exp),
                   ("p_imp_max_w", imp_max), ("p_exp_max_w", exp_max), ("p_def_max_w", def_max)]
         reserve = None
+        input_notes = []       # inputs that were replaced, not fatal: said in the reason
         if cfg.reserve:
             r_dem = demand if reserve_demand_w is None else validate_inputs(
                 cfg, pv, reserve_demand_w, c_imp, c_exp)[1]
             r_pv = pv if reserve_pv_w is None else _as_series("reserve_pv_w", reserve_pv_w, n)
-            arrays += [("reserve_demand_w", r_dem), ("reserve_pv_w", r_pv)]
+            if not (np.all(np.isfinite(r_dem)) and np.all(np.isfinite(r_pv))):
+                # a gap in the pessimistic fans must not cost the whole plan (the rule-based
+                # fallback keeps no reserve at all): size the reserve on the point forecast
+                r_dem, r_pv = demand, pv
+                input_notes.append("non-finite reserve_demand_w/reserve_pv_w: reserve on the point forecast")
         scen = self._scenario_inputs(scenarios, pv, demand, c_imp, c_exp)
-        arrays += [(f"scenarios[{k}]", a) for k, sc in enumerate(scen) for a in sc]
+        bad_scen = [k for k, sc in enumerate(scen) if not all(np.all(np.isfinite(a)) for a in sc)]
         bad = [name for name, a in arrays if not np.all(np.isfinite(a))]
+        if bad_scen and not bad:
+            # likewise one scenario's gap: that scenario plans on the point forecast
+            for k in bad_scen:
+                scen[k] = tuple(np.array(a, float) for a in (pv, demand, c_imp, c_exp))
+            input_notes.append("non-finite scenarios[%s]: the point forecast instead"
+                               % ",".join(map(str, bad_scen)))
+        if input_notes:
+            log.warning("MPC inputs replaced: %s", "; ".join(input_notes))
         if bad:
             self._ticks_since_prev += 1   # the next warm start is one more tick old
             return self._fallback(f"non-finite input ({', '.join(bad)})", t0, e0_j, pv, demand,
@@ -469,7 +482,7 @@ class MpcController:
         p_storage = float(plan["p_dis"][0] - plan["p_ch"][0])
         p_grid = float(np.clip(served.sum() + p_def - pv_cap - p_storage, -exp_max[0], imp_max[0]))
         soft = self._soft_violations(plan)
-        notes = [note]
+        notes = input_notes + [note]
         if min(plan["p_ch"][0], plan["p_dis"][0]) > snap_w:
             notes.append("plan charges and discharges at once (dissipates energy): net setpoint sent")
         if soft:

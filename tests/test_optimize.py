@@ -643,6 +643,13 @@ def test_reserve_keeps_energy_and_costs_money():
     assert any(b.startswith("reserve[") for b in on.binding)
     oracle_on = solve_oracle(lab_cfg(**base, reserve=True), **args, reserve_demand_w=demand * 1.5)
     assert on.objective == pytest.approx(oracle_on.objective, rel=1e-4)
+    # a gap in the P90 fan keeps the reserve, sized on the point forecast, instead of the
+    # rule-based fallback (which keeps none)
+    gap = demand * 1.5
+    gap[7, 0] = np.nan
+    kept = MpcController(lab_cfg(**base, reserve=True)).solve(**args, reserve_demand_w=gap)
+    assert kept.ok and "reserve on the point forecast" in kept.reason
+    assert np.all(kept.plan["e"][1:] >= 100.0 + 600.0 * 6 * 1.0 / 0.9 - 1.0)
 
 
 # --------------------------------------------------------------------------- audit fields, paths

@@ -147,8 +147,14 @@ def test_scenario_input_errors_and_fallback(caplog):
     with pytest.raises(ValueError, match="demand_w must have shape"):
         ctrl.solve(10.0, **base, scenarios=[{"demand_w": np.zeros(n)}, {}, {}])
     bad = np.full(n, np.nan)
-    d = ctrl.solve(10.0, **base, scenarios=[{}, {"pv_avail_w": bad}, {}])
-    assert d.status.startswith("fallback:non-finite input") and "scenarios[1]" in d.reason
+    # a gap in one scenario: that scenario plans on the point forecast, the tick still plans
+    d = MpcController(cfg).solve(10.0, **base, scenarios=[{}, {"pv_avail_w": bad}, {}])
+    assert d.ok and "non-finite scenarios[1]: the point forecast instead" in d.reason
+    same = MpcController(cfg).solve(10.0, **base, scenarios=[{}, {}, {}])
+    assert d.objective == pytest.approx(same.objective, rel=1e-6, abs=1e-6)
+    # a gap in what every scenario shares (the point forecast itself) still falls back
+    d = ctrl.solve(10.0, **dict(base, pv_avail_w=bad), scenarios=[{}, {}, {}])
+    assert d.status.startswith("fallback:non-finite input") and "pv_avail_w" in d.reason
     assert ctrl.solve(10.0, **base).ok   # no scenarios given: every one is the expected one
 
 
