@@ -167,7 +167,9 @@ class Bench:
     def start_board(self, name):
         """(Re)start one virtual board process; its pseudo-terminal path stays the same.
         A board still running is stopped first: two processes must never share its
-        pseudo-terminal and its converter in the plant."""
+        pseudo-terminal and its converter in the plant. Call it from the main thread: the
+        "die with the launcher" signal (:mod:`picogrid.hil.child`) follows the thread that
+        started the process, so a board started from a worker thread ends with that thread."""
         b = self.boards[name]
         if b.get("proc") is not None and b["proc"].poll() is None:
             self.kill_board(name)
