@@ -41,7 +41,9 @@ class PvRole(_Role):
     circuit, so ADC quantisation (4.8 mV) does not make the capped power jump. Left of the
     MPP the power cannot fall below about Isc x ``voltage_min_v``; a cap under that floor
     (pinned at the minimum and still over) moves the reference to open circuit and
-    curtails on the RIGHT side instead, until the cap is lifted.
+    curtails on the RIGHT side instead, until the cap is lifted. Where the reference comes
+    from open circuit (at boot, after an over-voltage back-off) a cap curtails on the right
+    side too: nudging left from there would run through the MPP first.
     """
 
     def __init__(self, cfg):
@@ -55,7 +57,10 @@ class PvRole(_Role):
         self.k_cap = g.get("k_cap", 5.0)
         self.cap_w = None
         self.setpoint_w = -1.0   # -1 on the wire = no cap
-        self.cap_side = -1.0     # -1: curtail left of the MPP, +1: right (open-circuit side)
+        # which side of the MPP a cap curtails on: -1 left, +1 right (open-circuit side). The
+        # reference starts at open circuit, so right; lifting the cap lets P&O reach the MPP,
+        # after which the next cap prefers the left
+        self.cap_side = 1.0
 
     def setpoint(self, mode, value):
         if value < 0:
@@ -76,6 +81,7 @@ class PvRole(_Role):
             # nobody absorbs the power: stop drawing from the array now, not at the PI's pace
             self.mppt.back_off()
             self.pi.reset(0.0)
+            self.cap_side = 1.0      # at open circuit now: a cap curtails from this side
             self.flags = P.FLAG_LIMITED
             return 0.0
         if cap is not None and p_bus > cap * 0.97:

@@ -35,7 +35,7 @@ def pi_antiwindup():
 def _pv_closed_loop(cap_w=None, seconds=6.0):
     """The PvRole with its inner PI on a single-diode array + input capacitor, 100 Hz control
     (plant at 1 ms), into a 7.0 V bus through a 95 % stage: (true MPP [W], port powers [W]
-    and bus powers [W] of the last second, the role)."""
+    and bus powers [W] of the last second, the largest bus power of the run [W], the role)."""
     isc, voc, a, c_in = 0.92, 5.0, 0.125, 0.01
     i0 = isc / (math.exp(voc / a) - 1.0)
     role = roles.make(_cfg("pv"))
@@ -46,33 +46,35 @@ def _pv_closed_loop(cap_w=None, seconds=6.0):
     for k in range(40, 5000):   # dense scan of the curve for the true MPP
         vv = voc * k / 5000
         best = max(best, vv * max(0.0, isc - i0 * (math.exp(vv / a) - 1.0)))
-    port, bus = [], []
+    port, bus, peak = [], [], 0.0
     n_steps = int(seconds * 100)
     for n in range(n_steps):
         for _ in range(10):
             i_pv = max(0.0, isc - i0 * (math.exp(v / a) - 1.0))
             v = max(0.0, v + (i_pv - i_stage) * 0.001 / c_in)
         p = v * i_stage
+        peak = max(peak, 0.95 * p)
         if n >= n_steps - 100:              # the last second only: the unix port's heap is small
             port.append(p)
             bus.append(0.95 * p)
         i_stage = role.step(v, i_stage, 7.0, 0.95 * p / 7.0, dt)
-    return best, port, bus, role
+    return best, port, bus, peak, role
 
 
 def mppt_on_pv_curve():
     """Voltage-mode P&O with the PvRole's inner PI: settled power against the true MPP."""
-    best, port, _, _ = _pv_closed_loop()
+    best, port, _, _, _ = _pv_closed_loop()
     settled = sum(port) / len(port)
     return {"mpp_w": best, "settled_w": settled, "ratio": settled / best}
 
 
 def pv_caps():
-    """Curtailment from a fresh role at full sun: settled bus power (last 1 s mean, max) per cap."""
+    """Curtailment from a fresh role at full sun: settled bus power (last 1 s mean, max), the
+    run's peak and the flags, per cap."""
     out = {}
     for cap in (0.0, 0.5, 1.0, 1.2, 1.5, 2.5):
-        _, _, bus, role = _pv_closed_loop(cap, seconds=8.0)
-        out[str(cap)] = [sum(bus) / len(bus), max(bus), role.flags]
+        _, _, bus, peak, role = _pv_closed_loop(cap, seconds=8.0)
+        out[str(cap)] = [sum(bus) / len(bus), max(bus), peak, role.flags]
     return out
 
 

@@ -52,9 +52,12 @@ def test_pi_whose_error_cannot_vanish_ends_at_its_limit(results):
 def test_pv_caps_are_honoured_down_to_zero(results, cap_w):
     """Full sun (MPP ~4 W), a fresh role: the settled bus power sits in [0.9, 1.03] x cap and
     never above 1.05 x cap; caps under the current-source side's floor (~0.87 W) included."""
-    mean_w, max_w, _ = results["pv_caps"][str(cap_w)]
+    mean_w, max_w, peak_w, _ = results["pv_caps"][str(cap_w)]
     assert max_w <= cap_w * 1.05 + 0.005
     assert cap_w * 0.9 - 0.005 <= mean_w <= cap_w * 1.03 + 0.005
+    # from open circuit the cap curtails on that side: the start-up transient of the inner
+    # loop stays about 1 W over the cap, where curtailing leftwards ran through the ~4 W MPP
+    assert peak_w <= cap_w + 1.3
 
 
 def test_mppt_reaches_97_percent_of_mpp(results):
