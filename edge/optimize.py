@@ -416,12 +416,12 @@ class MpcController:
                 scen[k] = tuple(np.array(a, float) for a in (pv, demand, c_imp, c_exp))
             input_notes.append("non-finite scenarios[%s]: the point forecast instead"
                                % ",".join(map(str, bad_scen)))
-        if input_notes:
-            log.warning("MPC inputs replaced: %s", "; ".join(input_notes))
         if bad:
             self._ticks_since_prev += 1   # the next warm start is one more tick old
             return self._fallback(f"non-finite input ({', '.join(bad)})", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
+        if input_notes:
+            log.warning("MPC inputs replaced: %s", "; ".join(input_notes))
         # Negative availabilities or limits are data errors the solver would call infeasible.
         pv, demand = np.maximum(pv, 0.0), np.maximum(demand, 0.0)
         imp_max, exp_max = np.maximum(imp_max, 0.0), np.maximum(exp_max, 0.0)
@@ -446,7 +446,7 @@ class MpcController:
             else:
                 # an exact LP stopped by its time or iteration limit still holds a basis near
                 # the optimum: the next tick resumes from it rather than from scratch
-                self.reset(basis="limit" not in str(res.info.status))
+                self.reset(basis=not getattr(res.info, "stopped_at_limit", False))  # OSQP's info has none
             return self._fallback(note or f"osqp status {res.info.status!r}", t0, e0_j, pv, demand,
                                   imp_max, exp_max, job_arr, def_max)
         self._keep(res)

@@ -455,7 +455,7 @@ class EdgeRunner:
         sp, operator_note = planned, ""
         if self.record_all:     # operator commands are for the bench the dashboard shows
             try:
-                for cmd, status, text in self.operator.poll(self.store.conn, getattr(self.store, "started_at", None)):
+                for cmd, status, text in self.operator.poll(self.store.conn, self.store.started_at):
                     self.store.event(t_start - self.t0, cmd["board"], "operator_" + status,
                                      "%s by %s: %s" % (cmd["kind"], cmd["user"], text))
                 sp, operator_note = self.operator.setpoints(k, planned, self.last_setpoints)

@@ -137,6 +137,8 @@ class WarmSimplex:
         ok = status == highspy.HighsModelStatus.kOptimal
         info = SimpleNamespace(
             status=h.modelStatusToString(status).lower(), status_val=SOLVED if ok else -1,
+            stopped_at_limit=status in (highspy.HighsModelStatus.kTimeLimit,
+                                        highspy.HighsModelStatus.kIterationLimit),
             iter=int(h.getInfo().simplex_iteration_count), obj_val=np.nan, prim_res=0.0)
         res = _Result(self, h.getSolution() if ok else None, info)
         if ok:

@@ -139,6 +139,7 @@ class Store:
         self.path = str(path)
         self.conn = connect(self.path)
         self.run_id = None
+        self.started_at = None   # set by start_run
 
     def start_run(self, profile, scenario, n_ticks, tick_s, config):
         """Insert a run (status ``running``) and make it the one the writers below fill.

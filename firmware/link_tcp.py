@@ -115,11 +115,11 @@ class TcpLink:
     def write(self, data):
         if self._conn is None:
             return
-        if self._pending and len(self._pending) + len(data) > _MAX_PENDING:
+        if len(self._pending) + len(data) > _MAX_PENDING:
             self._send(b"")                    # room for this frame, if the peer took some
-            if self._pending and len(self._pending) + len(data) > _MAX_PENDING:
-                self.dropped += 1              # lost whole: the edge sees no torn frame
-                return
+        if len(self._pending) + len(data) > _MAX_PENDING:
+            self.dropped += 1                  # lost whole: the edge sees no torn frame
+            return
         self._send(data)
 
     def _send(self, data):

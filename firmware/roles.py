@@ -62,16 +62,19 @@ class PvRole(_Role):
         # after which the next cap prefers the left
         self.cap_side = 1.0
 
+    def _lift_cap(self):
+        self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
+
     def setpoint(self, mode, value):
         if value < 0:
-            self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
+            self._lift_cap()
             return P.ACK_OK
         self.cap_w, status = self._bounded(value, 0.0, self.cfg["limits"].get("power_max_w", 5.0))
         self.setpoint_w = self.cap_w
         return status
 
     def failsafe(self):
-        self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
+        self._lift_cap()
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         p_bus = v_bus * i_bus

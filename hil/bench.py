@@ -86,7 +86,8 @@ def board_config(name, board_id, site, plant_port=None):
     return cfg
 
 
-def _free_tcp_port():
+def free_tcp_port():
+    """A TCP port free on loopback now (the OS picks it)."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +179,7 @@ class Bench:
             tty.setraw(slave)
             b.update(master=master, slave=slave, path=os.ttyname(slave))
             if name in self.tcp_keys:
-                b["tcp_port"] = _free_tcp_port()
+                b["tcp_port"] = free_tcp_port()
             elif self.link_proxy:
                 from picogrid.hil.faults import LinkProxy
                 self.proxies[name] = LinkProxy(name, slave, seed=b["id"])

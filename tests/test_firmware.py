@@ -220,7 +220,9 @@ def test_tcp_link_sends_frames_whole_when_the_send_buffer_fills(firmware_path):
     import link_tcp
     import protocol as P
 
-    srv_port = _free_port()
+    from picogrid.hil.bench import free_tcp_port
+
+    srv_port = free_tcp_port()
     link = link_tcp.TcpLink(srv_port, "127.0.0.1")
     peer = pysocket.create_connection(("127.0.0.1", srv_port))
     try:
@@ -250,11 +252,3 @@ def test_tcp_link_sends_frames_whole_when_the_send_buffer_fills(firmware_path):
     finally:
         peer.close()
         link.deinit()
-
-
-def _free_port():
-    import socket as pysocket
-
-    with pysocket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
