@@ -19,10 +19,10 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 - ``pymgrid_own`` and ``pymgrid_perfect``: pymgrid's own MPC (``pymgrid==1.2.2``,
   :mod:`picogrid.edge.pymgrid_policy`) on the forecasts ``mpc_own`` plans on (the same fans, step
   for step) and on the true future (off with ``--no-compare``);
-- ``oracle``: the perfect-foresight LP optimum of the whole day (HiGHS);
+- ``perfect_foresight``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
 and prints the cost of each and the savings capture
-``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)`` over all days (DESIGN.md §4).
+``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)`` over all days (DESIGN.md §4).
 
 ``dayahead_own`` plans the way EMHASS's ``dayahead-optim`` action does: ONE linear programme
 per day, over the whole day, on the forecasts available at the start of the day; the plan is
@@ -30,17 +30,17 @@ published and the home follows its battery power step by step, the grid taking w
 with no re-planning during the day (EMHASS's receding-horizon ``naive-mpc-optim`` is a separate
 action the user must schedule) [1]_ [2]_. Here: the forecast window ``mpc_own`` gets at tick 0
 (:func:`fans_forecast`: same series, same expected value of the fan, step 0 known, the day's
-deferrable jobs) is solved for the whole day with :func:`policies.solve_oracle` (HiGHS LP, the
-oracle's model); the plant then follows the plan's storage power and job delivery open loop
+deferrable jobs) is solved for the whole day with :func:`policies.solve_perfect_foresight` (HiGHS LP, the
+perfect-foresight model); the plant then follows the plan's storage power and job delivery open loop
 (:func:`policies.day_ahead_policy`): loads are served as they come, PV runs free unless the
-plan curtailed it, and the grid balances. It differs from ``oracle`` only in the data the LP
+plan curtailed it, and the grid balances. It differs from ``perfect_foresight`` only in the data the LP
 saw, and from ``mpc_own`` in planning once a day on one expected forecast (no re-planning, no
 scenarios): the gap between the two is the measured value of re-planning every tick.
 
 Day boundaries: every day starts with the storage half full and scores the energy left at the
-end at the terminal value, like the oracle. The MPC's fixed horizon reaches past the day's end;
+end at the terminal value, like the perfect-foresight optimum. The MPC's fixed horizon reaches past the day's end;
 there it sees no PV and no load, no import, and an export price that pays exactly the terminal
-value (``(terminal + cycling) / eta_dis``), so it faces the day-end the oracle faces.
+value (``(terminal + cycling) / eta_dis``), so it faces the day-end the perfect-foresight optimum faces.
 
 Deferrable jobs (lab feed ``/deferables`` format): half of load3's real energy within two
 windows of each day (ticks [n/4, n/2) and [n/2, 7n/8)) is taken out of its demand and offered
@@ -301,10 +301,10 @@ def perfect_controller(cfg):
 
 def baselines(truth, cfg):
     """Closed-loop results of the naive rule and of the perfect-foresight LP on ``truth``."""
-    oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+    perfect_foresight = policies.solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
                                    truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
     return {"naive": policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg),
-            "oracle": policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)}
+            "perfect_foresight": policies.simulate_policy(policies.perfect_foresight_policy(perfect_foresight), truth, cfg)}
 
 
 def run_mpc(ctrl, fc, truth, cfg, solve_ms=None, statuses=None):
@@ -367,7 +367,7 @@ def dayahead_policy(window, truth, cfg):
     w = {k: np.asarray(window[k], float)[:n] for k in ("pv_avail_w", "demand_w", "import_price_per_j",
                                                       "export_price_per_j", "p_imp_max_w", "p_exp_max_w")}
     def_max = window.get("p_def_max_w")
-    plan = policies.solve_oracle(cfg, truth.e0_j, w["pv_avail_w"], w["demand_w"], w["import_price_per_j"],
+    plan = policies.solve_perfect_foresight(cfg, truth.e0_j, w["pv_avail_w"], w["demand_w"], w["import_price_per_j"],
                                  w["export_price_per_j"], w["p_imp_max_w"], w["p_exp_max_w"],
                                  jobs=window.get("jobs"),
                                  p_def_max_w=None if def_max is None else np.asarray(def_max, float)[:n])
@@ -422,7 +422,7 @@ class ProfileDays:
         if self.forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
             raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
                              f"{cfg.horizon} shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
-        self.policies = ["naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own"] + (
+        self.policies = ["naive", "perfect_foresight", "mpc_perfect", "mpc_own", "dayahead_own"] + (
             ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
         self.calibration = getattr(self.forecaster, "energy_calibration", None)
 
@@ -593,14 +593,14 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
 
 def _capture_on(costs, on):
     c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
-    return policies.savings_capture(c["naive"], c["mpc_own"], c["oracle"])
+    return policies.savings_capture(c["naive"], c["mpc_own"], c["perfect_foresight"])
 
 
 def capture(costs, policy):
     """Savings capture of ``policy`` over all days (sums of costs)."""
     on = np.isfinite(costs[policy])
     c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
-    return policies.savings_capture(c["naive"], c[policy], c["oracle"])
+    return policies.savings_capture(c["naive"], c[policy], c["perfect_foresight"])
 
 
 def plot_day(example, cfg, path):
@@ -625,7 +625,7 @@ def plot_day(example, cfg, path):
     ax[0].set_ylabel("power [W]")
     ax[0].legend(fontsize=7, ncol=3)
     for name, style in (("mpc_own", "-"), ("dayahead_own", "-."), ("pymgrid_own", (0, (5, 1, 1, 1))),
-                        ("oracle", "--"), ("naive", ":")):
+                        ("perfect_foresight", "--"), ("naive", ":")):
         if name not in results:     # pymgrid_own: not with --no-compare
             continue
         ax[1].plot(np.arange(truth.n_steps + 1) * hour, results[name].e_j, ls=style, label=name)
@@ -640,7 +640,7 @@ def plot_day(example, cfg, path):
     ax[2].legend(fontsize=7)
     costs = {p: results[p].total_cost for p in results}
     fig.suptitle(f"{day}: cost naive {costs['naive']:.4g}, MPC {costs['mpc_own']:.4g}, "
-                 f"oracle {costs['oracle']:.4g} [c]")
+                 f"perfect_foresight {costs['perfect_foresight']:.4g} [c]")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -654,7 +654,7 @@ def report(profile, res, out):
     for p, v in c.items():
         if p == "mpc_own_reserve":
             continue
-        extra = "" if p in ("naive", "oracle") else f"  savings capture {100 * capture(c, p):6.1f} %"
+        extra = "" if p in ("naive", "perfect_foresight") else f"  savings capture {100 * capture(c, p):6.1f} %"
         print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
     if "mpc_own_reserve" in c:
         on = np.isfinite(c["mpc_own_reserve"])
@@ -663,7 +663,7 @@ def report(profile, res, out):
               f"{with_r:.5g} c vs {without:.5g} c without, reserve cost {with_r - without:+.5g} c; "
               f"capture {100 * capture(c, 'mpc_own_reserve'):.1f} % vs {100 * _capture_on(c, on):.1f} %",
               file=out)
-    med = {p: 100 * np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c[p], c["oracle"])])
+    med = {p: 100 * np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c[p], c["perfect_foresight"])])
            for p in ("mpc_own", "dayahead_own")}
     print(f"  per-day capture (own forecasts): median {med['mpc_own']:.1f} % (MPC), "
           f"{med['dayahead_own']:.1f} % (day-ahead plan)", file=out)

@@ -16,7 +16,7 @@ and the sun the edge saw. This runs that path over many days, faster than real t
   day is run in closed loop (:func:`picogrid.edge.policies.simulate_policy`, storage half full
   at the start, the energy left scored at the terminal value) by the MPC on those forecasts
   (``mpc_own``), the MPC on the true day (``mpc_perfect``), the naive rule and the
-  perfect-foresight LP (``oracle``), and pymgrid's MPC on the same fans and on the true day
+  perfect-foresight LP (``perfect_foresight``), and pymgrid's MPC on the same fans and on the true day
   (``pymgrid_own``, ``pymgrid_perfect``), with the lab site file's ``[labfeed]`` economics
   (:func:`picogrid.edge.feedsource.feed_site`) and the feed's 5 s tick.
 
@@ -126,7 +126,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     clock = LeapingClock(DAY0 * 300.0)
     server = serve_days(start.isoformat(), warm_days + n_days, clock, day0=DAY0)
     days = server.days[1:]      # played on lab days DAY0, DAY0 + 1, ...
-    policies_run = ("naive", "oracle", "mpc_perfect", "mpc_own") + (COMPARED if compare else ())
+    policies_run = ("naive", "perfect_foresight", "mpc_perfect", "mpc_own") + (COMPARED if compare else ())
     costs = {p: [] for p in policies_run}
     sources, solve_ms, statuses, learned = {}, [], {}, []
     pymgrid_ms, pymgrid_statuses = [], {}
@@ -182,9 +182,9 @@ def report(res, out):
     print(f"== labfeed: {n} lab-feed days {res['days'][0]} .. {res['days'][-1]} (served by the loopback "
           f"feed, read by the edge's client), N={res['cfg'].horizon}, dt={res['cfg'].dt_s:g} s", file=out)
     for p, v in c.items():
-        extra = "" if p in ("naive", "oracle") else f"  savings capture {100 * capture(c, p):6.1f} %"
+        extra = "" if p in ("naive", "perfect_foresight") else f"  savings capture {100 * capture(c, p):6.1f} %"
         print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
-    med = np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["oracle"])])
+    med = np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["perfect_foresight"])])
     print(f"  per-day capture (feed forecasts): median {100 * med:.1f} %", file=out)
     src = ", ".join(f"{k} x{v}" for k, v in sorted(res["sources"].items()))
     print(f"  forecasts: the feed's online learner and the sun seen; series-ticks by source: {src}", file=out)

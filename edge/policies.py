@@ -2,20 +2,20 @@
 
 - :func:`naive_step`: the rule-based policy (PV → loads → storage → grid; deficit: storage →
   grid → shed the lowest value-of-lost-load first). No prices. Also the MPC's fallback.
-- :func:`solve_oracle`: the perfect-foresight optimum of the same model as the MPC over the
+- :func:`solve_perfect_foresight`: the perfect-foresight optimum of the same model as the MPC over the
   whole day, solved exactly as a linear programme with HiGHS (``scipy.optimize.linprog``),
   without the MPC's tiny quadratic regularisation: a simplex/IPM vertex solution is exact to
-  ~1e-9, so the oracle is a true lower bound and not an ADMM-tolerance approximation.
+  ~1e-9, so the perfect-foresight optimum is a true lower bound and not an ADMM-tolerance approximation.
 - :func:`day_ahead_policy`: a whole-day plan followed open loop (storage and deferrable power
   from the plan, loads and PV as they come), as a home follows an EMHASS day-ahead plan.
 - :func:`simulate_policy`, :func:`day_cost`, :func:`savings_capture`: closed-loop day
   simulation and the figure of merit of DESIGN.md §4,
-  ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)``.
+  ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``.
 
-The cost every policy is scored on is the MPC/oracle objective evaluated on what really
+The cost every policy is scored on is the MPC and perfect-foresight objective evaluated on what really
 happened: import cost − export revenue + value of lost load × shed energy + cycling cost −
 terminal value of the energy left at the end of the day + the value of deferrable job energy
-not delivered in its window. With this one cost the oracle is a lower bound for any policy.
+not delivered in its window. With this one cost the perfect-foresight optimum is a lower bound for any policy.
 Deferrable jobs (:attr:`DayTruth.jobs`, lab feed format) are delivered by a deferrable load
 whose power the plant grants up to what the open jobs still need; the naive rule delivers
 each as early as its window allows.
@@ -127,7 +127,7 @@ def naive_step(e_j, pv_w, demand_w, cfg, p_imp_max_w=None, p_exp_max_w=None, def
                     deferrable_w=np.array([p_def]))
 
 
-def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
+def solve_perfect_foresight(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
                  p_imp_max_w=None, p_exp_max_w=None, jobs=None, p_def_max_w=None,
                  reserve_demand_w=None, reserve_pv_w=None):
     """Perfect-foresight optimum of the MPC model over the whole day, solved exactly.
@@ -176,7 +176,7 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
     data = validate_inputs(day_cfg, pv, demand_w, import_price_per_j, export_price_per_j,
                            p_imp_max_w, p_exp_max_w)
     if not all(np.all(np.isfinite(a)) for a in data) or not np.isfinite(e0_j):
-        raise ValueError("solve_oracle needs finite data")
+        raise ValueError("solve_perfect_foresight needs finite data")
     pv, demand, c_imp, c_exp, imp_max, exp_max = data
     def_max = np.maximum(np.broadcast_to(np.asarray(
         day_cfg.p_def_max_w if p_def_max_w is None else p_def_max_w, float), (t_day,)), 0.0)
@@ -207,7 +207,7 @@ def solve_oracle(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j, export_pri
     res = linprog(q, A_ub=A_ub[finite], b_ub=b_ub[finite], A_eq=A[eq], b_eq=lo[eq],
                   bounds=np.column_stack([bounds_lo, bounds_hi]), method="highs")
     if res.status != 0:
-        raise RuntimeError(f"oracle LP not solved: {res.message}")
+        raise RuntimeError(f"perfect-foresight LP not solved: {res.message}")
     x = np.clip(res.x, bounds_lo, bounds_hi)
     plan = model.unscale(x, float(e0_j))
     plan["reserve_j"] = np.full(t_day, -np.inf) if reserve is None else reserve
@@ -391,7 +391,7 @@ def simulate_policy(policy_fn, truth, cfg):
     DayResult
         Realised flows and ``costs`` (``import_cost, export_revenue, shedding_cost,
         cycling_cost, terminal_value, total``; total = import − export + shedding + cycling −
-        terminal + deferrable shortfall), the same cost the oracle minimises;
+        terminal + deferrable shortfall), the same cost the perfect-foresight LP minimises;
         ``deferrable_shortfall_cost`` prices each job's energy not delivered in its window at
         ``cfg.voll_def_per_j``. ``DayResult.deferrable_w`` [T] is the power delivered to jobs.
     """
@@ -446,12 +446,12 @@ def naive_policy(truth, cfg):
     return policy
 
 
-def oracle_policy(oracle):
-    """``policy_fn`` replaying a :func:`solve_oracle` plan step by step."""
-    plan = oracle.plan
+def perfect_foresight_policy(perfect_foresight):
+    """``policy_fn`` replaying a :func:`solve_perfect_foresight` plan step by step."""
+    plan = perfect_foresight.plan
 
     def policy(t, e_j, delivered_j=None):
-        return Decision(status="oracle", solve_time_s=0.0, iterations=0, objective=oracle.objective,
+        return Decision(status="perfect_foresight", solve_time_s=0.0, iterations=0, objective=perfect_foresight.objective,
                         p_storage_w=float(plan["p_dis"][t] - plan["p_ch"][t]),
                         p_grid_w=float(plan["p_imp"][t] - plan["p_exp"][t]),
                         pv_cap_w=float(plan["p_pv"][t]), load_served_w=plan["p_load"][t].copy(),
@@ -464,7 +464,7 @@ def day_ahead_policy(plan, truth, cfg, pv_planned_w):
     """``policy_fn`` following a day-ahead plan open loop, the way a home follows an EMHASS plan.
 
     The storage power and the deferrable delivery of each step are the plan's (as
-    :func:`oracle_policy` replays them); the loads are set to their demand now, as the naive
+    :func:`perfect_foresight_policy` replays them); the loads are set to their demand now, as the naive
     rule serves them (a household load is not dispatched: the plant sheds only what the grid
     cannot cover); PV runs free (MPPT) except where the plan curtailed it, and there it is
     capped at the plan's PV power; the grid takes whatever is left (:func:`plant_step`).
@@ -472,8 +472,8 @@ def day_ahead_policy(plan, truth, cfg, pv_planned_w):
     Parameters
     ----------
     plan : Decision
-        A whole-day plan of :func:`solve_oracle` (``plan.plan`` arrays of at least ``T`` steps),
-        solved on whatever data the planner had (forecasts, or the truth for the oracle).
+        A whole-day plan of :func:`solve_perfect_foresight` (``plan.plan`` arrays of at least ``T`` steps),
+        solved on whatever data the planner had (forecasts, or the truth for perfect foresight).
     truth : DayTruth
         The real day (``T`` steps): gives the demand and available PV of the current step,
         which the lab feed and the boards tell at the time of the step.
@@ -501,7 +501,7 @@ def day_ahead_policy(plan, truth, cfg, pv_planned_w):
     curtailed = p_pv[:n] < pv_planned[:n] - tol_w
     demand = np.asarray(truth.demand_w, float).reshape(n, cfg.n_loads)
     pv_avail = np.asarray(truth.pv_avail_w, float)
-    follow = oracle_policy(plan)
+    follow = perfect_foresight_policy(plan)
 
     def policy(t, e_j, delivered_j=None):
         d = follow(t, e_j, delivered_j)
@@ -581,14 +581,14 @@ def mpc_policy(controller, forecast):
     return policy
 
 
-def savings_capture(cost_naive, cost_mpc, cost_oracle):
-    """Share of the naive → oracle saving the MPC achieves (DESIGN.md §4).
+def savings_capture(cost_naive, cost_mpc, cost_perfect_foresight):
+    """Share of the naive → perfect-foresight saving the MPC achieves (DESIGN.md §4).
 
-    ``(cost_naive − cost_mpc) / (cost_naive − cost_oracle)``; 1 = as good as perfect
+    ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``; 1 = as good as perfect
     foresight, 0 = no better than naive, < 0 = worse than naive. Returns ``nan`` when the
-    oracle saves nothing (``cost_naive − cost_oracle`` ≤ 1e-12 in magnitude).
+    perfect_foresight saves nothing (``cost_naive − cost_perfect_foresight`` ≤ 1e-12 in magnitude).
     """
-    gap = cost_naive - cost_oracle
+    gap = cost_naive - cost_perfect_foresight
     if abs(gap) <= 1e-12:
         return float("nan")
     return float((cost_naive - cost_mpc) / gap)

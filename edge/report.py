@@ -100,11 +100,11 @@ def model_baselines(truth, cfg, e0_j, deferrable=None):
                             jobs=jobs or None, p_def_max_w=def_limit)
     day_cfg = cfg.replace(horizon=n, n_jobs=max(cfg.n_jobs, len(jobs)))
     naive = policies.simulate_policy(policies.naive_policy(day, day_cfg), day, day_cfg)
-    oracle_plan = policies.solve_oracle(day_cfg, e0_j, day.pv_avail_w, demand,
+    perfect_foresight_plan = policies.solve_perfect_foresight(day_cfg, e0_j, day.pv_avail_w, demand,
                                         day.import_price_per_j, day.export_price_per_j,
                                         jobs=jobs or None, p_def_max_w=def_limit)
-    oracle = policies.simulate_policy(policies.oracle_policy(oracle_plan), day, day_cfg)
-    return naive, oracle
+    perfect_foresight = policies.simulate_policy(policies.perfect_foresight_policy(perfect_foresight_plan), day, day_cfg)
+    return naive, perfect_foresight
 
 
 def baseline_rows(result, truth, dt_s):
@@ -135,11 +135,11 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     ``mpc_perfect_statuses`` its decisions' statuses (a tick not ``solved*`` makes
     ``savings_capture_vs_mpc_perfect`` NaN: that bench is then no reference);
     ``deferrable`` (:class:`Deferrable`) the run's deferrable load and jobs.
-    Returns (summary dict with unit-suffixed keys, oracle DayResult).
+    Returns (summary dict with unit-suffixed keys, perfect_foresight DayResult).
     """
     dt = cfg.dt_s
     deferrable = deferrable or Deferrable()
-    naive_model, oracle = model_baselines(truth, cfg, e0_j, deferrable)
+    naive_model, perfect_foresight = model_baselines(truth, cfg, e0_j, deferrable)
     mpc = measured_costs(rows, cfg, deferrable)
     jobs_w, shortfall_j = _jobs_delivered(rows, deferrable, dt)
     s = {"deferrable_jobs": len(deferrable.closed_jobs(len(rows))),
@@ -170,13 +170,13 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     else:   # the comparison bench did not finish the day: no measured naive figure
         s["cost_naive"] = s["bill_naive"] = float("nan")
     s["cost_naive_model"] = naive_model.costs["total"]
-    s["cost_oracle"] = oracle.costs["total"]
-    s["bill_oracle"] = oracle.costs["import_cost"] - oracle.costs["export_revenue"]
+    s["cost_perfect_foresight"] = perfect_foresight.costs["total"]
+    s["bill_perfect_foresight"] = perfect_foresight.costs["import_cost"] - perfect_foresight.costs["export_revenue"]
     # headline: both policies measured, against the model's optimum (the only optimum there is);
     # the all-model figure beside it shows how much of that is the bench, not the policy
-    s["savings_capture"] = policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_oracle"])
+    s["savings_capture"] = policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_perfect_foresight"])
     s["savings_capture_vs_model_naive"] = policies.savings_capture(
-        s["cost_naive_model"], s["cost_mpc"], s["cost_oracle"])
+        s["cost_naive_model"], s["cost_mpc"], s["cost_perfect_foresight"])
     if mpc_perfect_rows is not None:
         # all three measured: the bench's own losses are in every cost, not only in two of three
         s["cost_mpc_perfect"] = s["bill_mpc_perfect"] = float("nan")
@@ -204,4 +204,4 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     res = [abs(r["balance_residual_j"]) for r in rows if r["balance_residual_j"] is not None]
     s["balance_residual_max_j"] = max(res) if res else float("nan")
     s["ticks_metered"] = len(res)
-    return s, oracle
+    return s, perfect_foresight

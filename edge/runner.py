@@ -288,7 +288,7 @@ class EdgeRunner:
             if self.deferrable:
                 window.update(jobs=self.deferrable.planning().live(k, self.cfg.n_jobs),
                               p_def_max_w=self.deferrable.headroom_w(demand))
-            # the day is scored with its stored energy at the terminal value, as the oracle
+            # the day is scored with its stored energy at the terminal value, as the perfect-foresight optimum is
             window = pad_day_end(window, self.n_ticks - k, self.cfg)
             decision = self.mpc.solve(e_j, **window)
         except Exception as exc:

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS telemetry (
 );
 CREATE INDEX IF NOT EXISTS telemetry_run_tick ON telemetry(run_id, tick);
 -- One row per tick and policy, mean powers over the tick [W]: 'mpc', 'naive' and 'mpc_perfect'
--- (the MPC on the day's true future) are measured on their benches; 'oracle' is the model's
+-- (the MPC on the day's true future) are measured on their benches; 'perfect_foresight' is the model's
 -- perfect-foresight plan on the same day's true data.
 CREATE TABLE IF NOT EXISTS dispatch (
     run_id INTEGER NOT NULL, policy TEXT NOT NULL, tick INTEGER NOT NULL,

@@ -251,7 +251,7 @@ class Day:
         return [(name, side) for name, side in self.sides.items() if name != "mpc"]
 
     def run(self, on_tick=None):
-        """Run every tick on every bench, then the oracle and the summary; returns the summary."""
+        """Run every tick on every bench, then the perfect_foresight and the summary; returns the summary."""
         store = self.stores[0]
         others = [threading.Thread(target=side.run, name=name + "-bench", daemon=True)
                   for name, side in self._comparison_sides()]
@@ -279,13 +279,13 @@ class Day:
         r = self.runner
         d = r.deferrable
         deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
-        s, oracle = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
+        s, perfect_foresight = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
                                    r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable,
                                    mpc_perfect_rows=rows.get("mpc_perfect"),
                                    mpc_perfect_statuses=self.sides["mpc_perfect"].runner.statuses
                                    if "mpc_perfect" in self.sides else ())
-        for t, row in enumerate(report.baseline_rows(oracle, truth, self.runner.cfg.dt_s)):
-            store.dispatch("oracle", t, row)
+        for t, row in enumerate(report.baseline_rows(perfect_foresight, truth, self.runner.cfg.dt_s)):
+            store.dispatch("perfect_foresight", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())
         store.finish_run(s)
         return s

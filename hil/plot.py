@@ -21,7 +21,7 @@ def plot_day(db_path, png_path, run_id=None):
     if run_id is None:
         run_id = conn.execute("SELECT max(id) FROM run").fetchone()[0]
     mpc = _rows(conn, run_id, "mpc")
-    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "oracle", "mpc_perfect")}
+    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "perfect_foresight", "mpc_perfect")}
     conn.close()
     t = np.array([r["tick"] for r in mpc])
     col = lambda name, rows=mpc: np.array([r[name] if r[name] is not None else np.nan for r in rows])
@@ -39,9 +39,9 @@ def plot_day(db_path, png_path, run_id=None):
     ax[0].legend(ncol=4, fontsize=8)
     ax[0].set_title("Measured dispatch under MPC on the HIL bench")
     ax[1].plot(t, col("storage_energy_j"), label="storage energy (measured)")
-    oracle = series["oracle"]
-    if oracle:
-        ax[1].plot([r["tick"] for r in oracle], col("storage_energy_j", oracle), ls="--", label="perfect foresight")
+    perfect_foresight = series["perfect_foresight"]
+    if perfect_foresight:
+        ax[1].plot([r["tick"] for r in perfect_foresight], col("storage_energy_j", perfect_foresight), ls="--", label="perfect foresight")
     if series["mpc_perfect"]:       # the third bench: the MPC on the true future, measured
         ax[1].plot([r["tick"] for r in series["mpc_perfect"]], col("storage_energy_j", series["mpc_perfect"]),
                    ls=":", label="MPC on the true future (measured)")

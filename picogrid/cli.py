@@ -49,7 +49,7 @@ def _summary_lines(s):
         "    MPC (measured)    %s %33s" % (f("cost_mpc"), f("bill_mpc")),
         "    naive (measured)  %s %33s" % (f("cost_naive"), f("bill_naive")),
         "    naive (model)     %s" % f("cost_naive_model"),
-        "    perfect foresight %s %33s" % (f("cost_oracle"), f("bill_oracle")),
+        "    perfect foresight %s %33s" % (f("cost_perfect_foresight"), f("bill_perfect_foresight")),
     ] + ([
         "    MPC, true future  %s %33s   (measured, third bench; %d fallback ticks)" % (
             f("cost_mpc_perfect"), f("bill_mpc_perfect"), s.get("ticks_fallback_mpc_perfect", 0)),

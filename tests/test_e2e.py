@@ -74,7 +74,7 @@ def test_mpc_cost_no_higher_than_naive(day_run):
     stored = json.loads(conn.execute("SELECT summary_json FROM run").fetchone()[0])
     assert stored["cost_mpc"] == pytest.approx(summary["cost_mpc"])
     assert summary["cost_mpc"] <= summary["cost_naive"], summary
-    assert summary["cost_oracle"] <= summary["cost_naive"] + 1e-6
+    assert summary["cost_perfect_foresight"] <= summary["cost_naive"] + 1e-6
 
 
 def test_perfect_foresight_measured_on_a_third_bench(day_run):

@@ -520,7 +520,7 @@ def test_runner_day_stops_at_the_next_tick_when_asked(tmp_path):
 
 def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     """The third bench's runner plans on the source's true day (every quantile the truth, the
-    day's last value past its end) with one plan, and scores as the oracle's model does."""
+    day's last value past its end) with one plan, and scores as the perfect_foresight's model does."""
     from picogrid.edge import policies
     from picogrid.edge.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
@@ -544,11 +544,11 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
             assert np.all(fans[series][q][5:] == truth[series][-1])
     # from tick 0 on the true day, the plan's cost is the perfect-foresight optimum's
     decision, *_ = runner.optimise(0, 20.0, runner.true_future(0)[0], islanded=False)
-    oracle = policies.solve_oracle(runner.cfg, 20.0, truth["pv_available_w"],
+    perfect_foresight = policies.solve_perfect_foresight(runner.cfg, 20.0, truth["pv_available_w"],
                                    np.column_stack([truth[f"load{i}_demand_w"] for i in (1, 2, 3)]),
                                    truth["import_price_per_j"], truth["export_price_per_j"])
     assert decision.ok and not decision.scenario_objectives
-    assert decision.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
+    assert decision.objective == pytest.approx(perfect_foresight.objective, rel=1e-6, abs=1e-6)
     # a source without the whole day: planned as a failed forecast, and the tick says it was not
     # the reference (the summary then gives no capture against this bench)
     store = Store(tmp_path / "picogrid.sqlite")
@@ -570,7 +570,7 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     assert kinds == ["reference_fallback", "reference_fallback"]
     store.close()
     with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
-        EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="oracle")
+        EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="perfect_foresight")
 
 
 def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):

@@ -71,9 +71,9 @@ def test_fast_path_lab_days(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "== lab: 3 real days 2013-07-01 .. 2013-07-03" in out
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
-    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own", "dayahead_own", "pymgrid_own",
+    assert set(costs) == {"naive", "perfect_foresight", "mpc_perfect", "mpc_own", "dayahead_own", "pymgrid_own",
                           "pymgrid_perfect"}
-    assert costs["oracle"] <= min(costs.values()) + 1e-6          # the oracle bounds every policy
+    assert costs["perfect_foresight"] <= min(costs.values()) + 1e-6          # the perfect_foresight bounds every policy
     # the claim of the README's comparison, on these days: ours beats pymgrid's MPC on the same
     # forecasts, and on perfect ones
     assert costs["mpc_own"] < costs["pymgrid_own"] and costs["mpc_perfect"] < costs["pymgrid_perfect"]
@@ -88,14 +88,14 @@ def test_fast_path_lab_days(tmp_path, capsys):
 
 def test_labfeed_days_through_the_feed_client(capsys):
     """``--profile labfeed``: lab-feed days served on loopback and read by the edge's client; the
-    MPC on the true day scores the oracle, and the forecasts are the learner's, banded."""
+    MPC on the true day scores the perfect-foresight optimum, and the forecasts are the learner's, banded."""
     assert evaluate.main(["--profile", "labfeed", "--days", "2"]) == 0
     out = capsys.readouterr().out
     assert "== labfeed: 2 lab-feed days 2013-07-01 .. 2013-07-02" in out
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
-    assert set(costs) == {"naive", "oracle", "mpc_perfect", "mpc_own", "pymgrid_own", "pymgrid_perfect"}
+    assert set(costs) == {"naive", "perfect_foresight", "mpc_perfect", "mpc_own", "pymgrid_own", "pymgrid_perfect"}
     assert all(np.isfinite(v) for v in costs.values())
-    assert costs["oracle"] <= min(costs.values()) + 1e-6 and costs["oracle"] < costs["naive"]
+    assert costs["perfect_foresight"] <= min(costs.values()) + 1e-6 and costs["perfect_foresight"] < costs["naive"]
     assert float(re.search(r"mpc_perfect .*savings capture\s+(\S+) %", out).group(1)) >= 99.0
     sources = re.search(r"series-ticks by source: (.*)", out).group(1)
     assert "labfeed_learner x" in sources and "edge_yesterday x" in sources and "no band" not in sources
@@ -144,19 +144,19 @@ def _real_days(profile, n_days):
 
 
 @pytest.mark.parametrize("profile", ["lab", "site"])
-def test_dayahead_plan_on_perfect_forecasts_scores_the_oracle(profile):
+def test_dayahead_plan_on_perfect_forecasts_scores_perfect_foresight(profile):
     data, cfg = _real_days(profile, 2)
     for i in (2, 3):
         truth = data.truth(i, cfg)
         assert truth.jobs and np.ptp(truth.import_price_per_j) > 0
-        oracle = policies.solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+        perfect_foresight = policies.solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
                                        truth.export_price_per_j, jobs=truth.jobs)
-        best = policies.simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+        best = policies.simulate_policy(policies.perfect_foresight_policy(perfect_foresight), truth, cfg)
         window = evaluate.perfect_forecast(data, i, truth, cfg)(0)
         policy, plan = evaluate.dayahead_policy(window, truth, cfg)
         got = policies.simulate_policy(policy, truth, cfg)
         assert got.total_cost == pytest.approx(best.total_cost, rel=1e-9, abs=1e-9)
-        assert got.total_cost == pytest.approx(oracle.objective, rel=1e-6)
+        assert got.total_cost == pytest.approx(perfect_foresight.objective, rel=1e-6)
         naive = policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
         assert got.total_cost < naive.total_cost - 1e-3 * abs(naive.total_cost)
         assert set(got.statuses) == {"dayahead"}

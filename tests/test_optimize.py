@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from picogrid.edge import optimize
 from picogrid.edge.mpc_config import MpcConfig, config_from_site
 from picogrid.edge.optimize import Decision, MpcController, reserve_energy_j
-from picogrid.edge.policies import solve_oracle
+from picogrid.edge.policies import solve_perfect_foresight
 
 LAB = dict(horizon=12, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
@@ -248,10 +248,10 @@ def test_model_matrices_match_cvxpy_exactly(inst):
     OSQP's ADMM accuracy, which the next test covers.
     """
     cfg, data = inst
-    oracle = solve_oracle(cfg, **data)
+    perfect_foresight = solve_perfect_foresight(cfg, **data)
     ref = _reference(cfg, data, MpcController(cfg))
-    assert oracle.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
-    check_plan_feasible(cfg, oracle, data["pv_avail_w"], data["demand_w"], data["p_imp_max_w"],
+    assert perfect_foresight.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
+    check_plan_feasible(cfg, perfect_foresight, data["pv_avail_w"], data["demand_w"], data["p_imp_max_w"],
                         data["p_exp_max_w"], rel=1e-6)  # HiGHS feasibility tol 1e-7
 
 
@@ -261,12 +261,12 @@ def test_soft_energy_bounds_are_exact_from_inside(inst):
     """Starting inside [e_min, e_max], the penalised model has the hard-bounded optimum."""
     cfg, data = inst
     data["e0_j"] = float(np.clip(data["e0_j"], cfg.e_min_j, cfg.e_max_j))
-    oracle = solve_oracle(cfg, **data)
+    perfect_foresight = solve_perfect_foresight(cfg, **data)
     hard = reference_cvxpy(cfg, data["e0_j"], data["pv_avail_w"], data["demand_w"],
                            data["import_price_per_j"], data["export_price_per_j"],
                            data["p_imp_max_w"], data["p_exp_max_w"], None)
-    assert oracle.objective == pytest.approx(hard, rel=1e-6, abs=1e-4)
-    assert oracle.objective_terms["violation_penalty"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect_foresight.objective == pytest.approx(hard, rel=1e-6, abs=1e-4)
+    assert perfect_foresight.objective_terms["violation_penalty"] == pytest.approx(0.0, abs=1e-6)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -364,7 +364,7 @@ def test_solver_giving_up_is_rescued_by_the_exact_lp(caplog):
     assert d.status == "solved_exact" and d.ok
     assert "maximum iterations" in d.reason and "exact LP instead" in d.reason
     assert any("exact LP instead" in r.getMessage() for r in caplog.records)
-    assert d.objective == pytest.approx(solve_oracle(lab_cfg(), 20.0, **_tick()).objective, rel=1e-6)
+    assert d.objective == pytest.approx(solve_perfect_foresight(lab_cfg(), 20.0, **_tick()).objective, rel=1e-6)
     assert MpcController(lab_cfg()).solve(20.0, **_tick()).status == "solved"
 
 
@@ -403,7 +403,7 @@ def test_cold_start_is_refined_to_the_optimum():
     cfg = site_cfg.replace(horizon=60, n_jobs=4, solver="osqp", cold_start_exact=False)
     truth = instances(cfg, 1, 2, scaling)
     w = truth.window(0, 60, cfg, np.zeros(len(truth.jobs)))
-    exact = solve_oracle(cfg, truth.e0_j, **w)
+    exact = solve_perfect_foresight(cfg, truth.e0_j, **w)
     d = MpcController(cfg).solve(truth.e0_j, **w)
     assert d.status == "solved"
     assert abs(d.objective - exact.objective) <= 1e-3 * abs(exact.objective)
@@ -423,9 +423,9 @@ def test_site_scale_matches_exact_lp():
     c_imp = np.where((t > 0.7) & (t < 0.9), 1.2e-5, 5e-6)
     c_exp = 0.4 * c_imp
     d = MpcController(cfg).solve(5 * kwh, pv, dem, c_imp, c_exp)
-    oracle = solve_oracle(cfg, 5 * kwh, pv, dem, c_imp, c_exp)
+    perfect_foresight = solve_perfect_foresight(cfg, 5 * kwh, pv, dem, c_imp, c_exp)
     assert d.status in ("solved", "solved_inaccurate")
-    assert d.objective == pytest.approx(oracle.objective, rel=1e-2)
+    assert d.objective == pytest.approx(perfect_foresight.objective, rel=1e-2)
     check_plan_feasible(cfg, d, pv, dem, flat(288, 1e4), flat(288, 7e3), rel=1e-3)
 
 
@@ -521,10 +521,10 @@ def _reference_full(cfg, data, jobs, ctrl):
 def test_full_model_matrices_match_cvxpy_exactly(inst):
     """Deferrable jobs and the reserve: the QP rows solved exactly (HiGHS) = cvxpy/Clarabel."""
     cfg, data, jobs = inst
-    oracle = solve_oracle(cfg, **data)
+    perfect_foresight = solve_perfect_foresight(cfg, **data)
     ref = _reference_full(cfg, data, jobs, MpcController(cfg))
-    assert oracle.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
-    p = oracle.plan
+    assert perfect_foresight.objective == pytest.approx(ref, rel=1e-6, abs=1e-4)
+    p = perfect_foresight.plan
     bal = (p["p_pv"] + p["p_dis"] + p["p_imp"] - p["p_ch"] - p["p_exp"] - p["p_load"].sum(axis=1)
            - p["p_def"].sum(axis=1))
     assert np.max(np.abs(bal)) <= 1e-6
@@ -641,8 +641,8 @@ def test_reserve_keeps_energy_and_costs_money():
     assert on.objective_terms["reserve_penalty"] == pytest.approx(0.0, abs=0.5)   # eps-level slack
     assert on.objective > off.objective        # the reserve has a price
     assert any(b.startswith("reserve[") for b in on.binding)
-    oracle_on = solve_oracle(lab_cfg(**base, reserve=True), **args, reserve_demand_w=demand * 1.5)
-    assert on.objective == pytest.approx(oracle_on.objective, rel=1e-4)
+    perfect_foresight_on = solve_perfect_foresight(lab_cfg(**base, reserve=True), **args, reserve_demand_w=demand * 1.5)
+    assert on.objective == pytest.approx(perfect_foresight_on.objective, rel=1e-4)
     # a gap in the P90 fan keeps the reserve, sized on the point forecast, instead of the
     # rule-based fallback (which keeps none)
     gap = demand * 1.5

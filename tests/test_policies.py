@@ -14,7 +14,7 @@ from picogrid.edge import policies
 from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.optimize import Decision, MpcController
 from picogrid.edge.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
-                                    simulate_policy, solve_oracle)
+                                    simulate_policy, solve_perfect_foresight)
 
 LAB = dict(horizon=60, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
@@ -96,15 +96,15 @@ def test_naive_respects_balance_and_limits(e, pv, dem, imp, exp):
     assert e_next <= max(e, cfg.e_max_j) + 1e-9 and e_next >= min(e, cfg.e_min_j) - 1e-9
 
 
-# --------------------------------------------------------------------------- oracle
+# --------------------------------------------------------------------------- perfect foresight
 
-def test_oracle_matches_cvxpy_on_a_day():
+def test_perfect_foresight_matches_cvxpy_on_a_day():
     truth = synthetic_day(48, seed=4)
     cfg = lab_cfg(terminal_value_per_j=0.5)
     outage = np.zeros(48)
     outage[30:36] = 1
     imp_max = np.where(outage > 0, 0.0, 6.0)
-    oracle = solve_oracle(cfg, 10.0, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+    perfect_foresight = solve_perfect_foresight(cfg, 10.0, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
                           truth.export_price_per_j, p_imp_max_w=imp_max, p_exp_max_w=imp_max)
     n, dt = 48, cfg.dt_s
     ch, dis, imp, exp, pv = (cp.Variable(n, nonneg=True) for _ in range(5))
@@ -120,31 +120,31 @@ def test_oracle_matches_cvxpy_on_a_day():
             - 0.5 * e[n])
     prob = cp.Problem(cp.Minimize(cost), cons)
     prob.solve(solver=cp.CLARABEL)
-    assert oracle.objective == pytest.approx(prob.value, rel=1e-6, abs=1e-4)
+    assert perfect_foresight.objective == pytest.approx(prob.value, rel=1e-6, abs=1e-4)
     # in the outage the plan balances the bus without the grid (its p_imp/p_exp are clipped
     # to the zero limits, so the balance is the check)
-    plan = oracle.plan
+    plan = perfect_foresight.plan
     np.testing.assert_allclose((plan["p_pv"] + plan["p_dis"] - plan["p_ch"])[30:36],
                                plan["p_load"].sum(axis=1)[30:36], atol=1e-6)
 
 
-def test_oracle_replay_costs_its_objective():
-    """Replaying the oracle plan through the plant reproduces the LP objective: one cost model."""
+def test_perfect_foresight_replay_costs_its_objective():
+    """Replaying the perfect-foresight plan through the plant reproduces the LP objective: one cost model."""
     truth = synthetic_day(60, seed=2)
     cfg = lab_cfg(terminal_value_per_j=0.3)
-    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+    perfect_foresight = solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
                           truth.import_price_per_j, truth.export_price_per_j)
-    res = simulate_policy(policies.oracle_policy(oracle), truth, cfg)
-    assert res.total_cost == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
-    np.testing.assert_allclose(res.e_j, oracle.plan["e"], atol=1e-6)
+    res = simulate_policy(policies.perfect_foresight_policy(perfect_foresight), truth, cfg)
+    assert res.total_cost == pytest.approx(perfect_foresight.objective, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(res.e_j, perfect_foresight.plan["e"], atol=1e-6)
 
 
-def test_oracle_rejects_nan():
+def test_perfect_foresight_rejects_nan():
     truth = synthetic_day(10)
     pv = truth.pv_avail_w.copy()
     pv[3] = np.nan
     with pytest.raises(ValueError, match="finite"):
-        solve_oracle(lab_cfg(), 10.0, pv, truth.demand_w, truth.import_price_per_j, truth.export_price_per_j)
+        solve_perfect_foresight(lab_cfg(), 10.0, pv, truth.demand_w, truth.import_price_per_j, truth.export_price_per_j)
 
 
 # --------------------------------------------------------------------------- accounting
@@ -219,15 +219,15 @@ def test_mpc_closed_loop_perfect_forecast_captures_savings():
     truth = synthetic_day(120, seed=1)
     cfg = lab_cfg()
     naive = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
-    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+    perfect_foresight = solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
                           truth.import_price_per_j, truth.export_price_per_j)
     mpc = simulate_policy(policies.mpc_policy(MpcController(cfg), truth), truth, cfg)
     # the cold first tick is the exact LP, OSQP's warm start; OSQP solves every tick after it
     assert mpc.statuses[0] == "solved_exact" and all(s == "solved" for s in mpc.statuses[1:])
-    assert oracle.objective <= mpc.total_cost + 1e-9 and oracle.objective <= naive.total_cost + 1e-9
+    assert perfect_foresight.objective <= mpc.total_cost + 1e-9 and perfect_foresight.objective <= naive.total_cost + 1e-9
     assert mpc.total_cost <= naive.total_cost
-    assert naive.total_cost - oracle.objective > 1.0  # the day leaves something to save
-    assert savings_capture(naive.total_cost, mpc.total_cost, oracle.objective) >= 0.95
+    assert naive.total_cost - perfect_foresight.objective > 1.0  # the day leaves something to save
+    assert savings_capture(naive.total_cost, mpc.total_cost, perfect_foresight.objective) >= 0.95
 
 
 def test_mpc_closed_loop_with_outage_never_worse_than_naive():
@@ -244,14 +244,14 @@ def test_mpc_closed_loop_with_outage_never_worse_than_naive():
         return decisions[-1]
 
     mpc = simulate_policy(recorded, truth, cfg)
-    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+    perfect_foresight = solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
                           truth.export_price_per_j, truth.p_imp_max_w, truth.p_exp_max_w)
     # the plant forces the grid to 0 in the outage whatever was decided: check the decisions
     for d in decisions[60:75]:
         assert d.status.startswith("solved"), d.status
         assert d.plan["p_imp"][0] < 1e-3 and d.plan["p_exp"][0] < 1e-3
         assert abs(d.load_served_w.sum() + d.p_deferrable_w - d.pv_cap_w - d.p_storage_w) < 1e-3
-    assert oracle.objective <= mpc.total_cost + 1e-9 <= naive.total_cost + 1e-9
+    assert perfect_foresight.objective <= mpc.total_cost + 1e-9 <= naive.total_cost + 1e-9
 
 
 # --------------------------------------------------------------------------- deferrable jobs
@@ -299,15 +299,15 @@ def test_more_jobs_than_slots_are_planned_earliest_deadline_first():
     assert mpc.deferrable_w.sum() * cfg.dt_s == pytest.approx(30.0, abs=0.05)
 
 
-def test_oracle_and_mpc_with_jobs_beat_naive():
+def test_perfect_foresight_and_mpc_with_jobs_beat_naive():
     cfg = lab_cfg(n_jobs=2, p_def_max_w=1.0)
     truth = _day_with_jobs()
     naive = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
-    oracle = solve_oracle(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
+    perfect_foresight = solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w, truth.import_price_per_j,
                           truth.export_price_per_j, jobs=truth.jobs)
-    replay = simulate_policy(policies.oracle_policy(oracle), truth, cfg)
+    replay = simulate_policy(policies.perfect_foresight_policy(perfect_foresight), truth, cfg)
     mpc = simulate_policy(policies.mpc_policy(MpcController(cfg), truth), truth, cfg)
-    assert replay.total_cost == pytest.approx(oracle.objective, rel=1e-6, abs=1e-6)
-    assert oracle.objective <= mpc.total_cost + 1e-6 and oracle.objective <= naive.total_cost + 1e-6
+    assert replay.total_cost == pytest.approx(perfect_foresight.objective, rel=1e-6, abs=1e-6)
+    assert perfect_foresight.objective <= mpc.total_cost + 1e-6 and perfect_foresight.objective <= naive.total_cost + 1e-6
     assert mpc.costs["deferrable_shortfall_cost"] == pytest.approx(0.0, abs=1e-2)
-    assert savings_capture(naive.total_cost, mpc.total_cost, oracle.objective) > 0.9
+    assert savings_capture(naive.total_cost, mpc.total_cost, perfect_foresight.objective) > 0.9

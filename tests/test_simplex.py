@@ -6,7 +6,7 @@ import pytest
 
 from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.optimize import MpcController, parse_jobs
-from picogrid.edge.policies import solve_oracle
+from picogrid.edge.policies import solve_perfect_foresight
 from picogrid.edge.simplex import SOLVED, WarmSimplex
 
 LAB = dict(horizon=24, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=2.0, p_dis_max_w=2.0,
@@ -37,7 +37,7 @@ def vectors(ctrl, e0_j, data):
 
 def test_solution_satisfies_osqp_kkt_conditions():
     """x feasible, q + Aᵀy = 0 and y's sign says which bound holds (OSQP's convention), so the
-    pair is a valid OSQP warm start; the optimum is the oracle LP's (scipy linprog, HiGHS)."""
+    pair is a valid OSQP warm start; the optimum is the perfect-foresight LP's (scipy linprog, HiGHS)."""
     cfg = MpcConfig(**LAB)
     ctrl = MpcController(cfg)
     q, l, u = vectors(ctrl, 20.0, day(cfg.horizon))
@@ -52,9 +52,9 @@ def test_solution_satisfies_osqp_kkt_conditions():
     assert np.all(np.abs(ax[r.y > tol] - u[r.y > tol]) <= tol)
     assert np.all(np.abs(ax[r.y < -tol] - l[r.y < -tol]) <= tol)
     d = day(cfg.horizon)
-    oracle = solve_oracle(cfg, 20.0, **d)
+    perfect_foresight = solve_perfect_foresight(cfg, 20.0, **d)
     assert MpcController(cfg.replace(solver="highs")).solve(20.0, **d).objective == pytest.approx(
-        oracle.objective, rel=1e-7, abs=1e-7)
+        perfect_foresight.objective, rel=1e-7, abs=1e-7)
 
 
 def test_warm_basis_needs_fewer_pivots_than_a_cold_start():
@@ -78,7 +78,7 @@ def test_cold_start_is_the_exact_lp_then_osqp_takes_over():
     ctrl = MpcController(cfg)
     d0 = ctrl.solve(20.0, **day(cfg.horizon))
     assert d0.status == "solved_exact" and d0.reason == "cold start: exact LP"
-    assert d0.objective == pytest.approx(solve_oracle(cfg, 20.0, **day(cfg.horizon)).objective, rel=1e-7)
+    assert d0.objective == pytest.approx(solve_perfect_foresight(cfg, 20.0, **day(cfg.horizon)).objective, rel=1e-7)
     d1 = ctrl.solve(float(d0.plan["e"][1]), **day(cfg.horizon, shift=1))
     assert d1.status == "solved" and d1.reason == ""
     ctrl.reset()

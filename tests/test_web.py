@@ -25,7 +25,7 @@ from picogrid.web.units import split_unit
 
 BOARDS = (("pv", "pv"), ("storage", "storage"), ("grid", "grid"),
           ("load1", "load"), ("load2", "load"), ("load3", "load"))
-POLICY_OFFSET_W = {"mpc": 0.0, "naive": 0.25, "oracle": -0.125, "mpc_perfect": -0.0625}
+POLICY_OFFSET_W = {"mpc": 0.0, "naive": 0.25, "perfect_foresight": -0.125, "mpc_perfect": -0.0625}
 
 
 def dispatch_row(policy, tick):
@@ -64,8 +64,8 @@ def write_tick(store, tick):
 
 
 def write_baselines(store, n_ticks):
-    """The 'naive' and 'oracle' baselines, computed for the day ahead of the live policy."""
-    for policy in ("naive", "oracle"):
+    """The 'naive' and 'perfect_foresight' baselines, computed for the day ahead of the live policy."""
+    for policy in ("naive", "perfect_foresight"):
         for tick in range(n_ticks):
             store.dispatch(policy, tick, dispatch_row(policy, tick))
     store.commit()
@@ -156,7 +156,7 @@ def test_page_renders_header_boards_decision_and_assets(db_path, day):
     assert b"MIT License" in client.get("/static/vendor/uplot/LICENSE").data
 
 
-@pytest.mark.parametrize("policy, n_ticks", [("mpc", 3), ("naive", 5), ("oracle", 5)])
+@pytest.mark.parametrize("policy, n_ticks", [("mpc", 3), ("naive", 5), ("perfect_foresight", 5)])
 def test_dispatch_api_returns_written_values(db_path, day, policy, n_ticks):
     data = make_client(db_path).get("/api/run/1/dispatch?policy=%s" % policy).get_json()
     assert data["policy"] == policy and data["tick"] == list(range(n_ticks))
@@ -199,18 +199,18 @@ def test_summary_api_costs_so_far_and_savings_capture(db_path, day):
     assert costs["tick"] == list(range(5))
     assert costs["cumulative"]["mpc"][3:] == [None, None]
     to_latest = {}
-    for policy, n in (("mpc", 3), ("naive", 5), ("oracle", 5)):
+    for policy, n in (("mpc", 3), ("naive", 5), ("perfect_foresight", 5)):
         totals = costs["totals"][policy]
         assert totals["ticks"] == n
         assert totals["total"] == pytest.approx(sum(dispatch_row(policy, k)["cost"] for k in range(n)))
         to_latest[policy] = sum(dispatch_row(policy, k)["cost"] for k in range(3))
         assert totals["to_latest"] == pytest.approx(to_latest[policy])
-    expected = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["oracle"])
+    expected = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["perfect_foresight"])
     assert costs["savings_capture"] == pytest.approx(expected)
     # no third bench on this run: no measured capture, and no empty row on the finance page
     assert costs["totals"]["mpc_perfect"]["ticks"] == 0 and costs["savings_capture_vs_mpc_perfect"] is None
     page = make_client(db_path).get("/finance?run=1").get_data(as_text=True)
-    assert "<td>oracle</td>" in page and "<td>mpc_perfect</td>" not in page
+    assert "<td>perfect_foresight</td>" in page and "<td>mpc_perfect</td>" not in page
 
 
 def test_measured_savings_capture_against_the_third_bench(db_path, day):
@@ -507,9 +507,9 @@ def test_finance_api_costs_energies_prices(db_path, day):
     assert data["cost"]["mpc"][:3] == pytest.approx([dispatch_row("mpc", k)["cost"] for k in range(3)])
     assert data["cost"]["mpc"][3:] == [None, None]
     assert data["cost"]["naive"] == pytest.approx([dispatch_row("naive", k)["cost"] for k in range(5)])
-    grid = [dispatch_row("oracle", k)["grid_w"] for k in range(5)]
-    assert data["import_j"]["oracle"] == pytest.approx(5.0 * sum(max(g, 0) for g in grid))
-    assert data["export_j"]["oracle"] == pytest.approx(5.0 * sum(max(-g, 0) for g in grid))
+    grid = [dispatch_row("perfect_foresight", k)["grid_w"] for k in range(5)]
+    assert data["import_j"]["perfect_foresight"] == pytest.approx(5.0 * sum(max(g, 0) for g in grid))
+    assert data["export_j"]["perfect_foresight"] == pytest.approx(5.0 * sum(max(-g, 0) for g in grid))
     assert data["import_price_per_j"] == pytest.approx([0.001 * (1 + k) for k in range(5)])
     assert data["savings_capture"] == make_client(db_path).get(
         "/api/run/1/summary").get_json()["costs"]["savings_capture"]

@@ -16,7 +16,7 @@ alone over the same list, as on the edge, where one solver runs per tick:
   (:class:`picogrid.edge.simplex.WarmSimplex`); the time is the whole ``solve`` call, as for osqp;
 - ``cvxpy``: an independent formulation of the same model written with cvxpy ``Parameter``s
   (compiled once, DPP), re-solved each tick by Clarabel; the time is the whole ``solve`` call;
-- ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.policies.solve_oracle`:
+- ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.policies.solve_perfect_foresight`:
   model vectors + HiGHS through ``scipy.optimize.linprog``), the reference optimum;
 - ``pymgrid``: pymgrid 1.2.2's own MPC (:class:`picogrid.edge.pymgrid_policy.PymgridMpc`: its
   cvxpy LP compiled once, re-solved each tick) on the first ``--cvxpy-ticks`` instances, for
@@ -189,7 +189,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
     for t in range(ticks):
         w = truth.window(t, n, cfg, ledger.delivered_j)
         t0 = time.perf_counter()
-        exact = policies.solve_oracle(cfg, e, **w)
+        exact = policies.solve_perfect_foresight(cfg, e, **w)
         times["highs"].append(time.perf_counter() - t0)
         runs.append((e, w))
         exacts.append((exact.objective, gross_cost(exact.objective_terms)))

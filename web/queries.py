@@ -7,7 +7,7 @@ prices per joule in the tariff's unit, costs in that same unit.
 
 "A tick is done" means its ``dispatch`` row for policy ``'mpc'`` exists: the edge writes a
 tick's telemetry, decision and dispatch in one transaction, and the baselines ('naive',
-'oracle') may be computed for the whole day ahead of time, so they cannot mark progress.
+'perfect_foresight') may be computed for the whole day ahead of time, so they cannot mark progress.
 """
 
 import json
@@ -20,7 +20,7 @@ from .units import split_unit
 log = logging.getLogger(__name__)
 
 #: ``mpc_perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
-POLICIES = ("mpc", "naive", "oracle", "mpc_perfect")
+POLICIES = ("mpc", "naive", "perfect_foresight", "mpc_perfect")
 LIVE_POLICY = "mpc"
 # Display order of the bench's boards (DESIGN.md §2); any other board follows by name.
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
@@ -264,9 +264,9 @@ def cost_comparison(conn, run_id):
         aligned on ``tick`` (None where the policy has no row); ``"totals"``: policy ->
         ``{"ticks", "total", "to_latest"}`` where ``to_latest`` sums the ticks up to the live
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
-        (naive - mpc) / (naive - oracle) of ``to_latest`` (DESIGN.md §4), None when any
-        policy is missing or naive equals oracle; ``"savings_capture_vs_mpc_perfect"``: the same
-        with the measured ``mpc_perfect`` bench in place of the model's oracle (None without it,
+        (naive - mpc) / (naive - perfect_foresight) of ``to_latest`` (DESIGN.md §4), None when any
+        policy is missing or naive equals perfect_foresight; ``"savings_capture_vs_mpc_perfect"``: the same
+        with the measured ``mpc_perfect`` bench in place of the model's perfect-foresight optimum (None without it,
         or when a tick of that bench was decided otherwise, without the true future or by the
         solver's fallback: its ``reference_fallback`` events, counted in
         ``"mpc_perfect_fallback_ticks"``).
@@ -312,11 +312,11 @@ def cost_comparison(conn, run_id):
     }
 
 
-def _savings_capture(totals, reference="oracle"):
-    mpc, naive, oracle = (totals[p]["to_latest"] for p in ("mpc", "naive", reference))
-    if mpc is None or naive is None or oracle is None or abs(naive - oracle) < 1e-12:
+def _savings_capture(totals, reference="perfect_foresight"):
+    mpc, naive, perfect_foresight = (totals[p]["to_latest"] for p in ("mpc", "naive", reference))
+    if mpc is None or naive is None or perfect_foresight is None or abs(naive - perfect_foresight) < 1e-12:
         return None
-    return (naive - mpc) / (naive - oracle)
+    return (naive - mpc) / (naive - perfect_foresight)
 
 
 def run_summary(conn, run_id):

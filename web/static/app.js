@@ -8,8 +8,8 @@ const API = page.dataset.api;
 const PAGE = page.dataset.page;
 const RUN = page.dataset.run ? Number(page.dataset.run) : null;
 const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
-const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", oracle: "#2e7d32", mpc_perfect: "#00838f" };
-const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", oracle: "perfect foresight",
+const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", perfect_foresight: "#2e7d32", mpc_perfect: "#00838f" };
+const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", perfect_foresight: "perfect foresight",
   mpc_perfect: "MPC on the true future (bench)" };
 const LOADS = ["load1", "load2", "load3"];
 const LOAD_COLOURS = { load1: "#c62828", load2: "#ad1457", load3: "#6d4c41" };
@@ -305,7 +305,7 @@ async function consumptionPage() {
 async function financePage() {
   const f = await getJSON("/run/" + RUN + "/finance");
   // the charts keep every policy's series (plot() builds a chart once, then only sets its
-  // data; the oracle's rows come at the day's end); the table lists the policies with rows
+  // data; the perfect-foresight rows come at the day's end); the table lists the policies with rows
   const policies = Object.keys(POLICY_COLOURS);
   const policySeries = (unit) => policies.map((p) => ({
     label: POLICY_NAMES[p] + " " + unit, stroke: POLICY_COLOURS[p], width: 3 }));
