@@ -254,9 +254,15 @@ def cmd_labfeed_server(args):
     from picogrid.models.labfeed_server import serve_days
 
     speed = float(args.speed)
-    server = serve_days(args.day, args.days, clock=lambda: time.time() * speed)
-    print("Lab market feed with %d real days from %s (the day before first, as its /yesterday) at %s "
-          "(clock x%g); Ctrl-C to stop" % (args.days, args.day, server.url, speed), flush=True)
+    teaching = args.kind == "teaching"
+    day = args.day if teaching else args.day or "2013-07-16"   # a --day with teaching days is refused
+    try:
+        server = serve_days(day, args.days, clock=lambda: time.time() * speed, kind=args.kind, seed=args.seed)
+    except ValueError as exc:
+        raise SystemExit("picogrid labfeed-server: %s" % exc) from exc
+    what = ("%d teaching-server days (synthetic, seed %d; teaching day 0 first, as its /yesterday)" % (args.days, args.seed)
+            if teaching else "%d real days from %s (the day before first, as its /yesterday)" % (args.days, day))
+    print("Lab market feed with %s at %s (clock x%g); Ctrl-C to stop" % (what, server.url, speed), flush=True)
     try:
         while True:
             time.sleep(1)
@@ -330,9 +336,14 @@ def build_parser():
     p.add_argument("--exit", action="store_true", help="exit after the day's summary")
     p.set_defaults(func=cmd_edge)
 
-    p = sub.add_parser("labfeed-server", help="serve real days through the lab market feed API on loopback")
-    p.add_argument("--day", default="2013-07-16", help="first real day served (YYYY-MM-DD)")
-    p.add_argument("--days", type=int, default=7)
+    p = sub.add_parser("labfeed-server", help="serve real (or teaching-server) days through the lab market feed API "
+                                              "on loopback")
+    p.add_argument("--kind", choices=("real", "teaching"), default="real",
+                   help="real: days replayed from real data (default); teaching: synthetic days modelled on an "
+                        "independent teaching server (noisy integer prices 10-150 c/J, odd deferrable windows)")
+    p.add_argument("--day", default=None, help="first real day served (YYYY-MM-DD; default 2013-07-16; real days only)")
+    p.add_argument("--days", type=_positive(int), default=7)
+    p.add_argument("--seed", type=int, default=0, help="seed of the teaching days (default 0)")
     p.add_argument("--speed", type=_positive(float), default=1.0,
                    help="clock speed-up (same as the edge's --feed-speed)")
     p.set_defaults(func=cmd_labfeed_server)
