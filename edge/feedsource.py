@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from picogrid.edge.deferrable import normalise_jobs
 from picogrid.edge.labfeed import (DAY_S, TICK_S, TICKS_PER_DAY, LabFeedError, OnlineDayLearner, day_tick,
                                    pooled_quantiles)
 from picogrid.edge.signals import LOADS, SERIES
@@ -91,7 +92,8 @@ class FeedSource:
         if memory is not None:       # before the first snapshot: the learner takes days in order
             feed.learner, self.sun_days = memory.restore(feed.learner, self._feed_day(), feed.base_url)
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
-        self._jobs = []              # the day's /deferables, as last heard
+        self._jobs = []              # the day's /deferables, as last heard, windows normalised
+        self._job_notes = []         # ... and what that did to each odd one (normalise_jobs)
         self._lock = threading.Lock()
         self._tick = None
 
@@ -111,11 +113,12 @@ class FeedSource:
                 for a in self.observed.values():
                     a[:] = np.nan
                 self._sun_seen[:] = False
-                self._jobs = []
+                self._jobs, self._job_notes = [], []
             self.day = snap.day
             if snap.sources.get("deferables") in ("live", "cached"):
-                self._jobs = [{"start": j["start_tick"], "end": j["end_tick"], "energy": j["energy_j"]}
-                              for j in snap.deferables]
+                # windows no tick of the day can serve are mended or refused here, once for every
+                # user of jobs() (the runners, the day's report); the board's rating is the runner's
+                self._jobs, self._job_notes = normalise_jobs(snap.deferables, self.n_ticks)
             self._tick = k
             sun = snap.sun_fraction if snap.sun_fraction is not None else (
                 self.observed["sun"][k - 1] if k > 0 else 0.0)
@@ -152,8 +155,14 @@ class FeedSource:
         return float(past[-1]) if past.size else 0.0
 
     def jobs(self):
-        """The day's deferrable jobs as the feed last gave them: ``[{start, end, energy}]``."""
+        """The day's deferrable jobs as the feed last gave them, their windows normalised
+        (:func:`picogrid.edge.deferrable.normalise_jobs` without a rating): ``[{start, end,
+        energy}]`` (ticks of the day, end exclusive; J)."""
         return [dict(j) for j in self._jobs]
+
+    def job_notes(self):
+        """One sentence per job of :meth:`jobs`' list that the feed stated oddly: what was done."""
+        return list(self._job_notes)
 
     def sun_now(self, tick):
         """The feed's ``/sun`` at ``tick`` as a fraction of PV capability (percent / 100)."""

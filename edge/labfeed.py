@@ -85,6 +85,19 @@ def _number(p, key, what, lo=-math.inf, hi=math.inf):
     return float(v)
 
 
+def _json_number(p, key, what):
+    """``p[key]`` as a float: a JSON number (not a bool, null or string), any value."""
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"/{what}: {key} must be a number, got {v!r:.50}")
+    return float(v)
+
+
+def _whole(v):
+    """A tick as an int when it is a whole number, else the float as it was."""
+    return int(v) if math.isfinite(v) and v.is_integer() else v
+
+
 def _integer(p, key, what, lo=0, hi=math.inf):
     """``p[key]`` as an int: a whole JSON number in [lo, hi] (ticks and days index arrays)."""
     v = _number(p, key, what, lo, hi)
@@ -101,7 +114,8 @@ def parse(endpoint: str, payload):
     """Check one endpoint's JSON against the spec and convert it to project units.
 
     Every field must be a JSON number (a bool, null or string is a violation), finite; ticks
-    are whole numbers in 0..59 and days >= 0, since they index the edge's day arrays.
+    are whole numbers in 0..59 and days >= 0, since they index the edge's day arrays. The
+    values of a ``/deferables`` job are the exception: any number, normalised per job later.
 
     Returns
     -------
@@ -109,7 +123,9 @@ def parse(endpoint: str, payload):
         ``sun``: ``{'tick', 'sun_fraction'}`` [0..1]; ``price``: ``{'day', 'tick',
         'import_price_per_j', 'export_price_per_j'}`` [c/J]; ``demand``: ``{'day', 'tick',
         'demand_w'}`` [W]; ``deferables``: list of ``{'start_tick', 'end_tick', 'energy_j'}``
-        (window ``start_tick <= t < end_tick``: the feed's inclusive deadline ``end`` plus one);
+        (window ``start_tick <= t < end_tick``: the feed's inclusive deadline ``end`` plus one;
+        each a JSON number, its value as stated: a window no tick can serve is left to
+        :func:`picogrid.edge.deferrable.normalise_jobs`, one job's oddity does not spoil the others);
         ``yesterday``: ``{'demand_w', 'sell_price', 'buy_price'}`` arrays [60] ordered by tick.
 
     Raises
@@ -135,13 +151,12 @@ def parse(endpoint: str, payload):
         out = []
         for d in payload:
             _need(d, ("start", "end", "energy"), endpoint)
-            start, end = _tick(d, endpoint, "start"), _tick(d, endpoint, "end")
-            energy_j = _number(d, "energy", endpoint, lo=0.0)
-            if start > end:
-                raise ValueError(f"/deferables: bad window {d}")
+            start, end, energy = (_json_number(d, k, endpoint) for k in ("start", "end", "energy"))
             # the feed's "end" is the deadline tick, inclusive (its deadlines run up to tick 59,
-            # the day's last); the project's windows end exclusive, so convert once, here
-            out.append({"start_tick": start, "end_tick": end + 1, "energy_j": energy_j})
+            # the day's last); the project's windows end exclusive, so convert once, here. Odd
+            # values (a start after its end or past the day, energy that cannot be delivered)
+            # are the job's own business, not the answer's: normalise_jobs says what it did
+            out.append({"start_tick": _whole(start), "end_tick": _whole(end + 1), "energy_j": energy})
         return out
     if endpoint == "yesterday":
         if not isinstance(payload, list) or len(payload) != TICKS_PER_DAY:

@@ -234,11 +234,20 @@ class EdgeRunner:
                 for j, p in enumerate(points, start=1)]
 
     def update_jobs(self):
-        """Take the source's deferrable jobs when they change (a new day, the feed came back)."""
+        """Take the source's deferrable jobs when they change (a new day, the feed came back),
+        normalised for the deferrable board's rating (:meth:`DeferrableLoad.update`); what the
+        source and the board did to an odd job is logged and stored as a ``deferrable_job``
+        event once per job and day, with the job named."""
         if self.deferrable and hasattr(self.source, "jobs"):
             jobs = self.source.jobs()
-            if self.deferrable.update(getattr(self.source, "day", None), jobs):
-                log.info("%s: %d deferrable job(s): %s", self.policy, len(jobs), jobs)
+            notes = self.source.job_notes() if hasattr(self.source, "job_notes") else ()
+            if self.deferrable.update(getattr(self.source, "day", None), jobs, self.n_ticks, self.tick_s, notes):
+                log.info("%s: %d deferrable job(s): %s", self.policy, len(self.deferrable.ledger),
+                         self.deferrable.ledger.jobs.tolist())
+            for text in self.deferrable.untold():     # the benches that only meter stay quiet
+                log.log(logging.WARNING if self.record_all else logging.DEBUG, "%s: deferrable %s", self.policy, text)
+                if self.record_all and self.store is not None:
+                    self.store.event(self.clock() - self.t0, self.deferrable.board, "deferrable_job", text)
 
     def decide_naive(self, k, e_j, islanded):
         """The rule-based baseline: PV -> loads -> storage -> grid on what is known now;

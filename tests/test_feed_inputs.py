@@ -1,0 +1,192 @@
+"""What the edge takes from a lab feed it has not seen before (DESIGN.md §2): deferrable jobs
+whose windows a teaching server states oddly (edge/deferrable.py ``normalise_jobs``, told once
+per job and day by the runner), and the first day's sun, learnt within the day
+(edge/feedsource.py ``FeedForecaster``)."""
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from picogrid.edge import labfeed as L
+from picogrid.edge.deferrable import DeferrableLoad, normalise_jobs
+
+DAY0 = 5_900_000
+TICK_S = 5.0           # the feed's tick [s]
+RATING_W = 1.0         # the lab's deferrable board (load3)
+
+
+class Clock:
+    """Injected time: tests leap through lab days without waiting."""
+
+    def __init__(self, t):
+        self.t = float(t)
+
+    def __call__(self):
+        return self.t
+
+
+def _normalise(feed_jobs):
+    """The feed's jobs as stated (inclusive deadlines) through the client and the board's rules."""
+    return normalise_jobs(L.parse("deferables", feed_jobs), 60, RATING_W, TICK_S)
+
+
+# (as the feed states it, the job delivered (end exclusive) or None when refused, the note or None)
+CASES = [
+    ({"start": 10, "end": 19, "energy": 20.0}, {"start": 10, "end": 20, "energy": 20.0}, None),
+    ({"start": 10, "end": 10, "energy": 5.0}, {"start": 10, "end": 11, "energy": 5.0}, None),   # one tick, full
+    ({"start": 10, "end": 19, "energy": 0.0}, {"start": 10, "end": 20, "energy": 0.0}, None),
+    ({"start": 40, "end": 30, "energy": 10.0}, {"start": 30, "end": 41, "energy": 10.0},
+     "normalised job (ticks 40..30, 10 J): start after its deadline: the two swapped"),
+    ({"start": 62, "end": 66, "energy": 5.0}, None,
+     "refused job (ticks 62..66, 5 J): it starts after the day's last tick 59"),
+    ({"start": 60, "end": 60, "energy": 5.0}, None,
+     "refused job (ticks 60..60, 5 J): it starts after the day's last tick 59"),
+    ({"start": 50, "end": 70, "energy": 5.0}, {"start": 50, "end": 60, "energy": 5.0},
+     "normalised job (ticks 50..70, 5 J): deadline past the day's last tick clipped to tick 59"),
+    ({"start": 65, "end": 50, "energy": 5.0}, {"start": 50, "end": 60, "energy": 5.0},
+     "normalised job (ticks 65..50, 5 J): start after its deadline: the two swapped; deadline past the "
+     "day's last tick clipped to tick 59"),
+    ({"start": 10, "end": 13, "energy": 30.0}, {"start": 10, "end": 14, "energy": 20.0},
+     "normalised job (ticks 10..13, 30 J): energy capped to 20 J, what the deferrable board takes at its "
+     "1 W rating in ticks 10..13 once the jobs due before it are served"),
+    ({"start": 10, "end": 13, "energy": -1.0}, None,
+     "refused job (ticks 10..13, -1 J): its energy must be a finite number of joules >= 0 and its ticks finite"),
+    ({"start": 10, "end": 13, "energy": math.nan}, None,
+     "refused job (ticks 10..13, nan J): its energy must be a finite number of joules >= 0"),
+    ({"start": 10, "end": 13, "energy": math.inf}, None, "refused job (ticks 10..13, inf J)"),
+    ({"start": -3, "end": 4, "energy": 2.0}, {"start": 0, "end": 5, "energy": 2.0},
+     "normalised job (ticks -3..4, 2 J): start before the day moved to tick 0"),
+    ({"start": -9, "end": -2, "energy": 2.0}, None,
+     "refused job (ticks -9..-2, 2 J): its deadline is before the day's first tick"),
+    ({"start": 2.5, "end": 8.5, "energy": 1.0}, {"start": 3, "end": 9, "energy": 1.0},
+     "normalised job (ticks 2.5..8.5, 1 J): ticks rounded inward to whole ticks"),
+]
+
+
+@pytest.mark.parametrize("stated,expected,note", CASES)
+def test_each_odd_window_is_normalised_or_refused_and_said(stated, expected, note):
+    jobs, notes = _normalise([stated])
+    assert jobs == ([] if expected is None else [pytest.approx(expected)])
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(note), notes
+
+
+def test_jobs_that_fit_together_are_never_cut_and_the_later_deadline_gives_way():
+    """The room is an earliest-deadline-first schedule at the rating (5 J per 5 s tick): a set
+    that fits keeps every joule, whatever order the feed lists it in; of two that do not, the
+    job due later is capped to what is left."""
+    fits = [{"start": 0, "end": 9, "energy": 40.0}, {"start": 2, "end": 3, "energy": 10.0}]
+    assert _normalise(fits) == ([{"start": 0, "end": 10, "energy": 40.0}, {"start": 2, "end": 4, "energy": 10.0}], [])
+    too_much = [{"start": 10, "end": 15, "energy": 20.0}, {"start": 10, "end": 13, "energy": 15.0}]
+    jobs, notes = _normalise(too_much)
+    assert jobs == [{"start": 10, "end": 16, "energy": pytest.approx(15.0)}, {"start": 10, "end": 14, "energy": 15.0}]
+    assert notes == ["normalised job (ticks 10..15, 20 J): energy capped to 15 J, what the deferrable board "
+                     "takes at its 1 W rating in ticks 10..15 once the jobs due before it are served"]
+    squeezed_out = [{"start": 10, "end": 11, "energy": 10.0}, {"start": 10, "end": 11, "energy": 3.0}]
+    jobs, notes = _normalise(squeezed_out)
+    assert jobs == [{"start": 10, "end": 12, "energy": 10.0}]
+    assert notes == ["refused job (ticks 10..11, 3 J): no room left for it at the deferrable board's 1 W rating "
+                     "once the jobs due before it are served"]
+
+
+def test_window_rules_without_a_rating_leave_the_energy_alone():
+    jobs, notes = normalise_jobs([{"start": 40, "end": 31, "energy": 500.0}], 60)
+    assert jobs == [{"start": 30, "end": 41, "energy": 500.0}] and len(notes) == 1
+    with pytest.raises(ValueError, match="dt_s"):
+        normalise_jobs([], 60, rating_w=1.0)
+
+
+def test_a_job_is_told_once_a_day():
+    board = DeferrableLoad("load3", RATING_W, 2)
+    odd = L.parse("deferables", [{"start": 40, "end": 30, "energy": 10.0}, {"start": 5, "end": 9, "energy": 2.0}])
+    assert board.update(DAY0, odd, 60, TICK_S)
+    assert board.untold() == ["normalised job (ticks 40..30, 10 J): start after its deadline: the two swapped"]
+    assert board.ledger.jobs.tolist() == [[30, 41, 10.0], [5, 10, 2.0]]
+    assert not board.update(DAY0, odd, 60, TICK_S) and board.untold() == []
+    # the feed drops a job and comes back with it: no second word on the same day
+    board.update(DAY0, odd[1:], 60, TICK_S)
+    board.update(DAY0, odd, 60, TICK_S)
+    assert board.untold() == []
+    board.update(DAY0 + 1, odd, 60, TICK_S)        # a new day: its jobs are new jobs
+    assert len(board.untold()) == 1
+
+
+def test_odd_windows_from_the_feed_reach_the_runner_as_one_event_each(tmp_path):
+    """The real client against the loopback feed serving odd windows: the answer stays live
+    (one job's oddity does not spoil the list), the runner's board gets the jobs it can
+    deliver, and the store holds one ``deferrable_job`` event per odd job and day, however
+    many ticks hear them."""
+    from picogrid.edge.feedsource import FeedSource, feed_site
+    from picogrid.edge.fleet import Fleet
+    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.site import board_ids, load_site
+    from picogrid.edge.store import Store
+    from picogrid.models.labfeed_server import serve_days
+
+    odd = [{"start": 40, "end": 30, "energy": 10.0},      # start after end
+           {"start": 62, "end": 66, "energy": 5.0},       # start past the day's last tick
+           {"start": 50, "end": 53, "energy": 35.0},      # more than 4 ticks at 1 W take
+           {"start": 5, "end": 9, "energy": 2.0}]         # an ordinary job
+    clock = Clock(DAY0 * 300 + 0.5)
+    server = serve_days("2013-10-08", 2, clock)
+    for day in server.days:
+        day["deferables"] = odd
+    site = feed_site(load_site(tick_s=TICK_S))
+    store = Store(tmp_path / "run.sqlite")
+    store.start_run("lab", "feed", 60, TICK_S, {})
+    try:
+        source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), site["pv"]["capability_w"])
+        runner = EdgeRunner(site, source, Fleet(board_ids(site)), store, forecaster=None, t0=0.0,
+                            clock=clock)
+        assert runner.tick_s == TICK_S and runner.deferrable.rating_w == RATING_W
+        for day in (DAY0, DAY0 + 1):
+            for t in range(4):
+                clock.t = day * 300 + t * 5 + 0.5
+                source.begin_tick(t)
+                assert source.sources[t]["deferables"] == "live", source.sources[t]
+                runner.update_jobs()
+            assert runner.deferrable.ledger.jobs.tolist() == [[30, 41, 10.0], [50, 54, 20.0], [5, 10, 2.0]]
+        store.commit()
+    finally:
+        server.close()
+    conn = sqlite3.connect(str(tmp_path / "run.sqlite"))
+    events = conn.execute("SELECT board, kind, detail FROM event ORDER BY rowid").fetchall()
+    conn.close()
+    texts = ["normalised job (ticks 40..30, 10 J): start after its deadline: the two swapped",
+             "refused job (ticks 62..66, 5 J): it starts after the day's last tick 59",
+             "normalised job (ticks 50..53, 35 J): energy capped to 20 J, what the deferrable board takes at "
+             "its 1 W rating in ticks 50..53 once the jobs due before it are served"]
+    assert events == [("load3", "deferrable_job", text) for text in texts] * 2   # once on each day
+
+
+def test_demand_and_prices_come_from_yesterday_from_the_first_tick():
+    """An edge that has never seen the feed: at tick 0 of its first day the forecast of demand
+    and prices is the feed's /yesterday (the learner's first day), not the value now held."""
+    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.models.labfeed_server import generate_lab_days, serve_days
+
+    clock = Clock(DAY0 * 300 + 0.5)
+    server = serve_days("2013-10-08", 1, clock)
+    try:
+        source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), pv_capability_w=3.87)
+        source.begin_tick(0)
+        fc = FeedForecaster(source)
+        demand_now, imp_now, exp_now = source.now(0)
+        loads = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
+        now = {"pv_avail_w": source.sun_now(0) * 3.87, "demand_w": demand_now,
+               "import_price_per_j": imp_now, "export_price_per_j": exp_now}
+        plan = forecast_from_now(fc, source.history(0, 120), now, loads, source.calendar(0), source.clearsky(1, 60))
+    finally:
+        server.close()
+    before = generate_lab_days("2013-10-07", 1)[0]
+    assert fc.source["import_price_per_j"].startswith("labfeed_learner")
+    assert fc.source["load1_demand_w"].startswith("labfeed_learner")
+    # step j >= 1 of the plan is tick j: yesterday's tick j (the learner has one day: "yesterday")
+    np.testing.assert_allclose(plan["import_price_per_j"][0.5][1:], before["sell_price"][1:60])
+    np.testing.assert_allclose(sum(plan[l][0.5][1:] for l in loads),
+                               np.minimum(np.asarray(before["demand"][1:60]) / 3, 1.0) * 3, atol=1e-9)
