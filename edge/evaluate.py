@@ -48,7 +48,7 @@ as a deferrable job of that energy, to be delivered in the window by the deferra
 (``[deferrable]`` of the site file; a site file without it gets 2 job slots and the
 deferrable-priority board's power limit). The shapes are real, only this split is ours.
 
-Usage: ``picogrid evaluate [--days 30] [--profile all] [--first-day 2013-07-01] [--plot dispatch.png]
+Usage: ``picogrid evaluate [--days 30] [--profile all] [--feed-kind both] [--first-day 2013-07-01] [--plot dispatch.png]
 [--reserve-every 3] [--workers 2] [--no-compare]``.
 ``--days 3`` is the fast path for tests.
 
@@ -718,6 +718,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2,
                     help="processes planning the days (default 2, the cores of the reference machine); "
                          "one forecaster runs through the days in order, so the result does not depend on it")
+    ap.add_argument("--feed-kind", choices=("both", "real", "teaching"), default="both",
+                    help="labfeed: the kind of lab-feed days, real (replayed real data) or teaching (a synthetic "
+                         "teaching server, edge/feed_evaluate.py); both (default) runs and reports each")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip pymgrid's MPC (rows pymgrid_own, pymgrid_perfect; about half the run time)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
@@ -728,6 +731,8 @@ def main(argv=None):
     if args.days < 1:
         ap.error("--days must be >= 1")
     profiles = PROFILE_SETS.get(args.profile, (args.profile,))
+    if args.feed_kind != "both" and "labfeed" not in profiles:
+        ap.error(f"--feed-kind is for the labfeed profile, not --profile {args.profile}")
     if profiles == ("labfeed",):    # one process, no reserve run, no plot: say so instead of ignoring
         given = [f for f, v, default in (("--plot", args.plot, None), ("--workers", args.workers, 2),
                                         ("--reserve-every", args.reserve_every, 3)) if v != default]
@@ -766,7 +771,8 @@ def main(argv=None):
         plot_day(results[last]["example"], results[last]["cfg"], args.plot)
         print(f"dispatch plot of {results[last]['example'][0]} ({last}): {args.plot}")
     if "labfeed" in profiles:
-        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress, not args.no_compare)
+        feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress, not args.no_compare,
+                           feed_evaluate.FEED_KINDS if args.feed_kind == "both" else (args.feed_kind,))
     print(f"evaluate took {time.perf_counter() - t0:.0f} s")
     return 0
 
