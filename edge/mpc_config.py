@@ -93,6 +93,12 @@ class MpcConfig:
         unavoidable).
     price_ref_per_j : float or None
         Price used to scale the objective internally [price/J]; ``None`` uses ``max(voll_per_j)``.
+    price_scale_per_j : float or None
+        The source price scale (mean import price over a plan's window) that the values of lost
+        load, terminal value, cycling cost and penalties above are stated for [price/J] (> 0).
+        Each solve rescales them to the window's own scale (:func:`picogrid.edge.economics.resolve`),
+        so a site tuned on one price scale plans alike on any other. ``None``: the values are
+        absolute. Either way every value of lost load is kept above the window's prices.
     n_jobs : int
         Deferrable energy job slots ``J`` in the QP (>= 0); fixed at set-up so the sparsity is
         fixed. Each tick may pass up to ``J`` jobs (lab feed ``/deferables`` format).
@@ -193,6 +199,7 @@ class MpcConfig:
     reg_rel: float = 1e-6
     soft_penalty_per_j: float | None = None
     price_ref_per_j: float | None = None
+    price_scale_per_j: float | None = None
     n_jobs: int = 0
     p_def_max_w: float = 0.0
     voll_deferrable_per_j: float | None = None
@@ -250,7 +257,7 @@ class MpcConfig:
             problems.append(f"solver must be 'osqp' or 'highs', got {self.solver!r}")
         if self.max_iter < 1:
             problems.append(f"max_iter must be >= 1, got {self.max_iter!r}")
-        for name in ("soft_penalty_per_j", "price_ref_per_j"):
+        for name in ("soft_penalty_per_j", "price_ref_per_j", "price_scale_per_j"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 problems.append(f"{name} must be None or finite and > 0, got {v!r}")

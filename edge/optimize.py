@@ -40,6 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 import osqp
 
+from . import economics
 from .mpc_config import MpcConfig  # noqa: F401  (the examples' config)
 from .qp_model import build_model
 from .simplex import SOLVED, WarmSimplex
@@ -95,6 +96,17 @@ class Decision:
     reason : str
         Why a fallback happened, why the exact LP solved this tick (``'cold start: exact LP'``,
         an OSQP status), and which soft constraints were violated; '' if none of these.
+    shed_rule : str
+        Why the first step serves a load below its demand: ``'islanded'`` (no grid; the
+        storage cannot cover it), ``'import_limit'`` (import at its limit, storage at its
+        own), ``'storage_energy_min'`` (import at its limit and the store held at its
+        floor), or ``'price'``, which the economics of :mod:`picogrid.edge.economics` leave
+        no room for (logged at WARNING as a defect if it ever happens); '' when every load
+        is served.
+    economics : dict
+        The values the plan was priced with (:func:`picogrid.edge.economics.resolve`):
+        ``price_scale_per_j``, ``voll_per_j`` [L], ``voll_deferrable_per_j``,
+        ``terminal_value_per_j``, ``cycle_cost_per_j`` [price/J]; empty for rule-based decisions.
     scenario_objectives : list of float
         With scenarios (:mod:`picogrid.edge.stochastic`): each scenario's plan cost [price
         units], in the order of ``MpcConfig.plan_weights`` (the ``S`` quantile scenarios, then
@@ -118,6 +130,8 @@ class Decision:
     binding: list = field(default_factory=list)
     soft_violations: list = field(default_factory=list)
     reason: str = ""
+    shed_rule: str = ""
+    economics: dict = field(default_factory=dict)
     scenario_objectives: list = field(default_factory=list)
 
     @property
@@ -285,7 +299,7 @@ class MpcController:
             n = config.horizon
             vec = self.model.vectors(
                 0.5 * (config.e_min_j + config.e_max_j), np.zeros(n), np.zeros((n, config.n_loads)),
-                np.full(n, self.model.price_ref_per_j), np.zeros(n),
+                np.full(n, max(config.voll_per_j)), np.zeros(n),
                 np.full(n, config.p_imp_max_w), np.full(n, config.p_exp_max_w))
             q, l, u = qp.vectors([vec] * qp.count)
             self._solver = osqp.OSQP()
@@ -431,7 +445,9 @@ class MpcController:
         try:
             scen = [(np.maximum(a, 0.0), np.maximum(b, 0.0), c, d)
                     for a, b, c, d in scen or [(pv, demand, c_imp, c_exp)]]
-            vecs = [self.model.vectors(e0_j, a, b, c, d, imp_max, exp_max, job_arr, def_max, reserve)
+            # the window's own price scale prices the plan, every value of lost load above its prices
+            econ = economics.resolve(cfg, c_imp, c_exp, [a for sc in scen for a in sc[2:]])
+            vecs = [self.model.vectors(e0_j, a, b, c, d, imp_max, exp_max, job_arr, def_max, reserve, econ)
                     for a, b, c, d in scen]
             q, l, u = self._qp.vectors(vecs)
             res, iterations, exact, note = self._solve_qp(q, l, u)
@@ -464,7 +480,7 @@ class MpcController:
                              ("p_imp", imp_max), ("p_exp", exp_max), ("p_pv", pv_s),
                              ("p_load", dem_s), ("p_def", def_max[:, None])):
                 p[name] = np.clip(p[name], 0.0, hi)
-            obj_s, terms_s = self.model.objective_terms(p, dem_s, imp_s, exp_s)
+            obj_s, terms_s = self.model.objective_terms(p, dem_s, imp_s, exp_s, econ)
             objective += w * obj_s     # the expected cost over the scenarios
             per_scenario.append(float(obj_s))
             for k, v in terms_s.items():
@@ -482,7 +498,13 @@ class MpcController:
         p_storage = float(plan["p_dis"][0] - plan["p_ch"][0])
         p_grid = float(np.clip(served.sum() + p_def - pv_cap - p_storage, -exp_max[0], imp_max[0]))
         soft = self._soft_violations(plan)
+        shed_rule = _shed_rule(demand[0] - served, plan, imp_max[0], cfg, snap_w)
         notes = input_notes + [note]
+        if shed_rule:
+            notes.append("shed %.3g W (%s)" % (float(np.sum(demand[0] - served)), shed_rule))
+            if shed_rule == "price":
+                log.warning("MPC plan sheds %.3g W with the grid able to supply it (a defect of its "
+                            "economics)", float(np.sum(demand[0] - served)))
         if min(plan["p_ch"][0], plan["p_dis"][0]) > snap_w:
             notes.append("plan charges and discharges at once (dissipates energy): net setpoint sent")
         if soft:
@@ -494,7 +516,11 @@ class MpcController:
             objective=objective, p_storage_w=p_storage, p_grid_w=p_grid, pv_cap_w=pv_cap,
             load_served_w=served, plan=plan, objective_terms=terms, p_deferrable_w=p_def,
             deferrable_w=p_def_jobs, binding=self.model.binding(xs[main], *vecs[main][1:]),
-            soft_violations=soft, reason=reason,
+            soft_violations=soft, reason=reason, shed_rule=shed_rule,
+            economics={"price_scale_per_j": economics.price_scale_per_j(c_imp, c_exp),
+                       "voll_per_j": list(econ.voll_per_j), "voll_deferrable_per_j": econ.voll_def_per_j,
+                       "terminal_value_per_j": econ.terminal_value_per_j,
+                       "cycle_cost_per_j": econ.cycle_cost_per_j},
             scenario_objectives=per_scenario if self._scenarios else [])
 
     def _solve_qp(self, q, l, u):
@@ -627,6 +653,18 @@ class MpcController:
         d.reason = reason
         d.solve_time_s = time.perf_counter() - t0
         return d
+
+
+def _shed_rule(shed_w, plan, p_imp_max_w, cfg, tol_w):
+    """Which rule makes the first step serve ``shed_w`` [W per load] less than the demand:
+    see :attr:`Decision.shed_rule` ('' when nothing is shed)."""
+    if float(np.sum(shed_w)) <= tol_w:
+        return ""
+    if p_imp_max_w <= tol_w:
+        return "islanded"
+    if plan["p_imp"][0] < p_imp_max_w - tol_w:
+        return "price"
+    return "storage_energy_min" if plan["e"][1] <= cfg.e_min_j + 1e-3 * cfg.e_max_j else "import_limit"
 
 
 def _first_finite(x):

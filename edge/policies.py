@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
+from . import economics
 from .deferrable import JobLedger, as_job_array
 from .optimize import Decision, parse_jobs, reserve_energy_j, validate_inputs
 from .qp_model import build_model
@@ -186,9 +187,10 @@ def solve_perfect_foresight(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j,
         r_pv = pv if reserve_pv_w is None else np.asarray(reserve_pv_w, float)
         reserve = reserve_energy_j(day_cfg, np.maximum(r_dem, 0), np.maximum(r_pv, 0), np.maximum(imp_max, 0))
     model = build_model(day_cfg)
+    econ = economics.resolve(day_cfg, c_imp, c_exp)     # the day's economics, as simulate_policy scores it
     q, lo, hi = model.vectors(float(e0_j), np.maximum(pv, 0), np.maximum(demand, 0), c_imp, c_exp,
                               np.maximum(imp_max, 0), np.maximum(exp_max, 0), job_arr, def_max,
-                              reserve)
+                              reserve, econ)
     # Identity rows of the OSQP form become variable bounds; the rest equality/inequality rows.
     A = model.A.tocsr()
     is_bound = np.zeros(model.m, bool)
@@ -211,7 +213,7 @@ def solve_perfect_foresight(cfg, e0_j, pv_avail_w, demand_w, import_price_per_j,
     x = np.clip(res.x, bounds_lo, bounds_hi)
     plan = model.unscale(x, float(e0_j))
     plan["reserve_j"] = np.full(t_day, -np.inf) if reserve is None else reserve
-    objective, terms = model.objective_terms(plan, demand, c_imp, c_exp)
+    objective, terms = model.objective_terms(plan, demand, c_imp, c_exp, econ)
     return Decision(status="solved", solve_time_s=time.perf_counter() - t0, iterations=int(res.nit),
                     objective=objective, p_storage_w=float(plan["p_dis"][0] - plan["p_ch"][0]),
                     p_grid_w=float(plan["p_imp"][0] - plan["p_exp"][0]),
@@ -415,19 +417,9 @@ def simulate_policy(policy_fn, truth, cfg):
             d, e[t], pv_avail[t], demand[t], cfg, imp_max[t], exp_max[t],
             min(def_lim[t], ledger.need_w(t, cfg.dt_s).sum()))
         ledger.deliver(t, def_w[t] * cfg.dt_s, cfg.dt_s)
-    dt = cfg.dt_s
     c_imp, c_exp = np.asarray(truth.import_price_per_j, float), np.asarray(truth.export_price_per_j, float)
-    costs = {
-        "import_cost": float(dt * np.sum(c_imp * np.maximum(out["grid"], 0))),
-        "export_revenue": float(dt * np.sum(c_exp * np.maximum(-out["grid"], 0))),
-        "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * (demand - served))),
-        "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(out["storage"]))),
-        "terminal_value": float(cfg.terminal_value_per_j * e[-1]),
-        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * ledger.shortfall_j()),
-    }
-    costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
-                      + costs["cycling_cost"] - costs["terminal_value"]
-                      + costs["deferrable_shortfall_cost"])
+    costs = economics.day_costs(economics.resolve(cfg, c_imp, c_exp), out["grid"], out["storage"], demand, served,
+                                e[-1], ledger.shortfall_j(), c_imp, c_exp)
     return DayResult(out["pv"], out["storage"], out["grid"], served, e, costs, statuses, def_w)
 
 
@@ -511,14 +503,16 @@ def day_ahead_policy(plan, truth, cfg, pv_planned_w):
     return policy
 
 
-def pad_day_end(window, steps_left, cfg):
+def pad_day_end(window, steps_left, cfg, econ=None):
     """The :meth:`MpcController.solve` arguments of a horizon that runs past the day's end.
 
     Past the end (steps ``>= steps_left``) there is no PV, no load and no import, and export
     pays exactly what the day's score credits for stored energy, ``terminal / eta_dis +
     cycling`` (per J on the bus): the plan then faces the day-end the perfect-foresight optimum of the day faces,
     instead of keeping energy for a next day the score does not count. Scenario inputs
-    (``scenarios``) are padded alike.
+    (``scenarios``) are padded alike. The terminal value and cycling cost are ``cfg``'s resolved
+    for the padded window's prices (:func:`picogrid.edge.economics.resolve`), as the solve
+    resolves them, unless ``econ`` gives them.
 
     Parameters
     ----------
@@ -543,9 +537,11 @@ def pad_day_end(window, steps_left, cfg):
     w["demand_w"][past] = 0.0
     w["p_imp_max_w"][past] = 0.0
     w["import_price_per_j"][past] = w["import_price_per_j"][~past][-1] if (~past).any() else 0.0
+    if econ is None:
+        econ = economics.resolve(cfg, w["import_price_per_j"], w["export_price_per_j"][~past])
     # a stored joule exported delivers eta_dis J to the bus, each paying the price less the
     # cycling cost (charged on bus-side power): eta_dis * (price - cycling) = terminal value
-    w["export_price_per_j"][past] = cfg.terminal_value_per_j / cfg.eta_dis + cfg.cycle_cost_per_j
+    w["export_price_per_j"][past] = econ.terminal_value_per_j / cfg.eta_dis + econ.cycle_cost_per_j
     if "p_def_max_w" in w:
         w["p_def_max_w"][past] = 0.0
     for key in ("reserve_demand_w", "reserve_pv_w"):
@@ -554,7 +550,7 @@ def pad_day_end(window, steps_left, cfg):
     if "scenarios" in w:
         base = {k: v for k, v in w.items() if k != "scenarios"}
         w["scenarios"] = [{k: padded[k] for k in sc} for sc in w["scenarios"]
-                          for padded in [pad_day_end({**base, **sc}, steps_left, cfg)]]
+                          for padded in [pad_day_end({**base, **sc}, steps_left, cfg, econ)]]
     return w
 
 

@@ -56,7 +56,7 @@ class QpModel:
 
     Variables are scaled internally: powers by ``p_scale_w`` (the largest configured power
     limit), energies by ``e_scale_j`` (``e_max_j``) and the objective by
-    ``dt_s * p_scale_w * price_ref_per_j``, so that a 5 W bench and a 5 kW site give the
+    ``dt_s * p_scale_w * price_ref_per_j`` (:meth:`cost_unit`), so that a 5 W bench and a 5 kW site give the
     solver the same numbers. Only :meth:`vectors` depends on the tick's data.
 
     Column blocks: ``p_ch, p_dis, p_imp, p_exp, p_pv`` [N], ``p_load`` [N, L], ``p_def``
@@ -78,8 +78,6 @@ class QpModel:
         self.p_scale_w = max(cfg.p_ch_max_w, cfg.p_dis_max_w, cfg.p_imp_max_w, cfg.p_exp_max_w,
                              cfg.p_def_max_w) or 1.0
         self.e_scale_j = cfg.e_max_j
-        self.price_ref_per_j = cfg.price_ref_per_j or max(max(cfg.voll_per_j), 1e-9)
-        self.cost_unit = cfg.dt_s * self.p_scale_w * self.price_ref_per_j
         # deferrable job energy rows are in units of one step at full scale power
         self.def_unit_j = cfg.dt_s * self.p_scale_w
         # Slack column scale factors (1 = energy units). Scaling them so their cost entries are
@@ -171,44 +169,56 @@ class QpModel:
     def m(self):
         return self.rows.size
 
-    def penalty_per_j(self, import_price_per_j, export_price_per_j):
-        """Exact-penalty weight on energy-bound violation for these prices [price/J]."""
-        cfg = self.cfg
+    def penalty_per_j(self, import_price_per_j, export_price_per_j, econ=None):
+        """Exact-penalty weight on energy-bound violation for these prices [price/J]; ``econ``
+        is the resolved config of the window (:func:`picogrid.edge.economics.resolve`), default
+        the model's own."""
+        cfg = self.cfg if econ is None else econ
         if cfg.soft_penalty_per_j is not None:
             return cfg.soft_penalty_per_j
         top = max(np.max(np.abs(import_price_per_j)), np.max(np.abs(export_price_per_j)),
                   max(cfg.voll_per_j), cfg.terminal_value_per_j, cfg.voll_def_per_j,
-                  self.reserve_penalty_per_j) + 2 * cfg.cycle_cost_per_j
+                  self.reserve_penalty_per_j(cfg)) + 2 * cfg.cycle_cost_per_j
         return _PENALTY_FACTOR * max(top, 1e-9) / (cfg.eta_ch * cfg.eta_dis)
 
-    @property
-    def reserve_penalty_per_j(self):
+    def reserve_penalty_per_j(self, econ=None):
         """Price of one J below the reserve for one step [price/J] (0 with the reserve off)."""
-        cfg = self.cfg
-        if not cfg.reserve:
+        cfg = self.cfg if econ is None else econ
+        if not self.cfg.reserve:
             return 0.0
         return max(cfg.voll_per_j) if cfg.reserve_penalty_per_j is None else cfg.reserve_penalty_per_j
 
+    def cost_unit(self, econ=None):
+        """The objective's internal unit [price]: ``dt_s * p_scale_w * price_ref``, with
+        ``price_ref`` the config's ``price_ref_per_j`` or its highest value of lost load, so
+        that the scaled ``q`` does not change when every price and value is multiplied by one
+        factor."""
+        cfg = self.cfg if econ is None else econ
+        return cfg.dt_s * self.p_scale_w * (cfg.price_ref_per_j or max(max(cfg.voll_per_j), 1e-9))
+
     def vectors(self, e0_j, pv_avail_w, demand_w, import_price_per_j, export_price_per_j,
-                p_imp_max_w, p_exp_max_w, jobs=None, p_def_max_w=None, reserve_j=None):
+                p_imp_max_w, p_exp_max_w, jobs=None, p_def_max_w=None, reserve_j=None, econ=None):
         """Return ``(q, l, u)`` of the scaled QP for one tick's data (arrays already validated).
 
         Shapes: ``pv_avail_w, import/export price, p_imp/exp_max_w, p_def_max_w`` [N],
         ``demand_w`` [N, L], ``jobs`` [J', 3] rows ``(start, end, energy_j)`` with J' <= J,
         ``reserve_j`` [N] stored energy to keep after each step [J] (``None``: no reserve);
-        units as in :meth:`picogrid.edge.optimize.MpcController.solve`.
+        units as in :meth:`picogrid.edge.optimize.MpcController.solve`; ``econ``: the window's
+        resolved config (:func:`picogrid.edge.economics.resolve`) whose values of lost load,
+        terminal value, cycling cost and penalties price the objective (default: the model's).
         """
         cfg, cols, rows = self.cfg, self.cols, self.rows
+        ec = cfg if econ is None else econ
         n = cfg.horizon
-        ps, es, cu = self.p_scale_w, self.e_scale_j, self.cost_unit
+        ps, es, cu = self.p_scale_w, self.e_scale_j, self.cost_unit(ec)
         q = np.zeros(self.n)
         q[cols["p_imp"]] = import_price_per_j * cfg.dt_s * ps / cu
         q[cols["p_exp"]] = -export_price_per_j * cfg.dt_s * ps / cu
-        q[cols["p_ch"]] = cfg.cycle_cost_per_j * cfg.dt_s * ps / cu
-        q[cols["p_dis"]] = cfg.cycle_cost_per_j * cfg.dt_s * ps / cu
-        q[cols["p_load"]] = -np.asarray(cfg.voll_per_j)[None, :] * cfg.dt_s * ps / cu
-        q[cols["e"][-1]] = -cfg.terminal_value_per_j * es / cu
-        q[cols["s_e"]] = (self.penalty_per_j(import_price_per_j, export_price_per_j) * es / cu
+        q[cols["p_ch"]] = ec.cycle_cost_per_j * cfg.dt_s * ps / cu
+        q[cols["p_dis"]] = ec.cycle_cost_per_j * cfg.dt_s * ps / cu
+        q[cols["p_load"]] = -np.asarray(ec.voll_per_j)[None, :] * cfg.dt_s * ps / cu
+        q[cols["e"][-1]] = -ec.terminal_value_per_j * es / cu
+        q[cols["s_e"]] = (self.penalty_per_j(import_price_per_j, export_price_per_j, ec) * es / cu
                           / self.slack_scale["s_e"])
 
         l = np.zeros(self.m)
@@ -228,7 +238,7 @@ class QpModel:
         u[rows["bound_s_e"]] = np.inf
         if cfg.n_jobs:
             def_max = np.full(n, cfg.p_def_max_w) if p_def_max_w is None else p_def_max_w
-            q[cols["s_def"]] = cfg.voll_def_per_j * self.def_unit_j / cu / self.slack_scale["s_def"]
+            q[cols["s_def"]] = ec.voll_def_per_j * self.def_unit_j / cu / self.slack_scale["s_def"]
             u[rows["def_power"]] = def_max / ps
             l[rows["def_energy"]] = 0.0
             u[rows["def_energy"]] = np.inf
@@ -243,7 +253,7 @@ class QpModel:
                 l[rows["def_energy"][0, j]] = max(energy_j - later_j, 0.0) / self.def_unit_j
             u[rows["bound_p_def"]] = window * def_max[:, None] / ps
         if cfg.reserve:
-            q[cols["s_res"]] = self.reserve_penalty_per_j * es / cu / self.slack_scale["s_res"]
+            q[cols["s_res"]] = self.reserve_penalty_per_j(ec) * es / cu / self.slack_scale["s_res"]
             l[rows["reserve"]] = -np.inf if reserve_j is None else reserve_j / es
             u[rows["reserve"]] = np.inf
             u[rows["bound_s_res"]] = np.inf
@@ -271,9 +281,10 @@ class QpModel:
                          else np.zeros(cfg.horizon))
         return plan
 
-    def objective_terms(self, plan, demand_w, import_price_per_j, export_price_per_j):
-        """Objective terms of a plan in price units (no regularisation); see :class:`~picogrid.edge.optimize.Decision`."""
-        cfg = self.cfg
+    def objective_terms(self, plan, demand_w, import_price_per_j, export_price_per_j, econ=None):
+        """Objective terms of a plan in price units (no regularisation); see
+        :class:`~picogrid.edge.optimize.Decision`. ``econ`` as in :meth:`vectors`."""
+        cfg = self.cfg if econ is None else econ
         dt = cfg.dt_s
         voll = np.asarray(cfg.voll_per_j)
         terms = {
@@ -282,10 +293,10 @@ class QpModel:
             "shedding_cost": float(dt * np.sum(voll[None, :] * (demand_w - plan["p_load"]))),
             "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(plan["p_ch"] + plan["p_dis"])),
             "terminal_value": float(cfg.terminal_value_per_j * plan["e"][-1]),
-            "violation_penalty": float(self.penalty_per_j(import_price_per_j, export_price_per_j)
+            "violation_penalty": float(self.penalty_per_j(import_price_per_j, export_price_per_j, cfg)
                                        * np.sum(plan["s_e"])),
             "deferrable_shortfall_cost": float(cfg.voll_def_per_j * np.sum(plan["s_def"])),
-            "reserve_penalty": float(self.reserve_penalty_per_j * np.sum(plan["s_res"])),
+            "reserve_penalty": float(self.reserve_penalty_per_j(cfg) * np.sum(plan["s_res"])),
         }
         objective = (terms["import_cost"] - terms["export_revenue"] + terms["shedding_cost"]
                      + terms["cycling_cost"] - terms["terminal_value"] + terms["violation_penalty"]

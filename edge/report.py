@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from picogrid.edge import policies
+from picogrid.edge import economics, policies
 from picogrid.edge.deferrable import JobLedger
 from picogrid.edge.signals import LOADS
 
@@ -57,7 +57,8 @@ def measured_costs(rows, cfg, deferrable=None):
     A term is NaN when a tick lacks the measurement it needs: an unmetered tick is never
     counted as free (or as fully shed), so a bench that missed acks cannot look better.
     ``deferrable`` (:class:`Deferrable`): the deferrable board's energy that went to jobs is
-    not served demand, and job energy not delivered costs ``cfg.voll_def_per_j``.
+    not served demand, and job energy not delivered costs the deferrable value of lost load.
+    The values are ``cfg``'s resolved for the day's prices (:func:`picogrid.edge.economics.resolve`).
     """
     deferrable = deferrable or Deferrable()
     dt = cfg.dt_s
@@ -69,20 +70,10 @@ def measured_costs(rows, cfg, deferrable=None):
     jobs_w, shortfall_j = _jobs_delivered(rows, deferrable, dt)
     if deferrable.board:
         served[:, LOADS.index(deferrable.board)] -= jobs_w
-    storage = _col(rows, "storage_w")
-    shed = np.maximum(demand - served, 0.0)
-    e_end = rows[-1]["storage_energy_j"]
-    costs = {
-        "import_cost": float(dt * np.sum(imp * np.maximum(grid, 0))),
-        "export_revenue": float(dt * np.sum(exp * np.maximum(-grid, 0))),
-        "shedding_cost": float(dt * np.sum(np.asarray(cfg.voll_per_j)[None, :] * shed)),
-        "cycling_cost": float(dt * cfg.cycle_cost_per_j * np.sum(np.abs(storage))),
-        "terminal_value": float(cfg.terminal_value_per_j * e_end) if e_end is not None else float("nan"),
-        "deferrable_shortfall_cost": float(cfg.voll_def_per_j * shortfall_j),
-    }
-    costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
-                      + costs["cycling_cost"] - costs["terminal_value"] + costs["deferrable_shortfall_cost"])
-    return costs
+    # the day's values of lost load and of stored energy, on the prices the day had
+    econ = economics.resolve(cfg, imp, exp)
+    return economics.day_costs(econ, grid, _col(rows, "storage_w"), demand, served, rows[-1]["storage_energy_j"],
+                               shortfall_j, imp, exp)
 
 
 def model_baselines(truth, cfg, e0_j, deferrable=None):

@@ -97,7 +97,6 @@ class EdgeRunner:
         # deferrable jobs (lab feed /deferables) go to the board of the deferrable class
         board, rating_w = deferrable_board(site)
         self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
-        self._price_warned = False
         # error scenarios: the point forecasts issued at each tick (negative: days before the
         # run day, replayed by prepare()), for the errors they turn out to have k days later
         self.error_days = self.cfg.error_days if policy == "mpc" else 0
@@ -261,19 +260,6 @@ class EdgeRunner:
                          float(self.deferrable.headroom_w(demand_now)))
         return naive_step(e_j, pv_now, demand_now, self.cfg, lim, lim, deferrable_w=jobs_w), pv_now
 
-    def check_prices(self, k, imp_now, exp_now):
-        """Warn (once a run) when a price exceeds a value of lost load: the plan would then
-        rather shed that class, or drop jobs, than pay or forgo that price."""
-        floor = min(min(self.cfg.voll_per_j), self.cfg.voll_def_per_j if self.deferrable else np.inf)
-        if self._price_warned or max(imp_now, exp_now) <= floor:
-            return
-        self._price_warned = True
-        text = ("tick %d: price %g above the lowest value of lost load %g [price/J]; set the "
-                "site's voll_per_j above the source's prices" % (k, max(imp_now, exp_now), floor))
-        log.warning(text)
-        if self.record_all and self.store is not None:
-            self.store.event(self.clock() - self.t0, None, "price_above_voll", text)
-
     def optimise(self, k, e_j, fc, islanded, now=None):
         """Plan tick ``k`` from stored energy ``e_j`` [J] and the fans ``fc``.
 
@@ -284,7 +270,6 @@ class EdgeRunner:
         """
         # the feed tells the demand to serve, the prices and the sun now: step 0 is known
         now = self.known_now(k) if now is None else now
-        self.check_prices(k, now["import_price_per_j"], now["export_price_per_j"])
         n = self.horizon
         pv, demand = np.full(n, now["pv_avail_w"]), np.tile(np.asarray(now["demand_w"], float), (n, 1))
         imp = np.full(n, now["import_price_per_j"])
@@ -514,6 +499,9 @@ def _details(decision, solve_cpu_s):
     return {"objective_terms": terms, "iterations": int(decision.iterations),
             "binding": list(getattr(decision, "binding", None) or []),
             "scenario_objectives": list(getattr(decision, "scenario_objectives", None) or []),
+            # the values the plan was priced with, on the source's price scale (edge/economics.py)
+            "economics": dict(decision.economics),
+            "shed_rule": decision.shed_rule,
             "solve_cpu_s": solve_cpu_s[-1] if solve_cpu_s and decision.iterations else None}
 
 
@@ -529,8 +517,8 @@ def _explain(decision, sp):
     elif decision.p_grid_w < -0.01:
         parts.append("export %.2f W" % -decision.p_grid_w)
     shed = [n for n, (m, v) in sp.items() if n.startswith("load") and m == 1]
-    if shed:
-        parts.append("shed " + ", ".join(shed))
+    if shed:      # the rule that left no choice (edge/optimize.py Decision.shed_rule)
+        parts.append("shed " + ", ".join(shed) + (" (%s)" % decision.shed_rule if decision.shed_rule else ""))
     if sp["pv"][1] >= 0:
         parts.append("curtail PV to %.2f W" % sp["pv"][1])
     head = "" if decision.status.startswith("solved") else "[%s] " % decision.status

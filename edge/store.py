@@ -219,7 +219,7 @@ class Store:
 
     def event(self, t_s, board, kind, detail=""):
         """An event at ``t_s`` [s from tick 0] of ``board`` (``None``: the edge), e.g.
-        ``no_ack``, ``setpoint_rejected``, ``no_telemetry``, ``price_above_voll``, or a health
+        ``no_ack``, ``setpoint_rejected``, ``no_telemetry``, or a health
         change (edge/health.py), with a human-readable ``detail``."""
         self.conn.execute(
             "INSERT INTO event VALUES (?,?,?,?,?)", (self.run_id, t_s, board, kind, detail)

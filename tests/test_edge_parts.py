@@ -352,34 +352,6 @@ def test_runner_plans_jobs_for_the_deferrable_board():
     assert jobs.ledger.delivered_j.tolist() == [0.0]
 
 
-def test_prices_above_a_value_of_lost_load_are_reported_once(caplog):
-    from picogrid.edge.runner import EdgeRunner
-    from picogrid.edge.site import board_ids, load_site
-
-    site = load_site()
-    n_ticks = int(site["bench"]["n_ticks"])
-    runner = EdgeRunner(site, ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks),
-                        Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0)
-    runner.check_prices(0, 3.0, 1.0)                 # below every class: quiet
-    assert not caplog.records
-    runner.check_prices(1, 30.0, 8.0)                # above the deferrable class (6 c/J)
-    runner.check_prices(2, 30.0, 8.0)
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "above the lowest value of lost load 6" in caplog.records[0].getMessage()
-
-
-def test_feed_site_takes_the_feed_values_of_lost_load():
-    from picogrid.edge.feedsource import feed_site
-    from picogrid.edge.mpc_config import config_from_site
-    from picogrid.edge.site import load_site
-
-    site = load_site()
-    on_feed = feed_site(site)
-    assert config_from_site(on_feed).voll_per_j == tuple(
-        site["labfeed"]["voll_per_j"][site["boards"][l]["priority"]] for l in ("load1", "load2", "load3"))
-    assert site["loads"]["voll_per_j"]["critical"] == 40.0       # the caller's site is unchanged
-
-
 def test_runner_meters_a_late_tick_by_its_mean_power(tmp_path):
     """A tick whose closing setpoints went out 0.5 s late (the MPC still deciding) spans 3.0 s
     on the boards: load1 drawing its 1.0 W demand is metered at 1.0 W, so no load is shed,

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from picogrid.edge import economics
 from picogrid.edge import optimize
 from picogrid.edge.mpc_config import MpcConfig, config_from_site
 from picogrid.edge.optimize import Decision, MpcController, reserve_energy_j
@@ -45,8 +46,10 @@ def flat(n, value):
 def reference_cvxpy(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penalty_per_j):
     """The model of the task brief written directly in cvxpy (no shared code), solved by Clarabel.
 
-    ``penalty_per_j=None`` makes the energy bounds hard.
+    ``penalty_per_j=None`` makes the energy bounds hard. The values of lost load and of stored
+    energy are the config's for these prices (:func:`picogrid.edge.economics.resolve`).
     """
+    cfg = economics.resolve(cfg, c_imp, c_exp)
     n, nl = demand.shape
     dt = cfg.dt_s
     p_ch, p_dis, p_imp, p_exp, p_pv = (cp.Variable(n, nonneg=True) for _ in range(5))
@@ -233,7 +236,8 @@ def instances(draw):
 
 
 def _reference(cfg, data, ctrl):
-    pen = ctrl.model.penalty_per_j(data["import_price_per_j"], data["export_price_per_j"])
+    pen = ctrl.model.penalty_per_j(data["import_price_per_j"], data["export_price_per_j"], economics.resolve(
+        ctrl.config, data["import_price_per_j"], data["export_price_per_j"]))
     return reference_cvxpy(cfg, data["e0_j"], data["pv_avail_w"], data["demand_w"],
                            data["import_price_per_j"], data["export_price_per_j"],
                            data["p_imp_max_w"], data["p_exp_max_w"], pen)
@@ -445,8 +449,10 @@ def reference_full(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penalt
 
     Jobs: ``(start, end, energy)`` rows, window ``start <= t < end`` inside the horizon; the
     energy not delivered costs ``voll_def_per_j``. Reserve: ``e[t+1] >= reserve_j[t]`` where
-    finite, each missing J per step costs the reserve penalty (max VOLL).
+    finite, each missing J per step costs the reserve penalty (max VOLL). Values resolved for
+    these prices as in :func:`reference_cvxpy`.
     """
+    cfg = economics.resolve(cfg, c_imp, c_exp)
     n, nl = demand.shape
     dt = cfg.dt_s
     p_ch, p_dis, p_imp, p_exp, p_pv = (cp.Variable(n, nonneg=True) for _ in range(5))
@@ -506,7 +512,8 @@ def full_instances(draw):
 
 
 def _reference_full(cfg, data, jobs, ctrl):
-    pen = ctrl.model.penalty_per_j(data["import_price_per_j"], data["export_price_per_j"])
+    pen = ctrl.model.penalty_per_j(data["import_price_per_j"], data["export_price_per_j"], economics.resolve(
+        ctrl.config, data["import_price_per_j"], data["export_price_per_j"]))
     reserve = None
     if cfg.reserve:
         reserve = optimize.reserve_energy_j(cfg, data["reserve_demand_w"], data["reserve_pv_w"],

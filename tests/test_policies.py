@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from picogrid.edge import economics
 from picogrid.edge import policies
 from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.optimize import Decision, MpcController
@@ -282,7 +283,8 @@ def test_undelivered_job_energy_is_charged():
     truth = synthetic_day()
     truth.jobs = [{"start": 0, "end": 4, "energy": 10.0}]   # at most 4 x 2.5 s x 0.5 W = 5 J
     res = simulate_policy(policies.naive_policy(truth, cfg), truth, cfg)
-    assert res.costs["deferrable_shortfall_cost"] == pytest.approx(5.0 * cfg.voll_def_per_j)
+    econ = economics.resolve(cfg, truth.import_price_per_j, truth.export_price_per_j)
+    assert res.costs["deferrable_shortfall_cost"] == pytest.approx(5.0 * econ.voll_def_per_j)
 
 
 def test_more_jobs_than_slots_are_planned_earliest_deadline_first():

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from picogrid.edge import economics
 from picogrid.edge.mpc_config import MpcConfig
 from picogrid.edge.optimize import MpcController
 from picogrid.edge.qp_model import build_model
@@ -89,11 +90,13 @@ def test_scenario_mpc_matches_two_stage_cvxpy(inst, solver):
     d = ctrl.solve(e0_j, base["pv_avail_w"], base["demand_w"], base["import_price_per_j"],
                    base["export_price_per_j"], scenarios=scenarios)
     assert d.status == ("solved" if solver == "osqp" else "solved_exact")
-    pen = max(ctrl.model.penalty_per_j(s["import_price_per_j"], s["export_price_per_j"])
+    econ = economics.resolve(cfg, base["import_price_per_j"], base["export_price_per_j"],
+                             [s[k] for s in scenarios for k in ("import_price_per_j", "export_price_per_j")])
+    pen = max(ctrl.model.penalty_per_j(s["import_price_per_j"], s["export_price_per_j"], econ)
               for s in scenarios)
     # the QP prices violations per scenario; from inside the bounds none are needed (storage
     # can idle), so any exact penalty gives the same optimum (here: the largest)
-    ref = two_stage_cvxpy(cfg, e0_j, scenarios, cfg.scenario_weights, np.full(cfg.horizon, 6.0),
+    ref = two_stage_cvxpy(econ, e0_j, scenarios, cfg.scenario_weights, np.full(cfg.horizon, 6.0),
                           np.full(cfg.horizon, 6.0), pen, shared)
     scale = cfg.dt_s * cfg.horizon * (6.0 * 4.0 + sum(cfg.voll_per_j))
     assert abs(d.objective - ref) <= 1e-4 * scale

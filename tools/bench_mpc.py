@@ -271,6 +271,9 @@ def main(argv=None):
     # one warning per inaccurate solve would bury the table (the counts are in 'statuses')
     logging.getLogger("picogrid.edge.optimize").setLevel(logging.ERROR)
     site, cfg, scaling = evaluate.load_site("site")
+    # the site's values as absolute prices: the cvxpy statement prices every tick alike (the
+    # home tariff stays far below its values of lost load, so the floor never moves them)
+    cfg = cfg.replace(price_scale_per_j=None)
     if args.eps:
         cfg = cfg.replace(eps_abs=args.eps, eps_rel=args.eps)
     print(f"site profile (its solver: {cfg.solver}), dt={cfg.dt_s:g} s, OSQP eps_abs={cfg.eps_abs:g} eps_rel={cfg.eps_rel:g} "
