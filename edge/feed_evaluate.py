@@ -428,7 +428,8 @@ def report(res, out):
         cells = []
         for _, days in cols:
             m = _mean_quality(days)[s] if days else None
-            cells.append(f"{'-':>26s}" if m is None else f"{'MAE %.3g, cover %.0f %%' % (m['mae'], 100 * m['coverage']):>26s}")
+            text = "-" if m is None else "MAE %.3g, cover %.0f %%" % (m["mae"], 100 * m["coverage"])
+            cells.append(f"{text:>26s}")
         print(f"    {s:20s}" + "".join(cells), file=out)
     ms = res["solve_ms"]
     print(f"  MPC solve p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms; "

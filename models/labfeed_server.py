@@ -5,9 +5,10 @@ and ``/yesterday`` on loopback exactly as specified (day index = ``int(unix_time
 position in the 300 s window x 60), from lab days generated from the real scenario
 (:func:`generate_lab_days`, the default kind) or from a synthetic model of an independent
 teaching server (:func:`generate_teaching_days`: noisy integer prices of 10-150 c/J, odd
-deferrable windows), chosen by :func:`serve_days`'s ``kind``. Its clock is injected, so a test can leap through days, and it can
-be made slow (``delay_s``) or failing (``failing``: HTTP 503 to everything; ``failing_endpoints``:
-HTTP 503 on those paths only) to exercise the client's fallbacks.
+deferrable windows), chosen by :func:`serve_days`'s ``kind``. Its clock is injected, so a test
+can leap through days, and it can be made slow (``delay_s``) or failing (``failing``: HTTP 503
+to everything; ``failing_endpoints``: HTTP 503 on those paths only) to exercise the client's
+fallbacks.
 """
 
 from __future__ import annotations

@@ -260,8 +260,9 @@ def cmd_labfeed_server(args):
         server = serve_days(day, args.days, clock=lambda: time.time() * speed, kind=args.kind, seed=args.seed)
     except ValueError as exc:
         raise SystemExit("picogrid labfeed-server: %s" % exc) from exc
-    what = ("%d teaching-server days (synthetic, seed %d; teaching day 0 first, as its /yesterday)" % (args.days, args.seed)
-            if teaching else "%d real days from %s (the day before first, as its /yesterday)" % (args.days, day))
+    what = ("%d teaching-server days (synthetic, seed %d; teaching day 0 first, as its /yesterday)"
+            % (args.days, args.seed) if teaching
+            else "%d real days from %s (the day before first, as its /yesterday)" % (args.days, day))
     print("Lab market feed with %s at %s (clock x%g); Ctrl-C to stop" % (what, server.url, speed), flush=True)
     try:
         while True:
