@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from picogrid.edge.deferrable import normalise_jobs
-from picogrid.edge.labfeed import (DAY_S, TICK_S, TICKS_PER_DAY, LabFeedError, OnlineDayLearner, day_tick,
-                                   pooled_quantiles)
+from picogrid.edge.labfeed import (DAY_S, TICK_S, TICKS_PER_DAY, DaySunFit, LabFeedError, OnlineDayLearner,
+                                   day_tick, pooled_quantiles)
 from picogrid.edge.signals import LOADS, SERIES
 
 log = logging.getLogger(__name__)
@@ -278,13 +278,17 @@ class FeedForecaster:
     (:meth:`picogrid.edge.labfeed.OnlineDayLearner.forecast`), with P10/P90 from its own errors
     on the days seen (:meth:`~picogrid.edge.labfeed.OnlineDayLearner.band`); PV: the sun the
     edge saw yesterday at the same ticks, banded by how its days differed from the day before
-    (:meth:`FeedSource.sun_band`), or the sun now held flat when there is no yesterday yet.
+    (:meth:`FeedSource.sun_band`), or, before the edge has seen a whole day's sun (its first
+    day on a feed), the day curve fitted to today's sun so far with its posterior predictive
+    band (:class:`~picogrid.edge.labfeed.DaySunFit`: zero at night, a half-sine by day), not
+    the sun now held flat (which held a 1.5 W afternoon sun through the night).
     Before a band is known its quantiles are all the point forecast, and the source says so.
     """
 
     def __init__(self, source):
         self.src = source
         self.source = {}
+        self._sun_fit = DaySunFit(source.n_ticks)
 
     def _learned(self, key, today, k, n):
         """``(point [n], band or None)`` of ``key`` from tick ``k`` on, or None before any feed history."""
@@ -337,8 +341,10 @@ class FeedForecaster:
                 np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w,
                 None if band is None else tuple(b * src.pv_capability_w for b in band),
                 "edge_yesterday" if src.sun_age_days == 1 else f"edge_sun_seen:{src.sun_age_days} days ago")
-        else:
-            fans["pv_available_w"], source["pv_available_w"] = held("pv_available_w"), "persistence:first day"
+        else:     # no day's sun seen before today: the day curve today's sun so far says
+            fans["pv_available_w"] = {q: v * src.pv_capability_w
+                                      for q, v in self._sun_fit.fan(src._day_sun(), k, n, QUANTILES).items()}
+            source["pv_available_w"] = "sun_day_fit:first day"
         self.source = source
         # powers are not negative; the sun is at most the PV capability
         for name in ("pv_available_w", *(l + "_demand_w" for l in LOADS)):

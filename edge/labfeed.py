@@ -577,3 +577,122 @@ class LabFeed:
                         server[0], server[1], day, tick, skew)
             self.clock_skew_ticks = skew
         return server
+
+
+class DaySunFit:
+    """The sun of a day no earlier day tells about, learnt from the ticks seen so far today.
+
+    The feed publishes the sun now, no history of it; an edge's first day on a feed has only
+    what it saw since midnight. The day's clear sun is modelled as a clear-sky-like day curve,
+    a half-sine between sunrise ``r`` and sunset ``s`` scaled to a peak ``a`` (fraction of PV
+    capability), zero at night:
+
+    .. math:: m(t) = a \\, \\sin\\big(\\pi (t - r) / (s - r)\\big) \\quad (r < t < s), \\quad 0 \\text{ else}.
+
+    On a horizontal surface the extraterrestrial irradiance follows ``cos(zenith) = cos(phi)
+    cos(delta) (cos(omega) - cos(omega_s))`` between sunrise and sunset (Duffie & Beckman,
+    "Solar Engineering of Thermal Processes", 4th ed., 2013, sec. 1.6 and 1.10), which at the
+    equinox is exactly this half-sine of the time since sunrise; the lab kit's teaching server
+    publishes the same half-sine (sunrise tick 15, 30 ticks of day). Clouds only take sun away:
+    a tick is clear with probability ``1 - CLOUD_P`` (``m`` with a relative spread
+    :attr:`SIGMA_CLEAR`) or clouded, anywhere between 0 and ``m`` (uniform), so a cloud dip is
+    not read as an early sunset (a robust mixture likelihood).
+
+    ``(r, s, a)`` are not fitted once but weighed on a grid (a grid approximation of the
+    posterior, Gelman et al., "Bayesian Data Analysis", 3rd ed., 2013, sec. 3.7): uniform over
+    sunrise ticks :attr:`RISE_TICKS`, sunset ticks :attr:`SET_TICKS` (at least
+    :attr:`MIN_DAY_TICKS` apart) and peaks :attr:`PEAKS`, with solar noon ``(r + s) / 2`` a
+    priori near the middle of the lab day (normal, sd :attr:`NOON_SD_TICKS`: the feed's day
+    runs midnight to midnight). The forecast is the posterior predictive: quantiles over the
+    curves drawn from the posterior, each clear or clouded as above (night stays zero). Before
+    sunrise every curve that has not risen yet weighs as before (zeros until the sun rises,
+    then a wide band); each tick of daylight seen narrows the curves to the day's.
+
+    Parameters
+    ----------
+    n_ticks : int
+        Ticks per day.
+    """
+
+    RISE_TICKS = np.arange(-10.0, 36.0)
+    SET_TICKS = np.arange(25.0, 71.0)
+    MIN_DAY_TICKS = 10.0
+    PEAKS = np.linspace(0.04, 1.0, 25)
+    NOON_SD_TICKS = 4.0
+    CLOUD_P = 0.25
+    SIGMA_CLEAR = 0.08
+    SIGMA_ABS = 0.01          # [fraction] the feed's integer percent, and a sun that is not quite 0
+    #: curves drawn from the posterior, and the clear (normal quantiles) and clouded (uniform
+    #: quantiles) outcomes of each, in proportion to CLOUD_P, for the predictive quantiles
+    DRAWS = 200
+    CLEAR_Z = (-1.64, -1.04, -0.67, -0.39, -0.13, 0.13, 0.39, 0.67, 1.04, 1.64)
+
+    def __init__(self, n_ticks: int = TICKS_PER_DAY):
+        self.n_ticks = int(n_ticks)
+        r, s = np.meshgrid(self.RISE_TICKS, self.SET_TICKS, indexing="ij")
+        ok = s - r >= self.MIN_DAY_TICKS
+        self.rise, self.set = r[ok], s[ok]
+        t = np.arange(self.n_ticks)[None, :]
+        phase = (t - self.rise[:, None]) / (self.set - self.rise)[:, None]
+        self.curves = np.where((phase > 0) & (phase < 1), np.sin(np.pi * np.clip(phase, 0, 1)), 0.0)  # [C, T]
+        noon = 0.5 * (self.rise + self.set) - 0.5 * (self.n_ticks - 1)
+        self.log_prior = -0.5 * (noon / self.NOON_SD_TICKS) ** 2                # [C]
+        n_cloud = round(self.CLOUD_P / (1 - self.CLOUD_P) * len(self.CLEAR_Z))
+        cloud = (np.arange(n_cloud) + 0.5) / n_cloud
+        self.factors = np.concatenate([1.0 + self.SIGMA_CLEAR * np.asarray(self.CLEAR_Z), cloud])
+        self._seen, self._logp = {}, None     # the ticks summed into the log-posterior so far
+
+    def _loglik(self, tick, y):
+        """Log-likelihood [peaks, curves] of seeing sun ``y`` [fraction] at ``tick``."""
+        m = self.PEAKS[:, None] * self.curves[None, :, tick]                       # [A, C]
+        sd = self.SIGMA_ABS + self.SIGMA_CLEAR * m
+        clear = np.exp(-0.5 * ((y - m) / sd) ** 2) / (np.sqrt(2 * np.pi) * sd)
+        top = m + self.SIGMA_ABS
+        return np.log((1 - self.CLOUD_P) * clear + self.CLOUD_P * (y <= top) / top + 1e-300)
+
+    def posterior(self, sun_today):
+        """Weights [peaks, curves] of each ``(a, r, s)`` given today's sun [n_ticks or fewer]
+        (fraction of PV capability, NaN where not seen), summing to 1.
+
+        The log-likelihood is a sum over the ticks seen: the ticks of the previous call are kept
+        and only the new ones added (one tick per call on a feed), unless one of them changed.
+        """
+        y = np.asarray(sun_today, float)[: self.n_ticks]
+        seen = {int(t): float(y[t]) for t in np.flatnonzero(np.isfinite(y))}
+        if any(seen.get(t) != v for t, v in self._seen.items()):
+            self._seen, self._logp = {}, None
+        if self._logp is None:
+            self._logp = np.broadcast_to(self.log_prior, (len(self.PEAKS), len(self.rise))).copy()
+        for t, v in seen.items():
+            if t not in self._seen:
+                self._logp += self._loglik(t, v)
+                self._seen[t] = v
+        w = np.exp(self._logp - self._logp.max())
+        return w / w.sum()
+
+    def fan(self, sun_today, tick, horizon, quantiles=(0.1, 0.5, 0.9)):
+        """Quantiles of the sun at ticks ``tick .. tick + horizon - 1`` (past midnight: the
+        same curve) from today's sun so far.
+
+        Parameters
+        ----------
+        sun_today : array [<= n_ticks]
+            Today's sun by tick [fraction of PV capability], NaN where not seen.
+        tick : int
+            First tick forecast.
+        horizon : int
+            Ticks forecast.
+
+        Returns
+        -------
+        dict float -> numpy.ndarray [horizon]
+            Quantile -> sun [fraction of PV capability, 0..1], P10 <= P50 <= P90.
+        """
+        w = self.posterior(sun_today).ravel()
+        # systematic resampling: DRAWS curves, each as often as its weight says (deterministic)
+        picks = np.searchsorted(np.cumsum(w), (np.arange(self.DRAWS) + 0.5) / self.DRAWS)
+        a_i, c_i = np.unravel_index(np.minimum(picks, w.size - 1), (len(self.PEAKS), len(self.rise)))
+        steps = (int(tick) + np.arange(horizon)) % self.n_ticks
+        curves = self.PEAKS[a_i, None] * self.curves[c_i][:, steps]            # [D, H]
+        draws = np.clip(curves[:, None, :] * self.factors[None, :, None], 0.0, 1.0).reshape(-1, horizon)
+        return {q: v for q, v in zip(quantiles, np.quantile(draws, quantiles, axis=0))}

@@ -190,3 +190,59 @@ def test_demand_and_prices_come_from_yesterday_from_the_first_tick():
     np.testing.assert_allclose(plan["import_price_per_j"][0.5][1:], before["sell_price"][1:60])
     np.testing.assert_allclose(sum(plan[l][0.5][1:] for l in loads),
                                np.minimum(np.asarray(before["demand"][1:60]) / 3, 1.0) * 3, atol=1e-9)
+
+
+def _bell(rise, sunset, peak):
+    t = np.arange(60)
+    return np.where((t > rise) & (t < sunset), peak * np.sin(np.pi * (t - rise) / (sunset - rise)), 0.0)
+
+
+def test_first_day_sun_is_a_day_curve_not_the_sun_now_held():
+    """A fresh edge on a feed whose sun is a bell (sunrise 14, sunset 46, peak 70 %, clouds
+    cutting ticks 24-26): through the real client, the PV forecast issued at each tick of its
+    first day follows the day (zero after sunset, at night) instead of holding the sun now, its
+    error is less than half of holding's, and its P10-P90 band holds most of the day while
+    narrowing as the day's sun is seen."""
+    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.models.labfeed_server import LabFeedServer
+
+    cap = 3.87
+    sun = _bell(14.0, 46.0, 0.7)
+    sun[24:27] *= 0.5
+    day = {"date": "bell", "sun": np.rint(sun * 100).astype(int).tolist(), "demand": [1.0] * 60,
+           "sell_price": [50] * 60, "buy_price": [25] * 60, "deferables": []}
+    truth = np.asarray(day["sun"], float) / 100 * cap
+    clock = Clock(DAY0 * 300 + 0.5)
+    server = LabFeedServer([day, day], clock, day0=DAY0 - 1)
+    err, held_err, inside, width = [], [], [], {}
+    try:
+        source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), cap)
+        fc = FeedForecaster(source)
+        loads = ("load1_demand_w", "load2_demand_w", "load3_demand_w")
+        for k in range(59):
+            clock.t = DAY0 * 300 + k * 5 + 0.5
+            source.begin_tick(k)
+            d, imp, exp = source.now(k)
+            now = {"pv_avail_w": source.sun_now(k) * cap, "demand_w": d, "import_price_per_j": imp,
+                   "export_price_per_j": exp}
+            pv = forecast_from_now(fc, source.history(k, 120), now, loads, source.calendar(k),
+                                   source.clearsky(k + 1, 60))["pv_available_w"]
+            assert fc.source["pv_available_w"] == "sun_day_fit:first day"
+            y = truth[k + 1:]
+            p10, p50, p90 = (pv[q][1:60 - k] for q in (0.1, 0.5, 0.9))
+            err.append(np.abs(p50 - y))
+            held_err.append(np.abs(now["pv_avail_w"] - y))
+            inside.append((y >= p10 - 1e-9) & (y <= p90 + 1e-9))
+            if k < 40:       # the band of the afternoon, ticks 40..49, as forecast at tick k
+                width[k] = float(np.mean((p90 - p10)[39 - k:49 - k]))
+            if k == 41:      # the issue's case: 1.5 W at tick 41 was held through the night
+                assert p50[:3].min() > 0.5 and (p50[8:] == 0).all() and (p90[10:] == 0).all(), p50
+    finally:
+        server.close()
+    mae, held_mae = np.concatenate(err).mean(), np.concatenate(held_err).mean()
+    coverage = np.concatenate(inside).mean()
+    assert mae < 0.5 * held_mae, (mae, held_mae)
+    assert coverage >= 0.8, coverage
+    # the afternoon's band narrows as the day's sun is seen
+    assert width[35] < 0.6 * width[20], width

@@ -266,8 +266,13 @@ def test_feed_forecaster_without_history_holds_the_latest_values(feed, days):
                              source.clearsky(41, 60))
     assert fc.source["load1_demand_w"] == "persistence:no feed history"
     assert now["load1_demand_w"] > 0 and imp_now > 0
-    for name in ("load1_demand_w", "import_price_per_j", "pv_available_w"):
+    for name in ("load1_demand_w", "import_price_per_j"):
         np.testing.assert_array_equal(plan[name][0.5], np.full(60, now[name]))
+    # the sun is not held: a day curve through the sun seen (tests/test_feed_inputs.py)
+    assert fc.source["pv_available_w"] == "sun_day_fit:first day"
+    pv = plan["pv_available_w"]
+    assert pv[0.5][0] == now["pv_available_w"] > 0 and pv[0.5][1:].min() == 0.0    # sunset within the horizon
+    assert (pv[0.1] <= pv[0.5]).all() and (pv[0.5] <= pv[0.9]).all() and (pv[0.9][1:] > pv[0.1][1:]).any()
 
 
 def test_pooled_quantiles_pool_neighbouring_ticks_not_across_midnight():
@@ -331,8 +336,10 @@ def test_feed_forecaster_fans_widen_once_days_are_seen(days):
                 source.begin_tick(t)
                 if i == 0 and t == 30:
                     first = fc.forecast(source.history(t + 1, 120), source.calendar(t + 1), source.clearsky(t + 1, 60))
+                    # no band yet but the first day's sun curve's (its own posterior band)
+                    assert fc.source.pop("pv_available_w") == "sun_day_fit:first day"
                     assert all(s.endswith(":no band yet") or s.startswith("persistence") for s in fc.source.values())
-                    assert all((f[0.1] == f[0.9]).all() for f in first.values())
+                    assert all((f[0.1] == f[0.9]).all() for s, f in first.items() if s != "pv_available_w")
         fans = fc.forecast(source.history(31, 120), source.calendar(31), source.clearsky(31, 60))
     finally:
         server.close()
@@ -437,7 +444,7 @@ def test_feed_memory_carries_the_days_seen_into_the_next_run(tmp_path):
     np.testing.assert_array_equal(second.yesterday_sun, first.observed["sun"])   # day DAY0 + 1's sun
     assert set(second.sun_days) == {DAY0, DAY0 + 1} and fresh.yesterday_sun is None
     assert set(memory.load()[1]) == {DAY0, DAY0 + 1, DAY0 + 2}      # saved at the day's last tick
-    for src, pv_source in ((second, "edge_yesterday"), (fresh, "persistence:first day")):
+    for src, pv_source in ((second, "edge_yesterday"), (fresh, "sun_day_fit:first day")):
         fc = FeedForecaster(src)
         fc.forecast(src.history(30, 120), src.calendar(30), src.clearsky(30, 60))
         assert fc.source["pv_available_w"].startswith(pv_source), fc.source
