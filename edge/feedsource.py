@@ -29,20 +29,15 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def feed_site(site):
-    """A copy of ``site`` with the economics of its ``[labfeed]`` section for a run on the feed.
+    """A copy of ``site`` for a run on the feed.
 
-    The feed's prices are integer c/J on the feed's own scale (the loopback server's is 10x
-    the replayed days', :data:`picogrid.models.labfeed_server.LAB_PRICE_SCALE`). Values of lost
-    load set for the replayed days would then lie below the prices and the optimiser would
-    shed loads to trade their energy, so ``[labfeed] voll_per_j`` (same classes as ``[loads]``)
-    replaces ``[loads] voll_per_j`` when given. The feed tells no days before the edge saw
-    them, so there are no past forecasts for error scenarios: ``error_scenario_days`` is off.
+    The feed tells no days before the edge saw them, so there are no past forecasts for error
+    scenarios: ``error_scenario_days`` is off. Its prices need nothing: whatever their scale
+    (integer c/J from 10 to a few hundred on a teaching server), the site's economics follow
+    it (:mod:`picogrid.edge.economics`).
     """
     site = copy.deepcopy(site)
     site.get("optimizer", {}).pop("error_scenario_days", None)
-    voll = site.get("labfeed", {}).get("voll_per_j")
-    if voll is not None:
-        site["loads"]["voll_per_j"] = dict(voll)
     return site
 
 
