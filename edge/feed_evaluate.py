@@ -21,8 +21,8 @@ and the sun the edge saw. This runs that path over many days, faster than real t
   at the start, the energy left scored at the terminal value) by the MPC on those forecasts
   (``mpc_own``), the MPC on the true day (``mpc_perfect``), the naive rule and the
   perfect-foresight LP (``perfect_foresight``), and pymgrid's MPC on the same fans and on the true day
-  (``pymgrid_own``, ``pymgrid_perfect``), with the lab site file's ``[labfeed]`` economics
-  (:func:`picogrid.edge.feedsource.feed_site`) and the feed's 5 s tick.
+  (``pymgrid_own``, ``pymgrid_perfect``), with the lab site file as
+  :func:`picogrid.edge.feedsource.feed_site` sets it for the feed, and the feed's 5 s tick.
 
 The load split and ratings are the site file's (:func:`picogrid.edge.feedsource.feed_source`).
 
