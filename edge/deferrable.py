@@ -1,6 +1,6 @@
 """Deferrable energy jobs of one day and the energy delivered to each (lab feed ``/deferables``).
 
-A job asks for ``energy`` joules within ticks ``start <= t < end`` of the day (DESIGN.md §2).
+A job asks for ``energy`` joules within ticks ``start <= t < end`` of the day (docs/design.md §2).
 The lab feed's ``end`` is the job's deadline tick, inclusive; :func:`picogrid.edge.labfeed.parse`
 turns it into this exclusive end once, at the client. The energy the deferrable load takes goes to the open jobs earliest deadline
 first (EDF: optimal for meeting deadlines with one server, Liu & Layland, J. ACM 20(1), 1973),
@@ -56,7 +56,7 @@ def _stated(start, end, energy_j):
 def normalise_jobs(jobs, n_ticks, rating_w=None, dt_s=None):
     """Deferrable jobs as the edge can deliver them, and what was done to each odd one.
 
-    A teaching server's ``/deferables`` can state windows no tick can serve (DESIGN.md §2).
+    A teaching server's ``/deferables`` can state windows no tick can serve (docs/design.md §2).
     Each job (window ``start <= t < end``, the exclusive end of
     :func:`picogrid.edge.labfeed.parse`) goes through these rules, in order:
 

@@ -1,4 +1,4 @@
-"""From the optimiser's decision to one setpoint per board (DESIGN.md §3 setpoint meaning).
+"""From the optimiser's decision to one setpoint per board (docs/design.md §3 setpoint meaning).
 
 pv: a power cap only when the plan curtails, else "no cap" (-1); storage: bus-side power,
 + discharge, in island mode when the grid is lost; grid: the bus voltage reference; loads:

@@ -22,7 +22,7 @@ loop on the plant of :func:`picogrid.edge.policies.simulate_policy`:
 - ``perfect_foresight``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
 and prints the cost of each and the savings capture
-``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)`` over all days (DESIGN.md §4).
+``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)`` over all days (docs/design.md §4).
 
 ``dayahead_own`` plans the way EMHASS's ``dayahead-optim`` action does: ONE linear programme
 per day, over the whole day, on the forecasts available at the start of the day; the plan is

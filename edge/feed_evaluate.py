@@ -1,6 +1,6 @@
 """``picogrid evaluate --profile labfeed``: savings capture on lab-feed days, through the feed client.
 
-The lab kit's market feed (DESIGN.md §2) is where a lab user's edge learns its day: no model
+The lab kit's market feed (docs/design.md §2) is where a lab user's edge learns its day: no model
 trained beforehand, only what ``/yesterday`` taught :class:`picogrid.edge.labfeed.OnlineDayLearner`
 and the sun the edge saw. This runs that path over many days, faster than real time:
 
@@ -26,7 +26,7 @@ and the sun the edge saw. This runs that path over many days, faster than real t
 
 The load split and ratings are the site file's (:func:`picogrid.edge.feedsource.feed_source`).
 
-Besides savings capture, each kind reports what a saving must not be bought with (DESIGN.md
+Besides savings capture, each kind reports what a saving must not be bought with (docs/design.md
 §4): the energy each policy shed while the grid was connected and the deferrable energy it left
 undelivered (both targets 0 J; the jobs as the edge reads them, odd windows normalised or refused
 as its runner does, :func:`client_jobs`: the energy that takes away is reported, not scored),

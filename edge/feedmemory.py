@@ -1,6 +1,6 @@
 """What the edge has learnt from the lab market feed, kept across runs in a JSON file.
 
-The feed's API (DESIGN.md §2) gives only the day before (``/yesterday``: demand and prices, no
+The feed's API (docs/design.md §2) gives only the day before (``/yesterday``: demand and prices, no
 sun), so an edge that restarts would start over: one day for the online learner
 (:class:`picogrid.edge.labfeed.OnlineDayLearner`), no sun for the PV forecast, and no band
 before three more days (:attr:`~picogrid.edge.labfeed.OnlineDayLearner.BAND_MIN_DAYS`). A lab

@@ -1,4 +1,4 @@
-"""The lab market feed as the edge's signal source (DESIGN.md §2), instead of a replayed scenario.
+"""The lab market feed as the edge's signal source (docs/design.md §2), instead of a replayed scenario.
 
 :class:`FeedSource` offers the edge's runner the same methods as
 :class:`picogrid.edge.signals.ScenarioSource`, backed by :class:`picogrid.edge.labfeed.LabFeed`:
@@ -276,8 +276,10 @@ class FeedForecaster:
     (:meth:`FeedSource.sun_band`), or, before the edge has seen a whole day's sun (its first
     day on a feed), the day curve fitted to today's sun so far with its posterior predictive
     band (:class:`~picogrid.edge.labfeed.DaySunFit`: zero at night, a half-sine by day), not
-    the sun now held flat (which held a 1.5 W afternoon sun through the night).
-    Before a band is known its quantiles are all the point forecast, and the source says so.
+    the sun now held flat (which held a 1.5 W afternoon sun through the night). Until the
+    sun band has its days, yesterday's sun takes the spread of today's day curve around its
+    median as its band, rather than none. Before a band is known its quantiles are all the
+    point forecast, and the source says so.
     """
 
     def __init__(self, source):
@@ -331,11 +333,17 @@ class FeedForecaster:
                 fans[name], source[name] = fan(*learned, "labfeed_learner")
         if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
             steps = (k + np.arange(n)) % src.n_ticks
+            point = np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w
+            learned_as = "edge_yesterday" if src.sun_age_days == 1 else f"edge_sun_seen:{src.sun_age_days} days ago"
             band = src.sun_band(k, n)
-            fans["pv_available_w"], source["pv_available_w"] = fan(
-                np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w,
-                None if band is None else tuple(b * src.pv_capability_w for b in band),
-                "edge_yesterday" if src.sun_age_days == 1 else f"edge_sun_seen:{src.sun_age_days} days ago")
+            if band is not None:
+                fans["pv_available_w"], source["pv_available_w"] = fan(
+                    point, tuple(b * src.pv_capability_w for b in band), learned_as)
+            else:   # too few days for a day-to-day band: the spread of today's day curve around its median
+                today_sun = self._sun_fit.fan(src._day_sun(), k, n, QUANTILES)
+                fans["pv_available_w"] = {q: point + (today_sun[q] - today_sun[0.5]) * src.pv_capability_w
+                                          for q in QUANTILES}
+                source["pv_available_w"] = learned_as + ":band of sun_day_fit"
         else:     # no day's sun seen before today: the day curve today's sun so far says
             fans["pv_available_w"] = {q: v * src.pv_capability_w
                                       for q, v in self._sun_fit.fan(src._day_sun(), k, n, QUANTILES).items()}

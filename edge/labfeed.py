@@ -1,6 +1,6 @@
 """Client of the lab kit's market feed, with caching, and an online day-profile learner.
 
-The feed (DESIGN.md section 2) publishes one "day" of 60 ticks of 5 s, so a day lasts 300 s:
+The feed (docs/design.md section 2) publishes one "day" of 60 ticks of 5 s, so a day lasts 300 s:
 day index = ``int(unix_time / 300)``, tick = position in that 300 s window x 60. Endpoints:
 
 =================  =========================================================  ================
@@ -57,7 +57,7 @@ class LabFeedError(RuntimeError):
 
 
 def day_tick(unix_time_s: float) -> tuple[int, int]:
-    """Lab day index and tick of a Unix time (DESIGN.md section 2).
+    """Lab day index and tick of a Unix time (docs/design.md section 2).
 
     Returns
     -------

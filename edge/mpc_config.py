@@ -1,6 +1,6 @@
 """Configuration of the receding-horizon problem: :class:`MpcConfig` and how a site file sets it.
 
-:class:`MpcConfig` holds every number of the model of DESIGN.md §4 (horizon, storage, grid,
+:class:`MpcConfig` holds every number of the model of docs/design.md §4 (horizon, storage, grid,
 loads and their values of lost load, deferrable jobs, reserve, scenarios, solver settings) and
 checks them once, at construction; :func:`config_from_site` builds it from a parsed site TOML
 (``edge/sites/*.toml``) of either profile, the lab bench (J, W, 2.5 s steps) or a site (kWh,
@@ -57,7 +57,7 @@ class MpcConfig:
     time_limit_s : float
         Wall-clock limit per solve [s] (> 0), OSQP's and the exact LP's (HiGHS: run time).
     solver : str
-        ``'osqp'`` (default, DESIGN.md §4): OSQP every tick, and the same problem as an exact
+        ``'osqp'`` (default, docs/design.md §4): OSQP every tick, and the same problem as an exact
         LP (:class:`picogrid.edge.simplex.WarmSimplex`, status ``'solved_exact'``) for a tick
         OSQP ends unsolved. ``'highs'``: the exact LP every tick.
     cold_start_exact : bool

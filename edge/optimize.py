@@ -1,6 +1,6 @@
 """Receding-horizon dispatch of the DC microgrid as one OSQP quadratic programme.
 
-The model (DESIGN.md §4): per step ``t`` of ``dt_s`` seconds over a horizon of ``N`` steps,
+The model (docs/design.md §4): per step ``t`` of ``dt_s`` seconds over a horizon of ``N`` steps,
 storage charge/discharge power, grid import/export, used PV (after curtailment), the power
 served to each of ``L`` loads and the power delivered to each of ``J`` deferrable energy jobs
 (lab feed ``/deferables``: ``{start, end, energy}``), with the stored energy as a state.

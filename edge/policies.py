@@ -9,7 +9,7 @@
 - :func:`day_ahead_policy`: a whole-day plan followed open loop (storage and deferrable power
   from the plan, loads and PV as they come), as a home follows an EMHASS day-ahead plan.
 - :func:`simulate_policy`, :func:`day_cost`, :func:`savings_capture`: closed-loop day
-  simulation and the figure of merit of DESIGN.md §4,
+  simulation and the figure of merit of docs/design.md §4,
   ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``.
 
 The cost every policy is scored on is the MPC and perfect-foresight objective evaluated on what really
@@ -578,7 +578,7 @@ def mpc_policy(controller, forecast):
 
 
 def savings_capture(cost_naive, cost_mpc, cost_perfect_foresight):
-    """Share of the naive → perfect-foresight saving the MPC achieves (DESIGN.md §4).
+    """Share of the naive → perfect-foresight saving the MPC achieves (docs/design.md §4).
 
     ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``; 1 = as good as perfect
     foresight, 0 = no better than naive, < 0 = worse than naive. Returns ``nan`` when the

@@ -1,6 +1,6 @@
 """The receding-horizon problem as one scaled QP with a fixed sparsity (:class:`QpModel`).
 
-The model of DESIGN.md §4 over ``N`` steps: storage charge/discharge with separate
+The model of docs/design.md §4 over ``N`` steps: storage charge/discharge with separate
 efficiencies, grid import/export, used PV, served power per load, deferrable delivery per job,
 the stored energy as a state, soft energy bounds, job energies and the optional reserve with
 exact penalties (see :mod:`picogrid.edge.optimize` for the whole statement and the sign

@@ -1,7 +1,7 @@
 """Exogenous signals the edge sees: demand, prices, and PV history, tick by tick.
 
 :class:`ScenarioSource` replays a prepared real-data scenario (``models.scenario``) the way
-the lab market feed serves it (DESIGN.md §2): at tick ``k`` the current demand and prices
+the lab market feed serves it (docs/design.md §2): at tick ``k`` the current demand and prices
 are known, the past is known, the future is not. The forecaster gets only the past.
 
 The scenario is a mapping of column name -> list, one entry per (day, tick), oldest first,

@@ -1,4 +1,4 @@
-"""The site file: one TOML describing boards, ports, roles, limits and tariffs (DESIGN.md §7).
+"""The site file: one TOML describing boards, ports, roles, limits and tariffs (docs/design.md §7).
 
 ``edge/sites/lab.toml`` is the lab bench, ``edge/sites/site.toml`` a home. Board ids and
 secrets are resolved here once, so the HIL bench, the flashing tool and the edge agree.

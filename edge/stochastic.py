@@ -339,7 +339,7 @@ def forecast_inputs(fans, cfg, load_series, now, calibration=None, tick=None, er
         with scenarios also ``scenarios`` (:func:`solve_scenarios`, then ``K`` error scenarios,
         :func:`picogrid.edge.error_scenarios.error_scenarios`); with ``cfg.reserve`` also
         ``reserve_demand_w`` [N, L] (P90) and ``reserve_pv_w`` [N] (P10), the reserve's
-        pessimistic corner (DESIGN.md §4).
+        pessimistic corner (docs/design.md §4).
 
     Raises
     ------

@@ -196,7 +196,7 @@ class Store:
 
     def decision(self, tick, t_s, status, solve_time_s, objective, forecast_source,
                  setpoints, plan=None, reason=None, operator_mode="automatic", details=None):
-        """The audit record of tick ``k``'s decision (DESIGN.md section 4): solver ``status``
+        """The audit record of tick ``k``'s decision (docs/design.md section 4): solver ``status``
         (or ``fallback:<reason>``), ``solve_time_s`` [s], ``objective`` [c], the forecast source,
         the first-step ``setpoints`` ({board: value}), the ``plan``'s first steps, the reason in
         words, the operator mode and ``details`` (objective terms, binding constraints,

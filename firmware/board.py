@@ -1,5 +1,5 @@
 # One board's behaviour on the link: hello, telemetry, setpoints and acks, the setpoint
-# watchdog (failsafe, DESIGN.md §3), and energy metering. Cooperative asyncio tasks after
+# watchdog (failsafe, docs/design.md §3), and energy metering. Cooperative asyncio tasks after
 # micropython-async: the control task is the only one that touches the power stage.
 import asyncio
 import time

@@ -1,7 +1,7 @@
 # Role state machines: what each board does with its measurements and the edge's setpoint.
 # One class per role, all with the same methods, so board.py never branches on the role:
 #   setpoint(mode, value) -> ack status   apply a validated setpoint from the edge
-#   failsafe()                            go to the role's safe state (DESIGN.md §3)
+#   failsafe()                            go to the role's safe state (docs/design.md §3)
 #   step(v_port, i_port, v_bus, i_bus, dt_s) -> current reference [A]
 # Measurements: port voltage [V] and current [A] (+ out of the port element for sources,
 # + into the LED for loads), bus voltage [V], bus-side current [A] (+ into the bus).
@@ -231,7 +231,7 @@ class LoadRole(_Role):
         return status
 
     def failsafe(self):
-        # critical loads stay on, the others are shed (DESIGN.md §3)
+        # critical loads stay on, the others are shed (docs/design.md §3)
         if self.cfg["priority"] == "critical":
             self.shed = False
             self.setpoint_w = self.cfg["limits"].get("failsafe_power_w", self.p_max_w)

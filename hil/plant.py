@@ -7,7 +7,7 @@ current follows that reference with a first-order lag ``tau_s``. Ports:
 
 * ``pv``: a 4-cell PV emulator, single-diode model without series/shunt resistance,
   ``i = isc * sun - i0 * (exp(v / a) - 1)``, with ``a`` fitted so Voc = 5 V at Isc = 0.92 A
-  and the fill factor gives an MPP near 4 W (DESIGN.md §2), feeding the converter's input
+  and the fill factor gives an MPP near 4 W (docs/design.md §2), feeding the converter's input
   capacitor: ``C_in dv/dt = i_pv(v) - i_stage``. The capacitor makes the PV voltage a state
   the board regulates (voltage-mode MPPT), as on a real converter input.
 * ``storage``: a 0.5 F supercapacitor with 4 ohm ESR, ``E = C v_oc^2 / 2``.
@@ -28,7 +28,7 @@ from picogrid.firmware.protocol import ROLES  # the boards' role order: indices 
 SMPS_ROLES = ROLES[:3]
 LOAD_ROLES = ROLES[3:]
 
-#: Defaults of the "lab" bench (DESIGN.md §2); overridden by the site file's [plant] table.
+#: Defaults of the "lab" bench (docs/design.md §2); overridden by the site file's [plant] table.
 LAB_PLANT = {
     "bus_capacitance_f": 0.1,      # bulk bus capacitance of the simulated bench, see hil/README
     "bus_voltage_init_v": 7.0,

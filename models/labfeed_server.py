@@ -1,4 +1,4 @@
-"""A local server of the lab market feed API (DESIGN.md section 2), serving real or teaching days.
+"""A local server of the lab market feed API (docs/design.md section 2), serving real or teaching days.
 
 For tests and offline demos: it answers ``GET /sun``, ``/price``, ``/demand``, ``/deferables``
 and ``/yesterday`` on loopback exactly as specified (day index = ``int(unix_time / 300)``, tick =
@@ -135,7 +135,7 @@ def generate_teaching_days(n_days: int, seed: int = 0) -> list[dict]:
     """Synthetic lab-feed days modelled on an independent teaching server (not real data).
 
     The project's own feed replays real days (:func:`generate_lab_days`); a teaching server
-    publishes rather different ones (DESIGN.md section 2: integer prices anywhere from about
+    publishes rather different ones (docs/design.md section 2: integer prices anywhere from about
     10 to a few hundred c/J jumping from tick to tick, demand of 0-4 W with noise, deferrable
     windows that need normalising). This is a model of such a server, to run the edge on: the
     shapes below are invented, only the format and the bench's ratings are the project's.

@@ -38,7 +38,7 @@ from . import data
 
 log = logging.getLogger(__name__)
 
-#: Default bench: lab profile of DESIGN.md section 2 plus the price scaling documented above.
+#: Default bench: lab profile of docs/design.md section 2 plus the price scaling documented above.
 BENCH_DEFAULTS = {
     "pv_capability_w": 4.0,            # PV emulator MPP [W]
     "load_rating_w": 1.0,              # each LED driver [W]

@@ -285,7 +285,7 @@ def test_runner_plans_on_its_forecasters_scenario_energies():
 
 def test_runner_reserve_uses_the_pessimistic_quantiles():
     """With the reserve switched on, the runner keeps energy for P90 demand against P10 PV
-    (DESIGN.md §4), not for the expected forecast; step 0 is what the feed says now."""
+    (docs/design.md §4), not for the expected forecast; step 0 is what the feed says now."""
     from picogrid.edge.optimize import reserve_energy_j
     from picogrid.edge.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site

@@ -1,4 +1,4 @@
-"""What the edge takes from a lab feed it has not seen before (DESIGN.md §2): deferrable jobs
+"""What the edge takes from a lab feed it has not seen before (docs/design.md §2): deferrable jobs
 whose windows a teaching server states oddly (edge/deferrable.py ``normalise_jobs``, told once
 per job and day by the runner), and the first day's sun, learnt within the day
 (edge/feedsource.py ``FeedForecaster``)."""

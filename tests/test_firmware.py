@@ -62,7 +62,7 @@ def test_pv_caps_are_honoured_down_to_zero(results, cap_w):
 
 def test_mppt_reaches_97_percent_of_mpp(results):
     m = results["mppt"]
-    assert 3.9 < m["mpp_w"] < 4.2      # the emulator's MPP (DESIGN.md §2: ~4 W)
+    assert 3.9 < m["mpp_w"] < 4.2      # the emulator's MPP (docs/design.md §2: ~4 W)
     assert m["ratio"] >= 0.97
 
 

@@ -213,7 +213,7 @@ def test_pv_mppt_reaches_97_percent_within_settling_time(run):
     t_step = m["sun_step"]
     rows = [(t, s) for t, s in rec.rows if t_step <= t <= m["mark"]]
     ratios = [(t - t_step, s["v_port_v"]["pv"] * s["i_port_a"]["pv"] / s["pv_available_w"]) for t, s in rows]
-    assert rows[-1][1]["pv_available_w"] > 4.0          # full sun: the ~4 W MPP (DESIGN.md §2)
+    assert rows[-1][1]["pv_available_w"] > 4.0          # full sun: the ~4 W MPP (docs/design.md §2)
     # MPPT efficiency as energy ratios (EN 50530 rates trackers by energy, not by samples) over
     # 0.25 s bins: one sample caught mid-perturbation on a loaded host is not a tracking loss
     late = [(dt, r) for dt, r in ratios if dt >= PV_SETTLE_S]

@@ -1,8 +1,8 @@
 """Tests of the OSQP receding-horizon controller (picogrid.edge.optimize).
 
 Cycle tables (given these forecasts, expect these setpoints), agreement with an independent
-cvxpy formulation of the DESIGN.md §4 model solved by Clarabel, sign conventions and the
-fallback path. Bench numbers follow the lab profile of DESIGN.md §2.
+cvxpy formulation of the docs/design.md §4 model solved by Clarabel, sign conventions and the
+fallback path. Bench numbers follow the lab profile of docs/design.md §2.
 
 Hypothesis runs derandomized: the same instances in every CI run. Cold OSQP solves of random
 instances hit the iteration cap (and so the fallback) in about 4 of 1500 cases, which would

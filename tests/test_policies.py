@@ -1,7 +1,7 @@
 """Tests of the baselines and the day simulator (picogrid.edge.policies).
 
 The naive rule table, the perfect-foresight LP against cvxpy/Clarabel, cost accounting
-identities, and the closed-loop figure of merit of DESIGN.md §4 on a small synthetic day.
+identities, and the closed-loop figure of merit of docs/design.md §4 on a small synthetic day.
 """
 
 import cvxpy as cp

@@ -137,7 +137,7 @@ def test_protocol_md_constants_match_code():
 
 # ------------------------------------------------------------------ vectors, MicroPython
 def _micropython():
-    """The unix port's command. DESIGN.md section 3 wants the codec tested under both
+    """The unix port's command. docs/design.md section 3 wants the codec tested under both
     interpreters: without it these tests fail under `make test` (PICOGRID_REQUIRE_MICROPYTHON=1)
     and skip, saying why, elsewhere."""
     try:

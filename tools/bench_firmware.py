@@ -25,7 +25,7 @@ import tempfile
 from picogrid.hil.bench import FIRMWARE_DIR, micropython_command
 
 RP2040_SLOWDOWN = 100.0          # assumed RP2040 / x86-unix-port time ratio, see docstring
-LOOP_BUDGET_US = 1000.0          # 1 kHz inner loop (DESIGN.md §2)
+LOOP_BUDGET_US = 1000.0          # 1 kHz inner loop (docs/design.md §2)
 
 SCRIPT = r'''
 # PicoGrid loop-cost benchmark: runs under MicroPython (unix port or a Pico) with firmware/ on the path.

@@ -56,7 +56,7 @@ PYMGRID_MAX_N = 288
 
 
 class CvxpyMpc:
-    """The MPC model of DESIGN.md §4 in cvxpy with parameters, compiled once (Clarabel).
+    """The MPC model of docs/design.md §4 in cvxpy with parameters, compiled once (Clarabel).
 
     Written from the model's statement, not from :mod:`picogrid.edge.optimize`: hard power
     limits, soft energy bounds with an L1 penalty, deferrable jobs with an undelivered-energy
@@ -174,7 +174,7 @@ def bench_horizon(base_cfg, n, ticks, cvx_ticks, scaling):
         gaps[solver + "_abs"].append((objective - optimum) / abs(optimum))
 
     # job slots: two jobs a day, for every day the horizon touches; one scenario: the model of
-    # DESIGN.md §4 that cvxpy states (a site's scenario plan is S copies of it, S times the size)
+    # docs/design.md §4 that cvxpy states (a site's scenario plan is S copies of it, S times the size)
     cfg = base_cfg.replace(horizon=n, n_jobs=2 * (int(np.ceil(n / 288)) + 1), scenario_weights=None,
                            scenario_quantiles=None, scenario_energy_spread=None)
     days = int(np.ceil((ticks + n) / 288)) + 1

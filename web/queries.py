@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 #: ``mpc_perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
 POLICIES = ("mpc", "naive", "perfect_foresight", "mpc_perfect")
 LIVE_POLICY = "mpc"
-# Display order of the bench's boards (DESIGN.md §2); any other board follows by name.
+# Display order of the bench's boards (docs/design.md §2); any other board follows by name.
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
 TELEMETRY_COLUMNS = (
     "tick", "t_s", "seq", "v_bus_v", "v_port_v", "i_port_a", "p_bus_w", "p_port_w",
@@ -264,7 +264,7 @@ def cost_comparison(conn, run_id):
         aligned on ``tick`` (None where the policy has no row); ``"totals"``: policy ->
         ``{"ticks", "total", "to_latest"}`` where ``to_latest`` sums the ticks up to the live
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
-        (naive - mpc) / (naive - perfect_foresight) of ``to_latest`` (DESIGN.md §4), None when any
+        (naive - mpc) / (naive - perfect_foresight) of ``to_latest`` (docs/design.md §4), None when any
         policy is missing or naive equals perfect_foresight; ``"savings_capture_vs_mpc_perfect"``: the same
         with the measured ``mpc_perfect`` bench in place of the model's perfect-foresight optimum (None without it,
         or when a tick of that bench was decided otherwise, without the true future or by the

@@ -2,7 +2,7 @@
 
 The summary the edge writes at the end of a day is a flat ``{name: number}`` object; the
 dashboard labels each value by reading the unit off its name (``energy_import_j`` -> J),
-as DESIGN.md §7 asks names to carry them.
+as docs/design.md §7 asks names to carry them.
 """
 
 # Longest suffixes first, so '_per_j' wins over '_j' and '_kwh' over '_wh'.
