@@ -246,3 +246,30 @@ def test_first_day_sun_is_a_day_curve_not_the_sun_now_held():
     assert coverage >= 0.8, coverage
     # the afternoon's band narrows as the day's sun is seen
     assert width[35] < 0.6 * width[20], width
+
+
+def test_second_day_sun_is_yesterday_s_with_the_band_of_today_s_curve():
+    """Day 2: the point is the sun seen yesterday (as before); until the day-to-day sun band has
+    its days, its band is the spread of today's day curve, not none."""
+    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.models.labfeed_server import LabFeedServer
+
+    cap = 3.87
+    day = {"date": "bell", "sun": np.rint(_bell(14.0, 46.0, 0.7) * 100).astype(int).tolist(), "demand": [1.0] * 60,
+           "sell_price": [50] * 60, "buy_price": [25] * 60, "deferables": []}
+    clock = Clock(DAY0 * 300 + 0.5)
+    server = LabFeedServer([day], clock, day0=DAY0 - 1)
+    try:
+        source = FeedSource(L.LabFeed(server.url, timeout_s=2.0, clock=clock), cap)
+        fc = FeedForecaster(source)
+        for d, t in [(DAY0, t) for t in range(60)] + [(DAY0 + 1, t) for t in range(21)]:
+            clock.t = d * 300 + t * 5 + 0.5
+            source.begin_tick(t)
+        assert source.day == DAY0 + 1 and source._tick == 20
+        fans = fc.forecast(source.history(21, 120), source.calendar(21), source.clearsky(21, 60))["pv_available_w"]
+    finally:
+        server.close()
+    assert fc.source["pv_available_w"] == "edge_yesterday:band of sun_day_fit"
+    np.testing.assert_allclose(fans[0.5], np.asarray(day["sun"])[(21 + np.arange(60)) % 60] / 100 * cap)
+    assert (fans[0.1] <= fans[0.5]).all() and (fans[0.5] <= fans[0.9]).all()
+    assert (fans[0.9] - fans[0.1])[:20].min() > 0.1        # daylight ticks ahead: a band, not a point

@@ -541,7 +541,7 @@ def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
 
 def test_a_day_seen_in_part_gives_its_sun_without_a_band(days):
     """The edge started mid-day: the next day's PV forecast is that day's sun at the same ticks
-    (zero where it was not seen), without a band yet."""
+    (zero where it was not seen), without a day-to-day band yet (the band of today's day curve)."""
     from picogrid.edge.feedsource import FeedForecaster, FeedSource
 
     clock = Clock(DAY0 * 300)
@@ -557,7 +557,7 @@ def test_a_day_seen_in_part_gives_its_sun_without_a_band(days):
     finally:
         server.close()
     assert source.sun_age_days == 1
-    assert fc.source["pv_available_w"] == "edge_yesterday:no band yet"
+    assert fc.source["pv_available_w"] == "edge_yesterday:band of sun_day_fit"
     seen = np.asarray(days[0]["sun"], float) / 100
     seen[:30] = 0.0                                       # not seen: no sun known there
     np.testing.assert_allclose(fans["pv_available_w"][0.5], np.minimum(seen[(6 + np.arange(60)) % 60] * 3.87, 3.87))
