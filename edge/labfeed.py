@@ -29,6 +29,10 @@ Cesa-Bianchi & Lugosi, "Prediction, Learning, and Games", 2006, ch. 4). Its P10/
 point forecast plus quantiles of its own errors on the days seen, each new day's errors taken
 before the day is learned from (online split-conformal bands, Vovk et al., "Algorithmic
 Learning in a Random World", 2005).
+
+The feed tells no past sun: :class:`DaySunFit` learns the day's sun within the day, from the
+ticks seen since midnight (a half-sine day curve, zero at night, weighed on a grid posterior),
+for an edge that has not seen a whole day's sun yet.
 """
 
 from __future__ import annotations
@@ -592,8 +596,9 @@ class DaySunFit:
     On a horizontal surface the extraterrestrial irradiance follows ``cos(zenith) = cos(phi)
     cos(delta) (cos(omega) - cos(omega_s))`` between sunrise and sunset (Duffie & Beckman,
     "Solar Engineering of Thermal Processes", 4th ed., 2013, sec. 1.6 and 1.10), which at the
-    equinox is exactly this half-sine of the time since sunrise; the lab kit's teaching server
-    publishes the same half-sine (sunrise tick 15, 30 ticks of day). Clouds only take sun away:
+    equinox is exactly this half-sine of the time since sunrise; a lab teaching server's sun is
+    this half-sine too (in the server code lab teams copy: sunrise at tick 15, 30 ticks of
+    daylight; noon far from mid-day would take more ticks to learn). Clouds only take sun away:
     a tick is clear with probability ``1 - CLOUD_P`` (``m`` with a relative spread
     :attr:`SIGMA_CLEAR`) or clouded, anywhere between 0 and ``m`` (uniform), so a cloud dip is
     not read as an early sunset (a robust mixture likelihood).
