@@ -157,14 +157,29 @@ def normalise_jobs(jobs, n_ticks, rating_w=None, dt_s=None):
     return out, [text for _, text in sorted(notes, key=lambda n: n[0])]
 
 
+def fit_jobs(jobs, room_w, dt_s):
+    """Jobs of a plan (``{"start", "end", "energy"}``, steps of the horizon) with each energy
+    capped to what an earliest-deadline-first schedule of them gets within ``room_w`` [W] at
+    each step (``dt_s`` [s] long): the most of each that the room can deliver, every job whole
+    when they fit together (see :func:`normalise_jobs`, rule 6). Copies; order kept."""
+    room_w = np.maximum(np.asarray(room_w, float), 0.0)
+    out = [dict(j) for j in jobs]
+    for job, fits_j in zip(out, _edf_room_j(out, room_w.size, room_w * float(dt_s))):
+        if job["energy"] > fits_j * (1 + 1e-6) + 1e-9:
+            job["energy"] = fits_j
+    return out
+
+
 def _edf_room_j(jobs, n_ticks, per_tick_j):
     """Energy [J] an earliest-deadline-first schedule gives each job (their order), at most
-    ``per_tick_j`` [J] in each tick of the day, no job more than it asks."""
+    ``per_tick_j`` [J] (a number, or one per tick [n_ticks]) in each of ticks ``0..n_ticks-1``,
+    no job more than it asks."""
+    per_tick_j = np.broadcast_to(np.asarray(per_tick_j, float), (n_ticks,))
     left = [j["energy"] for j in jobs]
     got = [0.0] * len(jobs)
     order = sorted(range(len(jobs)), key=lambda i: jobs[i]["end"])
     for t in range(n_ticks):
-        cap = per_tick_j
+        cap = per_tick_j[t]
         for i in order:
             if cap <= 0:
                 break
@@ -265,6 +280,7 @@ class DeferrableLoad:
         self._pending = None
         self._notes = []         # what the normalisation did to the day's jobs, not told yet
         self._told = set()       # ... and told already (a sentence names its job): once a day
+        self._capped = set()     # jobs plan_jobs has capped today (said once)
 
     def update(self, day, jobs, n_ticks, dt_s, notes=()):
         """Take the source's jobs of ``day`` when they change (a new day, the feed came back),
@@ -290,10 +306,10 @@ class DeferrableLoad:
             return False
         if self._heard is not None and day != self._heard[0]:
             self.ledger = JobLedger()          # a new day: the same windows are new jobs
-            self._told = set()
+            self._told, self._capped, self._notes = set(), set(), []
         kept, own = normalise_jobs(jobs, n_ticks, self.rating_w, dt_s)
         self.ledger.replace(kept)
-        self._notes = [n for n in (*notes, *own) if n not in self._told]
+        self._notes += [n for n in (*notes, *own) if n not in self._told and n not in self._notes]
         self._heard = heard
         return True
 
@@ -311,6 +327,46 @@ class DeferrableLoad:
         ledger = JobLedger(self.ledger.jobs, self.ledger.delivered_j)
         ledger.deliver(*self._pending)
         return ledger
+
+    def plan_jobs(self, t, limit, room_w, dt_s):
+        """The jobs for the optimiser's plan of tick ``t``, each asking no more than fits.
+
+        :meth:`JobLedger.live` of :meth:`planning` (relative to ``t``, at most ``limit``,
+        earliest deadline first), with each job's energy left capped to what an
+        earliest-deadline-first schedule of them gets within ``room_w``: the power the board
+        has beside its own demand at each step [W], i.e. :meth:`headroom_w` of the demand the
+        plan is made for. A job the board's own demand leaves too little room for then asks
+        for what it can still get, instead of the plan violating its soft energy constraint
+        on every tick of the day; that is said once per job and day (:meth:`untold`). The
+        ledger keeps the job's whole energy: a later tick's forecast with more room plans more.
+
+        Parameters
+        ----------
+        t : int
+            Tick of the plan's first step.
+        limit : int
+            Job slots of the optimiser.
+        room_w : array [N]
+            Power the board can give jobs at each step of the horizon [W].
+        dt_s : float
+            Step length [s].
+
+        Returns
+        -------
+        list of dict
+            ``{"start", "end", "energy"}``: steps relative to ``t``, energy [J].
+        """
+        jobs = self.planning().live(t, limit)
+        fitted = fit_jobs(jobs, room_w, dt_s)
+        for job, fit in zip(jobs, fitted):
+            window = (t + job["start"], t + job["end"])
+            if fit["energy"] < job["energy"] and window not in self._capped:   # once per job and day
+                self._capped.add(window)
+                self._notes.append(
+                    "planned %s for %.4g J: the %s board's own demand, as forecast at tick %d, leaves it "
+                    "no more room before its deadline" % (
+                        _stated(*window, job["energy"]).replace(" J)", " J left)"), fit["energy"], self.board, t))
+        return fitted
 
     def headroom_w(self, demand_w):
         """Power the board can add for jobs on top of its demand [W]; ``demand_w`` [..., L]."""

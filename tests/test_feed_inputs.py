@@ -273,3 +273,22 @@ def test_second_day_sun_is_yesterday_s_with_the_band_of_today_s_curve():
     np.testing.assert_allclose(fans[0.5], np.asarray(day["sun"])[(21 + np.arange(60)) % 60] / 100 * cap)
     assert (fans[0.1] <= fans[0.5]).all() and (fans[0.5] <= fans[0.9]).all()
     assert (fans[0.9] - fans[0.1])[:20].min() > 0.1        # daylight ticks ahead: a band, not a point
+
+
+def test_plan_jobs_ask_no_more_than_fits_beside_the_board_s_own_demand():
+    """A job that fits the board's rating but not beside its own demand (15 J over 15 ticks of
+    1 s at 1 W, with 0.3 W of its own demand) is planned for what the room holds, 10.5 J, said
+    once a day however the forecast moves; the ledger keeps the whole job, and a plan with
+    room enough asks for all of it."""
+    board = DeferrableLoad("load3", RATING_W, 2)
+    board.update(DAY0, [{"start": 43, "end": 58, "energy": 15.0}], 60, 1.0)
+    assert board.untold() == []
+    room_w = board.headroom_w(np.full((60, 3), 0.3))
+    jobs = board.plan_jobs(40, 2, room_w, 1.0)
+    assert jobs == [{"start": 3, "end": 18, "energy": pytest.approx(10.5)}]
+    assert board.untold() == ["planned job (ticks 43..57, 15 J left) for 10.5 J: the load3 board's own demand, "
+                              "as forecast at tick 40, leaves it no more room before its deadline"]
+    assert board.plan_jobs(41, 2, board.headroom_w(np.full((60, 3), 0.4)), 1.0)[0]["energy"] == pytest.approx(9.0)
+    assert board.untold() == []
+    assert board.plan_jobs(41, 2, board.headroom_w(np.zeros((60, 3))), 1.0)[0]["energy"] == 15.0
+    assert board.ledger.jobs.tolist() == [[43, 58, 15.0]]
