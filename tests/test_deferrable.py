@@ -38,11 +38,12 @@ def test_bad_jobs_are_refused(bad):
 
 
 def test_report_does_not_count_job_energy_as_served_and_prices_the_shortfall():
-    from picogrid.edge import report
+    from picogrid.edge import economics, report
     from picogrid.edge.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
-    cfg = config_from_site(load_site())
+    # the site's values at the rows' price scale (1 c/J import): edge/economics.py
+    cfg = economics.resolve(config_from_site(load_site()), [1.0] * 4, [0.5] * 4)
     rows = []
     for t in range(4):
         jobs_w = 0.5 if t in (1, 2) else 0.0
