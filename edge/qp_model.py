@@ -24,6 +24,11 @@ _POWER_BLOCKS = ("p_ch", "p_dis", "p_imp", "p_exp", "p_pv")
 # 2 x top / (eta_ch * eta_dis), so 10 keeps the L1 penalty exact with margin; a larger factor
 # only slows ADMM down.
 _PENALTY_FACTOR = 10.0
+# Serving a load now is worth this share more than serving it at the horizon's end (linear in
+# between). Without it, shedding is a tie across time whenever stored energy cannot cover the
+# whole horizon (islanded): the LP shed the critical load now and "served" it later, and the
+# receding horizon then shed it again every tick. Small enough to move no other decision.
+_SERVE_NOW_TILT = 1e-4
 
 
 class _Layout:
@@ -216,7 +221,8 @@ class QpModel:
         q[cols["p_exp"]] = -export_price_per_j * cfg.dt_s * ps / cu
         q[cols["p_ch"]] = ec.cycle_cost_per_j * cfg.dt_s * ps / cu
         q[cols["p_dis"]] = ec.cycle_cost_per_j * cfg.dt_s * ps / cu
-        q[cols["p_load"]] = -np.asarray(ec.voll_per_j)[None, :] * cfg.dt_s * ps / cu
+        sooner = 1.0 + _SERVE_NOW_TILT * np.linspace(1.0, 0.0, n)[:, None]
+        q[cols["p_load"]] = -np.asarray(ec.voll_per_j)[None, :] * sooner * cfg.dt_s * ps / cu
         q[cols["e"][-1]] = -ec.terminal_value_per_j * es / cu
         q[cols["s_e"]] = (self.penalty_per_j(import_price_per_j, export_price_per_j, ec) * es / cu
                           / self.slack_scale["s_e"])

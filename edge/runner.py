@@ -279,9 +279,10 @@ class EdgeRunner:
             pv, demand, imp = window["pv_avail_w"], window["demand_w"], window["import_price_per_j"]
             window.update(p_imp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_imp_max_w),
                           p_exp_max_w=np.full(n, 0.0 if islanded else self.cfg.p_exp_max_w))
-            if self.deferrable:
-                window.update(jobs=self.deferrable.planning().live(k, self.cfg.n_jobs),
-                              p_def_max_w=self.deferrable.headroom_w(demand))
+            if self.deferrable:    # jobs ask no more than the board's room beside its own demand
+                room_w = self.deferrable.headroom_w(demand)
+                window.update(jobs=self.deferrable.plan_jobs(k, self.cfg.n_jobs, room_w, self.tick_s),
+                              p_def_max_w=room_w)
             # the day is scored with its stored energy at the terminal value, as the perfect-foresight optimum is
             window = pad_day_end(window, self.n_ticks - k, self.cfg)
             decision = self.mpc.solve(e_j, **window)

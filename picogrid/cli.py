@@ -3,6 +3,7 @@
     picogrid demo [--exit]        a real day on the HIL bench with the edge and the dashboard
     picogrid hil                  only the bench: plant + six boards, prints their ports
     picogrid web --db FILE        the dashboard over an existing store
+    picogrid plan --site FILE     one tick planned from a site file: setpoints and reasons
     picogrid train ...            train the forecasters and export them to ONNX
     picogrid evaluate ...         policies over many real days; `evaluate forecasts` for models
     picogrid bench [NAME ...]     benchmarks (tools/bench.py), ratios against in-run baselines
@@ -272,6 +273,22 @@ def cmd_labfeed_server(args):
     return 0
 
 
+def cmd_plan(args):
+    from picogrid.edge.plan_tick import format_plan, plan_tick, tick_inputs
+    from picogrid.edge.site import load_site
+
+    try:
+        site = load_site(args.site)
+        demand = None if args.demand_w is None else [float(x) for x in args.demand_w.split(",")]
+        inputs = tick_inputs(site, args.energy_j, args.pv_w, demand, args.import_price, args.export_price)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"picogrid plan: {args.site}: {exc}", file=sys.stderr)
+        return 2
+    decision, sp = plan_tick(site, inputs, args.islanded)
+    print("\n".join(format_plan(site, inputs, decision, sp, args.islanded)))
+    return 0 if decision.ok else 1
+
+
 def cmd_web(args):
     from picogrid.web.server import start_background
     url, stop = start_background(args.db, port=args.port)
@@ -348,6 +365,18 @@ def build_parser():
     p.add_argument("--speed", type=_positive(float), default=1.0,
                    help="clock speed-up (same as the edge's --feed-speed)")
     p.set_defaults(func=cmd_labfeed_server)
+
+    p = sub.add_parser("plan", help="plan one tick from a site file and print the setpoints and reasons")
+    p.add_argument("--site", required=True, help="site TOML")
+    p.add_argument("--energy-j", type=float, default=None, help="stored energy now [J] (default: half full)")
+    p.add_argument("--pv-w", type=float, default=None, help="available PV [W] (default: half the capability)")
+    p.add_argument("--demand-w", default=None,
+                   help="each load's demand [W], comma-separated (default: half each rating)")
+    p.add_argument("--import-price", type=float, default=None,
+                   help="import price per J (default: the site's price_scale_per_j)")
+    p.add_argument("--export-price", type=float, default=None, help="export price per J (default: a third of import)")
+    p.add_argument("--islanded", action="store_true", help="the grid is lost")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("hil", help="start the plant and six virtual boards only")
     p.add_argument("--site", default=None)

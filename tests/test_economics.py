@@ -148,3 +148,14 @@ def test_physics_sheds_by_priority_and_says_which_rule():
     islanded = _one_tick(cfg, 0.0, cfg.e_min_j)
     assert islanded.shed_rule == "islanded"
     assert islanded.load_served_w[2] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_islanded_serves_the_critical_load_now_not_later():
+    """Islanded with 20 J stored and 3 W of demand for the whole horizon: the store cannot
+    cover it all, so load2 and load3 go, but the critical load is served now (shedding it now
+    to 'serve it later' is a tie the receding horizon would repeat every tick)."""
+    cfg = lab_feed_cfg(scenario_weights=None, scenario_quantiles=None)
+    d = _one_tick(cfg, 0.0, 20.0)
+    assert d.shed_rule == "islanded"
+    assert d.load_served_w == pytest.approx([1.0, 0.0, 0.0], abs=1e-3)
+    assert d.p_storage_w == pytest.approx(1.0, abs=1e-3)
