@@ -1,6 +1,6 @@
 """Dashboard tests: Flask test client over a fresh SQLite store written by the edge's Store.
 
-Each test builds its own database through ``picogrid.edge.store.Store`` (the real writer and
+Each test builds its own database through ``picogrid.edge.control.store.Store`` (the real writer and
 schema), so the dashboard is checked against the contract rather than against fixtures of
 its own making.
 """
@@ -16,7 +16,7 @@ import sqlite3
 
 import pytest
 
-from picogrid.edge.store import DISPATCH_COLUMNS, Store
+from picogrid.edge.control.store import DISPATCH_COLUMNS, Store
 from picogrid.web import create_app
 from picogrid.web.api import parse_since
 from picogrid.web.server import start_background
@@ -102,15 +102,14 @@ def day(store):
 # --- empty and not-yet-started stores ------------------------------------------------------
 
 def test_missing_database_shows_waiting_and_is_not_created(db_path):
+    """No store file yet: 503 (nothing can be read), the page says it waits for the edge."""
     client = make_client(db_path)
     page = client.get("/")
-    assert page.status_code == 200
-    assert b"Waiting for the edge" in page.data
-    assert client.get("/api/latest").get_json() == {
-        "run": None, "bus_voltage_v": None, "boards": [], "decision": None}
-    assert client.get("/api/runs").get_json() == {"runs": []}
-    assert client.get("/api/run/1/summary").status_code == 404
-    assert client.get("/api/run/1/dispatch").status_code == 404
+    assert page.status_code == 503
+    assert b"Waiting for the edge" in page.data and b"does not exist yet" in page.data
+    for path in ("/api/latest", "/api/runs", "/api/run/1/summary", "/api/run/1/dispatch"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and "does not exist yet" in answer.get_json()["error"], path
     assert not db_path.exists(), "a read-only dashboard must not create the edge's file"
 
 
@@ -452,7 +451,8 @@ def test_consumption_chart_is_drawn_by_the_served_script(db_path, day):
 def test_pages_wait_for_the_edge(db_path):
     client = make_client(db_path)
     for path in ("/", "/consumption", "/finance", "/forecasts", "/boards"):
-        assert b"Waiting for the edge" in client.get(path).data
+        page = client.get(path)
+        assert page.status_code == 503 and b"Waiting for the edge" in page.data
 
 
 def test_forecasts_page_rejects_unknown_series(db_path, day):
@@ -461,7 +461,7 @@ def test_forecasts_page_rejects_unknown_series(db_path, day):
 
 def test_consumption_leaves_the_deferrable_jobs_out_of_the_boards_load(db_path, store):
     """The deferrable board draws its jobs on top of its own demand: served and shed are of
-    that demand, as in the edge's summary (edge/report.py)."""
+    that demand, as in the edge's summary (edge/control/report.py)."""
     store.start_run("lab", "2010-06-14", 60, 5.0, {"deferrable_board": "load3"})
     row = dict(dispatch_row("mpc", 2), load3_w=-0.35, load3_demand_w=0.3, deferrable_w=0.1)
     store.dispatch("mpc", 0, row)
@@ -635,7 +635,7 @@ def test_mode_and_overrides_follow_what_the_edge_applied(db_path, day, site_file
                  {"kind": "override", "board": "grid", "value": 7.2}, {"kind": "mode", "mode": "approve"}):
         assert client.post("/api/commands", json=body, headers=headers).status_code == 201
     assert client.get("/api/control").get_json()["mode"] == "automatic"   # nothing applied yet
-    # The edge's side of the contract (edge/store.py): it marks rows applied or rejected.
+    # The edge's side of the contract (edge/control/store.py): it marks rows applied or rejected.
     conn = sqlite3.connect(str(db_path))
     conn.execute("UPDATE command SET status='applied', applied_at=?, result='ok' WHERE id IN (1, 2, 3)",
                  (time.time(),))
@@ -868,7 +868,7 @@ def test_stream_follows_a_store_made_anew(tmp_path):
     file, not the deleted one it had open."""
     import threading
 
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
     from picogrid.web.stream import Hub
 
     path = tmp_path / "picogrid.sqlite"

@@ -34,6 +34,14 @@ DEFAULTS = {
     "SESSION_COOKIE_SAMESITE": "Strict",
     "SESSION_COOKIE_HTTPONLY": True,
     "PERMANENT_SESSION_LIFETIME": 8 * 3600,   # one lab session [s]
+    # The largest body the dashboard takes is a login form or one command (< 2 kB); anything
+    # bigger is refused with 413 before a view reads it [bytes].
+    "MAX_CONTENT_LENGTH": 16 * 1024,
+    "STORE_TIMEOUT_S": 5.0,    # a read waits this long for the edge's write lock, then 503 [s]
+    # Login attempts (picogrid.web.control): per client address, every POST counts; per user
+    # name, only failed ones. In-memory counters: the dashboard is one process.
+    "LOGIN_LIMITS_PER_ADDRESS": "10 per minute;60 per hour",
+    "LOGIN_LIMITS_PER_USER": "5 per minute;20 per hour",
 }
 
 
@@ -102,6 +110,7 @@ def create_app(test_config=None):
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(control.bp)
+    control.init_limiter(app)
     app.cli.add_command(hash_password)
     return app
 

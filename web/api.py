@@ -28,10 +28,12 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 
 def _conn_or_none():
+    """The request's store handle, or None before the edge has created its tables.
+
+    Raises ``StoreUnavailable`` (a 503) when the store is missing or cannot be read.
+    """
     conn = get_db()
-    if conn is None or not queries.has_schema(conn):
-        return None
-    return conn
+    return conn if queries.has_schema(conn) else None
 
 
 @bp.errorhandler(400)

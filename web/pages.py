@@ -59,15 +59,18 @@ def _nav():
 
 
 def _render(template, **extra):
-    """Render ``template`` with the latest run's state, or the waiting page before a run."""
+    """Render ``template`` with the latest run's state, or the waiting page before a run.
+
+    A store that cannot be read raises out of here (``StoreUnavailable``, ``sqlite3``
+    errors): the app answers 503 with the reason (``picogrid.web.db``).
+    """
     conn = get_db()
     state, control = None, queries.control_state(conn)
-    if conn is not None:
-        with snapshot(conn):
-            state = queries.latest_state(conn) if queries.has_schema(conn) else None
-            if state is not None and state["run"] is not None:
-                run_id = state["run"]["id"]
-                extra = {k: (v(conn, run_id) if callable(v) else v) for k, v in extra.items()}
+    with snapshot(conn):
+        state = queries.latest_state(conn) if queries.has_schema(conn) else None
+        if state is not None and state["run"] is not None:
+            run_id = state["run"]["id"]
+            extra = {k: (v(conn, run_id) if callable(v) else v) for k, v in extra.items()}
     if state is None or state["run"] is None:
         return render_template("waiting.html", control=control)
     return render_template(template, state=state, run=state["run"], control=control, **extra)

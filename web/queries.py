@@ -2,7 +2,7 @@
 
 Every function returns JSON-ready dicts and lists (no ``sqlite3.Row``), so the pages, the
 JSON API and the SSE stream share one source of truth. The schema they read is
-``picogrid.edge.store.SCHEMA``; powers are into the DC bus [W] (loads negative), energies [J],
+``picogrid.edge.control.store.SCHEMA``; powers are into the DC bus [W] (loads negative), energies [J],
 prices per joule in the tariff's unit, costs in that same unit.
 
 "A tick is done" means its ``dispatch`` row for policy ``'mpc'`` exists: the edge writes a
@@ -12,8 +12,9 @@ tick's telemetry, decision and dispatch in one transaction, and the baselines ('
 
 import json
 import logging
+import sqlite3
 
-from picogrid.edge.store import DISPATCH_COLUMNS
+from picogrid.edge.control.store import DISPATCH_COLUMNS, SCHEMA
 
 from .units import split_unit
 
@@ -22,6 +23,22 @@ log = logging.getLogger(__name__)
 #: ``mpc_perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
 POLICIES = ("mpc", "naive", "perfect_foresight", "mpc_perfect")
 LIVE_POLICY = "mpc"
+
+
+def _schema_columns(schema):
+    """{table: {column, ...}} of a schema script, read back from SQLite itself."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(schema)
+        return {t: {c for (c,) in conn.execute("SELECT name FROM pragma_table_info(?)", (t,))}
+                for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+#: the edge schema's tables and columns: what ``picogrid.web.db.check_readable`` expects
+EDGE_COLUMNS = _schema_columns(SCHEMA)
+
 # Display order of the bench's boards (docs/design.md §2); any other board follows by name.
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
 TELEMETRY_COLUMNS = (
@@ -508,7 +525,7 @@ def consumption(conn, run_id, policy=LIVE_POLICY):
         return [None if any(v is None for v in vs) else fn(*vs) for vs in zip(*(d[n] for n in names))]
 
     # the deferrable board draws its jobs on top of its own demand: served and shed are of that
-    # demand, the jobs' energy apart (as the edge's summary, edge/report.py)
+    # demand, the jobs' energy apart (as the edge's summary, edge/control/report.py)
     jobs_board = _run_config(conn, run_id).get("deferrable_board")
     jobs_w = [v or 0.0 for v in d.get("deferrable_w") or [None] * len(d["tick"])]
     for load in ("load1", "load2", "load3"):

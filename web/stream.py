@@ -5,6 +5,10 @@ edge's GIL (the demo serves the dashboard from the edge's own process). Instead 
 :class:`Hub` per app polls the store's change key every ``poll_s`` and wakes the viewers when
 it changes; each distinct event (what is new after a given ``run:tick``) is built once per
 change and shared by every viewer that knows the same tick.
+
+A store that cannot be read (missing, corrupt, locked, not the edge's) does not end the
+stream: its events carry ``store_error`` (why) and the poller keeps trying every ``poll_s``;
+the first readable poll is a change like any other.
 """
 
 import collections
@@ -13,7 +17,7 @@ import os
 import threading
 
 from . import queries
-from .db import open_readonly, snapshot
+from .db import StoreMissing, check_readable, open_readonly, snapshot, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class Hub:
         self._file_id = None           # (device, inode) of the file the connection reads
         self._db_lock = threading.Lock()   # one connection, used by one thread at a time
         self._cache = collections.OrderedDict()
+        self.error = None              # why the store cannot be read, None while it can
         self._thread = None
         self._start_lock = threading.Lock()
 
@@ -64,21 +69,42 @@ class Hub:
         except OSError:
             file_id = None
         if self._conn is not None and file_id != self._file_id:
-            self._conn.close()
-            self._conn = None
+            self._drop_connection()
         if self._conn is None:
             self._conn = open_readonly(self.path)   # None until the edge creates the file
             self._file_id = file_id if self._conn is not None else None
         return self._conn
 
+    def _read_key(self):
+        """The store's change key; raises StoreUnavailable or sqlite3 errors when unreadable."""
+        conn = self._connection()
+        if conn is None:
+            raise StoreMissing("the store file %s does not exist yet (the edge creates it when "
+                               "it starts)" % os.path.basename(str(self.path)))
+        check_readable(conn, queries.EDGE_COLUMNS)
+        with snapshot(conn):
+            return queries.change_key(conn) if queries.has_schema(conn) else None
+
+    def _drop_connection(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._file_id = None
+
     def _poll_once(self):
         with self._db_lock:
-            conn = self._connection()
-            if conn is None:
-                key = None
-            else:
-                with snapshot(conn):
-                    key = queries.change_key(conn) if queries.has_schema(conn) else None
+            try:
+                key = self._read_key()
+                self.error = None
+            except Exception as exc:
+                reason = unreadable_reason(exc)
+                if reason is None:
+                    raise
+                self._drop_connection()   # reopen next poll: the file may be replaced or repaired
+                key = ("unreadable", reason)
+                if reason != self.error:  # once per new reason, not every poll
+                    log.warning("SSE hub: the store %s cannot be read: %s", self.path, reason)
+                self.error = reason
         if key != self._key:
             with self._changed:
                 self._key = key
@@ -94,9 +120,7 @@ class Hub:
                     log.exception("SSE hub: polling the store failed")
         finally:
             with self._db_lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._drop_connection()
             with self._changed:
                 self._changed.notify_all()
             log.debug("SSE hub stopped")
@@ -118,18 +142,40 @@ class Hub:
         Returns
         -------
         dict
-            ``{"latest": ..., "reset": bool, "dispatch": columns after known_tick}``.
+            ``{"latest": ..., "reset": bool, "dispatch": columns after known_tick}``; while
+            the store cannot be read, :func:`unreadable` (``store_error`` says why).
         """
         cache_key = (version, known_run, known_tick)
         with self._db_lock:
             if cache_key in self._cache:
                 return self._cache[cache_key]
-            conn = self._connection()
-            event = WAITING if conn is None else _build(conn, known_run, known_tick)
+            if self.error is not None:
+                return unreadable(self.error)
+            try:
+                conn = self._connection()
+                if conn is None:
+                    raise StoreMissing("the store file %s does not exist yet"
+                                       % os.path.basename(str(self.path)))
+                event = _build(conn, known_run, known_tick)
+            except Exception as exc:
+                # unreadable since the last poll: say so now; the next poll notices it too
+                reason = unreadable_reason(exc)
+                if reason is None:
+                    raise
+                self._drop_connection()
+                return unreadable(reason)
             self._cache[cache_key] = event
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
             return event
+
+
+def unreadable(reason):
+    """The stream event while the store cannot be read: nothing new to show, and why.
+
+    The page keeps what it shows (``latest.run`` is None) and tells the viewer ``store_error``.
+    """
+    return {"latest": WAITING["latest"], "reset": False, "dispatch": None, "store_error": reason}
 
 
 def _build(conn, known_run, known_tick):

@@ -399,8 +399,23 @@ function setLive(live) {
   badge.classList.toggle("live", live);
 }
 
+function setStoreError(reason) {
+  // The stream stays open while the store cannot be read; the badge says why.
+  const badge = document.getElementById("live-status");
+  badge.classList.toggle("store-error", Boolean(reason));
+  badge.title = reason ? "the store cannot be read: " + reason : "";
+  if (reason) badge.textContent = "store unreadable";
+  else if (badge.textContent === "store unreadable") setLive(true);
+}
+
 async function onTick(event) {
   const run = event.latest.run;
+  setStoreError(event.store_error);
+  if (PAGE === "unavailable") {   // the 503 page: the store can be read again
+    if (!event.store_error) location.reload();
+    return;
+  }
+  if (event.store_error) return;   // keep what is shown
   if (PAGE === "waiting") {       // the first run has started: show it
     if (run) location.reload();
     return;
