@@ -2,8 +2,8 @@
 
 Puts the layers together the way they run in the lab: the plant and six MicroPython boards
 (:mod:`picogrid.hil.bench`), the edge's serial links, fleet, forecaster and MPC
-(:mod:`picogrid.edge.runner`), the SQLite store the dashboard reads, and at the end the
-baselines and the summary (:mod:`picogrid.edge.report`).
+(:mod:`picogrid.edge.control.runner`), the SQLite store the dashboard reads, and at the end the
+baselines and the summary (:mod:`picogrid.edge.control.report`).
 """
 
 import copy
@@ -16,14 +16,14 @@ import tomllib
 
 import numpy as np
 
-from picogrid.edge import report
-from picogrid.edge.fleet import Fleet
-from picogrid.edge.mpc_config import config_from_site
-from picogrid.edge.links import SerialLink
-from picogrid.edge.runner import EdgeRunner
-from picogrid.edge.signals import ScenarioSource, load_scenario, save_scenario
+from picogrid.edge.control import report
+from picogrid.edge.boards.fleet import Fleet
+from picogrid.edge.optimizer.mpc_config import config_from_site
+from picogrid.edge.boards.links import SerialLink
+from picogrid.edge.control.runner import EdgeRunner
+from picogrid.edge.sources.signals import ScenarioSource, load_scenario, save_scenario
 from picogrid.edge.site import board_ids, deferrable_board, load_site  # noqa: F401  (load_site: used by callers)
-from picogrid.edge.store import Store
+from picogrid.edge.control.store import Store
 from picogrid.hil.bench import Bench
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,12 @@ def replay_source(site, run_dir, day):
     """The :class:`ScenarioSource` of a replayed real ``day`` for ``site``.
 
     With a deferrable load (``[deferrable]``), jobs are taken out of its real demand as
-    ``picogrid evaluate`` does (:func:`picogrid.edge.evaluate.split_jobs`, on every day, so the
+    ``picogrid evaluate`` does (:func:`picogrid.edge.sources.signals.split_jobs`, on every day, so the
     forecaster's history is split alike); the run day's jobs are the source's.
     """
-    from picogrid.edge.evaluate import split_days
+    from picogrid.edge.sources.signals import split_days
 
-    from picogrid.edge.forecast import model_history_days
+    from picogrid.edge.forecasting.forecast import model_history_days
     from picogrid.models.features import profile_dims
 
     n_ticks = int(site["bench"]["n_ticks"])
@@ -136,12 +136,12 @@ class Day:
     n_run_ticks : int or None, stop after this many ticks (a short test day)
     db_path : path of the SQLite store (default ``run_dir/picogrid.sqlite``)
     start_delay_s : float, time between launching the boards and tick 0
-    feed : picogrid.edge.labfeed.LabFeed or None; when given, the lab market feed is the
+    feed : picogrid.edge.sources.labfeed.LabFeed or None; when given, the lab market feed is the
         source of sun, demand and prices instead of the replayed day: the day starts at the
         feed's next day boundary, each feed tick lasts ``bench.tick_s`` of wall time (5 s on
         the real feed; less with an accelerated feed clock), and the benches' PV emulators
         follow the feed's sun.
-    feed_memory : picogrid.edge.feedmemory.FeedMemory or None; with a feed, the days earlier
+    feed_memory : picogrid.edge.sources.feedmemory.FeedMemory or None; with a feed, the days earlier
         runs saw (restored before the day, saved at its last tick and when the day stops).
     perfect_bench : bool, also run the MPC on the true future on a third bench
 
@@ -166,7 +166,7 @@ class Day:
         n_ticks = int(site["bench"]["n_ticks"])
         self.feed = feed
         if feed is not None:
-            from picogrid.edge.feedsource import FeedForecaster, feed_source, feed_site
+            from picogrid.edge.sources.feedsource import FeedForecaster, feed_source, feed_site
             self.site = site = feed_site(site)
             self.source = feed_source(site, feed, feed_memory)
             forecaster = forecaster or FeedForecaster(self.source)
@@ -208,10 +208,10 @@ class Day:
             raise
 
     def _start(self):
-        from picogrid.edge.forecast import Forecaster
+        from picogrid.edge.forecasting.forecast import Forecaster
         b = self.site["bench"]
         if self.feed is not None:
-            from picogrid.edge.feedsource import next_day_start
+            from picogrid.edge.sources.feedsource import next_day_start
             t0 = next_day_start(self.feed, float(b["tick_s"]), self.start_delay_s)
         else:
             t0 = time.time() + self.start_delay_s

@@ -228,12 +228,12 @@ def write_model_card_md(path: Path, dirs: dict) -> None:
              "test metrics run it through the test windows in time order from a fresh tracker; `model` columns are "
              "the served (online) fans, the column 'static offsets only' is the ONNX output alone. PV keeps its "
              "static calibration (it meets the target, and at night its fan has width 0).",
-             "- Scenario energy calibration (`artifacts/scenario_energy.json`, `artifacts/site/scenario_energy.json`, `edge/energy_calibration.py`): "
+             "- Scenario energy calibration (`artifacts/scenario_energy.json`, `artifacts/site/scenario_energy.json`, `edge/forecasting/energy_calibration.py`): "
              "what the MPC's storage hedge needs is the net energy (loads - PV) of the coming steps, which the "
              "per-step fans misplace (a sum of the medians of on/off loads is below the median of their sum). "
              "The file holds P10/P50/P90 of its error over steps 1..k, in units of the fans' summed P10-P90 width, "
              "per four-hour start bucket and step k, fitted on 2013-01-01..2013-03-31 in time order through the "
-             "edge's own forecast path (online recalibration included): `python -m picogrid.edge.energy_calibration "
+             "edge's own forecast path (online recalibration included): `python -m picogrid.edge.evaluation.energy_calibration_fit "
              "--profile lab|site`; a test refits each and compares. The MPC's PV and load scenarios sit at those quantiles "
              "when `scenario_energy_spread` is set (`edge/sites/lab.toml` and `site.toml`, chosen on 2013-04..06).",
              "- Data: `models/DATA.md`. Split by time: train 2012-01-01..2012-12-31, validation "

@@ -21,7 +21,7 @@ at P10 = P50 = 0) at width 0, and needs no unit per series.
 
 Strictly causal: a fan issued at tick ``t`` is only compared with values of ticks ``>= t`` that
 have been realised before the current call, and the current fan is adjusted with the factors
-learned from those. Used by the edge (:class:`picogrid.edge.forecast.Forecaster`) and, on the
+learned from those. Used by the edge (:class:`picogrid.edge.forecasting.forecast.Forecaster`) and, on the
 held-out test days in time order, by :mod:`models.evaluate`. numpy only.
 """
 

@@ -260,9 +260,13 @@ def _card(series: str, profile: str, seed: int, blob: bytes, n_feat: int, split:
     return card
 
 
-def main(argv=None) -> int:
-    """``picogrid train``: build the scenario, train every series, write artefacts + cards,
-    then evaluate them on the test days (:func:`models.evaluate.main`).
+def main(argv=None, after_training=None, evaluate=None) -> int:
+    """Train every series of a profile and write the artefacts and cards.
+
+    ``after_training(profile, out_dir)`` runs once they are written; ``evaluate`` (the
+    ``main`` of :mod:`models.evaluate`, given by ``picogrid train``, which this module does not
+    import: evaluation reads its helpers) then scores them on the test days unless
+    ``--no-evaluate``.
 
     Returns
     -------
@@ -270,8 +274,6 @@ def main(argv=None) -> int:
         Process exit code (0 on success).
     """
     from tqdm import tqdm
-
-    from . import evaluate
 
     p = argparse.ArgumentParser(prog="picogrid train", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=sorted(F.PROFILES), default="lab")
@@ -298,13 +300,11 @@ def main(argv=None) -> int:
         blob, card = train_series(series, frame, starts, split, args.profile, args.seed, progress)
         (out / f"{series}.onnx").write_bytes(blob)
         (out / f"{series}.json").write_text(json.dumps(card, indent=1) + "\n")
-    from picogrid.edge import energy_calibration
-
-    if (out / energy_calibration.FILE_NAME).exists():     # fitted on the old models' errors: refit
-        energy_calibration.fit(args.profile, artifact_dir=out).save(out / energy_calibration.FILE_NAME)
-    if args.no_evaluate:
+    if after_training is not None:     # e.g. refit what was fitted on the old models' errors
+        after_training(args.profile, out)
+    if args.no_evaluate or evaluate is None:
         return 0
-    return evaluate.main(["--profile", args.profile, "--artifacts", str(out), "--write"], frame=frame, split=split)
+    return evaluate(["--profile", args.profile, "--artifacts", str(out), "--write"], frame=frame, split=split)
 
 
 if __name__ == "__main__":

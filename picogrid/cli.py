@@ -98,7 +98,7 @@ def _keep_serving(exit_now):
 
 def _feed_memory(args, run_dir):
     """The lab-feed days kept across runs (``--feed-memory``, default in the run folder)."""
-    from picogrid.edge.feedmemory import FeedMemory
+    from picogrid.edge.sources.feedmemory import FeedMemory
 
     path = pathlib.Path(args.feed_memory) if args.feed_memory else run_dir / "labfeed_memory.json"
     print("Feed memory (the days earlier runs saw): %s" % path, flush=True)
@@ -110,7 +110,7 @@ def cmd_demo(args):
 
     feed = None
     if args.feed:
-        from picogrid.edge.labfeed import LabFeed, TICK_S
+        from picogrid.edge.sources.labfeed import LabFeed, TICK_S
         speed = float(args.feed_speed)
         feed = LabFeed(args.feed, clock=(lambda: time.time() * speed) if speed != 1 else None)
         args.tick_s = args.tick_s or TICK_S / speed
@@ -181,12 +181,12 @@ def cmd_hil(args):
 
 # Commands whose options belong to the module that does the work: (module, function, help).
 DELEGATED = {
-    "train": ("picogrid.models.train", "main", "train the forecasters and export ONNX"),
-    "evaluate": ("picogrid.edge.evaluate", "main", "policies over many real days ('evaluate forecasts': models)"),
+    "train": ("picogrid.edge.evaluation.energy_calibration_fit", "train_main", "train the forecasters and export ONNX"),
+    "evaluate": ("picogrid.edge.evaluation.command", "main", "policies over many real days ('evaluate forecasts': models)"),
     "bench": ("picogrid.tools.bench", "main", "run benchmarks (tools/bench.py)"),
     "flash": ("picogrid.tools.flash", "main", "compile and copy firmware + board config with mpremote"),
     "boards": ("picogrid.tools.flash", "boards_main", "list attached Picos"),
-    "screenshots": ("picogrid.web.screenshots", "main", "a PNG of every dashboard page"),
+    "screenshots": ("picogrid.tools.screenshots", "main", "a PNG of every dashboard page"),
 }
 
 
@@ -202,25 +202,25 @@ def cmd_delegated(args):
 
 def cmd_edge(args):
     """The edge on real boards (ports in the site file): one day, summary, dashboard."""
-    from picogrid.edge.service import EdgeService
+    from picogrid.edge.control.service import EdgeService
     from picogrid.edge.site import load_site
 
     feed = None
     if args.feed:
-        from picogrid.edge.labfeed import LabFeed, TICK_S
+        from picogrid.edge.sources.labfeed import LabFeed, TICK_S
         feed = LabFeed(args.feed)
         args.tick_s = args.tick_s or TICK_S
     site = load_site(args.site, tick_s=args.tick_s)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if feed is not None:
-        from picogrid.edge.feedsource import FeedForecaster, feed_site, feed_source, next_day_start
+        from picogrid.edge.sources.feedsource import FeedForecaster, feed_site, feed_source, next_day_start
         site = feed_site(site)
         source = feed_source(site, feed, _feed_memory(args, run_dir))
         forecaster = FeedForecaster(source)
         t0 = next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)
     else:
-        from picogrid.edge.forecast import Forecaster
+        from picogrid.edge.forecasting.forecast import Forecaster
         from picogrid.hil.day import replay_source
         source = replay_source(site, run_dir, args.day)
         forecaster = Forecaster()
@@ -274,7 +274,7 @@ def cmd_labfeed_server(args):
 
 
 def cmd_plan(args):
-    from picogrid.edge.plan_tick import format_plan, plan_tick, tick_inputs
+    from picogrid.edge.control.plan_tick import format_plan, plan_tick, tick_inputs
     from picogrid.edge.site import load_site
 
     try:

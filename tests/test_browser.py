@@ -13,7 +13,7 @@ import time
 import pytest
 from werkzeug.security import generate_password_hash
 
-from picogrid.web.screenshots import N_CHARTS, PAGES, Browser, browser_missing, wait_for_charts
+from picogrid.tools.screenshots import N_CHARTS, PAGES, Browser, browser_missing, wait_for_charts
 from picogrid.web.server import start_background
 from test_web import BOARDS, dispatch_row, telemetry_values, write_baselines, write_forecasts, write_tick
 
@@ -33,7 +33,7 @@ def browser():
 @pytest.fixture
 def running_day(tmp_path):
     """A store with 3 of 60 ticks done, baselines, forecasts; served on loopback."""
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
     db = tmp_path / "picogrid.sqlite"
     store = Store(db)
     store.start_run("lab", "2010-06-14", 60, 5.0, {})

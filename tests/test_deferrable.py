@@ -1,9 +1,9 @@
-"""Deferrable jobs ledger (edge/deferrable.py) and its use in the report."""
+"""Deferrable jobs ledger (edge/sources/deferrable.py) and its use in the report."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge.deferrable import JobLedger, as_job_array
+from picogrid.edge.sources.deferrable import JobLedger, as_job_array
 
 
 def test_earliest_deadline_first_and_live_view():
@@ -38,11 +38,12 @@ def test_bad_jobs_are_refused(bad):
 
 
 def test_report_does_not_count_job_energy_as_served_and_prices_the_shortfall():
-    from picogrid.edge import economics, report
-    from picogrid.edge.mpc_config import config_from_site
+    from picogrid.edge.optimizer import economics
+    from picogrid.edge.control import report
+    from picogrid.edge.optimizer.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
-    # the site's values at the rows' price scale (1 c/J import): edge/economics.py
+    # the site's values at the rows' price scale (1 c/J import): edge/optimizer/economics.py
     cfg = economics.resolve(config_from_site(load_site()), [1.0] * 4, [0.5] * 4)
     rows = []
     for t in range(4):
@@ -71,7 +72,7 @@ def test_report_does_not_count_job_energy_as_served_and_prices_the_shortfall():
 def test_store_adds_the_new_column_to_an_older_file(tmp_path):
     import sqlite3
 
-    from picogrid.edge.store import DISPATCH_COLUMNS, connect
+    from picogrid.edge.control.store import DISPATCH_COLUMNS, connect
 
     path = tmp_path / "old.sqlite"
     old = sqlite3.connect(path)

@@ -108,7 +108,7 @@ def test_deferrable_jobs_delivered_by_the_deferrable_board(day_run):
     """The lab site has job slots: half of load3's energy in two windows becomes jobs
     (as in picogrid evaluate); load3 delivers them on top of its demand, inside the windows."""
     conn, summary, _ = day_run
-    from picogrid.edge.evaluate import job_windows
+    from picogrid.edge.sources.signals import job_windows
 
     windows = job_windows(N_TICKS)
     assert summary["deferrable_jobs"] == len(windows)

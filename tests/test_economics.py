@@ -1,15 +1,16 @@
-"""Scale-free economics (edge/economics.py): a site's values follow the source's price scale,
+"""Scale-free economics (edge/optimizer/economics.py): a site's values follow the source's price scale,
 no load is shed for price while the grid can supply it, and shedding that physics forces goes by
 priority and says which rule forced it."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge import economics, policies
-from picogrid.edge.evaluate import baselines, perfect_controller, perfect_forecast, run_mpc
-from picogrid.edge.feedsource import feed_site
-from picogrid.edge.mpc_config import MpcConfig, config_from_site
-from picogrid.edge.optimize import MpcController
+from picogrid.edge.optimizer import economics
+from picogrid.edge.optimizer import policies
+from picogrid.edge.evaluation.evaluate import baselines, perfect_controller, perfect_forecast, run_mpc
+from picogrid.edge.sources.feedsource import feed_site
+from picogrid.edge.optimizer.mpc_config import MpcConfig, config_from_site
+from picogrid.edge.optimizer.optimize import MpcController
 from picogrid.edge.site import load_site
 
 FEED_TICK_S = 5.0

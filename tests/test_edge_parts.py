@@ -10,12 +10,14 @@ import tty
 import numpy as np
 import pytest
 
-from picogrid.edge import dispatch, estimate, metering
-from picogrid.edge.fleet import Fleet
-from picogrid.edge.links import SerialLink
-from picogrid.edge.mpc_config import config_from_site
-from picogrid.edge.optimize import Decision
-from picogrid.edge.signals import ScenarioSource
+from picogrid.edge.control import dispatch
+from picogrid.edge.control import estimate
+from picogrid.edge.control import metering
+from picogrid.edge.boards.fleet import Fleet
+from picogrid.edge.boards.links import SerialLink
+from picogrid.edge.optimizer.mpc_config import config_from_site
+from picogrid.edge.optimizer.optimize import Decision
+from picogrid.edge.sources.signals import ScenarioSource
 from picogrid.edge.site import load_site
 from picogrid.firmware import protocol as P
 
@@ -217,7 +219,7 @@ def test_a_setpoint_that_cannot_be_written_is_not_waited_for(pty_link):
 
 
 def test_health_reports_stale_stuck_and_balance_changes_once():
-    from picogrid.edge.health import Health
+    from picogrid.edge.boards.health import Health
 
     h = Health(["pv", "grid"], stuck_samples=3, residual_alarm_w=0.2)
     assert h.check({"grid"}) == [("grid", "board_stale", "no telemetry for 1.0 s")]
@@ -240,7 +242,7 @@ def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
     """Near the day's end the plan sees no load after it (the day is scored with its stored
     energy at the terminal value), and the lab profile plans over its three quantile and seven
     error scenarios."""
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
     site = load_site()
@@ -262,8 +264,8 @@ def test_runner_plans_to_the_day_end_over_the_forecast_scenarios():
 def test_runner_plans_on_its_forecasters_scenario_energies():
     """On a day as long as the models' the runner plans its scenarios on the forecaster's
     calibrated energies (other scenario costs than without them), and solves."""
-    from picogrid.edge.forecast import Forecaster
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.forecasting.forecast import Forecaster
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids
 
     site = load_site()
@@ -286,8 +288,8 @@ def test_runner_plans_on_its_forecasters_scenario_energies():
 def test_runner_reserve_uses_the_pessimistic_quantiles():
     """With the reserve switched on, the runner keeps energy for P90 demand against P10 PV
     (docs/design.md §4), not for the expected forecast; step 0 is what the feed says now."""
-    from picogrid.edge.optimize import reserve_energy_j
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.optimizer.optimize import reserve_energy_j
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
     site = load_site()
@@ -313,8 +315,8 @@ def test_runner_reserve_uses_the_pessimistic_quantiles():
 def test_runner_plans_jobs_for_the_deferrable_board():
     """Jobs of the source reach the MPC with the board's headroom; the plan's job power goes
     to load3 on top of its demand; the last tick's job energy counts until it is metered."""
-    from picogrid.edge import dispatch
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.control import dispatch
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
     site = load_site()
@@ -356,9 +358,9 @@ def test_runner_meters_a_late_tick_by_its_mean_power(tmp_path):
     """A tick whose closing setpoints went out 0.5 s late (the MPC still deciding) spans 3.0 s
     on the boards: load1 drawing its 1.0 W demand is metered at 1.0 W, so no load is shed,
     and the bus balance is taken over the boards' real windows."""
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
 
     site = load_site()
     n_ticks = int(site["bench"]["n_ticks"])
@@ -391,7 +393,7 @@ def test_summary_energies_leave_unmetered_ticks_out():
     """A tick without load1's and the grid's reading (a missed ack) is neither shed load nor
     zero import: the energies cover the metered ticks and the tick is counted as incomplete."""
     from picogrid.cli import _summary_lines
-    from picogrid.edge import report
+    from picogrid.edge.control import report
 
     site = load_site()
     cfg = config_from_site(site).replace(horizon=4)
@@ -433,10 +435,10 @@ def test_runner_health_sees_every_report_of_the_tick_once(tmp_path):
     """Reports that arrive while a tick runs (forecast, solve, the boards' post-ack snapshots)
     reach Health as well as the store, and none twice: five identical load1 readings, three
     before the tick and two during it, are four repeats."""
-    from picogrid.edge.health import Health
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.boards.health import Health
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
 
     site = load_site()
     n_ticks = int(site["bench"]["n_ticks"])
@@ -469,9 +471,9 @@ def test_runner_health_sees_every_report_of_the_tick_once(tmp_path):
 def test_runner_day_stops_at_the_next_tick_when_asked(tmp_path):
     """A day whose stop is requested (another bench of the day failed, Ctrl-C) ends before its
     next tick, and says how many ticks it ran."""
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
 
     site = load_site()
     n_ticks = int(site["bench"]["n_ticks"])
@@ -493,11 +495,11 @@ def test_runner_day_stops_at_the_next_tick_when_asked(tmp_path):
 def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     """The third bench's runner plans on the source's true day (every quantile the truth, the
     day's last value past its end) with one plan, and scores as the perfect_foresight's model does."""
-    from picogrid.edge import policies
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.optimizer import policies
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
     site = load_site()
     n_ticks = int(site["bench"]["n_ticks"])
     cols = _scenario(n_days=3, n_ticks=n_ticks)
@@ -549,8 +551,8 @@ def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
     """With error scenarios the runner first forecasts the K days before the run (prepare), and
     each tick's past errors are what the source's history says, less those forecasts; a source
     without the history says so, and its error scenarios are the point forecast."""
-    from picogrid.edge.forecast import Forecaster
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.forecasting.forecast import Forecaster
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
 
     site = load_site()

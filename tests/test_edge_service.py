@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from picogrid.edge.forecast import Forecaster
-from picogrid.edge.service import EdgeService, open_links
-from picogrid.edge.signals import ScenarioSource, load_scenario
+from picogrid.edge.forecasting.forecast import Forecaster
+from picogrid.edge.control.service import EdgeService, open_links
+from picogrid.edge.sources.signals import ScenarioSource, load_scenario
 from picogrid.edge.site import SITE_DIR, load_site
 from picogrid.hil.bench import Bench
 from picogrid.hil.day import prepare_scenario

@@ -1,4 +1,4 @@
-"""Scenario energies calibrated on the forecaster's own errors (picogrid.edge.energy_calibration)."""
+"""Scenario energies calibrated on the forecaster's own errors (picogrid.edge.forecasting.energy_calibration)."""
 
 import json
 import logging
@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge import energy_calibration as EC
-from picogrid.edge import stochastic
-from picogrid.edge.forecast import Forecaster, default_artifact_dir
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.stochastic import solve_scenarios
+from picogrid.edge.evaluation import energy_calibration_fit as fitting
+from picogrid.edge.forecasting import energy_calibration as EC
+from picogrid.edge.forecasting import scenarios as stochastic
+from picogrid.edge.forecasting.forecast import Forecaster, default_artifact_dir
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.forecasting.scenarios import solve_scenarios
 
 LOADS = ["load1_demand_w", "load2_demand_w", "load3_demand_w"]
 QS = (0.1, 0.5, 0.9)
@@ -73,12 +74,12 @@ def test_a_step_without_spread_goes_to_the_loads():
 
 def test_quantile_table_repeats_thin_steps_and_refuses_empty_buckets():
     errors = [[[], list(np.linspace(-1, 1, 101)), [0.0] * 5, list(np.linspace(0, 2, 101))]]
-    t = EC.quantile_table(errors, 4, QS, min_samples=30)
+    t = fitting.quantile_table(errors, 4, QS, min_samples=30)
     np.testing.assert_allclose(t[0, 1], [-0.8, 0.0, 0.8])
     np.testing.assert_allclose(t[0, 2], t[0, 1])                 # 5 errors: too few, repeated
     np.testing.assert_allclose(t[0, 3], [0.2, 1.0, 1.8])
     with pytest.raises(ValueError, match="bucket 0"):
-        EC.quantile_table([[[], [0.0], [0.0]]], 3, QS, min_samples=30)
+        fitting.quantile_table([[[], [0.0], [0.0]]], 3, QS, min_samples=30)
 
 
 def test_file_round_trip_and_bad_files(tmp_path):
@@ -125,7 +126,7 @@ def test_solve_scenarios_takes_the_calibrated_energies_or_warns(caplog):
         np.testing.assert_allclose(g["pv_avail_w"], np.maximum(w["pv_available_w"], 0.0))
         np.testing.assert_allclose(g["demand_w"], np.maximum(np.column_stack([w[s] for s in LOADS]), 0.0))
     stochastic._warned.clear()                      # warned once per process: make this the first time
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.stochastic"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.forecasting.scenarios"):
         plain = solve_scenarios(fans, cfg, LOADS, 0.5)
     assert "no scenario energy calibration" in caplog.text
     assert not np.allclose(plain[2]["demand_w"], got[2]["demand_w"])
@@ -136,7 +137,7 @@ def test_committed_calibration_is_what_the_command_fits(profile):
     """The file next to each profile's cards is reproducible: refit on its days, same quantiles."""
     committed = EC.EnergyCalibration.load(default_artifact_dir(profile) / EC.FILE_NAME)
     assert committed.meta["profile"] == profile
-    refit = EC.fit(profile, committed.meta["first_day"], committed.meta["n_days"])
+    refit = fitting.fit(profile, committed.meta["first_day"], committed.meta["n_days"])
     np.testing.assert_allclose(refit.z, committed.z, atol=1e-4)
     assert refit.meta["samples_step_1"] == committed.meta["samples_step_1"]
 
@@ -150,7 +151,7 @@ def test_a_calibration_for_another_horizon_keeps_the_correlation_construction(ca
     cfg = _scenario_cfg(n)
     other = EC.EnergyCalibration(np.full((6, 60, 3), [-5.0, 0.0, 5.0]), QS, 60)
     stochastic._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.stochastic"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.forecasting.scenarios"):
         got = solve_scenarios(fans, cfg, LOADS, 0.5, calibration=other, tick=3)
     assert "horizon of 8" in caplog.text
     plain = solve_scenarios(fans, cfg.replace(scenario_energy_spread=None), LOADS, 0.5)

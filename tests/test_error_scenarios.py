@@ -1,14 +1,14 @@
-"""Forecast-error scenarios (picogrid.edge.error_scenarios) and where they enter the plan: the
+"""Forecast-error scenarios (picogrid.edge.forecasting.error_scenarios) and where they enter the plan: the
 config's weights, forecast_inputs, the edge runner's past forecasts and picogrid evaluate's."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge import evaluate
-from picogrid.edge.error_scenarios import error_scenarios, forecast_errors
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.signals import LOAD_SERIES
-from picogrid.edge.stochastic import forecast_inputs, planned_point
+from picogrid.edge.evaluation import evaluate
+from picogrid.edge.forecasting.error_scenarios import error_scenarios, forecast_errors
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.sources.signals import LOAD_SERIES
+from picogrid.edge.forecasting.scenarios import forecast_inputs, planned_point
 
 LAB = dict(horizon=6, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
@@ -109,8 +109,8 @@ def test_evaluation_warm_up_does_not_depend_on_the_error_scenarios():
 
 def test_feed_site_turns_error_scenarios_off():
     """The lab feed tells no day before the edge saw it: no past forecasts to take errors from."""
-    from picogrid.edge.feedsource import feed_site
-    from picogrid.edge.mpc_config import config_from_site
+    from picogrid.edge.sources.feedsource import feed_site
+    from picogrid.edge.optimizer.mpc_config import config_from_site
     from picogrid.edge.site import load_site
 
     site = load_site()
@@ -121,13 +121,13 @@ def test_feed_site_turns_error_scenarios_off():
 
 def test_reported_plan_is_the_median_quantile_scenario():
     """With one error scenario of half the weight the reported plan is still the median one's."""
-    from picogrid.edge.optimize import MpcController
+    from picogrid.edge.optimizer.optimize import MpcController
     cfg = MpcConfig.from_dict({**LAB, "error_scenario_days": 1, "error_scenario_weight": 0.5})
     assert MpcController(cfg)._qp.main == 1
 
 
 def test_labfeed_evaluation_refuses_error_scenarios():
-    from picogrid.edge.feed_evaluate import check_overrides
+    from picogrid.edge.evaluation.feed_evaluate import check_overrides
 
     with pytest.raises(ValueError, match="no past forecasts"):
         check_overrides({"error_scenario_days": 3})

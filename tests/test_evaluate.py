@@ -1,4 +1,4 @@
-"""Tests of ``picogrid evaluate`` (picogrid.edge.evaluate): job split, day-end padding, day-ahead plan, fast path."""
+"""Tests of ``picogrid evaluate`` (picogrid.edge.evaluation.evaluate): job split, day-end padding, day-ahead plan, fast path."""
 
 import re
 
@@ -7,16 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge import evaluate, policies
-from picogrid.edge.mpc_config import MpcConfig
+from picogrid.edge.evaluation import command, evaluate
+from picogrid.edge.sources import signals
+from picogrid.edge.optimizer import policies
+from picogrid.edge.optimizer.mpc_config import MpcConfig
 def test_split_jobs_moves_energy_without_losing_any():
     rng = np.random.default_rng(0)
     load3 = rng.uniform(0, 1.0, 60)
-    rest, jobs = evaluate.split_jobs(load3, 2.5, 60)
+    rest, jobs = signals.split_jobs(load3, 2.5, 60)
     assert [(j["start"], j["end"]) for j in jobs] == [(15, 30), (30, 52)]
     assert rest.sum() * 2.5 + sum(j["energy"] for j in jobs) == pytest.approx(load3.sum() * 2.5)
     np.testing.assert_allclose(rest[:15], load3[:15])
-    np.testing.assert_allclose(rest[15:52], (1 - evaluate.JOB_SHARE) * load3[15:52])
+    np.testing.assert_allclose(rest[15:52], (1 - signals.JOB_SHARE) * load3[15:52])
     assert np.all(rest >= 0)
 
 
@@ -31,7 +33,7 @@ def test_profiles_load_with_job_slots():
 
 
 def test_overrides_replace_the_site_files_settings():
-    assert evaluate.parse_overrides(["scenario_spread=0.7", "scenario_weights=[0.5, 0.5]"]) == {
+    assert command.parse_overrides(["scenario_spread=0.7", "scenario_weights=[0.5, 0.5]"]) == {
         "scenario_spread": 0.7, "scenario_weights": [0.5, 0.5]}
     _, cfg, _ = evaluate.load_site("lab", {"scenario_spread": 0.7, "scenario_correlation": 0.25})
     _, base, _ = evaluate.load_site("lab")
@@ -41,13 +43,13 @@ def test_overrides_replace_the_site_files_settings():
                        scenario_correlation=base.scenario_correlation) == base
     for bad, msg in ((["spread"], "KEY=VALUE"), (["scenario_spread=abc"], "not a TOML value")):
         with pytest.raises(ValueError, match=msg):
-            evaluate.parse_overrides(bad)
+            command.parse_overrides(bad)
     with pytest.raises(ValueError, match="unknown MpcConfig keys"):
         evaluate.load_site("lab", {"scenario_sprd": 0.7})
     with pytest.raises(ValueError, match="scenario_correlation"):
         evaluate.load_site("lab", {"scenario_correlation": 1.5})
     with pytest.raises(SystemExit):
-        evaluate.main(["--profile", "lab", "--days", "1", "--set", "nope=1"])
+        command.main(["--profile", "lab", "--days", "1", "--set", "nope=1"])
 
 
 def test_day_end_padding_pays_the_terminal_value():
@@ -67,7 +69,7 @@ def test_day_end_padding_pays_the_terminal_value():
 
 def test_fast_path_lab_days(tmp_path, capsys):
     png = tmp_path / "dispatch.png"
-    assert evaluate.main(["--profile", "lab", "--days", "3", "--workers", "1", "--plot", str(png)]) == 0
+    assert command.main(["--profile", "lab", "--days", "3", "--workers", "1", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "== lab: 3 real days 2013-07-01 .. 2013-07-03" in out
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
@@ -89,7 +91,7 @@ def test_fast_path_lab_days(tmp_path, capsys):
 def test_labfeed_days_through_the_feed_client(capsys):
     """``--profile labfeed``: lab-feed days served on loopback and read by the edge's client; the
     MPC on the true day scores the perfect-foresight optimum, and the forecasts are the learner's, banded."""
-    assert evaluate.main(["--profile", "labfeed", "--days", "2"]) == 0
+    assert command.main(["--profile", "labfeed", "--days", "2"]) == 0
     out = capsys.readouterr().out
     assert "== labfeed: 2 lab-feed days 2013-07-01 .. 2013-07-02" in out
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+cost\s+(\S+) c", out, re.M)}
@@ -102,18 +104,18 @@ def test_labfeed_days_through_the_feed_client(capsys):
 
 
 def test_the_default_runs_lab_site_and_labfeed(capsys):
-    assert evaluate.main(["--days", "1", "--workers", "1"]) == 0
+    assert command.main(["--days", "1", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert [m.group(1) for m in re.finditer(r"^== (\w+):", out, re.M)] == ["lab", "site", "labfeed"]
     with pytest.raises(SystemExit):                      # checked before any day is run
-        evaluate.main(["--days", "1", "--set", "dt_s=3"])
+        command.main(["--days", "1", "--set", "dt_s=3"])
     assert "dt_s is the feed's tick" in capsys.readouterr().err
 
 
 def test_labfeed_learner_never_holds_a_day_before_it_is_played():
     """The loopback feed serves its days cyclically: the first day's /yesterday must be a real
     earlier day, not the last scored one (which would leak into the learner)."""
-    from picogrid.edge import feed_evaluate
+    from picogrid.edge.evaluation import feed_evaluate
 
     res = feed_evaluate.evaluate_feed("2013-07-01", n_days=2, warm_days=1)
     assert [d for d, _ in res["learned"]] == [feed_evaluate.DAY0 + 1, feed_evaluate.DAY0 + 2]
@@ -121,8 +123,8 @@ def test_labfeed_learner_never_holds_a_day_before_it_is_played():
 
 
 def test_labfeed_truth_reads_job_deadlines_inclusive():
-    from picogrid.edge import feed_evaluate
-    from picogrid.edge.feedsource import FeedSource
+    from picogrid.edge.evaluation import feed_evaluate
+    from picogrid.edge.sources.feedsource import FeedSource
 
     day = {"demand": [0.5] * 60, "sun": [50] * 60, "sell_price": [3] * 60, "buy_price": [1] * 60,
            "deferables": [{"start": 19, "end": 39, "energy": 2.0}]}
@@ -193,7 +195,7 @@ def test_dayahead_plan_needs_a_whole_day_of_forecast():
 def test_fans_forecast_plans_on_the_calibrated_scenario_energies():
     """With scenario_energy_spread set, the scenarios ``picogrid evaluate`` plans on are the
     calibration's, built from the very fans the forecaster served at that tick."""
-    from picogrid.edge.forecast import Forecaster
+    from picogrid.edge.forecasting.forecast import Forecaster
 
     data, cfg = _real_days("lab", 1)
     cfg = cfg.replace(scenario_energy_spread=1.25)

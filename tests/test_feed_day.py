@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from picogrid.edge.labfeed import DAY_S, LabFeed
+from picogrid.edge.sources.labfeed import DAY_S, LabFeed
 from picogrid.hil.day import Day, load_site
 from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
 

@@ -1,7 +1,7 @@
 """What the edge takes from a lab feed it has not seen before (docs/design.md §2): deferrable jobs
-whose windows a teaching server states oddly (edge/deferrable.py ``normalise_jobs``, told once
+whose windows a teaching server states oddly (edge/sources/deferrable.py ``normalise_jobs``, told once
 per job and day by the runner), and the first day's sun, learnt within the day
-(edge/feedsource.py ``FeedForecaster``)."""
+(edge/sources/feedsource.py ``FeedForecaster``)."""
 
 import math
 import sqlite3
@@ -9,8 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from picogrid.edge import labfeed as L
-from picogrid.edge.deferrable import DeferrableLoad, normalise_jobs
+from picogrid.edge.sources import labfeed as L
+from picogrid.edge.sources.deferrable import DeferrableLoad, normalise_jobs
 
 DAY0 = 5_900_000
 TICK_S = 5.0           # the feed's tick [s]
@@ -120,11 +120,11 @@ def test_odd_windows_from_the_feed_reach_the_runner_as_one_event_each(tmp_path):
     (one job's oddity does not spoil the list), the runner's board gets the jobs it can
     deliver, and the store holds one ``deferrable_job`` event per odd job and day, however
     many ticks hear them."""
-    from picogrid.edge.feedsource import FeedSource, feed_site
-    from picogrid.edge.fleet import Fleet
-    from picogrid.edge.runner import EdgeRunner
+    from picogrid.edge.sources.feedsource import FeedSource, feed_site
+    from picogrid.edge.boards.fleet import Fleet
+    from picogrid.edge.control.runner import EdgeRunner
     from picogrid.edge.site import board_ids, load_site
-    from picogrid.edge.store import Store
+    from picogrid.edge.control.store import Store
     from picogrid.models.labfeed_server import serve_days
 
     odd = [{"start": 40, "end": 30, "energy": 10.0},      # start after end
@@ -166,8 +166,8 @@ def test_odd_windows_from_the_feed_reach_the_runner_as_one_event_each(tmp_path):
 def test_demand_and_prices_come_from_yesterday_from_the_first_tick():
     """An edge that has never seen the feed: at tick 0 of its first day the forecast of demand
     and prices is the feed's /yesterday (the learner's first day), not the value now held."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
-    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecasting.forecast import forecast_from_now
     from picogrid.models.labfeed_server import generate_lab_days, serve_days
 
     clock = Clock(DAY0 * 300 + 0.5)
@@ -203,8 +203,8 @@ def test_first_day_sun_is_a_day_curve_not_the_sun_now_held():
     first day follows the day (zero after sunset, at night) instead of holding the sun now, its
     error is less than half of holding's, and its P10-P90 band holds most of the day while
     narrowing as the day's sun is seen."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
-    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecasting.forecast import forecast_from_now
     from picogrid.models.labfeed_server import LabFeedServer
 
     cap = 3.87
@@ -251,7 +251,7 @@ def test_first_day_sun_is_a_day_curve_not_the_sun_now_held():
 def test_second_day_sun_is_yesterday_s_with_the_band_of_today_s_curve():
     """Day 2: the point is the sun seen yesterday (as before); until the day-to-day sun band has
     its days, its band is the spread of today's day curve, not none."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
     from picogrid.models.labfeed_server import LabFeedServer
 
     cap = 3.87

@@ -1,5 +1,5 @@
 """Teaching-server days on the loopback lab feed (models/labfeed_server.py generate_teaching_days),
-read by the edge's client, and the per-kind lab-feed evaluation (edge/feed_evaluate.py)."""
+read by the edge's client, and the per-kind lab-feed evaluation (edge/evaluation/feed_evaluate.py)."""
 
 import io
 import json
@@ -8,9 +8,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from picogrid.edge import feed_evaluate as F
-from picogrid.edge import labfeed as L
-from picogrid.edge import policies
+from picogrid.edge.evaluation import feed_evaluate as F
+from picogrid.edge.sources import labfeed as L
+from picogrid.edge.optimizer import policies
 from picogrid.models.labfeed_server import (TEACHING_ODDITIES, feed_days, generate_teaching_days, serve_days)
 
 DAY0 = 5_900_000          # a lab day index (any: the clock is injected)
@@ -244,7 +244,7 @@ def test_day_one_is_the_first_day_the_edge_sees_whether_warm_or_scored(teaching_
 
 def test_cli_takes_the_kind_of_feed_day():
     from picogrid.cli import build_parser
-    from picogrid.edge import evaluate
+    from picogrid.edge.evaluation import command
 
     args = build_parser().parse_args(["labfeed-server", "--kind", "teaching", "--seed", "3", "--days", "2"])
     assert (args.kind, args.seed, args.days, args.day) == ("teaching", 3, 2, None)
@@ -252,4 +252,4 @@ def test_cli_takes_the_kind_of_feed_day():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["labfeed-server", "--kind", "simulated"])
     with pytest.raises(SystemExit):
-        evaluate.main(["--profile", "lab", "--feed-kind", "teaching"])
+        command.main(["--profile", "lab", "--feed-kind", "teaching"])

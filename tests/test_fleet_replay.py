@@ -13,8 +13,8 @@ import tty
 
 import pytest
 
-from picogrid.edge.fleet import Fleet
-from picogrid.edge.links import SerialLink, TcpLink
+from picogrid.edge.boards.fleet import Fleet
+from picogrid.edge.boards.links import SerialLink, TcpLink
 from picogrid.firmware import protocol as P
 
 KEY = b"picogrid-test-key-0123456789abcd"     # the PROTOCOL.md test key
@@ -234,7 +234,7 @@ class _ResetOnFirstWrite:
 def test_tcp_link_survives_a_connection_lost_at_its_first_write(monkeypatch):
     """The link's reader keeps running after a connection that fails at the resync byte, and
     connects again (the failed one is closed, never taken for a live connection)."""
-    from picogrid.edge import links
+    from picogrid.edge.boards import links
 
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(5.0)
@@ -262,7 +262,7 @@ def test_tcp_link_survives_a_connection_lost_at_its_first_write(monkeypatch):
 
 def test_tcp_link_closed_while_connecting_leaves_no_socket(monkeypatch):
     """close() waits out a connect under way (a slow board), which then closes its socket."""
-    from picogrid.edge import links
+    from picogrid.edge.boards import links
 
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(5.0)

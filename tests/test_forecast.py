@@ -1,6 +1,6 @@
 """Feature builder, quantile network, ONNX export, evaluation metrics, online band recalibration
 and the edge Forecaster (models/features.py, models/qnet.py, models/train.py, models/evaluate.py,
-models/recalibrate.py, edge/forecast.py)
+models/recalibrate.py, edge/forecasting/forecast.py)
 on real scenario days."""
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from picogrid.edge.forecast import Forecaster, default_artifact_dir
+from picogrid.edge.forecasting.forecast import Forecaster, default_artifact_dir
 from picogrid.models import features as F
 from picogrid.models import evaluate, scenario, train
 from picogrid.models import recalibrate
@@ -429,7 +429,7 @@ def test_committed_lab_cards_reproduce_from_their_onnx_files():
     (dict(tick=287, day_of_year=365, weekday=1, n_ticks=288), dict(tick=0, day_of_year=1, weekday=2)),
 ])
 def test_next_calendar(cal, expect):
-    from picogrid.edge.forecast import next_calendar
+    from picogrid.edge.forecasting.forecast import next_calendar
     got = next_calendar(cal)
     assert {k: got[k] for k in expect} == expect and got["n_ticks"] == cal["n_ticks"]
 
@@ -437,7 +437,7 @@ def test_next_calendar(cal, expect):
 def test_forecast_from_now_starts_at_the_next_tick_with_now_in_the_history(days):
     """Plan step 0 is the known value; step k >= 1 is the forecast made from the next tick
     with the current tick's known values appended to the history (weather repeated)."""
-    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.edge.forecasting.forecast import forecast_from_now
     fc = Forecaster(online_recalibration=False)        # stateless: the two calls must agree
     start = 90
     history, calendar, _ = _inputs(days, start)

@@ -25,8 +25,8 @@ import tty
 import numpy as np
 import pytest
 
-from picogrid.edge.fleet import Fleet
-from picogrid.edge.links import SerialLink, TcpLink
+from picogrid.edge.boards.fleet import Fleet
+from picogrid.edge.boards.links import SerialLink, TcpLink
 from picogrid.firmware import protocol as P
 from picogrid.hil.bench import Bench
 from picogrid.hil.day import load_site

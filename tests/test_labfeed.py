@@ -1,10 +1,10 @@
-"""Lab market feed client (edge/labfeed.py) against the loopback server of the same API
+"""Lab market feed client (edge/sources/labfeed.py) against the loopback server of the same API
 (models/labfeed_server.py) serving lab days generated from real data."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge import labfeed as L
+from picogrid.edge.sources import labfeed as L
 from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
 
 DAY0 = 5_900_000          # a lab day index (unix time 1.77e9 s, late 2026)
@@ -145,7 +145,7 @@ def test_server_tick_is_the_authority_over_the_edge_clock(days, caplog):
     server = LabFeedServer(days, server_clock, day0=DAY0)
     try:
         client = L.LabFeed(server.url, timeout_s=0.3, clock=edge_clock)
-        with caplog.at_level("WARNING", logger="picogrid.edge.labfeed"):
+        with caplog.at_level("WARNING", logger="picogrid.edge.sources.labfeed"):
             first = client.snapshot()
             server_clock.t += 5.0
             second = client.snapshot()
@@ -247,8 +247,8 @@ def test_learner_is_yesterday_until_it_has_scored_two_days(days):
 def test_feed_forecaster_without_history_holds_the_latest_values(feed, days):
     """No /yesterday yet: the feed forecaster holds what the edge knows now, from the tick
     after now on (forecast_from_now), instead of reading a tick not observed yet."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
-    from picogrid.edge.forecast import forecast_from_now
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.forecasting.forecast import forecast_from_now
 
     server, client, clock = feed
     server.failing_endpoints = {"/yesterday"}
@@ -323,7 +323,7 @@ def test_learner_bands_cover_about_eighty_percent_of_days_not_seen():
 def test_feed_forecaster_fans_widen_once_days_are_seen(days):
     """After a few days through the feed, the forecaster's fans are banded (P10 <= P50 <= P90,
     not all equal), PV stays within the PV capability and the sources no longer say "no band"."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
 
     clock = Clock(DAY0 * 300)
     server = LabFeedServer(days, clock, day0=DAY0)
@@ -408,7 +408,7 @@ def test_served_days_give_the_real_day_before_as_the_first_yesterday():
 
 def _run_feed_days(server_url, clock, first_day, n_days, memory):
     """A fresh edge (client and source) over ``n_days`` whole lab days from ``first_day``."""
-    from picogrid.edge.feedsource import FeedSource
+    from picogrid.edge.sources.feedsource import FeedSource
 
     clock.t = first_day * 300 + 0.5
     source = FeedSource(L.LabFeed(server_url, timeout_s=2.0, clock=clock), pv_capability_w=3.87, memory=memory)
@@ -423,8 +423,8 @@ def test_feed_memory_carries_the_days_seen_into_the_next_run(tmp_path):
     """An edge that restarts takes up the days earlier runs saw: the learner's feed days and
     the sun it observed (which /yesterday does not give), so the next day's PV forecast is
     yesterday's sun instead of persistence."""
-    from picogrid.edge.feedmemory import FeedMemory
-    from picogrid.edge.feedsource import FeedForecaster
+    from picogrid.edge.sources.feedmemory import FeedMemory
+    from picogrid.edge.sources.feedsource import FeedForecaster
     from picogrid.models.labfeed_server import serve_days
 
     clock = Clock(DAY0 * 300)
@@ -451,7 +451,7 @@ def test_feed_memory_carries_the_days_seen_into_the_next_run(tmp_path):
 
 
 def test_feed_memory_sets_an_unreadable_file_aside_and_skips_future_days(tmp_path, caplog):
-    from picogrid.edge.feedmemory import FeedMemory
+    from picogrid.edge.sources.feedmemory import FeedMemory
 
     path = tmp_path / "memory.json"
     path.write_text("{not json")
@@ -483,8 +483,8 @@ def test_feed_memory_keeps_what_the_feed_said_when_a_day_changes_or_stops(tmp_pa
     """The finished day's sun survives the save at the next day's start; a run stopped
     mid-day (close) keeps the part it saw; ticks the feed gave no sun for are kept as unknown,
     not as the stand-in the bench ran on."""
-    from picogrid.edge.feedmemory import FeedMemory
-    from picogrid.edge.feedsource import FeedSource
+    from picogrid.edge.sources.feedmemory import FeedMemory
+    from picogrid.edge.sources.feedsource import FeedSource
     from picogrid.models.labfeed_server import serve_days
 
     clock = Clock(DAY0 * 300)
@@ -516,8 +516,8 @@ def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
     """A restart misses the next day's start (a lab day is five minutes): the run after it
     learns the last day run from what the feed said live that day (its /yesterday is the day
     missed), and forecasts PV from the last sun seen, labelled with its age."""
-    from picogrid.edge.feedmemory import FeedMemory
-    from picogrid.edge.feedsource import FeedForecaster
+    from picogrid.edge.sources.feedmemory import FeedMemory
+    from picogrid.edge.sources.feedsource import FeedForecaster
     from picogrid.models.labfeed_server import serve_days
 
     clock = Clock(DAY0 * 300)
@@ -542,7 +542,7 @@ def test_feed_memory_bridges_a_day_the_edge_was_not_running(tmp_path):
 def test_a_day_seen_in_part_gives_its_sun_without_a_band(days):
     """The edge started mid-day: the next day's PV forecast is that day's sun at the same ticks
     (zero where it was not seen), without a day-to-day band yet (the band of today's day curve)."""
-    from picogrid.edge.feedsource import FeedForecaster, FeedSource
+    from picogrid.edge.sources.feedsource import FeedForecaster, FeedSource
 
     clock = Clock(DAY0 * 300)
     server = LabFeedServer(days, clock, day0=DAY0)

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from picogrid.edge.operator import Operator
-from picogrid.edge.store import Store
+from picogrid.edge.control.operator import Operator
+from picogrid.edge.control.store import Store
 from picogrid.firmware import protocol as P
 from picogrid.hil.day import load_site
 
@@ -112,7 +112,7 @@ def test_restore_and_clear_work_in_manual_mode(store):
 
 
 def test_storage_bounds_follow_the_sites_charge_and_discharge_limits():
-    from picogrid.edge.operator import setpoint_bounds
+    from picogrid.edge.control.operator import setpoint_bounds
     from picogrid.edge.site import SITE_DIR, load_site as load_site_file
 
     assert setpoint_bounds(load_site_file())["storage"] == (-2.0, 2.0)        # lab: power_max_w

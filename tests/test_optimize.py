@@ -1,4 +1,4 @@
-"""Tests of the OSQP receding-horizon controller (picogrid.edge.optimize).
+"""Tests of the OSQP receding-horizon controller (picogrid.edge.optimizer.optimize).
 
 Cycle tables (given these forecasts, expect these setpoints), agreement with an independent
 cvxpy formulation of the docs/design.md §4 model solved by Clarabel, sign conventions and the
@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge import economics
-from picogrid.edge import optimize
-from picogrid.edge.mpc_config import MpcConfig, config_from_site
-from picogrid.edge.optimize import Decision, MpcController, reserve_energy_j
-from picogrid.edge.policies import solve_perfect_foresight
+from picogrid.edge.optimizer import economics
+from picogrid.edge.optimizer import optimize
+from picogrid.edge.optimizer.mpc_config import MpcConfig, config_from_site
+from picogrid.edge.optimizer.optimize import Decision, MpcController, reserve_energy_j
+from picogrid.edge.optimizer.policies import solve_perfect_foresight
 
 LAB = dict(horizon=12, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,
            eta_ch=0.9, eta_dis=0.9, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,
@@ -47,7 +47,7 @@ def reference_cvxpy(cfg, e0_j, pv, demand, c_imp, c_exp, imp_max, exp_max, penal
     """The model of the task brief written directly in cvxpy (no shared code), solved by Clarabel.
 
     ``penalty_per_j=None`` makes the energy bounds hard. The values of lost load and of stored
-    energy are the config's for these prices (:func:`picogrid.edge.economics.resolve`).
+    energy are the config's for these prices (:func:`picogrid.edge.optimizer.economics.resolve`).
     """
     cfg = economics.resolve(cfg, c_imp, c_exp)
     n, nl = demand.shape
@@ -329,7 +329,7 @@ def test_nan_forecast_falls_back_with_reason(field, caplog):
     args["p_imp_max_w"] = flat(12, 6.0)
     args[field] = np.array(args[field], dtype=float)
     args[field][0] = np.nan
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimizer.optimize"):
         d = ctrl.solve(20.0, **args)
     assert d.status.startswith("fallback:non-finite input") and field in d.status
     assert any(field in r.getMessage() for r in caplog.records)
@@ -363,7 +363,7 @@ def test_solver_giving_up_is_rescued_by_the_exact_lp(caplog):
     """A real OSQP failure (iteration cap of 1) goes to the same problem as an exact LP: its
     optimum, with the reason logged; the next tick is OSQP's again, warm from that optimum."""
     ctrl = MpcController(lab_cfg(max_iter=1))
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimizer.optimize"):
         d = ctrl.solve(20.0, **_tick())
     assert d.status == "solved_exact" and d.ok
     assert "maximum iterations" in d.reason and "exact LP instead" in d.reason
@@ -400,7 +400,7 @@ def test_warm_start_needs_fewer_iterations_than_cold():
 def test_cold_start_is_refined_to_the_optimum():
     """The first solve of a real site day: at the real-time tolerance alone ADMM stops 38 % of
     the optimum's magnitude off (measured); the cold refinement brings it to the exact LP."""
-    from picogrid.edge import evaluate
+    from picogrid.edge.evaluation import evaluate
     from picogrid.tools.bench_mpc import instances
 
     _, site_cfg, scaling = evaluate.load_site("site")
@@ -433,7 +433,7 @@ def test_site_scale_matches_exact_lp():
     check_plan_feasible(cfg, d, pv, dem, flat(288, 1e4), flat(288, 7e3), rel=1e-3)
 
 
-@pytest.mark.parametrize("module", ["picogrid.edge.optimize", "picogrid.edge.simplex", "picogrid.web.units"])
+@pytest.mark.parametrize("module", ["picogrid.edge.optimizer.optimize", "picogrid.edge.optimizer.simplex", "picogrid.web.units"])
 def test_docstring_examples(module):
     import importlib
 
@@ -557,7 +557,7 @@ def test_full_model_osqp_matches_cvxpy(inst):
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(full_instances())
 def test_full_model_exact_lp_matches_cvxpy(inst):
-    """``solver='highs'``: the controller's exact LP (edge/simplex.py, on the OSQP matrices) is
+    """``solver='highs'``: the controller's exact LP (edge/optimizer/simplex.py, on the OSQP matrices) is
     cvxpy's optimum, and its plan is feasible."""
     cfg, data, jobs = inst
     ctrl = MpcController(cfg.replace(solver="highs"))
@@ -602,7 +602,7 @@ def test_undeliverable_job_is_a_soft_violation_with_reason(caplog):
     """Soft-constraint path: more energy than the window can take still gives a solved plan."""
     n = 12
     cfg = lab_cfg(n_jobs=1, p_def_max_w=0.5, **TIGHT)
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimizer.optimize"):
         d = MpcController(cfg).solve(20.0, flat(n, 1.0), np.zeros((n, 3)), flat(n, 1.0), flat(n, 0.5),
                                      jobs=[(0, 4, 10.0)])   # at most 4 x 2.5 s x 0.5 W = 5 J
     assert d.status == "solved"
@@ -685,7 +685,7 @@ def test_decision_has_the_audit_fields():
 def test_energy_below_floor_in_outage_is_soft_not_fallback(caplog):
     """Soft path: e0 under e_min with no way to charge -> solved, violation named and logged."""
     n = 12
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimizer.optimize"):
         d = MpcController(lab_cfg(**TIGHT)).solve(0.5, flat(n, 0), np.zeros((n, 3)), flat(n, 1.0),
                                                   flat(n, 0.5), p_imp_max_w=flat(n, 0), p_exp_max_w=flat(n, 0))
     assert d.status == "solved" and d.soft_violations == ["storage_energy_min"]
@@ -701,7 +701,7 @@ def test_solver_exception_falls_back_with_reason(caplog, monkeypatch):
         raise RuntimeError("workspace corrupted")
 
     monkeypatch.setattr(ctrl._solver, "solve", boom)
-    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimize"):
+    with caplog.at_level(logging.WARNING, logger="picogrid.edge.optimizer.optimize"):
         d = ctrl.solve(20.0, **_tick())
     assert d.status.startswith("fallback:solver error") and "workspace corrupted" in d.reason
     assert any("workspace corrupted" in r.getMessage() for r in caplog.records)

@@ -34,3 +34,31 @@ def test_package_data_covers_every_runtime_file():
         assert wanted, (package, needed)          # the check must see the files it guards
         missing += [f"{package}: {p}" for p in sorted(wanted - shipped)]
     assert not missing, missing
+
+
+def test_plain_install_runs_the_edge_without_extras(tmp_path):
+    """``pip install .`` with no extras, in a fresh virtualenv: the edge's modules import, the
+    shipped default solver plans (``picogrid plan``), and neither pandas nor the research
+    harness is installed or needed."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+                             capture_output=True, text=True, timeout=1500)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    probe = ("import sys, importlib.util\n"
+             "import picogrid.edge.control.runner, picogrid.edge.control.service, picogrid.edge.sources.feedsource\n"
+             "import picogrid.edge.forecasting.forecast, picogrid.web\n"
+             "assert importlib.util.find_spec('pandas') is None, 'pandas was installed'\n"
+             "assert 'picogrid.edge.evaluation' not in sys.modules\n"
+             "from picogrid.edge.forecasting.forecast import Forecaster\n"
+             "print('forecaster', Forecaster().source if hasattr(Forecaster(), 'source') else 'ok')\n")
+    run = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    plan = subprocess.run([str(venv / "bin" / "picogrid"), "plan", "--site", str(ROOT / "edge/sites/lab.toml")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-2000:]
+    assert "status solved_exact" in plan.stdout and "load1" in plan.stdout, plan.stdout

@@ -1,4 +1,4 @@
-"""Tests of the baselines and the day simulator (picogrid.edge.policies).
+"""Tests of the baselines and the day simulator (picogrid.edge.optimizer.policies).
 
 The naive rule table, the perfect-foresight LP against cvxpy/Clarabel, cost accounting
 identities, and the closed-loop figure of merit of docs/design.md §4 on a small synthetic day.
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge import economics
-from picogrid.edge import policies
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.optimize import Decision, MpcController
-from picogrid.edge.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
+from picogrid.edge.optimizer import economics
+from picogrid.edge.optimizer import policies
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.optimizer.optimize import Decision, MpcController
+from picogrid.edge.optimizer.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
                                     simulate_policy, solve_perfect_foresight)
 
 LAB = dict(horizon=60, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,

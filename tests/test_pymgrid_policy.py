@@ -1,12 +1,12 @@
-"""Tests of picogrid.edge.pymgrid_policy: our model mapped onto pymgrid's MPC (units, limits,
+"""Tests of picogrid.edge.evaluation.pymgrid_policy: our model mapped onto pymgrid's MPC (units, limits,
 efficiency, jobs), with pymgrid's own ModelPredictiveControl solving."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge import evaluate
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.pymgrid_policy import PymgridMpc, asap_job_power
+from picogrid.edge.evaluation import evaluate
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.evaluation.pymgrid_policy import PymgridMpc, asap_job_power
 
 
 def _cfg(**kw):

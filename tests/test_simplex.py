@@ -1,13 +1,13 @@
-"""The exact-LP path of the MPC (picogrid.edge.simplex): HiGHS on OSQP's matrices, warm basis,
+"""The exact-LP path of the MPC (picogrid.edge.optimizer.simplex): HiGHS on OSQP's matrices, warm basis,
 and the controller's use of it (cold start, rescue, ``solver='highs'``)."""
 
 import numpy as np
 import pytest
 
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.optimize import MpcController, parse_jobs
-from picogrid.edge.policies import solve_perfect_foresight
-from picogrid.edge.simplex import SOLVED, WarmSimplex
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.optimizer.optimize import MpcController, parse_jobs
+from picogrid.edge.optimizer.policies import solve_perfect_foresight
+from picogrid.edge.optimizer.simplex import SOLVED, WarmSimplex
 
 LAB = dict(horizon=24, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=2.0, p_dis_max_w=2.0,
            eta_ch=0.93, eta_dis=0.89, p_imp_max_w=6.0, p_exp_max_w=6.0, n_loads=3,

@@ -1,4 +1,4 @@
-"""Tests of the scenario (two-stage stochastic) MPC (picogrid.edge.stochastic).
+"""Tests of the scenario (two-stage stochastic) MPC (picogrid.edge.forecasting.scenarios).
 
 The stacked OSQP problem is checked against a two-stage programme written directly in cvxpy
 (no shared code, Clarabel), which also has the non-anticipativity constraints: without them
@@ -12,11 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from picogrid.edge import economics
-from picogrid.edge.mpc_config import MpcConfig
-from picogrid.edge.optimize import MpcController
-from picogrid.edge.qp_model import build_model
-from picogrid.edge.stochastic import (ScenarioQp, expected_value, forecast_inputs, quantile_scenarios,
+from picogrid.edge.optimizer import economics
+from picogrid.edge.optimizer.mpc_config import MpcConfig
+from picogrid.edge.optimizer.optimize import MpcController
+from picogrid.edge.optimizer.qp_model import build_model
+from picogrid.edge.optimizer.scenario_qp import ScenarioQp
+from picogrid.edge.forecasting.scenarios import (expected_value, forecast_inputs, quantile_scenarios,
                                       solve_scenarios)
 
 LAB = dict(horizon=8, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,

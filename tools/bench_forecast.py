@@ -1,6 +1,6 @@
 """Benchmark: edge forecast latency, all series, whole horizon (``picogrid bench forecast``).
 
-Times :meth:`picogrid.edge.forecast.Forecaster.forecast` (feature building, five onnxruntime
+Times :meth:`picogrid.edge.forecasting.forecast.Forecaster.forecast` (feature building, five onnxruntime
 calls, post-processing and the online band recalibration, which learns from one realised tick
 per call as in operation: the calls walk through consecutive ticks) on real scenario days for
 the ``site`` profile (288-step horizon, the
@@ -20,8 +20,8 @@ TARGET_P50_MS = 2.0
 
 def _inputs(profile, n_calls):
     """Inputs of ``n_calls`` forecast calls at consecutive ticks, each with the whole days of
-    history the committed models read (:func:`picogrid.edge.forecast.model_history_days`)."""
-    from picogrid.edge.forecast import model_history_days
+    history the committed models read (:func:`picogrid.edge.forecasting.forecast.model_history_days`)."""
+    from picogrid.edge.forecasting.forecast import model_history_days
     from picogrid.models import features as F
     from picogrid.models import scenario
     from picogrid.models.train import PROFILE_BENCH
@@ -55,7 +55,7 @@ def _time(fn, calls):
 
 
 def main(argv=None):
-    from picogrid.edge.forecast import Forecaster
+    from picogrid.edge.forecasting.forecast import Forecaster
     from picogrid.models import features as F
 
     p = argparse.ArgumentParser(prog="picogrid bench forecast", description=__doc__.splitlines()[0])

@@ -2,23 +2,23 @@
 
 ``picogrid bench mpc`` builds real days of the site profile (``edge/sites/site.toml``: kW, kWh,
 5-minute ticks; :func:`picogrid.models.scenario.build_bench_days` with its ``[scenario]``
-scaling, deferrable jobs split from load3 as in :mod:`picogrid.edge.evaluate`; one forecast
+scaling, deferrable jobs split from load3 as in :mod:`picogrid.edge.evaluation.evaluate`; one forecast
 scenario, whatever the site file plans over) and, for each
 horizon N = 60, 96, 288, 1440 steps, rolls the horizon over ``--ticks`` consecutive ticks. The
 instances are built first (the stored energy follows the exact LP plan); then each solver runs
 alone over the same list, as on the edge, where one solver runs per tick:
 
-- ``osqp``: :class:`picogrid.edge.optimize.MpcController` (one OSQP set-up, ``update`` + warm start
+- ``osqp``: :class:`picogrid.edge.optimizer.optimize.MpcController` (one OSQP set-up, ``update`` + warm start
   from its previous solution shifted one step) with the site's OSQP settings; its first tick is the
   exact LP (``cold_start_exact``), and a tick OSQP ends unsolved too (counted in its statuses);
 - ``lp_warm``: the same controller with ``solver='highs'``: the same matrices as an exact LP,
   HiGHS dual simplex set up once and restarted from its last basis
-  (:class:`picogrid.edge.simplex.WarmSimplex`); the time is the whole ``solve`` call, as for osqp;
+  (:class:`picogrid.edge.optimizer.simplex.WarmSimplex`); the time is the whole ``solve`` call, as for osqp;
 - ``cvxpy``: an independent formulation of the same model written with cvxpy ``Parameter``s
   (compiled once, DPP), re-solved each tick by Clarabel; the time is the whole ``solve`` call;
-- ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.policies.solve_perfect_foresight`:
+- ``highs``: the exact LP built and solved from scratch (:func:`picogrid.edge.optimizer.policies.solve_perfect_foresight`:
   model vectors + HiGHS through ``scipy.optimize.linprog``), the reference optimum;
-- ``pymgrid``: pymgrid 1.2.2's own MPC (:class:`picogrid.edge.pymgrid_policy.PymgridMpc`: its
+- ``pymgrid``: pymgrid 1.2.2's own MPC (:class:`picogrid.edge.evaluation.pymgrid_policy.PymgridMpc`: its
   cvxpy LP compiled once, re-solved each tick) on the first ``--cvxpy-ticks`` instances, for
   N <= :data:`PYMGRID_MAX_N` (it builds its inequality matrix dense: [8N, 7N]). Its model is
   simpler (one load, one efficiency, no jobs, no soft bounds), so only its time is compared.
@@ -40,11 +40,12 @@ import time
 
 import numpy as np
 
-from picogrid.edge import evaluate, policies
-from picogrid.edge.deferrable import JobLedger
-from picogrid.edge.optimize import MpcController, reserve_energy_j
-from picogrid.edge.pymgrid_policy import PymgridMpc
-from picogrid.edge.signals import LOAD_SERIES
+from picogrid.edge.evaluation import evaluate
+from picogrid.edge.optimizer import policies
+from picogrid.edge.sources.deferrable import JobLedger
+from picogrid.edge.optimizer.optimize import MpcController, reserve_energy_j
+from picogrid.edge.evaluation.pymgrid_policy import PymgridMpc
+from picogrid.edge.sources.signals import LOAD_SERIES
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ PYMGRID_MAX_N = 288
 class CvxpyMpc:
     """The MPC model of docs/design.md §4 in cvxpy with parameters, compiled once (Clarabel).
 
-    Written from the model's statement, not from :mod:`picogrid.edge.optimize`: hard power
+    Written from the model's statement, not from :mod:`picogrid.edge.optimizer.optimize`: hard power
     limits, soft energy bounds with an L1 penalty, deferrable jobs with an undelivered-energy
     slack, optional reserve with a shortfall slack. Powers are in units of the largest power
     limit ``pu`` [W], energies in ``eu = dt * pu`` [J] and costs in ``cu = eu * max(voll)``, so
@@ -269,7 +270,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # one warning per inaccurate solve would bury the table (the counts are in 'statuses')
-    logging.getLogger("picogrid.edge.optimize").setLevel(logging.ERROR)
+    logging.getLogger("picogrid.edge.optimizer.optimize").setLevel(logging.ERROR)
     site, cfg, scaling = evaluate.load_site("site")
     # the site's values as absolute prices: the cvxpy statement prices every tick alike (the
     # home tariff stays far below its values of lost load, so the floor never moves them)

@@ -26,7 +26,7 @@ COMMAND_KINDS = ("mode", "override", "clear_override", "shed", "restore", "appro
 LOADS = ("load1", "load2", "load3")
 BOARDS = ("pv", "storage", "grid") + LOADS
 # The lab bench's settings for what the site file does not say. The limits are the edge's own
-# (picogrid.edge.operator.setpoint_bounds); checking here only gives the operator an early answer.
+# (picogrid.edge.control.operator.setpoint_bounds); checking here only gives the operator an early answer.
 _DEFAULT_SITE = pathlib.Path(__file__).resolve().parent.parent / "edge" / "sites" / "lab.toml"
 
 
@@ -79,7 +79,7 @@ def load(path):
 
 def _limits(site):
     # One source of truth: the edge bounds the same commands with this function.
-    from picogrid.edge.operator import setpoint_bounds
+    from picogrid.edge.control.operator import setpoint_bounds
     units = {"grid": "V"}
     return {board: (float(lo), float(hi), units.get(board, "W"))
             for board, (lo, hi) in setpoint_bounds(site).items()}
