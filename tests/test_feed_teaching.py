@@ -17,14 +17,8 @@ DAY0 = 5_900_000          # a lab day index (any: the clock is injected)
 N_DAYS = 60
 
 
-class Clock:
-    """Injected time: the tests leap through lab days without waiting."""
-
-    def __init__(self, t):
-        self.t = float(t)
-
-    def __call__(self):
-        return self.t
+# injected time: the tests leap through lab days without waiting
+Clock = F.LeapingClock
 
 
 @pytest.fixture(scope="module")

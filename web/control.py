@@ -14,6 +14,8 @@ Login is hardened against guessing (issue 27):
   60/h) and per user name (failed attempts only, ``LOGIN_LIMITS_PER_USER``, default 5/min and
   20/h); a limited attempt gets 429 with ``Retry-After`` [s] and an ``login_rate_limited``
   audit row (at most one a minute per address and name);
+- a CSRF token that is not the shape of one (non-ASCII, over-long) is a 400, a wrong one a
+  403; the comparison is on bytes and cannot raise;
 - every text field has a maximum length (:data:`MAX_LEN`); a longer one is a 400 before the
   store or the password hash is touched, and audit rows hold at most :data:`AUDIT_TEXT_MAX`
   characters of anything a client sent;
@@ -38,6 +40,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import sqlite3
 import time
@@ -94,17 +97,22 @@ def _check_csrf():
     if not _same_origin():
         _refuse(403, "cross-site request refused")
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+    if sent and not _CSRF_SHAPE.fullmatch(sent if isinstance(sent, str) else ""):
+        # not even the shape of a token (non-ASCII, over-long): a malformed request
+        _refuse(400, "malformed CSRF token")
     if not _token_matches(sent, session.get("csrf")):
         _refuse(403, "missing or wrong CSRF token")
 
 
+#: what ``secrets.token_urlsafe`` makes, up to MAX_LEN["csrf_token"] characters
+_CSRF_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_LEN["csrf_token"], re.ASCII)
+
+
 def _token_matches(sent, expected):
-    """Constant-time comparison that cannot raise: False for a missing, non-text or over-long
-    token. ``hmac.compare_digest`` raises TypeError for non-ASCII ``str``; on UTF-8 bytes it
+    """Constant-time comparison that cannot raise: False for a missing or non-text token.
+    ``hmac.compare_digest`` raises TypeError for non-ASCII ``str``; on UTF-8 bytes it
     compares anything."""
     if not isinstance(sent, str) or not isinstance(expected, str) or not sent:
-        return False
-    if len(sent) > MAX_LEN["csrf_token"]:
         return False
     return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"),
                                expected.encode("utf-8", "surrogatepass"))
@@ -236,8 +244,8 @@ def _rate_limited(error):
 def login():
     """GET: the login form. POST: check the operator's name and password.
 
-    Refusals: 403 without the CSRF token or cross-site; 400 for a field over
-    :data:`MAX_LEN`; 401 for an unknown name or a wrong password (both after one hash
+    Refusals: 403 without the CSRF token, with a wrong one or cross-site; 400 for a field
+    over :data:`MAX_LEN` or a malformed CSRF token; 401 for an unknown name or a wrong password (both after one hash
     verification); 429 over the rate limits (:func:`init_limiter`).
     """
     nxt = request.values.get("next") or url_for("pages.index")
