@@ -13,6 +13,7 @@ import pytest
 from picogrid.edge.control import dispatch
 from picogrid.edge.control import estimate
 from picogrid.edge.control import metering
+from picogrid.edge.optimizer import economics
 from picogrid.edge.boards.fleet import Fleet
 from picogrid.edge.boards.links import SerialLink
 from picogrid.edge.optimizer.mpc_config import config_from_site
@@ -48,8 +49,8 @@ def test_balance_residual_and_costs():
     res = metering.balance_residual_j(energies, 7.0, 7.1, 0.1)
     assert res == pytest.approx(0.1 - 0.0705)
     assert metering.balance_residual_j(dict(energies, pv=None), 7.0, 7.1, 0.1) is None
-    assert metering.grid_cost(2.0, 3.0, 0.8) == pytest.approx(6.0)      # import pays 3 c/J
-    assert metering.grid_cost(-2.0, 3.0, 0.8) == pytest.approx(-1.6)    # export earns 0.8 c/J
+    assert economics.bill(2.0, 3.0, 0.8) == pytest.approx(6.0)      # import pays 3 c/J
+    assert economics.bill(-2.0, 3.0, 0.8) == pytest.approx(-1.6)    # export earns 0.8 c/J
 
 
 def _decision(pv_cap, storage, served):

@@ -14,7 +14,8 @@ from picogrid.edge.optimizer import economics
 from picogrid.edge.optimizer import policies
 from picogrid.edge.optimizer.mpc_config import MpcConfig
 from picogrid.edge.optimizer.optimize import Decision, MpcController
-from picogrid.edge.optimizer.policies import (DayTruth, day_cost, naive_step, plant_step, savings_capture,
+from picogrid.edge.optimizer.economics import savings_capture
+from picogrid.edge.optimizer.policies import (DayTruth, day_cost, naive_step, plant_step,
                                     simulate_policy, solve_perfect_foresight)
 
 LAB = dict(horizon=60, dt_s=2.5, e_min_j=2.0, e_max_j=45.0, p_ch_max_w=3.0, p_dis_max_w=3.0,

@@ -15,6 +15,7 @@ import logging
 import sqlite3
 
 from picogrid.edge.control.store import DISPATCH_COLUMNS, SCHEMA
+from picogrid.edge.optimizer.economics import savings_capture
 
 from .units import split_unit
 
@@ -330,10 +331,9 @@ def cost_comparison(conn, run_id):
 
 
 def _savings_capture(totals, reference="perfect_foresight"):
-    mpc, naive, perfect_foresight = (totals[p]["to_latest"] for p in ("mpc", "naive", reference))
-    if mpc is None or naive is None or perfect_foresight is None or abs(naive - perfect_foresight) < 1e-12:
-        return None
-    return (naive - mpc) / (naive - perfect_foresight)
+    """The MPC's savings capture against ``reference`` up to the latest tick, None when unknown."""
+    value = savings_capture(*(totals[p]["to_latest"] for p in ("naive", "mpc", reference)))
+    return None if value != value else value       # NaN (missing, or nothing to save) -> JSON null
 
 
 def run_summary(conn, run_id):

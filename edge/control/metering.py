@@ -55,8 +55,3 @@ def balance_residual_j(energies, v_bus_start_v, v_bus_end_v, bus_capacitance_f):
     return sum(energies.values()) - d_cap
 
 
-def grid_cost(grid_energy_j, import_price_per_j, export_price_per_j):
-    """Cost of one tick's net grid energy [price units]: import paid, export earned."""
-    if grid_energy_j >= 0:
-        return grid_energy_j * import_price_per_j
-    return grid_energy_j * export_price_per_j

@@ -111,8 +111,8 @@ def baseline_rows(result, truth, dt_s):
         for k, l in enumerate(LOADS):
             row[l + "_w"] = -result.load_served_w[t, k]
             row[l + "_demand_w"] = truth[l + "_demand_w"][t]
-        g = result.grid_w[t]
-        row["cost"] = g * dt_s * (truth["import_price_per_j"][t] if g >= 0 else truth["export_price_per_j"][t])
+        row["cost"] = economics.bill(result.grid_w[t] * dt_s, truth["import_price_per_j"][t],
+                                     truth["export_price_per_j"][t])
         row["deferrable_w"] = result.deferrable_w[t] if result.deferrable_w is not None else 0.0
         rows.append({k: float(v) for k, v in row.items()})
     return rows
@@ -166,8 +166,8 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     s["bill_perfect_foresight"] = perfect_foresight.costs["import_cost"] - perfect_foresight.costs["export_revenue"]
     # headline: both policies measured, against the model's optimum (the only optimum there is);
     # the all-model figure beside it shows how much of that is the bench, not the policy
-    s["savings_capture"] = policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_perfect_foresight"])
-    s["savings_capture_vs_model_naive"] = policies.savings_capture(
+    s["savings_capture"] = economics.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_perfect_foresight"])
+    s["savings_capture_vs_model_naive"] = economics.savings_capture(
         s["cost_naive_model"], s["cost_mpc"], s["cost_perfect_foresight"])
     if mpc_perfect_rows is not None:
         # all three measured: the bench's own losses are in every cost, not only in two of three
@@ -181,7 +181,7 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
         # a tick decided otherwise (no true future, or the solver's fallback) leaves that bench
         # no reference: its costs stay as measured, the capture against it is NaN
         s["savings_capture_vs_mpc_perfect"] = float("nan") if s["ticks_fallback_mpc_perfect"] else \
-            policies.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
+            economics.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
     s["ticks_incomplete_mpc"] = len(incomplete_ticks(rows))
     s["ticks_incomplete_naive"] = len(incomplete_ticks(naive_rows))
     ms = 1e3 * np.asarray(solve_times_s)

@@ -23,6 +23,7 @@ from picogrid.edge.optimizer.mpc_config import config_from_site
 from picogrid.edge.optimizer.optimize import MpcController
 from picogrid.edge.forecasting.forecast import forecast_from_now
 from picogrid.edge.forecasting.error_scenarios import forecast_errors
+from picogrid.edge.optimizer import economics
 from picogrid.edge.optimizer.policies import pad_day_end
 from picogrid.edge.optimizer.rules import naive_step
 from picogrid.edge.sources.signals import LOAD_SERIES, LOADS
@@ -344,7 +345,7 @@ class EdgeRunner:
         residual = metering.balance_residual_j(energies, v0, v1, self.c_bus)
         truth = self.source.truth()
         grid_j = tick_j.get("grid")
-        cost = metering.grid_cost(grid_j, imp, exp) if grid_j is not None else None
+        cost = economics.bill(grid_j, imp, exp) if grid_j is not None else None
         st = boundary.get("storage")
         e_st = (estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.c_storage_f,
                                           self.esr_storage_ohm) if st else None)

@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from picogrid.edge.optimizer import policies
+from picogrid.edge.optimizer import economics, policies
 from picogrid.edge.forecasting.error_scenarios import forecast_errors
 from picogrid.edge.forecasting.forecast import forecast_from_now
 from picogrid.edge.optimizer.mpc_config import MpcConfig, config_from_site
@@ -548,14 +548,14 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
 
 def _capture_on(costs, on):
     c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
-    return policies.savings_capture(c["naive"], c["mpc_own"], c["perfect_foresight"])
+    return economics.savings_capture(c["naive"], c["mpc_own"], c["perfect_foresight"])
 
 
 def capture(costs, policy):
     """Savings capture of ``policy`` over all days (sums of costs)."""
     on = np.isfinite(costs[policy])
     c = {p: float(np.sum(np.asarray(v)[on])) for p, v in costs.items()}
-    return policies.savings_capture(c["naive"], c[policy], c["perfect_foresight"])
+    return economics.savings_capture(c["naive"], c[policy], c["perfect_foresight"])
 
 
 def plot_day(example, cfg, path):
@@ -618,7 +618,7 @@ def report(profile, res, out):
               f"{with_r:.5g} c vs {without:.5g} c without, reserve cost {with_r - without:+.5g} c; "
               f"capture {100 * capture(c, 'mpc_own_reserve'):.1f} % vs {100 * _capture_on(c, on):.1f} %",
               file=out)
-    med = {p: 100 * np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c[p], c["perfect_foresight"])])
+    med = {p: 100 * np.nanmedian([economics.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c[p], c["perfect_foresight"])])
            for p in ("mpc_own", "dayahead_own")}
     print(f"  per-day capture (own forecasts): median {med['mpc_own']:.1f} % (MPC), "
           f"{med['dayahead_own']:.1f} % (day-ahead plan)", file=out)

@@ -45,7 +45,7 @@ import logging
 
 import numpy as np
 
-from picogrid.edge.optimizer import policies
+from picogrid.edge.optimizer import economics, policies
 from picogrid.edge.evaluation.evaluate import (COMPARED, baselines, cached_fans, capture, compared_runs, fans_forecast,
                                     known_now, load_site, perfect_controller, perfect_forecast, report_compared,
                                     run_mpc)
@@ -395,7 +395,7 @@ def report(res, out):
     for p, v in c.items():
         extra = "" if p in ("naive", "perfect_foresight") else f"  savings capture {100 * capture(c, p):6.1f} %"
         print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
-    med = np.nanmedian([policies.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["perfect_foresight"])])
+    med = np.nanmedian([economics.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["perfect_foresight"])])
     print(f"  per-day capture (feed forecasts): median {100 * med:.1f} %", file=out)
     for key, what in (("shed_connected_j", "energy shed, grid connected"), ("shortfall_j", "deferrable shortfall")):
         v = res[key]

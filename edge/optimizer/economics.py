@@ -151,3 +151,34 @@ def day_costs(econ, grid_w, storage_w, demand_w, served_w, e_end_j, shortfall_j,
     costs["total"] = (costs["import_cost"] - costs["export_revenue"] + costs["shedding_cost"]
                       + costs["cycling_cost"] - costs["terminal_value"] + costs["deferrable_shortfall_cost"])
     return costs
+
+
+def bill(grid_energy_j, import_price_per_j, export_price_per_j):
+    """Energy bill of grid energy [price units], per element: import paid at the import price,
+    export (negative energy) earned at the export price.
+
+    Parameters
+    ----------
+    grid_energy_j : float or array [T]
+        Grid energy into the bus per tick [J] (+ import, - export).
+    import_price_per_j, export_price_per_j : float or array [T]
+        [price/J].
+    """
+    g = np.asarray(grid_energy_j, float)
+    out = np.where(g >= 0, g * np.asarray(import_price_per_j, float), g * np.asarray(export_price_per_j, float))
+    return float(out) if out.ndim == 0 else out
+
+
+def savings_capture(cost_naive, cost, cost_perfect_foresight):
+    """Share of the naive -> perfect-foresight saving a policy achieves (docs/design.md §4).
+
+    ``(cost_naive - cost) / (cost_naive - cost_perfect_foresight)``; 1 = as good as perfect
+    foresight, 0 = no better than the naive rule, < 0 = worse. NaN when perfect foresight saves
+    nothing (``|cost_naive - cost_perfect_foresight| <= 1e-12``) or an input is missing (None/NaN).
+    """
+    if cost_naive is None or cost is None or cost_perfect_foresight is None:
+        return float("nan")
+    gap = cost_naive - cost_perfect_foresight
+    if not abs(gap) > 1e-12:
+        return float("nan")
+    return float((cost_naive - cost) / gap)

@@ -8,7 +8,7 @@
   ~1e-9, so the perfect-foresight optimum is a true lower bound and not an ADMM-tolerance approximation.
 - :func:`day_ahead_policy`: a whole-day plan followed open loop (storage and deferrable power
   from the plan, loads and PV as they come), as a home follows an EMHASS day-ahead plan.
-- :func:`simulate_policy`, :func:`day_cost`, :func:`savings_capture`: closed-loop day
+- :func:`simulate_policy`, :func:`day_cost`: closed-loop day
   simulation and the figure of merit of docs/design.md §4,
   ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``.
 
@@ -286,9 +286,7 @@ def day_cost(grid_w, import_price_per_j, export_price_per_j, dt_s):
     import_price_per_j, export_price_per_j : array [T]  [price/J]
     dt_s : float  step duration [s]
     """
-    grid = np.asarray(grid_w, float)
-    return float(dt_s * np.sum(np.asarray(import_price_per_j) * np.maximum(grid, 0.0)
-                               - np.asarray(export_price_per_j) * np.maximum(-grid, 0.0)))
+    return float(np.sum(economics.bill(np.asarray(grid_w, float) * dt_s, import_price_per_j, export_price_per_j)))
 
 
 def simulate_policy(policy_fn, truth, cfg):
@@ -491,16 +489,3 @@ def mpc_policy(controller, forecast):
         return controller.solve(e_j, **window)
 
     return policy
-
-
-def savings_capture(cost_naive, cost_mpc, cost_perfect_foresight):
-    """Share of the naive → perfect-foresight saving the MPC achieves (docs/design.md §4).
-
-    ``(cost_naive − cost_mpc) / (cost_naive − cost_perfect_foresight)``; 1 = as good as perfect
-    foresight, 0 = no better than naive, < 0 = worse than naive. Returns ``nan`` when the
-    perfect_foresight saves nothing (``cost_naive − cost_perfect_foresight`` ≤ 1e-12 in magnitude).
-    """
-    gap = cost_naive - cost_perfect_foresight
-    if abs(gap) <= 1e-12:
-        return float("nan")
-    return float((cost_naive - cost_mpc) / gap)
