@@ -583,3 +583,47 @@ def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
     with caplog.at_level("WARNING"):
         runner.prepare()
     assert "no forecasts before tick" in caplog.text and runner.past_errors(0) == [None, None]
+
+
+@pytest.mark.parametrize("policy, planner, solves, one_plan, error_days", [
+    ("mpc", "ForecastPlanner", True, False, True),
+    ("mpc_perfect", "TrueFuturePlanner", True, True, False),
+    ("naive", "RulePlanner", False, True, False),
+])
+def test_each_policy_has_its_planner(policy, planner, solves, one_plan, error_days):
+    """The runner picks one planner per policy and never branches on the policy string: the
+    planner says whether the runner keeps an optimiser, plans one plan and error scenarios."""
+    from picogrid.edge.control.runner import EdgeRunner
+    from picogrid.edge.site import board_ids
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    runner = EdgeRunner(site, ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks),
+                        Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy=policy, record="dispatch")
+    assert type(runner.planner).__name__ == planner
+    assert (runner.mpc is not None) == solves
+    assert (runner.cfg.scenario_weights is None) == one_plan
+    assert (runner.error_days > 0) == error_days
+
+
+def test_the_rule_planner_plans_one_tick_from_what_is_known_now():
+    """One cycle of the rule at a sunny tick: every load served, the surplus into storage up to
+    its limit and then exported up to the grid's, the rest curtailed; the bus balances; no fans."""
+    from picogrid.edge.control.runner import EdgeRunner
+    from picogrid.edge.site import board_ids
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    cols = _scenario(n_days=3, n_ticks=n_ticks)
+    runner = EdgeRunner(site, ScenarioSource(cols, n_ticks), Fleet(board_ids(site)), store=None,
+                        forecaster=None, t0=0.0, policy="naive", record="dispatch")
+    k = n_ticks // 2
+    decision, fans, sources, pv_now = runner.planner.plan(k, 20.0, islanded=False)
+    demand = runner.source.now(k)[0]
+    assert fans == {} and sources == {}
+    assert decision.load_served_w == pytest.approx(demand)
+    cfg = runner.cfg
+    assert pv_now > float(np.sum(demand)) + cfg.p_ch_max_w + cfg.p_exp_max_w      # a surplus beyond both limits
+    assert decision.p_storage_w == pytest.approx(-cfg.p_ch_max_w)                 # charging at its limit
+    assert decision.p_grid_w == pytest.approx(-cfg.p_exp_max_w)                   # exporting at its limit
+    assert decision.pv_cap_w + decision.p_storage_w + decision.p_grid_w == pytest.approx(float(np.sum(demand)))

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from picogrid.edge.control import dispatch
+from picogrid.edge.control.planners import PLANNERS
 from picogrid.edge.control import estimate
 from picogrid.edge.control import metering
 from picogrid.edge.sources.deferrable import DeferrableLoad
@@ -61,9 +62,10 @@ class EdgeRunner:
 
     def __init__(self, site, source, fleet, store, forecaster, t0, policy="mpc", record="all",
                  clock=time.time, sleep=time.sleep, stop_requested=None):
-        if policy not in ("mpc", "naive", "mpc_perfect") or record not in ("all", "dispatch"):
-            raise ValueError("policy must be mpc|naive|mpc_perfect and record all|dispatch")
+        if policy not in PLANNERS or record not in ("all", "dispatch"):
+            raise ValueError("policy must be %s and record all|dispatch" % "|".join(PLANNERS))
         self.policy, self.record_all = policy, record == "all"
+        self.planner = PLANNERS[policy](self)
         self.site = site
         self.source = source
         self.fleet = fleet
@@ -75,10 +77,10 @@ class EdgeRunner:
         # or the operator pressed Ctrl-C; the tick under way finishes first
         self.stop_requested = threading.Event() if stop_requested is None else stop_requested
         self.cfg = config_from_site(site)
-        if policy == "mpc_perfect":     # a perfect forecast has no spread: its scenarios would be copies
+        if self.planner.one_plan:
             self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)
         self.c_storage_f, self.esr_storage_ohm = estimate.supercapacitor(site)
-        self.mpc = MpcController(self.cfg) if policy != "naive" else None
+        self.mpc = MpcController(self.cfg) if self.planner.solves else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
         # the scenario energy calibration's buckets are ticks of the models' day: only for days as long
@@ -103,7 +105,7 @@ class EdgeRunner:
         self.deferrable = DeferrableLoad(board, rating_w, LOADS.index(board)) if board else None
         # error scenarios: the point forecasts issued at each tick (negative: days before the
         # run day, replayed by prepare()), for the errors they turn out to have k days later
-        self.error_days = self.cfg.error_days if policy == "mpc" else 0
+        self.error_days = self.cfg.error_days if self.planner.error_scenarios else 0
         self._points = {}
 
     # -- stages ----------------------------------------------------------------------
@@ -432,23 +434,7 @@ class EdgeRunner:
                 self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
         if self.e0_j is None:
             self.e0_j = e_j
-        if self.policy != "naive":
-            now = self.known_now(k)
-            if self.error_days and k - 1 not in self._points:   # not prepared before the run
-                self.prepare(k)
-            fc, src = self.forecast(k, now) if self.policy == "mpc" else self.true_future(k)
-            if self.error_days:
-                self._points[k] = planned_point(fc, LOAD_SERIES, self.cfg.demand_p90_weight)
-            cpu0 = time.thread_time()
-            decision, pv_fc, _, _ = self.optimise(k, e_j, fc, islanded, now)
-            # CPU time of this thread: the solver's own cost, without waits for the GIL/cores
-            self.solve_cpu_s.append(time.thread_time() - cpu0)
-            if self.policy == "mpc_perfect":
-                self._check_reference(k, t_start - self.t0, decision, src)
-            pv_now = float(pv_fc[0])
-        else:
-            fc, src = {}, {}
-            decision, pv_now = self.decide_naive(k, e_j, islanded)
+        decision, fc, src, pv_now = self.planner.plan(k, e_j, islanded)
         planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0],
                                      deferrable_load=self.deferrable.board if self.deferrable else None)
         sp, operator_note = planned, ""
