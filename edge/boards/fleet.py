@@ -124,6 +124,10 @@ class Fleet:
             # screen first: a frame dropped as a replay does not make a dead board look alive
             if msg_type == P.MSG_TELEMETRY:
                 t = dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(payload)))
+                # issue 27: a physically absurd report is a bad-data event and is not used
+                from picogrid.edge.boards import plausibility
+                if not plausibility.screen(self, b, now, seq, t):
+                    return
                 if b.authenticated and not self._t_ms_continues(b, now, seq, t["t_ms"]):
                     return
             elif msg_type == P.MSG_HELLO:
