@@ -1,6 +1,8 @@
 """The exact-LP path of the MPC (picogrid.edge.optimizer.simplex): HiGHS on OSQP's matrices, warm basis,
 and the controller's use of it (cold start, rescue, ``solver='highs'``)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -119,23 +121,44 @@ def test_solver_name_is_checked():
         MpcConfig(**LAB, solver="gurobi")
 
 
+class _HoursOld:
+    """A HiGHS instance seen through a clock ``offset_s`` ahead: as if it had already run that
+    long. Its time limit option is translated back to the real instance's clock, so a limit
+    taken from the wrong origin bites at once (no wall-clock window, no speed assumption)."""
+
+    def __init__(self, h, offset_s):
+        self._h, self._offset_s = h, offset_s
+
+    def getRunTime(self):
+        return self._h.getRunTime() + self._offset_s
+
+    def setOptionValue(self, name, value):
+        if name == "time_limit" and math.isfinite(value):
+            value = max(value - self._offset_s, 0.0)    # HiGHS refuses a negative limit
+        return self._h.setOptionValue(name, value)
+
+    def __getattr__(self, name):
+        return getattr(self._h, name)
+
+
 def test_time_limit_is_per_solve_not_the_instances_total():
     """HiGHS counts its time limit on the instance's accumulated run time: a limit that fits one
     solve must hold for every solve of a long-lived controller (before the fix, a site day fell
-    back to the rule after about 0.5 s of summed solves)."""
+    back to the rule after about 0.5 s of summed solves). A fake clock makes the instance hours
+    old; the limit is far above any one solve's time, loaded machine or not."""
     cfg = MpcConfig(**LAB)
     ctrl = MpcController(cfg)
     lp = WarmSimplex(ctrl._qp.A)
     vec = vectors(ctrl, 20.0, day(cfg.horizon))
-    lp.reset()
-    first = lp._h.getRunTime()
-    lp.solve(*vec)
-    limit = 5 * max(lp._h.getRunTime() - first, 1e-4)
+    lp._h = _HoursOld(lp._h, offset_s=4 * 3600.0)
     statuses = []
-    while lp._h.getRunTime() < 5 * limit:
+    for _ in range(3):
         lp.reset()    # a cold solve each time: the most work per run
-        statuses.append(lp.solve(*vec, time_limit_s=limit).info.status)
-    assert len(statuses) > 5 and set(statuses) == {"optimal"}
+        statuses.append(lp.solve(*vec, time_limit_s=60.0).info.status)
+    assert statuses == ["optimal"] * 3
+    # and the limit still bites: a limit of nothing, on an hours-old instance, is reached
+    lp.reset()
+    assert lp.solve(*vec, time_limit_s=0.0).info.status == "time limit reached"
 
 
 def test_only_changed_entries_are_passed_and_the_model_stays_right():
