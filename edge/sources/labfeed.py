@@ -20,6 +20,13 @@ from the cache (same day and tick) or from the online learner's forecast of the 
 which in ``sources`` and ``status``. The server's own ``day``/``tick`` (``/price``,
 ``/demand``) is the authority over the edge's clock; a difference is logged.
 
+No answer stops the edge (issue 27): a request has an overall deadline (wall time from
+connect to the last body byte, not only the socket timeout: a server that drips a byte at a
+time is cut off), a body above ``max_body_bytes`` is refused, JSON nested deeper than
+:data:`MAX_JSON_DEPTH` or with number literals longer than :data:`MAX_NUMBER_CHARS` is refused
+before the parser recurses or converts, and any exception of the transport or the parser is
+a bad answer like an HTTP error, logged once per kind and endpoint until it answers again.
+
 :class:`OnlineDayLearner` learns from the ``/yesterday`` days it has seen: a set of simple
 day-profile predictors (yesterday, means of the last k days, exponentially weighted means,
 shape of the recent mean at yesterday's level) and a set of decay rates of today's observed
@@ -37,12 +44,16 @@ for an edge that has not seen a whole day's sun yet.
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import logging
 import math
+import re
+import socket
 import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +69,182 @@ LEARNED = ("demand", "sell_price", "buy_price")
 
 class LabFeedError(RuntimeError):
     """The feed gave no usable answer and nothing cached or forecast can stand in."""
+
+
+#: deepest JSON nesting accepted (the spec's deepest answer is a list of objects: 2)
+MAX_JSON_DEPTH = 16
+#: longest number literal accepted [characters] (a price or a tick needs far fewer)
+MAX_NUMBER_CHARS = 40
+#: largest body accepted [bytes] (/yesterday, the largest answer, is about 5 kB)
+MAX_BODY_BYTES = 256 * 1024
+
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class _DeadlineExceeded(TimeoutError):
+    """The request's overall deadline passed (a server too slow, or dripping bytes)."""
+
+
+def _check_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH):
+    """Raise ValueError if the JSON text ``body`` nests deeper than ``max_depth`` (strings skipped)."""
+    depth = 0
+    for m in _JSON_TOKENS.finditer(body):
+        c = m.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"JSON nested deeper than {max_depth}")
+        elif c in (b"]", b"}"):
+            depth -= 1
+
+
+def _bounded_int(text):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"JSON integer of {len(text)} digits (at most {MAX_NUMBER_CHARS})")
+    return int(text)
+
+
+def _bounded_float(text):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"JSON number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+    return float(text)
+
+
+def _no_constant(text):
+    raise ValueError(f"JSON constant {text} is not a number the spec allows")
+
+
+def loads_bounded(body: bytes):
+    """Parse a feed answer: UTF-8 JSON of bounded depth and number sizes.
+
+    Raises
+    ------
+    ValueError
+        Not UTF-8, not JSON, too deep, a number literal too long, NaN/Infinity.
+    """
+    _check_depth(body)
+    try:
+        return json.loads(body.decode("utf-8"), parse_int=_bounded_int, parse_float=_bounded_float,
+                          parse_constant=_no_constant)
+    except RecursionError as exc:     # the depth check should have caught it
+        raise ValueError("JSON too deeply nested") from exc
+
+
+class _DeadlineRaw(io.RawIOBase):
+    """The socket's reads, each given what is left of the request's deadline (and no more
+    than the per-read timeout); past the deadline a read raises :class:`_DeadlineExceeded`."""
+
+    def __init__(self, sock, deadline, timeout_s):
+        self._sock, self._deadline, self._timeout_s = sock, deadline, timeout_s
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlineExceeded("timed out: the request's deadline passed")
+        self._sock.settimeout(min(left, self._timeout_s))
+        try:
+            return self._sock.recv_into(b)
+        except socket.timeout as exc:
+            if time.monotonic() >= self._deadline:
+                raise _DeadlineExceeded("timed out: the request's deadline passed") from exc
+            raise
+
+
+class _DeadlineSocket:
+    """A connected socket whose ``makefile`` reads under the deadline (what http.client reads
+    the status line, headers and body through); anything else goes to the socket."""
+
+    def __init__(self, sock, deadline, timeout_s):
+        self._sock, self._deadline, self._timeout_s = sock, deadline, timeout_s
+
+    def makefile(self, mode="rb", *args, **kwargs):
+        return io.BufferedReader(_DeadlineRaw(self._sock, self._deadline, self._timeout_s))
+
+    def sendall(self, data, *args):
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlineExceeded("timed out: the request's deadline passed")
+        self._sock.settimeout(min(left, self._timeout_s))
+        return self._sock.sendall(data, *args)
+
+    def close(self):
+        """Left open: http.client closes the connection while the response is still read
+        (``Connection: close``); :func:`fetch_bounded` closes the socket when done."""
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _DeadlineHTTP(http.client.HTTPConnection):
+    def __init__(self, host, port, deadline, timeout_s):
+        super().__init__(host, port, timeout=max(1e-3, min(timeout_s, deadline - time.monotonic())))
+        self._deadline, self._timeout_s = deadline, timeout_s
+
+    def connect(self):
+        super().connect()
+        self.raw_sock = self.sock
+        self.sock = _DeadlineSocket(self.sock, self._deadline, self._timeout_s)
+
+
+class _DeadlineHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host, port, deadline, timeout_s):
+        super().__init__(host, port, timeout=max(1e-3, min(timeout_s, deadline - time.monotonic())))
+        self._deadline, self._timeout_s = deadline, timeout_s
+
+    def connect(self):
+        super().connect()      # TCP and TLS handshakes under the connect timeout
+        self.raw_sock = self.sock
+        self.sock = _DeadlineSocket(self.sock, self._deadline, self._timeout_s)
+
+
+def fetch_bounded(url: str, timeout_s: float, deadline_s: float, max_body_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """GET ``url``'s body within ``deadline_s`` of wall time, each socket operation within
+    ``timeout_s``, the body at most ``max_body_bytes``.
+
+    Raises
+    ------
+    urllib.error.HTTPError
+        A status other than 200.
+    TimeoutError
+        The deadline passed (status line, headers or body still coming).
+    ValueError
+        A body (declared or read) above the cap.
+    OSError, http.client.HTTPException
+        Refused, reset, a bad status line, an incomplete body ...
+    """
+    deadline = time.monotonic() + deadline_s
+    u = urllib.parse.urlsplit(url)
+    cls = _DeadlineHTTPS if u.scheme == "https" else _DeadlineHTTP
+    conn = cls(u.hostname, u.port, deadline, timeout_s)
+    try:
+        conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""),
+                     headers={"Accept": "application/json", "Connection": "close"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise urllib.error.HTTPError(url, resp.status, resp.reason, resp.headers, None)
+        length = resp.getheader("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
+            raise ValueError(f"body of {int(length)} bytes declared (at most {max_body_bytes})")
+        chunks, size = [], 0
+        while True:
+            chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise ValueError(f"body above {max_body_bytes} bytes")
+            chunks.append(chunk)
+        if length is not None and length.strip().isdigit() and size < int(length):
+            raise http.client.IncompleteRead(b"".join(chunks), int(length) - size)
+        return b"".join(chunks)
+    finally:
+        conn.close()
+        raw = getattr(conn, "raw_sock", None)
+        if raw is not None:
+            raw.close()
 
 
 def day_tick(unix_time_s: float) -> tuple[int, int]:
@@ -437,7 +624,12 @@ class LabFeed:
     base_url : str
         e.g. ``'http://127.0.0.1:8080'``.
     timeout_s : float
-        Per-request timeout [s]; keep it well below the 5 s tick.
+        Timeout of each socket operation [s]; keep it well below the 5 s tick.
+    deadline_s : float, optional
+        Overall wall time of one request, connect to last byte [s]; default twice
+        ``timeout_s``. A server that drips its answer is cut off here.
+    max_body_bytes : int
+        Longer answers are refused (a bad answer).
     retry_after_s : float
         After a failure, the server is not asked again for this long [s] (the tick goes on
         with cached/forecast values instead of waiting on a dead server every call).
@@ -448,11 +640,15 @@ class LabFeed:
     """
 
     def __init__(self, base_url: str, timeout_s: float = 0.5, retry_after_s: float = TICK_S, clock=None,
-                 learner: OnlineDayLearner | None = None):
+                 learner: OnlineDayLearner | None = None, deadline_s: float | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be http(s)://..., got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = float(timeout_s)
+        self.deadline_s = float(deadline_s) if deadline_s is not None else 2.0 * self.timeout_s
+        self.max_body_bytes = int(max_body_bytes)
+        self.failures: dict[tuple[str, str], int] = {}   # (endpoint, exception kind) -> count
         self.retry_after_s = float(retry_after_s)
         self.clock = clock or time.time
         self.learner = learner if learner is not None else OnlineDayLearner()
@@ -476,19 +672,46 @@ class LabFeed:
         if now < self._endpoint_retry.get(endpoint, -np.inf):
             raise LabFeedError(f"/{endpoint}: left alone after a bad answer; retry after "
                                f"{self._endpoint_retry[endpoint] - now:.1f} s")
+        url = f"{self.base_url}/{endpoint}"
         try:
-            with urllib.request.urlopen(f"{self.base_url}/{endpoint}", timeout=self.timeout_s) as resp:
-                value = parse(endpoint, json.loads(resp.read().decode("utf-8")))
-        except (urllib.error.HTTPError, ValueError) as exc:   # it answered: HTTP error, JSON, spec
+            value = parse(endpoint, loads_bounded(fetch_bounded(url, self.timeout_s, self.deadline_s,
+                                                                self.max_body_bytes)))
+        except (OSError, http.client.RemoteDisconnected) as exc:
+            if isinstance(exc, urllib.error.HTTPError):     # it answered, with an error status
+                self._bad_answer(endpoint, now, exc)
+            # no answer: refused, unreachable, reset, a timeout or the deadline
             self.last_error = f"/{endpoint}: {type(exc).__name__}: {exc}"
-            self._endpoint_retry[endpoint] = now + self.retry_after_s
-            raise LabFeedError(self.last_error) from exc
-        except OSError as exc:   # no answer: refused, unreachable, timeout
-            self.last_error = f"/{endpoint}: {type(exc).__name__}: {exc}"
+            self._failed(endpoint, exc)
             self._down_until = now + self.retry_after_s
             raise LabFeedError(self.last_error) from exc
+        except Exception as exc:   # it answered badly: HTTP protocol, size, JSON, spec, anything else
+            self._bad_answer(endpoint, now, exc)
+        if self.failures:
+            self._recovered(endpoint)
         self.cache[endpoint] = (now, value)
         return value
+
+    def _bad_answer(self, endpoint, now, exc):
+        """An answer that cannot be used: this endpoint is left alone for ``retry_after_s``."""
+        self.last_error = f"/{endpoint}: {type(exc).__name__}: {str(exc)[:200]}"
+        self._failed(endpoint, exc)
+        self._endpoint_retry[endpoint] = now + self.retry_after_s
+        raise LabFeedError(self.last_error) from exc
+
+    def _failed(self, endpoint, exc):
+        """Count a failure; log it the first time this kind of failure hits this endpoint."""
+        key = (endpoint, type(exc).__name__)
+        n = self.failures[key] = self.failures.get(key, 0) + 1
+        if n == 1:
+            log.warning("lab feed %s (logged once until /%s answers again)", self.last_error, endpoint)
+
+    def _recovered(self, endpoint):
+        gone = {k: n for k, n in self.failures.items() if k[0] == endpoint}
+        if gone:
+            for k in gone:
+                del self.failures[k]
+            log.warning("lab feed /%s answers again after %s", endpoint,
+                        ", ".join(f"{n} x {k[1]}" for k, n in gone.items()))
 
     def _cached(self, endpoint: str, day: int, tick: int | None):
         """Cached value if it is still about this day (and tick, when the payload has one)."""
@@ -511,7 +734,7 @@ class LabFeed:
             self.learner.observe_day(day - 1, self.get("yesterday"))
             return True
         except LabFeedError as exc:
-            log.warning("no /yesterday for day %d: %s", day - 1, exc)
+            log.debug("no /yesterday for day %d: %s", day - 1, exc)
             return False
 
     def snapshot(self) -> FeedSnapshot:
@@ -562,7 +785,8 @@ class LabFeed:
                 snap.sources["price"] = "forecast"
         if notes:
             snap.status = "degraded: " + "; ".join(notes)
-            log.warning("lab feed day %d tick %d %s", day, tick, snap.status)
+            # each kind of failure was logged once where it happened (LabFeed.get), not every tick
+            log.debug("lab feed day %d tick %d %s", day, tick, snap.status)
         return snap
 
     def _server_day_tick(self, live, day, tick):
