@@ -6,11 +6,23 @@ grid import are positive, loads are negative, storage is positive when dischargi
 
 Writes come from the edge's tick thread only; each tick is one transaction, so a reader
 never sees half a tick. WAL mode lets the dashboard read while the edge writes.
+
+The store never stops the tick (issue 27): an SQLite error while writing (disk full, I/O
+error, a corrupt file, a lock held too long) rolls the tick's transaction back and keeps its
+rows, with every row written after it, in a bounded buffer (:attr:`Store.max_buffered` rows;
+beyond it the oldest are dropped and counted); :attr:`Store.alarm` then says why. Each later
+:meth:`Store.commit` tries again (a corrupt file is reopened first) and, once one succeeds,
+writes the buffered rows in order in one transaction followed by a ``store_outage`` event
+saying how long, how many rows were buffered and how many dropped.
 """
 
+import collections
 import json
+import logging
 import sqlite3
 import time
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -132,20 +144,200 @@ def connect(path):
     return conn
 
 
-class Store:
-    """Writer for one run. All methods take SI values; see the schema for units."""
+#: errors of one row, not of the file: that row is dropped, the others are written
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
 
-    def __init__(self, path):
+
+def _row_error(exc):
+    """Whether ``exc`` is about the row (a constraint, a value SQLite cannot bind), not the file."""
+    return isinstance(exc, _ROW_ERRORS) or (isinstance(exc, sqlite3.ProgrammingError) and "binding" in str(exc))
+
+
+def _file_broken(exc):
+    """Whether ``exc`` says the connection or the file is unusable (reopen before retrying)."""
+    return (not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc)
+            or "not a database" in str(exc) or "closed" in str(exc))
+
+
+class Store:
+    """Writer for one run. All methods take SI values; see the schema for units.
+
+    Parameters
+    ----------
+    path : str or path
+    max_buffered : int
+        Rows kept while the file cannot be written; beyond it the oldest are dropped.
+    busy_timeout_s : float
+        How long a write waits on another writer's lock before it counts as failed [s]
+        (the rows are buffered; a tick must not wait the default 10 s).
+    clock : callable
+        Unix time [s] (the outage event's time).
+
+    Attributes
+    ----------
+    alarm : str or None
+        Why rows are being buffered instead of written (None while the store writes).
+    rows_dropped : int
+        Buffered rows dropped because the buffer was full, over the store's life.
+    t0 : float or None
+        The run's tick 0 [unix s] for the ``t_s`` of the outage event (default the run's start).
+    """
+
+    def __init__(self, path, max_buffered=10_000, busy_timeout_s=1.0, clock=time.time):
         self.path = str(path)
-        self.conn = connect(self.path)
+        self.max_buffered = int(max_buffered)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.clock = clock
+        self.conn = self._open()
         self.run_id = None
         self.started_at = None   # set by start_run
+        self.t0 = None
+        self._run_row = None     # the run's row, put back into a file that lost it
+        self.alarm = None
+        self.rows_dropped = 0
+        self.rows_rejected = 0   # rows SQLite refused for themselves (constraint, binding), dropped
+        self._tx = []            # (sql, params) executed since the last commit (replayed if it fails)
+        self._buffer = collections.deque()   # (sql, params) not yet written, oldest first
+        self._outage = None      # {'since', 'reason', 'buffered', 'dropped'} while buffering
+        self._broken = False     # the connection is to be reopened before the next try
 
+    def _open(self):
+        conn = connect(self.path)
+        conn.execute("PRAGMA busy_timeout=%d" % int(self.busy_timeout_s * 1000))
+        return conn
+
+    # -- writing, come what may ------------------------------------------------------
+    def _write(self, sql, params):
+        """Execute one row's statement in the tick's transaction, or buffer it while the file
+        cannot be written; never raises an SQLite error."""
+        if self._outage is not None:
+            self._keep((sql, params))
+            return
+        try:
+            self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            if _row_error(exc):
+                self._reject(sql, exc)
+                return
+            self._tx.append((sql, params))
+            self._fail(exc)
+            return
+        self._tx.append((sql, params))
+
+    def _reject(self, sql, exc):
+        """A row SQLite refuses whatever the file's state (a constraint, a value it cannot
+        bind): dropped, counted and logged, so it cannot hold the other rows back."""
+        self.rows_rejected += 1
+        log.error("store: row refused and dropped (%s: %s): %s", type(exc).__name__, exc, sql[:60])
+
+    def _keep(self, op):
+        if len(self._buffer) >= self.max_buffered:
+            self._buffer.popleft()
+            self.rows_dropped += 1
+            self._outage["dropped"] += 1
+        self._buffer.append(op)
+        self._outage["buffered"] += 1
+
+    def _fail(self, exc):
+        """A write or commit failed: roll the transaction back, keep its rows, raise the alarm."""
+        try:
+            self.conn.rollback()
+        except sqlite3.Error:
+            pass
+        reason = "%s: %s" % (type(exc).__name__, str(exc)[:120])
+        if _file_broken(exc):
+            self._broken = True      # corrupt or closed: reopen before the next try
+        if self._outage is None:
+            self._outage = {"since": self.clock(), "reason": reason, "buffered": 0, "dropped": 0}
+            log.error("store %s cannot be written (%s): rows are buffered (at most %d) until it can",
+                      self.path, reason, self.max_buffered)
+        tx, self._tx = self._tx, []
+        # rows of the failed transaction go first: they came before anything buffered after it
+        for op in tx:
+            self._keep(op)
+        self.alarm = "store not writable (%s); %d rows buffered, %d dropped" % (
+            reason, len(self._buffer), self._outage["dropped"])
+
+    def _reopen(self):
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+        try:
+            self.conn = self._open()
+            if self._run_row is not None:
+                # a file replaced by a fresh one (the corrupt one moved away) lacks this run
+                self.conn.execute("INSERT OR IGNORE INTO run (id, started_at, profile, scenario, n_ticks, tick_s,"
+                                  " config_json) VALUES (?, ?, ?, ?, ?, ?, ?)", self._run_row)
+            self._broken = False
+            log.warning("store %s reopened", self.path)
+        except sqlite3.Error as exc:
+            self.alarm = "store cannot be reopened (%s: %s); %d rows buffered, %d dropped" % (
+                type(exc).__name__, str(exc)[:120], len(self._buffer), self._outage["dropped"])
+            raise
+
+    def _flush(self):
+        """Write the buffered rows and the outage event in one transaction (raises on failure)."""
+        if self._broken:
+            self._reopen()
+        out = self._outage
+        for sql, params in self._buffer:
+            try:
+                self.conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                if not _row_error(exc):
+                    raise
+                self._reject(sql, exc)
+        t_rel = self.clock() - (self.t0 if self.t0 is not None else (self.started_at or out["since"]))
+        detail = "store not writable for %.1f s (%s): %d rows buffered, %d of them dropped (buffer of %d)" % (
+            self.clock() - out["since"], out["reason"], out["buffered"], out["dropped"], self.max_buffered)
+        self.conn.execute("INSERT INTO event VALUES (?,?,?,?,?)",
+                          (self.run_id, t_rel, None, "store_outage", detail))
+        self.conn.commit()
+        log.warning("store %s written again: %s", self.path, detail)
+        self._buffer.clear()
+        self._outage, self.alarm = None, None
+
+    def commit(self):
+        """End the tick's transaction; while rows are buffered, try to write them first.
+        Never raises an SQLite error: a failure keeps the rows buffered (:attr:`alarm`)."""
+        if self._outage is None:
+            try:
+                self.conn.commit()
+                self._tx = []
+                return
+            except sqlite3.Error as exc:
+                self._fail(exc)
+                return      # tried and failed this tick: the next commit tries again
+        try:
+            self._flush()
+        except sqlite3.Error as exc:
+            try:
+                self.conn.rollback()
+            except sqlite3.Error:
+                pass
+            if _file_broken(exc):
+                self._broken = True
+            if self.alarm is None or not self.alarm.startswith("store cannot be reopened"):
+                self.alarm = "store not writable (%s: %s); %d rows buffered, %d dropped" % (
+                    type(exc).__name__, str(exc)[:120], len(self._buffer), self._outage["dropped"])
+
+    @property
+    def rows_buffered(self):
+        """Rows waiting to be written."""
+        return len(self._buffer)
+
+    # -- the run ---------------------------------------------------------------------
     def start_run(self, profile, scenario, n_ticks, tick_s, config):
         """Insert a run (status ``running``) and make it the one the writers below fill.
 
         ``scenario``: the day (ISO date) or feed day; ``tick_s`` [s]; ``config``: JSON-able
         settings kept with the run. Returns the run id.
+
+        Raises
+        ------
+        sqlite3.Error
+            The run cannot be recorded (before the first tick: the edge does not start blind).
         """
         self.started_at = time.time()    # unix time [s]: commands queued before it are another run's
         cur = self.conn.execute(
@@ -155,19 +347,19 @@ class Store:
         )
         self.conn.commit()
         self.run_id = cur.lastrowid
+        self._run_row = (self.run_id, self.started_at, profile, scenario, n_ticks, tick_s, json.dumps(config))
         return self.run_id
 
     def finish_run(self, summary, status="finished"):
-        """End the run: ``status`` (``finished`` or ``failed``) and the summary dict (JSON)."""
-        self.conn.execute(
-            "UPDATE run SET status=?, summary_json=? WHERE id=?",
-            (status, json.dumps(summary), self.run_id),
-        )
-        self.conn.commit()
+        """End the run: ``status`` (``finished`` or ``failed``) and the summary dict (JSON);
+        buffered like any row when the file cannot be written."""
+        self._write("UPDATE run SET status=?, summary_json=? WHERE id=?",
+                    (status, json.dumps(summary), self.run_id))
+        self.commit()
 
     def telemetry(self, t_s, tick, board, role, seq, values):
         """``values``: mapping with the telemetry columns (v_bus_v … flags)."""
-        self.conn.execute(
+        self._write(
             "INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, t_s, tick, board, role, seq, values["v_bus_v"], values["v_port_v"],
              values["i_port_a"], values["p_bus_w"], values["p_port_w"], values["energy_bus_j"],
@@ -177,10 +369,9 @@ class Store:
     def dispatch(self, policy, tick, row):
         """One tick's measured (or simulated) dispatch of ``policy``: ``row`` maps the
         :data:`DISPATCH_COLUMNS` (powers [W], bus side, + into the bus; energies [J]; prices
-        [c/J]; cost [c]) to values, ``None`` where unmeasured."""
-        """``row``: mapping with any of ``DISPATCH_COLUMNS``; missing ones are NULL."""
+        [c/J]; cost [c]) to values, ``None`` where unmeasured; missing ones are NULL."""
         cols = [c for c in DISPATCH_COLUMNS if c in row]
-        self.conn.execute(
+        self._write(
             "INSERT OR REPLACE INTO dispatch (run_id, policy, tick, %s) VALUES (?,?,?,%s)"
             % (", ".join(cols), ", ".join("?" * len(cols))),
             [self.run_id, policy, tick] + [row[c] for c in cols],
@@ -189,7 +380,7 @@ class Store:
     def forecast(self, tick, series, quantile, values):
         """The forecast of ``series`` at ``quantile`` issued at ``tick``: ``values`` [N] in the
         series' unit (W, c/J), step 0 = the tick itself."""
-        self.conn.execute(
+        self._write(
             "INSERT INTO forecast VALUES (?,?,?,?,?)",
             (self.run_id, tick, series, quantile, json.dumps([round(float(v), 6) for v in values])),
         )
@@ -201,7 +392,7 @@ class Store:
         the first-step ``setpoints`` ({board: value}), the ``plan``'s first steps, the reason in
         words, the operator mode and ``details`` (objective terms, binding constraints,
         iterations, CPU time). Replaces an earlier record of the same tick."""
-        self.conn.execute(
+        self._write(
             "INSERT OR REPLACE INTO decision VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, t_s, status, solve_time_s, objective, forecast_source,
              json.dumps(setpoints), json.dumps(plan) if plan is not None else None, reason,
@@ -212,7 +403,7 @@ class Store:
         """A setpoint sent at ``tick``: frame ``seq``, protocol ``mode``, ``value_w`` [W; V for
         the grid board's bus voltage], whether it was acked, after ``ack_latency_s`` [s], and
         the board's ack status (PROTOCOL.md ``ACK_*``)."""
-        self.conn.execute(
+        self._write(
             "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?,?)",
             (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s, ack_status),
         )
@@ -221,24 +412,24 @@ class Store:
         """An event at ``t_s`` [s from tick 0] of ``board`` (``None``: the edge), e.g.
         ``no_ack``, ``setpoint_rejected``, ``no_telemetry``, or a health
         change (edge/boards/health.py), with a human-readable ``detail``."""
-        self.conn.execute(
-            "INSERT INTO event VALUES (?,?,?,?,?)", (self.run_id, t_s, board, kind, detail)
-        )
+        self._write("INSERT INTO event VALUES (?,?,?,?,?)", (self.run_id, t_s, board, kind, detail))
 
     def board(self, name, **fields):
         """Upsert the board row; ``fields`` are columns of the ``board`` table."""
-        self.conn.execute(
-            "INSERT OR IGNORE INTO board (run_id, board) VALUES (?, ?)", (self.run_id, name)
-        )
+        self._write("INSERT OR IGNORE INTO board (run_id, board) VALUES (?, ?)", (self.run_id, name))
         if fields:
             sets = ", ".join("%s=?" % k for k in fields)
-            self.conn.execute(
-                "UPDATE board SET %s WHERE run_id=? AND board=?" % sets,
-                list(fields.values()) + [self.run_id, name],
-            )
-
-    def commit(self):
-        self.conn.commit()
+            self._write("UPDATE board SET %s WHERE run_id=? AND board=?" % sets,
+                        list(fields.values()) + [self.run_id, name])
 
     def close(self):
-        self.conn.close()
+        """Close the file (a last try at writing buffered rows first; what cannot be written
+        is logged as lost)."""
+        if self._outage is not None:
+            self.commit()
+            if self._outage is not None:
+                log.error("store %s closed with %d rows never written (%s)", self.path, len(self._buffer), self.alarm)
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
