@@ -187,6 +187,7 @@ DELEGATED = {
     "flash": ("picogrid.tools.flash", "main", "compile and copy firmware + board config with mpremote"),
     "boards": ("picogrid.tools.flash", "boards_main", "list attached Picos"),
     "screenshots": ("picogrid.tools.screenshots", "main", "a PNG of every dashboard page"),
+    "fuzz": ("picogrid.tools.fuzz", "main", "fuzz the wire decoder and the feed client (tools/fuzz.py)"),
 }
 
 
