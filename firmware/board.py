@@ -10,6 +10,7 @@ FIRMWARE_VERSION = "0.2.0"
 _DECODE_REPORT_MS = 1000      # at most one decode-error event per second
 _CAP_MPPT = 1
 _CAP_ISLAND = 2
+_OFFER_RETRY_MS = 1000        # a keyed board without a session offers again this often
 
 
 def _finite(x):
@@ -40,8 +41,16 @@ class Uptime:
         return self._ms
 
 
-def _decode_errors(d):
-    return d.crc_errors + d.framing_errors + d.auth_errors + d.replay_errors + d.oversize_errors
+def _counts(decoders):
+    c = [0, 0, 0, 0, 0]
+    for d in decoders:
+        if d is not None:
+            c[0] += d.crc_errors
+            c[1] += d.framing_errors
+            c[2] += d.auth_errors
+            c[3] += d.replay_errors
+            c[4] += d.oversize_errors
+    return c
 
 
 class Board:
@@ -52,7 +61,13 @@ class Board:
         self.link = link
         self.board_id = int(cfg["board_id"])
         self.key = bytes.fromhex(cfg["key_hex"]) if cfg.get("key_hex") else None
-        self.decoder = P.Decoder(key=self.key)
+        self.decoder = P.Decoder(key=self.key, side=P.SIDE_BOARD)
+        # a TCP board's decoder for a new connection that has not opened a session yet: it
+        # cannot push the edge's connection off (PROTOCOL.md section 6, TCP transport)
+        self.cand_decoder = P.Decoder(key=self.key, side=P.SIDE_BOARD)
+        self.last_tick = None          # tick of the last setpoint accepted in this session
+        self.stale_setpoints = 0
+        self._last_offer_ms = time.ticks_ms()
         self.seq = 0
         self.meas = [0.0, 0.0, 0.0, 0.0]
         self.uptime = Uptime()
@@ -69,9 +84,30 @@ class Board:
         self.healthy = True
 
     # -- sending ----------------------------------------------------------------
-    def send(self, msg_type, payload):
+    def send(self, msg_type, payload, decoder=None, write=None):
+        """Encode with ``decoder``'s session (default: the edge's connection) and write; a
+        keyed board without a session sends only its OFFER."""
+        frame = (decoder or self.decoder).encode(msg_type, self.board_id, (self.seq + 1) & 0xFFFFFFFF, payload)
+        if frame is None:
+            return
         self.seq = (self.seq + 1) & 0xFFFFFFFF
-        self.link.write(P.encode_frame(msg_type, self.board_id, self.seq, payload, self.key))
+        (write or self.link.write)(frame)
+
+    def send_offer(self, decoder=None, write=None, again=False):
+        """Offer a new session with a fresh nonce (PROTOCOL.md section 6); ``again``: the
+        open offer's nonce once more (a retry must not outrun the edge's answer)."""
+        d = decoder or self.decoder
+        nonce = d.offered if again and d.offered is not None else int.from_bytes(_urandom(8), "little")
+        self._last_offer_ms = time.ticks_ms()
+        self.send(P.MSG_OFFER, d.offer(nonce), d, write)
+
+    def greet(self):
+        """What a board sends when the edge asks who it is: its HELLO, or on a keyed link an
+        OFFER (the HELLO follows under the session key once the edge answered)."""
+        if self.key is None:
+            self.send_hello()
+        else:
+            self.send_offer()
 
     def send_hello(self):
         caps = _CAP_MPPT if self.cfg["role"] == "pv" else _CAP_ISLAND if self.cfg["role"] == "storage" else 0
@@ -93,10 +129,31 @@ class Board:
             return
         if msg_type == P.MSG_SETPOINT:
             self.on_setpoint(seq, payload)
+        elif msg_type == P.MSG_SESSION:
+            self.on_session()        # the decoder checked it answers our offer
         elif msg_type == P.MSG_HELLO:
-            self.send_hello()        # the edge asks who is on this link
+            self.greet()             # the edge asks who is on this link
         elif msg_type == P.MSG_HEARTBEAT:
             self.send(P.MSG_HEARTBEAT, P.pack_heartbeat(self.uptime.ms()))
+
+    def on_session(self):
+        self.last_tick = None        # the edge's ticks of the new session
+        self.send_hello()
+        self.send_telemetry()
+
+    def on_candidate(self, msg_type, board_id, seq, payload):
+        """A frame on a TCP connection that has no session yet: only the handshake counts."""
+        if board_id != self.board_id:
+            return
+        c = self.cand_decoder
+        if msg_type == P.MSG_HELLO:
+            self.send_offer(c, self.link.write_candidate)
+        elif msg_type == P.MSG_SESSION and c.session:
+            # the new connection proved the key: it becomes the edge's connection
+            self.link.promote()
+            self.decoder, self.cand_decoder = c, self.decoder
+            self.cand_decoder.reset()
+            self.on_session()
 
     def on_setpoint(self, seq, payload):
         try:
@@ -107,6 +164,13 @@ class Board:
         if not _finite(value) or mode > P.MODE_ISLAND:
             self.send(P.MSG_ACK, P.pack_ack(seq, P.ACK_REJECTED))
             return
+        if self.key is not None and self.last_tick is not None and (
+                tick < self.last_tick or tick - self.last_tick > P.MAX_TICK_STEP):
+            self.stale_setpoints += 1          # older than the last applied, or far ahead
+            self.send(P.MSG_ACK, P.pack_ack(seq, P.ACK_REJECTED))
+            return
+        if self.key is not None:
+            self.last_tick = tick
         status = self.role.setpoint(mode, value)
         self._last_setpoint_ms = time.ticks_ms()
         if self.failsafe:
@@ -145,25 +209,37 @@ class Board:
 
     def report_decode_errors(self):
         """Tell the edge (rate-limited) that malformed or unauthenticated input arrived."""
-        d = self.decoder
-        n = _decode_errors(d)
+        c = _counts((self.decoder, self.cand_decoder))   # both: they swap on a takeover
+        n = c[0] + c[1] + c[2] + c[3] + c[4]
         now = time.ticks_ms()
         if n > self._errors_reported and time.ticks_diff(now, self._last_report_ms) >= _DECODE_REPORT_MS:
             self._last_report_ms = now
             self._errors_reported = n
             self.event(P.EV_DECODE_ERROR, "crc %d framing %d auth %d replay %d oversize %d" % (
-                d.crc_errors, d.framing_errors, d.auth_errors, d.replay_errors, d.oversize_errors))
+                c[0], c[1], c[2], c[3], c[4]))
 
     async def link_loop(self):
         new_peer = getattr(self.link, "take_new_peer", None)
         while True:
+            if self.key is None:
+                new_peer = None                # (config.py refuses a TCP link without a key)
             if new_peer is not None and new_peer():
-                self.decoder.reset()        # a new edge session (PROTOCOL.md §5)
-                self.send_hello()
+                # a new TCP connection: it gets its own handshake and becomes the edge's
+                # connection only when it completes it (PROTOCOL.md section 6)
+                self.cand_decoder.reset()
+                self.send_offer(self.cand_decoder, self.link.write_candidate)
+            if new_peer is not None:
+                data = self.link.read_candidate()
+                if data:
+                    for frame in self.cand_decoder.feed(bytes(data)):
+                        self.on_candidate(*frame)
             data = self.link.read()
             if data:
                 for frame in self.decoder.feed(bytes(data)):
                     self.handle(*frame)
+            if (self.key is not None and new_peer is None and not self.decoder.session
+                    and time.ticks_diff(time.ticks_ms(), self._last_offer_ms) >= _OFFER_RETRY_MS):
+                self.send_offer(again=True)  # keyed serial: until the edge answers
             # every pass, not only when bytes came: errors held back by the rate limit must
             # still be reported once the second is over, even if the link then falls silent
             self.report_decode_errors()
@@ -179,11 +255,16 @@ class Board:
         # one 0x00 first: it ends whatever half frame the edge's decoder held from before the
         # reset, so the boot HELLO arrives whole (PROTOCOL.md section 1)
         self.link.write(b"\x00")
-        self.send_hello()
+        if not new_peer_link(self.link):   # TCP: each connection is greeted when it comes
+            self.greet()
         self.enter_failsafe("boot")    # safe until the edge speaks
         asyncio.create_task(self.link_loop())
         asyncio.create_task(self.telemetry_loop())
         await self.control_loop()
+
+
+def new_peer_link(link):
+    return getattr(link, "take_new_peer", None) is not None
 
 
 def _urandom(n):

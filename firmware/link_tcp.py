@@ -1,7 +1,11 @@
 # Byte link over TCP for the Pico W (and for boards of the HIL bench that use TCP): the board
-# listens on a port and serves one edge connection at a time; a new connection replaces the
-# old one (the edge restarted). Frames on it are authenticated (HMAC, PROTOCOL.md §6), which
-# board.py enforces by refusing a TCP link without a key (config.py).
+# listens on a port and serves one edge connection at a time. A new connection is a
+# *candidate*: it is read and answered beside the edge's connection, and replaces it only when
+# board.py has seen it complete the session handshake (PROTOCOL.md §6) — so a host without
+# the key cannot push the edge off, and an edge that restarted gets back in. One candidate at
+# a time: a newer one replaces an older candidate, never the edge's connection. Frames on it
+# are authenticated (HMAC), which board.py enforces by refusing a TCP link without a key
+# (config.py).
 # Wi-Fi bring-up (Pico W, CYW43 through `network.WLAN`) happens once at boot, before the
 # hardware watchdog starts, with a bounded wait: MicroPython docs, "network.WLAN".
 import errno
@@ -48,10 +52,12 @@ def connect_wifi(wifi):
 
 
 class TcpLink:
-    """Same methods as link_serial.SerialLink: read() -> bytes now, write(data), deinit().
+    """Same methods as link_serial.SerialLink: read() -> bytes now, write(data), deinit(),
+    on the edge's (authenticated) connection; ``read_candidate`` / ``write_candidate`` on the
+    newest connection that has not proved itself yet, and ``promote`` to make it the edge's.
 
-    ``new_peer`` is set when an edge connected since the last call of ``take_new_peer``, so
-    the board can greet it with a HELLO. A send the socket takes only in part keeps the rest
+    ``new_peer`` is set when a connection came since the last call of ``take_new_peer``, so
+    the board can offer it a session. A send the socket takes only in part keeps the rest
     (at most ``_MAX_PENDING`` bytes) and sends it first next time, so frames go out whole or
     not at all: a frame that does not fit is dropped whole and counted in ``dropped``.
     """
@@ -64,6 +70,7 @@ class TcpLink:
         self._srv.listen(1)
         self._srv.setblocking(False)
         self._conn = None
+        self._cand = None        # the newest connection without a session yet
         self._poll = select.poll()
         self._poll.register(self._srv, select.POLLIN)
         self.new_peer = False
@@ -78,11 +85,19 @@ class TcpLink:
             conn, _ = self._srv.accept()
         except OSError:
             return
-        self._drop()
+        if self._cand is not None:
+            self._cand.close()   # one candidate: the newer one (the edge's stays)
         conn.setblocking(False)
-        self._conn = conn
+        self._cand = conn
         self.new_peer = True
         self.peers += 1
+
+    def promote(self):
+        """The candidate completed the handshake: it becomes the edge's connection."""
+        if self._cand is None:
+            return
+        self._drop()
+        self._conn, self._cand = self._cand, None
 
     def _drop(self):
         if self._conn is not None:
@@ -93,6 +108,32 @@ class TcpLink:
     def take_new_peer(self):
         new, self.new_peer = self.new_peer, False
         return new
+
+    def read_candidate(self):
+        """Bytes from the candidate connection now (possibly empty); never blocks."""
+        self._accept()
+        c = self._cand
+        if c is None:
+            return b""
+        try:
+            data = c.recv(_MAX_READ)
+        except OSError:          # EAGAIN: nothing yet
+            return b""
+        if not data:
+            c.close()
+            self._cand = None
+        return data
+
+    def write_candidate(self, data):
+        """Write a (small, handshake) frame to the candidate; lost if it does not fit."""
+        c = self._cand
+        if c is None:
+            return
+        try:
+            c.send(data)
+        except OSError:
+            c.close()
+            self._cand = None
 
     def read(self):
         """Bytes available now (possibly empty); never blocks."""
@@ -140,4 +181,7 @@ class TcpLink:
 
     def deinit(self):
         self._drop()
+        if self._cand is not None:
+            self._cand.close()
+            self._cand = None
         self._srv.close()

@@ -32,7 +32,7 @@ except ImportError:  # CPython
         return value
 
 
-PROTOCOL_VERSION = const(1)
+PROTOCOL_VERSION = const(2)
 
 MSG_HELLO = const(1)
 MSG_TELEMETRY = const(2)
@@ -40,8 +40,17 @@ MSG_SETPOINT = const(3)
 MSG_ACK = const(4)
 MSG_EVENT = const(5)
 MSG_HEARTBEAT = const(6)
+MSG_OFFER = const(7)      # board -> edge, base key: the board's session nonce (section 6)
+MSG_SESSION = const(8)    # edge -> board, base key: both nonces; opens the session
 
 FRAME_FLAG_AUTH = const(1)  # header flags bit0: a 16-byte HMAC tag follows the payload
+FRAME_FLAG_TO_BOARD = const(2)  # bit1: direction, set on every edge -> board frame
+FRAME_FLAG_SESSION = const(4)   # bit2: the tag is under the session key, not the board key
+_FLAGS_KNOWN = const(7)
+
+# the side a Decoder runs on: it accepts only frames whose direction bit points to it
+SIDE_EDGE = const(1)
+SIDE_BOARD = const(2)
 
 MODE_NORMAL = const(0)
 MODE_SHED = const(1)
@@ -75,15 +84,21 @@ MAX_PAYLOAD = const(128)
 MAX_FW_VERSION = const(32)
 MAX_DETAIL = const(96)
 MIN_KEY_LEN = const(16)
+NONCE_LEN = const(8)  # session nonces are u64
+# a keyed board refuses a setpoint whose tick is this far above the last one it accepted in
+# the session (or below it): PROTOCOL.md section 3
+MAX_TICK_STEP = const(100000)
 # Longest encoded frame without its delimiter: body + 1 COBS code byte (body < 254).
 MAX_ENCODED = const(HEADER_LEN + MAX_PAYLOAD + TAG_LEN + CRC_LEN + 1)
 
-_MSG_TYPES = (MSG_HELLO, MSG_TELEMETRY, MSG_SETPOINT, MSG_ACK, MSG_EVENT, MSG_HEARTBEAT)
+_MSG_TYPES = (MSG_HELLO, MSG_TELEMETRY, MSG_SETPOINT, MSG_ACK, MSG_EVENT, MSG_HEARTBEAT,
+              MSG_OFFER, MSG_SESSION)
 _MODES = (MODE_NORMAL, MODE_SHED, MODE_ISLAND)
 _ACKS = (ACK_OK, ACK_REJECTED, ACK_LIMITED)
 _EVENTS = (EV_BOOT, EV_FAILSAFE_ENTER, EV_FAILSAFE_EXIT, EV_LIMIT, EV_FAULT, EV_DECODE_ERROR)
 _F32_MAX = 3.4028234663852886e38
 _U32_MAX = 0xFFFFFFFF
+_U64_MAX = 0xFFFFFFFFFFFFFFFF
 _HDR_FMT = "<BBBBI"
 _TELEM_FMT = "<I7fH"
 _TELEM_LEN = const(34)
@@ -333,8 +348,31 @@ def unpack_heartbeat(payload):
     return struct.unpack("<I", payload)
 
 
+def pack_offer(board_nonce):
+    """Pack an OFFER payload (8 bytes): the board's fresh session nonce, u64."""
+    return struct.pack("<Q", _uint("board_nonce", board_nonce, _U64_MAX))
+
+
+def unpack_offer(payload):
+    """Unpack an OFFER payload into ``(board_nonce,)``; ``ProtocolError`` on a bad length."""
+    _payload_len("offer", payload, NONCE_LEN)
+    return struct.unpack("<Q", payload)
+
+
+def pack_session(board_nonce, edge_nonce):
+    """Pack a SESSION payload (16 bytes): the board's nonce echoed and the edge's fresh one."""
+    return struct.pack("<QQ", _uint("board_nonce", board_nonce, _U64_MAX),
+                       _uint("edge_nonce", edge_nonce, _U64_MAX))
+
+
+def unpack_session(payload):
+    """Unpack a SESSION payload into ``(board_nonce, edge_nonce)``; ``ProtocolError`` if invalid."""
+    _payload_len("session", payload, 2 * NONCE_LEN)
+    return struct.unpack("<QQ", payload)
+
+
 # ---------------------------------------------------------------- HMAC (RFC 2104)
-class _Hmac:
+class Hmac:
     """HMAC-SHA256 with the key pads computed once (MicroPython has no ``hmac``)."""
 
     def __init__(self, key):
@@ -359,7 +397,18 @@ def hmac_sha256(key, msg):
 
     Raises ``ProtocolError`` if ``key`` is not bytes of at least ``MIN_KEY_LEN``.
     """
-    return _Hmac(key).digest(msg)
+    return Hmac(key).digest(msg)
+
+
+_Hmac = Hmac
+
+
+def session_key(key, board_nonce, edge_nonce):
+    """The 32-byte session key: HMAC-SHA256(key, b"picogrid-session" + u64 board_nonce +
+    u64 edge_nonce), both little-endian (PROTOCOL.md section 6)."""
+    hm = key if isinstance(key, Hmac) else Hmac(key)
+    return hm.digest(b"picogrid-session" + struct.pack("<QQ", _uint("board_nonce", board_nonce, _U64_MAX),
+                                                       _uint("edge_nonce", edge_nonce, _U64_MAX)))
 
 
 def _tags_equal(a, b, b_off):
@@ -439,7 +488,7 @@ def cobs_decode(data):
 
 
 # ---------------------------------------------------------------- frames
-def encode_frame(msg_type, board_id, seq, payload, key=None):
+def encode_frame(msg_type, board_id, seq, payload, key=None, flags=0):
     """Build one complete on-wire frame, including the trailing 0x00 delimiter.
 
     Parameters
@@ -452,9 +501,13 @@ def encode_frame(msg_type, board_id, seq, payload, key=None):
         u32 sequence number, strictly increasing per sender within a session.
     payload : bytes
         Output of a ``pack_*`` helper, at most ``MAX_PAYLOAD`` bytes.
-    key : bytes or None
-        Per-board HMAC key (>= ``MIN_KEY_LEN`` bytes); if given, the frame is
+    key : bytes or Hmac or None
+        The HMAC key (the board key, or with ``FRAME_FLAG_SESSION`` the session key,
+        >= ``MIN_KEY_LEN`` bytes, or an :class:`Hmac` of it); if given, the frame is
         authenticated (flags bit0 and a 16-byte HMAC-SHA256 tag).
+    flags : int
+        ``FRAME_FLAG_TO_BOARD`` on edge -> board frames, ``FRAME_FLAG_SESSION`` when ``key``
+        is the session key (PROTOCOL.md section 2); ``FRAME_FLAG_AUTH`` is added for a key.
 
     Returns
     -------
@@ -464,7 +517,7 @@ def encode_frame(msg_type, board_id, seq, payload, key=None):
     Raises
     ------
     ProtocolError
-        On an unknown message type, out-of-range ids, oversize payload or bad key.
+        On an unknown message type, out-of-range ids, oversize payload, bad flags or bad key.
     """
     if msg_type not in _MSG_TYPES:
         raise ProtocolError("unknown message type %r" % (msg_type,))
@@ -472,56 +525,72 @@ def encode_frame(msg_type, board_id, seq, payload, key=None):
     _uint("seq", seq, _U32_MAX)
     if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_PAYLOAD:
         raise ProtocolError("payload must be bytes of at most %d" % MAX_PAYLOAD)
-    flags = 0 if key is None else FRAME_FLAG_AUTH
+    if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~(FRAME_FLAG_TO_BOARD | FRAME_FLAG_SESSION):
+        raise ProtocolError("flags may only hold FRAME_FLAG_TO_BOARD and FRAME_FLAG_SESSION")
+    if key is None:
+        if flags & FRAME_FLAG_SESSION:
+            raise ProtocolError("a session frame needs the session key")
+    else:
+        flags |= FRAME_FLAG_AUTH
+        if not isinstance(key, Hmac):
+            key = Hmac(key)
     body = struct.pack(_HDR_FMT, PROTOCOL_VERSION, msg_type, board_id, flags, seq) + payload
     if key is not None:
-        body += _Hmac(key).digest(body)[:TAG_LEN]
+        body += key.digest(body)[:TAG_LEN]
     body += struct.pack("<I", _crc32(body) & _U32_MAX)
     return cobs_encode(body) + b"\x00"
 
 
-#: superseded boot_nonces a decoder remembers per board id (a bound for a board in a reset loop)
-SUPERSEDED_KEPT = const(64)
+def _handshake(msg_type, payload_len):
+    # the only frames under the board key on a keyed link (PROTOCOL.md section 6)
+    return msg_type == MSG_OFFER or msg_type == MSG_SESSION or (msg_type == MSG_HELLO and payload_len == 0)
 
 
 class Decoder:
-    """Stream decoder: bytes in, validated frames out; never raises on wire data.
+    """Stream decoder and session state of one link: bytes in, validated frames out; never
+    raises on wire data.
 
-    One decoder per link. Frames are checked in this order, each failure
-    counted once in the named counter and the frame dropped:
-    encoded length > ``max_frame`` (``oversize_errors``); COBS or a body too
-    short (``framing_errors``); CRC-32 (``crc_errors``: a corrupted header
-    lands here); version, unknown message type or reserved flag bits
-    (``framing_errors``); tag missing, unexpected or wrong
-    (``auth_errors``); sequence not above the last accepted one from that
-    board id (``replay_errors``, only with a key). An authenticated HELLO
-    that carries a ``boot_nonce`` (a board's) restarts that board's sequence
-    window only for a new nonce; with the current nonce it must continue the
-    sequence; with the nonce of a session it superseded (the last
-    ``SUPERSEDED_KEPT``) it is passed on for the edge to count
-    (:meth:`superseded`) but leaves the window where it is, so a replayed
-    session cannot push the genuine board out. An empty HELLO (the edge's
-    request) restarts the window as before (PROTOCOL.md section 6).
+    Frames are checked in this order, each failure counted once in the named counter and the
+    frame dropped: encoded length > ``max_frame`` (``oversize_errors``); COBS or a body too
+    short (``framing_errors``); CRC-32 (``crc_errors``: a corrupted header lands here);
+    version, unknown message type or reserved flag bits (``framing_errors``); direction bit
+    not pointing to this ``side`` (a reflected frame), tag missing, unexpected or wrong, or a
+    frame other than the handshake's under the board key (``auth_errors``); a session frame
+    whose sequence number is not above the last accepted one of the session, or a SESSION
+    answer that does not echo the board's open offer (``replay_errors``).
+
+    With a key, the link runs the session handshake of PROTOCOL.md section 6: the board
+    calls :meth:`offer` and sends OFFER; the edge answers OFFER with :meth:`answer` (which
+    keeps the session open as *pending* until the board's first frame under it arrives) and
+    sends the SESSION it returns; the board's decoder opens the session on a SESSION that
+    echoes its offer. :meth:`encode` tags frames under the right key with the direction bit.
 
     Parameters
     ----------
     key : bytes or None
-        Per-board HMAC key. ``None`` (serial links): authenticated frames are
-        rejected because they cannot be checked, and no replay check is made.
+        The board's HMAC key. ``None`` (serial links): authenticated frames are rejected
+        because they cannot be checked, and there is no session and no replay check.
     max_frame : int
-        Largest accepted encoded frame [bytes], delimiter excluded; the two
-        work buffers are allocated once with this size.
+        Largest accepted encoded frame [bytes], delimiter excluded; the two work buffers are
+        allocated once with this size.
+    side : int or None
+        ``SIDE_BOARD`` or ``SIDE_EDGE``: the side this decoder runs on; it sets the direction
+        bit of what it encodes and accepts only frames sent towards it. ``None`` (tools):
+        either direction is accepted, and :meth:`encode` is not available.
 
     Raises
     ------
     ProtocolError
-        On a bad key or ``max_frame`` < 16 (constructor only).
+        On a bad key, side or ``max_frame`` < 16 (constructor only).
     """
 
-    def __init__(self, key=None, max_frame=256):
-        self._hmac = None if key is None else _Hmac(key)
+    def __init__(self, key=None, max_frame=256, side=None):
+        self._hmac = None if key is None else Hmac(key)
         if isinstance(max_frame, bool) or not isinstance(max_frame, int) or max_frame < 16:
             raise ProtocolError("max_frame must be an int >= 16")
+        if side not in (None, SIDE_EDGE, SIDE_BOARD):
+            raise ProtocolError("side must be SIDE_EDGE, SIDE_BOARD or None")
+        self.side = side
         self.max_frame = max_frame
         self._buf = bytearray(max_frame)
         self._mv = memoryview(self._buf)
@@ -529,9 +598,11 @@ class Decoder:
         self._omv = memoryview(self._out)
         self._len = 0
         self._dropping = False  # after an oversize frame: drop until the next 0x00
-        self._last_seq = [-1] * 256
-        self._nonce = {}        # board id -> boot_nonce of its current session
-        self._old_nonces = {}   # board id -> nonces of the sessions it superseded, oldest first
+        self._sess = None       # Hmac of the session key in use
+        self._pend = None       # edge: Hmac of the session answered, until the board uses it
+        self._offered = None    # board: the nonce of its open offer
+        self._last_seq = -1     # last accepted seq of the peer in this session
+        self.sessions = 0       # sessions opened
         self.frames_ok = 0
         self.crc_errors = 0
         self.framing_errors = 0
@@ -539,42 +610,71 @@ class Decoder:
         self.replay_errors = 0
         self.oversize_errors = 0
 
-    def _hello_window(self, board_id, seq, m):
-        """Whether an authenticated HELLO (body of ``m`` bytes, tag excluded) moves the sequence
-        window: True (a new session, or the current one continued), False (a superseded
-        session's: passed on, window kept) or None (the current session's, replayed: dropped)."""
-        if m < HEADER_LEN + 8:   # no boot_nonce: the edge's request, a new session of the edge
-            return True
-        nonce = struct.unpack_from("<I", self._out, m - 4)[0]   # pack_hello's last field
-        current = self._nonce.get(board_id)
-        if nonce == current:
-            return True if seq > self._last_seq[board_id] else None
-        old = self._old_nonces.get(board_id)
-        if old is not None and nonce in old:
-            return False
-        if current is not None:
-            if old is None:
-                old = self._old_nonces[board_id] = []
-            old.append(current)
-            if len(old) > SUPERSEDED_KEPT:
-                old.pop(0)
-        self._nonce[board_id] = nonce
-        return True
+    # -- session ------------------------------------------------------------------
+    @property
+    def keyed(self):
+        return self._hmac is not None
 
-    def superseded(self, board_id, nonce):
-        """True if ``nonce`` is the boot_nonce of a session ``board_id`` superseded (one of the
-        last ``SUPERSEDED_KEPT``): its HELLO is a replay (PROTOCOL.md section 6)."""
-        old = self._old_nonces.get(board_id)
-        return old is not None and nonce in old
+    @property
+    def session(self):
+        """True when a session is open (always False without a key)."""
+        return self._sess is not None
 
-    def reset(self):
-        """Drop any partial frame and forget all sequence numbers (counters and the sessions'
-        nonces are kept: a replayed session stays one across reconnects)."""
+    @property
+    def offered(self):
+        """Board: the nonce of the open offer, or None."""
+        return self._offered
+
+    def offer(self, board_nonce):
+        """Board: open an offer with a fresh random u64 ``board_nonce``; returns the OFFER
+        payload. The current session (if any) goes on until a SESSION echoes this nonce."""
+        payload = pack_offer(board_nonce)
+        self._offered = board_nonce
+        return payload
+
+    def answer(self, board_nonce, edge_nonce):
+        """Edge: answer an OFFER with a fresh random u64 ``edge_nonce``; returns the SESSION
+        payload. The new session becomes current with the board's first frame under it."""
+        payload = pack_session(board_nonce, edge_nonce)
+        self._pend = Hmac(session_key(self._hmac, board_nonce, edge_nonce))
+        return payload
+
+    def _open(self, hm):
+        self._sess = hm
+        self._pend = None
+        self._last_seq = -1
+        self.sessions += 1
+
+    def encode(self, msg_type, board_id, seq, payload):
+        """Encode a frame from this side: the direction bit, and on a keyed link the board key
+        for the handshake (OFFER, SESSION, the empty HELLO request), else the session key.
+        Returns None when that needs a session and none is open (the frame cannot be sent)."""
+        flags = FRAME_FLAG_TO_BOARD if self.side == SIDE_EDGE else 0
+        if self.side is None:
+            raise ProtocolError("encode needs a decoder with a side")
+        if self._hmac is None:
+            return encode_frame(msg_type, board_id, seq, payload, None, flags)
+        if _handshake(msg_type, len(payload)):
+            return encode_frame(msg_type, board_id, seq, payload, self._hmac, flags)
+        if self._sess is None:
+            return None
+        return encode_frame(msg_type, board_id, seq, payload, self._sess, flags | FRAME_FLAG_SESSION)
+
+    def resync(self):
+        """Drop any partial frame (a port that was reopened); the session stays."""
         self._len = 0
         self._dropping = False
-        for k in range(256):
-            self._last_seq[k] = -1
 
+    def reset(self):
+        """Drop any partial frame and the session (a new connection starts a new one)."""
+        self._len = 0
+        self._dropping = False
+        self._sess = None
+        self._pend = None
+        self._offered = None
+        self._last_seq = -1
+
+    # -- bytes in -----------------------------------------------------------------
     def feed(self, data):
         """Consume received bytes and return the good frames completed by them.
 
@@ -626,34 +726,51 @@ class Decoder:
             self.crc_errors += 1
             return None
         version, msg_type, board_id, flags, seq = struct.unpack_from(_HDR_FMT, out, 0)
+        auth = flags & FRAME_FLAG_AUTH
         if (version != PROTOCOL_VERSION or msg_type not in _MSG_TYPES
-                or flags & ~FRAME_FLAG_AUTH
-                or (flags and m < HEADER_LEN + TAG_LEN)):
+                or flags & ~_FLAGS_KNOWN
+                or (flags & FRAME_FLAG_SESSION and not auth)
+                or (auth and m < HEADER_LEN + TAG_LEN)):
             self.framing_errors += 1
             return None
+        if self.side is not None and bool(flags & FRAME_FLAG_TO_BOARD) != (self.side == SIDE_BOARD):
+            self.auth_errors += 1        # sent the other way: a reflected frame
+            return None
         if self._hmac is None:
-            if flags:
+            if auth:
                 self.auth_errors += 1
                 return None
-        else:
-            if not flags:
+            self.frames_ok += 1
+            return msg_type, board_id, seq, bytes(self._omv[HEADER_LEN:m])
+        if not auth:
+            self.auth_errors += 1
+            return None
+        m -= TAG_LEN
+        if flags & FRAME_FLAG_SESSION:
+            if self._sess is not None and _tags_equal(self._sess.digest(self._omv[:m]), out, m):
+                pass
+            elif self._pend is not None and _tags_equal(self._pend.digest(self._omv[:m]), out, m):
+                self._open(self._pend)           # the board's first frame of the new session
+            else:
                 self.auth_errors += 1
                 return None
-            m -= TAG_LEN
-            if not _tags_equal(self._hmac.digest(self._omv[:m]), out, m):
-                self.auth_errors += 1
-                return None
-            if msg_type == MSG_HELLO:
-                window = self._hello_window(board_id, seq, m)
-                if window is None:
-                    self.replay_errors += 1
-                    return None
-                if window:
-                    self._last_seq[board_id] = seq
-            elif seq <= self._last_seq[board_id]:
+            if seq <= self._last_seq:
                 self.replay_errors += 1
                 return None
-            else:
-                self._last_seq[board_id] = seq
+            self._last_seq = seq
+        else:
+            if not _handshake(msg_type, m - HEADER_LEN) or not _tags_equal(self._hmac.digest(self._omv[:m]), out, m):
+                self.auth_errors += 1
+                return None
+            if msg_type == MSG_SESSION and self.side == SIDE_BOARD:
+                if m - HEADER_LEN != 2 * NONCE_LEN:
+                    self.framing_errors += 1
+                    return None
+                board_nonce, edge_nonce = struct.unpack_from("<QQ", out, HEADER_LEN)
+                if self._offered is None or board_nonce != self._offered:
+                    self.replay_errors += 1      # not the answer to the open offer
+                    return None
+                self._offered = None
+                self._open(Hmac(session_key(self._hmac, board_nonce, edge_nonce)))
         self.frames_ok += 1
         return msg_type, board_id, seq, bytes(self._omv[HEADER_LEN:m])

@@ -135,6 +135,37 @@ class Bench:
                        else self.proxies[name].path if name in self.proxies else b["path"])
                 for name, b in self.boards.items()}
 
+    def key(self, name):
+        """The HMAC key board ``name`` was given (TCP or keyed serial), or None: the edge
+        opens that board's link with it (PROTOCOL.md section 6)."""
+        return self.tcp_keys.get(name) or self.serial_keys.get(name)
+
+    def open_links(self, on_frame, fleet=None, keys=None):
+        """The edge's link to every board, keyed as the board was: name -> link.
+
+        ``keys`` (name -> bytes) overrides the key the edge uses for a board (tests: a
+        wrongly keyed edge); ``fleet`` gets each link attached. On a failure the links opened
+        so far are closed and the error re-raised.
+        """
+        from picogrid.edge.boards.links import SerialLink, TcpLink
+
+        keys = dict(keys or {})
+        links = {}
+        try:
+            for name, port in self.ports.items():
+                key = keys[name] if name in keys else self.key(name)
+                if "tcp_port" in self.boards[name]:
+                    links[name] = TcpLink(name, port, on_frame, key)
+                else:
+                    links[name] = SerialLink(name, port, on_frame, key)
+                if fleet is not None:
+                    fleet.attach(name, links[name])
+        except BaseException:
+            for link in links.values():
+                link.close()
+            raise
+        return links
+
     def start(self):
         """Start the plant, then every board; on any failure stop what started, then re-raise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -228,8 +228,9 @@ def test_tcp_link_sends_frames_whole_when_the_send_buffer_fills(firmware_path):
     try:
         peer.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 4096)
         deadline = time.time() + 5
-        while link._conn is None and time.time() < deadline:
+        while link._cand is None and time.time() < deadline:
             link.read()
+        link.promote()                   # as after the handshake (board.py)
         link._conn.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_SNDBUF, 4096)
         n = 3000
         for seq in range(1, n + 1):      # nobody reads meanwhile

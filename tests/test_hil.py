@@ -354,8 +354,9 @@ def test_tcp_link_authenticated_and_replay_rejected(tmp_path):
         assert link.kind == "tcp" and link.decoder.frames_ok > 0 and link.errors["auth_errors"] == 0
         seq = edge.fleet.send_setpoint("load1", 1, P.MODE_NORMAL, 0.6)
         assert edge.fleet.wait_acks({"load1": seq}, 2.0)
-        old = P.encode_frame(P.MSG_SETPOINT, edge.fleet.boards["load1"].board_id, seq,
-                             P.pack_setpoint(1, P.MODE_NORMAL, 0.6), key)
+        # the bytes of the 0.6 W setpoint as they went out (its seq, the session's key)
+        old = link.decoder.encode(P.MSG_SETPOINT, edge.fleet.boards["load1"].board_id, seq,
+                                  P.pack_setpoint(1, P.MODE_NORMAL, 0.6))
         seq2 = edge.fleet.send_setpoint("load1", 2, P.MODE_NORMAL, 0.2)
         assert edge.fleet.wait_acks({"load1": seq2}, 2.0)
         link.send_raw(old)                     # replay of the 0.6 W setpoint

@@ -30,14 +30,41 @@ MP_SCRIPT = ROOT / "tests" / "mp_protocol_check.py"
 SPEC = json.loads(VECTORS_PATH.read_text())
 VECTORS = SPEC["vectors"]
 TEST_KEY = bytes.fromhex(SPEC["test_key_hex"])
+SESSION_KEY = bytes.fromhex(SPEC["session_key_hex"])
 KINDS = {"hello": p.MSG_HELLO, "telemetry": p.MSG_TELEMETRY, "setpoint": p.MSG_SETPOINT,
-         "ack": p.MSG_ACK, "event": p.MSG_EVENT, "heartbeat": p.MSG_HEARTBEAT}
+         "ack": p.MSG_ACK, "event": p.MSG_EVENT, "heartbeat": p.MSG_HEARTBEAT,
+         "offer": p.MSG_OFFER, "session": p.MSG_SESSION}
 HYP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HYP_SMALL = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _key(vector):
-    return TEST_KEY if vector["authenticated"] else None
+    return {"none": None, "board": TEST_KEY, "session": SESSION_KEY}[vector["key"]]
+
+
+def _flags(vector):
+    return ((p.FRAME_FLAG_TO_BOARD if vector["to_board"] else 0)
+            | (p.FRAME_FLAG_SESSION if vector["key"] == "session" else 0))
+
+
+def _vector_decoder(vector):
+    """The receiving side's decoder for a vector, with the test session open if it needs one:
+    the board's through the ``session`` vector's frame, the edge's through its answer."""
+    side = p.SIDE_BOARD if vector["to_board"] else p.SIDE_EDGE
+    if vector["key"] == "none":
+        return p.Decoder(side=side)
+    dec = p.Decoder(key=TEST_KEY, side=side)
+    if vector["msg_type"] == p.MSG_SESSION:
+        dec.offer(SPEC["session_board_nonce"])       # the offer it answers
+    if vector["key"] == "session":
+        bn, en = SPEC["session_board_nonce"], SPEC["session_edge_nonce"]
+        if side == p.SIDE_BOARD:
+            dec.offer(bn)
+            assert dec.feed(p.encode_frame(p.MSG_SESSION, 2, 0, p.pack_session(bn, en), TEST_KEY,
+                                           p.FRAME_FLAG_TO_BOARD)) and dec.session
+        else:
+            dec.answer(bn, en)
+    return dec
 
 
 # ------------------------------------------------------------------ reference parser
@@ -65,12 +92,12 @@ def _ref_parse(frame, key):
     version, msg_type, board_id, flags, seq = struct.unpack("<BBBBI", body[:8])
     end = len(body) - 4
     if key is not None:
-        assert flags == 1
+        assert flags & 1
         tag = hmac.new(key, body[:end - 16], hashlib.sha256).digest()[:16]
         assert body[end - 16:end] == tag
         end -= 16
     else:
-        assert flags == 0
+        assert flags & ~2 == 0
     return body, version, msg_type, board_id, seq, body[8:end]
 
 
@@ -80,14 +107,20 @@ def test_vector_exact_bytes_cpython(vector):
     payload = getattr(p, "pack_" + vector["kind"])(*vector["args"])
     assert payload.hex() == vector["payload_hex"]
     frame = p.encode_frame(vector["msg_type"], vector["board_id"], vector["seq"], payload,
-                           key=_key(vector))
+                           key=_key(vector), flags=_flags(vector))
     assert frame.hex() == vector["frame_hex"]
     assert p.cobs_decode(frame[:-1]).hex() == vector["body_hex"]
-    dec = p.Decoder(key=_key(vector))
+    assert p.cobs_decode(frame[:-1])[3] == vector["flags"]
+    dec = _vector_decoder(vector)
+    ok = dec.frames_ok
     frames = dec.feed(bytes.fromhex(vector["frame_hex"]))
     assert frames == [(vector["msg_type"], vector["board_id"], vector["seq"], payload)]
     assert list(getattr(p, "unpack_" + vector["kind"])(frames[0][3])) == vector["args"]
-    assert dec.frames_ok == 1
+    assert dec.frames_ok == ok + 1
+    # the other side refuses it: a frame reflected back to its sender
+    other = p.Decoder(key=None if vector["key"] == "none" else TEST_KEY,
+                      side=p.SIDE_EDGE if vector["to_board"] else p.SIDE_BOARD)
+    assert other.feed(bytes.fromhex(vector["frame_hex"])) == [] and other.auth_errors == 1
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
@@ -95,7 +128,7 @@ def test_vector_matches_reference_parser(vector):
     frame = bytes.fromhex(vector["frame_hex"])
     body, version, msg_type, board_id, seq, payload = _ref_parse(frame, _key(vector))
     assert body.hex() == vector["body_hex"]
-    assert (version, msg_type, board_id, seq) == (1, vector["msg_type"], vector["board_id"],
+    assert (version, msg_type, board_id, seq) == (2, vector["msg_type"], vector["board_id"],
                                                   vector["seq"])
     assert payload.hex() == vector["payload_hex"]
 
@@ -103,8 +136,15 @@ def test_vector_matches_reference_parser(vector):
 def test_vectors_cover_every_message_type_and_auth():
     assert {v["msg_type"] for v in VECTORS} == set(KINDS.values())
     assert all(KINDS[v["kind"]] == v["msg_type"] for v in VECTORS)
-    assert any(v["authenticated"] for v in VECTORS)
-    assert len(VECTORS) >= 6
+    assert {v["key"] for v in VECTORS} == {"none", "board", "session"}
+    assert {v["to_board"] for v in VECTORS} == {True, False}
+    assert len(VECTORS) >= 10
+
+
+def test_session_key_matches_reference_hmac():
+    msg = b"picogrid-session" + struct.pack("<QQ", SPEC["session_board_nonce"], SPEC["session_edge_nonce"])
+    assert SESSION_KEY == hmac.new(TEST_KEY, msg, hashlib.sha256).digest()
+    assert p.session_key(TEST_KEY, SPEC["session_board_nonce"], SPEC["session_edge_nonce"]) == SESSION_KEY
 
 
 def test_protocol_md_and_json_agree():
@@ -114,7 +154,8 @@ def test_protocol_md_and_json_agree():
     in_md = {}
     for name, section in sections:
         fields = dict(re.findall(r"- (payload|body|frame): `([0-9a-f]+)`", section))
-        header = re.search(r"msg_type=(\d+), board_id=(\d+), seq=(\d+), (not )?auth", section)
+        header = re.search(r"msg_type=(\d+), board_id=(\d+), seq=(\d+), flags=0x[0-9a-f]{2}, (not )?auth",
+                           section)
         in_md[name] = (fields, header.groups())
     assert sorted(in_md) == sorted(v["name"] for v in VECTORS)
     for v in VECTORS:
@@ -177,12 +218,27 @@ def test_vector_exact_bytes_micropython(mp_output, vector):
     assert got["decoded"] == [[vector["msg_type"], vector["board_id"], vector["seq"],
                                vector["payload_hex"]]]
     assert got["unpacked"] == [vector["args"]]
-    # keyed links reject the repeated frame (a HELLO too: same nonce, same seq); keyless ones never check
-    replayed = vector["authenticated"]
+    # a session frame again is a replay, and so is a SESSION whose offer it closed; unkeyed
+    # frames and OFFERs are not windowed (a repeated OFFER only makes the edge answer again)
+    replayed = vector["key"] == "session" or vector["msg_type"] == p.MSG_SESSION
     assert got["again"] == (0 if replayed else 1)
     assert got["replay_errors"] == (1 if replayed else 0)
+    assert got["reflected"] == 0
     assert got["flips"] == 8 * len(bytes.fromhex(vector["frame_hex"]))
     assert got["bad_accepts"] == 0
+
+
+def test_micropython_handshake_and_replay_rules(mp_output):
+    """The session handshake under the real MicroPython: a recorded setpoint is refused after a
+    new connection and in a new session, a replayed HELLO request reopens no window, a
+    reflected frame is refused, an old SESSION answer opens nothing."""
+    (h,) = [o["handshake"] for o in mp_output if "handshake" in o]
+    assert h == {"no_session_encode": True, "opened": [True, True], "setpoint": 1,
+                 "setpoint_again": 0, "reflected": 0, "request": 1,
+                 "request_replayed_then_setpoint": 1, "old_setpoint_no_session": 0,
+                 "old_session_answer": 0, "old_setpoint_new_session": 0, "counters": [3, 3]}
+    (k,) = [o["session_key_hex"] for o in mp_output if "session_key_hex" in o]
+    assert k == SPEC["session_key_hex"]
 
 
 def test_micropython_rejects_bad_inputs(mp_output):
@@ -279,10 +335,28 @@ messages = st.one_of(
 )
 
 
+def _skey(key):
+    """The session key of ``key`` for the nonces the keyed hypothesis tests use."""
+    return p.session_key(key, 1, 2)
+
+
 def _frame_for(message, board_id, seq, key):
+    """A frame of ``message``: unauthenticated without a key, else under the session of ``key``."""
     kind, args = message
     payload = getattr(p, "pack_" + kind)(*args)
-    return KINDS[kind], payload, p.encode_frame(KINDS[kind], board_id, seq, payload, key=key)
+    if key is None:
+        return KINDS[kind], payload, p.encode_frame(KINDS[kind], board_id, seq, payload)
+    return KINDS[kind], payload, p.encode_frame(KINDS[kind], board_id, seq, payload, key=_skey(key),
+                                                flags=p.FRAME_FLAG_SESSION)
+
+
+def _decoder(key=None, **kw):
+    """A decoder of either direction with the session of ``key`` answered (opened by the first
+    frame under it), as the edge's after the handshake."""
+    dec = p.Decoder(key=key, **kw)
+    if key is not None:
+        dec.answer(1, 2)
+    return dec
 
 
 @HYP
@@ -291,7 +365,7 @@ def test_roundtrip_every_message_type(message, board_id, seq, key):
     kind, args = message
     msg_type, payload, frame = _frame_for(message, board_id, seq, key)
     assert len(frame) <= p.MAX_ENCODED + 1
-    frames = p.Decoder(key=key).feed(frame)
+    frames = _decoder(key).feed(frame)
     assert frames == [(msg_type, board_id, seq, payload)]
     assert getattr(p, "unpack_" + kind)(frames[0][3]) == tuple(args)
 
@@ -319,7 +393,7 @@ def _counters(dec):
 @HYP
 @given(st.binary(max_size=1000), keys, st.integers(16, 300))
 def test_random_bytes_never_raise(data, key, max_frame):
-    dec = p.Decoder(key=key, max_frame=max_frame)
+    dec = _decoder(key, max_frame=max_frame)
     for fr in dec.feed(data):
         assert len(fr) == 4
     assert all(c >= 0 for c in _counters(dec))
@@ -338,7 +412,7 @@ def test_corrupted_frames_never_raise(message, key, data):
             frame.insert(i, data.draw(st.integers(0, 255)))
         elif len(frame) > 1:
             del frame[i]
-    dec = p.Decoder(key=key)
+    dec = _decoder(key)
     dec.feed(bytes(frame))
     dec.feed(b"\x00")
 
@@ -353,7 +427,7 @@ def test_every_single_bit_flip_is_detected(message, key):
         for bit in range(8):
             hit = bytearray(frame)
             hit[i] ^= 1 << bit
-            dec = p.Decoder(key=key)
+            dec = _decoder(key)
             got = dec.feed(bytes(hit)) + dec.feed(b"\x00")
             assert all(fr == original for fr in got)
             flipped_ok += not got
@@ -366,10 +440,10 @@ def test_resynchronises_after_garbage(garbage, m1, m2, key):
     t1, pl1, f1 = _frame_for(m1, 1, 10, key)
     t2, pl2, f2 = _frame_for(m2, 2, 11, key)
     # garbage that ends in a delimiter costs nothing
-    dec = p.Decoder(key=key)
+    dec = _decoder(key)
     assert dec.feed(garbage + b"\x00" + f1 + f2)[-2:] == [(t1, 1, 10, pl1), (t2, 2, 11, pl2)]
     # garbage glued onto a frame costs at most that frame; the next one is decoded
-    dec = p.Decoder(key=key)
+    dec = _decoder(key)
     got = dec.feed(garbage) + dec.feed(f1) + dec.feed(f2)
     assert got[-1] == (t2, 2, 11, pl2)
     assert set(got) <= {(t1, 1, 10, pl1), (t2, 2, 11, pl2)}
@@ -391,11 +465,13 @@ def _raw_frame(body_wo_crc):
 
 
 @pytest.mark.parametrize("header,counter", [
-    ((2, p.MSG_HEARTBEAT, 1, 0, 1), "framing_errors"),   # unknown version
-    ((1, 0, 1, 0, 1), "framing_errors"),                 # unknown message type
-    ((1, 7, 1, 0, 1), "framing_errors"),
-    ((1, p.MSG_HEARTBEAT, 1, 2, 1), "framing_errors"),   # reserved flag bit
-    ((1, p.MSG_HEARTBEAT, 1, 1, 1), "auth_errors"),      # claims a tag, keyless receiver
+    ((1, p.MSG_HEARTBEAT, 1, 0, 1), "framing_errors"),   # version 1 (before the handshake)
+    ((3, p.MSG_HEARTBEAT, 1, 0, 1), "framing_errors"),   # unknown version
+    ((2, 0, 1, 0, 1), "framing_errors"),                 # unknown message type
+    ((2, 9, 1, 0, 1), "framing_errors"),
+    ((2, p.MSG_HEARTBEAT, 1, 8, 1), "framing_errors"),   # reserved flag bit
+    ((2, p.MSG_HEARTBEAT, 1, 4, 1), "framing_errors"),   # session flag without a tag
+    ((2, p.MSG_HEARTBEAT, 1, 1, 1), "auth_errors"),      # claims a tag, keyless receiver
 ])
 def test_header_checks_count_the_right_error(header, counter):
     dec = p.Decoder()
@@ -422,79 +498,119 @@ def test_wrong_key_rejected(message, key, other):
     # HMAC zero-pads keys to the block size (RFC 2104), so b"k" and b"k\0" are the same key
     assume(key.ljust(64, b"\0") != other.ljust(64, b"\0"))
     frame = _frame_for(message, 4, 5, key)[2]
-    dec = p.Decoder(key=other)
+    dec = _decoder(other)
     assert dec.feed(frame) == [] and dec.auth_errors == 1 and dec.frames_ok == 0
 
 
 @HYP
 @given(messages, st.binary(min_size=16, max_size=64))
 def test_unauthenticated_frame_rejected_by_keyed_decoder_and_vice_versa(message, key):
-    dec = p.Decoder(key=key)
+    dec = _decoder(key)
     assert dec.feed(_frame_for(message, 4, 5, None)[2]) == [] and dec.auth_errors == 1
     dec = p.Decoder()
     assert dec.feed(_frame_for(message, 4, 5, key)[2]) == [] and dec.auth_errors == 1
 
 
 @HYP
-@given(messages.filter(lambda m: m[0] != "hello"), st.integers(0, 255), u32)
+@given(messages, st.integers(0, 255), u32)
 def test_replayed_frames_rejected(message, board_id, seq):
-    dec = p.Decoder(key=TEST_KEY)
+    dec = _decoder(TEST_KEY)
     t, pl, frame = _frame_for(message, board_id, seq, TEST_KEY)
     assert dec.feed(frame) == [(t, board_id, seq, pl)]
     assert dec.feed(frame) == [] and dec.replay_errors == 1
     if seq > 0:
         older = _frame_for(message, board_id, seq - 1, TEST_KEY)[2]
         assert dec.feed(older) == [] and dec.replay_errors == 2
-    # another board's sequence space is independent
-    assert len(dec.feed(_frame_for(message, (board_id + 1) % 256, seq, TEST_KEY)[2])) == 1
 
 
-def test_authenticated_hello_starts_new_session():
-    dec = p.Decoder(key=TEST_KEY)
-    hb = p.pack_heartbeat(0)
-    hello = p.pack_hello("storage", "1.2.0", 0, 42)
-    assert len(dec.feed(p.encode_frame(p.MSG_HEARTBEAT, 2, 500, hb, key=TEST_KEY))) == 1
-    # board rebooted: its counter restarted, the old session's numbers are refused...
-    assert dec.feed(p.encode_frame(p.MSG_HEARTBEAT, 2, 2, hb, key=TEST_KEY)) == []
-    # ...until its HELLO opens a new session
-    assert len(dec.feed(p.encode_frame(p.MSG_HELLO, 2, 1, hello, key=TEST_KEY))) == 1
-    assert len(dec.feed(p.encode_frame(p.MSG_HEARTBEAT, 2, 2, hb, key=TEST_KEY))) == 1
-    assert dec.feed(p.encode_frame(p.MSG_HEARTBEAT, 2, 1, hb, key=TEST_KEY)) == []
-    assert dec.replay_errors == 2
-    # an unauthenticated HELLO never resets a keyed session
-    assert dec.feed(p.encode_frame(p.MSG_HELLO, 2, 1, hello)) == [] and dec.auth_errors == 1
+@HYP
+@given(messages)
+def test_frames_under_the_board_key_are_only_the_handshake(message):
+    """Only OFFER, SESSION and the empty HELLO request travel under the board key: a recorded
+    one opens nothing by itself, and any other message must be under a session's key."""
+    t, pl, _ = _frame_for(message, 2, 5, None)
+    dec = _decoder(TEST_KEY)
+    assert dec.feed(p.encode_frame(t, 2, 5, pl, key=TEST_KEY)) == [] and dec.auth_errors == 1
+    assert len(dec.feed(p.encode_frame(p.MSG_HELLO, 2, 6, b"", key=TEST_KEY))) == 1
 
 
-def test_hello_of_a_superseded_session_keeps_the_sequence_window():
-    """A replayed HELLO of an earlier session is passed on (the edge counts it) but does not
-    move the window back: the old session's frames stay replays, the genuine board goes on.
-    The current session's HELLO must continue its seq; the edge's empty HELLO restarts it."""
-    dec = p.Decoder(key=TEST_KEY)
-    hb = p.pack_heartbeat(0)
+def _pair():
+    board = p.Decoder(key=TEST_KEY, side=p.SIDE_BOARD)
+    edge = p.Decoder(key=TEST_KEY, side=p.SIDE_EDGE)
+    return board, edge
 
-    def frame(msg_type, seq, payload):
-        return p.encode_frame(msg_type, 2, seq, payload, key=TEST_KEY)
 
-    old_hello = frame(p.MSG_HELLO, 1, p.pack_hello("storage", "1.2.0", 0, 0x1111))
-    old_frames = [frame(p.MSG_HEARTBEAT, s, hb) for s in range(2, 40)]
-    assert len(dec.feed(old_hello + b"".join(old_frames))) == 39
-    assert len(dec.feed(frame(p.MSG_HELLO, 1, p.pack_hello("storage", "1.2.0", 0, 0x2222)))) == 1  # reboot
-    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 2, hb))) == 1
-    assert not dec.superseded(2, 0x2222) and dec.superseded(2, 0x1111)
-    # the recorded session replayed whole: its HELLO passes, its frames up to seq 2 do not
-    got = dec.feed(old_hello + b"".join(old_frames[:1]))
-    assert [f[0] for f in got] == [p.MSG_HELLO] and dec.replay_errors == 1
-    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 3, hb))) == 1            # the genuine board goes on
-    # its own HELLO again at an old seq is a replay; at the next seq a re-announcement
-    current = p.pack_hello("storage", "1.2.0", 0, 0x2222)
-    assert dec.feed(frame(p.MSG_HELLO, 1, current)) == [] and dec.replay_errors == 2
-    assert len(dec.feed(frame(p.MSG_HELLO, 4, current))) == 1
-    # a reset (new TCP connection) restarts the window but remembers the sessions
-    dec.reset()
-    assert len(dec.feed(frame(p.MSG_HELLO, 1, current))) == 1 and dec.superseded(2, 0x1111)
-    # the edge's HELLO request has no nonce: it restarts the window (the board side)
-    assert len(dec.feed(frame(p.MSG_HELLO, 1, b""))) == 1
-    assert len(dec.feed(frame(p.MSG_HEARTBEAT, 2, hb))) == 1
+def _handshake(board, edge, bn, en):
+    """OFFER -> SESSION -> the board's HELLO under the new session; returns the frames on the wire."""
+    offer = board.encode(p.MSG_OFFER, 2, 1, board.offer(bn))
+    (f,) = edge.feed(offer)
+    assert f[0] == p.MSG_OFFER and p.unpack_offer(f[3]) == (bn,)
+    session = edge.encode(p.MSG_SESSION, 2, 0, edge.answer(bn, en))
+    assert [g[0] for g in board.feed(session)] == [p.MSG_SESSION] and board.session
+    hello = board.encode(p.MSG_HELLO, 2, 2, p.pack_hello("storage", "2", 0, 7))
+    assert [g[0] for g in edge.feed(hello)] == [p.MSG_HELLO] and edge.session
+    return offer, session, hello
+
+
+def test_handshake_opens_a_session_both_ways():
+    board, edge = _pair()
+    assert board.encode(p.MSG_TELEMETRY, 2, 1, bytes(34)) is None          # no session yet
+    assert edge.encode(p.MSG_SETPOINT, 2, 1, p.pack_setpoint(1, 0, 1.0)) is None
+    _handshake(board, edge, 11, 22)
+    sp = edge.encode(p.MSG_SETPOINT, 2, 5, p.pack_setpoint(1, 0, 1.0))
+    assert board.feed(sp) == [(p.MSG_SETPOINT, 2, 5, p.pack_setpoint(1, 0, 1.0))]
+    assert p.cobs_decode(sp[:-1])[3] == p.FRAME_FLAG_AUTH | p.FRAME_FLAG_TO_BOARD | p.FRAME_FLAG_SESSION
+    assert board.feed(sp) == [] and board.replay_errors == 1
+
+
+def test_recorded_session_is_refused_in_a_new_one():
+    """A new connection (reset) or a new handshake: frames recorded in the old session fail
+    their tag, its SESSION answer is refused, and an unanswered offer opens nothing."""
+    board, edge = _pair()
+    _, old_session, _ = _handshake(board, edge, 11, 22)
+    old_sp = edge.encode(p.MSG_SETPOINT, 2, 5, p.pack_setpoint(1, 0, 1.0))
+    assert len(board.feed(old_sp)) == 1
+    board.reset()
+    edge.reset()                                     # a new TCP connection
+    assert board.feed(old_sp) == [] and board.auth_errors == 1               # no session
+    board.offer(33)
+    assert board.feed(old_session) == [] and board.replay_errors == 1       # answers offer 11
+    _handshake(board, edge, 44, 55)
+    assert board.feed(old_sp) == [] and board.auth_errors == 2               # old session's key
+    assert board.feed(old_session) == [] and board.replay_errors == 2       # no offer open
+
+
+def test_a_replayed_hello_request_reopens_nothing():
+    board, edge = _pair()
+    _handshake(board, edge, 11, 22)
+    request = edge.encode(p.MSG_HELLO, 2, 3, b"")
+    sp = edge.encode(p.MSG_SETPOINT, 2, 4, p.pack_setpoint(1, 0, 1.0))
+    assert len(board.feed(request + sp)) == 2
+    # replayed: the board sees a request (it offers again) but its window stays
+    assert [f[0] for f in board.feed(request)] == [p.MSG_HELLO]
+    board.offer(66)
+    assert board.feed(sp) == [] and board.replay_errors == 1 and board.session
+
+
+def test_reflected_frames_are_refused():
+    board, edge = _pair()
+    _handshake(board, edge, 11, 22)
+    tel = board.encode(p.MSG_TELEMETRY, 2, 9, p.pack_telemetry(0, 7, 7, 0, 0, 0, 0, 0, 0))
+    hb_edge = edge.encode(p.MSG_HEARTBEAT, 2, 9, p.pack_heartbeat(1))
+    assert board.feed(tel) == [] and board.auth_errors == 1       # its own frame, back at it
+    assert edge.feed(hb_edge) == [] and edge.auth_errors == 1
+    assert len(board.feed(hb_edge)) == 1 and len(edge.feed(tel)) == 1
+
+
+def test_edge_keeps_its_session_until_the_board_uses_the_new_one():
+    """A replayed OFFER makes the edge answer, but its session stays until a frame under the
+    answered one arrives, which only the board holding the offer can send."""
+    board, edge = _pair()
+    offer, _, _ = _handshake(board, edge, 11, 22)
+    assert [f[0] for f in edge.feed(offer)] == [p.MSG_OFFER]
+    edge.answer(11, 99)                                 # answered again: pending
+    tel = board.encode(p.MSG_TELEMETRY, 2, 9, p.pack_telemetry(0, 7, 7, 0, 0, 0, 0, 0, 0))
+    assert len(edge.feed(tel)) == 1 and edge.sessions == 1
 
 
 def test_keyless_link_has_no_replay_check():
@@ -529,6 +645,12 @@ def test_keyless_link_has_no_replay_check():
     lambda: p.encode_frame(1, 1, 1, "text"),
     lambda: p.encode_frame(1, 1, 1, bytes(p.MAX_PAYLOAD + 1)),
     lambda: p.Decoder(max_frame=8),
+    lambda: p.Decoder(side=3),
+    lambda: p.encode_frame(1, 1, 1, b"", flags=1),
+    lambda: p.encode_frame(1, 1, 1, b"", flags=p.FRAME_FLAG_SESSION),
+    lambda: p.pack_offer(2**64),
+    lambda: p.pack_session(1, -1),
+    lambda: p.Decoder().encode(p.MSG_HELLO, 1, 1, b""),
 ])
 def test_bad_arguments_raise_protocol_error(call):
     with pytest.raises(p.ProtocolError):
@@ -552,6 +674,8 @@ def test_bad_arguments_raise_protocol_error(call):
     (p.unpack_event, b"\x09\x00"),
     (p.unpack_event, b"\x01\x05abc"),
     (p.unpack_heartbeat, bytes(3)),
+    (p.unpack_offer, bytes(7)),
+    (p.unpack_session, bytes(15)),
 ])
 def test_bad_payloads_raise_protocol_error(unpack, payload):
     with pytest.raises(p.ProtocolError):
@@ -567,10 +691,10 @@ def test_decode_of_a_long_authenticated_stream():
     # the rate itself is measured by `picogrid bench codec` (no timed assertions in tests)
     frames = [p.encode_frame(p.MSG_TELEMETRY, 1 + k % 6, k + 1,
                              p.pack_telemetry(k, 7.0, 5.0, 0.5, 2.5, 2.6, float(k), 2.5, 0),
-                             key=TEST_KEY)
+                             key=_skey(TEST_KEY), flags=p.FRAME_FLAG_SESSION)
               for k in range(2000)]
     stream = b"".join(frames)
-    dec = p.Decoder(key=TEST_KEY)
+    dec = _decoder(TEST_KEY)
     got = [f for i in range(0, len(stream), 512) for f in dec.feed(stream[i:i + 512])]
     assert [f[2] for f in got] == list(range(1, 2001))
     assert dec.frames_ok == 2000 and dec.crc_errors == dec.framing_errors == 0

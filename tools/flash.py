@@ -157,7 +157,8 @@ def redacted(cfg):
 def verify_hello(port, cfg, timeout_s=_HELLO_TIMEOUT_S):
     """Ask the board on ``port`` for its HELLO and check role and id; returns the firmware version.
 
-    A board with a key (``key_hex``, on any link: PROTOCOL.md §6) is asked and read with it.
+    A board with a key (``key_hex``, on any link: PROTOCOL.md §6) is asked with it, and its
+    OFFER is answered to open a session, under whose key its HELLO then comes (as the edge does).
 
     Raises
     ------
@@ -170,16 +171,23 @@ def verify_hello(port, cfg, timeout_s=_HELLO_TIMEOUT_S):
     key = bytes.fromhex(cfg["key_hex"]) if cfg.get("key_hex") else None
     if cfg["link"]["type"] != "serial":
         raise FlashError("board %s talks TCP: verify it from the edge (its HELLO arrives there)" % cfg["name"])
-    dec = P.Decoder(key=key)
+    dec = P.Decoder(key=key, side=P.SIDE_EDGE)
     deadline = time.time() + timeout_s
     with serial.Serial(port, 115200, timeout=0.1) as ser:
         seq = 1
         while time.time() < deadline:
-            ser.write(b"\x00" + P.encode_frame(P.MSG_HELLO, cfg["board_id"], seq, b"", key))
+            ser.write(b"\x00" + dec.encode(P.MSG_HELLO, cfg["board_id"], seq, b""))
             seq += 1
             t_end = time.time() + 0.5
             while time.time() < t_end:
                 for msg_type, bid, _, payload in dec.feed(ser.read(256)):
+                    if msg_type == P.MSG_OFFER and bid == cfg["board_id"]:
+                        try:
+                            (nonce,) = P.unpack_offer(payload)
+                        except P.ProtocolError:
+                            continue
+                        answer = dec.answer(nonce, int.from_bytes(os.urandom(8), "little"))
+                        ser.write(dec.encode(P.MSG_SESSION, cfg["board_id"], 0, answer))
                     if msg_type == P.MSG_HELLO and bid == cfg["board_id"]:
                         try:
                             role, fw, _, _ = P.unpack_hello(payload)

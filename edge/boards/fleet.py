@@ -4,12 +4,11 @@ Frames arrive on the links' reader threads (:mod:`picogrid.edge.boards.links`); 
 reads consistent copies through :meth:`Fleet.snapshot`. A board that stops talking is
 reported as stale and the others keep running: nothing here blocks on one board.
 
-On authenticated links the fleet also applies the session checks of PROTOCOL.md section 6
-that the codec cannot: a HELLO carrying the ``boot_nonce`` of an earlier, superseded session
-of that board is a replay and is dropped, and telemetry whose uptime ``t_ms`` steps back
-within one session is dropped from the board's state. Both are counted per board and recorded
-as fleet events (``replayed_hello``, ``t_ms_regression``), which the runner stores with the
-other events.
+On authenticated links the codec and the link run the session handshake of PROTOCOL.md
+section 6 (recorded, replayed or reflected frames never arrive here); the fleet adds one
+check of its own: telemetry whose uptime ``t_ms`` steps back within one boot of the board is
+dropped from the board's state, counted per board and recorded as a fleet event
+(``t_ms_regression``), which the runner stores with the other events.
 """
 
 import collections
@@ -98,6 +97,13 @@ class Fleet:
         with self._lock:
             b.link = link
             b.authenticated = bool(authenticated)
+        if hasattr(link, "on_event"):
+            link.on_event = self.link_event     # e.g. frames failing authentication
+
+    def link_event(self, name, kind, detail):
+        """Record an event a link reports about itself (``auth_failure``), from its thread."""
+        with self._lock:
+            self._event((self.clock(), name, kind, detail))
 
     # -- receiving (link threads) --------------------------------------------------
     def on_frame(self, link_name, msg_type, board_id, seq, payload):
@@ -160,24 +166,16 @@ class Fleet:
             self._cond.notify_all()
 
     def _new_or_current_session(self, b, now, seq, nonce):
-        """Session bookkeeping for an authenticated HELLO (lock held); False = replay, dropped.
+        """Session bookkeeping for an authenticated HELLO (lock held); True = use it.
 
-        The board's current nonce is a re-announcement (the answer to :meth:`request_hello`,
-        or the HELLO of a new TCP connection); a nonce of a superseded session is a replay
-        of a recorded session (PROTOCOL.md section 6); any other nonce is a reboot. The link's
-        decoder holds the superseded nonces (the last ``protocol.SUPERSEDED_KEPT``): it keeps
-        its sequence window on such a HELLO, so the replayed session cannot take it over.
+        On a keyed link a HELLO travels under the key of a session both sides opened with
+        fresh nonces (PROTOCOL.md section 6), so a recorded HELLO cannot arrive here: the
+        board's current ``boot_nonce`` is a re-announcement (a new session of the same boot:
+        the answer to :meth:`request_hello`, or a new TCP connection), any other a reboot,
+        whose uptime starts again. ``replayed_hellos`` stays 0 (kept for the store's schema).
         """
-        if nonce == b.boot_nonce:
-            return True
-        if b.link.decoder.superseded(b.board_id, nonce):
-            b.replayed_hellos += 1
-            detail = "seq %d: boot_nonce 0x%08x of an earlier session (current 0x%08x)" % (
-                seq, nonce, b.boot_nonce)
-            self._event((now, b.name, "replayed_hello", detail))
-            log.warning("board %s: replayed HELLO dropped, %s", b.name, detail)
-            return False
-        b.last_t_ms = None     # the new session's uptime starts again
+        if nonce != b.boot_nonce:
+            b.last_t_ms = None     # the new boot's uptime starts again
         return True
 
     def _t_ms_continues(self, b, now, seq, t_ms):

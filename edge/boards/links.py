@@ -2,13 +2,17 @@
 
 A :class:`SerialLink` opens a USB-CDC serial port (``/dev/ttyACM0`` for a Pico, a
 ``/dev/pts/N`` pseudo-terminal for a HIL board) with pyserial and decodes frames on a reader
-thread. A :class:`TcpLink` connects to a Pico W (or a HIL board) listening on TCP; its frames
-are authenticated with the board's HMAC key and replays are dropped (PROTOCOL.md §6).
+thread. A :class:`TcpLink` connects to a Pico W (or a HIL board) listening on TCP. A link
+with the board's HMAC key (every TCP link; a serial link when the secrets file has one)
+answers the board's OFFER with a SESSION (both nonces) itself, and all other frames travel
+under that session's key with a direction bit, so recorded, replayed and reflected frames are
+dropped (PROTOCOL.md §6).
 Decoded frames go to a callback; corrupt bytes are counted by the decoder
 (``picogrid.firmware.protocol.Decoder``) and dropped, never raised.
 """
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -28,14 +32,46 @@ _REOPEN_BACKOFF_S = (0.2, 2.0)
 
 
 def _deliver(link, data):
-    """Count received bytes, decode them, hand every good frame to the link's callback."""
+    """Count received bytes, decode them, hand every good frame to the link's callback; a
+    board's OFFER is answered here (the session handshake, PROTOCOL.md §6)."""
     link.bytes_in += len(data)
     link.last_rx_s = time.time()
-    for frame in link.decoder.feed(data):
+    frames = link.decoder.feed(data)
+    _report_auth_failures(link)
+    for frame in frames:
+        if frame[0] == P.MSG_OFFER:
+            try:
+                (board_nonce,) = P.unpack_offer(frame[3])
+            except P.ProtocolError:
+                continue
+            edge_nonce = int.from_bytes(os.urandom(8), "little")
+            link.send_raw(link.decoder.encode(P.MSG_SESSION, frame[1], 0,
+                                              link.decoder.answer(board_nonce, edge_nonce)))
+            link.sessions_answered += 1
+            continue
         try:
             link._on_frame(link.name, *frame)
         except Exception:   # one bad handler must not kill the link
             log.exception("link %s: frame handler failed", link.name)
+
+
+def _report_auth_failures(link):
+    """Tell the link's ``on_event`` (the fleet) about frames that failed authentication: the
+    1st, 2nd, 4th, 8th ... (said, without a flood). On a keyed link that never opens a session
+    it is how a board flashed with another key (or none) shows."""
+    n = link.decoder.auth_errors
+    if n <= link.auth_reported:
+        return
+    link.auth_reported = n
+    if n & (n - 1) == 0 and link.on_event is not None:
+        detail = "%d frame(s) failed authentication on %s's %s link (%s, %s)" % (
+            n, link.name, link.kind, "keyed" if link.decoder.keyed else "unkeyed",
+            "session open" if link.decoder.session else "no session: is the board flashed with this key?")
+        log.warning("link %s: %s", link.name, detail)
+        try:
+            link.on_event(link.name, "auth_failure", detail)
+        except Exception:
+            log.exception("link %s: event handler failed", link.name)
 
 
 class SerialLink:
@@ -46,7 +82,8 @@ class SerialLink:
     name : str, board name (for logs)
     port : str, device path
     on_frame : callable(name, msg_type, board_id, seq, payload), called on the reader thread
-    key : bytes or None, HMAC key (serial links are unauthenticated: None)
+    key : bytes or None, the board's HMAC key when it was flashed with one (the secrets file's
+        ``key_hex``); None: an unauthenticated link
     baudrate : int, ignored by USB CDC and pseudo-terminals, kept for UART adapters
 
     A port that fails (the board reset and its USB device came back, or went away) is closed
@@ -67,8 +104,11 @@ class SerialLink:
         self.name = name
         self.port = port
         self._on_frame = on_frame
-        self.decoder = P.Decoder(key=key)
+        self.decoder = P.Decoder(key=key, side=P.SIDE_EDGE)
         self._key = key
+        self.sessions_answered = 0
+        self.on_event = None          # callable(name, kind, detail), set by Fleet.attach
+        self.auth_reported = 0
         self._baudrate = baudrate
         self.authenticated = key is not None     # frames carry an HMAC tag (PROTOCOL.md section 6)
         self._write_lock = threading.Lock()
@@ -104,7 +144,9 @@ class SerialLink:
                 log.debug("link %s: reopen of %s failed: %s", self.name, self.port, exc)
                 delay = min(2 * delay, _REOPEN_BACKOFF_S[1])
                 continue
-            self.decoder.reset()   # the board starts a new session after its reset
+            # a half frame from before means nothing now; the session stays: a board that
+            # reset offers a new one itself (PROTOCOL.md §6), one that did not goes on in it
+            self.decoder.resync()
             with self._write_lock:
                 self._serial = port
             self.reopens += 1
@@ -128,8 +170,15 @@ class SerialLink:
 
     def send(self, msg_type, board_id, seq, payload):
         """Encode and write one frame (PROTOCOL.md); True if written, False (logged) if the
-        port failed or the board did not take it within ``_WRITE_TIMEOUT_S``."""
-        frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
+        port failed or the board did not take it within ``_WRITE_TIMEOUT_S``, or a keyed link
+        has no session yet (the board has not answered the edge's HELLO request)."""
+        frame = self.decoder.encode(msg_type, board_id, seq, payload)
+        if frame is None:
+            return False
+        return self.send_raw(frame)
+
+    def send_raw(self, frame):
+        """Write bytes as they are; True if written (see :meth:`send`)."""
         with self._write_lock:
             try:
                 self._serial.write(frame)
@@ -148,6 +197,11 @@ class SerialLink:
             self._serial.reset_output_buffer()
         except (serial.SerialException, OSError):
             pass
+
+    @property
+    def session(self):
+        """True when a keyed link has an open session with its board."""
+        return self.decoder.session
 
     @property
     def errors(self):
@@ -197,7 +251,10 @@ class TcpLink:
         self._on_frame = on_frame
         self._key = key
         self.authenticated = True
-        self.decoder = P.Decoder(key=key)
+        self.decoder = P.Decoder(key=key, side=P.SIDE_EDGE)
+        self.sessions_answered = 0
+        self.on_event = None
+        self.auth_reported = 0
         self._timeout_s = connect_timeout_s
         self._sock = None
         self._write_lock = threading.Lock()
@@ -219,7 +276,7 @@ class TcpLink:
                 raise OSError("link closed")
             sock.settimeout(_READ_TIMEOUT_S * 5)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.decoder.reset()   # the board restarts its session for a new connection
+            self.decoder.reset()   # a new connection needs a new session (the board offers one)
             with self._write_lock:
                 sock.sendall(b"\x00")    # flush whatever the board had buffered (PROTOCOL.md §1)
                 self._sock = sock       # only a connection that took the resync byte
@@ -258,9 +315,11 @@ class TcpLink:
             _deliver(self, data)
 
     def send(self, msg_type, board_id, seq, payload):
-        """Encode and write one frame; True if written, False if the connection is down or
-        the write failed (logged; the reader reconnects)."""
-        frame = P.encode_frame(msg_type, board_id, seq, payload, self._key)
+        """Encode and write one frame; True if written, False if the connection is down, has
+        no session yet, or the write failed (logged; the reader reconnects)."""
+        frame = self.decoder.encode(msg_type, board_id, seq, payload)
+        if frame is None:
+            return False
         with self._write_lock:
             if self._sock is None:
                 return False
@@ -287,6 +346,7 @@ class TcpLink:
         return self._sock is not None
 
     errors = SerialLink.errors
+    session = SerialLink.session
 
     def close(self):
         self._stop.set()

@@ -36,15 +36,17 @@ def open_links(site, on_frame, secrets=None):
     try:
         for name, b in site["boards"].items():
             link = b.get("link", {})
+            key = secrets.get("boards", {}).get(name, {}).get("key_hex")
             if link.get("type") == "tcp":
-                key = secrets.get("boards", {}).get(name, {}).get("key_hex")
                 if not key:
                     raise ValueError("board %s is on TCP but the secrets file has no [boards.%s] key_hex"
                                      % (name, name))
                 links[name] = TcpLink(name, "%s:%d" % (link["host"], int(link["port"])), on_frame,
                                       bytes.fromhex(key))
             elif b.get("port"):
-                links[name] = SerialLink(name, b["port"], on_frame)
+                # a serial board flashed with a key (tools/flash.py writes the secrets file's
+                # key_hex) authenticates every frame: its link needs the same key
+                links[name] = SerialLink(name, b["port"], on_frame, bytes.fromhex(key) if key else None)
             else:
                 raise ValueError("board %s has no port (e.g. port = \"/dev/ttyACM0\") and no TCP link"
                                  % name)
