@@ -285,3 +285,43 @@ def test_loads_bounded(body, ok):
     else:
         with pytest.raises(ValueError):
             L.loads_bounded(body)
+
+
+def late(delay_s, path):
+    """A good answer of ``path``, sent whole after ``delay_s``."""
+    def answer(handler):
+        if handler.server.feed.stop.wait(delay_s):
+            return
+        body = json.dumps(good_answers(TICK)[path]).encode()
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except OSError:
+            pass
+    return answer
+
+
+def test_a_snapshot_has_one_budget_for_all_its_requests(feed):
+    """Every endpoint answering in 3 s, each within its own 5 s deadline, would hold the tick
+    for 15 s: the snapshot's budget (0.8 s) ends it, with the cached values."""
+    server, client, clock = feed
+    client.deadline_s, client.snapshot_deadline_s = 5.0, 0.8
+    first_snapshot_then(server, client, clock, "/sun", late(3.0, "/sun"))
+    for p in ("/price", "/demand", "/deferables", "/yesterday"):
+        server.bad[p] = late(3.0, p)
+    t = time.monotonic()
+    snap = client.snapshot()
+    assert time.monotonic() - t < 10.0
+    assert {snap.sources[e] for e in ("sun", "price", "demand", "deferables")} == {"cached"}, snap.status
+
+
+def test_an_endpoint_after_the_budget_is_not_asked(feed):
+    server, client, clock = feed
+    client.snapshot()
+    client._until = time.monotonic() - 1.0       # as inside a snapshot whose budget is spent
+    with pytest.raises(L.LabFeedError, match="spent"):
+        client.get("demand")
+    client._until = None
+    assert client.get("demand")["demand_w"] == 0.75

@@ -630,6 +630,10 @@ class LabFeed:
         ``timeout_s``. A server that drips its answer is cut off here.
     max_body_bytes : int
         Longer answers are refused (a bad answer).
+    snapshot_deadline_s : float, optional
+        Wall time all the requests of one :meth:`snapshot` may take together [s]; default
+        twice ``deadline_s``. An endpoint asked after it is spent is not asked (cache or
+        forecast), so a server that answers each request just in time cannot stretch a tick.
     retry_after_s : float
         After a failure, the server is not asked again for this long [s] (the tick goes on
         with cached/forecast values instead of waiting on a dead server every call).
@@ -641,13 +645,16 @@ class LabFeed:
 
     def __init__(self, base_url: str, timeout_s: float = 0.5, retry_after_s: float = TICK_S, clock=None,
                  learner: OnlineDayLearner | None = None, deadline_s: float | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+                 max_body_bytes: int = MAX_BODY_BYTES, snapshot_deadline_s: float | None = None):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be http(s)://..., got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = float(timeout_s)
         self.deadline_s = float(deadline_s) if deadline_s is not None else 2.0 * self.timeout_s
         self.max_body_bytes = int(max_body_bytes)
+        self.snapshot_deadline_s = (float(snapshot_deadline_s) if snapshot_deadline_s is not None
+                                    else 2.0 * self.deadline_s)
+        self._until = None          # monotonic end of the snapshot under way (None: none)
         self.failures: dict[tuple[str, str], int] = {}   # (endpoint, exception kind) -> count
         self.retry_after_s = float(retry_after_s)
         self.clock = clock or time.time
@@ -672,9 +679,15 @@ class LabFeed:
         if now < self._endpoint_retry.get(endpoint, -np.inf):
             raise LabFeedError(f"/{endpoint}: left alone after a bad answer; retry after "
                                f"{self._endpoint_retry[endpoint] - now:.1f} s")
+        deadline_s = self.deadline_s
+        if self._until is not None:
+            deadline_s = min(deadline_s, self._until - time.monotonic())
+            if deadline_s <= 0:
+                raise LabFeedError(f"/{endpoint}: not asked, this tick's {self.snapshot_deadline_s:g} s "
+                                   "for the feed are spent")
         url = f"{self.base_url}/{endpoint}"
         try:
-            value = parse(endpoint, loads_bounded(fetch_bounded(url, self.timeout_s, self.deadline_s,
+            value = parse(endpoint, loads_bounded(fetch_bounded(url, self.timeout_s, deadline_s,
                                                                 self.max_body_bytes)))
         except (OSError, http.client.RemoteDisconnected) as exc:
             if isinstance(exc, urllib.error.HTTPError):     # it answered, with an error status
@@ -739,7 +752,15 @@ class LabFeed:
 
     def snapshot(self) -> FeedSnapshot:
         """Everything the edge needs for the current tick; never raises because the server is
-        slow or down: fields then come from the cache or the learner, and ``status`` says so."""
+        slow or down: fields then come from the cache or the learner, and ``status`` says so.
+        All its requests together take at most ``snapshot_deadline_s`` of wall time."""
+        self._until = time.monotonic() + self.snapshot_deadline_s
+        try:
+            return self._snapshot()
+        finally:
+            self._until = None
+
+    def _snapshot(self) -> FeedSnapshot:
         day, tick = day_tick(self.clock())
         notes, live = [], {}
         snap = FeedSnapshot(day, tick, None, None, None, None)
