@@ -89,7 +89,8 @@ def test_the_fleet_keeps_the_last_good_report_and_counts_the_bad_ones():
     assert s["telemetry"]["v_port_v"] == 9.0           # the last good report
     assert s["last_seen_s"] == 100.0                   # nonsense is not a sign of life
     assert fleet.stale(0.5) == ["storage"]
-    assert fleet.plausibility.rejected == {"storage": 3}
+    assert fleet.plausibility.rejected == {"storage": 3} and PL.rejected(fleet, "storage") == 3
+    assert PL.rejected(Fleet({"storage": 2}), "storage") == 0
     assert [r[3] for r in fleet.telemetry_log] == [1]  # only the good one is stored
     events = fleet.drain_events()
     assert [e[2] for e in events] == ["bad_data", "bad_data"]    # the 1st and the 2nd, not each

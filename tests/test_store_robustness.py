@@ -172,3 +172,9 @@ def test_a_row_sqlite_refuses_is_dropped_not_the_others(store):
     tick(store, 1)
     assert store.alarm is None and store.rows_rejected == 1
     assert [r[0] for r in store.conn.execute("SELECT tick FROM decision ORDER BY tick")] == [0, 1]
+
+
+def test_the_board_table_counts_bad_data(store):
+    store.board("storage", bad_data=3)
+    store.commit()
+    assert store.conn.execute("SELECT bad_data FROM board").fetchone()[0] == 3

@@ -146,3 +146,9 @@ def screen(fleet, b, now, seq, telemetry):
     if p is None:
         p = fleet.plausibility = Plausibility()
     return p.screen(fleet, b, now, seq, telemetry)
+
+
+def rejected(fleet, name):
+    """Reports of board ``name`` refused so far (0 when the fleet has screened none)."""
+    p = getattr(fleet, "plausibility", None)
+    return p.rejected.get(name, 0) if p is not None else 0

@@ -114,6 +114,7 @@ CREATE TABLE IF NOT EXISTS board (
     t_ms_regressions INTEGER DEFAULT 0,  -- telemetry whose uptime went back, dropped
     auth_errors INTEGER DEFAULT 0,       -- frames without or with a wrong tag (the link's decoder)
     replay_errors INTEGER DEFAULT 0,     -- authenticated frames whose seq did not go up
+    bad_data INTEGER DEFAULT 0,          -- telemetry outside physical bounds, not used (edge/boards/plausibility.py)
     PRIMARY KEY (run_id, board)
 );
 """
@@ -129,7 +130,8 @@ _ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),
                   ("board", "replayed_hellos", "INTEGER DEFAULT 0"),
                   ("board", "t_ms_regressions", "INTEGER DEFAULT 0"),
                   ("board", "auth_errors", "INTEGER DEFAULT 0"),
-                  ("board", "replay_errors", "INTEGER DEFAULT 0"))
+                  ("board", "replay_errors", "INTEGER DEFAULT 0"),
+                  ("board", "bad_data", "INTEGER DEFAULT 0"))
 
 
 def connect(path):
