@@ -292,3 +292,22 @@ def test_plan_jobs_ask_no_more_than_fits_beside_the_board_s_own_demand():
     assert board.untold() == []
     assert board.plan_jobs(41, 2, board.headroom_w(np.zeros((60, 3))), 1.0)[0]["energy"] == 15.0
     assert board.ledger.jobs.tolist() == [[43, 58, 15.0]]
+
+
+def test_early_band_spreads_the_first_days_forecast():
+    """Before the learner has scored three days of its own errors, the demand and price fans are
+    not the point forecast in every quantile: one day's tick-to-tick scatter, or the day-to-day
+    change of two, gives P10 < P50 < P90; the noisier the days, the wider."""
+    from picogrid.edge.sources.feedsource import early_band
+
+    rng = np.random.default_rng(0)
+    level = 60 + 30 * np.sin(np.linspace(0, np.pi, 60))
+    quiet, noisy = level + rng.normal(0, 2, 60), level + rng.normal(0, 20, 60)
+    assert early_band([], 0, 60) is None
+    for days in ([noisy], [quiet, noisy]):
+        lo, hi = early_band(days, 10, 60)
+        assert lo.shape == hi.shape == (60,) and np.all(lo <= 0) and np.all(hi >= 0)
+        assert np.median(hi - lo) > 20          # about 2 x 1.28 sd of 20 c/J noise
+    lo_q, hi_q = early_band([quiet], 10, 60)
+    lo_n, hi_n = early_band([noisy], 10, 60)
+    assert np.median(hi_q - lo_q) < np.median(hi_n - lo_n) / 4

@@ -233,7 +233,7 @@ def test_day_one_is_the_first_day_the_edge_sees_whether_warm_or_scored(teaching_
     cold = F.evaluate_feed(n_days=2, warm_days=0, compare=False, kind="teaching", seed=0)
     assert cold["days"] == ["teaching-0001", "teaching-0002"]
     assert cold["forecast"] == teaching_run["forecast"][:2]
-    assert "no band yet" in " ".join(cold["sources"])       # day 1 has no band: it has seen one /yesterday
+    assert "early band" in " ".join(cold["sources"])       # day 1: the band of the one /yesterday seen
 
 
 def test_cli_takes_the_kind_of_feed_day():

@@ -336,10 +336,12 @@ def test_feed_forecaster_fans_widen_once_days_are_seen(days):
                 source.begin_tick(t)
                 if i == 0 and t == 30:
                     first = fc.forecast(source.history(t + 1, 120), source.calendar(t + 1), source.clearsky(t + 1, 60))
-                    # no band yet but the first day's sun curve's (its own posterior band)
+                    # the first day's sun curve (its own posterior band); demand and prices from the
+                    # /yesterday the edge has seen, banded by that day's own scatter (early band)
                     assert fc.source.pop("pv_available_w") == "sun_day_fit:first day"
-                    assert all(s.endswith(":no band yet") or s.startswith("persistence") for s in fc.source.values())
-                    assert all((f[0.1] == f[0.9]).all() for s, f in first.items() if s != "pv_available_w")
+                    assert set(fc.source.values()) == {"labfeed_learner:early band"}, fc.source
+                    for s, f in first.items():
+                        assert (f[0.1] <= f[0.5] + 1e-12).all() and (f[0.5] <= f[0.9] + 1e-12).all(), s
         fans = fc.forecast(source.history(31, 120), source.calendar(31), source.clearsky(31, 60))
     finally:
         server.close()

@@ -288,11 +288,15 @@ class FeedForecaster:
         self._sun_fit = DaySunFit(source.n_ticks)
 
     def _learned(self, key, today, k, n):
-        """``(point [n], band or None)`` of ``key`` from tick ``k`` on, or None before any feed history."""
+        """``(point [n], band or None, source label)`` of ``key`` from tick ``k`` on, or None before
+        any feed history; the band is :func:`early_band` until the learner has its own errors."""
         learner = self.src.feed.learner
         if not learner.data.get(key):
             return None
-        return learner.forecast(key, np.asarray(today[:k], float), n), learner.band(key, k, n)
+        band, label = learner.band(key, k, n), "labfeed_learner"
+        if band is None:         # too few days of the learner's own errors: the days' own spread
+            band, label = early_band(learner.data[key], k, n), "labfeed_learner:early band"
+        return learner.forecast(key, np.asarray(today[:k], float), n), band, label
 
     def forecast(self, history, calendar, clearsky_ghi_w_m2):
         """P10/P50/P90 of ``len(clearsky_ghi_w_m2)`` ticks from ``calendar["tick"]`` on.
@@ -316,7 +320,7 @@ class FeedForecaster:
             return {0.1: point + band[0], 0.5: point, 0.9: point + band[1]}, learned_as
 
         total = self._learned("demand", sum(np.nan_to_num(obs[l + "_demand_w"]) for l in LOADS), k, n)
-        total_fan = None if total is None else fan(*total, "labfeed_learner")
+        total_fan = None if total is None else fan(*total)
         # the learner knows the total demand: split it as the feed's demand is split
         split = None if total_fan is None else {q: src.split(np.maximum(v, 0.0)) for q, v in total_fan[0].items()}
         for i, l in enumerate(LOADS):
@@ -330,7 +334,7 @@ class FeedForecaster:
             if learned is None:
                 fans[name], source[name] = held(name), "persistence:no feed history"
             else:
-                fans[name], source[name] = fan(*learned, "labfeed_learner")
+                fans[name], source[name] = fan(*learned)
         if src.yesterday_sun is not None and not np.isnan(src.yesterday_sun).all():
             steps = (k + np.arange(n)) % src.n_ticks
             point = np.nan_to_num(src.yesterday_sun)[steps] * src.pv_capability_w
@@ -354,6 +358,42 @@ class FeedForecaster:
             fans[name] = {q: np.maximum(v, 0.0) for q, v in fans[name].items()}
         fans["pv_available_w"] = {q: np.minimum(v, src.pv_capability_w) for q, v in fans["pv_available_w"].items()}
         return fans
+
+
+def early_band(days, tick, horizon, window=OnlineDayLearner.BAND_TICKS + 3, min_samples=5):
+    """P10/P90 offsets for a learned series before the learner has scored its own errors.
+
+    With two or more days seen, the quantiles of how each day differed from the one before at
+    each tick of day (the error of "as yesterday", the learner's first expert); with one, of how
+    that day scattered around its own running median over ``2 window + 1`` ticks (its tick-to-tick
+    noise, which on a teaching server's prices is most of the error). Pooled over ``window``
+    ticks either side, as :func:`picogrid.edge.sources.labfeed.pooled_quantiles` does.
+
+    Parameters
+    ----------
+    days : list of array [n_ticks]
+        The days seen, oldest first [series unit].
+    tick, horizon : int
+        The forecast's first tick and its length.
+
+    Returns
+    -------
+    (numpy.ndarray [horizon], numpy.ndarray [horizon]) or None
+        P10 offset <= 0 <= P90 offset; None with no day seen.
+    """
+    days = [np.asarray(d, float) for d in days]
+    if not days:
+        return None
+    n = days[-1].size
+    if len(days) >= 2:
+        errors = [b - a for a, b in zip(days[:-1], days[1:])]
+    else:
+        padded = np.pad(days[0], window, mode="edge")
+        running = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * window + 1), axis=1)
+        errors = [days[0] - running]
+    q = np.nan_to_num(pooled_quantiles(errors, (0.1, 0.9), window, min_samples))
+    steps = (int(tick) + np.arange(horizon)) % n
+    return np.minimum(q[0][steps], 0.0), np.maximum(q[1][steps], 0.0)
 
 
 def next_day_start(feed, tick_s, min_delay_s):
