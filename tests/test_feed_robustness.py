@@ -325,3 +325,24 @@ def test_an_endpoint_after_the_budget_is_not_asked(feed):
         client.get("demand")
     client._until = None
     assert client.get("demand")["demand_w"] == 0.75
+
+
+def _nested(depth):
+    v = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("endpoint,payload", [
+    ("sun", _nested(5000)),                                   # fuzz finding F1: repr recursed
+    ("yesterday", [_nested(5000)] * 60),
+    ("sun", {"tick": 0, "sun": 10 ** 400}),                   # fuzz finding F2: float() overflowed
+    ("price", {"day": 10 ** 400, "tick": 0, "sell_price": 1, "buy_price": 1}),
+    ("demand", {"day": 1, "tick": 0, "demand": -10 ** 400}),
+    ("deferables", [{"start": 10 ** 400, "end": 1, "energy": 1}]),
+    ("sun", {"tick": 0, "sun": {"x": _nested(5000)}}),
+])
+def test_parse_raises_only_value_error(endpoint, payload):
+    with pytest.raises(ValueError):
+        L.parse(endpoint, payload)

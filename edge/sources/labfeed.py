@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import re
+import reprlib
 import socket
 import time
 import urllib.error
@@ -260,28 +261,51 @@ def day_tick(unix_time_s: float) -> tuple[int, int]:
     return day, min(int((t - day * DAY_S) / DAY_S * TICKS_PER_DAY), TICKS_PER_DAY - 1)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+
+
+def _short(value):
+    """A bounded repr of a value from the wire (any depth, any size) for a message."""
+    try:
+        return _REPR.repr(value)[:200]
+    except Exception:       # noqa: BLE001 - a message must not fail
+        return f"<{type(value).__name__}>"
+
+
 def _need(payload, keys, what):
     if not isinstance(payload, dict) or any(k not in payload for k in keys):
-        raise ValueError(f"/{what}: expected an object with {list(keys)}, got {payload!r:.200}")
+        raise ValueError(f"/{what}: expected an object with {list(keys)}, got {_short(payload)}")
     return payload
+
+
+def _as_float(v, key, what):
+    """A JSON number as a float; an int past the float range is a ValueError, not an OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"/{what}: {key} is past the float range ({_short(v)})") from None
 
 
 def _number(p, key, what, lo=-math.inf, hi=math.inf):
     """``p[key]`` as a float: a JSON number (not a bool, null or string), finite, in [lo, hi]."""
     v = p[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"/{what}: {key} must be a finite number, got {v!r:.50}")
-    if not lo <= v <= hi:
-        raise ValueError(f"/{what}: {key} must be in {lo:g}..{hi:g}, got {v}")
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"/{what}: {key} must be a finite number, got {_short(v)}")
+    f = _as_float(v, key, what)
+    if not math.isfinite(f):
+        raise ValueError(f"/{what}: {key} must be a finite number, got {_short(v)}")
+    if not lo <= f <= hi:
+        raise ValueError(f"/{what}: {key} must be in {lo:g}..{hi:g}, got {_short(v)}")
+    return f
 
 
 def _json_number(p, key, what):
     """``p[key]`` as a float: a JSON number (not a bool, null or string), any value."""
     v = p[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"/{what}: {key} must be a number, got {v!r:.50}")
-    return float(v)
+        raise ValueError(f"/{what}: {key} must be a number, got {_short(v)}")
+    return _as_float(v, key, what)
 
 
 def _whole(v):
@@ -338,7 +362,7 @@ def parse(endpoint: str, payload):
                 "demand_w": _number(p, "demand", endpoint, lo=0.0)}
     if endpoint == "deferables":
         if not isinstance(payload, list):
-            raise ValueError(f"/deferables: expected a list, got {payload!r:.200}")
+            raise ValueError(f"/deferables: expected a list, got {_short(payload)}")
         out = []
         for d in payload:
             _need(d, ("start", "end", "energy"), endpoint)
@@ -351,7 +375,7 @@ def parse(endpoint: str, payload):
         return out
     if endpoint == "yesterday":
         if not isinstance(payload, list) or len(payload) != TICKS_PER_DAY:
-            raise ValueError(f"/yesterday: expected {TICKS_PER_DAY} records, got {payload!r:.200}")
+            raise ValueError(f"/yesterday: expected {TICKS_PER_DAY} records, got {_short(payload)}")
         rows = {}
         for r in payload:
             _need(r, ("tick", "demand", "sell_price", "buy_price"), endpoint)
