@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from picogrid.edge.sources import labfeed as L
 
 DAY0 = 5_900_000

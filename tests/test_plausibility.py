@@ -4,7 +4,6 @@ estimate no capacitor can hold is refused; a silent storage board's estimate goe
 import math
 
 import pytest
-
 from picogrid.edge.boards import plausibility as PL
 from picogrid.edge.boards.fleet import Fleet
 from picogrid.edge.control import estimate

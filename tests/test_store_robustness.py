@@ -9,7 +9,6 @@ and land (with a ``store_outage`` event) once the condition clears.
 import sqlite3
 
 import pytest
-
 from picogrid.edge.control.store import Store
 
 TEL = dict(v_bus_v=7.0, v_port_v=9.0, i_port_a=0.1, p_bus_w=1.0, p_port_w=1.0, energy_bus_j=3.0,

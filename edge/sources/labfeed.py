@@ -51,7 +51,6 @@ import logging
 import math
 import re
 import reprlib
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -148,7 +147,7 @@ class _DeadlineRaw(io.RawIOBase):
         self._sock.settimeout(min(left, self._timeout_s))
         try:
             return self._sock.recv_into(b)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             if time.monotonic() >= self._deadline:
                 raise _DeadlineExceeded("timed out: the request's deadline passed") from exc
             raise
@@ -721,7 +720,7 @@ class LabFeed:
             self._failed(endpoint, exc)
             self._down_until = now + self.retry_after_s
             raise LabFeedError(self.last_error) from exc
-        except Exception as exc:   # it answered badly: HTTP protocol, size, JSON, spec, anything else
+        except Exception as exc:   # noqa: BLE001 - it answered badly: HTTP protocol, size, JSON, spec, anything else
             self._bad_answer(endpoint, now, exc)
         if self.failures:
             self._recovered(endpoint)
