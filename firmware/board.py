@@ -107,7 +107,7 @@ class Board:
         if self.key is None:
             self.send_hello()
         else:
-            self.send_offer()
+            self.send_offer(again=True)   # an offer still open is repeated, not replaced
 
     def send_hello(self):
         caps = _CAP_MPPT if self.cfg["role"] == "pv" else _CAP_ISLAND if self.cfg["role"] == "storage" else 0

@@ -600,6 +600,7 @@ class Decoder:
         self._dropping = False  # after an oversize frame: drop until the next 0x00
         self._sess = None       # Hmac of the session key in use
         self._pend = None       # edge: Hmac of the session answered, until the board uses it
+        self._pend_prev = None  # edge: the one answered before (its HELLO may still be coming)
         self._offered = None    # board: the nonce of its open offer
         self._last_seq = -1     # last accepted seq of the peer in this session
         self.sessions = 0       # sessions opened
@@ -636,12 +637,14 @@ class Decoder:
         """Edge: answer an OFFER with a fresh random u64 ``edge_nonce``; returns the SESSION
         payload. The new session becomes current with the board's first frame under it."""
         payload = pack_session(board_nonce, edge_nonce)
+        self._pend_prev = self._pend
         self._pend = Hmac(session_key(self._hmac, board_nonce, edge_nonce))
         return payload
 
     def _open(self, hm):
         self._sess = hm
         self._pend = None
+        self._pend_prev = None
         self._last_seq = -1
         self.sessions += 1
 
@@ -656,9 +659,10 @@ class Decoder:
             return encode_frame(msg_type, board_id, seq, payload, None, flags)
         if _handshake(msg_type, len(payload)):
             return encode_frame(msg_type, board_id, seq, payload, self._hmac, flags)
-        if self._sess is None:
+        sess = self._sess       # once: the edge's reader thread may open or drop a session
+        if sess is None:
             return None
-        return encode_frame(msg_type, board_id, seq, payload, self._sess, flags | FRAME_FLAG_SESSION)
+        return encode_frame(msg_type, board_id, seq, payload, sess, flags | FRAME_FLAG_SESSION)
 
     def resync(self):
         """Drop any partial frame (a port that was reopened); the session stays."""
@@ -671,6 +675,7 @@ class Decoder:
         self._dropping = False
         self._sess = None
         self._pend = None
+        self._pend_prev = None
         self._offered = None
         self._last_seq = -1
 
@@ -751,6 +756,8 @@ class Decoder:
                 pass
             elif self._pend is not None and _tags_equal(self._pend.digest(self._omv[:m]), out, m):
                 self._open(self._pend)           # the board's first frame of the new session
+            elif self._pend_prev is not None and _tags_equal(self._pend_prev.digest(self._omv[:m]), out, m):
+                self._open(self._pend_prev)      # (two offers crossed two answers)
             else:
                 self.auth_errors += 1
                 return None

@@ -602,6 +602,21 @@ def test_reflected_frames_are_refused():
     assert len(board.feed(hb_edge)) == 1 and len(edge.feed(tel)) == 1
 
 
+def test_a_replayed_offer_between_offer_and_hello_spoils_nothing():
+    """The edge answers a recorded OFFER after the board's real one: the board's HELLO under
+    the session it opened (the earlier answer) still opens it at the edge."""
+    board, edge = _pair()
+    old_offer, _, _ = _handshake(board, edge, 11, 22)
+    board.reset()
+    edge.reset()
+    edge.feed(board.encode(p.MSG_OFFER, 2, 1, board.offer(33)))
+    board.feed(edge.encode(p.MSG_SESSION, 2, 0, edge.answer(33, 44)))
+    assert [f[0] for f in edge.feed(old_offer)] == [p.MSG_OFFER]
+    edge.answer(11, 55)                      # the replay answered: now the latest answer
+    hello = board.encode(p.MSG_HELLO, 2, 2, p.pack_hello("storage", "2", 0, 7))
+    assert [f[0] for f in edge.feed(hello)] == [p.MSG_HELLO] and edge.session
+
+
 def test_edge_keeps_its_session_until_the_board_uses_the_new_one():
     """A replayed OFFER makes the edge answer, but its session stays until a frame under the
     answered one arrives, which only the board holding the offer can send."""

@@ -45,9 +45,9 @@ def _deliver(link, data):
             except P.ProtocolError:
                 continue
             edge_nonce = int.from_bytes(os.urandom(8), "little")
+            link.sessions_answered += 1
             link.send_raw(link.decoder.encode(P.MSG_SESSION, frame[1], 0,
                                               link.decoder.answer(board_nonce, edge_nonce)))
-            link.sessions_answered += 1
             continue
         try:
             link._on_frame(link.name, *frame)
