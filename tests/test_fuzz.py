@@ -2,9 +2,8 @@
 
 The campaign itself (>= 10^6 inputs, coverage-guided with atheris) is run by hand:
 ``python -m picogrid.tools.fuzz``. Here the seeded mutator runs 2,000 inputs per target in a
-few seconds, deterministically, and must find nothing; the findings of the campaign that are
-fixed are pinned as regressions below, and the ones still open are marked xfail with their
-reproducer, so the day they are fixed the xfail turns into a pass to be promoted.
+few seconds, deterministically, and must find nothing; the campaign's findings (F1, F2, fixed
+in 8558d7e) are pinned as regressions below.
 """
 
 import math
@@ -21,17 +20,11 @@ def test_a_short_random_campaign_finds_nothing_on_the_decoder(tmp_path):
     assert not c.findings, c.summary()["findings"]
 
 
-def test_a_short_random_campaign_on_the_feed_client_finds_only_the_open_findings(tmp_path):
+def test_a_short_random_campaign_finds_nothing_on_the_feed_client(tmp_path):
     c = fuzz.Campaign(tmp_path, slow_s=30.0)
     n, _ = fuzz.run_random(c, ("labfeed",), 2000, None, seed=7)
-    assert n == 2000
-    # through the wire (LabFeed.get over HTTP) nothing escapes; parse() called directly, on
-    # what plain json.loads gives (ints past the float range) or on Python structures deeper
-    # than the recursion limit, still has the open findings F1, F2 of docs/fuzzing.md
-    over_the_wire = [f for f in c.findings.values() if "structure" not in f["via"] and "parse(" not in f["via"]]
-    assert not over_the_wire, over_the_wire
-    open_kinds = {"RecursionError", "OverflowError"}
-    assert {f["exception"] for f in c.findings.values()} <= open_kinds
+    assert n == 2000 and c.inputs["labfeed"] == 2000
+    assert not c.findings, c.summary()["findings"]
 
 
 def test_the_oracle_sees_an_undocumented_exception(tmp_path, monkeypatch):
@@ -79,23 +72,22 @@ def _nested(depth):
     return v
 
 
-@pytest.mark.xfail(strict=False, reason="open finding F1 (docs/fuzzing.md): parse() reprs the payload "
-                                        "into its message; a structure past the recursion limit raises "
-                                        "RecursionError, not ValueError")
 def test_parse_of_a_structure_past_the_recursion_limit_is_a_value_error():
+    """Finding F1 (fixed in 8558d7e): parse() put the payload's repr in its message, and a
+    structure past the recursion limit raised RecursionError instead of ValueError."""
     with pytest.raises(ValueError):
         fuzz._import_targets()
         fuzz.labfeed.parse("sun", _nested(5000))
 
 
-@pytest.mark.xfail(strict=False, reason="open finding F2 (docs/fuzzing.md): parse() calls math.isfinite/"
-                                        "float on an int past the float range: OverflowError, not ValueError")
 @pytest.mark.parametrize("endpoint, payload", [
     ("sun", {"tick": 0, "sun": 10 ** 400}),
     ("price", {"day": 10 ** 400, "tick": 0, "sell_price": 1, "buy_price": 1}),
     ("deferables", [{"start": 10 ** 400, "end": 1, "energy": 1}]),
 ])
 def test_parse_of_an_int_past_the_float_range_is_a_value_error(endpoint, payload):
+    """Finding F2 (fixed in 8558d7e): math.isfinite/float of an int past the float range raised
+    OverflowError instead of ValueError."""
     fuzz._import_targets()
     with pytest.raises(ValueError):
         fuzz.labfeed.parse(endpoint, payload)

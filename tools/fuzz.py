@@ -368,9 +368,16 @@ def http_answer(body: bytes) -> bytes:
     return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body
 
 
+_NODES = [0]
+NODE_BUDGET = 4000      # values per structure: objects of objects would otherwise grow as 9**depth
+
+
 def _structure(data: bytes, pos: int = 0, depth: int = 0):
     """An arbitrary JSON-ish Python value read from ``data`` (returns value, next position)."""
-    if pos >= len(data):
+    if depth == 0:
+        _NODES[0] = 0
+    _NODES[0] += 1
+    if pos >= len(data) or _NODES[0] > NODE_BUDGET:
         return None, pos
     b = data[pos]
     pos += 1
@@ -606,12 +613,13 @@ def run_random(campaign: Campaign, targets, runs: int, seconds: float | None, se
 
 
 # ------------------------------------------------------------------ atheris engine
-def _atheris_child(target: str, out: pathlib.Path, runs: int, seconds: float | None, extra: list[str]):
+def _atheris_child(target: str, out: pathlib.Path, runs: int, seconds: float | None, extra: list[str],
+                   attempt: int = 0):
     """Runs in a child process: libFuzzer exits the process when done, so stats go to a file."""
     import atheris
     _import_targets(instrument=True)
     campaign = Campaign(out, slow_s=2.0)
-    stats = out / "stats.json"
+    stats = out / f"stats-{attempt}.json"
     t0 = time.monotonic()
 
     def dump():
@@ -624,52 +632,85 @@ def _atheris_child(target: str, out: pathlib.Path, runs: int, seconds: float | N
     def one(data):
         campaign.run_one(target, data)
         n = campaign.inputs[target]
-        if n % 20000 == 0 or n == runs:
+        if n % 2000 == 0 or n == runs:
             dump()
 
     corpus = out / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     for k, s in enumerate(seeds(target)):
         (corpus / f"seed{k:03d}").write_bytes(s)
-    argv = [sys.argv[0], str(corpus), f"-runs={runs}", f"-max_len={MAX_LEN[target]}", "-timeout=10",
-            "-rss_limit_mb=2048", "-print_final_stats=1", "-len_control=50"] + extra
+    (out / "artifacts").mkdir(exist_ok=True)
+    argv = [sys.argv[0], str(corpus), f"-runs={runs}", f"-max_len={MAX_LEN[target]}", "-timeout=60",
+            "-rss_limit_mb=2048", "-print_final_stats=1", "-len_control=50",
+            f"-artifact_prefix={out / 'artifacts'}/"] + extra
     if seconds:
-        argv.append(f"-max_total_time={int(seconds)}")
-    import atexit
-    atexit.register(dump)
+        argv.append(f"-max_total_time={max(1, int(seconds))}")
     atheris.Setup(argv, one)
     dump()
     atheris.Fuzz()
 
 
-def start_atheris(target: str, out: pathlib.Path, runs: int, seconds: float | None, extra: list[str]):
-    """Start one target's libFuzzer child (the targets run side by side, one process each)."""
+def run_atheris(target: str, out: pathlib.Path, runs: int, seconds: float | None, extra: list[str],
+                max_attempts: int = 6) -> dict:
+    """One target's libFuzzer campaign, restarted on its corpus when libFuzzer stops early (a
+    timeout or an out-of-memory stops the process: the unit is kept under ``artifacts/`` and
+    re-timed here without instrumentation, the campaign goes on from the coverage reached)."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "picogrid.tools.fuzz", "--child", target, "--out", str(out), "--runs", str(runs)]
-    if seconds:
-        cmd += ["--seconds", str(seconds)]
-    cmd += ["--"] + extra
-    logf = open(out / "libfuzzer.log", "w")
-    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf, time.monotonic()
-
-
-def finish_atheris(out: pathlib.Path, started) -> dict:
-    proc, logf, t0 = started
-    rc = proc.wait()
-    logf.close()
-    elapsed = time.monotonic() - t0
-    text = (out / "libfuzzer.log").read_text(errors="replace")
-    stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").exists() else {}
+    t_start = time.monotonic()
+    total = {"inputs": {t: 0 for t in TARGETS}, "findings": {}, "stops": [], "slowest_input_s": 0.0}
     cov = ft = None
-    for line in text.splitlines():
-        parts = line.split()
-        if "cov:" in parts:
-            cov = int(parts[parts.index("cov:") + 1])
-        if "ft:" in parts:
-            ft = int(parts[parts.index("ft:") + 1])
-    stats.update(rc=rc, wall_s=round(elapsed, 1), libfuzzer_cov=cov, libfuzzer_ft=ft,
-                 libfuzzer_tail=text.splitlines()[-12:])
-    return stats
+    attempt = 0
+    while attempt < max_attempts:
+        left_runs = runs - total["inputs"][target]
+        left_s = None if seconds is None else seconds - (time.monotonic() - t_start)
+        if left_runs <= 0 or (left_s is not None and left_s < 5):
+            break
+        cmd = [sys.executable, "-m", "picogrid.tools.fuzz", "--child", target, "--attempt", str(attempt),
+               "--out", str(out), "--runs", str(left_runs)] + (["--seconds", str(left_s)] if left_s else []) + ["--"] + extra
+        log = out / f"libfuzzer-{attempt}.log"
+        with open(log, "w") as logf:
+            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        text = log.read_text(errors="replace")
+        st_path = out / f"stats-{attempt}.json"
+        st = json.loads(st_path.read_text()) if st_path.exists() else {"inputs": {}, "findings": []}
+        n = st["inputs"].get(target, 0)
+        for line in text.splitlines():
+            parts = line.split()
+            if "cov:" in parts:
+                cov = int(parts[parts.index("cov:") + 1])
+            if "ft:" in parts:
+                ft = int(parts[parts.index("ft:") + 1])
+            if line.startswith("stat::number_of_executed_units:"):
+                n = max(n, int(line.split(":")[-1]))
+        total["inputs"][target] += n
+        total["slowest_input_s"] = max(total["slowest_input_s"], st.get("slowest_input_s", 0.0))
+        for f in st["findings"]:
+            key = (f["via"], f["exception"], f["where"])
+            if key in total["findings"]:
+                total["findings"][key]["count"] += f["count"]
+            else:
+                total["findings"][key] = f
+        stop = next((l for l in text.splitlines() if "ERROR: libFuzzer:" in l), None)
+        if stop:
+            unit = next((l.split("written to ")[-1].strip() for l in text.splitlines() if "Test unit written to" in l), None)
+            retimed = None
+            if unit and os.path.exists(unit):
+                data = pathlib.Path(unit).read_bytes()
+                t1 = time.perf_counter()
+                try:
+                    (fuzz_protocol if target == "protocol" else fuzz_labfeed)(data)
+                except Exception:   # noqa: BLE001 - the oracle's verdict was taken in the child
+                    pass
+                retimed = round(time.perf_counter() - t1, 4)
+            total["stops"].append({"attempt": attempt, "error": stop.strip(), "unit": unit,
+                                   "uninstrumented_rerun_s": retimed, "inputs_before": n})
+        attempt += 1
+        if rc == 0 and not stop:
+            break
+    el = time.monotonic() - t_start
+    return {"inputs": total["inputs"], "elapsed_s": round(el, 1), "attempts": attempt,
+            "slowest_input_s": total["slowest_input_s"], "libfuzzer_cov": cov, "libfuzzer_ft": ft,
+            "libfuzzer_stops": total["stops"], "findings": list(total["findings"].values())}
 
 
 # ------------------------------------------------------------------ command line
@@ -683,11 +724,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="var/fuzz")
     ap.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
+    ap.add_argument("--attempt", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help="after --: libFuzzer options (atheris engine)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     if args.child:
-        return _atheris_child(args.child, out, args.runs, args.seconds, args.extra)
+        return _atheris_child(args.child, out, args.runs, args.seconds, args.extra, args.attempt)
     engine = args.engine
     if engine is None:
         try:
@@ -699,18 +741,25 @@ def main(argv=None):
     report = {"engine": engine, "command": " ".join(["python -m picogrid.tools.fuzz"] + (argv or sys.argv[1:])),
               "targets": {}}
     status = 0
-    started = {t: start_atheris(t, out / t, args.runs, args.seconds, args.extra)
-               for t in (targets if engine == "atheris" else ())}
+    results = {}
+    if engine == "atheris":      # the targets side by side, one libFuzzer process each
+        import threading
+        threads = [threading.Thread(target=lambda t=t: results.__setitem__(
+            t, run_atheris(t, out / t, args.runs, args.seconds, args.extra))) for t in targets]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     for target in targets:
         if engine == "atheris":
-            s = finish_atheris(out / target, started[target])
+            s = results[target]
         else:
             c = Campaign(out / target)
             n, el = run_random(c, (target,), args.runs, args.seconds, args.seed, log_every=100_000)
             s = c.summary()
             s.update(elapsed_s=round(el, 2), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         n = sum(s.get("inputs", {}).values())
-        el = s.get("elapsed_s") or s.get("wall_s") or 1.0
+        el = s.get("elapsed_s") or 1.0
         s["rate_per_s"] = round(n / el) if el else None
         report["targets"][target] = s
         print(f"{target}: {n} inputs in {el:.1f} s ({s['rate_per_s']}/s)"
