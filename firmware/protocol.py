@@ -603,6 +603,8 @@ class Decoder:
         self._pend_prev = None  # edge: the one answered before (its HELLO may still be coming)
         self._offered = None    # board: the nonce of its open offer
         self._last_seq = -1     # last accepted seq of the peer in this session
+        self._prev = None       # board: the session before, until the edge uses the new one
+        self._prev_seq = -1     # ...and its window
         self.sessions = 0       # sessions opened
         self.frames_ok = 0
         self.crc_errors = 0
@@ -641,7 +643,10 @@ class Decoder:
         self._pend = Hmac(session_key(self._hmac, board_nonce, edge_nonce))
         return payload
 
-    def _open(self, hm):
+    def _open(self, hm, keep_prev=False):
+        # keep_prev (board): frames the edge sent under the session before, until its first
+        # frame under the new one, are still taken in that session's window
+        self._prev, self._prev_seq = (self._sess, self._last_seq) if keep_prev else (None, -1)
         self._sess = hm
         self._pend = None
         self._pend_prev = None
@@ -678,6 +683,8 @@ class Decoder:
         self._pend_prev = None
         self._offered = None
         self._last_seq = -1
+        self._prev = None
+        self._prev_seq = -1
 
     # -- bytes in -----------------------------------------------------------------
     def feed(self, data):
@@ -753,7 +760,14 @@ class Decoder:
         m -= TAG_LEN
         if flags & FRAME_FLAG_SESSION:
             if self._sess is not None and _tags_equal(self._sess.digest(self._omv[:m]), out, m):
-                pass
+                self._prev = None                # the edge uses the new session
+            elif self._prev is not None and _tags_equal(self._prev.digest(self._omv[:m]), out, m):
+                if seq <= self._prev_seq:        # the session before, still in its window
+                    self.replay_errors += 1
+                    return None
+                self._prev_seq = seq
+                self.frames_ok += 1
+                return msg_type, board_id, seq, bytes(self._omv[HEADER_LEN:m])
             elif self._pend is not None and _tags_equal(self._pend.digest(self._omv[:m]), out, m):
                 self._open(self._pend)           # the board's first frame of the new session
             elif self._pend_prev is not None and _tags_equal(self._pend_prev.digest(self._omv[:m]), out, m):
@@ -778,6 +792,6 @@ class Decoder:
                     self.replay_errors += 1      # not the answer to the open offer
                     return None
                 self._offered = None
-                self._open(Hmac(session_key(self._hmac, board_nonce, edge_nonce)))
+                self._open(Hmac(session_key(self._hmac, board_nonce, edge_nonce)), True)
         self.frames_ok += 1
         return msg_type, board_id, seq, bytes(self._omv[HEADER_LEN:m])

@@ -617,6 +617,28 @@ def test_a_replayed_offer_between_offer_and_hello_spoils_nothing():
     assert [f[0] for f in edge.feed(hello)] == [p.MSG_HELLO] and edge.session
 
 
+def test_board_takes_the_session_before_until_the_edge_uses_the_new_one():
+    """A renegotiation on one connection: a setpoint the edge sent under the old session while
+    the SESSION answer was on its way is applied (in the old window), not once more, and not
+    after the edge's first frame under the new session."""
+    board, edge = _pair()
+    _handshake(board, edge, 11, 22)
+    early = edge.encode(p.MSG_SETPOINT, 2, 7, p.pack_setpoint(1, 0, 1.0))
+    assert len(board.feed(early)) == 1
+    board.feed(edge.encode(p.MSG_HELLO, 2, 8, b""))
+    edge.feed(board.encode(p.MSG_OFFER, 2, 3, board.offer(33)))
+    answer = edge.encode(p.MSG_SESSION, 2, 0, edge.answer(33, 44))
+    crossing = edge.encode(p.MSG_SETPOINT, 2, 9, p.pack_setpoint(2, 0, 1.0))   # still the old key
+    board.feed(answer)
+    assert len(board.feed(crossing)) == 1 and board.feed(crossing + early) == []
+    assert board.replay_errors == 2
+    edge.feed(board.encode(p.MSG_HELLO, 2, 4, p.pack_hello("storage", "2", 0, 7)))
+    assert len(board.feed(edge.encode(p.MSG_SETPOINT, 2, 10, p.pack_setpoint(3, 0, 1.0)))) == 1
+    late = p.encode_frame(p.MSG_SETPOINT, 2, 11, p.pack_setpoint(4, 0, 1.0), p.session_key(TEST_KEY, 11, 22),
+                          p.FRAME_FLAG_TO_BOARD | p.FRAME_FLAG_SESSION)
+    assert board.feed(late) == [] and board.auth_errors == 1
+
+
 def test_edge_keeps_its_session_until_the_board_uses_the_new_one():
     """A replayed OFFER makes the edge answer, but its session stays until a frame under the
     answered one arrives, which only the board holding the offer can send."""
