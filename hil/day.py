@@ -279,7 +279,7 @@ class Day:
         r = self.runner
         d = r.deferrable
         deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
-        s, perfect_foresight = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.e0_j,
+        s, perfect_foresight = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.start_energy_j,
                                    r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable,
                                    mpc_perfect_rows=rows.get("mpc_perfect"),
                                    mpc_perfect_statuses=self.sides["mpc_perfect"].runner.statuses

@@ -548,18 +548,26 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     # the reference (the summary then gives no capture against this bench)
     store = Store(tmp_path / "picogrid.sqlite")
     store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
-    runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=store, forecaster=None, t0=0.0,
+    fleet = Fleet(board_ids(site))
+    runner = EdgeRunner(site, src, fleet, store=store, forecaster=None, t0=0.0,
                         policy="mpc_perfect", record="dispatch")
+    seq = iter(range(1, 100))
+    storage_reports = lambda: fleet.on_frame(  # noqa: E731  (the storage board at 9 V, idle: 20 J stored)
+        "storage", P.MSG_TELEMETRY, fleet.boards["storage"].board_id, next(seq),
+        P.pack_telemetry(1000 * next(seq), 7.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
+    storage_reports()
     assert runner.tick(0).status == "solved_exact"
     day = src.truth()
     src.truth = lambda: {"pv_available_w": day["pv_available_w"]}   # the meters' part of the day only
     _, sources = runner.true_future(k)
     assert set(sources.values()) == {"seasonal_naive:KeyError"}
+    storage_reports()
     decision = runner.tick(1)
     assert decision.status == "fallback:no_true_future" and "seasonal_naive:KeyError" in decision.reason
     assert runner.statuses == ["solved_exact", "fallback:no_true_future"]
     # the whole day, but a price the optimiser cannot use: the solver's fallback, said alike
     src.truth = lambda: dict(day, import_price_per_j=np.full(len(day["import_price_per_j"]), np.nan))
+    storage_reports()
     assert runner.tick(2).status.startswith("fallback:non-finite input")
     kinds = [r[0] for r in store.conn.execute("SELECT kind FROM event").fetchall()]
     assert kinds == ["reference_fallback", "reference_fallback"]
@@ -647,3 +655,38 @@ def test_the_rule_planner_plans_one_tick_from_what_is_known_now():
     assert decision.p_storage_w == pytest.approx(-cfg.p_ch_max_w)                 # charging at its limit
     assert decision.p_grid_w == pytest.approx(-cfg.p_exp_max_w)                   # exporting at its limit
     assert decision.pv_cap_w + decision.p_storage_w + decision.p_grid_w == pytest.approx(float(np.sum(demand)))
+
+
+def test_a_silent_storage_board_hands_the_tick_to_the_safe_rule(tmp_path):
+    """The storage board's last report older than the boards' watchdog (it has gone quiet): its
+    estimate is stale, so the tick is decided by the safe rule with the storage idle, and the
+    record says why; a fresh report brings the plan back."""
+    from picogrid.edge.control.runner import EdgeRunner
+    from picogrid.edge.control.store import Store
+    from picogrid.edge.site import board_ids
+
+    site = load_site()
+    n_ticks = int(site["bench"]["n_ticks"])
+    now = [1000.0]
+    fleet = Fleet(board_ids(site), clock=lambda: now[0])
+    store = Store(tmp_path / "picogrid.sqlite")
+    store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
+    runner = EdgeRunner(site, ScenarioSource(_scenario(n_days=3, n_ticks=n_ticks), n_ticks), fleet, store=store,
+                        forecaster=None, t0=now[0], policy="naive", record="all", clock=lambda: now[0])
+    seq = iter(range(1, 100))
+
+    def storage_reports():   # the storage board at 9 V, idle: 20 J stored
+        fleet.on_frame("storage", P.MSG_TELEMETRY, fleet.boards["storage"].board_id, next(seq),
+                       P.pack_telemetry(1000 * next(seq), 7.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
+
+    storage_reports()
+    assert runner.tick(0).status == "naive"
+    now[0] += float(site["bench"]["watchdog_ms"]) / 1000 + 1.0       # quiet for longer than its watchdog
+    decision = runner.tick(1)
+    assert decision.status == "fallback:no_storage_estimate" and "stale" in decision.reason
+    assert decision.p_storage_w == 0.0 and runner.last_setpoints["storage"][1] == 0.0
+    texts = [r[0] for r in store.conn.execute("SELECT detail FROM event WHERE kind='no_telemetry'")]
+    assert texts and "safe rule" in texts[-1]
+    storage_reports()
+    assert runner.tick(2).status == "naive"
+    store.close()

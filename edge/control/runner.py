@@ -17,6 +17,7 @@ from picogrid.edge.control.planners import PLANNERS
 from picogrid.edge.control import estimate
 from picogrid.edge.control import metering
 from picogrid.edge.sources.deferrable import DeferrableLoad
+from picogrid.edge.boards import plausibility
 from picogrid.edge.boards.health import Health
 from picogrid.edge.control.operator import Operator
 from picogrid.firmware import protocol as P
@@ -80,6 +81,13 @@ class EdgeRunner:
         if self.planner.one_plan:
             self.cfg = self.cfg.replace(scenario_weights=None, scenario_quantiles=None)
         self.c_storage_f, self.esr_storage_ohm = estimate.supercapacitor(site)
+        self.v_storage_max_v = estimate.storage_voltage_max_v(site)
+        # storage telemetry older than the boards' watchdog is no estimate: the board is in failsafe
+        self.storage_max_age_s = float(site["bench"]["watchdog_ms"]) / 1000.0
+        self.energy_note = None          # why there is no storage estimate this tick, if there is none
+        fleet.plausibility = plausibility.Plausibility(site)    # the site's bounds on telemetry
+        if store is not None:
+            store.t0 = t0                                       # time base of its outage events
         self.mpc = MpcController(self.cfg) if self.planner.solves else None
         self.tick_s = float(site["bench"]["tick_s"])
         self.n_ticks = int(site["bench"]["n_ticks"])
@@ -108,17 +116,20 @@ class EdgeRunner:
         self.error_days = self.cfg.error_days if self.planner.error_scenarios else 0
         self._points = {}
 
+    @property
+    def start_energy_j(self):
+        """Stored energy at the day's first estimate [J]; the storage's floor if there was none."""
+        return self.cfg.e_min_j if self.e0_j is None else self.e0_j
+
     # -- stages ----------------------------------------------------------------------
     def observe(self):
         """``(snapshot, e_j, islanded)``: the fleet's snapshot (name -> board state), the
-        stored energy [J] estimated from the storage board's telemetry (``None`` without it),
+        stored energy [J] estimated from the storage board's telemetry (``None`` without a fresh,
+        physical one: :attr:`energy_note` says why),
         and whether the grid is out (the grid board reports no supply or has gone quiet)."""
         snap = self.fleet.snapshot()
-        st = snap["storage"]["telemetry"]
-        e_j = None
-        if st is not None:
-            e_j = estimate.storage_energy_j(st["v_port_v"], st["i_port_a"], self.c_storage_f,
-                                            self.esr_storage_ohm)
+        e_j, self.energy_note = estimate.storage_estimate(snap["storage"], self.fleet.clock(), self.storage_max_age_s,
+                                                          self.c_storage_f, self.esr_storage_ohm, self.v_storage_max_v)
         grid = snap["grid"]["telemetry"]
         # a grid board that reports no supply, or says nothing at all, means no grid
         islanded = bool(grid and grid["flags"] & P.FLAG_ISLANDED) or self.health.stale["grid"]
@@ -408,7 +419,8 @@ class EdgeRunner:
                              auth_errors=errs.get("auth_errors", 0), replay_errors=errs.get("replay_errors", 0),
                              failsafe_events=self.fleet.boards[name].failsafe_events,
                              replayed_hellos=s.get("replayed_hellos", 0),
-                             t_ms_regressions=s.get("t_ms_regressions", 0))
+                             t_ms_regressions=s.get("t_ms_regressions", 0),
+                             bad_data=plausibility.rejected(self.fleet, name))
         self.store.commit()
 
     # -- the tick --------------------------------------------------------------------
@@ -428,13 +440,18 @@ class EdgeRunner:
         self.update_jobs()
         self.check_health(t_start - self.t0)
         snap, e_j, islanded = self.observe()
-        if e_j is None:
-            e_j = self.cfg.e_min_j
+        if e_j is None:     # no estimate: the safe rule, which leaves the storage idle
             if self.record_all:
-                self.store.event(t_start - self.t0, "storage", "no_telemetry", "tick %d: energy assumed empty" % k)
-        if self.e0_j is None:
-            self.e0_j = e_j
-        decision, fc, src, pv_now = self.planner.plan(k, e_j, islanded)
+                self.store.event(t_start - self.t0, "storage", "no_telemetry",
+                                 "tick %d: %s; the safe rule decides, storage idle" % (k, self.energy_note))
+            decision, pv_now = self.decide_naive(k, float("nan"), islanded)
+            decision.status = "fallback:no_storage_estimate"
+            decision.reason = self.energy_note or "no storage estimate"
+            fc, src = {}, {}
+        else:
+            if self.e0_j is None:
+                self.e0_j = e_j
+            decision, fc, src, pv_now = self.planner.plan(k, e_j, islanded)
         planned = dispatch.setpoints(decision, pv_now, self.v_ref, islanded, self.source.now(k)[0],
                                      deferrable_load=self.deferrable.board if self.deferrable else None)
         sp, operator_note = planned, ""

@@ -112,7 +112,7 @@ class EdgeService:
             rows = [dict(r) for r in self.store.conn.execute(
                 "SELECT * FROM dispatch WHERE run_id=? AND policy='mpc' ORDER BY tick", (self.store.run_id,))]
             truth = {k: v[:len(rows)] for k, v in self.source.truth().items()}
-            s, perfect_foresight = report.summary(rows, [], truth, self.runner.cfg, self.runner.e0_j,
+            s, perfect_foresight = report.summary(rows, [], truth, self.runner.cfg, self.runner.start_energy_j,
                                        self.runner.solve_times_s, self.runner.statuses, self.runner.solve_cpu_s)
             for t, row in enumerate(report.baseline_rows(perfect_foresight, truth, self.runner.cfg.dt_s)):
                 self.store.dispatch("perfect_foresight", t, row)
