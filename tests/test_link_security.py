@@ -314,3 +314,24 @@ def test_wrongly_keyed_serial_board_is_reported(bench):
     finally:
         for link in links.values():
             link.close()
+
+
+def test_keyed_boards_that_restart_open_a_new_session_by_themselves(bench):
+    """A keyed board that resets (serial: its boot OFFER; TCP: the edge's link reconnects) is
+    back in a new session without the edge asking, and its setpoints are acked again."""
+    fleet = Fleet({n: b["id"] for n, b in bench.boards.items()})
+    links = bench.open_links(fleet.on_frame, fleet)
+    try:
+        assert _wait_hello(fleet, "load1") and _wait_hello(fleet, "load2")
+        before = {n: links[n].decoder.sessions for n in links}
+        for name in ("load1", "load2"):
+            bench.kill_board(name)
+            bench.start_board(name)
+        assert _wait(lambda: all(links[n].decoder.sessions > before[n] for n in links), 15.0)
+        for tick in (1, 2):
+            sent = {n: fleet.send_setpoint(n, tick, P.MODE_NORMAL, 0.3) for n in links}
+            acks = fleet.wait_acks(sent, 3.0)
+            assert {n: a[0] for n, a in acks.items()} == {"load1": P.ACK_OK, "load2": P.ACK_OK}
+    finally:
+        for link in links.values():
+            link.close()
