@@ -16,9 +16,18 @@ _KEY = bytes(range(32))
 _N = 5000
 
 
+#: the session's nonces (PROTOCOL.md section 6): keyed telemetry travels under the session key
+_BOARD_NONCE, _EDGE_NONCE = 1, 2
+
+
 def _frames(key):
+    """Telemetry as boards send it: plain, or under the session key with the session flag."""
+    if key is None:
+        tag_key, flags = None, 0
+    else:
+        tag_key, flags = P.session_key(key, _BOARD_NONCE, _EDGE_NONCE), P.FRAME_FLAG_SESSION
     return [P.encode_frame(P.MSG_TELEMETRY, 1 + k % 6, k + 1,
-                           P.pack_telemetry(k, 7.0, 5.0, 0.5, 2.5, 2.6, float(k), 2.5, 0), key=key)
+                           P.pack_telemetry(k, 7.0, 5.0, 0.5, 2.5, 2.6, float(k), 2.5, 0), key=tag_key, flags=flags)
             for k in range(_N)]
 
 
@@ -28,7 +37,9 @@ def decode_rate(key, repeats=3):
     chunks = [stream[i:i + 512] for i in range(0, len(stream), 512)]
     best = float("inf")
     for _ in range(repeats):
-        dec = P.Decoder(key=key)
+        dec = P.Decoder(key=key, side=P.SIDE_EDGE)
+        if key is not None:          # the edge answered the boards' offer: that session is open
+            dec.answer(_BOARD_NONCE, _EDGE_NONCE)
         t = time.perf_counter()
         n = sum(len(dec.feed(c)) for c in chunks)
         best = min(best, time.perf_counter() - t)

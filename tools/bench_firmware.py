@@ -74,13 +74,22 @@ def codec():
     for k in range(500):
         P.encode_frame(P.MSG_TELEMETRY, 1, k + 1, P.pack_telemetry(k, 7.0, 5.0, 0.5, 2.5, 2.6, 1.0, 2.5, 0))
     tele = time.ticks_diff(time.ticks_us(), t) / 500
-    frames = [P.encode_frame(P.MSG_SETPOINT, 1, k + 1, P.pack_setpoint(k, 0, 0.5), key) for k in range(200)]
-    dec = P.Decoder(key=key)
+    # a keyed board's session (PROTOCOL.md section 6): its offer, the edge's SESSION under the
+    # board key, then setpoints under the session key, each marked edge -> board
+    dec = P.Decoder(key=key, side=P.SIDE_BOARD)
+    dec.offer(1)
+    dec.feed(P.encode_frame(P.MSG_SESSION, 1, 1, P.pack_session(1, 2), key, P.FRAME_FLAG_TO_BOARD))
+    skey, flags = P.session_key(key, 1, 2), P.FRAME_FLAG_TO_BOARD | P.FRAME_FLAG_SESSION
+    frames = [P.encode_frame(P.MSG_SETPOINT, 1, k + 2, P.pack_setpoint(k, 0, 0.5), skey, flags) for k in range(200)]
     t = time.ticks_us()
+    n = 0
     for f in frames:
         for fr in dec.feed(f):
             P.unpack_setpoint(fr[3])
+            n += 1
     sp = time.ticks_diff(time.ticks_us(), t) / 200
+    if n != 200:
+        raise RuntimeError("decoded %d of 200 setpoints" % n)
     return tele, sp
 
 
