@@ -100,3 +100,33 @@ def test_unpack_round_trip_holds_on_the_test_vectors():
         if s[0] == 1:
             fuzz._unpack_all(s[2:])
     assert math.isfinite(fuzz.P.unpack_setpoint(fuzz.P.pack_setpoint(1, 0, 2.5))[2])
+
+
+def test_the_session_conversation_opens_a_session_and_sees_a_replay(monkeypatch):
+    """The keyed-link harness (protocol v2) gets frames accepted both ways, and a decoder that
+    forgot its replay window would be caught by its at-most-once oracle."""
+    fuzz._import_targets()
+    P = fuzz.P
+    script = fuzz.seeds("protocol")[-1]
+    accepted = []
+    feed = P.Decoder.feed
+
+    def counting(self, data):
+        frames = feed(self, data)
+        accepted.extend((self.side, f[0]) for f in frames)
+        return frames
+
+    monkeypatch.setattr(P.Decoder, "feed", counting)
+    fuzz._conversation(script)
+    assert (P.SIDE_EDGE, P.MSG_TELEMETRY) in accepted and (P.SIDE_BOARD, P.MSG_SETPOINT) in accepted
+    # replay a board frame at the edge with the window check disabled: a finding
+    monkeypatch.setattr(P.Decoder, "feed", feed)
+    frame = P.Decoder._frame
+
+    def forgetful(self, n):
+        self._last_seq = -1
+        return frame(self, n)
+
+    monkeypatch.setattr(P.Decoder, "_frame", forgetful)
+    with pytest.raises(fuzz.Finding, match="accepted twice"):
+        fuzz._conversation(script)

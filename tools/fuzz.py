@@ -160,7 +160,7 @@ def input_kind(target: str, data: bytes) -> str:
         return "empty"
     if target == "protocol":
         return ("raw stream to Decoder", "raw payload to unpack_*/COBS", "valid frames to Decoder",
-                "valid frames to Decoder")[data[0] % 4]
+                "keyed session conversation")[data[0] % 4]
     return "/%s %s" % (ENDPOINTS[data[0] % 5], ("HTTP body", "HTTP body, nesting amplified", "HTTP body, number amplified",
                                                 "HTTP body, repeated", "Python structure to parse")[(data[0] // 5) % 5])
 
@@ -168,10 +168,9 @@ def input_kind(target: str, data: bytes) -> str:
 # ------------------------------------------------------------------ protocol oracle
 def _unpack_all(payload: bytes) -> None:
     """Every unpack_* on ``payload``: only ProtocolError, and what one accepts packs back."""
-    for name, repack in (("hello", lambda v: P.pack_hello(*v)), ("telemetry", lambda v: P.pack_telemetry(*v)),
-                         ("setpoint", lambda v: P.pack_setpoint(*v)), ("ack", lambda v: P.pack_ack(*v)),
-                         ("event", lambda v: P.pack_event(*v)), ("heartbeat", lambda v: P.pack_heartbeat(*v))):
-        _unpack_one(name, getattr(P, "unpack_" + name), repack, payload)
+    for name in sorted(set(_by_type().values())):
+        repack = getattr(P, "pack_" + name)
+        _unpack_one(name, getattr(P, "unpack_" + name), lambda v, r=repack: r(*v), payload)
 
 
 def _unpack_one(name, unpack, repack, payload):
@@ -195,6 +194,9 @@ def _by_type():
     if _BY_TYPE is None:
         _BY_TYPE = {P.MSG_HELLO: "hello", P.MSG_TELEMETRY: "telemetry", P.MSG_SETPOINT: "setpoint",
                     P.MSG_ACK: "ack", P.MSG_EVENT: "event", P.MSG_HEARTBEAT: "heartbeat"}
+        for name in ("offer", "session"):            # protocol v2's handshake (PROTOCOL.md section 6)
+            if hasattr(P, "MSG_" + name.upper()):
+                _BY_TYPE[getattr(P, "MSG_" + name.upper())] = name
     return _BY_TYPE
 
 
@@ -265,6 +267,97 @@ def _valid_payload(msg_type, raw: bytes) -> bytes:
     return P.pack_telemetry(u32, *(float(struct.unpack_from("<h", r, 4 + 2 * k)[0]) for k in range(7)), r[20] | r[21] << 8)
 
 
+def _conversation(data: bytes) -> None:
+    """A keyed link's two ends (protocol v2: a board-side and an edge-side Decoder) talking,
+    the input scripting who sends what and what the wire does to it: deliver, drop, replay an
+    old frame, reflect a frame to its sender, flip a bit, reset an end (a new connection),
+    re-offer. Beyond "never raises", the security properties of PROTOCOL.md section 6:
+    an end accepts only frames its peer encoded (nothing forged, nothing reflected), and a
+    session frame is accepted at most once by an end (no replay)."""
+    SB, SE = P.SIDE_BOARD, P.SIDE_EDGE
+    ends = {SB: P.Decoder(key=KEY, side=SB), SE: P.Decoder(key=KEY, side=SE)}
+    sent = {SB: set(), SE: set()}       # (type, id, seq, payload) each end encoded
+    wire = []                           # (from, bytes) every frame put on the wire
+    queue = []                          # indices into wire, in flight
+    seen_session = {SB: set(), SE: set()}   # session frames (bytes) each end accepted
+    seq = {SB: 0, SE: 0}
+    bid = data[1] if len(data) > 1 else 1
+    edge_nonce = [_nonce(data[2:10]) & 0xFFFFFFFF]
+
+    def send(side, msg_type, payload):
+        frame = ends[side].encode(msg_type, bid, seq[side], payload)
+        if frame is not None:
+            sent[side].add((msg_type, bid, seq[side], payload))
+            wire.append((side, frame))
+            queue.append(len(wire) - 1)
+        seq[side] += 1
+
+    def deliver(to, frame):
+        other = SE if to == SB else SB
+        before = ends[to].frames_ok
+        frames = ends[to].feed(frame)
+        if len(frames) != ends[to].frames_ok - before:
+            raise Finding("feed returned %d frames, frames_ok grew by %d" % (len(frames), ends[to].frames_ok - before))
+        for f in frames:
+            if f not in sent[other]:
+                raise Finding("%s end accepted a frame its peer never sent: %r" % ("board" if to == SB else "edge", f))
+            if f[0] == P.MSG_OFFER and to == SE:          # the edge answers every offer
+                (nonce,) = P.unpack_offer(f[3])
+                edge_nonce[0] += 1                          # fresh per answer, as os.urandom's
+                send(SE, P.MSG_SESSION, ends[SE].answer(nonce, edge_nonce[0]))
+        try:
+            parsed = P.cobs_decode(frame[:-1]) if frame[-1:] == b"\x00" and b"\x00" not in frame[:-1] else None
+        except P.ProtocolError:
+            parsed = None
+        if frames and parsed is not None and parsed[3] & P.FRAME_FLAG_SESSION:
+            if frame in seen_session[to]:
+                raise Finding("session frame accepted twice (a replay): %s" % frame.hex())
+            seen_session[to].add(frame)
+
+    i = 2
+    while i < len(data):
+        op, arg = data[i] % 10, data[i + 1] if i + 1 < len(data) else 0
+        i += 2
+        if op == 0:                                   # the board offers a session
+            send(SB, P.MSG_OFFER, ends[SB].offer(_nonce(data[i - 2:i + 6])))
+        elif op in (1, 2) and queue:                  # the wire delivers the next (or a later) frame
+            k = queue.pop(0 if op == 1 else arg % len(queue))
+            src, frame = wire[k]
+            deliver(SE if src == SB else SB, frame)
+        elif op == 3:                                 # the board reports
+            send(SB, (P.MSG_TELEMETRY, P.MSG_EVENT, P.MSG_HEARTBEAT, P.MSG_ACK)[arg % 4],
+                 _valid_payload((P.MSG_TELEMETRY, P.MSG_EVENT, P.MSG_HEARTBEAT, P.MSG_ACK)[arg % 4], data[i:i + 24]))
+        elif op == 4:                                 # the edge commands (or asks for a HELLO)
+            if arg & 1:
+                send(SE, P.MSG_SETPOINT, _valid_payload(P.MSG_SETPOINT, data[i:i + 12]))
+            else:
+                send(SE, P.MSG_HELLO, b"")
+        elif op == 5 and wire:                        # an attacker replays a recorded frame
+            src, frame = wire[arg % len(wire)]
+            deliver(SE if src == SB else SB, frame)
+        elif op == 6 and wire:                        # ... or reflects one to its sender
+            src, frame = wire[arg % len(wire)]
+            deliver(src, frame)
+        elif op == 7 and wire:                        # ... or flips a bit of one
+            src, frame = wire[arg % len(wire)]
+            b = bytearray(frame)
+            k = (arg * 7) % max(1, len(b) - 1)
+            b[k] ^= 1 << (arg % 8)
+            deliver(SE if src == SB else SB, bytes(b))
+        elif op == 8 and queue:                       # the wire drops a frame
+            queue.pop(arg % len(queue))
+        elif op == 9:                                 # a new connection at one end
+            ends[SB if arg & 1 else SE].reset()
+            if arg & 2:
+                queue.clear()
+        if len(wire) > 400:
+            break
+
+
+def _nonce(raw: bytes) -> int:
+    return int.from_bytes((bytes(raw) + bytes(8))[:8], "little")
+
+
 def fuzz_protocol(data: bytes) -> None:
     """One protocol input: byte 0 picks the mode, byte 1 the chunking, the rest is the input."""
     _import_targets()
@@ -282,6 +375,8 @@ def fuzz_protocol(data: bytes) -> None:
             pass
         if P.cobs_decode(P.cobs_encode(rest)) != rest:
             raise Finding(f"COBS round trip changed {rest.hex()}")
+    elif mode == 3 and hasattr(P, "SIDE_BOARD"):    # protocol v2: a keyed link's session
+        _conversation(data)
     else:               # streams of valid frames (some damaged): the accepting path
         stream = _frames_from(rest)
         for key in (None, KEY):
@@ -508,6 +603,10 @@ def seeds(target: str) -> list[bytes]:
             payload = bytes.fromhex(v["payload_hex"])
             out.append(b"\x02\x05" + bytes([v["msg_type"] - 1, v["board_id"], 1]) + struct.pack("<I", v["seq"])
                        + bytes([len(payload)]) + payload)
+        # a keyed session: offer, answer, reports and commands both ways, then replay, reflect,
+        # a flipped bit, a reconnect and a second offer
+        out.append(b"\x03\x05" + bytes([0, 0, 1, 0, 1, 0, 3, 1, 1, 0, 4, 1, 1, 0, 3, 2, 1, 0, 5, 3, 6, 2, 7, 9,
+                                          9, 1, 0, 7, 1, 0, 1, 0, 3, 0, 1, 0, 5, 4, 4, 1, 1, 0]) + bytes(range(40)))
         return out
     for k, endpoint in enumerate(ENDPOINTS):
         for body in _valid_answers(endpoint, random.Random(k)):
