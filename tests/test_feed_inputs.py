@@ -311,3 +311,14 @@ def test_early_band_spreads_the_first_days_forecast():
     lo_q, hi_q = early_band([quiet], 10, 60)
     lo_n, hi_n = early_band([noisy], 10, 60)
     assert np.median(hi_q - lo_q) < np.median(hi_n - lo_n) / 4
+
+
+def test_a_faster_bench_asks_a_job_the_same_power():
+    """On a bench running the feed five times faster (1 s ticks for the feed's 5 s) a job's
+    energy is a fifth, so it asks the board the same power over its window as on the feed."""
+    from picogrid.edge.sources.feedsource import FeedSource
+
+    src = FeedSource(None, pv_capability_w=3.87, tick_s=1.0)
+    src._jobs = [{"start": 10, "end": 20, "energy": 10.0}]       # as the feed stated it, 5 s ticks
+    assert src.jobs() == [{"start": 10, "end": 20, "energy": pytest.approx(2.0)}]
+    assert FeedSource(None, pv_capability_w=3.87).jobs() == []

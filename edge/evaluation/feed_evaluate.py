@@ -307,7 +307,8 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     held, client_log = HeldBack(), logging.getLogger("picogrid.edge.sources.labfeed")
     client_log.addFilter(held)
     try:
-        src = feed_source(site, LabFeed(server.url, timeout_s=2.0, clock=clock))
+        # the evaluation plans on the feed's own 5 s tick (cfg.dt_s), whatever the site's bench tick
+        src = feed_source(dict(site, bench=dict(site["bench"], tick_s=TICK_S)), LabFeed(server.url, timeout_s=2.0, clock=clock))
         forecaster = FeedForecaster(src)
         ctrl, ctrl_perfect = MpcController(cfg), perfect_controller(cfg)
         pm = PymgridMpc(cfg) if compare else None

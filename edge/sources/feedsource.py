@@ -47,7 +47,7 @@ def feed_source(site, feed, memory=None):
     return FeedSource(feed, site["pv"]["capability_w"],
                       site.get("labfeed", {}).get("load_shares", (1 / 3, 1 / 3, 1 / 3)),
                       [site["boards"][l].get("limits", {}).get("power_max_w", 1.0) for l in LOADS],
-                      memory=memory)
+                      memory=memory, tick_s=float(site["bench"].get("tick_s", TICK_S)))
 
 
 class FeedSource:
@@ -63,12 +63,15 @@ class FeedSource:
         Where the days seen are kept across runs: the ones before the feed's current day are
         restored into the feed's learner and the sun history now, and the memory is saved at
         each day's last tick, when a new day has been learnt and by :meth:`close`.
+    tick_s : float
+        The bench's tick [s]: on a bench faster than the feed (``--feed-speed``) a job's energy
+        [J] is scaled by ``tick_s / TICK_S``, so it asks the board the same power as on the feed.
     """
 
     MAX_SUN_DAYS = 28
 
     def __init__(self, feed, pv_capability_w, load_shares=(1 / 3, 1 / 3, 1 / 3), load_max_w=(1.0, 1.0, 1.0),
-                 memory=None):
+                 memory=None, tick_s=TICK_S):
         shares = np.asarray(load_shares, float)
         if shares.shape != (len(LOADS),) or (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-6:
             raise ValueError("load_shares must be %d non-negative numbers summing to 1" % len(LOADS))
@@ -87,6 +90,7 @@ class FeedSource:
         if memory is not None:       # before the first snapshot: the learner takes days in order
             feed.learner, self.sun_days = memory.restore(feed.learner, self._feed_day(), feed.base_url)
         self.listeners = []          # callables(snapshot) run once per tick (e.g. the bench's sun)
+        self.job_energy_scale = float(tick_s) / TICK_S    # the bench's time over the feed's
         self._jobs = []              # the day's /deferables, as last heard, windows normalised
         self._job_notes = []         # ... and what that did to each odd one (normalise_jobs)
         self._lock = threading.Lock()
@@ -152,8 +156,8 @@ class FeedSource:
     def jobs(self):
         """The day's deferrable jobs as the feed last gave them, their windows normalised
         (:func:`picogrid.edge.sources.deferrable.normalise_jobs` without a rating): ``[{start, end,
-        energy}]`` (ticks of the day, end exclusive; J)."""
-        return [dict(j) for j in self._jobs]
+        energy}]`` (ticks of the day, end exclusive; J on the bench's time scale)."""
+        return [dict(j, energy=j["energy"] * self.job_energy_scale) for j in self._jobs]
 
     def job_notes(self):
         """One sentence per job of :meth:`jobs`' list that the feed stated oddly: what was done."""
