@@ -9,6 +9,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend first: no display on the
 import numpy as np  # noqa: E402
 
 
+#: the policies as the summary and the dashboard name them
+_NAMES = {"mpc": "MPC", "naive": "naive rule", "perfect_foresight": "perfect foresight",
+          "mpc_perfect": "MPC on the true future"}
+
+
 def _rows(conn, run_id, policy):
     cur = conn.execute("SELECT * FROM dispatch WHERE run_id=? AND policy=? ORDER BY tick", (run_id, policy))
     cols = [d[0] for d in cur.description]
@@ -52,7 +57,7 @@ def plot_day(db_path, png_path, run_id=None):
     ax[1].legend(loc="upper left", fontsize=8)
     for p, rows in series.items():
         if rows:
-            ax[2].plot([r["tick"] for r in rows], np.cumsum(np.nan_to_num(col("cost", rows))), label=p)
+            ax[2].plot([r["tick"] for r in rows], np.cumsum(np.nan_to_num(col("cost", rows))), label=_NAMES[p])
     ax[2].set_ylabel("cumulative bill [c]")
     ax[2].set_xlabel("tick")
     ax[2].legend(fontsize=8)
