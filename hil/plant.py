@@ -30,7 +30,7 @@ LOAD_ROLES = ROLES[3:]
 
 #: Defaults of the "lab" bench (docs/design.md §2); overridden by the site file's [plant] table.
 LAB_PLANT = {
-    "bus_capacitance_f": 0.1,      # bulk bus capacitance of the simulated bench, see hil/README
+    "bus_capacitance_f": 0.1,      # bulk bus capacitance of the simulated bench (docs/design.md §2)
     "bus_voltage_init_v": 7.0,
     "eta": 0.95,                   # converter efficiency, each direction
     "tau_s": 0.002,                # current-loop lag of the power stage

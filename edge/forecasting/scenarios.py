@@ -19,7 +19,7 @@ PV taken in opposite corners (high demand with low PV), so the wide scenario is 
 A day at the P90 of every step is rarer than a P90 day: ``MpcConfig.scenario_correlation``
 builds PV and the loads so that their energy over the coming hours is that of step errors of
 that correlation, and ``MpcConfig.scenario_spread`` scales every deviation (both chosen on the
-validation days, see the site files).
+validation days: docs/results-log.md).
 
 The stacked QP that plans them is :class:`picogrid.edge.optimizer.scenario_qp.ScenarioQp`.
 """
