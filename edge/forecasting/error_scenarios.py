@@ -8,7 +8,7 @@ days actually made keep the shapes of such days (an evening under-forecast, a cl
 with their timing, so ``K`` scenarios ``point + error_k`` beside the quantile ones let the plan
 weigh them. This is the historical-error (empirical) way of building scenarios from a point
 forecast; ``K`` and the scenarios' total weight (``MpcConfig.error_scenario_days``,
-``error_scenario_weight``) were chosen on the validation days (``edge/sites/lab.toml``: lab
+``error_scenario_weight``) were chosen on the validation days (``docs/results-log.md``: lab
 capture 65.7 % against 60.5 % there, 64.5 % against 64.0 % on the test days, both after the
 same 7-day warm-up of the forecaster).
 

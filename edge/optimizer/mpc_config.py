@@ -156,7 +156,7 @@ class MpcConfig:
         carry the fan themselves. Why: a joule of PV stored that the evening then does not need
         loses about the export price less the terminal value, one that is missing costs the
         import price, so a plan on the mean stores too little on days the demand forecast falls
-        short (measured: see ``site.toml``).
+        short (measured: docs/results-log.md).
     rho, check_termination, adaptive_rho_interval, scaling : OSQP settings
         ADMM step size, termination check interval [iterations], rho adaptation interval
         [iterations] and Ruiz scaling iterations; see the OSQP docs
