@@ -283,6 +283,7 @@ def _conversation(data: bytes) -> None:
     seq = {SB: 0, SE: 0}
     bid = data[1] if len(data) > 1 else 1
     edge_nonce = [_nonce(data[2:10]) & 0xFFFFFFFF]
+    board_nonce = [(_nonce(data[2:10]) >> 32) << 32]
 
     def send(side, msg_type, payload):
         frame = ends[side].encode(msg_type, bid, seq[side], payload)
@@ -318,8 +319,12 @@ def _conversation(data: bytes) -> None:
     while i < len(data):
         op, arg = data[i] % 10, data[i + 1] if i + 1 < len(data) else 0
         i += 2
-        if op == 0:                                   # the board offers a session
-            send(SB, P.MSG_OFFER, ends[SB].offer(_nonce(data[i - 2:i + 6])))
+        if op == 0:     # the board offers a session: a fresh nonce, or the open offer's again (a
+            # retry, as firmware/board.py's send_offer(again=True)); a board nonce is never reused
+            # once its offer was answered (with reuse, a recorded SESSION reopens an old session)
+            again = arg & 1 and ends[SB].offered is not None
+            board_nonce[0] += 0 if again else 1
+            send(SB, P.MSG_OFFER, ends[SB].offer(ends[SB].offered if again else board_nonce[0]))
         elif op in (1, 2) and queue:                  # the wire delivers the next (or a later) frame
             k = queue.pop(0 if op == 1 else arg % len(queue))
             src, frame = wire[k]
