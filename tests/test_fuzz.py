@@ -58,10 +58,9 @@ def test_huge_nesting_and_numbers_over_the_wire_are_lab_feed_errors(tmp_path):
     """Issue 27's bodies (100,000 '[', a 400-digit integer): LabFeedError, nothing else."""
     fuzz._import_targets()
     for body in (b"[" * 100_000, b'{"tick": 1, "sun": 1' + b"0" * 400 + b"}", b"[" * 5000 + b"]" * 5000):
-        fuzz._install_fake_transport()
         fuzz._ANSWER[0] = fuzz.http_answer(body)
         feed = fuzz.labfeed.LabFeed("http://fuzz.invalid:8080", timeout_s=5.0, clock=lambda: 1e6)
-        with pytest.raises(fuzz.labfeed.LabFeedError):
+        with fuzz._fake_transport(), pytest.raises(fuzz.labfeed.LabFeedError):
             feed.get("sun")
 
 
@@ -130,3 +129,16 @@ def test_the_session_conversation_opens_a_session_and_sees_a_replay(monkeypatch)
     monkeypatch.setattr(P.Decoder, "_frame", forgetful)
     with pytest.raises(fuzz.Finding, match="accepted twice"):
         fuzz._conversation(script)
+
+
+def test_fuzzing_the_feed_leaves_the_real_transport_in_place():
+    """The feed target answers from a stand-in socket only while it runs an input: after it,
+    ``socket.create_connection`` is the real one again (it once stayed replaced, and every later
+    test of the process that opened a real connection failed)."""
+    import socket
+
+    from picogrid.tools import fuzz
+
+    real = socket.create_connection
+    fuzz.fuzz_labfeed(b"\x00{\"tick\": 1, \"sun\": 50}")
+    assert socket.create_connection is real

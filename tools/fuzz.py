@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import contextlib
 import json
 import math
 import os
@@ -457,10 +458,18 @@ def _fake_create_connection(address, *args, **kwargs):
     return _FakeSocket(_ANSWER[0])
 
 
-def _install_fake_transport():
+@contextlib.contextmanager
+def _fake_transport():
+    """``socket.create_connection`` answers from :data:`_ANSWER` inside the block only: the real
+    one is put back after each input, so a process that fuzzed (pytest running tests/test_fuzz.py
+    before the link and feed tests) still reaches real servers afterwards."""
     import socket
-    if socket.create_connection is not _fake_create_connection:
-        socket.create_connection = _fake_create_connection
+    real = socket.create_connection
+    socket.create_connection = _fake_create_connection
+    try:
+        yield
+    finally:
+        socket.create_connection = real
 
 
 def http_answer(body: bytes) -> bytes:
@@ -546,7 +555,6 @@ def _amplify(mode: int, data: bytes) -> bytes:
 def fuzz_labfeed(data: bytes) -> None:
     """One feed input: byte 0 picks the endpoint and the mode, the rest is the body/structure."""
     _import_targets()
-    _install_fake_transport()
     if not data:
         return
     endpoint = ENDPOINTS[data[0] % 5]
@@ -567,7 +575,8 @@ def fuzz_labfeed(data: bytes) -> None:
     feed = labfeed.LabFeed("http://fuzz.invalid:8080", timeout_s=5.0, clock=lambda: 1_000_000.0)
     calls = _CONNECTS[0]
     try:
-        feed.get(endpoint)
+        with _fake_transport():
+            feed.get(endpoint)
     except labfeed.LabFeedError:
         pass
     if _CONNECTS[0] == calls:
