@@ -11,20 +11,11 @@ import pytest
 
 from picogrid.edge.sources import labfeed as L
 from picogrid.edge.sources.deferrable import DeferrableLoad, normalise_jobs
+from clocks import Clock
 
 DAY0 = 5_900_000
 TICK_S = 5.0           # the feed's tick [s]
 RATING_W = 1.0         # the lab's deferrable board (load3)
-
-
-class Clock:
-    """Injected time: tests leap through lab days without waiting."""
-
-    def __init__(self, t):
-        self.t = float(t)
-
-    def __call__(self):
-        return self.t
 
 
 def _normalise(feed_jobs):

@@ -119,11 +119,18 @@ def test_link_with_a_key_is_checked_one_without_is_not(tcp_board):
     assert link.sessions_answered == 1
 
 
-def test_edge_sends_nothing_but_the_request_before_a_session():
+def _keyed_storage_link():
+    """A loopback server standing in for the storage board, and the edge's keyed TCP link to it
+    attached to a one-board fleet: ``(server, fleet, link)``."""
     server = socket.create_server(("127.0.0.1", 0))
     fleet = Fleet({"storage": STORAGE_ID})
     link = TcpLink("storage", "127.0.0.1:%d" % server.getsockname()[1], fleet.on_frame, KEY)
     fleet.attach("storage", link)
+    return server, fleet, link
+
+
+def test_edge_sends_nothing_but_the_request_before_a_session():
+    server, fleet, link = _keyed_storage_link()
     try:
         conn, _ = server.accept()
         assert _wait(lambda: link.connected)
@@ -247,10 +254,7 @@ def test_t_ms_u32_wrap_is_not_a_regression(tcp_board):
 def test_wrong_key_is_reported():
     """A board flashed with another key: its OFFERs fail at the edge, no session opens, and the
     fleet records an ``auth_failure`` event."""
-    server = socket.create_server(("127.0.0.1", 0))
-    fleet = Fleet({"storage": STORAGE_ID})
-    link = TcpLink("storage", "127.0.0.1:%d" % server.getsockname()[1], fleet.on_frame, KEY)
-    fleet.attach("storage", link)
+    server, fleet, link = _keyed_storage_link()
     try:
         conn, _ = server.accept()
         board = Board(conn.sendall, bytes(32), conn.recv)

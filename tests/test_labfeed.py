@@ -6,19 +6,10 @@ import pytest
 
 from picogrid.edge.sources import labfeed as L
 from picogrid.models.labfeed_server import LabFeedServer, generate_lab_days
+from clocks import Clock
 
 DAY0 = 5_900_000          # a lab day index (unix time 1.77e9 s, late 2026)
 N_DAYS = 10
-
-
-class Clock:
-    """Injected time: tests leap through lab days without waiting."""
-
-    def __init__(self, t):
-        self.t = float(t)
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture(scope="module")
