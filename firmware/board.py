@@ -118,7 +118,7 @@ class Board:
         flags = self.role.flags | (P.FLAG_FAILSAFE if self.failsafe else 0)
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
             self.uptime.ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
-            self.energy_bus_j + self._energy_acc, self.role.setpoint_w, flags))
+            self.energy_bus_j + self._energy_acc, self.role.reported_setpoint(), flags))
 
     def event(self, code, detail):
         self.send(P.MSG_EVENT, P.pack_event(code, detail))

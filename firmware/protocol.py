@@ -75,7 +75,7 @@ FLAG_SHED = const(16)
 
 ROLES = ("pv", "storage", "grid", "load1", "load2", "load3")
 TELEMETRY_FIELDS = ("t_ms", "v_bus_v", "v_port_v", "i_port_a", "p_bus_w",
-                    "p_port_w", "energy_bus_j", "setpoint_w", "flags")
+                    "p_port_w", "energy_bus_j", "setpoint", "flags")
 
 HEADER_LEN = const(8)
 TAG_LEN = const(16)
@@ -220,7 +220,7 @@ def unpack_hello(payload):
 
 
 def pack_telemetry(t_ms, v_bus_v, v_port_v, i_port_a, p_bus_w, p_port_w, energy_bus_j,
-                   setpoint_w, flags):
+                   setpoint, flags):
     """Pack a TELEMETRY payload (34 bytes).
 
     Parameters
@@ -237,8 +237,9 @@ def pack_telemetry(t_ms, v_bus_v, v_port_v, i_port_a, p_bus_w, p_port_w, energy_
         Power at the port [W], positive when the port delivers power.
     energy_bus_j : float
         Energy into the bus since boot [J], integral of ``p_bus_w``.
-    setpoint_w : float
-        Setpoint being followed (unit per role, see PROTOCOL.md; [V] for grid).
+    setpoint : float
+        Setpoint being applied, after local limits; its unit depends on the role: [W] for
+        pv (its cap, -1 for none), storage and loadN, [V] for grid (PROTOCOL.md section 3).
     flags : int
         u16 bit field of ``FLAG_*``.
 
@@ -254,7 +255,7 @@ def pack_telemetry(t_ms, v_bus_v, v_port_v, i_port_a, p_bus_w, p_port_w, energy_
     return struct.pack(_TELEM_FMT, _uint("t_ms", t_ms, _U32_MAX), _f32("v_bus_v", v_bus_v),
                        _f32("v_port_v", v_port_v), _f32("i_port_a", i_port_a),
                        _f32("p_bus_w", p_bus_w), _f32("p_port_w", p_port_w),
-                       _f32("energy_bus_j", energy_bus_j), _f32("setpoint_w", setpoint_w),
+                       _f32("energy_bus_j", energy_bus_j), _f32("setpoint", setpoint),
                        _uint("flags", flags, 0xFFFF))
 
 
@@ -270,7 +271,7 @@ def unpack_telemetry(payload):
     return values
 
 
-def pack_setpoint(tick, mode, value_w):
+def pack_setpoint(tick, mode, value):
     """Pack a SETPOINT payload (9 bytes).
 
     Parameters
@@ -279,8 +280,8 @@ def pack_setpoint(tick, mode, value_w):
         Edge controller tick index (u32) the setpoint belongs to.
     mode : int
         ``MODE_NORMAL``, ``MODE_SHED`` or ``MODE_ISLAND``.
-    value_w : float
-        Role-specific value: pv power cap [W]; storage bus-side power [W]
+    value : float
+        Role-specific value, its unit by role: pv power cap [W]; storage bus-side power [W]
         (+ discharge); grid bus-voltage reference [V]; loadN served power [W].
 
     Raises
@@ -290,16 +291,16 @@ def pack_setpoint(tick, mode, value_w):
     """
     if mode not in _MODES:
         raise ProtocolError("unknown setpoint mode %r" % (mode,))
-    return struct.pack(_SETPT_FMT, _uint("tick", tick, _U32_MAX), mode, _f32("value_w", value_w))
+    return struct.pack(_SETPT_FMT, _uint("tick", tick, _U32_MAX), mode, _f32("value", value))
 
 
 def unpack_setpoint(payload):
-    """Unpack a SETPOINT payload into ``(tick, mode, value_w)``; ``ProtocolError`` if invalid."""
+    """Unpack a SETPOINT payload into ``(tick, mode, value)``; ``ProtocolError`` if invalid."""
     _payload_len("setpoint", payload, _SETPT_LEN)
-    tick, mode, value_w = struct.unpack(_SETPT_FMT, payload)
+    tick, mode, value = struct.unpack(_SETPT_FMT, payload)
     if mode not in _MODES:
         raise ProtocolError("unknown setpoint mode %d" % mode)
-    return tick, mode, _finite("value_w", value_w)
+    return tick, mode, _finite("value", value)
 
 
 def pack_ack(acked_seq, status):

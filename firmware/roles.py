@@ -3,6 +3,8 @@
 #   setpoint(mode, value) -> ack status   apply a validated setpoint from the edge
 #   failsafe()                            go to the role's safe state (docs/design.md §3)
 #   step(v_port, i_port, v_bus, i_bus, dt_s) -> current reference [A]
+#   reported_setpoint() -> the applied setpoint telemetry reports: [W] for the power roles
+#                          (pv: its cap, -1 for none), [V] for grid (PROTOCOL.md section 3)
 # Measurements: port voltage [V] and current [A] (+ out of the port element for sources,
 # + into the LED for loads), bus voltage [V], bus-side current [A] (+ into the bus).
 from control import PI, PerturbObserve, PowerTracker, clamp
@@ -18,7 +20,6 @@ class _Role:
         self.i_min_a, self.i_max_a = cfg["current_range_a"]
         self.v_bus_ref_v = lim.get("bus_voltage_v", 7.0)
         self.v_bus_max_v = lim.get("bus_voltage_max_v", self.v_bus_ref_v * 1.1)
-        self.setpoint_w = 0.0
         self.flags = 0
         self.eta = cfg["gains"].get("stage_efficiency", 0.95)
         self.v_port_v = 0.0      # last measured port voltage, for setpoint feed-forward
@@ -27,6 +28,10 @@ class _Role:
         """Clamp a setpoint to the board's own limits; report whether it was clamped."""
         v = clamp(value, lo, hi)
         return v, (P.ACK_LIMITED if v != value else P.ACK_OK)
+
+    def reported_setpoint(self):
+        """The setpoint being applied, after local limits, as telemetry carries it."""
+        raise NotImplementedError
 
 
 class PvRole(_Role):
@@ -55,23 +60,24 @@ class PvRole(_Role):
         # e = v - v_ref: too high a voltage means too little current drawn
         self.pi = PI(g.get("kp_v", 0.3), g.get("ki_v", 10.0), 0.0, self.i_max_a)
         self.k_cap = g.get("k_cap", 5.0)
-        self.cap_w = None
-        self.setpoint_w = -1.0   # -1 on the wire = no cap
+        self.cap_w = None        # power cap [W]; None = no cap (-1 on the wire)
         # which side of the MPP a cap curtails on: -1 left, +1 right (open-circuit side). The
         # reference starts at open circuit, so right; lifting the cap lets P&O reach the MPP,
         # after which the next cap prefers the left
         self.cap_side = 1.0
 
     def _lift_cap(self):
-        self.cap_w, self.setpoint_w, self.cap_side = None, -1.0, -1.0
+        self.cap_w, self.cap_side = None, -1.0
 
     def setpoint(self, mode, value):
         if value < 0:
             self._lift_cap()
             return P.ACK_OK
         self.cap_w, status = self._bounded(value, 0.0, self.cfg["limits"].get("power_max_w", 5.0))
-        self.setpoint_w = self.cap_w
         return status
+
+    def reported_setpoint(self):
+        return -1.0 if self.cap_w is None else self.cap_w
 
     def failsafe(self):
         self._lift_cap()
@@ -132,18 +138,22 @@ class StorageRole(_Role):
         self.v_guard_lo_v = self.v_bus_ref_v * lim.get("guard_low", 0.96)
         self.v_guard_hi_v = self.v_bus_ref_v * lim.get("guard_high", 1.06)
         self.islanded = False
+        self.p_set_w = 0.0       # bus-side power setpoint [W], + discharge
+
+    def reported_setpoint(self):
+        return self.p_set_w
 
     def setpoint(self, mode, value):
         self.islanded = mode == P.MODE_ISLAND
         if self.islanded:
             self.pi.reset(self.tracker.i_ref)
-        self.setpoint_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
+        self.p_set_w, status = self._bounded(value, -self.p_max_w, self.p_max_w)
         if not self.islanded:
-            self.tracker.jump(self.setpoint_w, self.v_port_v, self.eta, True)
+            self.tracker.jump(self.p_set_w, self.v_port_v, self.eta, True)
         return status
 
     def failsafe(self):
-        self.setpoint_w = 0.0
+        self.p_set_w = 0.0
         self.islanded = False
         self.tracker.i_ref = 0.0
 
@@ -169,7 +179,7 @@ class StorageRole(_Role):
                 self.flags = P.FLAG_ISLANDED
                 i = clamp(self.tracker.i_ref + guard, self.i_min_a, self.i_max_a)
             else:
-                i = self.tracker.step(self.setpoint_w, v_bus * i_bus, v_port)
+                i = self.tracker.step(self.p_set_w, v_bus * i_bus, v_port)
         if i > i_lim or i < -i_lim:
             i = clamp(i, -i_lim, i_lim)
             self.flags |= P.FLAG_LIMITED
@@ -190,15 +200,17 @@ class GridRole(_Role):
         # loop gain kp * 12 V / (C_bus * v_bus) = 1 * 12 / 0.7 ~ 17 /s (time constant ~60 ms,
         # 6 periods of the bench's 10 ms loop); a 1 W step then moves the bus ~0.1 V
         self.pi = PI(g.get("kp", 1.0), g.get("ki", 8.0), self.i_min_a, self.i_max_a)
-        self.setpoint_w = self.v_bus_ref_v
+        self.v_set_v = self.v_bus_ref_v   # bus-voltage reference being held [V]
+
+    def reported_setpoint(self):
+        return self.v_set_v
 
     def setpoint(self, mode, value):
-        ref, status = self._bounded(value, self.v_bus_ref_v * 0.95, self.v_bus_ref_v * 1.05)
-        self.setpoint_w = ref
+        self.v_set_v, status = self._bounded(value, self.v_bus_ref_v * 0.95, self.v_bus_ref_v * 1.05)
         return status
 
     def failsafe(self):
-        self.setpoint_w = self.v_bus_ref_v
+        self.v_set_v = self.v_bus_ref_v
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         if v_port <= 1.0:
@@ -208,7 +220,7 @@ class GridRole(_Role):
             self.pi.reset(0.0)
             return 0.0
         self.flags = 0
-        return self.pi.step(self.setpoint_w - v_bus, dt_s)
+        return self.pi.step(self.v_set_v - v_bus, dt_s)
 
 
 class LoadRole(_Role):
@@ -220,24 +232,28 @@ class LoadRole(_Role):
         self.p_max_w = cfg["limits"].get("power_max_w", 1.0)
         self.tracker = PowerTracker(g.get("track_gain", 0.2), 0.0, self.i_max_a)
         self.shed = False
+        self.p_set_w = 0.0       # served-power setpoint [W]
+
+    def reported_setpoint(self):
+        return self.p_set_w
 
     def setpoint(self, mode, value):
         self.shed = mode == P.MODE_SHED
         if self.shed:
-            self.setpoint_w = 0.0
+            self.p_set_w = 0.0
             return P.ACK_OK
-        self.setpoint_w, status = self._bounded(value, 0.0, self.p_max_w)
-        self.tracker.jump(self.setpoint_w, self.v_port_v, self.eta, False)
+        self.p_set_w, status = self._bounded(value, 0.0, self.p_max_w)
+        self.tracker.jump(self.p_set_w, self.v_port_v, self.eta, False)
         return status
 
     def failsafe(self):
         # critical loads stay on, the others are shed (docs/design.md §3)
         if self.cfg["priority"] == "critical":
             self.shed = False
-            self.setpoint_w = self.cfg["limits"].get("failsafe_power_w", self.p_max_w)
+            self.p_set_w = self.cfg["limits"].get("failsafe_power_w", self.p_max_w)
         else:
             self.shed = True
-            self.setpoint_w = 0.0
+            self.p_set_w = 0.0
 
     def step(self, v_port, i_port, v_bus, i_bus, dt_s):
         self.v_port_v = v_port
@@ -245,7 +261,7 @@ class LoadRole(_Role):
         if self.shed:
             self.tracker.i_ref = 0.0
             return 0.0
-        return self.tracker.step(self.setpoint_w, -v_bus * i_bus, v_port)
+        return self.tracker.step(self.p_set_w, -v_bus * i_bus, v_port)
 
 
 def make(cfg):

@@ -81,9 +81,9 @@ def pv_caps():
 def setpoint_limits():
     load = roles.make(_cfg("load1", limits={"power_max_w": 1.0}, current_range_a=[0.0, 0.4]))
     st = roles.make(_cfg("storage", limits={"power_max_w": 2.0}))
-    return {"load_over": load.setpoint(0, 1.5), "load_value": load.setpoint_w,
+    return {"load_over": load.setpoint(0, 1.5), "load_value": load.p_set_w,
             "load_ok": load.setpoint(0, 0.5), "storage_over": st.setpoint(0, -3.0),
-            "storage_value": st.setpoint_w}
+            "storage_value": st.p_set_w}
 
 
 def failsafe_states():
@@ -92,11 +92,11 @@ def failsafe_states():
         r = roles.make(_cfg(name, priority=prio, limits={"power_max_w": 1.0}, current_range_a=[0.0, 0.4]))
         r.setpoint(0, 0.3)
         r.failsafe()
-        out[name] = [r.shed, r.setpoint_w]
+        out[name] = [r.shed, r.p_set_w]
     st = roles.make(_cfg("storage"))
     st.setpoint(0, 1.0)
     st.failsafe()
-    out["storage"] = st.setpoint_w
+    out["storage"] = st.p_set_w
     # idle while the grid board holds the bus (7.0 V); a bus sagging to 6.0 V (the grid board
     # gone as well) is backed up by the bus guard, flagged ISLANDED
     i_held = [st.step(10.0, 0.0, 7.0, 0.0, 0.01) for _ in range(50)][-1]

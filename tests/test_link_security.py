@@ -129,7 +129,7 @@ class RawEdge:
     def applied(self):
         """The setpoint the board reports in its next telemetry."""
         f = self.wait(lambda f: f[0] == P.MSG_TELEMETRY)
-        return dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(f[3])))["setpoint_w"]
+        return dict(zip(P.TELEMETRY_FIELDS, P.unpack_telemetry(f[3])))["setpoint"]
 
     def decode_errors(self, at_least, timeout_s=4.0):
         """The first EV_DECODE_ERROR the board sent on this connection whose counter

@@ -10,7 +10,7 @@ from picogrid.edge.control import estimate
 from picogrid.firmware import protocol as P
 
 GOOD = {"t_ms": 1000, "v_bus_v": 7.0, "v_port_v": 9.0, "i_port_a": 0.15, "p_bus_w": -0.5, "p_port_w": 0.48,
-        "energy_bus_j": -12.0, "setpoint_w": 0.5, "flags": 0}
+        "energy_bus_j": -12.0, "setpoint": 0.5, "flags": 0}
 LAB = {"bench": {"bus_voltage_v": 7.0}, "storage": {"voltage_max_v": 13.5, "capacitance_f": 0.5, "esr_ohm": 4.0}}
 
 
@@ -40,9 +40,9 @@ LAB = {"bench": {"bus_voltage_v": 7.0}, "storage": {"voltage_max_v": 13.5, "capa
     ("pv", "p_port_w", -1e30, False),
     ("pv", "energy_bus_j", 5e4, True),            # a long day's counter
     ("pv", "energy_bus_j", 3e38, False),
-    ("grid", "setpoint_w", 7.0, True),            # the grid board's setpoint is a voltage
-    ("load2", "setpoint_w", -1e12, False),
-    ("load2", "setpoint_w", "7", False),
+    ("grid", "setpoint", 7.0, True),              # the grid board's setpoint is a voltage
+    ("load2", "setpoint", -1e12, False),
+    ("load2", "setpoint", "7", False),
     ("mystery", "v_port_v", 9.0, True),           # no HELLO yet: the loosest role's bounds
     ("mystery", "v_port_v", 3e38, False),
 ])
@@ -99,6 +99,18 @@ def test_the_fleet_keeps_the_last_good_report_and_counts_the_bad_ones():
     fleet.on_frame("storage", P.MSG_TELEMETRY, 2, 10, frame(p_bus_w=-1e9))
     assert fleet.snapshot()["storage"]["telemetry"]["v_port_v"] == 9.5
     assert [e[2] for e in fleet.drain_events()] == ["bad_data"]
+
+
+def test_the_fleet_names_the_applied_setpoint_by_its_unit():
+    """Issue 28 point 7: the wire's ``setpoint`` is a power [W] but the grid board's voltage
+    reference [V]; the decoded report says which (``setpoint_w`` / ``setpoint_v``, the other None)."""
+    fleet = Fleet({"storage": 2, "grid": 3})
+    fleet.on_frame("storage", P.MSG_TELEMETRY, 2, 1, frame(setpoint=0.5))
+    fleet.on_frame("grid", P.MSG_TELEMETRY, 3, 1, frame(setpoint=7.0))
+    snap = fleet.snapshot()
+    assert snap["storage"]["telemetry"]["setpoint_w"] == 0.5 and snap["storage"]["telemetry"]["setpoint_v"] is None
+    assert snap["grid"]["telemetry"]["setpoint_v"] == 7.0 and snap["grid"]["telemetry"]["setpoint_w"] is None
+    assert "setpoint" not in snap["grid"]["telemetry"]
 
 
 def test_a_fleet_without_site_bounds_uses_the_lab_hardware():

@@ -177,3 +177,60 @@ def test_the_board_table_counts_bad_data(store):
     store.board("storage", bad_data=3)
     store.commit()
     assert store.conn.execute("SELECT bad_data FROM board").fetchone()[0] == 3
+
+
+def test_an_older_file_gets_the_setpoints_split_by_unit_and_the_renamed_policy(tmp_path):
+    """Issue 28 point 7: a file written before the grid board's voltage setpoint had columns of
+    its own (it sat in ``telemetry.setpoint_w`` and ``setpoint.value_w``, NOT NULL) is brought
+    up to the schema when the edge opens it: grid values move to ``setpoint_v`` / ``value_v``,
+    the power roles' stay, dispatch rows of ``mpc_perfect`` read ``mpc_perfect_forecast``, and
+    the dashboard reads the file."""
+    from picogrid.edge.control.store import DISPATCH_COLUMNS, connect
+    from picogrid.web.db import check_readable
+    from picogrid.web.queries import EDGE_COLUMNS
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    dispatch_columns = ", ".join(f"{c} REAL" for c in DISPATCH_COLUMNS)
+    old.executescript("""
+        CREATE TABLE telemetry (run_id INTEGER NOT NULL, t_s REAL NOT NULL, tick INTEGER NOT NULL,
+            board TEXT NOT NULL, role TEXT NOT NULL, seq INTEGER NOT NULL,
+            v_bus_v REAL, v_port_v REAL, i_port_a REAL, p_bus_w REAL, p_port_w REAL,
+            energy_bus_j REAL, setpoint_w REAL, flags INTEGER);
+        CREATE TABLE setpoint (run_id INTEGER NOT NULL, tick INTEGER NOT NULL, board TEXT NOT NULL,
+            seq INTEGER NOT NULL, mode INTEGER NOT NULL, value_w REAL NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL, ack_status INTEGER);
+        CREATE TABLE dispatch (run_id INTEGER NOT NULL, policy TEXT NOT NULL, tick INTEGER NOT NULL,
+            %s, PRIMARY KEY (run_id, policy, tick));
+        INSERT INTO telemetry VALUES (1, 0.0, 0, 'grid', 'grid', 1, 7.0, 12.0, 0.1, 1.0, 1.2, 0.0, 7.05, 0);
+        INSERT INTO telemetry VALUES (1, 0.0, 0, 'storage', 'storage', 1, 7.0, 9.0, 0.1, 1.0, 1.2, 0.0, -0.5, 0);
+        INSERT INTO setpoint VALUES (1, 0, 'grid', 3, 0, 7.05, 1, 0.01, 0);
+        INSERT INTO setpoint VALUES (1, 0, 'storage', 4, 0, -0.5, 1, 0.01, 2);
+        INSERT INTO dispatch (run_id, policy, tick, grid_w) VALUES (1, 'mpc_perfect', 0, 0.5);
+        INSERT INTO dispatch (run_id, policy, tick, grid_w) VALUES (1, 'mpc', 0, 0.25);
+    """ % dispatch_columns)
+    old.close()
+    conn = connect(path)
+    tel = {r["board"]: (r["setpoint_w"], r["setpoint_v"], r["flags"])
+           for r in conn.execute("SELECT * FROM telemetry")}
+    assert tel == {"grid": (None, 7.05, 0), "storage": (-0.5, None, 0)}
+    sp = [tuple(r) for r in conn.execute(
+        "SELECT board, seq, value_w, value_v, acked, ack_status FROM setpoint ORDER BY rowid")]
+    assert sp == [("grid", 3, None, 7.05, 1, 0), ("storage", 4, -0.5, None, 1, 2)]
+    assert sorted(tuple(r) for r in conn.execute("SELECT policy, grid_w FROM dispatch")) == [
+        ("mpc", 0.25), ("mpc_perfect_forecast", 0.5)]
+    conn.close()
+    conn = connect(path)          # a second opening changes nothing
+    assert conn.execute("SELECT count(*) FROM setpoint").fetchone()[0] == 2
+    check_readable(conn, EDGE_COLUMNS)
+    conn.close()
+    s = Store(path, clock=Clock())  # and the edge writes new rows into it, a voltage as such
+    s.start_run("lab", "test", 60, 2.5, {})
+    s.setpoint(0, "grid", 5, 0, 7.1, True, 0.01, 0)
+    s.telemetry(0.0, 0, "grid", "grid", 2, dict(TEL, setpoint_w=None, setpoint_v=7.1))
+    s.commit()
+    row = s.conn.execute("SELECT value_w, value_v FROM setpoint WHERE seq=5").fetchone()
+    assert tuple(row) == (None, 7.1)
+    row = s.conn.execute("SELECT setpoint_w, setpoint_v FROM telemetry WHERE seq=2").fetchone()
+    assert tuple(row) == (None, 7.1)
+    s.close()

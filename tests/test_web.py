@@ -43,10 +43,13 @@ def dispatch_row(policy, tick):
 
 
 def telemetry_values(board_index, tick):
+    """The applied setpoint is a power [W] but the grid board's bus-voltage reference [V]."""
+    grid = BOARDS[board_index][1] == "grid"
     return {
         "v_bus_v": 7.0 + 0.001 * tick, "v_port_v": 5.0 + board_index, "i_port_a": 0.1 * (tick + 1),
         "p_bus_w": 0.5 * board_index - tick, "p_port_w": 0.45 * board_index, "energy_bus_j": 10.0 * tick,
-        "setpoint_w": 0.125 * board_index, "flags": board_index + 16 * tick,
+        "setpoint_w": None if grid else 0.125 * board_index, "setpoint_v": 7.0 + 0.01 * tick if grid else None,
+        "flags": board_index + 16 * tick,
     }
 
 
@@ -147,6 +150,8 @@ def test_page_renders_header_boards_decision_and_assets(db_path, day):
         # p_bus_w of tick 2, and health words from the flag bits (tick 2: 32 + i)
         assert '<span class="p-bus">%.2f</span>' % telemetry_values(i, 2)["p_bus_w"] in html
     assert "limited" in html and "fault" in html   # load1 flags 0x23, load2 0x24 at tick 2
+    # the applied setpoint in its unit: the grid board's bus-voltage reference in V, a load's power in W
+    assert "setpoint 7.02 V" in html and "setpoint 0.50 W" in html and html.count(" V</div>") == 1
     assert 'id="decision-status">solved<' in html and '"decision-solve-ms">4.4</span> ms' in html
     assert "Log in</a> to change the mode" in html and 'id="form-mode"' not in html
     for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "app.js", "style.css"):
@@ -183,7 +188,7 @@ def test_latest_api_has_last_telemetry_and_decision(db_path, day):
     for i, board in enumerate(latest["boards"]):
         assert board["telemetry"]["tick"] == 2
         for key, value in telemetry_values(i, 2).items():
-            assert board["telemetry"][key] == pytest.approx(value)
+            assert board["telemetry"][key] == (None if value is None else pytest.approx(value)), key
         assert board["last_seen_s"] == pytest.approx(10.0) and board["frames_ok"] == 3
     decision = latest["decision"]
     assert decision["tick"] == 2 and decision["status"] == "solved"

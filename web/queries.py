@@ -44,7 +44,7 @@ EDGE_COLUMNS = _schema_columns(SCHEMA)
 BOARD_ORDER = ("pv", "storage", "grid", "load1", "load2", "load3")
 TELEMETRY_COLUMNS = (
     "tick", "t_s", "seq", "v_bus_v", "v_port_v", "i_port_a", "p_bus_w", "p_port_w",
-    "energy_bus_j", "setpoint_w", "flags",
+    "energy_bus_j", "setpoint_w", "setpoint_v", "flags",
 )
 
 
@@ -168,7 +168,8 @@ def _load_json(text, what):
 
 
 def latest_decision(conn, run_id):
-    """The optimiser's last decision of a run (setpoints parsed to ``{board: value_w}``)."""
+    """The optimiser's last decision of a run (setpoints parsed to ``{board: value}``, [W]; the
+    grid board's bus-voltage reference [V])."""
     row = conn.execute(
         "SELECT * FROM decision WHERE run_id=? ORDER BY tick DESC LIMIT 1", (run_id,)
     ).fetchone()

@@ -21,6 +21,15 @@ from picogrid.firmware import protocol as P
 log = logging.getLogger(__name__)
 
 _ACKS_KEPT = 1024     # acks remembered per board (latency stats look back this far)
+#: roles whose setpoint is a voltage [V] (the grid board's bus-voltage reference); every other
+#: role's is a power [W] (PROTOCOL.md section 3)
+VOLTAGE_SETPOINT_ROLES = ("grid",)
+
+
+def setpoint_by_unit(role, value):
+    """``(value_w, value_v)``: a setpoint ``value`` of a board of ``role`` under its unit, the
+    other None (the wire's ``setpoint`` / ``value`` field carries either)."""
+    return (None, value) if role in VOLTAGE_SETPOINT_ROLES else (value, None)
 _U32 = 1 << 32
 _EVENTS_KEPT = 1000   # events held between drains (the edge drains every tick)
 
@@ -35,7 +44,9 @@ class BoardState:
         self.firmware_version = None
         self.capabilities = 0
         self.boot_nonce = None
-        self.telemetry = None          # dict of protocol.TELEMETRY_FIELDS
+        # dict of protocol.TELEMETRY_FIELDS, the wire's ``setpoint`` split by its unit into
+        # ``setpoint_w`` (power roles) and ``setpoint_v`` (grid), the other None
+        self.telemetry = None
         self.last_seen_s = None
         self.seq_out = 0
         self.acks = {}                 # seq -> (status, t_s)
@@ -136,6 +147,7 @@ class Fleet:
                     return
                 if b.authenticated and not self._t_ms_continues(b, now, seq, t["t_ms"]):
                     return
+                t["setpoint_w"], t["setpoint_v"] = setpoint_by_unit(b.role or b.name, t.pop("setpoint"))
             elif msg_type == P.MSG_HELLO:
                 hello = P.unpack_hello(payload)
                 if b.authenticated and not self._new_or_current_session(b, now, seq, hello[3]):

@@ -12,8 +12,8 @@ solver. Here every measured field of a report is held against what the hardware 
 * powers: within what that voltage and current can give, ``V_max * I_max``;
 * the bus energy counter (J since boot, signed): within that power over the longest uptime
   the u32 ``t_ms`` can count (49.7 days), i.e. finite and of a possible size;
-* the applied setpoint: finite and within the power bound (the grid board's is a voltage,
-  below it as well).
+* the applied setpoint (the wire's ``setpoint``, before the fleet splits it by unit): finite
+  and within the power bound (the grid board's is a voltage [V], below it as well).
 
 A report with any field outside its bounds is a bad-data event of that board and is not
 used: :func:`screen` is called by the fleet where a decoded report is accepted, and a refused
@@ -35,7 +35,7 @@ SENSOR_OFFSET_A = 0.05       # [A] same for a current that cannot flow backwards
 _UPTIME_MAX_S = 2 ** 32 / 1000.0   # [s] the u32 t_ms range
 SMPS_ROLES = ROLES[:3]
 LOAD_ROLES = ROLES[3:]
-FIELDS = ("v_bus_v", "v_port_v", "i_port_a", "p_bus_w", "p_port_w", "energy_bus_j", "setpoint_w")
+FIELDS = ("v_bus_v", "v_port_v", "i_port_a", "p_bus_w", "p_port_w", "energy_bus_j", "setpoint")
 
 
 def bounds(site=None):
@@ -67,7 +67,7 @@ def bounds(site=None):
             "p_bus_w": (-p_hi, p_hi),
             "p_port_w": (-p_hi, p_hi),
             "energy_bus_j": (-p_hi * _UPTIME_MAX_S, p_hi * _UPTIME_MAX_S),
-            "setpoint_w": (-max(p_hi, v_bus_hi), max(p_hi, v_bus_hi)),
+            "setpoint": (-max(p_hi, v_bus_hi), max(p_hi, v_bus_hi)),   # W, or V for grid
         }
     return out
 

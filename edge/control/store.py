@@ -22,7 +22,20 @@ import logging
 import sqlite3
 import time
 
+from picogrid.edge.boards.fleet import VOLTAGE_SETPOINT_ROLES, setpoint_by_unit
+
 log = logging.getLogger(__name__)
+
+#: sent setpoints; ``value_w`` [W] for the power roles, ``value_v`` [V] for the grid board's
+#: bus-voltage reference, the other NULL (the wire's one ``value`` field carries either)
+_SETPOINT_TABLE = """CREATE TABLE IF NOT EXISTS setpoint (
+    run_id INTEGER NOT NULL, tick INTEGER NOT NULL, board TEXT NOT NULL,
+    seq INTEGER NOT NULL, mode INTEGER NOT NULL,
+    value_w REAL,                      -- power setpoint [W] (pv cap, -1 = none; storage; loads)
+    acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL,
+    ack_status INTEGER,                -- protocol ACK_OK 0 / ACK_REJECTED 1 / ACK_LIMITED 2
+    value_v REAL                       -- the grid board's bus-voltage reference [V]
+);"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -42,12 +55,16 @@ CREATE TABLE IF NOT EXISTS telemetry (
     tick INTEGER NOT NULL,
     board TEXT NOT NULL, role TEXT NOT NULL, seq INTEGER NOT NULL,
     v_bus_v REAL, v_port_v REAL, i_port_a REAL, p_bus_w REAL, p_port_w REAL,
-    energy_bus_j REAL, setpoint_w REAL, flags INTEGER
+    energy_bus_j REAL,
+    setpoint_w REAL,                   -- applied setpoint of a power role (pv cap, -1 = none; storage; loads) [W]
+    flags INTEGER,
+    setpoint_v REAL                    -- applied setpoint of the grid board: its bus-voltage reference [V]
 );
 CREATE INDEX IF NOT EXISTS telemetry_run_tick ON telemetry(run_id, tick);
--- One row per tick and policy, mean powers over the tick [W]: 'mpc', 'naive' and 'mpc_perfect'
--- (the MPC on the day's true future) are measured on their benches; 'perfect_foresight' is the model's
--- perfect-foresight plan on the same day's true data.
+-- One row per tick and policy, mean powers over the tick [W]: 'mpc', 'naive' and
+-- 'mpc_perfect_forecast' (the MPC with perfect forecasts: fed the day's true future) are measured
+-- on their benches; 'perfect_foresight' is the model's perfect-foresight optimum of the whole day
+-- (the bound) on the same day's true data.
 CREATE TABLE IF NOT EXISTS dispatch (
     run_id INTEGER NOT NULL, policy TEXT NOT NULL, tick INTEGER NOT NULL,
     pv_w REAL, storage_w REAL, grid_w REAL,
@@ -68,19 +85,14 @@ CREATE TABLE IF NOT EXISTS decision (
     run_id INTEGER NOT NULL, tick INTEGER NOT NULL, t_s REAL NOT NULL,
     status TEXT NOT NULL,              -- solver status, or 'fallback:<reason>'
     solve_time_s REAL, objective REAL, forecast_source TEXT,
-    setpoints_json TEXT NOT NULL,      -- {board: value_w}
+    setpoints_json TEXT NOT NULL,      -- {board: value}, [W] (grid: bus-voltage reference [V])
     plan_json TEXT,                    -- first horizon steps of the plan
     reason TEXT,                       -- the decision in plain words
     operator_mode TEXT,                -- automatic | approve | manual (edge/control/operator.py)
     details_json TEXT,                 -- objective terms, binding constraints, iterations, CPU time
     PRIMARY KEY (run_id, tick)
 );
-CREATE TABLE IF NOT EXISTS setpoint (
-    run_id INTEGER NOT NULL, tick INTEGER NOT NULL, board TEXT NOT NULL,
-    seq INTEGER NOT NULL, mode INTEGER NOT NULL, value_w REAL NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0, ack_latency_s REAL,
-    ack_status INTEGER                 -- protocol ACK_OK 0 / ACK_REJECTED 1 / ACK_LIMITED 2
-);
+%(setpoint_table)s
 CREATE TABLE IF NOT EXISTS event (
     run_id INTEGER NOT NULL, t_s REAL NOT NULL, board TEXT, kind TEXT NOT NULL, detail TEXT
 );
@@ -117,7 +129,7 @@ CREATE TABLE IF NOT EXISTS board (
     bad_data INTEGER DEFAULT 0,          -- telemetry outside physical bounds, not used (edge/boards/plausibility.py)
     PRIMARY KEY (run_id, board)
 );
-"""
+""" % {"setpoint_table": _SETPOINT_TABLE}
 
 DISPATCH_COLUMNS = (
     "pv_w", "storage_w", "grid_w", "load1_w", "load2_w", "load3_w",
@@ -132,17 +144,52 @@ _ADDED_COLUMNS = (("dispatch", "deferrable_w", "REAL"),
                   ("board", "auth_errors", "INTEGER DEFAULT 0"),
                   ("board", "replay_errors", "INTEGER DEFAULT 0"),
                   ("board", "bad_data", "INTEGER DEFAULT 0"))
+#: policy keys renamed since: old key -> new key (issue 28 point 7)
+RENAMED_POLICIES = {"mpc_perfect": "mpc_perfect_forecast"}
+_GRID = ", ".join("'%s'" % r for r in VOLTAGE_SETPOINT_ROLES)
+#: issue 28 point 7, for files written before it: the grid board's voltage setpoint [V] moves out
+#: of the power columns (``telemetry.setpoint_w``, ``setpoint.value_w``, which was NOT NULL, so
+#: that table is copied), and dispatch rows take the renamed policy keys; one transaction
+_UNIT_SPLIT = (
+    ["ALTER TABLE telemetry ADD COLUMN setpoint_v REAL",
+     "UPDATE telemetry SET setpoint_v = setpoint_w, setpoint_w = NULL WHERE role IN (%s)" % _GRID,
+     "ALTER TABLE setpoint RENAME TO setpoint_before_units",
+     _SETPOINT_TABLE,
+     "INSERT INTO setpoint (run_id, tick, board, seq, mode, value_w, value_v, acked, ack_latency_s, ack_status)"
+     " SELECT run_id, tick, board, seq, mode, CASE WHEN board IN ({g}) THEN NULL ELSE value_w END,"
+     " CASE WHEN board IN ({g}) THEN value_w END, acked, ack_latency_s, ack_status"
+     " FROM setpoint_before_units ORDER BY rowid".format(g=_GRID),
+     "DROP TABLE setpoint_before_units"]
+    + ["UPDATE dispatch SET policy = '%s' WHERE policy = '%s'" % (new, old) for old, new in RENAMED_POLICIES.items()])
+
+
+def _columns(conn, table):
+    return {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def connect(path):
-    """Open (and create if needed) the store at ``path``; returns a ``sqlite3.Connection``."""
+    """Open (and create if needed) the store at ``path``; returns a ``sqlite3.Connection``.
+
+    A file of an older schema is brought up to this one: the columns added since
+    (:data:`_ADDED_COLUMNS`) and the setpoints split by unit (:data:`_UNIT_SPLIT`)."""
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(SCHEMA)
     for table, column, kind in _ADDED_COLUMNS:
-        if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+        if column not in _columns(conn, table):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if "setpoint_v" not in _columns(conn, "telemetry"):
+        conn.commit()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "setpoint_v" not in _columns(conn, "telemetry"):    # not done meanwhile by another opener
+                for sql in _UNIT_SPLIT:
+                    conn.execute(sql)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
     return conn
 
 
@@ -360,12 +407,20 @@ class Store:
         self.commit()
 
     def telemetry(self, t_s, tick, board, role, seq, values):
-        """``values``: mapping with the telemetry columns (v_bus_v … flags)."""
+        """``values``: mapping with the telemetry columns (v_bus_v … flags) and the applied
+        setpoint as the fleet splits it, ``setpoint_w`` [W] or ``setpoint_v`` [V] (a missing
+        one is NULL); a wire-named ``setpoint`` is split here by ``role``."""
+        if "setpoint" in values:
+            sp_w, sp_v = setpoint_by_unit(role, values["setpoint"])
+        else:
+            sp_w, sp_v = values.get("setpoint_w"), values.get("setpoint_v")
         self._write(
-            "INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO telemetry (run_id, t_s, tick, board, role, seq, v_bus_v, v_port_v, i_port_a,"
+            " p_bus_w, p_port_w, energy_bus_j, setpoint_w, setpoint_v, flags)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (self.run_id, t_s, tick, board, role, seq, values["v_bus_v"], values["v_port_v"],
              values["i_port_a"], values["p_bus_w"], values["p_port_w"], values["energy_bus_j"],
-             values["setpoint_w"], values["flags"]),
+             sp_w, sp_v, values["flags"]),
         )
 
     def dispatch(self, policy, tick, row):
@@ -401,13 +456,16 @@ class Store:
              operator_mode, json.dumps(details) if details is not None else None),
         )
 
-    def setpoint(self, tick, board, seq, mode, value_w, acked, ack_latency_s, ack_status=None):
-        """A setpoint sent at ``tick``: frame ``seq``, protocol ``mode``, ``value_w`` [W; V for
-        the grid board's bus voltage], whether it was acked, after ``ack_latency_s`` [s], and
-        the board's ack status (PROTOCOL.md ``ACK_*``)."""
+    def setpoint(self, tick, board, seq, mode, value, acked, ack_latency_s, ack_status=None):
+        """A setpoint sent at ``tick``: frame ``seq``, protocol ``mode``, ``value`` (stored as
+        ``value_w`` [W], or ``value_v`` [V] for the grid board's bus-voltage reference), whether
+        it was acked, after ``ack_latency_s`` [s], and the board's ack status (PROTOCOL.md
+        ``ACK_*``)."""
+        value_w, value_v = setpoint_by_unit(board, value)
         self._write(
-            "INSERT INTO setpoint VALUES (?,?,?,?,?,?,?,?,?)",
-            (self.run_id, tick, board, seq, mode, value_w, int(acked), ack_latency_s, ack_status),
+            "INSERT INTO setpoint (run_id, tick, board, seq, mode, value_w, value_v, acked, ack_latency_s,"
+            " ack_status) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (self.run_id, tick, board, seq, mode, value_w, value_v, int(acked), ack_latency_s, ack_status),
         )
 
     def event(self, t_s, board, kind, detail=""):

@@ -35,10 +35,14 @@ function fmtW(v) {
   if (v === null || v === undefined) return "—";
   return (Math.abs(v) < 0.005 ? 0 : v).toFixed(2);   // no "-0.00"
 }
-// The pv board's setpoint is a power cap, -1 on the wire meaning none (firmware/PROTOCOL.md).
-function setpointText(board, v) {
+// A power role's setpoint is telemetry setpoint_w [W] (pv: a power cap, -1 on the wire meaning
+// none, firmware/PROTOCOL.md), the grid board's its bus-voltage reference setpoint_v [V] (the
+// other is null); both shown to two decimals.
+function setpointText(board, t) {
+  if (t.setpoint_v !== null && t.setpoint_v !== undefined) return "setpoint " + fmtW(t.setpoint_v) + " V";
+  const v = t.setpoint_w;
   if (board === "pv" && v !== null && v !== undefined && v < 0) return "setpoint: no cap";
-  return "setpoint " + fmtW(v) + (board === "grid" ? " V" : " W");
+  return "setpoint " + fmtW(v) + " W";
 }
 function fmtFlags(v) {
   return v === null || v === undefined ? "—" : "0x" + v.toString(16).toUpperCase().padStart(2, "0");
@@ -148,7 +152,7 @@ function renderLatest(state) {
           unit.textContent = " W";
           div.append(span, unit);
         } else if (cls === "card-sub") {
-          div.textContent = setpointText(b.board, t.setpoint_w);
+          div.textContent = setpointText(b.board, t);
         } else {
           div.textContent = text;
         }
