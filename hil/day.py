@@ -125,8 +125,9 @@ class Day:
     at the same time on a second bench (``run_dir/naive-bench``) so both policies are
     measured under the same physics, sensors and converter losses. The perfect-foresight
     optimum is computed on the day's true data; with ``perfect_bench`` (a replayed day) the
-    same MPC also runs on that true future on a third bench (``run_dir/mpc-perfect-bench``), so
-    perfect foresight is measured through the bench's physics too.
+    same MPC also runs with perfect forecasts (that true future) on a third bench
+    (``run_dir/mpc-perfect-forecast-bench``), so the MPC with perfect forecasts is measured through
+    the bench's physics too.
 
     Parameters
     ----------
@@ -143,7 +144,7 @@ class Day:
         follow the feed's sun.
     feed_memory : picogrid.edge.sources.feedmemory.FeedMemory or None; with a feed, the days earlier
         runs saw (restored before the day, saved at its last tick and when the day stops).
-    perfect_bench : bool, also run the MPC on the true future on a third bench
+    perfect_bench : bool, also run the MPC with perfect forecasts (the true future) on a third bench
 
     Raises
     ------
@@ -218,7 +219,8 @@ class Day:
         self.sides["mpc"] = _Bench(self.site, self.run_dir, self.source, t0)
         self.sides["naive"] = _Bench(self.site, self.run_dir / "naive-bench", self.source, t0)
         if self.perfect_bench:
-            self.sides["mpc_perfect"] = _Bench(self.site, self.run_dir / "mpc-perfect-bench", self.source, t0)
+            self.sides["mpc_perfect_forecast"] = _Bench(self.site, self.run_dir / "mpc-perfect-forecast-bench",
+                                                        self.source, t0)
         for side in self.sides.values():
             side.wait_hello()
         store = Store(self.db_path)
@@ -247,7 +249,7 @@ class Day:
         return self
 
     def _comparison_sides(self):
-        """``(policy, bench)`` of the benches beside the MPC's: the naive rule, the true future."""
+        """``(policy, bench)`` of the benches beside the MPC's: the naive rule, the MPC with perfect forecasts."""
         return [(name, side) for name, side in self.sides.items() if name != "mpc"]
 
     def run(self, on_tick=None):
@@ -281,9 +283,9 @@ class Day:
         deferrable = report.Deferrable(d.board, d.rating_w, self.source.jobs()) if d else None
         s, perfect_foresight = report.summary(rows["mpc"], rows["naive"], truth, r.cfg, r.start_energy_j,
                                    r.solve_times_s, r.statuses, r.solve_cpu_s, deferrable,
-                                   mpc_perfect_rows=rows.get("mpc_perfect"),
-                                   mpc_perfect_statuses=self.sides["mpc_perfect"].runner.statuses
-                                   if "mpc_perfect" in self.sides else ())
+                                   mpc_perfect_forecast_rows=rows.get("mpc_perfect_forecast"),
+                                   mpc_perfect_forecast_statuses=self.sides["mpc_perfect_forecast"].runner.statuses
+                                   if "mpc_perfect_forecast" in self.sides else ())
         for t, row in enumerate(report.baseline_rows(perfect_foresight, truth, self.runner.cfg.dt_s)):
             store.dispatch("perfect_foresight", t, row)
         s["boards_alive"] = sum(self.bench.alive().values())

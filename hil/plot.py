@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 
 #: the policies as the summary and the dashboard name them
 _NAMES = {"mpc": "MPC", "naive": "naive rule", "perfect_foresight": "perfect foresight",
-          "mpc_perfect": "MPC on the true future"}
+          "mpc_perfect_forecast": "MPC with perfect forecasts"}
 
 
 def _rows(conn, run_id, policy):
@@ -26,7 +26,7 @@ def plot_day(db_path, png_path, run_id=None):
     if run_id is None:
         run_id = conn.execute("SELECT max(id) FROM run").fetchone()[0]
     mpc = _rows(conn, run_id, "mpc")
-    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "perfect_foresight", "mpc_perfect")}
+    series = {p: _rows(conn, run_id, p) for p in ("mpc", "naive", "perfect_foresight", "mpc_perfect_forecast")}
     conn.close()
     t = np.array([r["tick"] for r in mpc])
     col = lambda name, rows=mpc: np.array([r[name] if r[name] is not None else np.nan for r in rows])
@@ -47,9 +47,10 @@ def plot_day(db_path, png_path, run_id=None):
     perfect_foresight = series["perfect_foresight"]
     if perfect_foresight:
         ax[1].plot([r["tick"] for r in perfect_foresight], col("storage_energy_j", perfect_foresight), ls="--", label="perfect foresight")
-    if series["mpc_perfect"]:       # the third bench: the MPC on the true future, measured
-        ax[1].plot([r["tick"] for r in series["mpc_perfect"]], col("storage_energy_j", series["mpc_perfect"]),
-                   ls=":", label="MPC on the true future (measured)")
+    perfect_forecast = series["mpc_perfect_forecast"]
+    if perfect_forecast:       # the third bench: the MPC with perfect forecasts, measured
+        ax[1].plot([r["tick"] for r in perfect_forecast], col("storage_energy_j", perfect_forecast),
+                   ls=":", label="MPC with perfect forecasts (measured)")
     ax[1].set_ylabel("energy [J]")
     ax1b = ax[1].twinx()
     ax1b.step(t, col("import_price_per_j"), where="post", color="gray", alpha=0.6, label="import price")

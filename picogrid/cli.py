@@ -27,9 +27,9 @@ def _summary_lines(s):
         v = s.get(key)
         return (fmt % (v * scale) if v is not None else "%10s" % "-") + (" " + unit if unit else "")
 
-    measured = "cost_mpc_perfect" in s
+    measured = "cost_mpc_perfect_forecast" in s
     lines = ["", "Day summary: MPC, naive rule%s measured on %s identical benches, same day;" % (
-                 " and the MPC on the true future" if measured else "", "three" if measured else "two"),
+                 " and the MPC with perfect forecasts" if measured else "", "three" if measured else "two"),
              "perfect foresight = the optimiser's model solved on the day's true data", ""]
     lines.append("  load    served [J]   shed [J]")
     for l in ("load1", "load2", "load3"):
@@ -52,16 +52,17 @@ def _summary_lines(s):
         "    naive (model)     %s" % f("cost_naive_model"),
         "    perfect foresight %s %33s" % (f("cost_perfect_foresight"), f("bill_perfect_foresight")),
     ] + ([
-        "    MPC, true future  %s %33s   (measured, third bench; %d fallback ticks)" % (
-            f("cost_mpc_perfect"), f("bill_mpc_perfect"), s.get("ticks_fallback_mpc_perfect", 0)),
+        "    MPC, perfect fcst %s %33s   (measured, third bench; %d fallback ticks)" % (
+            f("cost_mpc_perfect_forecast"), f("bill_mpc_perfect_forecast"),
+            s.get("ticks_fallback_mpc_perfect_forecast", 0)),
     ] if measured else []) + [
         "  savings capture     %s %%  (against the naive rule on the model: %s %%)" % (
             f("savings_capture", scale=100.0, fmt="%10.1f"),
             f("savings_capture_vs_model_naive", scale=100.0, fmt="%.1f")),
     ] + ([
-        "    all measured      %s %%  (of the MPC on the true future's saving, on the bench%s)" % (
-            f("savings_capture_vs_mpc_perfect", scale=100.0, fmt="%10.1f"),
-            "; none: that bench had fallback ticks" if s.get("ticks_fallback_mpc_perfect") else ""),
+        "    all measured      %s %%  (of the saving of the MPC with perfect forecasts, on the bench%s)" % (
+            f("savings_capture_vs_mpc_perfect_forecast", scale=100.0, fmt="%10.1f"),
+            "; none: that bench had fallback ticks" if s.get("ticks_fallback_mpc_perfect_forecast") else ""),
     ] if measured else []) + [
         "",
         "  MPC solve time p50 %s ms, p99 %s ms wall; %s / %s ms CPU (%d solved, %d fallback ticks)" % (
@@ -334,8 +335,8 @@ def build_parser():
     p.add_argument("--port", type=int, default=8050, help="dashboard port (0 = any free port)")
     p.add_argument("--feed", default=None, help="use the lab market feed at this URL instead of the replayed day")
     p.add_argument("--no-perfect-bench", action="store_true",
-                   help="no third bench running the MPC on the true future (a replayed day has one: "
-                        "perfect foresight measured under the bench's physics)")
+                   help="no third bench running the MPC with perfect forecasts (a replayed day has one: "
+                        "the MPC on the true future measured under the bench's physics)")
     p.add_argument("--feed-speed", type=_positive(float), default=1.0,
                    help="the feed's clock runs this many times faster than real time (local feed only)")
     p.add_argument("--feed-memory", default=None,

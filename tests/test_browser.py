@@ -106,14 +106,15 @@ def test_finance_shows_the_third_bench_once_its_rows_arrive(browser, running_day
     try:
         page.goto(url + "/finance?run=1")
         page.wait_for_selector("#live-status.live")
-        assert page.is_hidden("#vs-mpc-perfect")
+        assert page.is_hidden("#vs-mpc-perfect-forecast")
         for tick in range(4):
-            store.dispatch("mpc_perfect", tick, dispatch_row("mpc_perfect", tick))
+            store.dispatch("mpc_perfect_forecast", tick, dispatch_row("mpc_perfect_forecast", tick))
         write_tick(store, 3)                                   # the next update reads them
-        page.wait_for_selector("#vs-mpc-perfect", state="visible", timeout=10000)
-        to_latest = {p: sum(dispatch_row(p, k)["cost"] for k in range(4)) for p in ("mpc", "naive", "mpc_perfect")}
-        capture = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect"])
-        page.wait_for_function("document.getElementById('savings-capture-vs-mpc-perfect').textContent"
+        page.wait_for_selector("#vs-mpc-perfect-forecast", state="visible", timeout=10000)
+        to_latest = {p: sum(dispatch_row(p, k)["cost"] for k in range(4))
+                     for p in ("mpc", "naive", "mpc_perfect_forecast")}
+        capture = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect_forecast"])
+        page.wait_for_function("document.getElementById('savings-capture-vs-mpc-perfect-forecast').textContent"
                                " === %r" % ("%.4g" % capture), timeout=10000)
         assert page.errors == []
     finally:

@@ -81,14 +81,14 @@ def test_perfect_foresight_measured_on_a_third_bench(day_run):
     """The MPC on the true future runs on its own bench: its measured cost is the capture's
     reference with every cost measured, and it records only its dispatch."""
     conn, summary, run_dir = day_run
-    rows = conn.execute("SELECT * FROM dispatch WHERE policy='mpc_perfect' ORDER BY tick").fetchall()
-    assert [r["tick"] for r in rows] == list(range(N_TICKS)) and summary["ticks_incomplete_mpc_perfect"] == 0
-    assert summary["ticks_fallback_mpc_perfect"] == 0
-    assert summary["bill_mpc_perfect"] == pytest.approx(sum(r["cost"] for r in rows), abs=0.05)
-    assert summary["cost_mpc_perfect"] <= summary["cost_naive"], summary
-    assert summary["savings_capture_vs_mpc_perfect"] == pytest.approx(
-        (summary["cost_naive"] - summary["cost_mpc"]) / (summary["cost_naive"] - summary["cost_mpc_perfect"]))
-    assert (run_dir / "mpc-perfect-bench").is_dir()
+    rows = conn.execute("SELECT * FROM dispatch WHERE policy='mpc_perfect_forecast' ORDER BY tick").fetchall()
+    assert [r["tick"] for r in rows] == list(range(N_TICKS)) and summary["ticks_incomplete_mpc_perfect_forecast"] == 0
+    assert summary["ticks_fallback_mpc_perfect_forecast"] == 0
+    assert summary["bill_mpc_perfect_forecast"] == pytest.approx(sum(r["cost"] for r in rows), abs=0.05)
+    assert summary["cost_mpc_perfect_forecast"] <= summary["cost_naive"], summary
+    assert summary["savings_capture_vs_mpc_perfect_forecast"] == pytest.approx(
+        (summary["cost_naive"] - summary["cost_mpc"]) / (summary["cost_naive"] - summary["cost_mpc_perfect_forecast"]))
+    assert (run_dir / "mpc-perfect-forecast-bench").is_dir()
     # the main bench's records stay its own: one decision per tick
     assert conn.execute("SELECT count(*) FROM decision").fetchone()[0] == N_TICKS
 
@@ -134,8 +134,8 @@ def test_demo_command_runs_its_three_benches(tmp_path):
            "--run-dir", str(tmp_path), "--port", "0"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "MPC, true future" in run.stdout and "all measured" in run.stdout, run.stdout
-    assert (tmp_path / "mpc-perfect-bench").is_dir() and (tmp_path / "dispatch.png").is_file()
+    assert "MPC, perfect fcst" in run.stdout and "all measured" in run.stdout, run.stdout
+    assert (tmp_path / "mpc-perfect-forecast-bench").is_dir() and (tmp_path / "dispatch.png").is_file()
     from picogrid import cli
 
     assert cli.build_parser().parse_args(["demo", "--no-perfect-bench"]).no_perfect_bench

@@ -77,7 +77,7 @@ def test_no_prices_no_scaling():
 
 def _runs(truth, cfg):
     out = baselines(truth, cfg)
-    out["mpc_perfect"] = run_mpc(perfect_controller(cfg), perfect_forecast(None, 0, truth, cfg), truth, cfg)
+    out["mpc_perfect_forecast"] = run_mpc(perfect_controller(cfg), perfect_forecast(None, 0, truth, cfg), truth, cfg)
     # the shipped three-scenario plan, on scenarios around the truth
     ctrl = MpcController(cfg)
 
@@ -128,7 +128,7 @@ def test_no_demand_is_shed_for_price_on_a_teaching_day(seed):
     for policy, r in runs.items():
         assert np.sum(demand - r.load_served_w) * cfg.dt_s == pytest.approx(0.0, abs=1e-3), policy
         assert r.costs["deferrable_shortfall_cost"] == pytest.approx(0.0, abs=1e-6), policy
-    assert runs["mpc_perfect"].costs["total"] <= runs["naive"].costs["total"]
+    assert runs["mpc_perfect_forecast"].costs["total"] <= runs["naive"].costs["total"]
 
 
 def _one_tick(cfg, imp_max_w, e0_j):

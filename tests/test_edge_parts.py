@@ -435,20 +435,20 @@ def test_summary_energies_leave_unmetered_ticks_out():
     assert s["ticks_incomplete_mpc"] == 1 and np.isnan(s["cost_mpc"])
     assert any("1 ticks lack a board's reading" in line for line in _summary_lines(s))
     # the third bench's rows count alike: an unmetered tick leaves its cost unknown, not free
-    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=rows)
-    assert s["ticks_incomplete_mpc_perfect"] == 1 and np.isnan(s["cost_mpc_perfect"])
+    s, _ = report.summary(rows, [], truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_forecast_rows=rows)
+    assert s["ticks_incomplete_mpc_perfect_forecast"] == 1 and np.isnan(s["cost_mpc_perfect_forecast"])
     assert any(line.strip().startswith("all measured") for line in _summary_lines(s))
     # all metered: the naive bench imports more, the third bench less; the capture against it is
     # measured, unless one of its ticks was decided without the true future
     full = [dict(r, load1_w=-0.3, grid_w=1.0, balance_residual_j=0.0) for r in rows]
     naive = [dict(r, grid_w=2.0) for r in full]
     perfect = [dict(r, grid_w=0.5) for r in full]
-    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=perfect,
-                          mpc_perfect_statuses=["solved_exact"] * 4)
-    assert 0.0 < s["savings_capture_vs_mpc_perfect"] < 1.0 and s["ticks_fallback_mpc_perfect"] == 0
-    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_rows=perfect,
-                          mpc_perfect_statuses=["solved_exact"] * 3 + ["fallback:no_true_future"])
-    assert np.isfinite(s["cost_mpc_perfect"]) and np.isnan(s["savings_capture_vs_mpc_perfect"])
+    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_forecast_rows=perfect,
+                          mpc_perfect_forecast_statuses=["solved_exact"] * 4)
+    assert 0.0 < s["savings_capture_vs_mpc_perfect_forecast"] < 1.0 and s["ticks_fallback_mpc_perfect_forecast"] == 0
+    s, _ = report.summary(full, naive, truth, cfg, 20.0, [0.01] * 4, ["solved"] * 4, mpc_perfect_forecast_rows=perfect,
+                          mpc_perfect_forecast_statuses=["solved_exact"] * 3 + ["fallback:no_true_future"])
+    assert np.isfinite(s["cost_mpc_perfect_forecast"]) and np.isnan(s["savings_capture_vs_mpc_perfect_forecast"])
     assert any("none: that bench had fallback ticks" in line for line in _summary_lines(s))
 
 
@@ -528,7 +528,7 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     cols["sun"] = [p / float(site["pv"]["capability_w"]) for p in cols["pv_available_w"]]
     src = ScenarioSource(cols, n_ticks)
     runner = EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0,
-                        policy="mpc_perfect", record="dispatch")
+                        policy="mpc_perfect_forecast", record="dispatch")
     assert runner.cfg.scenario_weights is None and runner.mpc is not None
     truth, k = src.truth(), n_ticks - 5
     fans, sources = runner.true_future(k)
@@ -550,7 +550,7 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     store.start_run("lab", "test", n_ticks, float(site["bench"]["tick_s"]), {})
     fleet = Fleet(board_ids(site))
     runner = EdgeRunner(site, src, fleet, store=store, forecaster=None, t0=0.0,
-                        policy="mpc_perfect", record="dispatch")
+                        policy="mpc_perfect_forecast", record="dispatch")
     seq = iter(range(1, 100))
     storage_reports = lambda: fleet.on_frame(  # noqa: E731  (the storage board at 9 V, idle: 20 J stored)
         "storage", P.MSG_TELEMETRY, fleet.boards["storage"].board_id, next(seq),
@@ -572,7 +572,7 @@ def test_perfect_runner_plans_one_plan_on_the_true_future(tmp_path):
     kinds = [r[0] for r in store.conn.execute("SELECT kind FROM event").fetchall()]
     assert kinds == ["reference_fallback", "reference_fallback"]
     store.close()
-    with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect"):
+    with pytest.raises(ValueError, match="mpc\\|naive\\|mpc_perfect_forecast"):
         EdgeRunner(site, src, Fleet(board_ids(site)), store=None, forecaster=None, t0=0.0, policy="perfect_foresight")
 
 
@@ -615,7 +615,7 @@ def test_runner_error_scenarios_from_the_forecasts_it_issued(caplog):
 
 @pytest.mark.parametrize("policy, planner, solves, one_plan, error_days", [
     ("mpc", "ForecastPlanner", True, False, True),
-    ("mpc_perfect", "TrueFuturePlanner", True, True, False),
+    ("mpc_perfect_forecast", "TrueFuturePlanner", True, True, False),
     ("naive", "RulePlanner", False, True, False),
 ])
 def test_each_policy_has_its_planner(policy, planner, solves, one_plan, error_days):

@@ -201,7 +201,7 @@ def teaching_run():
 def test_evaluate_feed_on_teaching_days_reports_per_kind_metrics(teaching_run):
     res = teaching_run
     assert res["kind"] == "teaching" and res["days"] == ["teaching-0002", "teaching-0003", "teaching-0004"]
-    run = ("naive", "perfect_foresight", "mpc_perfect", "mpc_own")
+    run = ("naive", "perfect_foresight", "mpc_perfect_forecast", "mpc_own")
     for key in ("costs", "shed_connected_j", "shortfall_j", "bill"):
         assert set(res[key]) == set(run) and all(len(v) == 3 and np.isfinite(v).all() for v in res[key].values())
     assert all((v >= 0).all() for key in ("shed_connected_j", "shortfall_j") for v in res[key].values())

@@ -25,7 +25,7 @@ from picogrid.web.units import split_unit
 
 BOARDS = (("pv", "pv"), ("storage", "storage"), ("grid", "grid"),
           ("load1", "load"), ("load2", "load"), ("load3", "load"))
-POLICY_OFFSET_W = {"mpc": 0.0, "naive": 0.25, "perfect_foresight": -0.125, "mpc_perfect": -0.0625}
+POLICY_OFFSET_W = {"mpc": 0.0, "naive": 0.25, "perfect_foresight": -0.125, "mpc_perfect_forecast": -0.0625}
 
 
 def dispatch_row(policy, tick):
@@ -212,29 +212,29 @@ def test_summary_api_costs_so_far_and_savings_capture(db_path, day):
     expected = (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["perfect_foresight"])
     assert costs["savings_capture"] == pytest.approx(expected)
     # no third bench on this run: no measured capture, and no empty row on the finance page
-    assert costs["totals"]["mpc_perfect"]["ticks"] == 0 and costs["savings_capture_vs_mpc_perfect"] is None
+    assert costs["totals"]["mpc_perfect_forecast"]["ticks"] == 0 and costs["savings_capture_vs_mpc_perfect_forecast"] is None
     page = make_client(db_path).get("/finance?run=1").get_data(as_text=True)
-    assert "<td>perfect_foresight</td>" in page and "<td>mpc_perfect</td>" not in page
+    assert "<td>perfect_foresight</td>" in page and "<td>mpc_perfect_forecast</td>" not in page
 
 
 def test_measured_savings_capture_against_the_third_bench(db_path, day):
     """A demo day's third bench (the MPC on the true future) is a policy of its own: its costs
     so far give the capture with every cost measured."""
     for tick in range(4):
-        day.dispatch("mpc_perfect", tick, dispatch_row("mpc_perfect", tick))
+        day.dispatch("mpc_perfect_forecast", tick, dispatch_row("mpc_perfect_forecast", tick))
     day.commit()
     costs = make_client(db_path).get("/api/run/1/summary").get_json()["costs"]
-    to_latest = {p: sum(dispatch_row(p, k)["cost"] for k in range(3)) for p in ("mpc", "naive", "mpc_perfect")}
-    assert costs["totals"]["mpc_perfect"]["ticks"] == 4
-    assert costs["savings_capture_vs_mpc_perfect"] == pytest.approx(
-        (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect"]))
+    to_latest = {p: sum(dispatch_row(p, k)["cost"] for k in range(3)) for p in ("mpc", "naive", "mpc_perfect_forecast")}
+    assert costs["totals"]["mpc_perfect_forecast"]["ticks"] == 4
+    assert costs["savings_capture_vs_mpc_perfect_forecast"] == pytest.approx(
+        (to_latest["naive"] - to_latest["mpc"]) / (to_latest["naive"] - to_latest["mpc_perfect_forecast"]))
     page = make_client(db_path).get("/finance?run=1").get_data(as_text=True)
-    assert "<td>mpc_perfect</td>" in page
+    assert "<td>mpc_perfect_forecast</td>" in page
     # a tick that bench decided otherwise (here: without the true future): no reference any more
     day.event(12.5, None, "reference_fallback", "tick 2: true future unavailable: seasonal_naive:KeyError")
     day.commit()
     costs = make_client(db_path).get("/api/run/1/summary").get_json()["costs"]
-    assert costs["savings_capture_vs_mpc_perfect"] is None and costs["mpc_perfect_fallback_ticks"] == 1
+    assert costs["savings_capture_vs_mpc_perfect_forecast"] is None and costs["mpc_perfect_forecast_fallback_ticks"] == 1
 
 
 def test_finished_run_shows_summary_with_units(db_path, day):

@@ -21,8 +21,9 @@ from .units import split_unit
 
 log = logging.getLogger(__name__)
 
-#: ``mpc_perfect``: the MPC on the day's true future, measured on a third bench (a demo day has one)
-POLICIES = ("mpc", "naive", "perfect_foresight", "mpc_perfect")
+#: ``mpc_perfect_forecast``: the MPC with perfect forecasts (the day's true future), measured on a
+#: third bench (a demo day has one); ``perfect_foresight``: the whole day's optimum, the bound
+POLICIES = ("mpc", "naive", "perfect_foresight", "mpc_perfect_forecast")
 LIVE_POLICY = "mpc"
 
 
@@ -284,11 +285,12 @@ def cost_comparison(conn, run_id):
         ``{"ticks", "total", "to_latest"}`` where ``to_latest`` sums the ticks up to the live
         policy's latest one (the fair comparison while a day runs); ``"savings_capture"``:
         (naive - mpc) / (naive - perfect_foresight) of ``to_latest`` (docs/design.md §4), None when any
-        policy is missing or naive equals perfect_foresight; ``"savings_capture_vs_mpc_perfect"``: the same
-        with the measured ``mpc_perfect`` bench in place of the model's perfect-foresight optimum (None without it,
-        or when a tick of that bench was decided otherwise, without the true future or by the
-        solver's fallback: its ``reference_fallback`` events, counted in
-        ``"mpc_perfect_fallback_ticks"``).
+        policy is missing or naive equals perfect_foresight;
+        ``"savings_capture_vs_mpc_perfect_forecast"``: the same with the measured
+        ``mpc_perfect_forecast`` bench (the MPC with perfect forecasts) in place of the model's
+        perfect-foresight optimum (None without it, or when a tick of that bench was decided
+        otherwise, without the true future or by the solver's fallback: its
+        ``reference_fallback`` events, counted in ``"mpc_perfect_forecast_fallback_ticks"``).
     """
     rows = conn.execute(
         "SELECT policy, tick, cost FROM dispatch WHERE run_id=? AND policy IN (%s) ORDER BY tick"
@@ -326,8 +328,8 @@ def cost_comparison(conn, run_id):
         "cumulative": cumulative,
         "totals": totals,
         "savings_capture": _savings_capture(totals),
-        "savings_capture_vs_mpc_perfect": None if untrue else _savings_capture(totals, "mpc_perfect"),
-        "mpc_perfect_fallback_ticks": untrue,
+        "savings_capture_vs_mpc_perfect_forecast": None if untrue else _savings_capture(totals, "mpc_perfect_forecast"),
+        "mpc_perfect_forecast_fallback_ticks": untrue,
     }
 
 

@@ -9,8 +9,8 @@ branches on the policy itself; the planners use the runner's forecast and optimi
 
 - :class:`ForecastPlanner` (``'mpc'``): the receding-horizon plan on the forecaster's fans, with
   the error scenarios of the forecasts issued on the days before.
-- :class:`TrueFuturePlanner` (``'mpc_perfect'``): the same plan on the source's true future (a
-  replayed day), the bench's measured reference; a tick it cannot plan on the truth is marked.
+- :class:`TrueFuturePlanner` (``'mpc_perfect_forecast'``): the MPC with perfect forecasts, the same
+  plan on the source's true future (a replayed day), the bench's measured reference; a tick it cannot plan on the truth is marked.
 - :class:`RulePlanner` (``'naive'``): the rule-based baseline on what is known now.
 """
 
@@ -46,10 +46,10 @@ class ForecastPlanner:
 
 
 class TrueFuturePlanner:
-    """The MPC on the source's true future (``policy='mpc_perfect'``): one plan (a perfect
+    """The MPC with perfect forecasts, the source's true future (``policy='mpc_perfect_forecast'``): one plan (a perfect
     forecast has no spread), and a ``reference_fallback`` event for a tick not planned on it."""
 
-    policy = "mpc_perfect"
+    policy = "mpc_perfect_forecast"
     solves = True
     one_plan = True         # a perfect forecast has no spread: its scenarios would be copies
     error_scenarios = False

@@ -119,13 +119,13 @@ def baseline_rows(result, truth, dt_s):
 
 
 def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_cpu_s=(), deferrable=None,
-            mpc_perfect_rows=None, mpc_perfect_statuses=()):
+            mpc_perfect_forecast_rows=None, mpc_perfect_forecast_statuses=()):
     """The end-of-day summary: energies [J], costs [price units], solve times [ms].
 
     ``rows`` and ``naive_rows`` are the measured dispatch rows of the MPC and naive benches;
-    ``mpc_perfect_rows`` those of the MPC on the true future (a third bench) or ``None``, and
-    ``mpc_perfect_statuses`` its decisions' statuses (a tick not ``solved*`` makes
-    ``savings_capture_vs_mpc_perfect`` NaN: that bench is then no reference);
+    ``mpc_perfect_forecast_rows`` those of the MPC with perfect forecasts (a third bench) or ``None``, and
+    ``mpc_perfect_forecast_statuses`` its decisions' statuses (a tick not ``solved*`` makes
+    ``savings_capture_vs_mpc_perfect_forecast`` NaN: that bench is then no reference);
     ``deferrable`` (:class:`Deferrable`) the run's deferrable load and jobs.
     Returns (summary dict with unit-suffixed keys, perfect_foresight DayResult).
     """
@@ -169,19 +169,20 @@ def summary(rows, naive_rows, truth, cfg, e0_j, solve_times_s, statuses, solve_c
     s["savings_capture"] = economics.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_perfect_foresight"])
     s["savings_capture_vs_model_naive"] = economics.savings_capture(
         s["cost_naive_model"], s["cost_mpc"], s["cost_perfect_foresight"])
-    if mpc_perfect_rows is not None:
+    if mpc_perfect_forecast_rows is not None:
         # all three measured: the bench's own losses are in every cost, not only in two of three
-        s["cost_mpc_perfect"] = s["bill_mpc_perfect"] = float("nan")
-        if len(mpc_perfect_rows) == len(rows):
-            perfect = measured_costs(mpc_perfect_rows, cfg, deferrable)
-            s["cost_mpc_perfect"] = perfect["total"]
-            s["bill_mpc_perfect"] = perfect["import_cost"] - perfect["export_revenue"]
-        s["ticks_incomplete_mpc_perfect"] = len(incomplete_ticks(mpc_perfect_rows))
-        s["ticks_fallback_mpc_perfect"] = sum(1 for st in mpc_perfect_statuses if not st.startswith("solved"))
+        s["cost_mpc_perfect_forecast"] = s["bill_mpc_perfect_forecast"] = float("nan")
+        if len(mpc_perfect_forecast_rows) == len(rows):
+            perfect = measured_costs(mpc_perfect_forecast_rows, cfg, deferrable)
+            s["cost_mpc_perfect_forecast"] = perfect["total"]
+            s["bill_mpc_perfect_forecast"] = perfect["import_cost"] - perfect["export_revenue"]
+        s["ticks_incomplete_mpc_perfect_forecast"] = len(incomplete_ticks(mpc_perfect_forecast_rows))
+        s["ticks_fallback_mpc_perfect_forecast"] = sum(1 for st in mpc_perfect_forecast_statuses
+                                                        if not st.startswith("solved"))
         # a tick decided otherwise (no true future, or the solver's fallback) leaves that bench
         # no reference: its costs stay as measured, the capture against it is NaN
-        s["savings_capture_vs_mpc_perfect"] = float("nan") if s["ticks_fallback_mpc_perfect"] else \
-            economics.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect"])
+        s["savings_capture_vs_mpc_perfect_forecast"] = float("nan") if s["ticks_fallback_mpc_perfect_forecast"] else \
+            economics.savings_capture(s["cost_naive"], s["cost_mpc"], s["cost_mpc_perfect_forecast"])
     s["ticks_incomplete_mpc"] = len(incomplete_ticks(rows))
     s["ticks_incomplete_naive"] = len(incomplete_ticks(naive_rows))
     ms = 1e3 * np.asarray(solve_times_s)

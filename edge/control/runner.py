@@ -52,8 +52,8 @@ class EdgeRunner:
         attribute naming where each series came from (``picogrid.edge.forecasting.forecast.Forecaster``)
     t0 : float, clock time [s] of tick 0
     policy : 'mpc' (forecast + receding-horizon QP), 'naive' (the rule-based baseline, run
-        on a second bench so both are measured under the same physics) or 'mpc_perfect' (the same
-        QP, one plan, on the source's true future: perfect foresight measured on a bench;
+        on a second bench so both are measured under the same physics) or 'mpc_perfect_forecast' (the
+        MPC with perfect forecasts: the same QP, one plan, on the source's true future, measured on a bench;
         needs a source whose ``truth()`` holds the whole day, i.e. a replayed day)
     record : 'all' (telemetry, decisions, forecasts, setpoints, boards) or 'dispatch'
         (only the measured per-tick dispatch rows, for the comparison bench)
@@ -194,7 +194,7 @@ class EdgeRunner:
         return fans, {s: "truth" for s in fans}
 
     def _check_reference(self, k, t_rel, decision, src):
-        """The perfect-foresight bench is a reference only where it planned on the true future
+        """The bench of the MPC with perfect forecasts is a reference only where it planned on the true future
         and solved: a tick decided otherwise (``fallback:no_true_future``, or the solver's
         fallback) leaves a ``reference_fallback`` event, which the dashboard counts (this bench
         stores no decisions)."""

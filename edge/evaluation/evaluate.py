@@ -15,7 +15,7 @@ loop on the plant of :func:`picogrid.edge.optimizer.policies.simulate_policy`:
   every ``--reserve-every``-th day (default 3, to keep the run near 5 minutes), compared with
   ``mpc_own`` on the same days;
 - ``dayahead_own``: an EMHASS-style day-ahead plan (see below) on the project's forecasts;
-- ``mpc_perfect``: the MPC on the true future;
+- ``mpc_perfect_forecast``: the MPC with perfect forecasts (the true future);
 - ``pymgrid_own`` and ``pymgrid_perfect``: pymgrid's own MPC (``pymgrid==1.2.2``,
   :mod:`picogrid.edge.evaluation.pymgrid_policy`) on the forecasts ``mpc_own`` plans on (the same fans, step
   for step) and on the true future (off with ``--no-compare``);
@@ -377,14 +377,14 @@ class ProfileDays:
         if self.forecaster.horizon < n_ticks or cfg.horizon < n_ticks:
             raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
                              f"{cfg.horizon} shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
-        self.policies = ["naive", "perfect_foresight", "mpc_perfect", "mpc_own", "dayahead_own"] + (
+        self.policies = ["naive", "perfect_foresight", "mpc_perfect_forecast", "mpc_own", "dayahead_own"] + (
             ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
         self.calibration = getattr(self.forecaster, "energy_calibration", None)
 
     @functools.cached_property
     def controllers(self):
         """``{policy: controller}`` of the MPC runs, built where days are planned."""
-        cfg, out = self.cfg, {"mpc_perfect": perfect_controller(self.cfg), "mpc_own": MpcController(self.cfg)}
+        cfg, out = self.cfg, {"mpc_perfect_forecast": perfect_controller(self.cfg), "mpc_own": MpcController(self.cfg)}
         if "mpc_own_reserve" in self.policies:
             out["mpc_own_reserve"] = MpcController(cfg.replace(reserve=True))
         if self.compare:
@@ -438,7 +438,7 @@ class ProfileDays:
         tick0, ctrl = {}, self.controllers
         fans = lambda t, now: day_fans[t]  # noqa: E731  (fans_forecast's fans_at(t, now))
         own = dict(calibration=self.calibration, errors_at=day_errors.__getitem__)
-        for name, fc in (("mpc_perfect", perfect_forecast(self.data, i, truth, cfg)),
+        for name, fc in (("mpc_perfect_forecast", perfect_forecast(self.data, i, truth, cfg)),
                          ("mpc_own", keep_first_window(fans_forecast(fans, truth, cfg, **own), tick0)),
                          ("mpc_own_reserve", fans_forecast(fans, truth, cfg, reserve=True, **own))):
             if name not in ctrl or (name == "mpc_own_reserve" and d % reserve_stride):
@@ -610,7 +610,7 @@ def report(profile, res, out):
         if p == "mpc_own_reserve":
             continue
         extra = "" if p in ("naive", "perfect_foresight") else f"  savings capture {100 * capture(c, p):6.1f} %"
-        print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
+        print(f"  {p:20s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
     if "mpc_own_reserve" in c:
         on = np.isfinite(c["mpc_own_reserve"])
         with_r, without = np.sum(c["mpc_own_reserve"][on]), np.sum(c["mpc_own"][on])

@@ -19,7 +19,7 @@ and the sun the edge saw. This runs that path over many days, faster than real t
 - the first ``warm_days`` days only teach the learner (the edge has just started); each later
   day is run in closed loop (:func:`picogrid.edge.optimizer.policies.simulate_policy`, storage half full
   at the start, the energy left scored at the terminal value) by the MPC on those forecasts
-  (``mpc_own``), the MPC on the true day (``mpc_perfect``), the naive rule and the
+  (``mpc_own``), the MPC with perfect forecasts (``mpc_perfect_forecast``), the naive rule and the
   perfect-foresight LP (``perfect_foresight``), and pymgrid's MPC on the same fans and on the true day
   (``pymgrid_own``, ``pymgrid_perfect``), with the lab site file as
   :func:`picogrid.edge.sources.feedsource.feed_site` sets it for the feed, and the feed's 5 s tick.
@@ -296,7 +296,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
     clock = LeapingClock(DAY0 * 300.0)
     server = serve_days(start, warm_days + n_days, clock, day0=DAY0, kind=kind, seed=seed)
     days = server.days[1:]      # played on lab days DAY0, DAY0 + 1, ...
-    policies_run = ("naive", "perfect_foresight", "mpc_perfect", "mpc_own") + (COMPARED if compare else ())
+    policies_run = ("naive", "perfect_foresight", "mpc_perfect_forecast", "mpc_own") + (COMPARED if compare else ())
     costs = {p: [] for p in policies_run}
     outcomes = {p: [] for p in policies_run}
     unservable, quality = [], []
@@ -338,7 +338,7 @@ def evaluate_feed(first_day="2013-07-01", n_days=30, warm_days=WARM_DAYS, overri
                 quality.append(forecast_quality(issued, truth))
                 continue
             results = baselines(truth, cfg)
-            results["mpc_perfect"] = run_mpc(ctrl_perfect, perfect_forecast(None, i, truth, cfg), truth, cfg)
+            results["mpc_perfect_forecast"] = run_mpc(ctrl_perfect, perfect_forecast(None, i, truth, cfg), truth, cfg)
             fans = cached_fans(fans_at)
             results["mpc_own"] = run_mpc(ctrl, fans_forecast(fans, truth, cfg), truth, cfg, solve_ms, statuses)
             if pm is not None:
@@ -395,7 +395,7 @@ def report(res, out):
               f"N={res['cfg'].horizon}, dt={res['cfg'].dt_s:g} s", file=out)
     for p, v in c.items():
         extra = "" if p in ("naive", "perfect_foresight") else f"  savings capture {100 * capture(c, p):6.1f} %"
-        print(f"  {p:16s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
+        print(f"  {p:20s} cost {np.sum(v):12.5g} c (per day mean {np.mean(v):.5g}){extra}", file=out)
     med = np.nanmedian([economics.savings_capture(a, b, o) for a, b, o in zip(c["naive"], c["mpc_own"], c["perfect_foresight"])])
     print(f"  per-day capture (feed forecasts): median {100 * med:.1f} %", file=out)
     for key, what in (("shed_connected_j", "energy shed, grid connected"), ("shortfall_j", "deferrable shortfall")):

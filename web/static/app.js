@@ -8,9 +8,10 @@ const API = page.dataset.api;
 const PAGE = page.dataset.page;
 const RUN = page.dataset.run ? Number(page.dataset.run) : null;
 const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
-const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", perfect_foresight: "#2e7d32", mpc_perfect: "#00838f" };
+const POLICY_COLOURS = { mpc: "#1565c0", naive: "#ef6c00", perfect_foresight: "#2e7d32",
+  mpc_perfect_forecast: "#00838f" };
 const POLICY_NAMES = { mpc: "MPC", naive: "naive rule", perfect_foresight: "perfect foresight",
-  mpc_perfect: "MPC on the true future (bench)" };
+  mpc_perfect_forecast: "MPC with perfect forecasts (bench)" };
 const LOADS = ["load1", "load2", "load3"];
 const LOAD_COLOURS = { load1: "#c62828", load2: "#ad1457", load3: "#6d4c41" };
 const DISPATCH_SERIES = [
@@ -336,8 +337,9 @@ async function financePage() {
   }));
   setText("savings-capture", fmt(f.savings_capture));
   // the third bench's rows may start after the page loaded (a page opened before tick 0)
-  document.getElementById("vs-mpc-perfect").hidden = !(f.totals.mpc_perfect && f.totals.mpc_perfect.ticks > 0);
-  setText("savings-capture-vs-mpc-perfect", fmt(f.savings_capture_vs_mpc_perfect));
+  const perfectForecast = f.totals.mpc_perfect_forecast;
+  document.getElementById("vs-mpc-perfect-forecast").hidden = !(perfectForecast && perfectForecast.ticks > 0);
+  setText("savings-capture-vs-mpc-perfect-forecast", fmt(f.savings_capture_vs_mpc_perfect_forecast));
   const s = await getJSON("/run/" + RUN + "/summary");
   document.getElementById("summary-section").hidden = s.rows.length === 0;
   fillTable("summary-body", s.rows.map((r) => [{ text: r.label, title: r.name }, fmt(r.value), r.unit]));
