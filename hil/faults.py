@@ -61,6 +61,7 @@ class LinkProxy:
         self._faults = {"up": self._no_fault(), "down": self._no_fault()}
         self._queue = []            # (due_s, fd, bytes) for delayed data
         self.stats = {d: {"bytes": 0, "dropped": 0, "corrupted": 0} for d in ("up", "down")}
+        self.taps = []              # callables(direction, bytes): the bytes as sent, before any fault
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="proxy-" + name, daemon=True)
         self._thread.start()
@@ -124,11 +125,27 @@ class LinkProxy:
             f = dict(self._faults[direction])
             st = self.stats[direction]
             st["bytes"] += len(data)
+            for tap in self.taps:
+                tap(direction, data)
             data = self._mangle(data, f, st)
             if f["delay_s"] > 0 or self._queue:
                 self._queue.append((time.monotonic() + f["delay_s"], dst, data))
                 return
         self._write(dst, data)
+
+    def inject(self, direction, data):
+        """Put ``data`` on the wire as if the far end sent it: ``"down"`` to the board, ``"up"``
+        to the edge (an attacker on the cable). It goes between two forwarded chunks, after
+        the ones already delayed; a 0x00 first ends any frame cut in half (that frame is lost,
+        as on a noisy line)."""
+        dst = {"down": self._board_fd, "up": self._edge_master}.get(direction)
+        if dst is None:
+            raise ValueError("direction must be up or down, got %r" % (direction,))
+        with self._lock:
+            if self._queue:
+                self._queue.append((time.monotonic(), dst, b"\x00" + bytes(data)))
+                return
+            self._write(dst, b"\x00" + bytes(data))
 
     @staticmethod
     def _write(fd, data):

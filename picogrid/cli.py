@@ -189,6 +189,7 @@ DELEGATED = {
     "boards": ("picogrid.tools.flash", "boards_main", "list attached Picos"),
     "screenshots": ("picogrid.tools.screenshots", "main", "a PNG of every dashboard page"),
     "fuzz": ("picogrid.tools.fuzz", "main", "fuzz the wire decoder and the feed client (tools/fuzz.py)"),
+    "soak": ("picogrid.hil.soak", "main", "the edge on the HIL bench for a long time under scripted faults"),
 }
 
 
@@ -203,15 +204,20 @@ def cmd_delegated(args):
 
 
 def cmd_edge(args):
-    """The edge on real boards (ports in the site file): one day, summary, dashboard."""
+    """The edge on real boards (ports in the site file): day after day, summaries, dashboard."""
+    import signal
+
     from picogrid.edge.control.service import EdgeService
     from picogrid.edge.site import load_site
 
+    # a file-size limit or quota must fail the store's writes (buffered, alarmed), not kill the controller
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     feed = None
     if args.feed:
         from picogrid.edge.sources.labfeed import LabFeed, TICK_S
-        feed = LabFeed(args.feed)
-        args.tick_s = args.tick_s or TICK_S
+        speed = float(args.feed_speed)
+        feed = LabFeed(args.feed, clock=(lambda: time.time() * speed) if speed != 1 else None)
+        args.tick_s = args.tick_s or TICK_S / speed
     site = load_site(args.site, tick_s=args.tick_s)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,16 +226,19 @@ def cmd_edge(args):
         site = feed_site(site)
         source = feed_source(site, feed, _feed_memory(args, run_dir))
         forecaster = FeedForecaster(source)
-        t0 = next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)
+        t0 = lambda: next_day_start(feed, float(site["bench"]["tick_s"]), 3.0)   # noqa: E731
     else:
         from picogrid.edge.forecasting.forecast import Forecaster
         from picogrid.hil.day import replay_source
         source = replay_source(site, run_dir, args.day)
         forecaster = Forecaster()
-        t0 = time.time() + 3.0
+        t0 = lambda: time.time() + 3.0   # noqa: E731
     if args.ticks:
         site["bench"]["n_ticks"] = args.ticks
-    service = EdgeService(site, run_dir / "picogrid.sqlite", source, forecaster, t0)
+    service = EdgeService(site, run_dir / "picogrid.sqlite", source, forecaster, t0, resume=args.resume)
+    if service.resumed is not None:
+        print("Resumed run %d at tick %d (t0 %.1f)" % (service.resumed.run_id, service.first_tick, service.t0),
+              flush=True)
     try:
         url, stop_web = _start_dashboard(run_dir / "picogrid.sqlite", args.port)
     except BaseException:
@@ -241,9 +250,16 @@ def cmd_edge(args):
         missing = service.wait_hello()
         if missing:
             print("no hello yet from %s: running without them" % ", ".join(missing), flush=True)
-        summary = service.run(lambda k: print("  tick %d: %s" % (k + 1, service.runner.statuses[-1]), flush=True))
-        for line in _summary_lines(summary):
-            print(line)
+        days = 0
+        while True:
+            summary = service.run(lambda k: print("  tick %d: %s" % (k + 1, service.runner.statuses[-1]),
+                                                  flush=True))
+            for line in _summary_lines(summary):
+                print(line)
+            days += 1
+            if args.days and days >= args.days:
+                break
+            service.next_day()
         _keep_serving(args.exit)
     except KeyboardInterrupt:
         pass
@@ -353,7 +369,12 @@ def build_parser():
     p.add_argument("--tick-s", type=_positive(float), default=None)
     p.add_argument("--run-dir", default=str(REPO / "var" / "edge"))
     p.add_argument("--port", type=int, default=8050, help="dashboard port")
-    p.add_argument("--exit", action="store_true", help="exit after the day's summary")
+    p.add_argument("--exit", action="store_true", help="exit after the last day's summary")
+    p.add_argument("--days", type=int, default=1, help="days to run one after another (0: until stopped)")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on with the run the store left running, if its day is not over (after a crash)")
+    p.add_argument("--feed-speed", type=_positive(float), default=1.0,
+                   help="the feed's clock runs this many times faster than real time (a local feed only)")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("labfeed-server", help="serve real (or teaching-server) days through the lab market feed API "

@@ -46,6 +46,28 @@ def _col(rows, name, sign=1.0):
     return np.array([sign * r[name] if r[name] is not None else np.nan for r in rows], float)
 
 
+def with_gaps_filled(rows, truth):
+    """``rows`` (dispatch rows by tick) with a row for every tick up to the last: a tick that
+    was never metered (the edge was down: a resumed run) gets the day's demand and prices from
+    ``truth`` and no measurement (None), so it counts as unmetered, never as free."""
+    if not rows:
+        return rows
+    by_tick = {int(r["tick"]): r for r in rows}
+    out = []
+    for t in range(max(by_tick) + 1):
+        if t in by_tick:
+            out.append(by_tick[t])
+            continue
+        row = {c: None for c in rows[0]}
+        row["tick"] = t
+        for c in ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w",
+                  "import_price_per_j", "export_price_per_j"):
+            if c in truth:
+                row[c] = float(truth[c][t])
+        out.append(row)
+    return out
+
+
 def incomplete_ticks(rows):
     """Ticks whose energy is unknown on some board (a missed ack, a reboot)."""
     keys = ("grid_w", "storage_w", "pv_w") + tuple(l + "_w" for l in LOADS)

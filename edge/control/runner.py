@@ -382,7 +382,7 @@ class EdgeRunner:
             self.health.telemetry(name, tel)
         self._health_fed = len(rows)
 
-    def persist(self, k, t_rel, decision, fc, src, sp, operator_note=""):
+    def persist(self, k, t_rel, decision, fc, src, sp, operator_note="", storage_energy_j=None):
         rows = self.fleet.drain_telemetry()
         self._feed_health(rows)      # the reports that came during the tick (the post-ack ones too)
         self._health_fed = 0
@@ -403,7 +403,8 @@ class EdgeRunner:
                             None if np.isnan(decision.objective) else float(decision.objective),
                             ",".join(sources), {n: v for n, (m, v) in sp.items()}, plan,
                             reason=_explain(decision, sp) + (" [%s]" % operator_note if operator_note else ""),
-                            operator_mode=self.operator.mode, details=_details(decision, self.solve_cpu_s))
+                            operator_mode=self.operator.mode,
+                            details=_details(decision, self.solve_cpu_s, storage_energy_j))
         snap = self.fleet.snapshot()
         for name, s in snap.items():
             link = self.fleet.boards[name].link
@@ -473,15 +474,49 @@ class EdgeRunner:
         self.solve_times_s.append(decision.solve_time_s)
         self.statuses.append(decision.status)
         self.last_setpoints = sp
-        self.persist(k, t_start - self.t0, decision, fc, src, sp, operator_note)
+        self.persist(k, t_start - self.t0, decision, fc, src, sp, operator_note,
+                     storage_energy_j=None if e_j is None else float(e_j))
         log.info("%s tick %d/%d: %s in %.2f ms, storage %.1f J, grid %+.2f W", self.policy, k + 1, self.n_ticks,
                  decision.status, 1e3 * decision.solve_time_s, e_j, decision.p_grid_w)
         return decision
 
-    def run_day(self, on_tick=None):
+    def resume(self, point):
+        """Carry on with a run the edge left when it died (:mod:`picogrid.edge.control.resume`):
+        the day's start energy, the solver record of the summary, the source's observations so
+        far and the jobs' delivered energy, all from the rows ``point`` read from the store.
+        Returns the tick to run next (:meth:`run_day`'s ``first_tick``)."""
+        self.e0_j = point.start_energy_j
+        for d in point.decisions:
+            self.statuses.append(d["status"])
+            self.solve_times_s.append(d["solve_time_s"] or 0.0)
+            if d["details"].get("solve_cpu_s") is not None:
+                self.solve_cpu_s.append(d["details"]["solve_cpu_s"])
+        self.measured = list(point.dispatch)
+        if hasattr(self.source, "restore"):     # a live source: what it saw before the restart
+            self.source.restore(point.dispatch, point.next_tick)
+        if self.deferrable:
+            if hasattr(self.source, "begin_tick"):
+                self.source.begin_tick(point.next_tick)     # the day's jobs, as the next tick reads them
+            self.update_jobs()
+            for row in point.dispatch:
+                if row.get("deferrable_w") is not None and row["tick"] < point.next_tick:
+                    self.deferrable.ledger.deliver(row["tick"], row["deferrable_w"] * self.tick_s, self.tick_s)
+        log.warning("%s: run resumed at tick %d of %d (%d decided before the restart)", self.policy,
+                    point.next_tick, self.n_ticks, len(point.decisions))
+        return point.next_tick
+
+    def run_day(self, on_tick=None, first_tick=None):
         """Run every tick at its time, then close the last tick's metering. Returns the ticks
-        run: fewer than ``n_ticks`` when :attr:`stop_requested` was set (logged)."""
-        for k in range(self.n_ticks):
+        run up to: fewer than ``n_ticks`` when :attr:`stop_requested` was set (logged).
+
+        ``first_tick`` (from :meth:`resume`): a resumed run starts there, skipping the ticks
+        whose time passed while the edge was down; a fresh run starts at 0."""
+        late = 0 if first_tick is None else int((self.clock() - self.t0) // self.tick_s)
+        first_tick = first_tick or 0
+        if late > first_tick:
+            log.warning("%s: ticks %d..%d passed while the edge was down: no decision for them",
+                        self.policy, first_tick, min(late, self.n_ticks) - 1)
+        for k in range(max(first_tick, late), self.n_ticks):
             wait = self.t0 + k * self.tick_s - self.clock()
             if wait > 0:
                 self.sleep(wait)
@@ -501,8 +536,9 @@ class EdgeRunner:
         return self.n_ticks
 
 
-def _details(decision, solve_cpu_s):
-    """The audit part of a decision record: why the optimiser chose what it chose."""
+def _details(decision, solve_cpu_s, storage_energy_j=None):
+    """The audit part of a decision record: why the optimiser chose what it chose, from what
+    stored energy [J] (also where a resumed run finds its day's start, edge/control/resume.py)."""
     terms = {k: float(v) for k, v in (decision.objective_terms or {}).items()}
     return {"objective_terms": terms, "iterations": int(decision.iterations),
             "binding": list(getattr(decision, "binding", None) or []),
@@ -510,6 +546,7 @@ def _details(decision, solve_cpu_s):
             # the values the plan was priced with, on the source's price scale (edge/optimizer/economics.py)
             "economics": dict(decision.economics),
             "shed_rule": decision.shed_rule,
+            "storage_energy_j": storage_energy_j,
             "solve_cpu_s": solve_cpu_s[-1] if solve_cpu_s and decision.iterations else None}
 
 

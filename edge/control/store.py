@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS run (
     scenario TEXT NOT NULL,            -- which real day, e.g. '2010-06-14'
     n_ticks INTEGER NOT NULL,
     tick_s REAL NOT NULL,              -- tick duration [s]
-    status TEXT NOT NULL DEFAULT 'running',  -- running | finished | failed
+    status TEXT NOT NULL DEFAULT 'running',  -- running | finished | failed | stopped
     config_json TEXT NOT NULL DEFAULT '{}',
     summary_json TEXT                  -- filled at the end of the day
 );
@@ -397,6 +397,17 @@ class Store:
         self.conn.commit()
         self.run_id = cur.lastrowid
         self._run_row = (self.run_id, self.started_at, profile, scenario, n_ticks, tick_s, json.dumps(config))
+        return self.run_id
+
+    def resume_run(self, run_id):
+        """Make the ``running`` run ``run_id`` the one the writers fill again (the edge
+        restarted: :mod:`picogrid.edge.control.resume`). Raises KeyError if there is no such run."""
+        row = self.conn.execute("SELECT id, started_at, profile, scenario, n_ticks, tick_s, config_json"
+                                " FROM run WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError("no run %r in the store" % (run_id,))
+        self.run_id, self.started_at = int(row[0]), float(row[1])
+        self._run_row = tuple(row)
         return self.run_id
 
     def finish_run(self, summary, status="finished"):

@@ -138,6 +138,28 @@ class FeedSource:
             except Exception:   # a listener (the bench's sun relay) must not stop the tick
                 log.exception("feed listener failed at tick %d", k)
 
+    def restore(self, rows, next_tick):
+        """Take back the day's observations before ``next_tick`` from a resumed run's measured
+        dispatch rows (:mod:`picogrid.edge.control.resume`): each row's ``pv_available_w``,
+        ``loadN_demand_w`` and prices at its ``tick``. A tick without a row (the edge was
+        down, or the tick was not metered) holds the last one seen, as a tick the feed did not
+        answer does; before the first row the day stays unknown."""
+        last = None
+        by_tick = {int(r["tick"]): r for r in rows}
+        for t in range(min(int(next_tick), self.n_ticks)):
+            row = by_tick.get(t, last)
+            if row is None:
+                continue
+            last = row
+            sun = float(row["pv_available_w"]) / self.pv_capability_w if self.pv_capability_w > 0 else 0.0
+            self.observed["sun"][t] = sun
+            self.observed["pv_available_w"][t] = float(row["pv_available_w"])
+            self._sun_seen[t] = t in by_tick
+            for name in LOADS:
+                self.observed[name + "_demand_w"][t] = float(row[name + "_demand_w"])
+            for series in ("import_price_per_j", "export_price_per_j"):
+                self.observed[series][t] = _or_nan(row[series])
+
     def now(self, tick):
         """``(demand_w [L], import_price_per_j, export_price_per_j)`` the feed gave for ``tick``
         ([W] per load, [c/J]); a price it could not give is the last one known, else 0."""
