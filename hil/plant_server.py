@@ -17,7 +17,9 @@ Control channel (fault injection, :mod:`picogrid.hil.faults`): a datagram that s
 ``{`` is a JSON command, answered by one JSON datagram ``{"ok": true, ...}`` or
 ``{"ok": false, "error": ...}``. Commands (``cmd``):
 
-* ``state``: the true state now, plus bus min/max [V] since the last ``mark``;
+* ``state``: the true state now, plus bus min/max [V] since the last ``mark`` and whether the
+  bench kept real time (``realtime``: the longest gaps of the plant's stepping and of each
+  board's loop, and how many exceeded 50 ms; the truth log has each tick's ``late_ms``);
 * ``mark``: restart the bus min/max window;
 * ``sensor_bias`` ``role``, ``bias`` (4 numbers added to v_port, i_port, v_bus, i_bus, or null);
 * ``sensor_stuck`` ``role``, ``stuck`` (true: readings frozen at their present value);
@@ -48,6 +50,10 @@ _MAX_CATCH_UP_S = 1.0
 # and its power stage carries no current, as on real hardware (0.5 s: 50 missed iterations,
 # well above scheduling hiccups of a loaded test machine)
 _DEAD_BOARD_S = 0.5
+# real time, as a HIL rig checks it: the plant steps at least every _IDLE_TIMEOUT_S and each
+# board's loop asks every sim_loop_period_ms (10 ms); a gap above _LATE_S (5 loop periods)
+# means that process was not scheduled in time, and the bench did not keep real time then
+_LATE_S = 0.05
 
 
 class PlantServer:
@@ -81,6 +87,11 @@ class PlantServer:
         self._mark_vmin = self._mark_vmax = self.plant.v_bus
         self._tick_start_s = None
         self._last_request_s = {}
+        # real-time record: the longest gap [s] and the gaps above _LATE_S, of the plant's own
+        # stepping ("plant") and of each board's requests (a board silent for _DEAD_BOARD_S is
+        # dead, not late); over the run, and per tick for the truth log
+        self.late = {"max_gap_s": {}, "late_gaps": {}}
+        self._tick_late_s = 0.0
 
     def tick_at(self, wall_s):
         return int((wall_s - self.cfg["t0"]) // self.cfg["tick_s"])
@@ -116,12 +127,30 @@ class PlantServer:
                "storage_energy_j": pl.storage_energy_j, "bus_energy_j": pl.bus_energy_j(),
                "duration_s": duration_s, "pv_available_w": pl.pv_available_w(),
                "extra_load_w": pl.extra_load_w,
+               "late_ms": round(1e3 * self._tick_late_s, 1),   # longest late gap in the tick (0: kept real time)
                "faults": {"sensor_bias": sorted(pl.sensor_bias), "sensor_stuck": sorted(pl.sensor_stuck),
                           "sun_override": self.sun_override, "grid_override": self.grid_override},
                "energy_bus_j": {r: self._tick_energy[r] for r in ROLES},
                "p_bus_w": {r: self._tick_energy[r] / duration_s for r in ROLES}}
         self._truth.write(json.dumps(row) + "\n")
         self._truth.flush()
+
+    def _gap(self, who, gap_s):
+        """Record a gap between two steps of ``who`` (the plant, or a board's role)."""
+        if who != "plant" and gap_s > _DEAD_BOARD_S:
+            return          # a killed or restarted board: dead, not late
+        if gap_s > self.late["max_gap_s"].get(who, 0.0):
+            self.late["max_gap_s"][who] = gap_s
+        if gap_s > _LATE_S:
+            self.late["late_gaps"][who] = self.late["late_gaps"].get(who, 0) + 1
+            self._tick_late_s = max(self._tick_late_s, gap_s)
+
+    def realtime(self):
+        """Whether the bench kept real time so far: ``{"kept": bool, "max_gap_ms": {who: ms},
+        "late_gaps": {who: n}}`` (``who``: ``plant`` or a role; a gap is late above 50 ms)."""
+        return {"kept": not self.late["late_gaps"],
+                "max_gap_ms": {k: round(1e3 * v, 1) for k, v in self.late["max_gap_s"].items()},
+                "late_gaps": dict(self.late["late_gaps"])}
 
     def catch_up(self):
         """Integrate the physics up to now (at most ``_MAX_CATCH_UP_S``, in 1 ms steps).
@@ -131,6 +160,7 @@ class PlantServer:
         integrated under the new tick and charged to its row (an interval is at most a few
         ms while the server keeps up; a loaded host's longer gap blurs one boundary)."""
         now = time.time()
+        self._gap("plant", now - self._last_wall)
         dt = min(now - self._last_wall, _MAX_CATCH_UP_S)
         self._last_wall = now
         tick = self.tick_at(now)
@@ -140,6 +170,7 @@ class PlantServer:
             self._tick_energy = {r: 0.0 for r in ROLES}
             self._tick_vmin = self._tick_vmax = self.plant.v_bus
             self._tick_start_s = self.plant.time_s
+            self._tick_late_s = 0.0
             self._tick = tick
             self._apply_scenario(tick)
         for role, t in self._last_request_s.items():
@@ -173,7 +204,7 @@ class PlantServer:
                 "v_pv_v": pl.v_pv, "storage_energy_j": pl.storage_energy_j,
                 "pv_available_w": pl.pv_available_w(), "extra_load_w": pl.extra_load_w,
                 "p_bus_w": dict(pl.p_bus), "v_port_v": dict(pl.v_port), "i_port_a": dict(pl.i_port),
-                "duty": dict(pl.duty)}
+                "duty": dict(pl.duty), "realtime": self.realtime()}
 
     def command(self, cmd):
         """Apply one control command (dict); returns the reply dict. Raises ValueError if bad."""
@@ -245,7 +276,10 @@ class PlantServer:
         role = ROLES[role_index]
         self.catch_up()
         self.plant.set_duty(role, duty)
-        self._last_request_s[role] = time.time()
+        now = time.time()
+        if role in self._last_request_s:
+            self._gap(role, now - self._last_request_s[role])
+        self._last_request_s[role] = now
         self.sock.sendto(REPLY.pack(*self.plant.measure(role)), addr)
         self.requests += 1
 

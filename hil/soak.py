@@ -317,6 +317,7 @@ class Soak:
         self.events = []            # (t, action, args)
         self.edge_down = []         # [t_killed, t_first_tick_after] of each kill -9
         self.edge_starts = 0
+        self.realtime = None        # the plant's real-time record at the end (Bench.realtime)
         self._stop = threading.Event()
 
     # -- processes ---------------------------------------------------------------------------
@@ -468,6 +469,10 @@ class Soak:
         for action, args in (("disk_full", {"on": False}), ("feed_garbage", {"on": False})):
             self.act(action, args)
         time.sleep(2 * self.tick_s)
+        try:
+            self.realtime = self.bench.realtime()
+        except Exception as exc:      # the plant gone: say so in the report
+            self.realtime = {"kept": None, "error": str(exc)}
         self.stop()
         report = measure(self, t_start, t_end)
         (self.run_dir / "soak-report.json").write_text(json.dumps(report, indent=1))
@@ -513,7 +518,7 @@ def measure(soak, t_start, t_end):
     # bus band, from the plant's own log
     v_ref = float(soak.site["bench"]["bus_voltage_v"])
     lo, hi = v_ref * (1 - BUS_BAND_FRACTION), v_ref * (1 + BUS_BAND_FRACTION)
-    band, plant_ticks = 0, 0
+    band, plant_ticks, late_ticks = 0, 0, 0
     truth = soak.run_dir / "bench" / "truth.jsonl"
     bench_t0, bench_tick = soak.bench.t0, soak.bench.tick_s
     for line in truth.read_text().splitlines() if truth.exists() else ():
@@ -521,6 +526,7 @@ def measure(soak, t_start, t_end):
         t = bench_t0 + row["tick"] * bench_tick
         if t_start <= t < t_end:
             plant_ticks += 1
+            late_ticks += row.get("late_ms", 0) > 0
             band += not (lo <= row["v_bus_min_v"] and row["v_bus_max_v"] <= hi)
     # rows lost: the store's own account of its outages, and rows SQLite refused
     dropped = sum(int(m.group(1)) for (d,) in conn.execute("SELECT detail FROM event WHERE kind='store_outage'")
@@ -548,6 +554,7 @@ def measure(soak, t_start, t_end):
         "ticks_without_decision_edge_up": len(missing) - len(in_down),
         "edge_kills": len(soak.edge_down), "edge_restart_s": restart_s,
         "plant_ticks": plant_ticks, "bus_band_violations": band,
+        "bench_realtime": soak.realtime, "plant_ticks_late": late_ticks,
         "rows_lost": dropped + refused, "rows_duplicated": int(dup_tel + dup_sp),
         "forged_accepted": acc_down["forged"] + int(forged_up),
         # an accepted replayed telemetry frame is a second identical row (rows_duplicated)
@@ -577,6 +584,9 @@ def report_lines(r):
         "  ... with the edge running     %d" % r["ticks_without_decision_edge_up"],
         "  bus-voltage band violations   %d  (of %d plant ticks, band ±%.0f %%)" % (
             r["bus_band_violations"], r["plant_ticks"], 100 * BUS_BAND_FRACTION),
+        "  bench kept real time          %s  (%d plant ticks with a gap > 50 ms; longest gaps %s ms)" % (
+            "yes" if (r["bench_realtime"] or {}).get("kept") else "NO", r["plant_ticks_late"],
+            (r["bench_realtime"] or {}).get("max_gap_ms")),
         "  rows lost                     %d" % r["rows_lost"],
         "  rows duplicated               %d" % r["rows_duplicated"],
         "  forged frames accepted        %d" % r["forged_accepted"],
