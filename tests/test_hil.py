@@ -28,7 +28,9 @@ import pytest
 from picogrid.edge.boards.fleet import Fleet
 from picogrid.edge.boards.links import SerialLink, TcpLink
 from picogrid.firmware import protocol as P
-from picogrid.hil.bench import Bench
+from picogrid.hil.bench import HIL_NICE, Bench
+from picogrid.hil.plant import ROLES
+from picogrid.hil.plant_server import PlantServer
 from picogrid.hil.day import load_site
 from picogrid.hil.faults import Faults
 
@@ -192,6 +194,9 @@ def run(tmp_path_factory):
             marks[name] = time.time()
         time.sleep(max(0.0, t0 + T_END_S - time.time()))
         marks["end"] = time.time()
+        realtime = bench.realtime()
+        nice = {n: os.getpriority(os.PRIO_PROCESS, b["proc"].pid) for n, b in bench.boards.items()}
+        nice["plant"] = os.getpriority(os.PRIO_PROCESS, bench.plant_proc.pid)
     finally:
         if rec:
             rec.stop()
@@ -201,6 +206,7 @@ def run(tmp_path_factory):
     import json
     (run_dir / "trace.json").write_text(json.dumps({"marks": marks, "rows": rec.rows if rec else []}))
     yield {"rec": rec, "marks": marks, "t0": bench_t0, "edge": edge, "run_dir": run_dir,
+           "realtime": realtime, "nice": nice,
            "events": edge.fleet.drain_events(), "telemetry": edge.fleet.drain_telemetry()}
 
 
@@ -341,6 +347,27 @@ def test_truth_log_has_bus_inside_10_percent_every_tick(run):
     assert len(rows) >= 15
     for r in rows:
         assert NOMINAL_V * 0.9 <= r["v_bus_min_v"] <= r["v_bus_max_v"] <= NOMINAL_V * 1.1, r
+
+
+def test_the_bench_asks_for_priority_and_measures_its_real_time(run):
+    """A HIL rig runs its plant and boards above other work where allowed, and says whether
+    it kept real time: every process's longest gap is measured (the plant's and each role's)."""
+    if os.geteuid() == 0:
+        assert set(run["nice"].values()) == {HIL_NICE}, run["nice"]
+    assert set(run["realtime"]["max_gap_ms"]) >= {"plant"} | set(ROLES), run["realtime"]
+    assert run["realtime"]["kept"] == (not run["realtime"]["late_gaps"])
+
+
+def test_the_plant_counts_late_gaps_and_not_dead_boards(tmp_path):
+    server = PlantServer({"port": 0, "t0": time.time(), "tick_s": 1.0, "sun": [0.5]})
+    try:
+        for who, gap_s in (("plant", 0.004), ("pv", 0.011), ("pv", 0.2), ("load1", 0.9), ("plant", 0.7)):
+            server._gap(who, gap_s)
+        rt = server.realtime()
+        assert rt["late_gaps"] == {"pv": 1, "plant": 1}          # load1's 0.9 s: killed, not late
+        assert rt["max_gap_ms"] == {"plant": 700.0, "pv": 200.0} and rt["kept"] is False
+    finally:
+        server.sock.close()
 
 
 def test_tcp_link_authenticated_and_replay_rejected(tmp_path):
