@@ -21,7 +21,7 @@ import time
 import tty
 
 from picogrid.edge.site import board_ids
-from picogrid.hil.plant import LAB_PLANT, ROLES
+from picogrid.hil.plant import LAB_PLANT
 
 log = logging.getLogger(__name__)
 

@@ -233,28 +233,19 @@ class WireWatch:
         """Frames to inject now: ``[(direction, kind, frame, seq)]`` built from what was seen."""
         out = []
         with self.lock:
-            old_sp = [s for s in self.setpoints if now - s[0] >= _REPLAY_AGE_S]
-            old_tel = [s for s in self.telemetry if now - s[0] >= _REPLAY_AGE_S]
-            if old_sp:
-                same = [s for s in old_sp if s[3] == self.session_no["down"]]
+            for direction, seen, setpoint in (("down", self.setpoints, True), ("up", self.telemetry, False)):
+                old = [f for f in seen if now - f[0] >= _REPLAY_AGE_S]
+                if not old:
+                    continue
+                same = [f for f in old if f[3] == self.session_no[direction]]
                 if same:
-                    out.append(("down", "replay", same[-1][1], same[-1][2]))
-                before = [s for s in old_sp if s[3] < self.session_no["down"]]
+                    out.append((direction, "replay", same[-1][1], same[-1][2]))
+                before = [f for f in old if f[3] < self.session_no[direction]]
                 if before:
-                    out.append(("down", "replay_old_session", before[-1][1], before[-1][2]))
-                forged, seq = _forge(old_sp[-1][1], setpoint=True)
+                    out.append((direction, "replay_old_session", before[-1][1], before[-1][2]))
+                forged, seq = _forge(old[-1][1], setpoint)
                 if forged:
-                    out.append(("down", "forged", forged, seq))
-            if old_tel:
-                same = [s for s in old_tel if s[3] == self.session_no["up"]]
-                if same:
-                    out.append(("up", "replay", same[-1][1], same[-1][2]))
-                before = [s for s in old_tel if s[3] < self.session_no["up"]]
-                if before:
-                    out.append(("up", "replay_old_session", before[-1][1], before[-1][2]))
-                forged, seq = _forge(old_tel[-1][1], setpoint=False)
-                if forged:
-                    out.append(("up", "forged", forged, seq))
+                    out.append((direction, "forged", forged, seq))
             for direction, kind, _, seq in out:
                 self.injected.append((now, direction, kind, seq))
         return out

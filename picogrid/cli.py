@@ -106,18 +106,26 @@ def _feed_memory(args, run_dir):
     return FeedMemory(path)
 
 
-def cmd_demo(args):
-    from picogrid.hil.day import Day, load_site
-
+def _feed_site_run_dir(args, load_site):
+    """``(feed, site, run_dir)`` of a command with ``--feed``/``--feed-speed``, ``--site``,
+    ``--tick-s`` and ``--run-dir``: the lab feed client (None without ``--feed``; its clock
+    ``--feed-speed`` times real time, and a tick of 5 s over that unless ``--tick-s`` says),
+    the site file and the run folder, made."""
     feed = None
     if args.feed:
         from picogrid.edge.sources.labfeed import LabFeed, TICK_S
         speed = float(args.feed_speed)
         feed = LabFeed(args.feed, clock=(lambda: time.time() * speed) if speed != 1 else None)
         args.tick_s = args.tick_s or TICK_S / speed
-    site = load_site(args.site, tick_s=args.tick_s)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return feed, load_site(args.site, tick_s=args.tick_s), run_dir
+
+
+def cmd_demo(args):
+    from picogrid.hil.day import Day, load_site
+
+    feed, site, run_dir = _feed_site_run_dir(args, load_site)
     db = run_dir / "picogrid.sqlite"
     if db.exists():
         for suffix in ("", "-wal", "-shm"):
@@ -212,15 +220,7 @@ def cmd_edge(args):
 
     # a file-size limit or quota must fail the store's writes (buffered, alarmed), not kill the controller
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    feed = None
-    if args.feed:
-        from picogrid.edge.sources.labfeed import LabFeed, TICK_S
-        speed = float(args.feed_speed)
-        feed = LabFeed(args.feed, clock=(lambda: time.time() * speed) if speed != 1 else None)
-        args.tick_s = args.tick_s or TICK_S / speed
-    site = load_site(args.site, tick_s=args.tick_s)
-    run_dir = pathlib.Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    feed, site, run_dir = _feed_site_run_dir(args, load_site)
     if feed is not None:
         from picogrid.edge.sources.feedsource import FeedForecaster, feed_site, feed_source, next_day_start
         site = feed_site(site)
