@@ -3,6 +3,7 @@ cycles at any depth, the edge's jobs in layers, a firmware that imports nothing 
 runtime that never reaches evaluation, training, data loading or pandas."""
 
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -29,3 +30,20 @@ def test_import_contracts_hold(tmp_path):
                          text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "BROKEN" not in out.stdout and "Contracts: 4 kept, 0 broken." in out.stdout, out.stdout[-2000:]
+
+
+def test_every_document_the_code_cites_exists():
+    """Issue 28 point 3: a ``docs/….md`` or ``….md`` named in code is a file of the repository
+    (another project's document is named as that project's, e.g. "EMHASS's docs/lpems.md")."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cited = re.compile(r"(?<!'s )(?<![\w/.])((?:[\w\-]+/)*[\w\-]+\.md)\b")
+    missing = []
+    for folder in ("edge", "hil", "web", "models", "tools", "firmware", "picogrid", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), start=1):
+                for name in cited.findall(line):
+                    candidates = [root / name, path.parent / name, root / "docs" / name,
+                                  root / "firmware" / name, root / "models" / name, root / "web" / name]
+                    if not any(c.exists() for c in candidates):
+                        missing.append("%s:%d %s" % (path.relative_to(root), n, name))
+    assert not missing, "documents cited but not in the repository:\n" + "\n".join(missing)

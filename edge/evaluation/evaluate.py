@@ -55,15 +55,15 @@ Usage: ``picogrid evaluate [--days 30] [--profile all] [--feed-kind both] [--fir
 References
 ----------
 .. [1] EMHASS documentation, https://github.com/davidusb-geek/emhass: "An EMS based on Linear
-   Programming" (docs/lpems.md): the perfect-forecast, day-ahead (on forecasted PV and load,
+   Programming" (EMHASS's docs/lpems.md): the perfect-forecast, day-ahead (on forecasted PV and load,
    over the next 24 hours) and naive MPC optimisations, all one LP each; the battery ends the
    day at a set ``soc_final`` there, where our LP credits the energy left at the terminal
-   value. "Using Commercial Solvers" (docs/advanced_solvers.md): HiGHS is the default solver
+   value. "Using Commercial Solvers" (EMHASS's docs/advanced_solvers.md): HiGHS is the default solver
    of current releases (early releases solved with PuLP's default CBC).
-.. [2] Ibid., "Publish data to Home Assistant" (docs/publish_data.md):
+.. [2] Ibid., "Publish data to Home Assistant" (EMHASS's docs/publish_data.md):
    ``publish-data`` publishes the value of the latest optimisation result whose timestamp is
    closest to now (``sensor.p_batt_forecast``, ``sensor.p_deferrableX``) for automations to
-   apply; "The forecast module" (docs/forecasts.md): load forecast methods ``typical``,
+   apply; "The forecast module" (EMHASS's docs/forecasts.md): load forecast methods ``typical``,
    ``naive`` (persistence of the last ``delta_forecast_daily``, 24 h by default) and
    ``mlforecaster``.
 """
