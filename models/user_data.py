@@ -265,7 +265,8 @@ def _grid(epoch, problems):
     gaps = []
     for k in np.flatnonzero(d <= 0):
         r = int(rows[k + 1]) + 1
-        hour = " (1 h back: a DST change written with a fixed offset?)" if d[k] == -3600 else ""
+        back = step is not None and d[k] == step - 3600     # the next sample, an hour early
+        hour = " (the clock went 1 h back: a DST change written with a fixed offset?)" if back else ""
         kind = "duplicate timestamp" if d[k] == 0 else "timestamp not increasing"
         what = f"same time as row {int(rows[k]) + 1}" if d[k] == 0 else \
             f"{-d[k]:g} s before row {int(rows[k]) + 1}{hour}"
