@@ -4,6 +4,7 @@
     picogrid hil                  only the bench: plant + six boards, prints their ports
     picogrid web --db FILE        the dashboard over an existing store
     picogrid plan --site FILE     one tick planned from a site file: setpoints and reasons
+    picogrid site init|check FILE a commented site file for a new site; validate one
     picogrid train ...            train the forecasters and export them to ONNX
     picogrid evaluate ...         policies over many real days; `evaluate forecasts` for models
     picogrid bench [NAME ...]     benchmarks (tools/bench.py), ratios against in-run baselines
@@ -198,6 +199,7 @@ DELEGATED = {
     "screenshots": ("picogrid.tools.screenshots", "main", "a PNG of every dashboard page"),
     "fuzz": ("picogrid.tools.fuzz", "main", "fuzz the wire decoder and the feed client (tools/fuzz.py)"),
     "soak": ("picogrid.hil.soak", "main", "the edge on the HIL bench for a long time under scripted faults"),
+    "site": ("picogrid.tools.site_cli", "main", "write a commented site TOML ('site init FILE') or check one ('site check FILE')"),
 }
 
 
