@@ -68,9 +68,13 @@ class Problem:
     message: str
 
     def __str__(self):
+        return self.located()
+
+    def located(self, csv=False):
+        """The problem as text; ``csv``: the row's line in the file is named too (header = line 1)."""
         where = []
         if self.row is not None:
-            where.append(f"row {self.row}")
+            where.append(f"row {self.row}" + (f" (line {self.row + 1})" if csv else ""))
         if self.column is not None:
             where.append(f"column {self.column}")
         return (", ".join(where) + ": " if where else "") + self.message
@@ -89,7 +93,7 @@ class DataError(ValueError):
         for p in self.problems:
             counts[p.kind] = counts.get(p.kind, 0) + 1
             if counts[p.kind] <= MAX_PER_KIND:
-                lines.append(f"  - {p.kind}: {p}")
+                lines.append(f"  - {p.kind}: {p.located(csv=self.path.lower().endswith('.csv'))}")
         for kind, n in counts.items():
             if n > MAX_PER_KIND:
                 lines.append(f"  - {kind}: ... and {n - MAX_PER_KIND} more")

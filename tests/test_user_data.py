@@ -162,7 +162,8 @@ def test_error_names_row_and_column(tmp_path, fmt, name, edit, expected):
     text = str(err.value)
     assert str(path) in text and "nothing loaded" in text and expected[0] in text
     if expected[1] is not None:
-        assert f"row {expected[1]}, column {expected[2]}" in text
+        line = f" (line {expected[1] + 1})" if fmt == "csv" else ""
+        assert f"row {expected[1]}{line}, column {expected[2]}" in text
 
 
 def test_every_problem_at_once_and_first_n_per_kind(tmp_path):
@@ -183,7 +184,8 @@ def test_dst_hint_for_local_time_written_with_a_fixed_offset(tmp_path):
     # the autumn change written as local clock time with the summer offset: one hour repeats
     cols["timestamp"] = cols["timestamp"][:8] + [(pd.Timestamp(t) - pd.Timedelta("1h")).isoformat()
                                                  for t in cols["timestamp"][8:]]
-    with pytest.raises(DataError, match=r"row 9, column timestamp: 2700 s before row 8 \(the clock went 1 h back: a DST change"):
+    with pytest.raises(DataError, match=r"row 9 \(line 10\), column timestamp: 2700 s before row 8 "
+                                        r"\(the clock went 1 h back: a DST change"):
         load_user_data(_write(cols, tmp_path, "csv"))
 
 
