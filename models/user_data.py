@@ -35,6 +35,7 @@ import datetime as _dt
 import difflib
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,26 @@ def load_user_data(path, kind="home", currency_factor=1.0):
                 for k, n in gaps]
     return UserData(frame=frame, step_s=step, n_loads=n_loads, conversions=conversions, gaps=gap_list,
                     path=str(path))
+
+
+def main(argv=None):
+    """``picogrid data check FILE [--kind home|bench] [--currency-factor X]``: read a user file and
+    print what it holds and what was converted, or every problem (exit status 1)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="picogrid data", description="check a time-series file of your own "
+                                                                   "(format: docs/own-data.md)")
+    sub = ap.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("check", help="read and validate FILE (.csv or .parquet)")
+    p.add_argument("file")
+    p.add_argument("--kind", choices=KINDS, default="home", help="plausible power range: home (default) or bench")
+    p.add_argument("--currency-factor", type=float, default=1.0,
+                   help="site currency units per unit of the file's prices (100: a file in EUR, a site in cents)")
+    args = ap.parse_args(argv)
+    try:
+        data = load_user_data(args.file, args.kind, args.currency_factor)
+    except (DataError, ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(data.summary()))
+    return 0

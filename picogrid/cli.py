@@ -5,6 +5,7 @@
     picogrid web --db FILE        the dashboard over an existing store
     picogrid plan --site FILE     one tick planned from a site file: setpoints and reasons
     picogrid site init|check FILE a commented site file for a new site; validate one
+    picogrid data check FILE      read and validate a time series of your own (CSV, Parquet)
     picogrid train ...            train the forecasters and export them to ONNX
     picogrid evaluate ...         policies over many real days; `evaluate forecasts` for models
     picogrid bench [NAME ...]     benchmarks (tools/bench.py), ratios against in-run baselines
@@ -200,6 +201,7 @@ DELEGATED = {
     "fuzz": ("picogrid.tools.fuzz", "main", "fuzz the wire decoder and the feed client (tools/fuzz.py)"),
     "soak": ("picogrid.hil.soak", "main", "the edge on the HIL bench for a long time under scripted faults"),
     "site": ("picogrid.tools.site_cli", "main", "write a commented site TOML ('site init FILE') or check one ('site check FILE')"),
+    "data": ("picogrid.models.user_data", "main", "check a time-series file of your own ('data check FILE', docs/own-data.md)"),
 }
 
 

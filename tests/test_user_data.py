@@ -221,3 +221,15 @@ def test_shipped_example_loads():
     assert {"ghi_w_m2", "temp_air_c"} <= set(d.frame.columns)
     f = d.frame.drop(columns="gap")
     assert np.isfinite(f.to_numpy()).all() and (f.filter(like="_w").drop(columns="ghi_w_m2") >= 0).all().all()
+
+
+def test_data_check_command(tmp_path, capsys):
+    from picogrid import cli
+
+    assert cli.main(["data", "check", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "672 samples of 900 s" in out and "pv_kw -> pv_available_w x 1000" in out
+    cols = _good()
+    cols["load2_w"][3] = "-5"
+    assert cli.main(["data", "check", str(_write(cols, tmp_path, "csv"))]) == 1
+    assert "negative power: row 4 (line 5), column load2_w" in capsys.readouterr().err
