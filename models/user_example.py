@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,6 +25,8 @@ from .data import CET_TZ
 FIRST_DAY = "2013-07-15"
 N_DAYS = 7
 N_TICKS = 96          # 15-minute steps
+#: the home profile's site file (beside models/ in the repository and in the installed package)
+SITE_TOML = Path(__file__).resolve().parent.parent / "edge" / "sites" / "site.toml"
 
 
 def example_frame(first_day=FIRST_DAY, n_days=N_DAYS):
@@ -36,9 +39,7 @@ def example_frame(first_day=FIRST_DAY, n_days=N_DAYS):
         ``import_price_per_kwh``, ``export_price_per_kwh`` [c/kWh], ``ghi_w_m2`` [W/m2],
         ``temp_air_c`` [degC]; ``n_days * 96`` rows.
     """
-    from picogrid.edge.site import SITE_DIR
-
-    with open(SITE_DIR / "site.toml", "rb") as f:
+    with open(SITE_TOML, "rb") as f:
         scaling = tomllib.load(f)["scenario"]
     days = scenario.build_bench_days(first_day, n_days, N_TICKS, bench=scaling)
     start = pd.Timestamp(first_day).tz_localize(CET_TZ)
