@@ -407,6 +407,67 @@ def load_user_data(path, kind="home", currency_factor=1.0):
                     path=str(path))
 
 
+def tick_days(data: UserData, n_ticks: int) -> tuple[pd.DataFrame, list]:
+    """The file's whole days at ``n_ticks`` ticks per day: the first step toward running them.
+
+    Each tick is the mean of the samples it covers (the file's step must divide the tick: no
+    sample is ever spread into a tick it did not cover, nor a later value used for an earlier
+    tick). Days are calendar days in the file's own UTC offset; a day is kept only if it is
+    whole in the file and none of its samples is a gap.
+
+    Parameters
+    ----------
+    data : UserData
+    n_ticks : int
+        Ticks per day (must divide 86400 s into whole multiples of ``data.step_s``).
+
+    Returns
+    -------
+    (pandas.DataFrame, list of (str, str))
+        One row per (kept day, tick), columns ``day`` (ISO date), ``tick``, ``day_of_year``,
+        ``weekday`` (0 = Monday) and the data's series (``pv_available_w``, ``load1_demand_w`` ..
+        ``load3_demand_w`` [W], loads the file lacks at 0 W, prices [currency/J], weather if
+        given); and the days left out with the reason (``'partial'`` or ``'gap'``).
+
+    Raises
+    ------
+    ValueError
+        If the tick is not a whole multiple of the file's step, or no whole day is left.
+    """
+    tick_s = 86400 / int(n_ticks)
+    per_tick = tick_s / data.step_s
+    if tick_s % 1 or abs(per_tick - round(per_tick)) > 1e-9 or per_tick < 1:
+        raise ValueError(f"a tick of {tick_s:g} s is not a whole multiple of the file's {data.step_s:g} s step: "
+                         f"give the file at {tick_s:g} s or finer")
+    per_tick = int(round(per_tick))
+    frame = data.frame
+    series = [c for c in frame.columns if c != "gap"]
+    local_day = frame.index.normalize()
+    kept, dropped = [], []
+    per_day = int(n_ticks) * per_tick
+    for day, rows in frame.groupby(local_day):
+        name = day.date().isoformat()
+        if len(rows) != per_day or rows.index[0] != day:
+            dropped.append((name, "partial"))
+            continue
+        if rows["gap"].any():
+            dropped.append((name, "gap"))
+            continue
+        means = rows[series].to_numpy(np.float64).reshape(int(n_ticks), per_tick, len(series)).mean(axis=1)
+        out = pd.DataFrame(means, columns=series)
+        out.insert(0, "day", name)
+        out.insert(1, "tick", np.arange(int(n_ticks)))
+        out.insert(2, "day_of_year", day.timetuple().tm_yday)
+        out.insert(3, "weekday", day.weekday())
+        for k in range(data.n_loads + 1, 4):
+            out[f"load{k}_demand_w"] = 0.0
+        kept.append(out)
+    if not kept:
+        raise ValueError(f"{data.path}: no whole day without gaps at {n_ticks} ticks per day "
+                         f"(left out: {dropped})")
+    return pd.concat(kept, ignore_index=True), dropped
+
+
 def main(argv=None):
     """``picogrid data check FILE [--kind home|bench] [--currency-factor X]``: read a user file and
     print what it holds and what was converted, or every problem (exit status 1)."""

@@ -233,3 +233,24 @@ def test_data_check_command(tmp_path, capsys):
     cols["load2_w"][3] = "-5"
     assert cli.main(["data", "check", str(_write(cols, tmp_path, "csv"))]) == 1
     assert "negative power: row 4 (line 5), column load2_w" in capsys.readouterr().err
+
+
+def test_tick_days_whole_days_only_means_never_later_values(tmp_path):
+    from picogrid.models.user_data import tick_days
+
+    n = 96 * 3 + 10                      # three whole days of 15 min, then 10 samples of a fourth
+    cols = {"timestamp": _stamps(n, start="2024-06-01T00:00:00+01:00"),
+            "pv_w": [str(k % 96) for k in range(n)], "load_w": ["100"] * n, "import_price_per_kwh": ["36"] * n}
+    for c in cols:                       # a gap on the second day
+        del cols[c][96 + 40]
+    d = load_user_data(_write(cols, tmp_path, "csv"))
+    frame, dropped = tick_days(d, 24)    # hourly ticks: 4 samples each
+    assert dropped == [("2024-06-02", "gap"), ("2024-06-04", "partial")]
+    assert list(frame["day"].unique()) == ["2024-06-01", "2024-06-03"] and len(frame) == 48
+    first = frame[frame["day"] == "2024-06-01"]
+    np.testing.assert_allclose(first["pv_available_w"], [4 * h + 1.5 for h in range(24)])   # mean of its own 4
+    assert (frame["load2_demand_w"] == 0).all() and (frame["load3_demand_w"] == 0).all()
+    np.testing.assert_allclose(frame["import_price_per_j"], 1e-5)
+    assert first["weekday"].iloc[0] == 5 and first["day_of_year"].iloc[0] == 153
+    with pytest.raises(ValueError, match="not a whole multiple"):
+        tick_days(d, 288)                # 5-min ticks from 15-min samples
