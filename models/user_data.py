@@ -148,7 +148,8 @@ def _read_table(path: Path):
     """The file as a DataFrame of its raw cells (CSV: strings), or a Problem."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     raise ValueError(f"{path}: unknown file type {path.suffix!r}; use .csv or .parquet")
