@@ -145,7 +145,10 @@ class UserData:
 
 
 def _read_table(path: Path):
-    """The file as a DataFrame of its raw cells (CSV: strings), or a Problem."""
+    """The file as a DataFrame of its raw cells (CSV: all strings; Parquet: as typed).
+
+    Raises ValueError for a suffix other than .csv, .parquet or .pq; OSError if unreadable.
+    """
     suffix = path.suffix.lower()
     if suffix == ".csv":
         # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
