@@ -1,0 +1,76 @@
+"""The vendored MicroPython UF2 on an emulated RP2040, driven by mpremote through its pty (issue 33).
+
+One emulated Pico (hil/rp2040.py: rp2040js under Node, installed on first use with ``npm ci``)
+for the module: ``mpremote exec`` runs code on it, ``mpremote fs cp`` puts a file larger than the
+emulator's own 512-byte USB buffer on its littlefs (the runner's flash chip and paced host
+queue) and reads it back, and ``mpremote reset`` reboots it (the runner's watchdog reset) with the file kept.
+Skipped only when node/npm are missing. Every wait is on an event (the runner's "usb:
+connected", mpremote's exit) with a generous limit; no wall-clock duration is asserted.
+"""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from picogrid.hil import rp2040
+
+MPREMOTE_TIMEOUT_S = 180    # the emulator runs busy code at ~0.4x real time; CI may be loaded
+
+pytestmark = pytest.mark.skipif(rp2040.node_missing_reason() is not None,
+                                reason=f"no emulated RP2040: {rp2040.node_missing_reason()}")
+
+
+@pytest.fixture(scope="module")
+def pico(tmp_path_factory):
+    board = rp2040.EmulatedPico(flash_state=tmp_path_factory.mktemp("pico") / "flash.bin")
+    board.start(timeout=300)
+    yield board
+    board.stop()
+
+
+def mpremote(pico, *args):
+    run = subprocess.run([sys.executable, "-m", "mpremote", "connect", pico.port, *args],
+                         capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S)
+    assert run.returncode == 0, f"mpremote {' '.join(args)}: {run.stdout}{run.stderr}"
+    return run.stdout
+
+
+def test_the_vendored_firmware_matches_its_readme():
+    readme = (rp2040.FIRMWARE_UF2.parent / "README.md").read_text()
+    digest = hashlib.sha256(rp2040.FIRMWARE_UF2.read_bytes()).hexdigest()
+    assert digest in readme
+    for licence in ("micropython-MIT", "pico-sdk-BSD-3-Clause", "tinyusb-MIT",
+                    "mbedtls-Apache-2.0", "micropython-lib-MIT"):
+        assert (rp2040.FIRMWARE_UF2.parent / "LICENSES" / f"{licence}.txt").stat().st_size > 0
+
+
+def test_mpremote_exec_runs_on_the_emulated_rp2040(pico):
+    out = mpremote(pico, "exec", "import sys; print(1+1, sys.implementation._machine, sys.version)")
+    assert out.split()[0] == "2"
+    assert "RP2040" in out
+    assert "1.28.0" in out
+
+
+def test_fs_cp_round_trip_beyond_the_usb_buffer(pico, tmp_path):
+    payload = bytes((i * 7 + 3) % 251 for i in range(5000))     # ~10x the 512-byte CDC buffer
+    src = tmp_path / "blob.bin"
+    src.write_bytes(payload)
+    mpremote(pico, "fs", "cp", str(src), ":blob.bin")
+    back = tmp_path / "back.bin"
+    mpremote(pico, "fs", "cp", ":blob.bin", str(back))
+    assert back.read_bytes() == payload
+    listing = mpremote(pico, "fs", "ls")
+    assert f"{len(payload)} blob.bin" in listing
+
+
+def test_a_reset_reboots_the_chip_and_keeps_the_filesystem(pico):
+    mpremote(pico, "exec", "open('kept.txt', 'w').write('still here')")
+    boots = pico.boots
+    mpremote(pico, "reset")     # machine.reset() without waiting for an answer, as on a real Pico
+    assert pico.wait_boot(boots + 1, timeout=MPREMOTE_TIMEOUT_S), pico.reboot_reasons
+    assert pico.reboot_reasons[-1].startswith("watchdog")
+    out = mpremote(pico, "exec", "import machine; print(open('kept.txt').read(), "
+                                 "machine.reset_cause() == machine.WDT_RESET)")
+    assert out.split() == ["still", "here", "True"]
