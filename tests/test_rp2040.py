@@ -18,12 +18,11 @@ from picogrid.hil import rp2040
 
 MPREMOTE_TIMEOUT_S = 180    # the emulator runs busy code at ~0.4x real time; CI may be loaded
 
-pytestmark = pytest.mark.skipif(rp2040.node_missing_reason() is not None,
-                                reason=f"no emulated RP2040: {rp2040.node_missing_reason()}")
-
 
 @pytest.fixture(scope="module")
 def pico(tmp_path_factory):
+    if rp2040.node_missing_reason():
+        pytest.skip(f"no emulated RP2040: {rp2040.node_missing_reason()}")
     board = rp2040.EmulatedPico(flash_state=tmp_path_factory.mktemp("pico") / "flash.bin")
     board.start(timeout=300)
     yield board
