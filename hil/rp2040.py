@@ -134,6 +134,16 @@ class EmulatedPico:
                 lambda: self.boots >= count or self.proc.poll() is not None, timeout
             ) and self.boots >= count
 
+    def press_reset(self, bootsel=False, timeout=120.0):
+        """The RESET button (with BOOTSEL held through the first 1.5 s if ``bootsel``): the chip
+        reboots with its flash kept; returns when its USB is up again."""
+        import signal
+
+        boots = self.boots
+        self.proc.send_signal(signal.SIGUSR1 if bootsel else signal.SIGUSR2)
+        if not self.wait_boot(boots + 1, timeout):
+            raise TimeoutError(f"{self.name}: no USB after the reset button within {timeout} s")
+
     def stop(self):
         self._stopping.set()
         if self.proc and self.proc.poll() is None:
@@ -218,3 +228,47 @@ class EmulatedPico:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+
+def main(argv=None):
+    """``picogrid pico``: start one emulated Pico, print its port, run until Ctrl-C or SIGTERM."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="picogrid pico", description=main.__doc__.split(":", 1)[1].strip())
+    ap.add_argument("--uf2", default=str(FIRMWARE_UF2), help="firmware (default: the vendored MicroPython v1.28.0)")
+    ap.add_argument("--uid", default="e660583883724a32", help="the flash chip's unique id, 16 hex digits")
+    ap.add_argument("--flash-state", help="file that keeps the board's 2 MB flash across runs")
+    ap.add_argument("--link", help="also make this path a symlink to the port (e.g. build/ttyPICO0)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the runner's lines")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    pico = EmulatedPico(uf2=args.uf2, uid=args.uid, flash_state=args.flash_state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        pico.start()
+    except (EmulatorUnavailable, TimeoutError) as exc:
+        sys.stderr.write(f"picogrid pico: {exc}\n")
+        return 2
+    link = pathlib.Path(args.link) if args.link else None
+    if link:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(pico.port)
+    sys.stdout.write(f"{pico.port}\n")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5) and pico.proc.poll() is None:
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pico.stop()
+        if link and link.is_symlink():
+            link.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,10 @@
 //  3. Watchdog and machine.reset(). rp2040js only logs a warning when the watchdog fires. Here
 //     the chip reboots: a new core and peripherals, the same flash, the watchdog's reason and
 //     scratch registers kept (as the chip keeps them), and USB enumerates again.
-//  4. Time. rp2040js jumps over idle time (WFI) to the next timer alarm, so an idle board's clock
+//  4. BOOTSEL. rp2040js reads the QSPI_SS pin low, i.e. BOOTSEL pressed; here it reads high, and
+//     SIGUSR1 reboots the chip with BOOTSEL held for its first 1.5 s (RESET + BOOTSEL on a Pico);
+//     SIGUSR2 is the RESET button alone.
+//  5. Time. rp2040js jumps over idle time (WFI) to the next timer alarm, so an idle board's clock
 //     runs far ahead of the wall. Here emulated time is never let ahead of wall time (scaled by
 //     --speed): idle waits pass at wall speed, busy code runs as fast as the host allows (about
 //     0.4 emulated us per wall us on this machine), so firmware timeouts and mpremote's agree.
@@ -231,6 +234,7 @@ class Board {
     this.saveTimer = null;
     this.sleepTimer = null;
     this.boots = 0;
+    this.bootselUntilNanos = 0;
     this.wallStart = performance.now();
     this.nanosBase = 0; // emulated ns at which the current chip's clock started
     this.wallBase = 0;
@@ -253,6 +257,16 @@ class Board {
     const chip = new FlashChip(mcu, 'SSI', this);
     mcu.peripherals[0x18000] = chip;
     mcu.peripherals[0x40018] = new IOQSPI(mcu, 'IO_QSPI_BASE', chip);
+    // QSPI_SS reads high, as the flash chip's chip select pulls it up on a Pico; rp2040js reads
+    // every input low, so rp2.bootsel_button() said "held" at every boot. SIGUSR1 (below)
+    // reboots with BOOTSEL held for the first 1.5 s, as a user's RESET + BOOTSEL.
+    mcu.qspi[1].padValue = 0x5a; // the SS pad's reset value: input enabled, pull-up (rp2040js: 0)
+    mcu.qspi[1].setInputValue(!(this.bootselUntilNanos > 0));
+    if (this.bootselUntilNanos > 0) {
+      const release = sim.clock.createAlarm(() => mcu.qspi[1].setInputValue(true));
+      release.schedule(this.bootselUntilNanos);
+      this.bootselUntilNanos = 0;
+    }
     const wd = mcu.peripherals[0x40058];
     if (watchdogState) {
       wd.reason = watchdogState.reason;
@@ -399,4 +413,14 @@ for (const sig of ['SIGTERM', 'SIGINT']) {
     process.exit(0);
   });
 }
+function pressReset(bootsel) {
+  board.bootselUntilNanos = bootsel ? 1.5e9 : 0;
+  board.stopped = true;
+  board.sim.stop();
+  if (board.sleepTimer) clearTimeout(board.sleepTimer);
+  board.sleepTimer = null;
+  setImmediate(() => board.boot(bootsel ? 'reset button, BOOTSEL held' : 'reset button'));
+}
+process.on('SIGUSR1', () => pressReset(true));
+process.on('SIGUSR2', () => pressReset(false));
 board.boot('power on');
