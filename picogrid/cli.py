@@ -202,6 +202,7 @@ DELEGATED = {
     "soak": ("picogrid.hil.soak", "main", "the edge on the HIL bench for a long time under scripted faults"),
     "site": ("picogrid.tools.site_cli", "main", "write a commented site TOML ('site init FILE') or check one ('site check FILE')"),
     "data": ("picogrid.models.user_data", "main", "check a time-series file of your own ('data check FILE', docs/own-data.md)"),
+    "pico": ("picogrid.hil.rp2040", "main", "one emulated RP2040 Pico running MicroPython; prints its serial port (docs/rp2040.md)"),
 }
 
 
