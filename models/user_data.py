@@ -411,7 +411,7 @@ def load_user_data(path, kind="home", currency_factor=1.0):
                     path=str(path))
 
 
-def tick_days(data: UserData, n_ticks: int) -> tuple[pd.DataFrame, list]:
+def tick_days(data: UserData, n_ticks: int, hold: bool = False) -> tuple[pd.DataFrame, list]:
     """The file's whole days at ``n_ticks`` ticks per day: the first step toward running them.
 
     Each tick is the mean of the samples it covers (the file's step must divide the tick: no
@@ -424,6 +424,11 @@ def tick_days(data: UserData, n_ticks: int) -> tuple[pd.DataFrame, list]:
     data : UserData
     n_ticks : int
         Ticks per day (must divide 86400 s into whole multiples of ``data.step_s``).
+    hold : bool
+        Also take a file coarser than the tick when its step is a whole multiple of it: each
+        sample (the mean over its own interval) is held over the ticks of that interval, e.g. a
+        15-minute meter at a 5-minute site. Those ticks then carry the interval's mean, which
+        reaches up to one step minus one tick past each tick's start (say so where it is used).
 
     Returns
     -------
@@ -440,9 +445,18 @@ def tick_days(data: UserData, n_ticks: int) -> tuple[pd.DataFrame, list]:
     """
     tick_s = 86400 / int(n_ticks)
     per_tick = tick_s / data.step_s
+    repeat = data.step_s / tick_s
+    if hold and per_tick < 1 and abs(repeat - round(repeat)) < 1e-9:
+        frame = data.frame
+        index = pd.date_range(frame.index[0], periods=len(frame) * int(round(repeat)),
+                              freq=pd.Timedelta(seconds=tick_s))
+        held = frame.loc[frame.index.repeat(int(round(repeat)))].set_axis(index)
+        return tick_days(dataclasses.replace(data, frame=held, step_s=tick_s), n_ticks)
     if tick_s % 1 or abs(per_tick - round(per_tick)) > 1e-9 or per_tick < 1:
         raise ValueError(f"a tick of {tick_s:g} s is not a whole multiple of the file's {data.step_s:g} s step: "
-                         f"give the file at {tick_s:g} s or finer")
+                         f"give the file at {tick_s:g} s or finer"
+                         + (" (or hold each sample over its ticks, where the caller offers it)"
+                            if not hold and abs(repeat - round(repeat)) < 1e-9 else ""))
     per_tick = int(round(per_tick))
     frame = data.frame
     series = [c for c in frame.columns if c != "gap"]

@@ -54,7 +54,27 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an optimiser setting of the site file (an MpcConfig field, the "
                          "value in TOML syntax), e.g. --set scenario_spread=0.7; repeatable")
+    data = ap.add_argument_group("your own data (docs/own-data.md; edge/evaluation/user_evaluate.py)")
+    data.add_argument("--data", metavar="FILE", help="evaluate on this time series (CSV, Parquet) instead of the "
+                      "replayed profiles: history days first, the days after them scored")
+    data.add_argument("--site", metavar="TOML", help="--data: the site file (default edge/sites/site.toml, the home)")
+    data.add_argument("--latitude", type=float, help="--data: the site's latitude [deg N] (clear-sky GHI)")
+    data.add_argument("--longitude", type=float, help="--data: the site's longitude [deg E]")
+    data.add_argument("--altitude", type=float, help="--data: the site's altitude [m] (default: pvlib's look-up)")
+    data.add_argument("--history-days", type=int,
+                      help="--data: days before the first scored one, unscored (default: the forecasters' lags + 7)")
+    data.add_argument("--currency-factor", type=float, default=1.0,
+                      help="--data: site currency units per unit of the file's prices (100: a file in EUR)")
+    data.add_argument("--scale", choices=("none", "site"), default="none",
+                      help="--data: site = scale PV and loads to the site's ratings (factors from the history days)")
     args = ap.parse_args(argv)
+    if args.data is not None:
+        return _main_data(ap, args, argv or sys.argv[1:])
+    given = [f"--{k.replace('_', '-')}" for k in ("site", "latitude", "longitude", "altitude", "history_days")
+             if getattr(args, k) is not None] + (["--scale"] if args.scale != "none" else []) + (
+        ["--currency-factor"] if args.currency_factor != 1.0 else [])
+    if given:
+        ap.error(f"{', '.join(given)}: only with --data FILE")
     if args.days < 1:
         ap.error("--days must be >= 1")
     profiles = PROFILE_SETS.get(args.profile, (args.profile,))
@@ -98,6 +118,47 @@ def main(argv=None):
     if "labfeed" in profiles:
         feed_evaluate.main(args.first_day, args.days, overrides, sys.stdout, progress, not args.no_compare,
                            feed_evaluate.FEED_KINDS if args.feed_kind == "both" else (args.feed_kind,))
+    print(f"evaluate took {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _main_data(ap, args, argv):
+    """``evaluate --data FILE``: :func:`picogrid.edge.evaluation.user_evaluate.evaluate_data`."""
+    from picogrid.edge.evaluation import user_evaluate
+    from picogrid.models.user_data import DataError
+
+    given = [f for f in ("--profile", "--first-day", "--feed-kind", "--workers", "--reserve-every")
+             if any(a == f or a.startswith(f + "=") for a in argv)]
+    if given:
+        ap.error(f"--data takes no {', '.join(given)} (the file's days, one process, no reserve run)")
+    if args.latitude is None or args.longitude is None:
+        ap.error("--data needs --latitude and --longitude (the PV forecaster reads the site's clear-sky GHI)")
+    days = args.days if any(a == "--days" or a.startswith("--days=") for a in argv) else None
+    if days is not None and days < 1:
+        ap.error("--days must be >= 1")
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        ap.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("picogrid.edge.forecasting.forecast", "picogrid.edge.optimizer.optimize"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+
+    def progress(label, done, total):
+        print(f"\r{label}: day {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        res = user_evaluate.evaluate_data(args.data, args.latitude, args.longitude, args.site, args.history_days,
+                                          days, args.currency_factor, None if args.scale == "none" else args.scale,
+                                          overrides, not args.no_compare, progress, args.altitude)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"picogrid evaluate --data: {exc}", file=sys.stderr)
+        return 2
+    user_evaluate.report_data(res, sys.stdout)
+    if args.plot:
+        plot_day(res["example"], res["cfg"], args.plot)
+        print(f"dispatch plot of {res['example'][0]}: {args.plot}")
     print(f"evaluate took {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -132,6 +132,11 @@ def load_site(profile, overrides=None):
         raise ValueError(f"unknown profile {profile!r}; known {PROFILES}")
     with open(site_file(profile), "rb") as f:
         site = tomllib.load(f)
+    return site_config(site, overrides)
+
+
+def site_config(site, overrides=None):
+    """:func:`load_site` of a parsed site TOML (a user's own site file too): ``(site, cfg, scaling)``."""
     cfg = config_from_site(site)
     if cfg.n_jobs == 0:
         rating = [b.get("limits", {}).get("power_max_w") for b in site["boards"].values()
