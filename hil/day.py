@@ -46,8 +46,40 @@ def prepare_scenario(run_dir, day, n_ticks, pv_capability_w, history_days=HISTOR
     return path
 
 
-def replay_source(site, run_dir, day):
-    """The :class:`ScenarioSource` of a replayed real ``day`` for ``site``.
+def data_scenario(site, run_dir, path, latitude, longitude, altitude=None, day=None, currency_factor=1.0):
+    """The scenario JSON of a day of a user's own file (``picogrid demo --data``), scaled to
+    ``site`` from its history days (:func:`picogrid.models.user_scenario.bench_days`).
+
+    The file must hold the days the forecasters' lags read before the run day; the error
+    scenarios' past days are taken as far as it reaches (the runner fills the rest with the point
+    forecast and says so, :meth:`EdgeRunner.prepare`).
+
+    Returns
+    -------
+    (pathlib.Path, str, list of str)
+        The scenario's path, the run day, and the notes (the split and each scaling factor) for
+        the summary.
+    """
+    from picogrid.edge.forecasting.forecast import model_history_days
+    from picogrid.models.features import profile_dims
+    from picogrid.models.user_scenario import bench_days
+
+    n_ticks = int(site["bench"]["n_ticks"])
+    profile = site.get("profile", "lab")
+    lag_days = HISTORY_DAYS
+    if profile_dims(profile)["n_ticks"] == n_ticks:
+        lag_days = max(lag_days, model_history_days(profile))
+    frame, notes = bench_days(path, site, latitude, longitude, altitude, day, lag_days,
+                              lag_days + config_from_site(site).error_days, currency_factor)
+    run_day = frame["day"].iloc[-1]
+    out = pathlib.Path(run_dir) / ("scenario-data-%s-%d.json" % (run_day, n_ticks))
+    save_scenario(frame, out)
+    return out, run_day, notes
+
+
+def replay_source(site, run_dir, day, scenario_path=None):
+    """The :class:`ScenarioSource` of a replayed real ``day`` for ``site`` (or of the scenario
+    JSON at ``scenario_path``, its last day the run day: a user's own days, ``demo --data``).
 
     With a deferrable load (``[deferrable]``), jobs are taken out of its real demand as
     ``picogrid evaluate`` does (:func:`picogrid.edge.sources.signals.split_jobs`, on every day, so the
@@ -65,7 +97,8 @@ def replay_source(site, run_dir, day):
         history_days = max(history_days, model_history_days(profile))
     # the error scenarios' past days are forecast before the run (EdgeRunner.prepare): theirs too
     history_days += config_from_site(site).error_days
-    scenario = load_scenario(prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"], history_days))
+    scenario = load_scenario(scenario_path or prepare_scenario(run_dir, day, n_ticks, site["pv"]["capability_w"],
+                                                               history_days))
     board, _ = deferrable_board(site)
     jobs = []
     if board is not None:
@@ -145,6 +178,8 @@ class Day:
     feed_memory : picogrid.edge.sources.feedmemory.FeedMemory or None; with a feed, the days earlier
         runs saw (restored before the day, saved at its last tick and when the day stops).
     perfect_bench : bool, also run the MPC with perfect forecasts (the true future) on a third bench
+    scenario_path : path of a scenario JSON to replay instead of the shipped data's ``day`` (its last
+        day is run; :func:`replay_source`)
 
     Raises
     ------
@@ -154,7 +189,8 @@ class Day:
     """
 
     def __init__(self, site, run_dir, day=DEFAULT_DAY, n_run_ticks=None, db_path=None,
-                 start_delay_s=4.0, forecaster=None, feed=None, feed_memory=None, perfect_bench=False):
+                 start_delay_s=4.0, forecaster=None, feed=None, feed_memory=None, perfect_bench=False,
+                 scenario_path=None):
         if perfect_bench and feed is not None:
             raise ValueError("perfect_bench needs a replayed day: the lab feed's future is not known")
         self.perfect_bench = bool(perfect_bench)
@@ -172,7 +208,7 @@ class Day:
             self.source = feed_source(site, feed, feed_memory)
             forecaster = forecaster or FeedForecaster(self.source)
         else:
-            self.source = replay_source(site, self.run_dir, day)
+            self.source = replay_source(site, self.run_dir, day, scenario_path)
         if n_run_ticks is not None:
             if not 0 < int(n_run_ticks) <= n_ticks:
                 raise ValueError("n_run_ticks must be 1..%d, got %r" % (n_ticks, n_run_ticks))

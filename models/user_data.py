@@ -425,10 +425,11 @@ def tick_days(data: UserData, n_ticks: int, hold: bool = False) -> tuple[pd.Data
     n_ticks : int
         Ticks per day (must divide 86400 s into whole multiples of ``data.step_s``).
     hold : bool
-        Also take a file coarser than the tick when its step is a whole multiple of it: each
-        sample (the mean over its own interval) is held over the ticks of that interval, e.g. a
-        15-minute meter at a 5-minute site. Those ticks then carry the interval's mean, which
-        reaches up to one step minus one tick past each tick's start (say so where it is used).
+        Also take a file whose step does not divide the tick (whole seconds both): each sample
+        (the mean over its own interval) is held over its interval, and each tick is the mean
+        of what it covers, e.g. a 15-minute meter at a 5-minute site (each sample over three
+        ticks) or at the bench's 24-minute ticks. A tick then carries means of samples that
+        reach up to one step past its start (say so where it is used).
 
     Returns
     -------
@@ -445,18 +446,19 @@ def tick_days(data: UserData, n_ticks: int, hold: bool = False) -> tuple[pd.Data
     """
     tick_s = 86400 / int(n_ticks)
     per_tick = tick_s / data.step_s
-    repeat = data.step_s / tick_s
-    if hold and per_tick < 1 and abs(repeat - round(repeat)) < 1e-9:
+    whole = abs(per_tick - round(per_tick)) < 1e-9 and per_tick >= 1
+    if hold and not whole and tick_s % 1 == 0 and data.step_s % 1 == 0:
+        # each sample held over its own interval at the finest grid both steps fall on
+        fine = math.gcd(int(tick_s), int(data.step_s))
+        k = int(data.step_s) // fine
         frame = data.frame
-        index = pd.date_range(frame.index[0], periods=len(frame) * int(round(repeat)),
-                              freq=pd.Timedelta(seconds=tick_s))
-        held = frame.loc[frame.index.repeat(int(round(repeat)))].set_axis(index)
-        return tick_days(dataclasses.replace(data, frame=held, step_s=tick_s), n_ticks)
+        index = pd.date_range(frame.index[0], periods=len(frame) * k, freq=pd.Timedelta(seconds=fine))
+        held = frame.loc[frame.index.repeat(k)].set_axis(index)
+        return tick_days(dataclasses.replace(data, frame=held, step_s=float(fine)), n_ticks)
     if tick_s % 1 or abs(per_tick - round(per_tick)) > 1e-9 or per_tick < 1:
         raise ValueError(f"a tick of {tick_s:g} s is not a whole multiple of the file's {data.step_s:g} s step: "
                          f"give the file at {tick_s:g} s or finer"
-                         + (" (or hold each sample over its ticks, where the caller offers it)"
-                            if not hold and abs(repeat - round(repeat)) < 1e-9 else ""))
+                         + ("" if hold else " (or hold each sample over its interval, where the caller offers it)"))
     per_tick = int(round(per_tick))
     frame = data.frame
     series = [c for c in frame.columns if c != "gap"]

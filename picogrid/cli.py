@@ -132,13 +132,31 @@ def cmd_demo(args):
     if db.exists():
         for suffix in ("", "-wal", "-shm"):
             pathlib.Path(str(db) + suffix).unlink(missing_ok=True)
+    scenario_path, data_notes = None, []
+    if args.data:
+        from picogrid.hil.day import data_scenario
+        if feed is not None or args.latitude is None or args.longitude is None:
+            raise SystemExit("picogrid demo --data: needs --latitude and --longitude (clear-sky GHI), and no --feed")
+        print("Preparing the scenario of %s ..." % args.data, flush=True)
+        try:
+            scenario_path, args.day, data_notes = data_scenario(site, run_dir, args.data, args.latitude,
+                                                                args.longitude, args.altitude, args.day,
+                                                                args.currency_factor)
+        except ValueError as exc:      # a DataError too: every problem of the file
+            raise SystemExit("picogrid demo --data: %s" % exc)
+        for line in data_notes:
+            print("  " + line, flush=True)
+    elif any(v is not None for v in (args.latitude, args.longitude, args.altitude)) or args.currency_factor != 1.0:
+        raise SystemExit("picogrid demo: --latitude, --longitude, --altitude and --currency-factor are for --data FILE")
+    args.day = args.day or "2013-07-16"
     if feed is None:
-        print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
+        if scenario_path is None:
+            print("Preparing the real-data scenario for %s ..." % args.day, flush=True)
     else:
         print("Lab market feed %s: the day starts at the feed's next day boundary" % args.feed, flush=True)
     day = Day(site, run_dir, day=args.day, n_run_ticks=args.ticks, db_path=db, feed=feed,
               feed_memory=_feed_memory(args, run_dir) if feed is not None else None,
-              perfect_bench=feed is None and not args.no_perfect_bench)
+              perfect_bench=feed is None and not args.no_perfect_bench, scenario_path=scenario_path)
     url, stop_web = _start_dashboard(db, args.port)
     print("Dashboard (live): %s" % url, flush=True)
     print("Store: %s   logs and board folders: %s" % (db, run_dir), flush=True)
@@ -156,6 +174,8 @@ def cmd_demo(args):
             summary = day.run(progress)
         for line in _summary_lines(summary):
             print(line)
+        if data_notes:
+            print("\n  your data (demo --data): " + "\n    ".join(data_notes))
         plot = run_dir / "dispatch.png"
         try:
             from picogrid.hil.plot import plot_day
@@ -348,7 +368,15 @@ def build_parser():
 
     p = sub.add_parser("demo", help="a real day on the HIL bench with the edge and the dashboard")
     p.add_argument("--exit", action="store_true", help="exit after the summary (for scripts and CI)")
-    p.add_argument("--day", default="2013-07-16", help="real day to replay (YYYY-MM-DD, 2012..2013)")
+    p.add_argument("--day", default=None, help="real day to replay (YYYY-MM-DD, 2012..2013; default 2013-07-16); "
+                                              "with --data a day of the file (default its last)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="run a day of your own time series (docs/own-data.md), scaled to the bench (stated)")
+    p.add_argument("--latitude", type=float, default=None, help="--data: the site's latitude [deg N]")
+    p.add_argument("--longitude", type=float, default=None, help="--data: the site's longitude [deg E]")
+    p.add_argument("--altitude", type=float, default=None, help="--data: the site's altitude [m] (default: pvlib's)")
+    p.add_argument("--currency-factor", type=float, default=1.0,
+                   help="--data: site currency units per unit of the file's prices (100: a file in EUR)")
     p.add_argument("--ticks", type=_positive(int), default=None, help="run only the first N ticks")
     p.add_argument("--tick-s", type=_positive(float), default=None, help="tick duration [s] (site default 2.5)")
     p.add_argument("--site", default=None, help="site TOML (default: edge/sites/lab.toml)")

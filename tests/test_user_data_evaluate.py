@@ -84,3 +84,48 @@ def test_one_scored_day_with_the_baselines_in_the_same_run():
     text = out.getvalue()
     assert "savings capture" in text and "mpc_seasonal_naive" in text and "held over the site's 300 s ticks" in text
     assert "nothing fitted on the file" in text
+
+
+def _lab_site():
+    import tomllib
+
+    with open(REPO / "edge" / "sites" / "lab.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_bench_days_scale_the_run_day_by_its_history_only(tmp_path):
+    from picogrid.models import user_scenario
+
+    site = _lab_site()
+    frame, notes = user_scenario.bench_days(EXAMPLE, site, 39, 16, 1500, history_days=2, max_history_days=9)
+    days = list(dict.fromkeys(frame["day"]))
+    assert days[-1] == "2013-07-21" and len(days) == 7 and len(frame) == 7 * 60     # 6 history days: all the file has
+    assert "6 days of the 9" in notes[0] and "held over its interval" in notes[0]
+    assert frame["sun"].between(0, 1).all() and frame["pv_available_w"].max() <= site["pv"]["capability_w"] + 1e-9
+    raw = pd.read_csv(EXAMPLE)
+    raw.loc[raw["timestamp"].str.startswith("2013-07-21"), ["pv_kw", "import_price_per_kwh"]] *= 5
+    raw.to_csv(tmp_path / "odd-last-day.csv", index=False)
+    _, notes5 = user_scenario.bench_days(tmp_path / "odd-last-day.csv", site, 39, 16, 1500, history_days=2,
+                                         max_history_days=9)
+    assert notes5[1] == notes[1]                                   # same factors: the run day is not read
+    with pytest.raises(ValueError, match="needs 2 whole consecutive day"):
+        user_scenario.bench_days(EXAMPLE, site, 39, 16, day="2013-07-16", history_days=2)
+    with pytest.raises(ValueError, match="not a whole day"):
+        user_scenario.bench_days(EXAMPLE, site, 39, 16, day="2013-08-01")
+
+
+def test_demo_runs_a_day_of_the_file_on_the_bench_and_states_the_scaling(tmp_path):
+    """``picogrid demo --data`` on two ticks of the example's last day (like test_e2e's demo run)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "picogrid.cli", "demo", "--exit", "--ticks", "2", "--tick-s", "1.0",
+           "--run-dir", str(tmp_path), "--port", "0", "--no-perfect-bench", "--data", str(EXAMPLE),
+           "--latitude", "39", "--longitude", "16", "--altitude", "1500"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "savings capture" in run.stdout and "your data (demo --data)" in run.stdout, run.stdout
+    assert "run day 2013-07-21" in run.stdout and "sun = PV /" in run.stdout and "prices x" in run.stdout
+    assert (tmp_path / "scenario-data-2013-07-21-60.json").is_file()
+    bad = subprocess.run(cmd[:-6] + ["--latitude", "39"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--longitude" in bad.stderr

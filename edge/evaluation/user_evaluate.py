@@ -31,16 +31,23 @@ replay does, models/scenario.py), the factors taken from the history days only a
 from __future__ import annotations
 
 import collections
-import datetime as _dt
 import tomllib
-import warnings
 
 import numpy as np
-
 from picogrid.edge.evaluation.evaluate import (
-    COMPARED, FC_SERIES, DayData, ProfileDays, fans_forecast, forecast_fans, report, run_mpc, site_config,
-    site_file)
+    COMPARED,
+    FC_SERIES,
+    DayData,
+    ProfileDays,
+    fans_forecast,
+    forecast_fans,
+    report,
+    run_mpc,
+    site_config,
+    site_file,
+)
 from picogrid.edge.optimizer.optimize import MpcController
+from picogrid.models.user_scenario import clearsky_ghi, consecutive_tail, load_rating_w
 
 #: the forecast baselines, each also planned on by the MPC (policy ``mpc_<name>``)
 BASELINE_FORECASTS = ("seasonal_naive", "persistence")
@@ -87,38 +94,6 @@ class ScaledForecaster:
         return {s: {q: np.asarray(v) / f.get(s, 1.0) for q, v in fan.items()} for s, fan in fans.items()}
 
 
-def clearsky_ghi(days, n_ticks, tz, latitude, longitude, altitude=None):
-    """Clear-sky GHI [W/m2] of every tick of ``days`` (ISO dates in the file's UTC offset ``tz``):
-    the mean of pvlib's Ineichen model over each tick's minutes (or its midpoint). ``altitude``
-    [m]: default pvlib's look-up for the location."""
-    import pandas as pd
-    import pvlib
-
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-        raise ValueError(f"latitude {latitude} / longitude {longitude} out of range (-90..90, -180..180)")
-    per_tick = 1440 // n_ticks if 1440 % n_ticks == 0 else 1
-    step_s = 86400 / n_ticks / per_tick
-    loc = pvlib.location.Location(latitude, longitude, altitude=altitude)
-    out = []
-    for day in days:
-        start = pd.Timestamp(day).tz_localize(tz)
-        times = start + pd.to_timedelta((np.arange(n_ticks * per_tick) + 0.5) * step_s, unit="s")
-        with warnings.catch_warnings():     # pvlib 0.16 on pandas 3: DatetimeIndex.dayofyear deprecated
-            warnings.filterwarnings("ignore", message=".*dayofyear.*")
-            ghi = loc.get_clearsky(pd.DatetimeIndex(times), model="ineichen")["ghi"].to_numpy(float)
-        out.append(np.nan_to_num(ghi).reshape(n_ticks, per_tick).mean(axis=1))
-    return np.concatenate(out)
-
-
-def consecutive_tail(days):
-    """The last run of consecutive ISO dates in ``days`` (sorted): ``(kept, skipped)``."""
-    d = [_dt.date.fromisoformat(x) for x in days]
-    start = len(d) - 1
-    while start > 0 and (d[start] - d[start - 1]).days == 1:
-        start -= 1
-    return days[start:], days[:start]
-
-
 def scale_to_site(frame, n_ticks, history_days, pv_w, load_w):
     """Scale PV to ``pv_w`` by its 99.9th percentile and each load to ``load_w`` by its 99th
     (clipped there) over the first ``history_days`` days only; returns the lines that say so."""
@@ -137,11 +112,6 @@ def scale_to_site(frame, n_ticks, history_days, pv_w, load_w):
             lines.append(f"{c} x {load_w / q:.4g} (its {100 * LOAD_SCALE_QUANTILE:g}th percentile {q:.5g} W -> "
                          f"{load_w:g} W, clipped there)")
     return ["scaled to the site, factors from the history days only: " + "; ".join(lines)]
-
-
-def load_rating_w(site):
-    """A site's per-load rating [W]: ``[scenario] load_rating_w``, else ``[loads] rating_w``."""
-    return float(site.get("scenario", {}).get("load_rating_w", site.get("loads", {}).get("rating_w", 1.0)))
 
 
 def prepare(path, site, latitude, longitude, history_days=None, n_days=None, currency_factor=1.0,
