@@ -11,6 +11,8 @@ _DECODE_REPORT_MS = 1000      # at most one decode-error event per second
 _CAP_MPPT = 1
 _CAP_ISLAND = 2
 _OFFER_RETRY_MS = 1000        # a keyed board without a session offers again this often
+_FAULT_RETRY_MS = 2000        # a failed sensor is tried again this often
+_FAULT_REPEAT_MS = 10000      # and its EV_PERIPHERAL_FAULT repeated this often while it lasts
 
 
 def _finite(x):
@@ -39,6 +41,14 @@ class Uptime:
         self._ms = (self._ms + self._diff(now, self._last)) & 0xFFFFFFFF
         self._last = now
         return self._ms
+
+
+def _detail(text):
+    """``text`` cut to an EVENT's ``MAX_DETAIL`` bytes of UTF-8."""
+    text = text[:P.MAX_DETAIL]
+    while len(text.encode()) > P.MAX_DETAIL:
+        text = text[:-1]
+    return text
 
 
 def _counts(decoders):
@@ -82,6 +92,11 @@ class Board:
         self._errors_reported = 0
         self._last_report_ms = time.ticks_add(time.ticks_ms(), -_DECODE_REPORT_MS)
         self.healthy = True
+        # a sensor or peripheral that failed ("part: error", from the HAL): the board keeps
+        # its link, holds its stage at 0 A in failsafe and retries the part (PROTOCOL.md §7)
+        self.fault = None  # type: str | None
+        self._fault_sent_ms = time.ticks_ms()
+        self._fault_retry_ms = time.ticks_ms()
 
     # -- sending ----------------------------------------------------------------
     def send(self, msg_type, payload, decoder=None, write=None):
@@ -112,10 +127,14 @@ class Board:
     def send_hello(self):
         caps = _CAP_MPPT if self.cfg["role"] == "pv" else _CAP_ISLAND if self.cfg["role"] == "storage" else 0
         self.send(P.MSG_HELLO, P.pack_hello(self.cfg["role"], FIRMWARE_VERSION, caps, self.boot_nonce))
+        if self.fault is not None:
+            self.report_fault()        # whoever asks who we are learns what is broken
 
     def send_telemetry(self):
         m = self.meas
         flags = self.role.flags | (P.FLAG_FAILSAFE if self.failsafe else 0)
+        if self.fault is not None:
+            flags |= P.FLAG_FAULT
         self.send(P.MSG_TELEMETRY, P.pack_telemetry(
             self.uptime.ms(), m[2], m[0], m[1], m[2] * m[3], m[0] * m[1],
             self.energy_bus_j + self._energy_acc, self.role.reported_setpoint(), flags))
@@ -123,11 +142,51 @@ class Board:
     def event(self, code, detail):
         self.send(P.MSG_EVENT, P.pack_event(code, detail))
 
+    def report_fault(self):
+        self._fault_sent_ms = time.ticks_ms()
+        if self.fault is not None:
+            self.event(P.EV_PERIPHERAL_FAULT, _detail(self.fault))
+
+    def fault_changed(self):
+        """Take the HAL's ``fault`` (a new fault, another one, or None: cleared)."""
+        old, self.fault = self.fault, getattr(self.hal, "fault", None)
+        if self.fault is None:
+            if old is not None:
+                self.event(P.EV_PERIPHERAL_OK, _detail(old.split(":")[0] + ": ok"))
+            return
+        m = self.meas
+        m[0] = m[1] = m[2] = m[3] = 0.0     # unknown: telemetry reports 0 with FLAG_FAULT
+        self.hal.set_current_ref(0.0)
+        self.report_fault()
+        if not self.failsafe:
+            self.enter_failsafe("peripheral fault")
+        else:
+            self.role.failsafe()
+
+    def hold_faulted(self, now):
+        """One control period while a part is faulted: stage at 0 A, the part retried now and
+        then, the fault repeated, the watchdog fed while the board is otherwise healthy."""
+        if time.ticks_diff(now, self._fault_retry_ms) >= _FAULT_RETRY_MS:
+            self._fault_retry_ms = now
+            self.hal.recover(self.meas)
+            if self.hal.fault != self.fault:
+                self.fault_changed()
+                if self.fault is None:
+                    return
+        if time.ticks_diff(now, self._fault_sent_ms) >= _FAULT_REPEAT_MS:
+            self.report_fault()
+        self.hal.set_current_ref(0.0)
+        if self.healthy:
+            self.hal.feed_watchdog()
+
     # -- receiving --------------------------------------------------------------
     def handle(self, msg_type, board_id, seq, payload):
         if board_id != self.board_id:
             return
         if msg_type == P.MSG_SETPOINT:
+            if self.fault is not None:   # no sensors: it stays in failsafe at 0 A
+                self.send(P.MSG_ACK, P.pack_ack(seq, P.ACK_REJECTED))
+                return
             self.on_setpoint(seq, payload)
         elif msg_type == P.MSG_SESSION:
             self.on_session()        # the decoder checked it answers our offer
@@ -195,7 +254,13 @@ class Board:
             now = time.ticks_ms()
             dt_s = time.ticks_diff(now, last) / 1000.0
             last = now
+            if self.fault is not None:
+                self.hold_faulted(now)
+                continue
             fresh = self.hal.measure(m)
+            if getattr(self.hal, "fault", None) is not None:
+                self.fault_changed()
+                continue
             # meter the bus-side energy with the power of the last interval
             self._energy_acc += m[2] * m[3] * dt_s
             if self._energy_acc > 1.0 or self._energy_acc < -1.0:
@@ -255,6 +320,7 @@ class Board:
         # one 0x00 first: it ends whatever half frame the edge's decoder held from before the
         # reset, so the boot HELLO arrives whole (PROTOCOL.md section 1)
         self.link.write(b"\x00")
+        self.fault = getattr(self.hal, "fault", None)   # a part that failed at boot: with the HELLO
         if not new_peer_link(self.link):   # TCP: each connection is greeted when it comes
             self.greet()
         self.enter_failsafe("boot")    # safe until the edge speaks

@@ -9,6 +9,21 @@ from ina219 import INA219
 _PWM_HZ = 100000
 _ADC_FULL_SCALE_V = 3.3
 _MAINTENANCE_WINDOW_MS = 1000
+_CHECK_MS = 1000             # the INA219s' registers are checked this often
+
+
+def describe(exc):
+    """An exception as a fault's text: the errno's name for an OSError (``ETIMEDOUT``: no
+    device answers), else its message (a garbage reading: ``config reads 0xffff``)."""
+    if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int):
+        try:
+            import errno
+            name = errno.errorcode.get(exc.args[0])
+            if name:
+                return name
+        except ImportError:
+            pass
+    return str(exc) or type(exc).__name__
 
 
 def maintenance_requested(window_ms=_MAINTENANCE_WINDOW_MS):
@@ -34,27 +49,56 @@ def maintenance_requested(window_ms=_MAINTENANCE_WINDOW_MS):
 
 
 class Rp2040Hal:
-    """Same methods as hal_sim.SimHal: measure(out), set_current_ref(i_a), feed_watchdog()."""
+    """Same methods as hal_sim.SimHal: measure(out), set_current_ref(i_a), feed_watchdog(),
+    and the fault interface board.py uses: ``fault`` (None, or "part: error" while a sensor
+    fails, from __init__ on) and recover(out) (try the parts again, then measure).
+
+    The power stage comes up first at 0 A and the watchdog last; the ADCs, the I2C bus and
+    the INA219s may fail (absent, miswired, answering garbage) without stopping the board.
+    """
 
     def __init__(self, cfg):
-        pins = cfg["pins"]
-        cal = cfg["calibration"]
-        self._adc_port = machine.ADC(machine.Pin(pins["adc_port"]))
-        self._adc_bus = machine.ADC(machine.Pin(pins["adc_bus"]))
+        self._pins = pins = cfg["pins"]
+        self._cal = cal = cfg["calibration"]
+        self._pwm = machine.PWM(machine.Pin(pins["pwm"]))
+        self._pwm.freq(_PWM_HZ)
+        self._lo, self._hi = cfg["current_range_a"]
+        self.set_current_ref(0.0)
         # volts per ADC count, including the divider ratio and a measured gain trim
         self._k_port = _ADC_FULL_SCALE_V / 65535 * cal["divider_port"]
         self._k_bus = _ADC_FULL_SCALE_V / 65535 * cal["divider_bus"]
         self._off_port = cal.get("offset_port_v", 0.0)
         self._off_bus = cal.get("offset_bus_v", 0.0)
-        i2c = machine.I2C(0, sda=machine.Pin(pins["sda"]), scl=machine.Pin(pins["scl"]), freq=400000)
-        self._ina_port = INA219(i2c, pins.get("ina_port_addr", 0x40), cal["shunt_port_ohm"])
-        self._ina_bus = INA219(i2c, pins.get("ina_bus_addr", 0x41), cal["shunt_bus_ohm"])
-        self._pwm = machine.PWM(machine.Pin(pins["pwm"]))
-        self._pwm.freq(_PWM_HZ)
-        self._lo, self._hi = cfg["current_range_a"]
-        self.set_current_ref(0.0)
+        self._inas = []  # type: list[INA219]
+        self.fault = None  # type: str | None
+        self._next_check = time.ticks_ms()
+        self._open_sensors()
         self._wdt = machine.WDT(timeout=cfg.get("hw_watchdog_ms", 2000))
         self.misses = 0
+
+    def _open_sensors(self):
+        """(Re)start the ADCs, the I2C bus and both INA219s; False, with ``fault`` set, when a
+        part fails."""
+        pins, cal = self._pins, self._cal
+        part = "adc"
+        self._inas = []
+        try:
+            self._adc_port = machine.ADC(machine.Pin(pins["adc_port"]))
+            self._adc_bus = machine.ADC(machine.Pin(pins["adc_bus"]))
+            part = "i2c0"
+            i2c = machine.I2C(0, sda=machine.Pin(pins["sda"]), scl=machine.Pin(pins["scl"]), freq=400000)
+            for addr, shunt in ((pins.get("ina_port_addr", 0x40), cal["shunt_port_ohm"]),
+                                (pins.get("ina_bus_addr", 0x41), cal["shunt_bus_ohm"])):
+                ina = INA219(i2c, addr, shunt)
+                part = ina.name
+                ina.configure()
+                self._inas.append(ina)
+        except Exception as exc:
+            self.fault = part + ": " + describe(exc)
+            self._inas = []
+            return False
+        self.fault = None
+        return True
 
     def duty_for(self, i_a):
         d = int((i_a - self._lo) / (self._hi - self._lo) * 65535 + 0.5)
@@ -64,11 +108,33 @@ class Rp2040Hal:
         self._pwm.duty_u16(self.duty_for(i_a))
 
     def measure(self, out):
-        out[0] = self._adc_port.read_u16() * self._k_port + self._off_port
-        out[1] = self._ina_port.current_a()
-        out[2] = self._adc_bus.read_u16() * self._k_bus + self._off_bus
-        out[3] = self._ina_bus.current_a()
+        """Fill ``out``; False, with ``fault`` set, if a part fails or reads garbage."""
+        if self.fault is not None:
+            return False
+        ina = self._inas
+        part = "adc"
+        try:
+            out[0] = self._adc_port.read_u16() * self._k_port + self._off_port
+            out[2] = self._adc_bus.read_u16() * self._k_bus + self._off_bus
+            part = ina[0].name
+            out[1] = ina[0].current_a()
+            part = ina[1].name
+            out[3] = ina[1].current_a()
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self._next_check) >= 0:   # about once a second
+                self._next_check = time.ticks_add(now, _CHECK_MS)
+                part = ina[0].name
+                ina[0].check()
+                part = ina[1].name
+                ina[1].check()
+        except Exception as exc:
+            self.fault = part + ": " + describe(exc)
+            return False
         return True
+
+    def recover(self, out):
+        """Try the sensors again after a fault: True when they answer and read sanely."""
+        return self._open_sensors() and self.measure(out)
 
     def ticks_ms(self):
         return time.ticks_ms()
@@ -79,5 +145,8 @@ class Rp2040Hal:
     def deinit(self):
         self.set_current_ref(0.0)
         self._pwm.deinit()
-        self._ina_port.deinit()
-        self._ina_bus.deinit()
+        for ina in self._inas:
+            try:
+                ina.deinit()
+            except OSError:
+                pass

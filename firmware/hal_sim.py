@@ -15,6 +15,7 @@ except ImportError:
 
 _WIRE_VERSION = const(1)
 _TIMEOUT_S = 0.05
+_READING_MAX = 1000.0         # [V] / [A]: a reading beyond this (or NaN) is a garbage sensor
 
 
 class SimHal:
@@ -23,6 +24,9 @@ class SimHal:
     measure(out) fills ``out`` with [v_port_v, i_port_a, v_bus_v, i_bus_a] and returns
     True when the plant answered; set_current_ref(i_a) sets the power stage's current
     reference through the 16-bit PWM duty, scaled by the board's current_range_a.
+    A reply that is not a reading (NaN, or beyond ``_READING_MAX``: the plant's
+    ``sensor_garbage`` fault) sets ``fault`` as hal_rp2040's garbage INA219 does; recover(out)
+    asks again. A reply that does not come is a miss, not a fault.
     """
 
     def __init__(self, cfg):
@@ -36,6 +40,7 @@ class SimHal:
         self._req = bytearray(4)
         self.misses = 0
         self._stale = False
+        self.fault = None  # type: str | None
 
     def duty_for(self, i_a):
         d = int((i_a - self._lo) / (self._hi - self._lo) * 65535 + 0.5)
@@ -69,8 +74,18 @@ class SimHal:
             return False
         vals = struct.unpack("<4f", data)
         for k in range(4):
+            v = vals[k]
+            if not -_READING_MAX < v < _READING_MAX:    # False for NaN too
+                self.fault = "sim sensors: reading %r" % v
+                return False
+        for k in range(4):
             out[k] = vals[k]
         return True
+
+    def recover(self, out):
+        """Ask the plant again after a fault: True when the reading is sane."""
+        self.fault = None
+        return self.measure(out)
 
     def ticks_ms(self):
         return time.ticks_ms()

@@ -274,6 +274,11 @@ class Faults:
         self._note("sensor_stuck", board=board, stuck=stuck)
         self.plant.command("sensor_stuck", role=board, stuck=bool(stuck))
 
+    def sensor_garbage(self, board, garbage=True):
+        """Make a board's sensors read garbage (NaN): its firmware reports a peripheral fault."""
+        self._note("sensor_garbage", board=board, garbage=garbage)
+        self.plant.command("sensor_garbage", role=board, garbage=bool(garbage))
+
     def irradiance(self, value):
         """Override the PV irradiance (0..1 of rating); None returns to the scenario's."""
         self._note("irradiance", value=value)
@@ -300,7 +305,7 @@ class Faults:
         ValueError on an unknown fault name (checked before anything is injected).
         """
         steps = sorted(script, key=lambda s: s["at_s"])
-        names = ("kill_board", "restart_board", "link", "sensor_bias", "sensor_stuck",
+        names = ("kill_board", "restart_board", "link", "sensor_bias", "sensor_stuck", "sensor_garbage",
                  "irradiance", "load_spike", "grid_outage")
         bad = [s.get("fault") for s in steps if s.get("fault") not in names]
         if bad:

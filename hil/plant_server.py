@@ -23,6 +23,9 @@ Control channel (fault injection, :mod:`picogrid.hil.faults`): a datagram that s
 * ``mark``: restart the bus min/max window;
 * ``sensor_bias`` ``role``, ``bias`` (4 numbers added to v_port, i_port, v_bus, i_bus, or null);
 * ``sensor_stuck`` ``role``, ``stuck`` (true: readings frozen at their present value);
+* ``sensor_garbage`` ``role``, ``garbage`` (true: the board's sensors read NaN, which its
+  simulation HAL reports as a peripheral fault, as the RP2040 HAL does an INA219 answering
+  garbage; false: sane readings again);
 * ``sun`` ``value`` (0..1 overrides the scenario's irradiance, null returns to it);
 * ``grid`` ``connected`` (true/false overrides the scenario's outages, null returns to it);
 * ``extra_load`` ``power_w`` (an unmodelled load drawn from the bus [W], 0 removes it).
@@ -54,6 +57,7 @@ _DEAD_BOARD_S = 0.5
 # board's loop asks every sim_loop_period_ms (10 ms); a gap above _LATE_S (5 loop periods)
 # means that process was not scheduled in time, and the bench did not keep real time then
 _LATE_S = 0.05
+_NAN = float("nan")
 
 
 class PlantServer:
@@ -83,6 +87,7 @@ class PlantServer:
         self.sun_override = None
         self._irradiance_cache = {}
         self.grid_override = None
+        self.sensor_garbage = set()     # roles whose sensors read garbage (NaN)
         self._tick_vmin = self._tick_vmax = self.plant.v_bus
         self._mark_vmin = self._mark_vmax = self.plant.v_bus
         self._tick_start_s = None
@@ -129,6 +134,7 @@ class PlantServer:
                "extra_load_w": pl.extra_load_w,
                "late_ms": round(1e3 * self._tick_late_s, 1),   # longest late gap in the tick (0: kept real time)
                "faults": {"sensor_bias": sorted(pl.sensor_bias), "sensor_stuck": sorted(pl.sensor_stuck),
+                          "sensor_garbage": sorted(self.sensor_garbage),
                           "sun_override": self.sun_override, "grid_override": self.grid_override},
                "energy_bus_j": {r: self._tick_energy[r] for r in ROLES},
                "p_bus_w": {r: self._tick_energy[r] / duration_s for r in ROLES}}
@@ -213,7 +219,7 @@ class PlantServer:
         name = cmd.get("cmd")
         pl = self.plant
         role = cmd.get("role")
-        if name in ("sensor_bias", "sensor_stuck") and role not in ROLES:
+        if name in ("sensor_bias", "sensor_stuck", "sensor_garbage") and role not in ROLES:
             raise ValueError("unknown role %r" % (role,))
         if name == "state":
             return self.state()
@@ -233,6 +239,11 @@ class PlantServer:
                 pl.sensor_stuck[role] = pl.measure(role)
             else:
                 pl.sensor_stuck.pop(role, None)
+        elif name == "sensor_garbage":
+            if cmd.get("garbage"):
+                self.sensor_garbage.add(role)
+            else:
+                self.sensor_garbage.discard(role)
         elif name == "sun":
             v = cmd.get("value")
             if v is not None and not 0.0 <= float(v) <= 1.5:
@@ -280,7 +291,8 @@ class PlantServer:
         if role in self._last_request_s:
             self._gap(role, now - self._last_request_s[role])
         self._last_request_s[role] = now
-        self.sock.sendto(REPLY.pack(*self.plant.measure(role)), addr)
+        reading = (_NAN,) * 4 if role in self.sensor_garbage else self.plant.measure(role)
+        self.sock.sendto(REPLY.pack(*reading), addr)
         self.requests += 1
 
     def serve_forever(self, stop_at=None):

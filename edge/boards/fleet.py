@@ -297,4 +297,5 @@ class Fleet:
 
 _EVENT_NAMES = {P.EV_BOOT: "boot", P.EV_FAILSAFE_ENTER: "failsafe_enter",
                 P.EV_FAILSAFE_EXIT: "failsafe_exit", P.EV_LIMIT: "limit", P.EV_FAULT: "fault",
-                P.EV_DECODE_ERROR: "decode_error"}
+                P.EV_DECODE_ERROR: "decode_error", P.EV_PERIPHERAL_FAULT: "peripheral_fault",
+                P.EV_PERIPHERAL_OK: "peripheral_ok"}

@@ -4,6 +4,8 @@
   keep running, and a silent grid board is treated as a lost grid (islanded operation);
 * stuck sensor: real sensors always show noise, so telemetry whose four measurements stay
   bit-identical over ``stuck_samples`` reports is flagged;
+* faulted: a board whose telemetry carries ``FLAG_FAULT`` (a sensor or peripheral failed,
+  PROTOCOL.md section 7: its readings are zeros, so it is not also called stuck);
 * energy balance: a bus residual above ``residual_alarm_w`` for two ticks in a row means a
   sensor bias or a load nobody meters.
 
@@ -11,6 +13,7 @@ Changes of state come back as events ``(board, kind, detail)`` for the store.
 """
 
 _MEASURED = ("v_bus_v", "v_port_v", "i_port_a", "p_bus_w")
+_FLAG_FAULT = 4     # protocol.FLAG_FAULT
 
 
 class Health:
@@ -24,10 +27,16 @@ class Health:
         self.stuck = {b: False for b in boards}
         self._same = {b: 0 for b in boards}
         self._last = {b: None for b in boards}
+        self.faulted = {b: False for b in boards}
+        self._fault_seen = {b: False for b in boards}
         self._residual_high = 0
 
     def telemetry(self, board, t):
         """Feed every telemetry report in arrival order (from ``Fleet.drain_telemetry``)."""
+        self._fault_seen[board] = bool((t.get("flags") or 0) & _FLAG_FAULT)
+        if self._fault_seen[board]:
+            self._same[board], self._last[board] = 0, None
+            return
         values = tuple(t[k] for k in _MEASURED)
         self._same[board] = self._same[board] + 1 if values == self._last[board] else 0
         self._last[board] = values
@@ -46,6 +55,11 @@ class Health:
                 events.append((b, "sensor_stuck" if now_stuck else "sensor_ok",
                                "%d identical readings" % self._same[b] if now_stuck else "readings move again"))
                 self.stuck[b] = now_stuck
+            if self._fault_seen[b] != self.faulted[b]:
+                self.faulted[b] = self._fault_seen[b]
+                events.append((b, "board_fault" if self.faulted[b] else "board_fault_clear",
+                               "telemetry flags a sensor or peripheral fault" if self.faulted[b]
+                               else "no fault flag any more"))
         return events
 
     def balance(self, residual_j, tick_s):
