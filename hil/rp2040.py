@@ -25,6 +25,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tty
@@ -82,12 +83,14 @@ class EmulatedPico:
     """
 
     def __init__(self, uf2=FIRMWARE_UF2, uid="e660583883724a32", flash_state=None,
-                 speed=1.0, name="pico"):
+                 speed=1.0, name="pico", ina219="absent"):
         self.uf2 = pathlib.Path(uf2)
         self.uid = uid
         self.flash_state = pathlib.Path(flash_state) if flash_state else None
         self.speed = speed
         self.name = name
+        self.ina219 = ina219        # the INA219s on I2C0: "absent", "garbage" or "ok" (the runner's --ina219)
+        self._ina219_file = None
         self.port = None
         self.proc = None
         self.boots = 0              # "usb: connected" lines seen (power on and each reboot)
@@ -106,7 +109,10 @@ class EmulatedPico:
         tty.setraw(self._slave)          # no echo, no line discipline: a serial port's bytes
         self.port = os.ttyname(self._slave)
         cmd = [shutil.which("node"), str(RUNNER), "--modules", str(modules), "--uid", self.uid,
-               "--speed", str(self.speed)]
+               "--speed", str(self.speed), "--ina219", self.ina219]
+        fd, self._ina219_file = tempfile.mkstemp(prefix=f"{self.name}-ina219-")
+        os.close(fd)
+        cmd += ["--ina219-file", self._ina219_file]
         if self.uf2 and (self.flash_state is None or not self.flash_state.exists()):
             cmd += ["--uf2", str(self.uf2)]
         if self.flash_state:
@@ -144,8 +150,23 @@ class EmulatedPico:
         if not self.wait_boot(boots + 1, timeout):
             raise TimeoutError(f"{self.name}: no USB after the reset button within {timeout} s")
 
+    def set_ina219(self, state):
+        """Change the INA219s' state while the board runs ("absent", "garbage", "ok"): as
+        unplugging, breaking or mending the parts. The runner takes it on SIGHUP."""
+        import signal
+
+        pathlib.Path(self._ina219_file).write_text(state)
+        self.ina219 = state
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self):
         self._stopping.set()
+        if self._ina219_file:
+            try:
+                os.unlink(self._ina219_file)
+            except OSError:
+                pass
+            self._ina219_file = None
         if self.proc and self.proc.poll() is None:
             try:
                 self.proc.stdin.close()     # the runner saves its flash state and exits
@@ -240,10 +261,12 @@ def main(argv=None):
     ap.add_argument("--uid", default="e660583883724a32", help="the flash chip's unique id, 16 hex digits")
     ap.add_argument("--flash-state", help="file that keeps the board's 2 MB flash across runs")
     ap.add_argument("--link", help="also make this path a symlink to the port (e.g. build/ttyPICO0)")
+    ap.add_argument("--ina219", choices=("absent", "garbage", "ok"), default="absent",
+                    help="the INA219s at 0x40/0x41 on I2C0: absent (default), answering garbage, or sane")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the runner's lines")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    pico = EmulatedPico(uf2=args.uf2, uid=args.uid, flash_state=args.flash_state)
+    pico = EmulatedPico(uf2=args.uf2, uid=args.uid, flash_state=args.flash_state, ina219=args.ina219)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

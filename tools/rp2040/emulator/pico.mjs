@@ -24,11 +24,18 @@
 //     runs far ahead of the wall. Here emulated time is never let ahead of wall time (scaled by
 //     --speed): idle waits pass at wall speed, busy code runs as fast as the host allows (about
 //     0.4 emulated us per wall us on this machine), so firmware timeouts and mpremote's agree.
+//  6. I2C devices. rp2040js NACKs every address unless the host models a device. Here I2C0 has
+//     two INA219s (0x40 port side, 0x41 bus side) in one of three states (--ina219, and on SIGHUP
+//     the word in --ina219-file): "absent" (no answer: the firmware's I2C calls fail as on a board
+//     without the part), "garbage" (answers, every register reads 0xffff, writes are ignored: a
+//     broken or wrong part), "ok" (registers as the datasheet's: config read back as written,
+//     shunt 0 V, bus 7.0 V).
 //
 // Lines on stderr: "usb: connected" when the CDC link is up (after each boot), "reboot: <reason>",
 // "flash: ..." notes. Usage:
 //   node pico.mjs --uf2 FIRMWARE.uf2 [--bootrom bootrom-B1.bin] [--modules DIR/node_modules]
 //                 [--uid 16-hex-digits] [--flash-state FILE] [--speed 1.0]
+//                 [--ina219 absent|garbage|ok] [--ina219-file FILE]
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -36,7 +43,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 function parseArgs(argv) {
-  const args = { bootrom: path.join(HERE, 'bootrom-B1.bin'), speed: 1.0, uid: 'e660583883724a32' };
+  const args = { bootrom: path.join(HERE, 'bootrom-B1.bin'), speed: 1.0, uid: 'e660583883724a32', ina219: 'absent' };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, '').replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     args[key] = argv[++i];
@@ -215,6 +222,73 @@ class IOQSPI extends BasePeripheral {
   }
 }
 
+// ---- I2C: INA219s modelled on the host --------------------------------------------------------
+const INA219_STATES = ['absent', 'garbage', 'ok'];
+const I2C_TX_EMPTY = 1 << 4; // IC_RAW_INTR_STAT.TX_EMPTY
+
+class INA219Model {
+  constructor(board) {
+    this.board = board; // board.ina219: the state, shared by both parts
+    this.regs = new Uint16Array(6);
+    this.regs[0] = 0x399f; // config at power-on
+    this.regs[2] = ((7000 / 4) << 3) | 2; // bus 7.0 V, conversion ready
+    this.pointer = 0;
+    this.written = []; // bytes of the current write transaction
+    this.readHigh = true;
+  }
+
+  present() {
+    return this.board.ina219 !== 'absent';
+  }
+
+  start() {
+    this.written = [];
+    this.readHigh = true;
+  }
+
+  write(value) {
+    this.written.push(value);
+    if (this.written.length === 1) this.pointer = value % 6;
+    else if (this.written.length === 3 && this.board.ina219 === 'ok') {
+      this.regs[this.pointer] = (this.written[1] << 8) | this.written[2];
+    }
+  }
+
+  read() {
+    if (this.board.ina219 === 'garbage') return 0xff;
+    const reg = this.regs[this.pointer];
+    const byte = this.readHigh ? reg >> 8 : reg & 0xff;
+    this.readHigh = !this.readHigh;
+    return byte;
+  }
+}
+
+function attachI2C(mcu, devices) {
+  const i2c = mcu.i2c[0];
+  let dev = null;
+  i2c.onStart = () => i2c.completeStart();
+  i2c.onConnect = (address) => {
+    dev = devices[address];
+    const ack = Boolean(dev && dev.present());
+    if (ack) dev.start();
+    else dev = null;
+    i2c.completeConnect(ack);
+    // an abort flushes the TX FIFO, so TX_EMPTY is raised, as on the chip; rp2040js leaves it
+    // clear and pico-sdk then waits for it until its timeout (ETIMEDOUT instead of the chip's
+    // EIO), leaving the abort to fail the next transfer
+    if (!ack) i2c.setInterrupts(I2C_TX_EMPTY);
+  };
+  i2c.onWriteByte = (value) => {
+    if (dev) dev.write(value);
+    i2c.completeWrite(Boolean(dev));
+  };
+  i2c.onReadByte = () => i2c.completeRead(dev ? dev.read() : 0xff);
+  i2c.onStop = () => {
+    dev = null;
+    i2c.completeStop();
+  };
+}
+
 // ---- the board ------------------------------------------------------------------------------
 class Board {
   constructor(args) {
@@ -238,6 +312,14 @@ class Board {
     this.wallStart = performance.now();
     this.nanosBase = 0; // emulated ns at which the current chip's clock started
     this.wallBase = 0;
+    this.setINA219(args.ina219);
+    this.ina219s = { 0x40: new INA219Model(this), 0x41: new INA219Model(this) };
+  }
+
+  setINA219(state) {
+    if (!INA219_STATES.includes(state)) throw new Error(`--ina219 wants one of ${INA219_STATES.join(', ')}`);
+    this.ina219 = state;
+    log(`i2c: INA219s ${state}`);
   }
 
   boot(reason, watchdogState) {
@@ -282,6 +364,8 @@ class Board {
     this.mcu = mcu;
     this.pendingRead = null;
     this.attachUSB(mcu);
+    for (const dev of Object.values(this.ina219s)) dev.regs[0] = 0x399f; // power-on reset
+    attachI2C(mcu, this.ina219s);
     // emulated time continues across reboots (for the wall-speed cap), the chip's clock restarts
     this.wallBase = performance.now();
     this.nanosBase = 0;
@@ -423,4 +507,12 @@ function pressReset(bootsel) {
 }
 process.on('SIGUSR1', () => pressReset(true));
 process.on('SIGUSR2', () => pressReset(false));
+process.on('SIGHUP', () => {
+  if (!args.ina219File) return;
+  try {
+    board.setINA219(fs.readFileSync(args.ina219File, 'utf8').trim());
+  } catch (err) {
+    log(`i2c: ${err.message}`);
+  }
+});
 board.boot('power on');
