@@ -50,6 +50,8 @@ def main(argv=None):
                          "teaching server, edge/evaluation/feed_evaluate.py); both (default) runs and reports each")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip pymgrid's MPC (rows pymgrid_own, pymgrid_perfect; about half the run time)")
+    ap.add_argument("--no-emhass", action="store_true",
+                    help="skip EMHASS (rows emhass_dayahead_own, emhass_mpc_own; its site MPC takes ~1 s a tick)")
     ap.add_argument("--plot", help="write one day's dispatch (site if run, else lab) as PNG here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an optimiser setting of the site file (an MpcConfig field, the "
@@ -108,7 +110,7 @@ def main(argv=None):
     for profile in (p for p in profiles if p != "labfeed"):
         results[profile] = evaluate_profile(profile, args.first_day, args.days, progress,
                                             max(1, args.reserve_every), overrides, not args.no_compare,
-                                            args.workers)
+                                            args.workers, emhass=not args.no_emhass)
     for profile, res in results.items():
         report(profile, res, sys.stdout)
     if args.plot and results:

@@ -19,6 +19,11 @@ loop on the plant of :func:`picogrid.edge.optimizer.policies.simulate_policy`:
 - ``pymgrid_own`` and ``pymgrid_perfect``: pymgrid's own MPC (``pymgrid==1.2.2``,
   :mod:`picogrid.edge.evaluation.pymgrid_policy`) on the forecasts ``mpc_own`` plans on (the same fans, step
   for step) and on the true future (off with ``--no-compare``);
+- ``emhass_dayahead_own`` and ``emhass_mpc_own`` (lab and site profiles): EMHASS itself
+  (``emhass==0.18.7``, :mod:`picogrid.edge.evaluation.emhass_policy`) on the same forecasts: its
+  day-ahead plan at tick 0 followed open loop, and its naive MPC re-planned every tick over the
+  fixed horizon (off with ``--no-compare`` or ``--no-emhass``). ``dayahead_own`` below stays: it
+  is the same day-ahead scheme in our own model, so the two differ only by EMHASS's conventions;
 - ``perfect_foresight``: the perfect-foresight LP optimum of the whole day (HiGHS);
 
 and prints the cost of each and the savings capture
@@ -87,6 +92,7 @@ from picogrid.edge.forecasting.forecast import forecast_from_now
 from picogrid.edge.optimizer.mpc_config import MpcConfig, config_from_site
 from picogrid.edge.optimizer.optimize import MpcController
 from picogrid.edge.evaluation.pymgrid_policy import PymgridMpc
+from picogrid.edge.evaluation import emhass_policy
 from picogrid.edge.sources.signals import LOAD_SERIES, split_days
 from picogrid.edge.forecasting.scenarios import forecast_inputs, planned_point
 
@@ -97,6 +103,9 @@ PROFILES = ("lab", "site")
 PROFILE_SETS = {"both": PROFILES, "all": PROFILES + ("labfeed",)}
 #: the other project's controller run beside ours (pymgrid's MPC, own and perfect forecasts)
 COMPARED = ("pymgrid_own", "pymgrid_perfect")
+#: EMHASS itself beside ours (lab and site profiles): its day-ahead plan followed open loop and its
+#: naive MPC, both on the forecasts ``mpc_own`` plans on (:mod:`picogrid.edge.evaluation.emhass_policy`)
+EMHASS_COMPARED = ("emhass_dayahead_own", "emhass_mpc_own")
 FC_SERIES = ("pv_available_w", "load1_demand_w", "load2_demand_w", "load3_demand_w", "import_price_per_j")
 #: days the forecaster runs through before the first scored day, unscored, as on an edge that has
 #: been running a week: its online recalibration carries state, and the error scenarios read the
@@ -253,6 +262,39 @@ def compared_runs(pm, fans, truth, cfg, solve_ms=None, statuses=None):
                                        solve_ms, statuses)}
 
 
+def emhass_runs(em, fans, window0, truth, cfg, out):
+    """Closed-loop results of EMHASS on the day's fans: ``emhass_mpc_own`` (its naive MPC ``em``,
+    :class:`~picogrid.edge.evaluation.emhass_policy.EmhassMpc`, on the window ``mpc_own`` plans on,
+    without its scenarios) and ``emhass_dayahead_own`` (its day-ahead plan on ``window0``, the
+    window ``mpc_own`` got at tick 0). Solve times [ms] and statuses go to ``out``
+    (``emhass_ms``, ``emhass_statuses``, ``emhass_dayahead_ms``)."""
+    one_plan = cfg.replace(scenario_weights=None, scenario_quantiles=None)
+    res = {"emhass_mpc_own": run_mpc(em, fans_forecast(fans, truth, one_plan), truth, cfg,
+                                     out["emhass_ms"], out["emhass_statuses"])}
+    pol, plan, dt = emhass_policy.dayahead_policy(window0, truth, cfg)
+    out["emhass_dayahead_ms"] = [1e3 * dt]
+    kind = plan.status if plan is not None else "emhass_failed"
+    out["emhass_dayahead_statuses"] = {kind: 1}
+    res["emhass_dayahead_own"] = policies.simulate_policy(pol, truth, cfg)
+    return res
+
+
+def energy_short(result, truth, cfg):
+    """``(shed_j, deferrable_shortfall_j)`` of a closed-loop result: load energy not served and
+    job energy not delivered in its window [J]."""
+    from picogrid.edge.sources.deferrable import JobLedger
+
+    demand = np.asarray(truth.demand_w, float).reshape(truth.n_steps, cfg.n_loads)
+    shed = float(np.sum(np.maximum(demand - result.load_served_w, 0.0)) * cfg.dt_s)
+    short = 0.0
+    if truth.jobs and result.deferrable_w is not None:
+        ledger = JobLedger(truth.jobs)
+        for t in range(truth.n_steps):
+            ledger.deliver(t, float(result.deferrable_w[t]) * cfg.dt_s, cfg.dt_s)
+        short = float(ledger.shortfall_j())
+    return shed, short
+
+
 def perfect_controller(cfg):
     """The MPC for perfect forecasts: one plan (a perfect forecast has no spread, its scenarios
     would be copies of one)."""
@@ -352,6 +394,8 @@ class ProfileDays:
         See :func:`load_site`.
     compare : bool
         Also run pymgrid's MPC (:func:`compared_runs`).
+    emhass : bool
+        With ``compare``, also run EMHASS (:func:`emhass_runs`).
 
     Raises
     ------
@@ -359,7 +403,7 @@ class ProfileDays:
         If the forecaster's or the MPC's horizon is shorter than the day.
     """
 
-    def __init__(self, profile, first_day, n_days, overrides=None, compare=True):
+    def __init__(self, profile, first_day, n_days, overrides=None, compare=True, emhass=True):
         from picogrid.edge.forecasting.forecast import Forecaster
         from picogrid.models import features as F
         from picogrid.models.scenario import build_bench_days
@@ -383,7 +427,8 @@ class ProfileDays:
             raise ValueError(f"{profile}: forecaster horizon {self.forecaster.horizon} / MPC horizon "
                              f"{cfg.horizon} shorter than the day ({n_ticks} ticks): no day-ahead plan possible")
         self.policies = ["naive", "perfect_foresight", "mpc_perfect_forecast", "mpc_own", "dayahead_own"] + (
-            ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else [])
+            ["mpc_own_reserve"] if profile == "site" else []) + (list(COMPARED) if compare else []) + (
+            list(EMHASS_COMPARED) if compare and emhass else [])
         self.calibration = getattr(self.forecaster, "energy_calibration", None)
 
     @functools.cached_property
@@ -394,6 +439,8 @@ class ProfileDays:
             out["mpc_own_reserve"] = MpcController(cfg.replace(reserve=True))
         if self.compare:
             out["pymgrid"] = PymgridMpc(cfg)
+        if "emhass_mpc_own" in self.policies:
+            out["emhass_mpc"] = emhass_policy.EmhassMpc(cfg)
         return out
 
     def forecast_day(self, d, sources):
@@ -456,6 +503,10 @@ class ProfileDays:
         dayahead, plan = dayahead_policy(tick0["window"], truth, cfg)
         out["dayahead_ms"] = [1e3 * plan.solve_time_s]
         results["dayahead_own"] = policies.simulate_policy(dayahead, truth, cfg)
+        if "emhass_mpc_own" in self.policies:
+            out.update(emhass_ms=[], emhass_statuses={})
+            results.update(emhass_runs(ctrl["emhass_mpc"], fans, tick0["window"], truth, cfg, out))
+        out["short"] = {p: energy_short(results[p], truth, cfg) for p in self.policies if p in results}
         out["costs"] = {p: results[p].total_cost if p in results else np.nan for p in self.policies}
         out["results"] = results
         return out
@@ -477,7 +528,7 @@ def _run_worker_day(d, day_fans, day_errors, reserve_stride):
 
 
 def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None,
-                     compare=True, workers=1):
+                     compare=True, workers=1, emhass=True):
     """Run every policy over ``n_days`` real days of ``profile``.
 
     One forecaster runs through the days in order, as on an edge that runs on (its online
@@ -486,7 +537,8 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
 
     ``reserve_stride``: the reserve run (site) is made on every ``reserve_stride``-th day only,
     counted from ``first_day`` (it costs as much time as the plain MPC run). ``overrides``: see
-    :func:`load_site`. ``compare``: also run pymgrid's MPC (:func:`compared_runs`).
+    :func:`load_site`. ``compare``: also run pymgrid's MPC (:func:`compared_runs`) and, with
+    ``emhass``, EMHASS (:func:`emhass_runs`).
 
     Returns
     -------
@@ -503,7 +555,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
     """
     if n_days < 1:
         raise ValueError(f"n_days must be >= 1, got {n_days!r}")
-    run = ProfileDays(profile, first_day, n_days, overrides, compare)
+    run = ProfileDays(profile, first_day, n_days, overrides, compare, emhass)
     sources, parts = {}, []
     workers = max(1, min(int(workers), n_days))
     if workers == 1:
@@ -518,7 +570,7 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, initializer=_start_worker,
-                                 initargs=((profile, first_day, n_days, overrides, compare),)) as pool:
+                                 initargs=((profile, first_day, n_days, overrides, compare, emhass),)) as pool:
             pending = []
             try:
                 for d in range(n_days):
@@ -548,6 +600,16 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
         for r in parts:
             for k, v in r[key].items():
                 merged[key][k] = merged[key].get(k, 0) + v
+    if "emhass_mpc_own" in run.policies:
+        for key in ("emhass_ms", "emhass_dayahead_ms"):
+            merged[key] = np.array([v for r in parts for v in r[key]])
+        for key in ("emhass_statuses", "emhass_dayahead_statuses"):
+            merged[key] = {}
+            for r in parts:
+                for k, v in r[key].items():
+                    merged[key][k] = merged[key].get(k, 0) + v
+    merged["short"] = {p: np.array([r["short"][p] for r in parts if p in r["short"]]).reshape(-1, 2).sum(axis=0)
+                       for p in run.policies}
     return merged
 
 
@@ -635,6 +697,30 @@ def report(profile, res, out):
           f"statuses {res['statuses']}; day-ahead LP (HiGHS, whole day) p50 "
           f"{np.percentile(res['dayahead_ms'], 50):.1f} ms", file=out)
     report_compared(res, out)
+    report_emhass(res, out)
+
+
+def report_emhass(res, out):
+    """EMHASS's modes beside ours from the same run: savings capture, energy shed, deferrable
+    shortfall, solve time p50/p99 (nothing without an EMHASS run)."""
+    if "emhass_ms" not in res:
+        return
+    c, short, kwh = res["costs"], res["short"], 3.6e6
+    rows = (("mpc_own", "ours: MPC, every tick", res["solve_ms"]),
+            ("dayahead_own", "ours: day-ahead LP, open loop", res["dayahead_ms"]),
+            ("emhass_mpc_own", f"EMHASS {emhass_policy.EMHASS_VERSION} naive MPC, every tick", res["emhass_ms"]),
+            ("emhass_dayahead_own", f"EMHASS {emhass_policy.EMHASS_VERSION} day-ahead, open loop",
+             res["emhass_dayahead_ms"]))
+    print("  EMHASS beside ours (same days, forecasts and plant; shed / shortfall in kWh of the real day "
+          "for site, J for lab):", file=out)
+    lab = res["cfg"].dt_s < 60
+    for p, label, ms in rows:
+        shed, miss = (0.0 if 0 <= v < 1e-9 else v for v in short.get(p, (np.nan, np.nan)))
+        unit = 1.0 if lab else kwh
+        print(f"    {label:42s} capture {100 * capture(c, p):6.1f} %, shed {shed / unit:9.4g}, "
+              f"deferrable shortfall {miss / unit:9.4g}, solve p50 {np.percentile(ms, 50):8.2f} ms, "
+              f"p99 {np.percentile(ms, 99):8.2f} ms", file=out)
+    print(f"  EMHASS statuses: MPC {res['emhass_statuses']}, day-ahead {res['emhass_dayahead_statuses']}", file=out)
 
 
 def report_compared(res, out):
