@@ -14,7 +14,8 @@ _CHECK_MS = 1000             # the INA219s' registers are checked this often
 
 def describe(exc):
     """An exception as a fault's text: the errno's name for an OSError (``ETIMEDOUT``: no
-    device answers), else its message (a garbage reading: ``config reads 0xffff``)."""
+    device answers), a ValueError's message (a garbage reading: ``config reads 0xffff``), else
+    the type and message (``KeyError: sim``)."""
     if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int):
         try:
             import errno
@@ -23,7 +24,9 @@ def describe(exc):
                 return name
         except ImportError:
             pass
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    return "%s: %s" % (type(exc).__name__, exc)
 
 
 def maintenance_requested(window_ms=_MAINTENANCE_WINDOW_MS):

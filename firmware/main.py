@@ -1,6 +1,8 @@
 # Entry point on every board: read board.json, build the hardware layer, the role and the
 # link, then run the board's tasks. A crash is reported as a fault event; on the RP2040 the
-# hardware watchdog then resets the board because nothing feeds it any more.
+# hardware watchdog then resets the board because nothing feeds it any more. A hardware layer
+# that cannot be built at all (a bad pin in board.json, a dead PWM) is a peripheral fault the
+# board reports on its link (PROTOCOL.md section 7), not a silent stop.
 import asyncio
 import sys
 
@@ -13,6 +15,29 @@ def _make_hal(cfg):
         return SimHal(cfg)
     from hal_rp2040 import Rp2040Hal
     return Rp2040Hal(cfg)
+
+
+class _NoHal:
+    """Stands in for a hardware layer whose construction failed: a fault for good."""
+
+    def __init__(self, fault):
+        self.fault = fault
+        self.misses = 0
+
+    def measure(self, out):
+        return False
+
+    def recover(self, out):
+        return False
+
+    def set_current_ref(self, i_a):
+        pass
+
+    def feed_watchdog(self):
+        pass
+
+    def deinit(self):
+        pass
 
 
 def _make_link(cfg):
@@ -40,7 +65,10 @@ def run(path="board.json"):
             print("PicoGrid: BOOTSEL held at boot: firmware not started, REPL free for mpremote")
             return
     link = _make_link(cfg)
-    hal = _make_hal(cfg)
+    try:
+        hal = _make_hal(cfg)
+    except Exception as exc:   # keep the link: the board says what failed
+        hal = _NoHal(_hal_fault(exc))
     board = Board(cfg, hal, roles.make(cfg), link)
 
     def on_error(loop, context):
@@ -62,6 +90,14 @@ def run(path="board.json"):
         hal.deinit()
         link.deinit()
         asyncio.new_event_loop()
+
+
+def _hal_fault(exc):
+    try:
+        from hal_rp2040 import describe
+        return "hal: " + describe(exc)
+    except ImportError:
+        return "hal: %r" % (exc,)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,40 @@ def test_garbage_sensors_are_a_reported_fault_and_the_board_keeps_answering(tmp_
         edge.close()
         faults.close()
         bench.stop()
+
+
+def test_a_hardware_layer_that_cannot_be_built_is_reported_on_the_link(tmp_path):
+    """board.json without its ``sim`` section: the HAL's constructor fails, main.py keeps the
+    link and the board says HELLO, then the fault, with FLAG_FAULT in its telemetry."""
+    import os
+    import select
+    import subprocess
+    import tty
+
+    from picogrid.hil.bench import FIRMWARE_DIR, micropython_command
+
+    (tmp_path / "board.json").write_text(json.dumps(
+        {"board_id": 4, "role": "load1", "hal": "sim", "current_range_a": [0, 1], "loop_period_ms": 10}))
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    env = dict(os.environ, MICROPYPATH=".frozen:" + str(FIRMWARE_DIR))
+    proc = subprocess.Popen([micropython_command(), str(FIRMWARE_DIR / "main.py"), "board.json"],
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    dec = P.Decoder(side=P.SIDE_EDGE)
+    seen = []
+    try:
+        deadline = time.time() + 10.0
+        while time.time() < deadline and not (P.MSG_TELEMETRY in [s[0] for s in seen] and len(seen) > 3):
+            if select.select([master], [], [], 0.2)[0]:
+                seen += [(f[0], f[3]) for f in dec.feed(os.read(master, 4096))]
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+    kinds = [t for t, _ in seen]
+    assert P.MSG_HELLO in kinds, seen
+    events = [P.unpack_event(p) for t, p in seen if t == P.MSG_EVENT]
+    assert (P.EV_PERIPHERAL_FAULT, "hal: KeyError: sim") in events, events
+    tel = [P.unpack_telemetry(p) for t, p in seen if t == P.MSG_TELEMETRY]
+    assert tel[-1][-1] & P.FLAG_FAULT and tel[-1][-1] & P.FLAG_FAILSAFE, tel
