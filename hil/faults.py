@@ -7,7 +7,8 @@ Three places where faults are injected, each as real as the bench allows:
 * the link: a :class:`LinkProxy` sits between the board's pseudo-terminal and a second one that
   the edge opens, and forwards bytes on a thread; it can drop, delay or corrupt them;
 * the plant: a JSON control channel to the plant simulator (:class:`PlantControl`, see
-  :mod:`picogrid.hil.plant_server`) for sensor bias, stuck sensor, PV irradiance drop, load
+  :mod:`picogrid.hil.plant_server`) for sensor bias, stuck sensor, garbage sensor (the board
+  reports a peripheral fault), PV irradiance drop, load
   spike and grid outage.
 
 A scenario is a list of ``{"at_s": seconds after start, "fault": name, ...arguments}`` run by
