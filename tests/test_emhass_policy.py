@@ -122,3 +122,22 @@ def test_lab_time_scale_is_exact():
 def test_short_horizon_refused():
     with pytest.raises(ValueError, match="5 steps"):
         E.EmhassMpc(site_cfg().replace(horizon=4))
+
+
+def test_real_lab_day_and_the_charge_limit():
+    """The first lab test day (real data, two deferrable jobs) with perfect forecasts: with the ESR
+    discharge cap off (EMHASS has none) its day-ahead plan costs our optimum. The charge limit is
+    passed bus side: EMHASS also bounds the bus-side charge power by it, and the cell-side value
+    (2 W x 0.93) cut this day's charge to 1.86 W."""
+    from picogrid.edge.evaluation.evaluate import ProfileDays
+
+    run = ProfileDays("lab", "2013-07-01", 1, compare=False)
+    cfg = run.cfg.replace(p_dis_per_e_max_per_s=float("inf"))
+    truth = run.data.truth(run.hist_days, cfg)
+    assert truth.jobs
+    effects = E.convention_effects(truth, cfg)
+    best = effects["ours: perfect-foresight LP"]
+    assert effects["mapped, MIP gap 0"] == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert effects["on/off deferrables (its default)"] >= best - 1e-9
+    plan, _ = E.dayahead_plan(truth.window(0, truth.n_steps, cfg), truth, cfg, mip_gap=0.0)
+    assert plan.plan["p_ch"].max() == pytest.approx(cfg.p_ch_max_w, rel=1e-6)

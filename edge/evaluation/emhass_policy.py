@@ -27,10 +27,14 @@ Conventions of EMHASS that differ from ours, and how they are mapped:
   energy (capacity, job energy) is multiplied and every price divided by ``s = 60 / dt_s``, an
   exact rescaling of the same LP (cost per step ``P · dt_s · price_per_j`` is unchanged).
   Prices: ``price_per_kwh = price_per_j · 3.6e6 / s``.
-- **Battery power limits on the cell side.** Its ``battery_discharge_power_max`` bounds the cell
-  side (bus-side discharge ``<= eta_dis · max``) and ``battery_charge_power_max`` the cell side
-  too (bus-side charge ``<= max / eta_ch``); ours are bus side, so they are passed as
-  ``p_dis_max_w / eta_dis`` and ``p_ch_max_w · eta_ch``.
+- **Battery power limits.** EMHASS bounds each of its limits twice
+  (``optimization.py``: ``_initialize_decision_variables`` bounds the bus-side powers by
+  ``battery_*_power_max``; ``_add_battery_constraints`` bounds discharge by ``eta_dis · max`` and
+  charge by ``max / eta_ch``): the discharge limit then acts on the cell side (bus-side discharge
+  ``<= eta_dis · max``) and the charge limit on the bus side (``<= max``). Ours are bus side, so
+  they are passed as ``p_dis_max_w / eta_dis`` and ``p_ch_max_w``. (Passing the charge limit as
+  ``p_ch_max_w · eta_ch``, the cell side, cut the lab's charge to 1.86 W of 2 W: measured, the
+  lab's three perfect-forecast days then cost 0.13 c more than our LP.)
 - **Day-end value.** ``soc_final`` defaults to ``soc_init`` (the plan must end where it began),
   with a penalty per Wh missed. Ours credits the energy left at the terminal value. Mapped:
   ``soc_final = e_min / e_max`` and ``battery_soc_final_reward_factor`` such that each Wh above
@@ -140,9 +144,13 @@ class EmhassPlanner:
         Cycling cost [price/J of bus-side power] for its battery weights, which EMHASS bakes into
         its problem when it builds it; ``None``: the site file's ``cycle_cost_per_j`` as stated
         (at its ``price_scale_per_j``).
+    limits_as_given : bool
+        Pass our bus-side discharge limit unconverted, as a user reading it off a data sheet would
+        (only to measure that convention, :func:`convention_effects`).
     """
 
-    def __init__(self, cfg, n_steps, mip_gap=None, semi_cont=False, threads=0, cycle_cost_per_j=None):
+    def __init__(self, cfg, n_steps, mip_gap=None, semi_cont=False, threads=0, cycle_cost_per_j=None,
+                 limits_as_given=False):
         import pandas as pd
         from emhass.optimization import Optimization
 
@@ -188,8 +196,8 @@ class EmhassPlanner:
         pc.update({
             "maximum_power_from_grid": float(cfg.p_imp_max_w), "maximum_power_to_grid": float(cfg.p_exp_max_w),
             "inverter_is_hybrid": False, "compute_curtailment": True, "number_of_batteries": 1,
-            "battery_discharge_power_max": float(cfg.p_dis_max_w / cfg.eta_dis),
-            "battery_charge_power_max": float(cfg.p_ch_max_w * cfg.eta_ch),
+            "battery_discharge_power_max": float(cfg.p_dis_max_w / (1.0 if limits_as_given else cfg.eta_dis)),
+            "battery_charge_power_max": float(cfg.p_ch_max_w),
             "battery_discharge_efficiency": float(cfg.eta_dis), "battery_charge_efficiency": float(cfg.eta_ch),
             "battery_nominal_energy_capacity": float(cfg.e_max_j * wh),
             "battery_minimum_state_of_charge": float(cfg.e_min_j / cfg.e_max_j),
@@ -337,7 +345,7 @@ class EmhassMpc:
                         pv_cap_w=pv_cap, load_served_w=demand[0].copy(), p_deferrable_w=p_def)
 
 
-def dayahead_plan(window, truth, cfg, mip_gap=None, semi_cont=False):
+def dayahead_plan(window, truth, cfg, mip_gap=None, semi_cont=False, **planner_kw):
     """EMHASS's day-ahead plan of the day on the tick-0 ``window``: ``(Decision or None, solve_time_s)``.
 
     A new :class:`EmhassPlanner` of ``truth.n_steps`` steps (its cycling weights resolved for the
@@ -350,7 +358,7 @@ def dayahead_plan(window, truth, cfg, mip_gap=None, semi_cont=False):
     t0 = time.perf_counter()
     econ = economics.resolve(cfg, np.asarray(window["import_price_per_j"], float)[:n],
                              np.asarray(window["export_price_per_j"], float)[:n])
-    planner = EmhassPlanner(cfg, n, mip_gap, semi_cont, cycle_cost_per_j=econ.cycle_cost_per_j)
+    planner = EmhassPlanner(cfg, n, mip_gap, semi_cont, cycle_cost_per_j=econ.cycle_cost_per_j, **planner_kw)
     demand = np.asarray(window["demand_w"], float).reshape(-1, cfg.n_loads)[:n]
     res, _ = planner.plan(truth.e0_j, np.asarray(window["pv_avail_w"], float)[:n], demand,
                           window["import_price_per_j"], window["export_price_per_j"],
@@ -369,11 +377,11 @@ def dayahead_plan(window, truth, cfg, mip_gap=None, semi_cont=False):
                     p_deferrable_w=float(plan["p_def"][0].sum()) if plan["p_def"].size else 0.0), dt
 
 
-def dayahead_policy(window, truth, cfg, mip_gap=None, semi_cont=False):
+def dayahead_policy(window, truth, cfg, mip_gap=None, semi_cont=False, **planner_kw):
     """``(policy_fn, plan_or_None, solve_time_s)``: EMHASS's day-ahead plan (:func:`dayahead_plan`)
     followed open loop (:func:`picogrid.edge.optimizer.policies.day_ahead_policy`), or, without a
     plan, the naive rule (what a home runs when its planner returned nothing)."""
-    plan, dt = dayahead_plan(window, truth, cfg, mip_gap, semi_cont)
+    plan, dt = dayahead_plan(window, truth, cfg, mip_gap, semi_cont, **planner_kw)
     if plan is None:
         return policies.naive_policy(truth, cfg), None, dt
     pv_planned = np.maximum(np.asarray(window["pv_avail_w"], float)[:truth.n_steps], 0.0)
@@ -382,3 +390,65 @@ def dayahead_policy(window, truth, cfg, mip_gap=None, semi_cont=False):
     def policy(t, e_j, delivered_j=None):
         return dataclasses.replace(follow(t, e_j, delivered_j), status=plan.status)
     return policy, plan, dt
+
+
+#: the variants of :func:`convention_effects`: name -> keyword arguments of :func:`dayahead_policy`
+VARIANTS = {"mapped, MIP gap 0": {"mip_gap": 0.0},
+            "its default MIP gap 1 %": {},
+            "on/off deferrables (its default)": {"mip_gap": 0.0, "semi_cont": True},
+            "bus-side discharge limit as given": {"mip_gap": 0.0, "limits_as_given": True}}
+
+
+def convention_effects(truth, cfg):
+    """Each convention's effect on one day with perfect forecasts: ``{variant: cost}`` of
+    EMHASS's day-ahead plan followed on the day it was planned on (:data:`VARIANTS`), and
+    ``"ours: perfect-foresight LP"``, our optimum of the same day. With the mapping of this module
+    and MIP gap 0 the two are equal unless a convention without an EMHASS counterpart binds
+    (the lab's ESR discharge cap, our soft storage bounds)."""
+    pf = policies.solve_perfect_foresight(cfg, truth.e0_j, truth.pv_avail_w, truth.demand_w,
+                                          truth.import_price_per_j, truth.export_price_per_j, jobs=truth.jobs)
+    out = {"ours: perfect-foresight LP": policies.simulate_policy(policies.perfect_foresight_policy(pf), truth,
+                                                                  cfg).total_cost}
+    window = truth.window(0, truth.n_steps, cfg)
+    for name, kw in VARIANTS.items():
+        pol, _, _ = dayahead_policy(window, truth, cfg, **kw)
+        out[name] = policies.simulate_policy(pol, truth, cfg).total_cost
+    return out
+
+
+def main(argv=None):
+    """``python -m picogrid.edge.evaluation.emhass_policy [--profile lab] [--days 3]``: the effect of
+    each convention (:func:`convention_effects`) on the real days ``picogrid evaluate`` scores,
+    summed over the days, as a share of the naive rule's gap to the optimum (savings capture)."""
+    import argparse
+
+    from picogrid.edge.evaluation.evaluate import PROFILES, ProfileDays
+
+    ap = argparse.ArgumentParser(prog="python -m picogrid.edge.evaluation.emhass_policy", description=main.__doc__)
+    ap.add_argument("--profile", choices=PROFILES, default="lab")
+    ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--first-day", default="2013-07-01")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run = ProfileDays(args.profile, args.first_day, args.days, compare=False)
+    cfgs = {"as in the site file": run.cfg}
+    if np.isfinite(run.cfg.p_dis_per_e_max_per_s):      # the lab's ESR cap: EMHASS has none
+        cfgs["ESR discharge cap off (both models)"] = run.cfg.replace(p_dis_per_e_max_per_s=float("inf"))
+    for label, cfg in cfgs.items():
+        total, naive = {}, 0.0
+        for d in range(args.days):
+            truth = run.data.truth(d + run.hist_days, cfg)
+            naive += policies.simulate_policy(policies.naive_policy(truth, cfg), truth, cfg).total_cost
+            for k, v in convention_effects(truth, cfg).items():
+                total[k] = total.get(k, 0.0) + v
+        best = total["ours: perfect-foresight LP"]
+        print(f"{args.profile}, {label}: {args.days} days from {args.first_day}, perfect forecasts, "
+              f"day-ahead plan followed")
+        for k, v in total.items():
+            cap = economics.savings_capture(naive, v, best)
+            print(f"  {k:38s} cost {v:12.6g}  (vs ours {v - best:+.4g}; capture {100 * cap:6.2f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
