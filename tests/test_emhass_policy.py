@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("emhass")
 
-from picogrid.edge.evaluation import emhass_policy as E  # noqa: E402
-from picogrid.edge.evaluation.evaluate import load_site, perfect_forecast, run_mpc  # noqa: E402
-from picogrid.edge.optimizer import policies  # noqa: E402
+from picogrid.edge.evaluation import emhass_policy as E
+from picogrid.edge.evaluation.evaluate import load_site, perfect_forecast, run_mpc
+from picogrid.edge.optimizer import policies
 
 N = 48
 
