@@ -43,6 +43,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from picogrid.edge.optimizer.mpc_config import config_from_site
 from picogrid.edge.site import board_ids, load_site
 from picogrid.firmware import protocol as P
 from picogrid.hil.bench import Bench
@@ -509,16 +510,27 @@ def measure(soak, t_start, t_end):
     # bus band, from the plant's own log
     v_ref = float(soak.site["bench"]["bus_voltage_v"])
     lo, hi = v_ref * (1 - BUS_BAND_FRACTION), v_ref * (1 + BUS_BAND_FRACTION)
-    band, plant_ticks, late_ticks = 0, 0, 0
+    band, plant_ticks, late_ticks = [], 0, 0
     truth = soak.run_dir / "bench" / "truth.jsonl"
     bench_t0, bench_tick = soak.bench.t0, soak.bench.tick_s
+    rows = []
     for line in truth.read_text().splitlines() if truth.exists() else ():
         row = json.loads(line)
         t = bench_t0 + row["tick"] * bench_tick
         if t_start <= t < t_end:
+            rows.append((t, row))
             plant_ticks += 1
             late_ticks += row.get("late_ms", 0) > 0
-            band += not (lo <= row["v_bus_min_v"] and row["v_bus_max_v"] <= hi)
+            if not (lo <= row["v_bus_min_v"] and row["v_bus_max_v"] <= hi):
+                band.append(t)
+    # a violation inside a grid outage in which the storage ran down to its floor had no source
+    # left for the critical load (the bus then collapses: physics, not the controller), told apart
+    e_floor_j = 1.05 * config_from_site(soak.site).e_min_j
+    exhausted = 0
+    for w0, w1 in _outages(soak.events, t_end):
+        inside = [r for t, r in rows if w0 - bench_tick <= t <= w1 + bench_tick]
+        if inside and min(r["storage_energy_j"] for r in inside) <= e_floor_j:
+            exhausted += sum(1 for t in band if w0 - bench_tick <= t <= w1 + bench_tick)
     # rows lost: the store's own account of its outages, and rows SQLite refused
     dropped = sum(int(m.group(1)) for (d,) in conn.execute("SELECT detail FROM event WHERE kind='store_outage'")
                   for m in [re.search(r"(\d+) of them dropped", d or "")] if m)
@@ -544,7 +556,8 @@ def measure(soak, t_start, t_end):
         "ticks_without_decision_edge_down": len(in_down),
         "ticks_without_decision_edge_up": len(missing) - len(in_down),
         "edge_kills": len(soak.edge_down), "edge_restart_s": restart_s,
-        "plant_ticks": plant_ticks, "bus_band_violations": band,
+        "plant_ticks": plant_ticks, "bus_band_violations": len(band),
+        "bus_band_violations_storage_exhausted": exhausted,
         "bench_realtime": soak.realtime, "plant_ticks_late": late_ticks,
         "rows_lost": dropped + refused, "rows_duplicated": int(dup_tel + dup_sp),
         "forged_accepted": acc_down["forged"] + int(forged_up),
@@ -555,6 +568,18 @@ def measure(soak, t_start, t_end):
         "feed_answers": dict(soak.proxy.served),
         "faults": [[round(t - t_start, 1), a, args] for t, a, args in soak.events],
     }
+
+
+def _outages(events, t_end):
+    """``[(start, end)]`` [unix s] of the grid outages the soak injected."""
+    out, start = [], None
+    for t, action, args in events:
+        if action == "grid_outage" and args.get("out") is True and start is None:
+            start = t
+        elif action == "grid_outage" and args.get("out") is not True and start is not None:
+            out.append((start, t))
+            start = None
+    return out + ([(start, t_end)] if start is not None else [])
 
 
 def t0_of(runs, run_id):
@@ -573,8 +598,9 @@ def report_lines(r):
             r["ticks_without_decision"], r["ticks_without_decision_edge_down"], r["edge_kills"],
             ", ".join("%.1f" % s for s in r["edge_restart_s"]) or "-"),
         "  ... with the edge running     %d" % r["ticks_without_decision_edge_up"],
-        "  bus-voltage band violations   %d  (of %d plant ticks, band ±%.0f %%)" % (
-            r["bus_band_violations"], r["plant_ticks"], 100 * BUS_BAND_FRACTION),
+        "  bus-voltage band violations   %d  (of %d plant ticks, band ±%.0f %%; %d in grid outages that emptied "
+        "the storage)" % (r["bus_band_violations"], r["plant_ticks"], 100 * BUS_BAND_FRACTION,
+                          r["bus_band_violations_storage_exhausted"]),
         "  bench kept real time          %s  (%d plant ticks with a gap > 50 ms; longest gaps %s ms)" % (
             "yes" if (r["bench_realtime"] or {}).get("kept") else "NO", r["plant_ticks_late"],
             (r["bench_realtime"] or {}).get("max_gap_ms")),
