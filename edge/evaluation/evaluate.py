@@ -54,7 +54,7 @@ as a deferrable job of that energy, to be delivered in the window by the deferra
 deferrable-priority board's power limit). The shapes are real, only this split is ours.
 
 Usage: ``picogrid evaluate [--days 30] [--profile all] [--feed-kind both] [--first-day 2013-07-01] [--plot dispatch.png]
-[--reserve-every 3] [--workers 2] [--no-compare]``.
+[--reserve-every 3] [--workers 2] [--no-compare] [--no-emhass]``.
 ``--days 3`` is the fast path for tests.
 
 References
@@ -715,7 +715,7 @@ def report_emhass(res, out):
           "for site, J for lab):", file=out)
     lab = res["cfg"].dt_s < 60
     for p, label, ms in rows:
-        shed, miss = (0.0 if 0 <= v < 1e-9 else v for v in short.get(p, (np.nan, np.nan)))
+        shed, miss = (0.0 if 0 <= v < 1e-6 else v for v in short.get(p, (np.nan, np.nan)))   # [J]
         unit = 1.0 if lab else kwh
         print(f"    {label:42s} capture {100 * capture(c, p):6.1f} %, shed {shed / unit:9.4g}, "
               f"deferrable shortfall {miss / unit:9.4g}, solve p50 {np.percentile(ms, 50):8.2f} ms, "
