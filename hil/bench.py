@@ -99,6 +99,7 @@ def ask_priority(pid):
     try:
         if os.getpriority(os.PRIO_PROCESS, pid) > HIL_NICE:
             os.setpriority(os.PRIO_PROCESS, pid, HIL_NICE)
+        _autogroup_priority(pid)
         return True
     except OSError as exc:
         if not _priority_refused:
@@ -106,6 +107,22 @@ def ask_priority(pid):
             log.warning("HIL bench at normal priority (%s): on a busy host it may not keep real time; "
                         "run as root or grant CAP_SYS_NICE", exc)
         return False
+
+
+def _autogroup_priority(pid):
+    """With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), a
+    nice value acts only within the process's session: CPU is first shared between sessions,
+    so a busy process in another terminal takes its share whatever the bench's nice. The
+    session's own nice (``/proc/PID/autogroup``, sched(7)) is raised to :data:`HIL_NICE` too."""
+    path = "/proc/%s/autogroup" % (pid or "self")
+    try:
+        with open(path) as f:
+            current = int(f.read().split("nice")[-1])
+    except (OSError, ValueError):
+        return      # no autogroup here: nice alone decides
+    if current > HIL_NICE:
+        with open(path, "w") as f:
+            f.write(str(HIL_NICE))
 
 
 def free_tcp_port():
