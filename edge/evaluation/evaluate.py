@@ -527,6 +527,18 @@ def _run_worker_day(d, day_fans, day_errors, reserve_stride):
     return out
 
 
+
+def merge_solver_records(merged, parts, times, counters):
+    """Into ``merged``, the parts' (one per worker) solve-time lists under ``times``
+    concatenated in order and their status counts under ``counters`` summed."""
+    for key in times:
+        merged[key] = np.array([v for r in parts for v in r[key]])
+    for key in counters:
+        merged[key] = collections.Counter()
+        for r in parts:
+            merged[key].update(r[key])
+        merged[key] = dict(merged[key])
+
 def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1, overrides=None,
                      compare=True, workers=1, emhass=True):
     """Run every policy over ``n_days`` real days of ``profile``.
@@ -593,21 +605,10 @@ def evaluate_profile(profile, first_day, n_days, progress=None, reserve_stride=1
               "cfg": run.cfg, "forecaster_profile": run.forecaster_profile,
               "forecaster_models": sorted(run.forecaster.models),
               "pymgrid_solver": parts[-1].get("pymgrid_solver")}
-    for key in ("solve_ms", "dayahead_ms", "pymgrid_ms"):
-        merged[key] = np.array([v for r in parts for v in r[key]])
-    for key in ("statuses", "pymgrid_statuses"):
-        merged[key] = {}
-        for r in parts:
-            for k, v in r[key].items():
-                merged[key][k] = merged[key].get(k, 0) + v
+    merge_solver_records(merged, parts, ("solve_ms", "dayahead_ms", "pymgrid_ms"), ("statuses", "pymgrid_statuses"))
     if "emhass_mpc_own" in run.policies:
-        for key in ("emhass_ms", "emhass_dayahead_ms"):
-            merged[key] = np.array([v for r in parts for v in r[key]])
-        for key in ("emhass_statuses", "emhass_dayahead_statuses"):
-            merged[key] = {}
-            for r in parts:
-                for k, v in r[key].items():
-                    merged[key][k] = merged[key].get(k, 0) + v
+        merge_solver_records(merged, parts, ("emhass_ms", "emhass_dayahead_ms"),
+                             ("emhass_statuses", "emhass_dayahead_statuses"))
     merged["short"] = {p: np.array([r["short"][p] for r in parts if p in r["short"]]).reshape(-1, 2).sum(axis=0)
                        for p in run.policies}
     return merged

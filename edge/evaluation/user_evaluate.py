@@ -35,6 +35,7 @@ import tomllib
 
 import numpy as np
 from picogrid.edge.evaluation.evaluate import (
+    merge_solver_records,
     COMPARED,
     FC_SERIES,
     DayData,
@@ -313,13 +314,7 @@ def evaluate_data(path, latitude, longitude, site_path=None, history_days=None, 
               "forecaster_models": sorted(run.forecaster.models), "pymgrid_solver": parts[-1].get("pymgrid_solver"),
               "notes": notes, "skill": run.skill(), "factors": run.factors, "history_days": history_days,
               "site_path": str(site_path)}
-    for key in ("solve_ms", "dayahead_ms", "pymgrid_ms"):
-        merged[key] = np.array([v for r in parts for v in r[key]])
-    for key in ("statuses", "pymgrid_statuses"):
-        merged[key] = {}
-        for r in parts:
-            for k, v in r[key].items():
-                merged[key][k] = merged[key].get(k, 0) + v
+    merge_solver_records(merged, parts, ("solve_ms", "dayahead_ms", "pymgrid_ms"), ("statuses", "pymgrid_statuses"))
     return merged
 
 
